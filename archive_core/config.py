@@ -1,0 +1,99 @@
+"""Archive settings: defaults, ``instance/config.py`` and ``ARCHIVAGE_*`` environment variables."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+import secrets
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "ARCHIVAGE_"
+
+
+def instance_path_from_env(default: Path) -> Path:
+    """The instance folder: ``ARCHIVAGE_INSTANCE_PATH`` or *default*, made absolute."""
+    return Path(os.environ.get(ENV_PREFIX + "INSTANCE_PATH") or default).resolve()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the archive needs to run; the back-office builds it from its Flask config."""
+
+    instance_path: Path
+    DATABASE_URL: str = ""
+    STORAGE_URL: str = ""
+    DICOM_AE_TITLE: str = "ARCHIVAGE"
+    DICOM_HOST: str = "0.0.0.0"
+    DICOM_PORT: int = 11112
+    # Storage from AEs not registered as peers: accepted by default (modalities are many).
+    DICOM_STORE_FROM_UNKNOWN_AES: bool = True
+    # Query/retrieve from AEs not registered as peers: refused unless opened.
+    DICOM_QR_FROM_UNKNOWN_AES: bool = False
+    # Accept private and unknown SOP classes as storage (pynetdicom's unrestricted storage).
+    DICOM_ACCEPT_UNKNOWN_SOP_CLASSES: bool = False
+    # "keep_first": a different object under a known SOP Instance UID is refused with a warning;
+    # "overwrite": it replaces the stored one.
+    DICOM_DUPLICATE_POLICY: str = "keep_first"
+    # Below this many free bytes on the storage volume, C-STORE answers 0xA700.
+    STORAGE_MIN_FREE_BYTES: int = 1024**3
+    DICOM_MAX_ASSOCIATIONS: int = 20
+    DICOM_NETWORK_TIMEOUT: int = 60
+    DICOM_MAX_FIND_RESULTS: int = 10000
+    # pynetdicom's DUL polls the socket and sleeps this long when idle (its default, 1 ms,
+    # halves the message rate of one association).
+    DICOM_DUL_LOOP_DELAY: float = 0.0
+    DICOM_MAX_PDU: int = 0  # 0: unlimited, what we advertise to peers that send to us
+    INDEX_BATCH_SIZE: int = 200
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def database_url(self) -> str:
+        return self.DATABASE_URL or f"sqlite:///{self.instance_path / 'archivage.sqlite3'}"
+
+    @property
+    def storage_url(self) -> str:
+        return self.STORAGE_URL or f"file://{self.instance_path / 'storage'}"
+
+    @classmethod
+    def from_mapping(cls, instance_path: Path, values: Mapping[str, Any]) -> "Settings":
+        known = {f.name for f in fields(cls)} - {"instance_path", "extra"}
+        kwargs = {k: values[k] for k in known if k in values}
+        extra = {k: v for k, v in values.items() if k not in known and k.isupper()}
+        return cls(instance_path=Path(instance_path), extra=extra, **kwargs)
+
+    @classmethod
+    def load(cls, instance_path: Path | None = None) -> "Settings":
+        """Read settings the way the back-office does, without Flask (for ``python -m archive_core``)."""
+        path = instance_path or instance_path_from_env(Path.cwd() / "instance")
+        return cls.from_mapping(path, read_settings(path))
+
+
+def read_settings(instance_path: Path) -> dict[str, Any]:
+    """``instance/config.py`` overridden by ``ARCHIVAGE_*`` variables (values parsed as JSON when they parse)."""
+    values: dict[str, Any] = {}
+    config_file = instance_path / "config.py"
+    if config_file.exists():
+        values.update({k: v for k, v in runpy.run_path(str(config_file)).items() if k.isupper()})
+    for key, raw in os.environ.items():
+        if key.startswith(ENV_PREFIX) and key != ENV_PREFIX + "INSTANCE_PATH":
+            try:
+                values[key[len(ENV_PREFIX):]] = json.loads(raw)
+            except ValueError:
+                values[key[len(ENV_PREFIX):]] = raw
+    return values
+
+
+def ensure_instance(instance_path: Path) -> None:
+    """Create the instance folder and, on first run, a ``config.py`` holding a generated secret key."""
+    instance_path.mkdir(parents=True, exist_ok=True)
+    config_file = instance_path / "config.py"
+    if not config_file.exists():
+        fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(
+                "# Archivage instance settings (generated on first run; see docs/configuration.md).\n"
+                f"SECRET_KEY = {secrets.token_hex(32)!r}\n"
+            )

@@ -1,0 +1,33 @@
+"""Domain errors of the archive; each edge maps them once (DICOM statuses, HTTP codes)."""
+
+
+class ArchiveError(Exception):
+    """Base of every error the archive raises on purpose."""
+
+
+class InvalidIdentifier(ArchiveError):
+    """A UID or identifying attribute is missing or not valid."""
+
+
+class InvalidDataset(ArchiveError):
+    """The dataset cannot be parsed."""
+
+
+class StorageFull(ArchiveError):
+    """The storage volume is below its free-space floor."""
+
+
+class DuplicateConflict(ArchiveError):
+    """A different object arrived under a SOP Instance UID that is already stored."""
+
+
+class UnknownPeer(ArchiveError):
+    """An AE title that is not registered."""
+
+
+class NotFound(ArchiveError):
+    """The requested object does not exist."""
+
+
+class BlobMissing(ArchiveError):
+    """The index points at a blob the store does not have."""

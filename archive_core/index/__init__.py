@@ -1,0 +1,1 @@
+"""The index of what the archive holds: patients, studies, series and instances."""

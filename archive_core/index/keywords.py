@@ -1,0 +1,84 @@
+"""The one table mapping DICOM attributes to index columns, per query/retrieve level."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Attribute:
+    keyword: str
+    level: str  # PATIENT, STUDY, SERIES or IMAGE
+    column: str
+    vr: str
+
+
+ATTRIBUTES: tuple[Attribute, ...] = (
+    Attribute("PatientID", "PATIENT", "patient_id", "LO"),
+    Attribute("IssuerOfPatientID", "PATIENT", "issuer_of_patient_id", "LO"),
+    Attribute("PatientName", "PATIENT", "patient_name", "PN"),
+    Attribute("PatientBirthDate", "PATIENT", "patient_birth_date", "DA"),
+    Attribute("PatientSex", "PATIENT", "patient_sex", "CS"),
+    Attribute("StudyInstanceUID", "STUDY", "study_uid", "UI"),
+    Attribute("StudyDate", "STUDY", "study_date", "DA"),
+    Attribute("StudyTime", "STUDY", "study_time", "TM"),
+    Attribute("AccessionNumber", "STUDY", "accession_number", "SH"),
+    Attribute("StudyID", "STUDY", "study_id", "SH"),
+    Attribute("StudyDescription", "STUDY", "study_description", "LO"),
+    Attribute("ReferringPhysicianName", "STUDY", "referring_physician_name", "PN"),
+    Attribute("SeriesInstanceUID", "SERIES", "series_uid", "UI"),
+    Attribute("Modality", "SERIES", "modality", "CS"),
+    Attribute("SeriesNumber", "SERIES", "series_number", "IS"),
+    Attribute("SeriesDescription", "SERIES", "series_description", "LO"),
+    Attribute("BodyPartExamined", "SERIES", "body_part_examined", "CS"),
+    Attribute("SOPInstanceUID", "IMAGE", "sop_instance_uid", "UI"),
+    Attribute("SOPClassUID", "IMAGE", "sop_class_uid", "UI"),
+    Attribute("InstanceNumber", "IMAGE", "instance_number", "IS"),
+)
+
+BY_LEVEL: dict[str, tuple[Attribute, ...]] = {
+    level: tuple(a for a in ATTRIBUTES if a.level == level) for level in ("PATIENT", "STUDY", "SERIES", "IMAGE")
+}
+
+# Column widths of the index (the VR's maximum, in characters); longer values are cut, never refused.
+_MAX_CHARS = {"LO": 64, "SH": 16, "CS": 16, "DA": 8, "TM": 16, "UI": 64, "PN": 324}
+
+
+def _as_index_value(attr: Attribute, value: Any) -> Any:
+    if value is None or value == "":
+        return None
+    if attr.vr == "IS":
+        try:
+            return int(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if attr.vr == "CS" and not isinstance(value, str):
+        # Multi-valued CS (e.g. BodyPartExamined rarely, Modality never): keep the first.
+        value = next(iter(value), "")
+    text = str(value).strip().strip("\x00")
+    return text[: _MAX_CHARS.get(attr.vr, 64)] or None
+
+
+def extract(ds: Dataset, level: str) -> dict[str, Any]:
+    """The index columns of *level* read from *ds*, decoded with its Specific Character Set.
+
+    A value that cannot be decoded is indexed as empty and logged (by keyword and SOP Instance
+    UID, never by value): an archive stores what it is sent.
+    """
+    row: dict[str, Any] = {}
+    for attr in BY_LEVEL[level]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                row[attr.column] = _as_index_value(attr, ds.get(attr.keyword))
+        except Exception as exc:  # pydicom raises many kinds on odd data
+            log.warning("cannot index %s of %s: %s", attr.keyword, ds.get("SOPInstanceUID", "?"), exc)
+            row[attr.column] = None
+    return row

@@ -1,0 +1,162 @@
+"""Keeping the index and the store in agreement: ``archive fsck`` and ``archive import``."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from sqlalchemy import delete, select
+
+from archive_core.archive import Archive
+from archive_core.db import write_session
+from archive_core.errors import ArchiveError
+from archive_core.index.ingest import Identity, index_jobs, job_from_file, read_part10, _refresh_counts
+from archive_core.index.models import Instance
+from archive_core.part10 import dataset_offset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FsckReport:
+    checked: int = 0
+    missing_files: list[str] = field(default_factory=list)  # index rows whose file is gone
+    orphan_files: list[str] = field(default_factory=list)  # files no index row points at
+    checksum_mismatches: list[str] = field(default_factory=list)
+    journal_pending: int = 0
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> int:
+        return len(self.missing_files) + len(self.orphan_files) + len(self.checksum_mismatches) + self.journal_pending
+
+
+def file_checksum(path: Path) -> str:
+    data = path.read_bytes()
+    return hashlib.sha256(memoryview(data)[dataset_offset(data):]).hexdigest()
+
+
+def fsck(archive: Archive, *, repair: bool = False, verify_checksums: bool = True) -> FsckReport:
+    """Compare index and store; with *repair*, bring them back into agreement.
+
+    Repair replays the journal, indexes orphan files, drops rows whose file is gone, and moves
+    files whose checksum does not match into ``quarantine/`` (dropping their rows) so that
+    nothing corrupt is served. A report after repair lists what remains.
+    """
+    store = archive.store
+    report = FsckReport(journal_pending=len(store.incoming()))
+    if repair and report.journal_pending:
+        archive.ingestor.replay()
+        report.repaired.append(f"replayed {report.journal_pending} journal entries")
+        report.journal_pending = len(store.incoming())
+    with archive.sessions() as s:
+        rows = s.execute(select(Instance.id, Instance.storage_key, Instance.checksum_sha256)).all()
+    indexed_keys = set()
+    for _id, key, checksum in rows:
+        report.checked += 1
+        indexed_keys.add(key)
+        path = store.path_of(key)
+        if not path.is_file():
+            report.missing_files.append(key)
+        elif verify_checksums and file_checksum(path) != checksum:
+            report.checksum_mismatches.append(key)
+    report.orphan_files = sorted(k for k in store.keys() if k not in indexed_keys)
+    if repair:
+        _repair(archive, report)
+    return report
+
+
+def _repair(archive: Archive, report: FsckReport) -> None:
+    store = archive.store
+    quarantine = store.root / "quarantine"
+    drop = list(report.missing_files)
+    for key in report.checksum_mismatches:
+        quarantine.mkdir(exist_ok=True)
+        target = quarantine / key.replace("/", "_")
+        shutil.move(str(store.path_of(key)), target)
+        drop.append(key)
+        report.repaired.append(f"quarantined {key}")
+    if drop:
+        with write_session(archive.sessions) as s:
+            series_ids = set(s.scalars(select(Instance.series_pk).where(Instance.storage_key.in_(drop))))
+            s.execute(delete(Instance).where(Instance.storage_key.in_(drop)))
+            from archive_core.index.models import Series
+
+            study_ids = set(s.scalars(select(Series.study_pk).where(Series.id.in_(series_ids))))
+            _refresh_counts(s, series_ids, study_ids)
+        report.repaired.extend(f"dropped index row of {k}" for k in report.missing_files)
+        report.missing_files = []
+        report.checksum_mismatches = []
+    reindexed = []
+    for key in report.orphan_files:
+        path = store.path_of(key)
+        try:
+            job = job_from_file(path, seq=0)
+        except ArchiveError as exc:
+            log.error("orphan file %s cannot be indexed: %s", key, exc)
+            continue
+        if job.identity.key != key:
+            # Not where its UIDs say it belongs: move it there through the normal path.
+            incoming = store.incoming_dir / f"fsck-{os.getpid()}-{job.identity.sop_instance_uid}.dcm"
+            os.replace(path, incoming)
+            job.path = incoming
+            index_jobs(archive.sessions, [job])
+            store.commit(incoming, job.identity.key)
+        else:
+            index_jobs(archive.sessions, [job])
+        reindexed.append(key)
+        report.repaired.append(f"indexed orphan {key}")
+    report.orphan_files = [k for k in report.orphan_files if k not in reindexed]
+
+
+@dataclass
+class ImportReport:
+    stored: int = 0
+    duplicates: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def iter_files(root: Path) -> Iterable[Path]:
+    if root.is_file():
+        yield root
+        return
+    for dirpath, _dirs, files in os.walk(root):
+        for name in sorted(files):
+            yield Path(dirpath, name)
+
+
+def import_path(
+    archive: Archive,
+    root: Path,
+    *,
+    external: bool = False,
+    progress: Callable[[Iterable[Path]], Iterable[Path]] = lambda it: it,
+) -> ImportReport:
+    """Store every readable DICOM file under *root* as if it had been sent; list the others."""
+    report = ImportReport()
+    ingestor = archive.ingestor
+    ingestor.start()
+    try:
+        for path in progress(list(iter_files(root))):
+            try:
+                ds, dataset_bytes, ts, _source = read_part10(path)
+                identity = Identity.of(ds, sop_class_uid=getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID"))
+                outcome = ingestor.receive(
+                    dataset_bytes, ds, transfer_syntax_uid=ts, identity=identity, source_ae=None, external=external
+                )
+            except ArchiveError as exc:
+                report.unreadable.append((str(path), str(exc)))
+                continue
+            if outcome.duplicate:
+                report.duplicates += 1
+            else:
+                report.stored += 1
+        ingestor.wait_indexed()
+    finally:
+        ingestor.stop()
+    return report

@@ -1,0 +1,78 @@
+"""The DICOM SCP: which services and contexts we accept, and starting and stopping the server."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from archive_core.archive import Archive
+from archive_core.net import handlers
+from archive_core.net.handlers import ArchiveContext
+from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+log = logging.getLogger(__name__)
+
+
+def storage_sop_classes() -> list[str]:
+    """Every storage SOP class pynetdicom knows."""
+    from pynetdicom.sop_class import _STORAGE_CLASSES
+
+    return list(_STORAGE_CLASSES.values())
+
+
+def build_ae(archive: Archive) -> AE:
+    settings = archive.settings
+    ae = AE(ae_title=settings.DICOM_AE_TITLE)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.maximum_pdu_size = settings.DICOM_MAX_PDU
+    ae.maximum_associations = settings.DICOM_MAX_ASSOCIATIONS
+    ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT
+    ae.dimse_timeout = settings.DICOM_NETWORK_TIMEOUT
+    ae.require_called_aet = False
+    ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+    for uid in storage_sop_classes():
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+    return ae
+
+
+@dataclass
+class RunningServer:
+    ae: AE
+    server: ThreadedAssociationServer
+    context: ArchiveContext
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.ae.shutdown()
+
+
+def start_server(archive: Archive, *, host: str | None = None, port: int | None = None) -> RunningServer:
+    """Replay the journal, start the indexer and listen; returns at once (the server runs in threads)."""
+    settings = archive.settings
+    # Library-wide switch, set once when a server starts: accept private/unknown SOP classes as storage.
+    _config.UNRESTRICTED_STORAGE_SERVICE = settings.DICOM_ACCEPT_UNKNOWN_SOP_CLASSES
+    archive.ingestor.start()
+    ctx = ArchiveContext(settings=settings, ingestor=archive.ingestor, sessions=archive.sessions)
+    ae = build_ae(archive)
+    bound = [
+        (evt.EVT_CONN_OPEN, handlers.handle_conn_open, [ctx]),
+        (evt.EVT_C_ECHO, handlers.handle_echo, [ctx]),
+        (evt.EVT_C_STORE, handlers.handle_store, [ctx]),
+        (evt.EVT_ACSE_SENT, handlers.handle_acse_sent, [ctx]),
+        (evt.EVT_CONN_CLOSE, handlers.handle_closed, [ctx]),
+    ]
+    address = (host if host is not None else settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
+    server = ae.start_server(address, block=False, evt_handlers=bound)
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    log.info("DICOM SCP %s listening on %s:%d", settings.DICOM_AE_TITLE, address[0], server.server_address[1])
+    return RunningServer(ae=ae, server=server, context=ctx)

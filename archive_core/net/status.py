@@ -1,0 +1,23 @@
+"""The one table from archive errors to DIMSE statuses, per service."""
+
+from __future__ import annotations
+
+from archive_core.errors import DuplicateConflict, InvalidDataset, InvalidIdentifier, StorageFull, UnknownPeer
+
+SUCCESS = 0x0000
+REFUSED_NOT_AUTHORIZED = 0x0124
+PROCESSING_FAILURE = 0x0110
+# Warning "Elements discarded": the object sent under a known SOP Instance UID was not kept.
+DUPLICATE_KEPT_FIRST = 0xB006
+
+STORE_STATUS: dict[type[Exception], int] = {
+    StorageFull: 0xA700,
+    InvalidIdentifier: 0xA900,
+    InvalidDataset: 0xC000,
+    DuplicateConflict: DUPLICATE_KEPT_FIRST,
+    UnknownPeer: REFUSED_NOT_AUTHORIZED,
+}
+
+
+def status_for(exc: BaseException, table: dict[type[Exception], int], default: int = 0xC000) -> int:
+    return next((code for kind, code in table.items() if isinstance(exc, kind)), default)

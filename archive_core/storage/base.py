@@ -1,0 +1,48 @@
+"""The blob store interface every storage backend implements."""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+
+class BlobStore(abc.ABC):
+    """Durable blobs under keys the archive derives from validated UIDs.
+
+    New objects first land in a local *incoming* journal (a durable write the acknowledgement
+    waits for), then :meth:`commit` moves them under their key once the index knows them.
+    """
+
+    @abc.abstractmethod
+    def write_incoming(self, name: str, chunks: list[bytes]) -> Path:
+        """Write *chunks* durably as journal entry *name*; return its path."""
+
+    @abc.abstractmethod
+    def incoming(self) -> list[Path]:
+        """Journal entries not yet committed, oldest first."""
+
+    @abc.abstractmethod
+    def commit(self, incoming: Path, key: str) -> None:
+        """Move a journal entry under *key* (replacing what is there), durably."""
+
+    @abc.abstractmethod
+    def open(self, key: str) -> BinaryIO: ...
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abc.abstractmethod
+    def keys(self) -> Iterator[str]:
+        """Every committed key."""
+
+    @abc.abstractmethod
+    def check_space(self) -> None:
+        """Raise :class:`~archive_core.errors.StorageFull` below the free-space floor."""
+
+    def read_bytes(self, key: str) -> bytes:
+        with self.open(key) as f:
+            return f.read()

@@ -1,0 +1,62 @@
+"""The back-office web application: ``create_app`` builds it; only ``wsgi.py`` calls it at import."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask, g
+
+from archive_core.config import Settings, ensure_instance, instance_path_from_env
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    instance_path = instance_path_from_env(ROOT / "instance")
+    if test_config and "INSTANCE_PATH" in test_config:
+        instance_path = Path(test_config["INSTANCE_PATH"]).resolve()
+    ensure_instance(instance_path)
+    app = Flask(
+        __name__,
+        instance_path=str(instance_path),
+        instance_relative_config=True,
+        template_folder=str(ROOT / "templates"),
+    )
+    app.config.from_mapping(
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        WEB_HOST="127.0.0.1",
+        WEB_PORT=8000,
+        IDLE_TIMEOUT_MINUTES=30,
+    )
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.from_prefixed_env("ARCHIVAGE")
+    if test_config:
+        app.config.update(test_config)
+    if not app.config.get("SECRET_KEY"):
+        raise RuntimeError("SECRET_KEY missing: instance/config.py is generated on first run")
+
+    from backoffice import extensions
+
+    extensions.init_app(app)
+
+    from backoffice.auth import bp as auth_bp
+    from backoffice.home import bp as home_bp
+
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(home_bp)
+
+    from backoffice.cli import register_cli
+
+    register_cli(app)
+    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return app
+
+
+def archive_settings(app: Flask) -> Settings:
+    """The archive's settings, read from this app's configuration."""
+    return Settings.from_mapping(Path(app.instance_path), app.config)
+
+
+__all__ = ["create_app", "archive_settings", "g"]

@@ -1,0 +1,304 @@
+"""The ``flask --app wsgi`` commands of the public contract: db, users, tokens, peers, archive, roles."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+
+log = logging.getLogger(__name__)
+
+
+def _facade():
+    from backoffice.extensions import facade
+
+    return facade()
+
+
+def _archive():
+    return _facade().archive
+
+
+def register_cli(app: Flask) -> None:
+    for group in (db_cli, users_cli, tokens_cli, peers_cli, archive_cli, audit_cli):
+        app.cli.add_command(group)
+    app.cli.add_command(web_command)
+    app.cli.add_command(serve_command)
+    app.cli.add_command(scheduler_cli)
+
+
+# -- db ---------------------------------------------------------------------------------------
+
+
+@click.group("db", help="Database schema.")
+def db_cli() -> None: ...
+
+
+@db_cli.command("upgrade", help="Migrate the database to the newest schema.")
+def db_upgrade() -> None:
+    from backoffice.migrate import upgrade
+
+    upgrade(_archive().settings.database_url)
+    click.echo("database is up to date")
+
+
+# -- users and tokens -------------------------------------------------------------------------
+
+
+@click.group("users", help="Back-office users.")
+def users_cli() -> None: ...
+
+
+@users_cli.command("create")
+@click.argument("login")
+@click.option("--role", required=True, type=click.Choice(["front_desk", "radiologist", "manager", "admin"]))
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def users_create(login: str, role: str, password_stdin: bool) -> None:
+    """Create a user; without --password-stdin a password is generated and printed once."""
+    import secrets
+
+    from backoffice.auth.services import AuthError, create_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = secrets.token_urlsafe(12)
+    with _facade().new_session(write=True) as s:
+        try:
+            create_user(s, login, role=role, password=password)
+        except AuthError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _facade().audit(s, "user.created", actor="cli", actor_kind="system", detail={"login": login, "role": role})
+        s.commit()
+    click.echo(f"user {login} created with role {role}")
+    if not password_stdin:
+        click.echo(f"password (shown once): {password}")
+
+
+@users_cli.command("bootstrap")
+def users_bootstrap() -> None:
+    """Create the first admin (login ``admin``) when there is no user yet; its password is printed once."""
+    import secrets
+
+    from sqlalchemy import func, select
+
+    from backoffice.auth.models import User
+    from backoffice.auth.services import create_user
+
+    with _facade().new_session(write=True) as s:
+        if s.scalar(select(func.count(User.id))):
+            click.echo("users exist; no admin created")
+            return
+        password = secrets.token_urlsafe(12)
+        create_user(s, "admin", role="admin", password=password)
+        _facade().audit(s, "user.created", actor="cli", actor_kind="system", detail={"login": "admin", "role": "admin"})
+        s.commit()
+    click.echo(f"first admin created: login admin, password (shown once): {password}")
+
+
+@click.group("tokens", help="API bearer tokens.")
+def tokens_cli() -> None: ...
+
+
+@tokens_cli.command("create")
+@click.argument("login")
+def tokens_create(login: str) -> None:
+    """Create a bearer token for LOGIN; the token is printed on the last line, once."""
+    from backoffice.auth.services import AuthError, create_token
+
+    with _facade().new_session(write=True) as s:
+        try:
+            token = create_token(s, login)
+        except AuthError as exc:
+            raise click.ClickException(str(exc)) from exc
+        _facade().audit(s, "token.created", actor="cli", actor_kind="system", detail={"login": login})
+        s.commit()
+    click.echo(token)
+
+
+# -- peers ------------------------------------------------------------------------------------
+
+
+@click.group("peers", help="Registered DICOM peers (modalities, workstations, archives).")
+def peers_cli() -> None: ...
+
+
+@peers_cli.command("add")
+@click.argument("ae_title")
+@click.argument("host")
+@click.argument("port", type=int)
+@click.option("--external", is_flag=True, help="Studies it sends are outside priors, not visits.")
+def peers_add(ae_title: str, host: str, port: int, external: bool) -> None:
+    from archive_core.peers import add_peer
+
+    with _facade().new_session(write=True) as s:
+        try:
+            peer = add_peer(s, ae_title, host, port, external=external)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+        s.commit()
+    click.echo(f"peer {peer.ae_title} at {peer.host}:{peer.port}{' (external)' if peer.external else ''}")
+
+
+@peers_cli.command("list")
+def peers_list() -> None:
+    from archive_core.peers import list_peers
+
+    with _facade().new_session() as s:
+        for p in list_peers(s):
+            click.echo(f"{p.ae_title}\t{p.host}\t{p.port}{chr(9) + 'external' if p.external else ''}")
+
+
+@peers_cli.command("remove")
+@click.argument("ae_title")
+def peers_remove(ae_title: str) -> None:
+    from archive_core.errors import NotFound
+    from archive_core.peers import remove_peer
+
+    with _facade().new_session(write=True) as s:
+        try:
+            remove_peer(s, ae_title)
+        except NotFound as exc:
+            raise click.ClickException(str(exc)) from exc
+        s.commit()
+    click.echo(f"peer {ae_title} removed")
+
+
+# -- archive ----------------------------------------------------------------------------------
+
+
+@click.group("archive", help="The DICOM archive.")
+def archive_cli() -> None: ...
+
+
+@archive_cli.command("serve", help="Run the DICOM SCP until interrupted.")
+def archive_serve() -> None:
+    from archive_core.__main__ import serve_forever
+
+    serve_forever(_archive())
+
+
+@archive_cli.command("fsck")
+@click.option("--repair", is_flag=True, help="Fix what can be fixed.")
+@click.option("--no-checksums", is_flag=True, help="Skip reading every file.")
+def archive_fsck(repair: bool, no_checksums: bool) -> None:
+    """Compare index and storage; exit 1 when problems remain."""
+    from archive_core.maintenance import fsck
+
+    report = fsck(_archive(), repair=repair, verify_checksums=not no_checksums)
+    for line in report.repaired:
+        click.echo(f"repaired: {line}")
+    for key in report.missing_files:
+        click.echo(f"missing file: {key}")
+    for key in report.orphan_files:
+        click.echo(f"file without index row: {key}")
+    for key in report.checksum_mismatches:
+        click.echo(f"checksum mismatch: {key}")
+    if report.journal_pending:
+        click.echo(f"journal entries not yet indexed: {report.journal_pending}")
+    click.echo(f"checked {report.checked} instances, {report.problems} problems")
+    sys.exit(1 if report.problems else 0)
+
+
+@archive_cli.command("import")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--external", is_flag=True, help="Outside priors: not visits to the practice.")
+def archive_import(path: Path, external: bool) -> None:
+    """Bulk-load a folder of DICOM files; unreadable ones are skipped and listed."""
+    from tqdm import tqdm
+
+    from archive_core.maintenance import import_path
+
+    report = import_path(
+        _archive(), path, external=external, progress=lambda it: tqdm(it, unit="file", file=sys.stderr)
+    )
+    for name, reason in report.unreadable:
+        click.echo(f"skipped: {name}: {reason}")
+    click.echo(f"stored {report.stored}, duplicates {report.duplicates}, skipped {len(report.unreadable)}")
+
+
+# -- audit ------------------------------------------------------------------------------------
+
+
+@click.group("audit", help="The audit trail.")
+def audit_cli() -> None: ...
+
+
+@audit_cli.command("verify", help="Check the hash chain; exit 1 at the first broken link.")
+def audit_verify() -> None:
+    from archive_core.audit import verify
+
+    with _facade().new_session() as s:
+        report = verify(s)
+    if report.ok:
+        click.echo(f"audit chain intact: {report.checked} events")
+        return
+    click.echo(f"audit chain broken at event {report.first_bad_id} (after {report.checked} good events)")
+    sys.exit(1)
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+@click.command("web", help="Run the web back-office (waitress).")
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+def web_command(host: str | None, port: int | None) -> None:
+    from waitress import serve
+
+    app = current_app._get_current_object()
+    host = host or app.config["WEB_HOST"]
+    port = port or int(app.config["WEB_PORT"])
+    click.echo(f"web back-office on http://{host}:{port}/")
+    serve(app, host=host, port=port, threads=8)
+
+
+@click.group("scheduler", help="The scheduler (one per deployment).")
+def scheduler_cli() -> None: ...
+
+
+@scheduler_cli.command("run")
+def scheduler_run() -> None:
+    from backoffice.scheduler import run_scheduler
+
+    run_scheduler(current_app._get_current_object())
+
+
+@click.command("serve", help="Run every role: DICOM archive, web back-office and scheduler.")
+def serve_command() -> None:
+    """Each role in its own process (the SCP keeps a core to itself); stopping one stops all."""
+    flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
+    roles = {"archive": [*flask, "archive", "serve"], "web": [*flask, "web"], "scheduler": [*flask, "scheduler", "run"]}
+    children = {name: subprocess.Popen(cmd) for name, cmd in roles.items()}
+    stopping = False
+
+    def _stop(*_args) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    try:
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    click.echo(f"{name} exited with status {child.returncode}; stopping the others", err=True)
+                    stopping = True
+            time.sleep(0.5)
+    finally:
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children.values():
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+    os._exit(0)

@@ -1,0 +1,56 @@
+"""Per-app resources: the archive facade, the database session of a request, login and CSRF."""
+
+from __future__ import annotations
+
+from flask import Flask, g
+from flask_login import LoginManager
+from flask_wtf import CSRFProtect
+from sqlalchemy.orm import Session
+
+from archive_core import api
+
+login_manager = LoginManager()
+csrf = CSRFProtect()
+
+
+def init_app(app: Flask) -> None:
+    from backoffice import archive_settings
+
+    app.extensions["archivage"] = api.ArchiveFacade.open(archive_settings(app))
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    csrf.init_app(app)
+
+    @app.teardown_appcontext
+    def _close_session(exc: BaseException | None) -> None:
+        session: Session | None = g.pop("db", None)
+        if session is not None:
+            session.rollback()  # whatever the request did not commit (it failed) is undone
+            session.close()
+
+    @app.after_request
+    def _commit(response):
+        # The one place a request commits: after the view succeeded, before the response leaves.
+        session: Session | None = g.get("db")
+        if session is not None and response.status_code < 400:
+            session.commit()
+        return response
+
+    from backoffice.auth import models  # noqa: F401  (user loader registration)
+
+
+def facade() -> "api.ArchiveFacade":
+    from flask import current_app
+
+    return current_app.extensions["archivage"]
+
+
+def db() -> Session:
+    """The request's session; the request commits it once, at the end."""
+    if "db" not in g:
+        from flask import request
+
+        # Requests that change things take SQLite's write lock up front, so that a read followed
+        # by a write (the audit chain, invoice numbers) waits for other writers instead of failing.
+        g.db = facade().new_session(write=request.method not in ("GET", "HEAD", "OPTIONS"))
+    return g.db

@@ -1,0 +1,58 @@
+"""The scheduler process: APScheduler 3, one per deployment (a lock file makes a second one exit)."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import sys
+from pathlib import Path
+
+from apscheduler.schedulers.blocking import BlockingScheduler
+from flask import Flask
+
+log = logging.getLogger(__name__)
+
+
+def journal_backlog_job() -> None:
+    """Log the ingest journal's backlog: entries stay there only while the archive is down."""
+    from backoffice.extensions import facade
+
+    pending = len(facade().archive.store.incoming())
+    if pending:
+        log.warning("%d received objects wait in the ingest journal (is the archive running?)", pending)
+
+
+def acquire_lock(instance_path: Path):
+    """The deployment-wide scheduler lock; None when another scheduler holds it."""
+    handle = open(instance_path / "scheduler.lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
+def run_scheduler(app: Flask) -> None:
+    lock = acquire_lock(Path(app.instance_path))
+    if lock is None:
+        log.error("another scheduler is running for this instance; exiting")
+        sys.exit(1)
+    scheduler = BlockingScheduler(timezone="Europe/Paris", job_defaults={"coalesce": True, "max_instances": 1})
+
+    def in_app(func):
+        def run() -> None:
+            with app.app_context():
+                func()
+
+        return run
+
+    scheduler.add_job(in_app(journal_backlog_job), "interval", minutes=5, id="journal_backlog", replace_existing=True)
+    log.info("scheduler started")
+    try:
+        scheduler.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass

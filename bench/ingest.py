@@ -1,0 +1,214 @@
+"""Ingest benchmark: C-STORE throughput and peak memory of the archive, optionally against Orthanc.
+
+Usage: python bench/ingest.py [--vs-orthanc] [--ct N] [--small N] [--concurrency 1,2,4] [--repeat N]
+
+Every measured run gets a fresh server on an empty instance; the data sets are generated once.
+Sending is DCMTK storescu (TCP_NODELAY=1), one association per storescu process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType
+
+# Run as a script: its folder is first on sys.path, which is how _common is found.
+from _common import (
+    MB,
+    REPO,
+    SERVERS,
+    ImageSet,
+    ImageSetSpec,
+    PeakRss,
+    generate_image_set,
+    run_dcmtk,
+    store,
+)
+
+OURS = "archivage"
+ORTHANC = "orthanc"
+# Minimum ours/Orthanc instances-per-second ratio, per set, on a single association.
+TARGET_RATIO = {"ct": 0.80, "small": 0.50}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    target: str
+    set_key: str
+    associations: int
+    elapsed_s: float
+    instances: int
+    total_bytes: int
+    peak_rss_bytes: int
+
+    @property
+    def instances_per_s(self) -> float:
+        return self.instances / self.elapsed_s
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.total_bytes / MB / self.elapsed_s
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vs-orthanc", action="store_true", help="also measure Debian's Orthanc")
+    parser.add_argument("--ct", type=int, default=200, help="CT instances, 512x512x16 (default 200)")
+    parser.add_argument("--small", type=int, default=500, help="small instances, 64x64x16 (default 500)")
+    parser.add_argument("--concurrency", type=_int_list, default=[1], help="associations in parallel, e.g. 1,2,4")
+    parser.add_argument("--repeat", type=_positive_int, default=3, help="runs per point, median kept (default 3)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per send")
+    parser.add_argument("--workdir", type=Path, help="where temporary data goes (default: $TMPDIR)")
+    # Development and baselines: measure Orthanc, or DCMTK's storescp --ignore, in our place.
+    parser.add_argument("--target", choices=sorted(SERVERS), default=OURS, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    values = [_positive_int(part) for part in text.split(",") if part.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected positive integers, e.g. 1,2,4")
+    return values
+
+
+def image_set_specs(args: argparse.Namespace) -> dict[str, ImageSetSpec]:
+    specs = {
+        "ct": ImageSetSpec("CT 512x512x16", args.ct, 512, 512, seed=1),
+        "small": ImageSetSpec("small 64x64x16", args.small, 64, 64, seed=2),
+    }
+    return {key: spec for key, spec in specs.items() if spec.count > 0}
+
+
+def measure(
+    target: str, set_key: str, image_set: ImageSet, associations: int, *, root: Path, timeout_s: float
+) -> Measurement:
+    """One run: fresh server and empty store, send the set, stop the server."""
+    with tempfile.TemporaryDirectory(prefix=f"{target}-", dir=root) as tmp:
+        workdir = Path(tmp)
+        with SERVERS[target](workdir) as server, PeakRss(server.process.pid) as rss:
+            elapsed_s = store(server, image_set.files, associations=associations, workdir=workdir, timeout_s=timeout_s)
+        return Measurement(
+            target,
+            set_key,
+            associations,
+            elapsed_s,
+            len(image_set.files),
+            image_set.total_bytes,
+            rss.bytes,
+        )
+
+
+def median_run(runs: Sequence[Measurement]) -> Measurement:
+    by_speed = sorted(runs, key=lambda run: run.elapsed_s)
+    median = by_speed[(len(by_speed) - 1) // 2]
+    peak = max(run.peak_rss_bytes for run in runs)
+    return replace(median, peak_rss_bytes=peak)
+
+
+def format_row(run: Measurement, label: str) -> str:
+    return (
+        f"{label:<15} {run.target:<10} x{run.associations:<2}"
+        f" {run.instances_per_s:8.1f} inst/s {run.mb_per_s:7.1f} MB/s"
+        f" {run.elapsed_s:7.2f} s  peak RSS {run.peak_rss_bytes / MB:6.0f} MB"
+    )
+
+
+def format_comparison(ours: Measurement, theirs: Measurement, label: str) -> str:
+    ratio = ours.instances_per_s / theirs.instances_per_s
+    single = ours.associations == 1
+    name = label if single else f"{label} x{ours.associations} assoc"
+    target = f" (target >= {TARGET_RATIO[ours.set_key]:.2f})" if single else ""
+    return (
+        f"{name:<24} {ours.target} {ours.instances_per_s:.1f} inst/s {ours.mb_per_s:.1f} MB/s"
+        f" | {theirs.target} {theirs.instances_per_s:.1f} inst/s {theirs.mb_per_s:.1f} MB/s"
+        f" | ratio {ratio:.2f}{target}"
+    )
+
+
+def format_memory(ours: Measurement, theirs: Measurement | None, label: str) -> str:
+    line = f"peak RSS ingesting {label}: {ours.target} {ours.peak_rss_bytes / MB:.0f} MB"
+    if theirs is not None:
+        line += f" | {theirs.target} {theirs.peak_rss_bytes / MB:.0f} MB"
+    return line
+
+
+def describe_tools() -> str:
+    storescu = run_dcmtk("storescu", ["--version"], timeout_s=10).stdout.split("\n", 1)[0]
+    orthanc = subprocess.run(
+        ["Orthanc", "--version"], capture_output=True, text=True, timeout=10, check=False
+    ).stdout.split("\n", 1)[0]
+    return f"{os.cpu_count()} CPUs; {storescu.strip('$ ')}; {orthanc}"
+
+
+def run_benchmark(args: argparse.Namespace, root: Path) -> None:
+    targets = list(dict.fromkeys([args.target, *([ORTHANC] if args.vs_orthanc else [])]))
+    specs = image_set_specs(args)
+    sets = {key: generate_image_set(spec, root / "data" / key) for key, spec in specs.items()}
+    print(describe_tools())
+    for key, image_set in sets.items():
+        print(f"{specs[key].label}: {len(image_set.files)} files, {image_set.total_bytes / MB:.1f} MB")
+    print(f"runs per point: {args.repeat} (median kept); fresh server and empty store per run\n")
+
+    results: dict[tuple[str, str, int], Measurement] = {}
+    for key, image_set in sets.items():
+        for associations in args.concurrency:
+            runs: dict[str, list[Measurement]] = {target: [] for target in targets}
+            for _ in range(args.repeat):
+                for target in targets:  # interleaved, so drift affects every target alike
+                    run = measure(target, key, image_set, associations, root=root, timeout_s=args.timeout)
+                    print(format_row(run, specs[key].label), flush=True)
+                    runs[target].append(run)
+            for target in targets:
+                results[target, key, associations] = median_run(runs[target])
+
+    print("\nSummary (median per point; ratio = instances/s ours / Orthanc's)")
+    for key in sets:
+        label = specs[key].label
+        for associations in args.concurrency:
+            ours = results[args.target, key, associations]
+            theirs = results.get((ORTHANC, key, associations)) if args.target != ORTHANC else None
+            print(format_comparison(ours, theirs, label) if theirs else format_row(ours, label))
+        if 1 in args.concurrency:
+            theirs_1 = results.get((ORTHANC, key, 1)) if args.target != ORTHANC else None
+            print(format_memory(results[args.target, key, 1], theirs_1, label))
+
+
+def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
+    # SystemExit unwinds the context managers, which stop every server and storescu we started.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.target == OURS and not (REPO / "wsgi.py").exists():
+        print(f"{REPO / 'wsgi.py'} does not exist yet; try --target storescp", file=sys.stderr)
+        return 2
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="archivage-bench-", dir=args.workdir) as tmp:
+        try:
+            run_benchmark(args, Path(tmp))
+        except KeyboardInterrupt:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Fixtures: an instance folder, the app, an in-process DICOM server, and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import settings as hypothesis_settings
+
+from tests.helpers import IN_CI, free_port
+
+hypothesis_settings.register_profile("archivage", deadline=None, max_examples=100)
+hypothesis_settings.load_profile("archivage")
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for candidate in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), reverse=True):
+        return str(candidate)
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throw-away PostgreSQL server on 127.0.0.1 and a free port, for the whole session."""
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        if IN_CI:
+            pytest.fail("PostgreSQL (initdb, pg_ctl) is required in CI")
+        pytest.skip("PostgreSQL binaries not installed")
+    as_root = os.geteuid() == 0
+    # runuser cannot enter pytest's root-only temporary folders: make our own and hand it over.
+    data = Path(tempfile.mkdtemp(prefix="archivage-pg-"))
+    if as_root:
+        shutil.chown(data, "postgres", "postgres")
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    port = free_port()
+    subprocess.run([*prefix, initdb, "-D", str(data / "db"), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+                    "--locale=C.UTF-8"], check=True, capture_output=True)
+    subprocess.run([*prefix, pg_ctl, "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-o",
+                    f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=100"],
+                   check=True, capture_output=True)
+    import psycopg
+
+    for _ in range(50):
+        try:
+            with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True) as c:
+                c.execute("CREATE DATABASE archivage_test")
+            break
+        except psycopg.OperationalError:
+            time.sleep(0.1)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/archivage_test"
+    finally:
+        subprocess.run([*prefix, pg_ctl, "-D", str(data / "db"), "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    """Each test using this runs on SQLite and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'archivage.sqlite3'}"
+    url = request.getfixturevalue("postgres_url")
+    _reset_postgres(url)
+    return url
+
+
+# -- the archive ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def instance_path(tmp_path) -> Path:
+    path = tmp_path / "instance"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def settings(instance_path):
+    from archive_core.config import Settings
+
+    return Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0)
+
+
+@pytest.fixture
+def migrated(settings):
+    from backoffice.migrate import upgrade
+
+    upgrade(settings.database_url)
+    return settings
+
+
+@pytest.fixture
+def archive(migrated):
+    from archive_core.archive import Archive
+
+    arch = Archive.open(migrated)
+    yield arch
+    arch.close()
+
+
+@pytest.fixture
+def scp(archive):
+    """The DICOM server in this process, on a free port."""
+    from archive_core.net.server import start_server
+
+    running = start_server(archive, host="127.0.0.1", port=0)
+    yield running
+    running.stop()
+
+
+# -- the web app --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app(instance_path, migrated):
+    from backoffice import create_app
+
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "STORAGE_MIN_FREE_BYTES": 0})
+    yield app
+    app.extensions["archivage"].archive.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()

@@ -1,0 +1,85 @@
+"""Shared test helpers: free ports, external tools, datasets made on the fly."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI") == "true"
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def require_tool(name: str) -> str:
+    """The path of an external program; a missing one fails in CI and skips elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is required in CI (install it in .ci/run)")
+        pytest.skip(f"{name} not installed")
+    return path
+
+
+def tool_env() -> dict[str, str]:
+    """Environment for DCMTK tools: Nagle off (40 ms per exchange on loopback otherwise)."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def make_ct(
+    *,
+    patient_id: str = "PAT001",
+    patient_name: str = "Dupont^Jean",
+    study_uid: str | None = None,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
+    study_date: str = "20240115",
+    modality: str = "CT",
+    rows: int = 16,
+    charset: str | None = None,
+    **extra,
+) -> Dataset:
+    """A small, valid CT image dataset with file meta (explicit VR little endian)."""
+    ds = Dataset()
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.SOPInstanceUID = sop_uid or generate_uid()
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "M"
+    ds.StudyDate = study_date
+    ds.StudyTime = "101532.25"
+    ds.AccessionNumber = "ACC1"
+    ds.StudyID = "1"
+    ds.Modality = modality
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Rows = ds.Columns = rows
+    ds.BitsAllocated = ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(range(256)) * (rows * rows * 2 // 256) + b"\x00" * (rows * rows * 2 % 256)
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds

@@ -1,0 +1,202 @@
+"""C-ECHO and C-STORE against the in-process server, with a pynetdicom SCU as the modality."""
+
+from __future__ import annotations
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
+from sqlalchemy import func, select
+
+from archive_core.index.models import Instance, Patient, Series, Study
+from tests.helpers import make_ct
+
+
+def _associate(port: int, ae_title: str = "MODALITY"):
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
+    assert assoc.is_established
+    return assoc
+
+
+def _count(archive, model) -> int:
+    with archive.sessions() as s:
+        return s.scalar(select(func.count(model.id)))
+
+
+def test_echo_answers_success(scp):
+    assoc = _associate(scp.port)
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_stored_instances_are_indexed_when_the_association_is_released(scp, archive):
+    study = "1.2.826.0.1.3680043.8.498.1"
+    assoc = _associate(scp.port)
+    for n in range(5):
+        ds = make_ct(study_uid=study, series_uid=study + ".1", InstanceNumber=n + 1)
+        assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    # No sleep: the release response waits for the index.
+    with archive.sessions() as s:
+        st = s.scalar(select(Study).where(Study.study_uid == study))
+        assert st is not None
+        assert (st.num_series, st.num_instances, st.modalities_in_study) == (1, 5, "CT")
+    assert _count(archive, Patient) == 1
+
+
+def test_stored_file_holds_the_dataset_bytes_as_sent(scp, archive):
+    from archive_core.part10 import dataset_offset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    ds = make_ct()
+    assoc = _associate(scp.port)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    with archive.sessions() as s:
+        key = s.scalar(select(Instance.storage_key).where(Instance.sop_instance_uid == ds.SOPInstanceUID))
+    stored = archive.store.read_bytes(key)
+    assert stored[128:132] == b"DICM"
+    assert stored[dataset_offset(stored):] == buf.getvalue()
+
+
+def test_identical_duplicate_is_success_and_stored_once(scp, archive):
+    ds = make_ct()
+    assoc = _associate(scp.port)
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    assert _count(archive, Instance) == 1
+    assert sum(1 for _ in archive.store.keys()) == 1
+
+
+def test_different_object_under_a_known_uid_keeps_the_first_with_a_warning(scp, archive):
+    first = make_ct(PatientName="Premier^Patient")
+    second = make_ct(sop_uid=first.SOPInstanceUID, study_uid=first.StudyInstanceUID,
+                     series_uid=first.SeriesInstanceUID, PatientName="Second^Patient")
+    assoc = _associate(scp.port)
+    assert assoc.send_c_store(first).Status == 0x0000
+    status = assoc.send_c_store(second)
+    assoc.release()
+    assert status.Status == 0xB006
+    assert "different content" in status.ErrorComment
+    with archive.sessions() as s:
+        assert s.scalar(select(Patient.patient_name)) == "Premier^Patient"
+    assert _count(archive, Instance) == 1
+
+
+def test_overwrite_policy_replaces_the_stored_object(instance_path):
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from archive_core.net.server import start_server
+    from backoffice.migrate import upgrade
+
+    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_DUPLICATE_POLICY="overwrite")
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    running = start_server(archive, host="127.0.0.1", port=0)
+    try:
+        first = make_ct(InstanceNumber=1)
+        second = make_ct(sop_uid=first.SOPInstanceUID, study_uid=first.StudyInstanceUID,
+                         series_uid=first.SeriesInstanceUID, InstanceNumber=7)
+        assoc = _associate(running.port)
+        assert assoc.send_c_store(first).Status == 0x0000
+        assert assoc.send_c_store(second).Status == 0x0000
+        assoc.release()
+        with archive.sessions() as s:
+            assert s.scalar(select(Instance.instance_number)) == 7
+        assert _count(archive, Instance) == 1
+    finally:
+        running.stop()
+        archive.close()
+
+
+# The test itself writes deliberately invalid UIDs, which pydicom warns about.
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:The value length")
+@pytest.mark.parametrize(
+    "attribute, value",
+    [
+        ("StudyInstanceUID", None),  # missing
+        ("SeriesInstanceUID", "1.2.3/../../etc"),  # path characters
+        ("StudyInstanceUID", "1.2.abc"),  # letters
+        ("SeriesInstanceUID", "1." + "2" * 70),  # longer than 64
+    ],
+)
+def test_invalid_identifying_uids_are_refused_and_nothing_is_written(scp, archive, attribute, value):
+    ds = make_ct()
+    if value is None:
+        delattr(ds, attribute)
+    else:
+        setattr(ds, attribute, value)
+    assoc = _associate(scp.port)
+    status = assoc.send_c_store(ds)
+    # The server keeps serving the same association afterwards.
+    assert assoc.send_c_store(make_ct()).Status == 0x0000
+    assoc.release()
+    assert status.Status == 0xA900
+    assert _count(archive, Instance) == 1
+    assert archive.store.incoming() == []
+
+
+def test_full_disk_answers_out_of_resources_and_keeps_what_is_stored(scp, archive):
+    assoc = _associate(scp.port)
+    kept = make_ct()
+    assert assoc.send_c_store(kept).Status == 0x0000
+    archive.store.min_free_bytes = archive.store.free_bytes() + 10**15  # the floor is now above what is free
+    archive.store._space_checked_at = 0.0
+    status = assoc.send_c_store(make_ct())
+    assoc.release()
+    assert status.Status == 0xA700
+    assert _count(archive, Instance) == 1
+    with archive.sessions() as s:
+        key = s.scalar(select(Instance.storage_key))
+    assert archive.store.exists(key)
+
+
+def test_unknown_calling_ae_is_refused_when_storage_is_closed_to_strangers(instance_path):
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from archive_core.net.server import start_server
+    from archive_core.peers import add_peer
+    from backoffice.migrate import upgrade
+
+    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_STORE_FROM_UNKNOWN_AES=False)
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    with archive.sessions() as s:
+        add_peer(s, "KNOWNCT", "127.0.0.1", 104)
+        s.commit()
+    running = start_server(archive, host="127.0.0.1", port=0)
+    try:
+        stranger = _associate(running.port, "STRANGER")
+        refused = stranger.send_c_store(make_ct())
+        stranger.release()
+        known = _associate(running.port, "KNOWNCT")
+        accepted = known.send_c_store(make_ct())
+        known.release()
+    finally:
+        running.stop()
+        archive.close()
+    assert refused.Status == 0x0124
+    assert accepted.Status == 0x0000
+
+
+def test_series_and_study_counts_cover_several_series(scp, archive):
+    study = "1.2.826.0.1.3680043.8.498.77"
+    assoc = _associate(scp.port)
+    for series, modality, n in (("1", "CT", 3), ("2", "CT", 2), ("3", "SR", 1)):
+        for i in range(n):
+            ds = make_ct(study_uid=study, series_uid=f"{study}.{series}", modality=modality, InstanceNumber=i + 1)
+            assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    with archive.sessions() as s:
+        st = s.scalar(select(Study).where(Study.study_uid == study))
+        assert (st.num_series, st.num_instances, st.modalities_in_study) == (3, 6, "CT\\SR")
+        counts = sorted(s.scalars(select(Series.num_instances).where(Series.study_pk == st.id)))
+    assert counts == [1, 2, 3]

@@ -26,6 +26,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_mapping(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=False,  # set true behind HTTPS (docs/configuration.md)
         WEB_HOST="127.0.0.1",
         WEB_PORT=8000,
         IDLE_TIMEOUT_MINUTES=30,
@@ -34,6 +35,11 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_prefixed_env("ARCHIVAGE")
     if test_config:
         app.config.update(test_config)
+    from datetime import timedelta
+
+    # Shared desk computers: a session ends after IDLE_TIMEOUT_MINUTES without a request.
+    app.config["PERMANENT_SESSION_LIFETIME"] = timedelta(minutes=int(app.config["IDLE_TIMEOUT_MINUTES"]))
+    app.config["SESSION_REFRESH_EACH_REQUEST"] = True
     if not app.config.get("SECRET_KEY"):
         raise RuntimeError("SECRET_KEY missing: instance/config.py is generated on first run")
 
@@ -46,6 +52,10 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(home_bp)
+
+    from backoffice.api import register_api
+
+    register_api(app)
 
     from backoffice.cli import register_cli
 

@@ -17,5 +17,6 @@ def alembic_config(database_url: str) -> Config:
     return cfg
 
 
-def upgrade(database_url: str, revision: str = "head") -> None:
+def upgrade(database_url: str, revision: str = "heads") -> None:
+    # "heads": each area (billing, retention, radiology) keeps its own branch of migrations from 0001.
     command.upgrade(alembic_config(database_url), revision)

@@ -316,16 +316,23 @@ def orthanc_config(workdir: Path, dicom_port: int, http_port: int) -> dict[str, 
     }
 
 
+def orthanc_binary() -> str:
+    """Return Debian's Orthanc binary (in /usr/sbin, which is not on every user's PATH)."""
+    found = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise RuntimeError("Orthanc not found (apt install orthanc)")
+    return found
+
+
 @contextmanager
 def orthanc_server(workdir: Path) -> Iterator[Server]:
     """Run Debian's ``Orthanc`` with a throw-away configuration and empty storage under ``workdir``."""
     dicom_port, http_port = free_ports(2)
     config_path = workdir / "orthanc.json"
     config_path.write_text(json.dumps(orthanc_config(workdir, dicom_port, http_port), indent=2))
-    binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     with running_server(
         "orthanc",
-        [binary, str(config_path)],
+        [orthanc_binary(), str(config_path)],
         port=dicom_port,
         ae_title=ORTHANC_AE,
         workdir=workdir,

@@ -28,6 +28,7 @@ from _common import (
     ImageSetSpec,
     PeakRss,
     generate_image_set,
+    orthanc_binary,
     run_dcmtk,
     store,
 )
@@ -146,45 +147,55 @@ def format_memory(ours: Measurement, theirs: Measurement | None, label: str) -> 
     return line
 
 
-def describe_tools() -> str:
-    storescu = run_dcmtk("storescu", ["--version"], timeout_s=10).stdout.split("\n", 1)[0]
-    orthanc = subprocess.run(
-        ["Orthanc", "--version"], capture_output=True, text=True, timeout=10, check=False
-    ).stdout.split("\n", 1)[0]
-    return f"{os.cpu_count()} CPUs; {storescu.strip('$ ')}; {orthanc}"
+def describe_tools(with_orthanc: bool) -> str:
+    tools = [f"{os.cpu_count()} CPUs", run_dcmtk("storescu", ["--version"], timeout_s=10).stdout.strip().split("\n")[0]]
+    if with_orthanc:
+        orthanc = subprocess.run([orthanc_binary(), "--version"], capture_output=True, text=True, timeout=10)
+        tools.append(f"Orthanc {orthanc.stdout.split(maxsplit=2)[1]}")  # its first word is argv[0]
+    return "; ".join(tool.strip("$ ") for tool in tools)
 
 
-def run_benchmark(args: argparse.Namespace, root: Path) -> None:
-    targets = list(dict.fromkeys([args.target, *([ORTHANC] if args.vs_orthanc else [])]))
-    specs = image_set_specs(args)
-    sets = {key: generate_image_set(spec, root / "data" / key) for key, spec in specs.items()}
-    print(describe_tools())
-    for key, image_set in sets.items():
-        print(f"{specs[key].label}: {len(image_set.files)} files, {image_set.total_bytes / MB:.1f} MB")
-    print(f"runs per point: {args.repeat} (median kept); fresh server and empty store per run\n")
+Results = dict[tuple[str, str, int], Measurement]
 
-    results: dict[tuple[str, str, int], Measurement] = {}
+
+def run_all(args: argparse.Namespace, targets: Sequence[str], sets: dict[str, ImageSet], root: Path) -> Results:
+    """Measure every (set, associations, target) point ``args.repeat`` times; keep the medians."""
+    results: Results = {}
     for key, image_set in sets.items():
         for associations in args.concurrency:
             runs: dict[str, list[Measurement]] = {target: [] for target in targets}
             for _ in range(args.repeat):
                 for target in targets:  # interleaved, so drift affects every target alike
                     run = measure(target, key, image_set, associations, root=root, timeout_s=args.timeout)
-                    print(format_row(run, specs[key].label), flush=True)
+                    print(format_row(run, image_set.spec.label), flush=True)
                     runs[target].append(run)
             for target in targets:
                 results[target, key, associations] = median_run(runs[target])
+    return results
 
+
+def print_summary(results: Results, ours: str, sets: dict[str, ImageSet], concurrency: Sequence[int]) -> None:
     print("\nSummary (median per point; ratio = instances/s ours / Orthanc's)")
-    for key in sets:
-        label = specs[key].label
-        for associations in args.concurrency:
-            ours = results[args.target, key, associations]
-            theirs = results.get((ORTHANC, key, associations)) if args.target != ORTHANC else None
-            print(format_comparison(ours, theirs, label) if theirs else format_row(ours, label))
-        if 1 in args.concurrency:
-            theirs_1 = results.get((ORTHANC, key, 1)) if args.target != ORTHANC else None
-            print(format_memory(results[args.target, key, 1], theirs_1, label))
+    for key, image_set in sets.items():
+        label = image_set.spec.label
+        for associations in concurrency:
+            mine = results[ours, key, associations]
+            theirs = results.get((ORTHANC, key, associations)) if ours != ORTHANC else None
+            print(format_comparison(mine, theirs, label) if theirs else format_row(mine, label))
+        if 1 in concurrency:
+            theirs_1 = results.get((ORTHANC, key, 1)) if ours != ORTHANC else None
+            print(format_memory(results[ours, key, 1], theirs_1, label))
+
+
+def run_benchmark(args: argparse.Namespace, root: Path) -> None:
+    targets = list(dict.fromkeys([args.target, *([ORTHANC] if args.vs_orthanc else [])]))
+    print(describe_tools(ORTHANC in targets))
+    sets = {key: generate_image_set(spec, root / "data" / key) for key, spec in image_set_specs(args).items()}
+    for image_set in sets.values():
+        print(f"{image_set.spec.label}: {len(image_set.files)} files, {image_set.total_bytes / MB:.1f} MB")
+    print(f"runs per point: {args.repeat} (median kept); fresh server and empty store per run\n")
+    results = run_all(args, targets, sets, root)
+    print_summary(results, args.target, sets, args.concurrency)
 
 
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -62,10 +62,14 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
+    """Any signed-in user."""
     facade().audit(db(), "logout", actor=current_user.login)
     logout_user()
     session.clear()
     return redirect(url_for("auth.login"))
+
+
+logout.allowed_roles = ("front_desk", "radiologist", "manager", "admin")
 
 
 __all__ = ["bp", "roles_required", "api"]

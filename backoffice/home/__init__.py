@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from flask import Blueprint, render_template
-from flask_login import current_user, login_required
+from flask_login import current_user
 
+from backoffice.auth import roles_required
+from backoffice.auth.models import ROLES
 from backoffice.extensions import facade
 
 bp = Blueprint("home", __name__)
 
 
 @bp.route("/")
-@login_required
+@roles_required(*ROLES)
 def index():
     return render_template("home/index.html", user=current_user, stats=facade().stats())

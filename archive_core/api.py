@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -14,7 +15,7 @@ from archive_core.config import Settings
 from archive_core.db import Base, write_session
 from archive_core.index.models import Instance, Patient, Study, utcnow
 
-__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "utcnow"]
+__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "StudySummary", "utcnow"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,23 @@ class ArchiveStats:
     studies: int
     instances: int
     bytes_stored: int
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    """A study as the back-office bills it: identity snapshot, accession, modalities, external flag."""
+
+    study_uid: str
+    study_date: str | None  # YYYYMMDD as received
+    accession_number: str | None
+    modalities: tuple[str, ...]
+    description: str | None
+    external: bool
+    patient_id: str
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    received_at: datetime
 
 
 class ArchiveFacade:
@@ -67,3 +85,38 @@ class ArchiveFacade:
                 instances=s.scalar(select(func.count(Instance.id))) or 0,
                 bytes_stored=s.scalar(select(func.coalesce(func.sum(Instance.size_bytes), 0))) or 0,
             )
+
+    def list_studies(
+        self,
+        *,
+        study_date: str | None = None,
+        patient_id: str | None = None,
+        study_uids: tuple[str, ...] | None = None,
+        limit: int = 5000,
+    ) -> list[StudySummary]:
+        """Studies filtered by exact date (YYYYMMDD), exact Patient ID and/or UIDs, oldest first."""
+        query = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
+        if study_date is not None:
+            query = query.where(Study.study_date == study_date)
+        if patient_id is not None:
+            query = query.where(Patient.patient_id == patient_id)
+        if study_uids is not None:
+            query = query.where(Study.study_uid.in_(study_uids))
+        with self._archive.sessions() as s:
+            rows = s.execute(query.order_by(Study.id).limit(limit)).all()
+            return [
+                StudySummary(
+                    study_uid=st.study_uid,
+                    study_date=st.study_date,
+                    accession_number=st.accession_number,
+                    modalities=tuple(m for m in (st.modalities_in_study or "").split("\\") if m),
+                    description=st.study_description,
+                    external=bool(st.external),
+                    patient_id=p.patient_id,
+                    patient_name=p.patient_name,
+                    patient_birth_date=p.patient_birth_date,
+                    patient_sex=p.patient_sex,
+                    received_at=st.received_at,
+                )
+                for st, p in rows
+            ]

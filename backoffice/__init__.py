@@ -52,6 +52,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(home_bp)
+    from backoffice.billing.views import bp as billing_bp; app.register_blueprint(billing_bp)  # noqa: E702
 
     from backoffice.api import register_api
 

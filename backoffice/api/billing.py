@@ -3,7 +3,6 @@ memberships, invoices, payments, credit notes, invoice and receipt PDFs, claims 
 
 from __future__ import annotations
 
-import logging
 from datetime import date
 from urllib.parse import urlencode
 
@@ -17,7 +16,6 @@ from backoffice.billing import services as S
 from backoffice.billing.models import Claim, ExamGroup, Insurer, Invoice
 from backoffice.extensions import db, facade
 
-log = logging.getLogger(__name__)
 
 DESK = ("front_desk", "manager")
 MANAGER = ("manager",)
@@ -61,8 +59,8 @@ def _page(items: list, last_id: int | None, limit: int, more: bool) -> dict:
 # -- exam groups ---------------------------------------------------------------------------------
 
 
-def _group_json(group: ExamGroup) -> dict:
-    state = S.group_state(db(), group)
+def _group_json(group: ExamGroup, state: S.GroupState | None = None) -> dict:
+    state = state or S.group_state(db(), group)
     return {
         "id": group.id,
         "patient_id": group.patient_id,
@@ -113,9 +111,11 @@ def list_exam_groups():
     groups = S.list_exam_groups(db(), visit_date=visit_date, patient_id=patient_id, after_id=after, limit=limit + 1)
     more = len(groups) > limit
     groups = groups[:limit]
-    if patient_id:
-        facade().audit_now("billing.exam_groups.viewed", actor=current_api_user().login, patient_id=patient_id)
-    return jsonify(_page([_group_json(g) for g in groups], groups[-1].id if groups else None, limit, more))
+    facade().audit_now("billing.exam_groups.viewed", actor=current_api_user().login, patient_id=patient_id,
+                       detail={"date": visit_date.isoformat() if visit_date else None, "count": len(groups)})
+    states = S.group_states(db(), groups)
+    return jsonify(_page([_group_json(g, states[g.id]) for g in groups], groups[-1].id if groups else None, limit,
+                         more))
 
 
 @api_route(
@@ -212,8 +212,8 @@ def add_membership(patient_id: str):
 # -- invoices ------------------------------------------------------------------------------------
 
 
-def _invoice_json(invoice: Invoice) -> dict:
-    state = S.invoice_state(db(), invoice)
+def _invoice_json(invoice: Invoice, state: S.InvoiceState | None = None) -> dict:
+    state = state or S.invoice_state(db(), invoice)
     return {
         "id": invoice.id, "number": invoice.number, "exam_group_id": invoice.group_id,
         "patient_id": invoice.patient_id, "visit_date": invoice.visit_date.isoformat(),
@@ -241,16 +241,8 @@ def issue_invoice():
     payload = _invoice_json(invoice)
     # Commit now: the numbering lock is released before the slow part (the PDF).
     session.commit()
-    store_pdf_after_issue(invoice.id)
+    documents.render_after_issue(invoice.id)
     return jsonify(payload), 201
-
-
-def store_pdf_after_issue(invoice_id: int) -> None:
-    """Render the invoice as issued, outside the numbering lock; a failure leaves it to the first print."""
-    try:
-        documents.invoice_pdf(facade().new_session, invoice_id)
-    except Exception:  # the invoice stands; invoice.pdf renders it on first request
-        log.exception("rendering invoice %s failed; it will be rendered on first print", invoice_id)
 
 
 @api_route("/invoices", roles=DESK, summary="Invoices, newest first (optionally of one patient)",
@@ -269,7 +261,9 @@ def list_invoices():
     if request.args.get("patient_id"):
         facade().audit_now("billing.invoices.viewed", actor=current_api_user().login,
                            patient_id=request.args["patient_id"])
-    return jsonify(_page([_invoice_json(i) for i in invoices], invoices[-1].id if invoices else None, limit, more))
+    states = S.invoice_states(db(), invoices)
+    return jsonify(_page([_invoice_json(i, states[i.id]) for i in invoices], invoices[-1].id if invoices else None,
+                         limit, more))
 
 
 @api_route("/invoices/<int:invoice_id>", roles=DESK, summary="One invoice and its balance")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import tempfile
 from datetime import date, datetime, timezone
@@ -10,13 +11,15 @@ from pathlib import Path
 
 from babel.dates import format_date, format_datetime
 from babel.numbers import format_currency
-from flask import current_app, render_template
+from flask import current_app
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backoffice.billing import services
 from backoffice.billing.models import CreditNote, Invoice, InvoiceDocument, Payment
 
+log = logging.getLogger(__name__)
 NOT_CONFIGURED = "à configurer"
 PRACTICE_KEYS = ("PRACTICE_NAME", "PRACTICE_ADDRESS", "PRACTICE_SIRET", "PRACTICE_FINESS", "PRACTICE_RPPS",
                  "VAT_MENTION")
@@ -65,13 +68,18 @@ def _pdf(html: str) -> bytes:
     return HTML(string=html, base_url=current_app.instance_path).write_pdf()
 
 
+def _render_html(template: str, **context) -> str:
+    # Not flask.render_template: its context processors (current_user) would open a request session.
+    return current_app.jinja_env.get_template(template).render(**context)
+
+
 def _helpers() -> dict:
     return {"euros": euros, "french_date": french_date, "french_datetime": french_datetime, "name": dicom_name,
             "methods": METHOD_LABELS, "practice": practice_identity(), "dicom_date": services.dicom_date}
 
 
 def render_invoice(session: Session, invoice: Invoice) -> bytes:
-    return _pdf(render_template("billing/invoice_pdf.html", invoice=invoice, **_helpers()))
+    return _pdf(_render_html("billing/invoice_pdf.html", invoice=invoice, **_helpers()))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -87,24 +95,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
-def store_invoice_pdf(session: Session, invoice: Invoice) -> InvoiceDocument:
-    """Render and keep the invoice as issued (once); later calls return what was stored."""
-    existing = session.scalar(select(InvoiceDocument).where(InvoiceDocument.kind == "invoice",
-                                                            InvoiceDocument.ref_id == invoice.id))
-    if existing is not None:
-        return existing
-    data = render_invoice(session, invoice)
-    folder = documents_dir() / "invoices" / invoice.series
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{invoice.number}.pdf"
-    _write_atomically(path, data)
-    document = InvoiceDocument(kind="invoice", ref_id=invoice.id, sha256=hashlib.sha256(data).hexdigest(),
-                               path=str(path.relative_to(documents_dir())))
-    session.add(document)
-    session.flush()
-    return document
-
-
 class DocumentAltered(Exception):
     """A stored document no longer matches its SHA-256."""
 
@@ -116,18 +106,76 @@ def read_document(document: InvoiceDocument) -> bytes:
     return data
 
 
-def invoice_pdf(session_factory, invoice_id: int) -> bytes:
-    """The stored invoice PDF; rendered and stored now if issuing was interrupted before it."""
-    with session_factory(write=False) as s:
-        invoice = services.get_invoice(s, invoice_id)
-        document = s.scalar(select(InvoiceDocument).where(InvoiceDocument.kind == "invoice",
-                                                          InvoiceDocument.ref_id == invoice.id))
+def _stored(session: Session, invoice_id: int) -> InvoiceDocument | None:
+    return session.scalar(select(InvoiceDocument).where(InvoiceDocument.kind == "invoice",
+                                                        InvoiceDocument.ref_id == invoice_id))
+
+
+def invoice_pdf(new_session, invoice_id: int) -> bytes:
+    """The invoice as issued: the stored PDF, or rendered and stored now (once) if not yet done.
+
+    Rendering happens in a read transaction; only the short insert of its record takes the write
+    lock. If two renders race, the first record wins and the loser's file is removed, so every
+    print serves the same bytes.
+    """
+    with new_session() as s:
+        document = _stored(s, invoice_id)
         if document is not None:
             return read_document(document)
-    with session_factory(write=True) as s:
-        document = store_invoice_pdf(s, services.get_invoice(s, invoice_id))
-        s.commit()
+        invoice = services.get_invoice(s, invoice_id)
+        number, series = invoice.number, invoice.series
+        data = render_invoice(s, invoice)
+    digest = hashlib.sha256(data).hexdigest()
+    folder = documents_dir() / "invoices" / series
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{number}-{digest[:12]}.pdf"
+    _write_atomically(path, data)
+    try:
+        with new_session(write=True) as s:
+            document = _stored(s, invoice_id)
+            if document is None:
+                s.add(InvoiceDocument(kind="invoice", ref_id=invoice_id, sha256=digest,
+                                      path=str(path.relative_to(documents_dir()))))
+                s.commit()
+                return data
+    except IntegrityError:  # PostgreSQL: another render committed first
+        document = None
+    with new_session() as s:
+        document = document or _stored(s, invoice_id)
+        if document is not None and document.path != str(path.relative_to(documents_dir())):
+            path.unlink(missing_ok=True)
         return read_document(document)
+
+
+def render_after_issue(invoice_id: int) -> None:
+    """Render and store a just-issued invoice, after its commit (never inside the numbering lock).
+
+    Served by one background thread per process (``BILLING_PDF_IN_BACKGROUND``, on by default and
+    off under ``TESTING``) so that issuing answers at once; if the process stops first, the first
+    print renders it. A failure is logged, the invoice stands.
+    """
+    app = current_app._get_current_object()
+    if app.testing or not app.config.get("BILLING_PDF_IN_BACKGROUND", True):
+        try:
+            invoice_pdf(app.extensions["archivage"].new_session, invoice_id)
+        except Exception:
+            log.exception("rendering invoice %s failed; it will be rendered on first print", invoice_id)
+        return
+    executor = app.extensions.get("billing_pdf_executor")
+    if executor is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = app.extensions.setdefault("billing_pdf_executor",
+                                             ThreadPoolExecutor(max_workers=1, thread_name_prefix="invoice-pdf"))
+    executor.submit(_render_logged, app, invoice_id)
+
+
+def _render_logged(app, invoice_id: int) -> None:
+    with app.app_context():
+        try:
+            invoice_pdf(app.extensions["archivage"].new_session, invoice_id)
+        except Exception:
+            log.exception("rendering invoice %s failed; it will be rendered on first print", invoice_id)
 
 
 def render_receipt(session: Session, invoice: Invoice, payment_id: int | None = None) -> bytes:
@@ -139,7 +187,7 @@ def render_receipt(session: Session, invoice: Invoice, payment_id: int | None = 
             raise services.NotFound("no such payment on this invoice")
     state = services.invoice_state(session, invoice)
     credit = session.scalar(select(CreditNote).where(CreditNote.invoice_id == invoice.id))
-    html = render_template("billing/receipt_pdf.html", invoice=invoice, payments=payments, state=state,
+    html = _render_html("billing/receipt_pdf.html", invoice=invoice, payments=payments, state=state,
                            credit=credit, now=services.utcnow(), status_label=STATUS_LABELS[state.status],
                            **_helpers())
     return _pdf(html)

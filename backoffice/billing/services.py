@@ -11,7 +11,7 @@ from typing import Iterable
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from backoffice.billing import money
 from backoffice.billing.models import (
@@ -298,7 +298,7 @@ def list_exam_groups(session: Session, *, visit_date: date | None = None, patien
         query = query.where(ExamGroup.visit_date == visit_date)
     if patient_id is not None:
         query = query.where(ExamGroup.patient_id == patient_id)
-    return list(session.scalars(query.order_by(ExamGroup.id).limit(limit)))
+    return list(session.scalars(query.order_by(ExamGroup.id).limit(limit).options(selectinload(ExamGroup.studies))))
 
 
 @dataclass(frozen=True)
@@ -310,16 +310,31 @@ class GroupState:
 
 
 def group_state(session: Session, group: ExamGroup) -> GroupState:
-    fee = fee_for(session, group.exam_group, group.visit_date)
-    invoice = invoice_of_group(session, group.id)
-    if invoice is not None:
-        st = invoice_state(session, invoice)
-        state = "paid" if st.status == "paid" else "invoiced"
-    elif fee == 0:
-        state = "free"
-    else:
-        state = {"pending": "to_ask", "accepted": "accepted", "refused": "refused"}[group.consent]
-    return GroupState(fee, group.consent, invoice.id if invoice else None, state)
+    return group_states(session, [group])[group.id]
+
+
+def group_states(session: Session, groups: list[ExamGroup]) -> dict[int, GroupState]:
+    """Fee, consent, invoice and front-desk state of many groups in a handful of queries."""
+    if not groups:
+        return {}
+    tariffs: dict[str, list[Tariff]] = {}
+    for tariff in session.scalars(select(Tariff).order_by(Tariff.effective_from.desc())):
+        tariffs.setdefault(tariff.exam_group, []).append(tariff)
+    invoices = {i.group_id: i for i in session.scalars(select(Invoice).where(Invoice.group_id.in_([g.id for g in groups])))}
+    states = invoice_states(session, list(invoices.values()))
+    out = {}
+    for group in groups:
+        tariff = next((t for t in tariffs.get(group.exam_group, []) if t.effective_from <= group.visit_date), None)
+        fee = 0 if tariff is None or tariff.national_insurance_paid else tariff.fee_cents
+        invoice = invoices.get(group.id)
+        if invoice is not None:
+            state = "paid" if states[invoice.id].status == "paid" else "invoiced"
+        elif fee == 0:
+            state = "free"
+        else:
+            state = {"pending": "to_ask", "accepted": "accepted", "refused": "refused"}[group.consent]
+        out[group.id] = GroupState(fee, group.consent, invoice.id if invoice else None, state)
+    return out
 
 
 # -- consent ------------------------------------------------------------------------------------
@@ -465,6 +480,15 @@ def issue_invoice(session: Session, group_id: int, *, issued_by: str, payer_name
         # Issuing means the price was shown and accepted at the desk: record it like any consent.
         record_consent(session, group.id, accepted=True, recorded_by=issued_by)
 
+    # Take the number first: on PostgreSQL its row lock also serialises the annual-cap reads below
+    # (on SQLite the transaction already holds the write lock).
+    series = str(paris_day(utcnow()).year)
+    sequence = next_number(session, series)
+    issued_at = utcnow()  # after the lock: numbers and dates go up together
+    year = int(series)
+    if invoice_of_group(session, group.id) is not None:  # issued by another desk while we waited
+        raise Conflict("this exam group is already invoiced", code="already_invoiced")
+
     total = tariff.fee_cents
     membership = membership_for(session, group.patient_id, group.visit_date)
     insurer = membership.insurer if membership else None
@@ -478,11 +502,6 @@ def issue_invoice(session: Session, group_id: int, *, issued_by: str, payer_name
     else:
         shares = money.split(total)
 
-    issued_at = utcnow()
-    year = paris_day(issued_at).year
-    series = str(year)
-    sequence = next_number(session, series)
-    issued_at = utcnow()  # after the lock: numbers and dates go up together
     invoice = Invoice(
         number=f"{year}-{sequence:06d}", series=series, sequence=sequence, group_id=group.id,
         issued_at=issued_at, issued_by=issued_by,
@@ -524,14 +543,27 @@ class InvoiceState:
 
 
 def invoice_state(session: Session, invoice: Invoice) -> InvoiceState:
-    rows = session.execute(
-        select(Payment.payer, func.coalesce(func.sum(Payment.amount_cents), 0))
-        .where(Payment.invoice_id == invoice.id).group_by(Payment.payer)
-    ).all()
-    paid_by = {payer: int(total) for payer, total in rows}
+    return invoice_states(session, [invoice])[invoice.id]
+
+
+def invoice_states(session: Session, invoices: list[Invoice]) -> dict[int, InvoiceState]:
+    """Status and balances of many invoices in four queries (lists of 100 stay fast)."""
+    ids = [i.id for i in invoices]
+    if not ids:
+        return {}
+    paid_by: dict[int, dict[str, int]] = {}
+    for invoice_id, payer, total in session.execute(
+        select(Payment.invoice_id, Payment.payer, func.sum(Payment.amount_cents))
+        .where(Payment.invoice_id.in_(ids)).group_by(Payment.invoice_id, Payment.payer)
+    ):
+        paid_by.setdefault(invoice_id, {})[payer] = int(total)
+    credits = {c.invoice_id: c for c in session.scalars(select(CreditNote).where(CreditNote.invoice_id.in_(ids)))}
+    claims = {c.invoice_id: c for c in session.scalars(select(Claim).where(Claim.invoice_id.in_(ids)))}
+    return {i.id: _state(i, paid_by.get(i.id, {}), credits.get(i.id), claims.get(i.id)) for i in invoices}
+
+
+def _state(invoice: Invoice, paid_by: dict[str, int], credit: CreditNote | None, claim: Claim | None) -> InvoiceState:
     paid = sum(paid_by.values())
-    credit = session.scalar(select(CreditNote).where(CreditNote.invoice_id == invoice.id))
-    claim = session.scalar(select(Claim).where(Claim.invoice_id == invoice.id))
     owed = invoice.total_cents + (credit.total_cents if credit else 0)
     balance = owed - paid
     if credit is not None:

@@ -10,6 +10,7 @@ import click
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 from sqlalchemy import or_, select
+from sqlalchemy.orm import selectinload
 
 from backoffice.auth import roles_required
 from backoffice.billing import documents, exports
@@ -122,14 +123,16 @@ def today():
         groups = list(db().scalars(
             select(ExamGroup).where(or_(ExamGroup.patient_id == query_text,
                                         ExamGroup.patient_name.ilike(f"%{_escape(query_text)}%", escape="\\")))
-            .where(ExamGroup.id > after).order_by(ExamGroup.id).limit(PAGE_SIZE + 1)))
+            .where(ExamGroup.id > after).order_by(ExamGroup.id).limit(PAGE_SIZE + 1)
+            .options(selectinload(ExamGroup.studies))))
         facade().audit_now("billing.search", actor=current_user.login, detail={"results": len(groups)})
     else:
         sync_from_archive(visit_date=day, patient_id=None)
         groups = S.list_exam_groups(db(), visit_date=day, after_id=after, limit=PAGE_SIZE + 1)
     more = len(groups) > PAGE_SIZE
     groups = groups[:PAGE_SIZE]
-    rows = [(g, S.group_state(db(), g)) for g in groups]
+    states = S.group_states(db(), groups)
+    rows = [(g, states[g.id]) for g in groups]
     return render_template("billing/today.html", day=day, rows=rows, q=query_text, labels=S.exam_group_labels(db()),
                            states=STATE_LABELS, next_after=groups[-1].id if more else None,
                            prev_day=day - timedelta(days=1), next_day=day + timedelta(days=1))
@@ -197,8 +200,6 @@ def move_study(group_id: int):
 @roles_required(*DESK)
 @domain_errors("billing.today")
 def issue(group_id: int):
-    from backoffice.api.billing import store_pdf_after_issue
-
     session = db()
     invoice = S.issue_invoice(session, group_id, issued_by=current_user.login,
                               payer_name=(request.form.get("payer_name") or "").strip() or None)
@@ -206,7 +207,7 @@ def issue(group_id: int):
                    detail={"number": invoice.number})
     invoice_id = invoice.id
     session.commit()  # the number is taken; the PDF is rendered outside the lock
-    store_pdf_after_issue(invoice_id)
+    documents.render_after_issue(invoice_id)
     flash(f"Facture {invoice.number} émise.", "info")
     return redirect(url_for("billing.invoice", invoice_id=invoice_id))
 

@@ -114,9 +114,13 @@ def verify(session: Session) -> ChainReport:
     """Recompute the chain; the first event whose hash or link does not hold is reported."""
     prev = GENESIS
     checked = 0
-    for event in session.scalars(select(AuditEvent).order_by(AuditEvent.id).execution_options(yield_per=1000)):
-        if event.prev_hash != prev or _digest(prev, event) != event.hash:
-            return ChainReport(checked, event.id)
-        prev = event.hash
-        checked += 1
+    events = session.scalars(select(AuditEvent).order_by(AuditEvent.id).execution_options(yield_per=1000))
+    try:
+        for event in events:
+            if event.prev_hash != prev or _digest(prev, event) != event.hash:
+                return ChainReport(checked, event.id)
+            prev = event.hash
+            checked += 1
+    finally:
+        events.close()  # a server-side cursor (PostgreSQL) left open on an early return
     return ChainReport(checked, None)

@@ -6,9 +6,10 @@ import sys
 from datetime import date
 
 import click
+from flask.cli import AppGroup
 
 
-@click.group("retention", help="Retention: the sweep and approved purges.")
+@click.group("retention", cls=AppGroup, help="Retention: the sweep and approved purges.")
 def retention_cli() -> None: ...
 
 

@@ -231,3 +231,34 @@ def test_a_purged_patient_who_comes_back_is_a_new_record(app, client, manager, f
     add_study(archive_of, tmp_path, "OLD", "20261127")
     body = client.get("/api/v1/patients/OLD/retention", headers=manager).get_json()
     assert body["keep_until"] == "2046-11-27"
+
+
+def test_sweep_and_approved_purge_on_both_databases(database_url, instance_path, tmp_path):
+    """The same sweep, approval and purge on SQLite and on a real PostgreSQL."""
+    from backoffice import create_app
+    from backoffice.migrate import upgrade
+    from backoffice.retention import services
+    from backoffice.retention.certificate import certificates_dir, render_certificate
+
+    upgrade(database_url)
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "STORAGE_MIN_FREE_BYTES": 0,
+                      "DATABASE_URL": database_url})
+    facade = app.extensions["archivage"]
+    try:
+        old = add_study(facade.archive, tmp_path, "OLD", "20000105")
+        add_study(facade.archive, tmp_path, "MID", "20150101")
+        with app.app_context():
+            report = services.sweep(facade, today=TODAY, certificates=certificates_dir(), render=render_certificate)
+            assert report.proposed_batch_id == 1 and len(report.to_move) == 2
+            with facade.new_session(write=True) as s:
+                services.decide_batch(s, facade, 1, approve=True, reason="vérifié", actor="gerante")
+                s.commit()
+            batch = services.run_purge(facade, 1, certificates=certificates_dir(), render=render_certificate)
+        assert batch.status == "executed" and batch.instances == 2
+        assert instance_files(facade.archive, old) == []
+        assert _visible(facade) == {"MID"}
+        with facade.new_session() as s:
+            usage = facade.storage_usage(s)
+        assert [(u.tier, u.year, u.modality, u.instances) for u in usage] == [("archive", "2015", "CT", 2)]
+    finally:
+        facade.archive.close()

@@ -110,7 +110,11 @@ def get_batch(batch_id: int):
            request_body={"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})
 @_domain_errors
 def approve_batch(batch_id: int):
-    batch = services.decide_batch(db(), facade(), batch_id, approve=True, reason=_reason(json_body()),
+    return _decide(batch_id, approve=True)
+
+
+def _decide(batch_id: int, *, approve: bool):
+    batch = services.decide_batch(db(), facade(), batch_id, approve=approve, reason=_reason(json_body()),
                                   actor=current_api_user().login)
     return jsonify(services.batch_json(batch))
 
@@ -120,9 +124,7 @@ def approve_batch(batch_id: int):
            request_body={"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}})
 @_domain_errors
 def reject_batch(batch_id: int):
-    batch = services.decide_batch(db(), facade(), batch_id, approve=False, reason=_reason(json_body()),
-                                  actor=current_api_user().login)
-    return jsonify(services.batch_json(batch))
+    return _decide(batch_id, approve=False)
 
 
 @api_route("/retention/batches/<int:batch_id>/execute", methods=("POST",), roles=MANAGER,

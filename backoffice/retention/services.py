@@ -20,6 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveFacade, PatientRecord
+from archive_core.errors import ArchiveError, NotFound
 from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide, parse_da
 from backoffice.retention.models import OPEN_STATUSES, DeathRecord, LegalHold, PurgeBatch, PurgeItem
 
@@ -48,6 +49,12 @@ class NotApproved(RetentionError):
 class InvalidRequest(RetentionError):
     status = 400
     code = "bad_request"
+
+
+def _require_reason(reason: str | None) -> None:
+    # Every decision on a record (hold, destruction, correction) carries its reason into the audit trail.
+    if not reason or not reason.strip():
+        raise InvalidRequest("un motif est requis")
 
 
 def today_paris(now: datetime | None = None) -> date:
@@ -169,8 +176,7 @@ def record_death(session: Session, facade: ArchiveFacade, patient_id: str, death
 
 def place_hold(session: Session, facade: ArchiveFacade, patient_id: str, reason: str, *, actor: str,
                today: date, now: datetime | None = None) -> LegalHold:
-    if not reason or not reason.strip():
-        raise InvalidRequest("un motif est requis")
+    _require_reason(reason)
     patient = patient_retention(session, facade, patient_id, today=today)
     hold = LegalHold(patient_id=patient_id, issuer_of_patient_id=patient.record.issuer_of_patient_id,
                      reason=reason.strip(), placed_by=actor, placed_at=now or datetime.now(timezone.utc))
@@ -233,8 +239,7 @@ def propose_batch(session: Session, facade: ArchiveFacade, *, today: date, actor
 def request_study_deletion(session: Session, facade: ArchiveFacade, study_uid: str, reason: str, *,
                            actor: str) -> PurgeBatch:
     """A study sent by mistake: proposed for destruction like any purge (approval required)."""
-    if not reason or not reason.strip():
-        raise InvalidRequest("un motif est requis")
+    _require_reason(reason)
     owner = facade.study_owner(session, study_uid)
     if owner is None:
         raise PatientNotFound("aucun examen avec cet identifiant")
@@ -261,8 +266,7 @@ def get_batch(session: Session, batch_id: int) -> PurgeBatch:
 def decide_batch(session: Session, facade: ArchiveFacade, batch_id: int, *, approve: bool, reason: str,
                  actor: str) -> PurgeBatch:
     """A manager's decision on a proposed batch (the approver and the reason are recorded)."""
-    if not reason or not reason.strip():
-        raise InvalidRequest("un motif est requis")
+    _require_reason(reason)
     batch = get_batch(session, batch_id)
     if batch.status != "proposed":
         raise RetentionError(f"le lot est déjà {batch.status}")
@@ -307,7 +311,10 @@ def run_purge(facade: ArchiveFacade, batch_id: int, *, certificates: Path, rende
     """
     today = today or today_paris()
     with facade.new_session(write=True) as s:
-        batch = get_batch(s, batch_id)
+        # Row lock on PostgreSQL (SQLite's write lock is taken already): one executor per batch.
+        batch = s.get(PurgeBatch, batch_id, with_for_update=True)
+        if batch is None:
+            raise PatientNotFound("aucun lot avec cet identifiant")
         if batch.status == "executed":
             return batch
         if batch.status not in ("approved", "tombstoned"):
@@ -356,7 +363,11 @@ def _tombstone(s: Session, facade: ArchiveFacade, batch: PurgeBatch, *, actor: s
         else:
             if current.get(key) is not None and current[key].decision.on_hold:
                 raise RetentionError("le patient de cet examen est sous séquestre : rien n'est détruit")
-            result = facade.tombstone_study(s, item.study_uid, at=now)
+            try:
+                result = facade.tombstone_study(s, item.study_uid, at=now)
+            except NotFound:  # already gone (another batch): nothing left to destroy
+                item.manifest = "[]"
+                continue
         item.manifest = json.dumps([
             {"study_uid": st.study_uid, "study_date": st.study_date, "modalities": st.modalities,
              "instances": st.instances, "bytes": st.bytes_total, "checksum_sha256": st.checksum_sha256,
@@ -430,10 +441,7 @@ def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certific
 
 def move_study(session: Session, facade: ArchiveFacade, study_uid: str, to_patient_id: str, reason: str, *,
                actor: str) -> None:
-    if not reason or not reason.strip():
-        raise InvalidRequest("un motif est requis")
-    from archive_core.errors import ArchiveError, NotFound
-
+    _require_reason(reason)
     try:
         previous = facade.move_study(session, study_uid, to_patient_id)
     except NotFound as exc:
@@ -446,10 +454,7 @@ def move_study(session: Session, facade: ArchiveFacade, study_uid: str, to_patie
 
 def merge_patients(session: Session, facade: ArchiveFacade, source_id: str, target_id: str, reason: str, *,
                    actor: str) -> int:
-    if not reason or not reason.strip():
-        raise InvalidRequest("un motif est requis")
-    from archive_core.errors import ArchiveError, NotFound
-
+    _require_reason(reason)
     try:
         moved = facade.merge_patients(session, source_id, target_id, at=datetime.now(timezone.utc))
     except NotFound as exc:

@@ -178,8 +178,10 @@ def test_a_hold_never_shortens_anything(facts, hold, today):
 
 @given(facts_strategy, dates, dates)
 def test_a_new_visit_never_shortens_unless_death(facts, visit, today):
+    # Without holds: held time before a new visit is consumed by the restart (see the table), by choice.
+    facts = RetentionFacts(facts.visit_dates, facts.birth_date, facts.death_date, ())
     before = decide(facts, today)
-    after = decide(RetentionFacts(facts.visit_dates + (visit,), facts.birth_date, facts.death_date, facts.holds), today)
+    after = decide(RetentionFacts(facts.visit_dates + (visit,), facts.birth_date, facts.death_date, ()), today)
     if DEATH not in (before.basis, after.basis):
         assert after.keep_until >= before.keep_until
 

@@ -262,3 +262,23 @@ def test_sweep_and_approved_purge_on_both_databases(database_url, instance_path,
         assert [(u.tier, u.year, u.modality, u.instances) for u in usage] == [("archive", "2015", "CT", 2)]
     finally:
         facade.archive.close()
+
+
+def test_scheduler_registers_the_sweep_once_with_catch_up(app, monkeypatch):
+    from apscheduler.schedulers.blocking import BlockingScheduler
+
+    from backoffice import scheduler
+
+    seen = {}
+
+    def fake_start(self, *args, **kwargs):
+        job = self.get_job("retention_sweep")
+        seen.update(coalesce=job.coalesce, max_instances=job.max_instances, misfire=job.misfire_grace_time,
+                    trigger=str(job.trigger))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BlockingScheduler, "start", fake_start)
+    monkeypatch.setattr(scheduler, "acquire_lock", lambda path: object())  # the real one is held for life
+    scheduler.run_scheduler(app)
+    assert seen == {"coalesce": True, "max_instances": 1, "misfire": None,
+                    "trigger": "cron[hour='2', minute='30']"}

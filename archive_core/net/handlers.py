@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -14,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_core.config import Settings
 from archive_core.errors import ArchiveError, UnknownPeer
 from archive_core.index.ingest import Identity, Ingestor, parse
+from archive_core.net import tuning
 from archive_core.net.status import REFUSED_NOT_AUTHORIZED, STORE_STATUS, SUCCESS, status_for
 from archive_core.peers import PeerInfo, find_peer
 
@@ -60,17 +60,13 @@ def _failure(code: int, reason: str) -> Dataset:
 
 
 def handle_conn_open(event, ctx: ArchiveContext) -> None:
-    """Turn Nagle off (40 ms per exchange on loopback otherwise) and stop the DUL's idle sleep."""
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-    # pynetdicom's DUL reactor sleeps _run_loop_delay (1 ms) between polls when idle, which
-    # caps a single association's message rate; the attribute is private, hence the pinned
-    # pynetdicom version and tests/unit/test_server_tuning.py.
-    event.assoc.dul._run_loop_delay = ctx.settings.DICOM_DUL_LOOP_DELAY
+    """Turn Nagle off and replace pynetdicom's polling sleeps (see archive_core/net/tuning.py)."""
+    if ctx.settings.DICOM_DUL_LOOP_DELAY:
+        # Tuning off: pynetdicom's own polling, at the configured delay.
+        tuning.set_nodelay(event.assoc.dul.socket.socket if event.assoc.dul.socket else None)
+        event.assoc.dul._run_loop_delay = ctx.settings.DICOM_DUL_LOOP_DELAY
+    else:
+        tuning.tune_acceptor(event.assoc)
 
 
 def handle_echo(event, ctx: ArchiveContext) -> int:

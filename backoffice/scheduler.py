@@ -50,7 +50,9 @@ def run_scheduler(app: Flask) -> None:
 
         return run
 
-    scheduler.add_job(in_app(journal_backlog_job), "interval", minutes=5, id="journal_backlog", replace_existing=True)
+    scheduler.add_job(
+        in_app(journal_backlog_job), "interval", minutes=5, id="journal_backlog", name="journal_backlog", replace_existing=True
+    )
     log.info("scheduler started")
     try:
         scheduler.start()

@@ -448,7 +448,7 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
             inst.tier = "active"
             inst.source_ae = job.source_ae
         s.flush()
-        _refresh_counts(s, {se.id for se in series.values() if se.series_uid in series_uids}, {studies[u].id for u in study_uids})
+        refresh_counts(s, {se.id for se in series.values() if se.series_uid in series_uids}, {studies[u].id for u in study_uids})
     return study_uids
 
 
@@ -460,7 +460,7 @@ def _update_blank(row: object, values: dict, *, skip: tuple[str, ...], newest_wi
             setattr(row, column, value)
 
 
-def _refresh_counts(s: Session, series_ids: set[int], study_ids: set[int]) -> None:
+def refresh_counts(s: Session, series_ids: set[int], study_ids: set[int]) -> None:
     for series_id in series_ids:
         s.execute(
             update(Series)

@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from archive_core.archive import Archive
 from archive_core.db import write_session
 from archive_core.errors import ArchiveError
-from archive_core.index.ingest import Identity, index_jobs, job_from_file, read_part10, _refresh_counts
+from archive_core.index.ingest import Identity, index_jobs, job_from_file, read_part10, refresh_counts
 from archive_core.index.models import Instance
 from archive_core.part10 import dataset_offset
 
@@ -104,7 +104,7 @@ def _repair(archive: Archive, report: FsckReport) -> None:
             from archive_core.index.models import Series
 
             study_ids = set(s.scalars(select(Series.study_pk).where(Series.id.in_(series_ids))))
-            _refresh_counts(s, series_ids, study_ids)
+            refresh_counts(s, series_ids, study_ids)
         report.repaired.extend(f"dropped index row of {k}" for k in report.missing_files)
         report.missing_files = []
         report.checksum_mismatches = []

@@ -59,13 +59,16 @@ def run_scheduler(app: Flask) -> None:
 
         return run
 
-    scheduler.add_job(in_app(journal_backlog_job), "interval", minutes=5, id="journal_backlog", replace_existing=True)
+    scheduler.add_job(
+        in_app(journal_backlog_job), "interval", minutes=5, id="journal_backlog", name="journal_backlog", replace_existing=True
+    )
     # Daily at 02:30, and once at start: a missed night is caught up (the sweep is idempotent).
     from datetime import datetime, timezone
 
     scheduler.add_job(
-        in_app(retention_sweep_job), "cron", hour=2, minute=30, id="retention_sweep", replace_existing=True,
-        coalesce=True, max_instances=1, misfire_grace_time=None, next_run_time=datetime.now(timezone.utc),
+        in_app(retention_sweep_job), "cron", hour=2, minute=30, id="retention_sweep", name="retention_sweep",
+        replace_existing=True, coalesce=True, max_instances=1, misfire_grace_time=None,
+        next_run_time=datetime.now(timezone.utc),
     )
     log.info("scheduler started")
     try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveFacade, PatientRecord
@@ -218,6 +218,9 @@ def _in_open_batch(session: Session) -> tuple[set[tuple[str, str]], set[str]]:
 def propose_batch(session: Session, facade: ArchiveFacade, *, today: date, actor: str = "scheduler",
                   actor_kind: str = "system") -> PurgeBatch | None:
     """One proposed batch of the patients whose date has passed, not on hold and not already proposed."""
+    if session.get_bind().dialect.name == "postgresql":
+        # One proposer at a time (a manual sweep while the scheduler runs): no patient proposed twice.
+        session.execute(text("SELECT pg_advisory_xact_lock(727270500)"))
     taken, _studies = _in_open_batch(session)
     due = [p for p in retention_of(session, facade, today=today)
            if p.decision.purgeable(today) and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]

@@ -17,7 +17,7 @@ from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
 from backoffice.retention import services
 from backoffice.retention.certificate import certificates_dir, render_certificate
-from backoffice.retention.models import LegalHold, PurgeBatch
+from backoffice.retention.models import PurgeBatch
 from backoffice.retention.services import RetentionError, today_paris
 
 bp = Blueprint("retention", __name__, url_prefix="/retention")

@@ -52,6 +52,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(home_bp)
+    from backoffice.retention.views import bp as retention_bp
+
+    app.register_blueprint(retention_bp)
 
     from backoffice.api import register_api
 

@@ -36,7 +36,10 @@ from archive_core.uids import require_uid
 log = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("keep_first", "overwrite")
-_CHECKSUM_OF = select(Instance.checksum_sha256).where(Instance.sop_instance_uid == bindparam("uid"))
+# Tombstoned rows do not count: an object received again after a purge is stored again.
+_CHECKSUM_OF = select(Instance.checksum_sha256).where(
+    Instance.sop_instance_uid == bindparam("uid"), Instance.deleted_at.is_(None)
+)
 
 
 def storage_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
@@ -415,10 +418,15 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
                 patient = patients.get(pkey) or s.scalar(
                     select(Patient).where(Patient.patient_id == pkey[0], Patient.issuer_of_patient_id == pkey[1])
                 )
-                if patient is None:
+                if patient is not None and patient.merged_into_pk is not None:
+                    patient = s.get(Patient, patient.merged_into_pk)  # a merged duplicate: file under the survivor
+                elif patient is None:
                     patient = Patient(patient_id=pkey[0], issuer_of_patient_id=pkey[1])
                     s.add(patient)
-                _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
+                    _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
+                else:
+                    _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
+                    patient.deleted_at = None  # a purged patient who comes back is a new visit
                 patients[pkey] = patient
                 srow = extract(job.ds, "STUDY")
                 external = job.external if job.external is not None else (job.source_ae or "") in external_aes
@@ -439,6 +447,11 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
                 s.add(inst)
                 instances[ident.sop_instance_uid] = inst
             inst.series = se
+            if study.deleted_at is not None:  # received again after a purge: a new visit, visible again
+                study.deleted_at = None
+                study.patient.deleted_at = None
+            # A tombstoned row received again is visible again (and a pending purge skips its file).
+            inst.deleted_at = se.deleted_at = None
             inst.sop_class_uid = ident.sop_class_uid
             inst.instance_number = irow["instance_number"]
             inst.transfer_syntax_uid = job.transfer_syntax_uid

@@ -5,3 +5,4 @@ from backoffice.billing.models import (  # noqa: F401,E402
     Claim, Closing, Consent, CreditNote, ExamGroup, ExamGroupMapping, ExamGroupStudy, Insurer,
     InvoiceDocument, Invoice, InvoiceLine, InvoiceStudy, Membership, NumberCounter, Payment, Remittance, RemittanceItem, Tariff,
 )
+from backoffice.retention.models import DeathRecord, LegalHold, PurgeBatch, PurgeItem  # noqa: F401

@@ -578,6 +578,12 @@ def _state(invoice: Invoice, paid_by: dict[str, int], credit: CreditNote | None,
                         claim.status if claim else None)
 
 
+def patient_balance_cents(session: Session, patient_id: str) -> int:
+    """What the patient still owes over all their invoices (insurer shares awaited excluded)."""
+    invoices = list(session.scalars(select(Invoice).where(Invoice.patient_id == patient_id)))
+    return sum(max(state.patient_due_cents, 0) for state in invoice_states(session, invoices).values())
+
+
 def get_invoice(session: Session, invoice_id: int) -> Invoice:
     invoice = session.get(Invoice, invoice_id)
     if invoice is None:

@@ -172,7 +172,8 @@ def group(group_id: int):
     groups = list(db().scalars(select(ExamGroup).where(ExamGroup.patient_id == g.patient_id,
                                                        ExamGroup.visit_date == g.visit_date, ExamGroup.id != g.id)))
     return render_template("billing/group.html", g=g, state=S.group_state(db(), g), labels=S.exam_group_labels(db()),
-                           states=STATE_LABELS, siblings=groups)
+                           states=STATE_LABELS, siblings=groups,
+                           patient_balance=S.patient_balance_cents(db(), g.patient_id))
 
 
 @bp.route("/groups/<int:group_id>/consent", methods=["POST"])

@@ -253,3 +253,30 @@ def test_cheque_remittance_slip_gathers_unremitted_cheques(sqlite_session):
     assert (slip.count, slip.total_cents) == (2, 800)
     with pytest.raises(S.Conflict):
         S.create_remittance(s, created_by="desk")
+
+
+def test_migration_0400_matches_the_billing_models(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import backoffice.models  # noqa: F401  (every model on the one Base)
+    from archive_core.api import Base
+    from backoffice.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    billing = [d for d in diff if "billing_" in repr(d)]
+    assert billing == []
+
+
+def test_patient_balance_sums_what_the_patient_still_owes(sqlite_session):
+    s = sqlite_session
+    first = S.issue_invoice(s, _group(s, day=date(2026, 3, 1)).id, issued_by="desk")
+    S.issue_invoice(s, _group(s, day=date(2026, 3, 2), exam_group="radiologie").id, issued_by="desk")
+    S.record_payment(s, first.id, amount_cents=150, method="cash", received_by="desk")
+    assert S.patient_balance_cents(s, "P1") == 400 - 150 + 300
+    assert S.patient_balance_cents(s, "NOBODY") == 0

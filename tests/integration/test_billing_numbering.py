@@ -104,3 +104,30 @@ def test_twenty_simultaneous_issuers_get_consecutive_numbers(server):
     times = [t for _n, t in by_number]
     assert times == sorted(times)
     assert "Traceback" not in log.read_text()  # the PDFs rendered after commit did not fail either
+
+
+def test_twenty_simultaneous_payments_keep_the_journal_chained(server, database_url):
+    from archive_core.db import make_engine, session_factory
+    from backoffice.billing import services as S
+
+    base, token, groups, _log = server
+    invoices = [_call("POST", f"{base}/invoices", token, {"exam_group_id": g})[1]["id"] for g in groups]
+    barrier = threading.Barrier(ISSUERS)
+    statuses: list[int] = []
+
+    def pay(invoice_id: int) -> None:
+        barrier.wait(timeout=30)
+        statuses.append(_call("POST", f"{base}/invoices/{invoice_id}/payments", token,
+                              {"amount_cents": 400, "method": "card"})[0])
+
+    threads = [threading.Thread(target=pay, args=(i,)) for i in invoices]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert statuses == [201] * ISSUERS
+    engine = make_engine(database_url)
+    with session_factory(engine)() as s:
+        report = S.verify_journal(s)
+    engine.dispose()
+    assert report.ok and report.checked == ISSUERS

@@ -95,6 +95,18 @@ def sync_from_archive(*, visit_date: date | None, patient_id: str | None) -> Non
     db().commit()
 
 
+def attach_before_issue(group_id: int) -> None:
+    """Studies of this patient and day that arrived but were never listed join the group's snapshot.
+
+    Runs in the request's own (write) transaction: a second write session would wait on our lock.
+    """
+    group = db().get(ExamGroup, group_id)
+    if group is not None:
+        S.attach_studies(db(), facade().list_studies(study_date=group.visit_date.strftime("%Y%m%d"),
+                                                     patient_id=group.patient_id))
+        db().expire(group)
+
+
 @api_route(
     "/exam-groups", roles=DESK, summary="Billable units: one per patient, visit day and exam group",
     parameters=[{"name": "date", "in": "query", "schema": {"type": "string", "format": "date"}},
@@ -234,7 +246,9 @@ def _invoice_json(invoice: Invoice, state: S.InvoiceState | None = None) -> dict
 def issue_invoice():
     body = json_body()
     session = db()  # a POST: its transaction took the write lock up front (numbering)
-    invoice = S.issue_invoice(session, _int_field(body, "exam_group_id"), issued_by=current_api_user().login,
+    group_id = _int_field(body, "exam_group_id")
+    attach_before_issue(group_id)
+    invoice = S.issue_invoice(session, group_id, issued_by=current_api_user().login,
                               payer_name=body.get("payer_name"))
     facade().audit(session, "billing.invoice.issued", actor=current_api_user().login,
                    patient_id=invoice.patient_id, detail={"number": invoice.number})

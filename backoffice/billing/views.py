@@ -201,7 +201,10 @@ def move_study(group_id: int):
 @roles_required(*DESK)
 @domain_errors("billing.today")
 def issue(group_id: int):
+    from backoffice.api.billing import attach_before_issue
+
     session = db()
+    attach_before_issue(group_id)
     invoice = S.issue_invoice(session, group_id, issued_by=current_user.login,
                               payer_name=(request.form.get("payer_name") or "").strip() or None)
     facade().audit(session, "billing.invoice.issued", actor=current_user.login, patient_id=invoice.patient_id,

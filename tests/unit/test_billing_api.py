@@ -197,3 +197,16 @@ def test_receipt_names_invoice_amount_method_and_remaining_due(client, desk):
                     .stdout.decode().split())
     assert invoice["number"] in text and "carte bancaire" in text
     assert "1,50" in text and "Reste dû 2,50" in text.replace("\u202f", " ").replace("\xa0", " ")
+
+
+def test_an_invoice_lists_the_studies_that_arrived_even_if_nobody_listed_them(app, client, desk, tmp_path):
+    pdftotext = require_tool("pdftotext")
+    group = _checkin(client, desk, patient_id="P5", exam_group="scanner", visit_date="2026-03-12")
+    ds = make_ct(patient_id="P5", study_date="20260312", modality="CT", AccessionNumber="Z9",
+                 StudyDescription="TDM thorax")
+    _arrive(app, tmp_path, ds)
+    invoice = client.post("/api/v1/invoices", headers=desk, json={"exam_group_id": group["id"]}).get_json()
+    pdf = client.get(f"/api/v1/invoices/{invoice['id']}/invoice.pdf", headers=desk).data
+    text = " ".join(subprocess.run([pdftotext, "-", "-"], input=pdf, capture_output=True, check=True)
+                    .stdout.decode().split())
+    assert "TDM thorax" in text and "Z9" in text and "12 mars 2026" in text

@@ -3,15 +3,14 @@ memberships, invoices, payments, credit notes, invoice and receipt PDFs, claims 
 
 from __future__ import annotations
 
-from datetime import date
 from urllib.parse import urlencode
 
 from flask import Response, jsonify, request
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from backoffice.api import ApiError, api_route, bp, current_api_user, json_body
 from backoffice.billing import documents
+from backoffice.billing.arrivals import attach_before_issue, sync_from_archive
 from backoffice.billing import services as S
 from backoffice.billing.models import Claim, ExamGroup, Insurer, Invoice
 from backoffice.extensions import db, facade
@@ -74,37 +73,6 @@ def _group_json(group: ExamGroup, state: S.GroupState | None = None) -> dict:
         "invoice_id": state.invoice_id,
         "state": state.state,
     }
-
-
-def sync_from_archive(*, visit_date: date | None, patient_id: str | None) -> None:
-    """Exam groups exist as soon as a study arrived: create the missing ones now, on read."""
-    studies = facade().list_studies(study_date=visit_date.strftime("%Y%m%d") if visit_date else None,
-                                    patient_id=patient_id)
-    if not S.unattached(db(), studies):
-        return
-    for attempt in range(3):
-        try:
-            with facade().new_session(write=True) as s:
-                S.attach_studies(s, studies)
-                s.commit()
-            break
-        except IntegrityError:  # another request attached them at the same moment (PostgreSQL)
-            if attempt == 2:
-                raise
-    # End the request's read transaction: its snapshot predates what was just attached.
-    db().commit()
-
-
-def attach_before_issue(group_id: int) -> None:
-    """Studies of this patient and day that arrived but were never listed join the group's snapshot.
-
-    Runs in the request's own (write) transaction: a second write session would wait on our lock.
-    """
-    group = db().get(ExamGroup, group_id)
-    if group is not None:
-        S.attach_studies(db(), facade().list_studies(study_date=group.visit_date.strftime("%Y%m%d"),
-                                                     patient_id=group.patient_id))
-        db().expire(group)
 
 
 @api_route(

@@ -15,7 +15,6 @@ from sqlalchemy.orm import Session, selectinload
 
 from backoffice.billing import money
 from backoffice.billing.models import (
-    CONSENT_STATES,
     PAYMENT_METHODS,
     Claim,
     Closing,

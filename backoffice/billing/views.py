@@ -14,9 +14,9 @@ from sqlalchemy.orm import selectinload
 
 from backoffice.auth import roles_required
 from backoffice.billing import documents, exports
+from backoffice.billing.arrivals import attach_before_issue, sync_from_archive
 from backoffice.billing import services as S
 from backoffice.billing.models import (
-    PAYMENT_METHODS,
     Claim,
     Closing,
     ExamGroup,
@@ -84,11 +84,16 @@ def domain_errors(back: str):
             except S.BillingError as exc:
                 db().rollback()
                 flash(FRENCH_ERRORS.get(exc.code, exc.message), "error")
-                return redirect(request.referrer or url_for(back))
+                return redirect(_same_site(request.referrer) or url_for(back))
 
         return wrapped
 
     return decorate
+
+
+def _same_site(url: str | None) -> str | None:
+    """The page the form came from, if it is ours (never bounce to another site)."""
+    return url if url and url.startswith(request.host_url) else None
 
 
 def _int(name: str, default: int | None = None) -> int:
@@ -114,8 +119,6 @@ def _cents(name: str) -> int:
 @roles_required(*DESK)
 def today():
     """The day's exam groups with their state; patient search by ID or name."""
-    from backoffice.api.billing import sync_from_archive
-
     day = S.parse_date(request.args["date"], "date") if request.args.get("date") else S.paris_today()
     query_text = (request.args.get("q") or "").strip()
     after = request.args.get("after", 0, type=int)
@@ -201,8 +204,6 @@ def move_study(group_id: int):
 @roles_required(*DESK)
 @domain_errors("billing.today")
 def issue(group_id: int):
-    from backoffice.api.billing import attach_before_issue
-
     session = db()
     attach_before_issue(group_id)
     invoice = S.issue_invoice(session, group_id, issued_by=current_user.login,
@@ -382,7 +383,7 @@ def membership():
                          payer_name=request.form.get("payer_name") or None)
     facade().audit(db(), "billing.membership.created", actor=current_user.login, patient_id=m.patient_id)
     flash("Adhésion enregistrée.", "info")
-    return redirect(request.referrer or url_for("billing.today"))
+    return redirect(_same_site(request.referrer) or url_for("billing.today"))
 
 
 @bp.route("/claims", methods=["GET", "POST"])
@@ -467,4 +468,4 @@ def verify_command() -> None:
     raise SystemExit(1)
 
 
-__all__ = ["bp", "PAYMENT_METHODS"]
+__all__ = ["bp"]

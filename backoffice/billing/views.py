@@ -23,6 +23,9 @@ from backoffice.billing.models import (
     ExamGroupMapping,
     Insurer,
     Invoice,
+    Payment,
+    Remittance,
+    RemittanceItem,
     Tariff,
 )
 from backoffice.extensions import db, facade
@@ -310,7 +313,20 @@ def closing():
 def remittance():
     slip = S.create_remittance(db(), created_by=current_user.login)
     flash(f"Bordereau de remise n° {slip.id} : {slip.count} chèque(s), {documents.euros(slip.total_cents)}.", "info")
-    return redirect(url_for("billing.closing"))
+    return redirect(url_for("billing.remittance_slip", slip_id=slip.id))
+
+
+@bp.route("/remittances/<int:slip_id>")
+@roles_required(*DESK)
+def remittance_slip(slip_id: int):
+    """The printable cheque remittance slip for the bank."""
+    slip = db().get(Remittance, slip_id) or abort(404)
+    rows = db().execute(
+        select(Payment, Invoice).join(RemittanceItem, RemittanceItem.payment_id == Payment.id)
+        .join(Invoice, Invoice.id == Payment.invoice_id)
+        .where(RemittanceItem.remittance_id == slip.id).order_by(Payment.id)
+    ).all()
+    return render_template("billing/remittance.html", slip=slip, rows=rows, practice=documents.practice_identity())
 
 
 # -- manager -------------------------------------------------------------------------------------

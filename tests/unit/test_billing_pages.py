@@ -115,3 +115,17 @@ def test_billing_verify_command(app, runner):
         s.commit()
     result = runner.invoke(args=["billing", "verify"])
     assert result.exit_code == 1 and "broken at entry" in result.output
+
+
+def test_cheque_remittance_slip_page(app, client, users):
+    app.config["WTF_CSRF_ENABLED"] = False
+    for n in range(2):
+        group_id = _group(app, patient_id=f"CH{n}")
+        with app.extensions["archivage"].new_session(write=True) as s:
+            invoice = S.issue_invoice(s, group_id, issued_by="t")
+            S.record_payment(s, invoice.id, amount_cents=300, method="cheque", received_by="t")
+            s.commit()
+    _sign_in(client, users["front_desk"])
+    response = client.post("/billing/remittance")
+    page = client.get(response.headers["Location"]).get_data(as_text=True)
+    assert "2 chèque(s)" in page and "6,00" in page and "MARTIN Paul" in page

@@ -3,6 +3,7 @@ memberships, invoices, payments, credit notes, invoice and receipt PDFs, claims 
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from urllib.parse import urlencode
 
 from flask import Response, jsonify, request
@@ -28,6 +29,11 @@ def _billing_error(exc: S.BillingError):
     response = jsonify({"error": {"code": exc.code, "message": exc.message}})
     response.status_code = status
     return response
+
+
+def _utc_iso(moment: datetime) -> str:
+    """ISO 8601 with its UTC offset (SQLite hands stored UTC datetimes back naive)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
 
 
 def _int_field(body: dict, name: str) -> int:
@@ -197,7 +203,7 @@ def _invoice_json(invoice: Invoice, state: S.InvoiceState | None = None) -> dict
     return {
         "id": invoice.id, "number": invoice.number, "exam_group_id": invoice.group_id,
         "patient_id": invoice.patient_id, "visit_date": invoice.visit_date.isoformat(),
-        "issued_at": invoice.issued_at.isoformat(), "exam_group": invoice.exam_group,
+        "issued_at": _utc_iso(invoice.issued_at), "exam_group": invoice.exam_group,
         "total_cents": invoice.total_cents, "insurer_cents": invoice.insurer_cents,
         "patient_cents": invoice.patient_cents, "insurer_id": invoice.insurer_id,
         "third_party_payment": invoice.third_party_payment, "paid_cents": state.paid_cents,
@@ -271,7 +277,7 @@ def record_payment(invoice_id: int):
                    detail={"number": invoice.number, "payment_id": payment.id})
     state = _invoice_json(invoice)
     return jsonify({"id": payment.id, "invoice_id": invoice.id, "amount_cents": payment.amount_cents,
-                    "method": payment.method, "received_at": payment.received_at.isoformat(),
+                    "method": payment.method, "received_at": _utc_iso(payment.received_at),
                     "balance_cents": state["balance_cents"], "status": state["status"], "invoice": state}), 201
 
 

@@ -210,3 +210,10 @@ def test_an_invoice_lists_the_studies_that_arrived_even_if_nobody_listed_them(ap
     text = " ".join(subprocess.run([pdftotext, "-", "-"], input=pdf, capture_output=True, check=True)
                     .stdout.decode().split())
     assert "TDM thorax" in text and "Z9" in text and "12 mars 2026" in text
+
+
+def test_dates_come_back_in_iso_8601_with_their_utc_offset(client, desk):
+    group = _checkin(client, desk)
+    invoice = client.post("/api/v1/invoices", headers=desk, json={"exam_group_id": group["id"]}).get_json()
+    again = client.get(f"/api/v1/invoices/{invoice['id']}", headers=desk).get_json()
+    assert again["issued_at"].endswith("+00:00") and again["issued_at"] == invoice["issued_at"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import text
 
 from archive_core.api import StudySummary
@@ -280,3 +282,41 @@ def test_patient_balance_sums_what_the_patient_still_owes(sqlite_session):
     S.record_payment(s, first.id, amount_cents=150, method="cash", received_by="desk")
     assert S.patient_balance_cents(s, "P1") == 400 - 150 + 300
     assert S.patient_balance_cents(s, "NOBODY") == 0
+
+
+@pytest.fixture(scope="module")
+def migrated_template(tmp_path_factory):
+    from backoffice.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("billing-template") / "template.sqlite3"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(coverage=st.integers(0, 10_000), flat=st.integers(0, 600), cap=st.one_of(st.none(), st.integers(0, 2_000)),
+       groups=st.lists(st.sampled_from(["radiologie", "echographie", "scanner"]), min_size=1, max_size=6))
+def test_issued_invoices_split_exactly_and_respect_the_annual_cap(migrated_template, tmp_path, coverage, flat, cap,
+                                                                   groups):
+    import shutil
+    import uuid
+
+    db_file = tmp_path / f"{uuid.uuid4().hex}.sqlite3"
+    shutil.copy(migrated_template, db_file)
+    engine = make_engine(f"sqlite:///{db_file}")
+    s = session_factory(engine)()
+    try:
+        s.connection(execution_options={"sqlite_immediate": True})
+        insurer = S.create_insurer(s, name="M", amc_number="1", coverage_bp=coverage, flat_cents=flat,
+                                   annual_cap_cents=cap)
+        S.add_membership(s, patient_id="P1", insurer_id=insurer.id, member_number="m", valid_from=date(2026, 1, 1))
+        invoices = [S.issue_invoice(s, _group(s, exam_group=g, day=date(2026, 1, 1) + timedelta(days=n)).id,
+                                    issued_by="desk") for n, g in enumerate(groups)]
+        for invoice in invoices:
+            assert invoice.insurer_cents + invoice.patient_cents == invoice.total_cents
+            assert 0 <= invoice.insurer_cents <= invoice.total_cents
+        if cap is not None:
+            assert sum(i.insurer_cents for i in invoices) <= cap
+    finally:
+        s.close()
+        engine.dispose()

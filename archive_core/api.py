@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from archive_core import audit as _audit
@@ -120,16 +120,23 @@ class ArchiveFacade:
         study_date: str | None = None,
         patient_id: str | None = None,
         study_uids: tuple[str, ...] | None = None,
+        include_undated: bool = False,
         limit: int = 5000,
     ) -> list[StudySummary]:
-        """Visible studies filtered by exact date (YYYYMMDD), exact Patient ID and/or UIDs, oldest first."""
+        """Visible studies filtered by exact date (YYYYMMDD), exact Patient ID and/or UIDs, oldest first.
+
+        *include_undated* adds the studies that carry no Study Date with those of *study_date*.
+        """
         query = (
             select(Study, Patient)
             .join(Patient, Study.patient_pk == Patient.id)
             .where(Study.deleted_at.is_(None), Patient.deleted_at.is_(None))
         )
         if study_date is not None:
-            query = query.where(Study.study_date == study_date)
+            dated = Study.study_date == study_date
+            if include_undated:
+                dated = or_(dated, Study.study_date.is_(None), Study.study_date == "")
+            query = query.where(dated)
         if patient_id is not None:
             query = query.where(Patient.patient_id == patient_id)
         if study_uids is not None:

@@ -217,3 +217,14 @@ def test_dates_come_back_in_iso_8601_with_their_utc_offset(client, desk):
     invoice = client.post("/api/v1/invoices", headers=desk, json={"exam_group_id": group["id"]}).get_json()
     again = client.get(f"/api/v1/invoices/{invoice['id']}", headers=desk).get_json()
     assert again["issued_at"].endswith("+00:00") and again["issued_at"] == invoice["issued_at"]
+
+
+def test_a_study_without_a_date_is_a_visit_on_the_day_it_arrived(app, client, desk, tmp_path):
+    from backoffice.billing.services import paris_today
+
+    ds = make_ct(patient_id="P-NODATE", modality="US")
+    del ds.StudyDate
+    _arrive(app, tmp_path, ds)
+    items = client.get(f"/api/v1/exam-groups?date={paris_today().isoformat()}", headers=desk).get_json()["items"]
+    assert [(i["patient_id"], i["exam_group"], i["visit_date"]) for i in items] == [
+        ("P-NODATE", "echographie", paris_today().isoformat())]

@@ -1,0 +1,117 @@
+"""The radiology part of the facade: browsing, priors, rendering through the store, CD/USB media."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+import subprocess
+
+import pydicom
+import pydicom.fileset
+import pytest
+from PIL import Image
+
+from archive_core.api import ArchiveFacade
+from archive_core.errors import NotFound
+from archive_core.render import RenderParams
+from tests.helpers import require_tool, tool_env
+from tests.radiology_support import make_history
+
+
+@pytest.fixture
+def facade(archive):
+    return ArchiveFacade(archive)
+
+
+@pytest.fixture
+def history(archive):
+    return make_history(archive)
+
+
+def test_priors_newest_first_with_relevance(facade, history):
+    priors = facade.prior_studies(history.current)
+    assert [p.study_uid for p in priors] == [history.prior_us_abdomen, history.prior_ct_chest, history.prior_mr_chest]
+    relevant = {p.study_uid: p.relevant for p in priors}
+    assert relevant == {history.prior_us_abdomen: False, history.prior_ct_chest: True, history.prior_mr_chest: True}
+    assert priors[1].study_date == "2023-01-10" and priors[1].modalities == ("CT",) and priors[1].body_parts == ("CHEST",)
+
+
+def test_priors_of_an_unknown_study(facade):
+    with pytest.raises(NotFound):
+        facade.prior_studies("1.2.3.4")
+
+
+@pytest.mark.parametrize(
+    "criteria, expected",
+    [
+        ({"patient": "martin"}, ["current", "prior_us_abdomen", "prior_ct_chest", "prior_mr_chest"]),
+        ({"patient": "élise"}, ["current", "prior_us_abdomen", "prior_ct_chest", "prior_mr_chest"]),
+        ({"patient": "PAT-RAD-1", "modality": "MR"}, ["prior_mr_chest"]),
+        ({"date_from": "2023-01-01", "date_to": "2023-12-31"}, ["prior_us_abdomen", "prior_ct_chest"]),
+        ({"accession": "A2022"}, ["prior_mr_chest"]),
+        ({"description": "thorax", "patient": "PAT-RAD-1"}, ["current", "prior_ct_chest", "prior_mr_chest"]),
+        ({"patient": "autre"}, ["other_patient"]),
+        ({"patient": "%"}, []),
+    ],
+)
+def test_browse_studies(facade, history, criteria, expected):
+    page = facade.browse_studies(**criteria)
+    assert [p.study_uid for p in page.items] == [getattr(history, name) for name in expected]
+
+
+def test_browse_pages(facade, history):
+    first = facade.browse_studies(limit=2)
+    second = facade.browse_studies(limit=2, offset=2)
+    assert first.has_more and len(first.items) == 2
+    assert first.items[0].study_uid == history.other_patient  # newest first
+    assert {s.study_uid for s in first.items}.isdisjoint({s.study_uid for s in second.items})
+
+
+def test_study_detail_lists_series_with_counts(facade, history):
+    detail = facade.study_detail(history.current)
+    assert [(s.series_number, s.num_instances) for s in detail.series] == [(1, 3), (2, 1)]
+    assert detail.body_parts == ("CHEST",) and detail.study.patient_name == "Martin^Élise"
+
+
+def test_render_instance_reads_the_store_and_caches(facade, history, settings):
+    series = facade.study_detail(history.current).series[0]
+    refs = facade.series_instances(series.series_uid)
+    assert [r.instance_number for r in refs] == [1, 2, 3]
+    png = facade.render_instance(refs[0].sop_instance_uid, RenderParams(size=16))
+    assert Image.open(io.BytesIO(png)).size == (16, 16)
+    cached = list((settings.instance_path / "cache" / "render").rglob("*.png"))
+    assert len(cached) == 1
+    assert facade.render_instance(refs[0].sop_instance_uid, RenderParams(size=16)) == png
+
+
+def test_media_file_set_reads_back(facade, history, tmp_path):
+    report = facade.write_media([history.current, history.prior_us_abdomen], tmp_path / "cd",
+                                practice={"PRACTICE_NAME": "Cabinet de radiologie du Parc"})
+    root = tmp_path / "cd"
+    assert report.instances == 5 and report.converted == 1  # the implicit-VR ultrasound
+    fs = pydicom.fileset.FileSet(root / "DICOMDIR")
+    fs._stage["t"].cleanup()  # FileSet never removes its staging folder itself
+    assert sorted(fs.find_values("StudyInstanceUID")) == sorted([history.current, history.prior_us_abdomen])
+    for instance in fs:
+        assert all(len(part) <= 8 and part == part.upper() for part in Path(instance.FileID).parts)
+        ds = instance.load()
+        assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    study_records = [r for r in pydicom.dcmread(root / "DICOMDIR").DirectoryRecordSequence
+                     if r.DirectoryRecordType == "STUDY"]
+    us_record = next(r for r in study_records if r.StudyInstanceUID == history.prior_us_abdomen)
+    assert us_record.StudyID == "A2023B"  # filled (accession) although the object had an empty Study ID
+    readme = (root / "README.TXT").read_text("ascii")
+    assert "Cabinet de radiologie du Parc" in readme and "MARTIN Elise" in readme and "DICOM" in readme
+    assert (root / "INDEX.HTM").exists() and len(list((root / "IHE_PDI").glob("*.JPG"))) == 3
+
+
+def test_media_dicomdir_passes_dcmdump(facade, history, tmp_path):
+    dcmdump = require_tool("dcmdump")
+    facade.write_media([history.current], tmp_path / "cd", practice={})
+    out = subprocess.run([dcmdump, str(tmp_path / "cd" / "DICOMDIR")], capture_output=True, text=True, errors="replace",
+                         env=tool_env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count('(0004,1430) CS [IMAGE') == 4
+    assert "PATIENT" in out.stdout and "STUDY" in out.stdout and "SERIES" in out.stdout
+    assert "à configurer" not in (tmp_path / "cd" / "README.TXT").read_text("ascii")  # ASCII: "a configurer"
+    assert "a configurer" in (tmp_path / "cd" / "README.TXT").read_text("ascii")

@@ -52,6 +52,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(home_bp)
+    from backoffice.radiology.views import bp as radiology_bp, share_bp; app.register_blueprint(radiology_bp); app.register_blueprint(share_bp)  # noqa: E702,E501
 
     from backoffice.api import register_api
 

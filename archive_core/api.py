@@ -411,6 +411,45 @@ class _RadiologyMixin:
         end = data.rfind(b"%%EOF")
         return data[: end + 5] if end >= 0 else data
 
+    # sending to workstations ----------------------------------------------------------------------
+
+    def send_studies(self, peer_ae_title: str, study_uids: list[str], *, progress=None, cancelled=lambda: False):
+        """C-STORE the studies to a registered peer (:class:`archive_core.net.scu.SendResult`)."""
+        from archive_core.net.scu import StoredObject, send_objects
+        from archive_core.peers import get_peer
+
+        with self._archive.sessions() as s:
+            peer = get_peer(s, peer_ae_title)
+            rows = s.execute(
+                select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.storage_key)
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Study.study_uid.in_(study_uids))
+                .order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
+            ).all()
+        objects = [StoredObject(*row) for row in rows]
+        return send_objects(
+            self._archive.store,
+            objects,
+            peer,
+            calling_ae_title=self._archive.settings.DICOM_AE_TITLE,
+            timeout=self._archive.settings.DICOM_NETWORK_TIMEOUT,
+            progress=progress,
+            cancelled=cancelled,
+        )
+
+    def count_instances(self, study_uids: list[str]) -> int:
+        with self._archive.sessions() as s:
+            return s.scalar(select(func.coalesce(func.sum(Study.num_instances), 0)).where(Study.study_uid.in_(study_uids))) or 0
+
+    def studies_received_since(self, since, *, include_external: bool = False, limit: int = 1000) -> list[StudySummary]:
+        """Studies indexed at or after *since* (UTC), oldest first: what a prefetch looks at."""
+        q = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(Study.received_at >= since)
+        if not include_external:
+            q = q.where(Study.external.is_(False))
+        with self._archive.sessions() as s:
+            return [_summary(st, pat) for st, pat in s.execute(q.order_by(Study.received_at, Study.id).limit(limit))]
+
     # CD/USB media -------------------------------------------------------------------------------
 
     def write_media(self, study_uids: list[str], dest, *, practice: dict[str, str] | None = None):

@@ -51,6 +51,9 @@ def run_scheduler(app: Flask) -> None:
         return run
 
     scheduler.add_job(in_app(journal_backlog_job), "interval", minutes=5, id="journal_backlog", replace_existing=True)
+    from backoffice.radiology.sending import prefetch_job
+
+    scheduler.add_job(in_app(prefetch_job), "interval", minutes=2, id="radiology_prefetch", replace_existing=True)
     log.info("scheduler started")
     try:
         scheduler.start()

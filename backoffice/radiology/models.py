@@ -79,6 +79,8 @@ class SendJob(Base):
     peer_ae_title: Mapped[str] = mapped_column(String(16))
     study_uids: Mapped[str] = mapped_column(Text)  # backslash-separated, the main study first
     reason: Mapped[str] = mapped_column(String(16), default="manual")  # manual | prefetch
+    # A prefetch runs once per (new study, workstation): the study that triggered it.
+    trigger_study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|done|failed
     total: Mapped[int] = mapped_column(Integer, default=0)
     sent: Mapped[int] = mapped_column(Integer, default=0)

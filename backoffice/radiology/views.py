@@ -21,6 +21,7 @@ from archive_core.render import PRESETS, RenderError, RenderParams
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
 from backoffice.radiology import services
+from backoffice.radiology.sending import jobs_for
 
 bp = Blueprint("radiology", __name__, url_prefix="/radiology")
 share_bp = Blueprint("share", __name__, url_prefix="/share")
@@ -53,6 +54,12 @@ def _study_or_404(study_uid: str):
         return facade().study_detail(study_uid)
     except NotFound:
         abort(404)
+
+
+def _peers():
+    from archive_core.peers import list_peers
+
+    return [p for p in list_peers(db()) if not p.external]
 
 
 def _audit_view(action: str, detail, **extra) -> None:
@@ -172,6 +179,8 @@ def study(study_uid: str):
         action_form=ActionForm(),
         share_form=ShareForm(),
         new_share=session.pop("new_share", None),
+        peers=_peers() if current_user.role == "radiologist" else [],
+        send_jobs=jobs_for(s, study_uid) if current_user.role == "radiologist" else [],
         layouts=(1, 2, 4, 6),
     )
 
@@ -286,6 +295,48 @@ def media(study_uid: str):
     _audit_view("study.media", detail, via="web")
     return Response(data, mimetype="application/zip",
                     headers={"Content-Disposition": 'attachment; filename="examen-dicom.zip"'})
+
+
+# -- send to a workstation -------------------------------------------------------------------------
+
+
+@bp.route("/studies/<study_uid>/send", methods=["POST"])
+@roles_required("radiologist")
+def send(study_uid: str):
+    from archive_core.peers import find_peer
+    from backoffice.radiology.sending import create_send_job, start_in_background
+
+    detail = _study_or_404(study_uid)
+    if not ActionForm().validate_on_submit():
+        abort(400)
+    peer = find_peer(db(), request.form.get("peer", ""))
+    if peer is None:
+        flash("Choisissez une station enregistrée.", "error")
+        return redirect(url_for(".study", study_uid=study_uid, _anchor="send"))
+    allowed = {p.study_uid for p in facade().prior_studies(study_uid)}
+    priors = [uid for uid in request.form.getlist("prior") if uid in allowed]
+    uids = [study_uid, *priors]
+    job = create_send_job(db(), peer.ae_title, uids, requested_by=current_user.login,
+                          total=facade().count_instances(uids))
+    facade().audit(db(), "study.send.request", actor=current_user.login, patient_id=detail.study.patient_id,
+                   study_uid=study_uid, detail={"peer": peer.ae_title, "job": job.id, "priors": priors})
+    response = redirect(url_for(".study", study_uid=study_uid, _anchor="send"))
+    job_id, the_facade = job.id, facade()
+    # After the request has committed the job (after_request), not before: the thread must see it.
+    response.call_on_close(lambda: start_in_background(the_facade, job_id))
+    return response
+
+
+@bp.route("/send-jobs/<int:job_id>.json")
+@roles_required("radiologist")
+def send_job(job_id: int):
+    from backoffice.radiology.models import SendJob
+
+    job = db().get(SendJob, job_id)
+    if job is None:
+        abort(404)
+    return jsonify({"id": job.id, "peer": job.peer_ae_title, "status": job.status, "total": job.total,
+                    "sent": job.sent, "failed": job.failed, "message": job.message})
 
 
 # -- viewer ----------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ def upgrade() -> None:
     sa.Column('peer_ae_title', sa.String(length=16), nullable=False),
     sa.Column('study_uids', sa.Text(), nullable=False),
     sa.Column('reason', sa.String(length=16), nullable=False),
+    sa.Column('trigger_study_uid', sa.String(length=64), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('total', sa.Integer(), nullable=False),
     sa.Column('sent', sa.Integer(), nullable=False),
@@ -68,6 +69,8 @@ def upgrade() -> None:
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_radiology_send_job'))
     )
+    with op.batch_alter_table('radiology_send_job', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_radiology_send_job_trigger_study_uid'), ['trigger_study_uid'], unique=False)
     op.create_table('radiology_share_link',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('token_hash', sa.String(length=64), nullable=False),
@@ -123,6 +126,9 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_radiology_share_link_study_uid'))
 
     op.drop_table('radiology_share_link')
+    with op.batch_alter_table('radiology_send_job', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_radiology_send_job_trigger_study_uid'))
+
     op.drop_table('radiology_send_job')
     with op.batch_alter_table('radiology_report', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_radiology_report_study_uid'))

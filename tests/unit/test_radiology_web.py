@@ -136,6 +136,10 @@ def test_reproduction_with_signed_report_key_images_and_practice(app, client, us
     assert "Examen normal." in text and "Signé par u_radiologist" in text and "non signé" not in text
     assert "F 45 / L 400" in text  # the window chosen for the sixth image
     assert pdf_image_count(tmp_path, response.data) == 6
+    info = subprocess.run([require_tool("pdfinfo"), str(tmp_path / "img.pdf")], capture_output=True, text=True,
+                          timeout=60, check=True).stdout
+    assert re.search(r"Pages:\s+2\b", info)  # the report, then six images on one page
+    assert re.search(r"Page size:\s+595\.\d* x 841\.\d* pts \(A4\)", info)
 
 
 def test_reproduction_rejects_an_odd_layout(client, users, history):

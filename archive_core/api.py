@@ -213,11 +213,13 @@ class _RadiologyMixin:
         patient = patient.strip()
         if patient:
             start = _escape_like(patient.upper())
-            q = q.where(
+            # Patients first (a small table), then their studies through the patient_pk index.
+            matching = select(Patient.id).where(
                 (Patient.patient_id == patient)
                 | func.upper(Patient.patient_name).like(start + "%", escape="\\")
                 | func.upper(Patient.patient_name).like("%^" + start + "%", escape="\\")
             )
+            q = q.where(Study.patient_pk.in_(matching))
         if date_from:
             q = q.where(Study.study_date >= _dicom_date(date_from))
         if date_to:

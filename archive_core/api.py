@@ -326,6 +326,15 @@ class _RadiologyMixin:
             ).all()
             return [InstanceRef(uid, cls, num, series_uid) for uid, cls, num in rows]
 
+    def number_of_frames(self, sop_instance_uid: str) -> int:
+        """Frames of a stored object (its header only is read)."""
+        from pydicom import dcmread
+
+        from archive_core.render import number_of_frames
+
+        with self._archive.store.open(self._storage_key(sop_instance_uid)) as f:
+            return number_of_frames(dcmread(f, stop_before_pixels=True, force=True))
+
     def study_instances(self, study_uid: str) -> list[InstanceRef]:
         with self._archive.sessions() as s:
             rows = s.execute(

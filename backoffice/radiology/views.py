@@ -82,6 +82,20 @@ def render_params_from(args) -> RenderParams:
         abort(400, str(exc))
 
 
+MULTIFRAME_SCAN_LIMIT = 10  # series this small are checked for multi-frame objects (cine, enhanced CT/MR)
+
+
+def viewer_items(refs) -> list[dict]:
+    """What the viewer scrolls through: each image, and each frame of a multi-frame object."""
+    images = [r for r in refs if r.is_image]
+    items = []
+    for r in images:
+        frames = facade().number_of_frames(r.sop_instance_uid) if len(images) <= MULTIFRAME_SCAN_LIMIT else 1
+        items += [{"sop_instance_uid": r.sop_instance_uid, "instance_number": r.instance_number, "frame": n}
+                  for n in range(frames)]
+    return items
+
+
 def image_response(sop_instance_uid: str, params: RenderParams) -> Response:
     try:
         data = facade().render_instance(sop_instance_uid, params)
@@ -366,8 +380,7 @@ def series_instances(series_uid: str):
         refs = facade().series_instances(series_uid)
     except NotFound:
         abort(404)
-    return jsonify({"items": [{"sop_instance_uid": r.sop_instance_uid, "instance_number": r.instance_number}
-                              for r in refs if r.is_image]})
+    return jsonify({"items": viewer_items(refs)})
 
 
 @bp.route("/instances/<sop_instance_uid>/image")
@@ -470,9 +483,7 @@ def series_shared(token: str, series_uid: str):
     detail = _study_or_404(link.study_uid)
     if series_uid not in {se.series_uid for se in detail.series}:
         abort(404)
-    refs = facade().series_instances(series_uid)
-    return jsonify({"items": [{"sop_instance_uid": r.sop_instance_uid, "instance_number": r.instance_number}
-                              for r in refs if r.is_image]})
+    return jsonify({"items": viewer_items(facade().series_instances(series_uid))})
 
 
 @share_bp.route("/<token>/instances/<sop_instance_uid>/image")

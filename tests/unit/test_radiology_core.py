@@ -115,3 +115,12 @@ def test_media_dicomdir_passes_dcmdump(facade, history, tmp_path):
     assert "PATIENT" in out.stdout and "STUDY" in out.stdout and "SERIES" in out.stdout
     assert "à configurer" not in (tmp_path / "cd" / "README.TXT").read_text("ascii")  # ASCII: "a configurer"
     assert "a configurer" in (tmp_path / "cd" / "README.TXT").read_text("ascii")
+
+
+def test_the_core_radiology_modules_pull_in_no_web_pieces():
+    import sys
+
+    code = ("import sys, archive_core.api, archive_core.render, archive_core.media, archive_core.net.scu; "
+            "print(sorted(m for m in ('flask', 'backoffice', 'weasyprint', 'apscheduler') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -361,3 +361,15 @@ def test_revoked_and_expired_links_are_gone(app, users, history, facade):
         s.commit()
     assert app.test_client().get(f"/share/{new.token}").status_code == 410
     assert app.test_client().get("/share/not-a-token").status_code == 410
+
+
+def test_viewer_scrolls_through_the_frames_of_a_multiframe_object(client, users, facade):
+    from pydicom.data import get_testdata_file
+
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    store(facade.archive, [ds])
+    sign_in(client, users, "radiologist")
+    items = client.get(f"/radiology/series/{ds.SeriesInstanceUID}/instances.json").get_json()["items"]
+    assert [(i["sop_instance_uid"], i["frame"]) for i in items] == [(ds.SOPInstanceUID, 0), (ds.SOPInstanceUID, 1)]
+    second = Image.open(io.BytesIO(client.get(f"/radiology/instances/{ds.SOPInstanceUID}/image?frame=1").data))
+    assert second.mode == "RGB" and second.getpixel((50, 5)) == (0, 255, 255)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from datetime import date as _date
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -15,8 +17,10 @@ from archive_core.config import Settings
 from archive_core.db import Base, write_session
 from archive_core.errors import NotFound
 from archive_core.index.models import Instance, Patient, Series, Study, utcnow
+from archive_core.purge import TombstoneResult
+from archive_core.tiers import TierMove
 
-__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "utcnow"]
+__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "utcnow"]
 
 
 @dataclass(frozen=True)
@@ -209,12 +213,13 @@ class _RadiologyMixin:
         offset: int = 0,
     ) -> StudyPage:
         """Studies newest first; *patient* matches the start of a name (any of its parts) or a whole ID."""
-        q = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
+        q = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(Study.deleted_at.is_(None))
         patient = patient.strip()
         if patient:
             start = _escape_like(patient.upper())
             # Patients first (a small table), then their studies through the patient_pk index.
             matching = select(Patient.id).where(
+                Patient.deleted_at.is_(None),
                 (Patient.patient_id == patient)
                 | func.upper(Patient.patient_name).like(start + "%", escape="\\")
                 | func.upper(Patient.patient_name).like("%^" + start + "%", escape="\\")
@@ -227,7 +232,7 @@ class _RadiologyMixin:
         if modality.strip():
             q = q.where(
                 select(Series.id)
-                .where(Series.study_pk == Study.id, Series.modality == modality.strip().upper())
+                .where(Series.study_pk == Study.id, Series.modality == modality.strip().upper(), Series.deleted_at.is_(None))
                 .exists()
             )
         if accession.strip():
@@ -246,19 +251,23 @@ class _RadiologyMixin:
         """The study, its patient and its series (with the first instance of each, for thumbnails)."""
         with self._archive.sessions() as s:
             row = s.execute(
-                select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(Study.study_uid == study_uid)
+                select(Study, Patient)
+                .join(Patient, Study.patient_pk == Patient.id)
+                .where(Study.study_uid == study_uid, Study.deleted_at.is_(None))
             ).first()
             if row is None:
                 raise NotFound(f"no study {study_uid}")
             study, pat = row
             series_rows = s.scalars(
-                select(Series).where(Series.study_pk == study.id).order_by(Series.series_number, Series.id)
+                select(Series)
+                .where(Series.study_pk == study.id, Series.deleted_at.is_(None))
+                .order_by(Series.series_number, Series.id)
             ).all()
             series = []
             for se in series_rows:
                 first = s.execute(
                     select(Instance.sop_instance_uid, Instance.sop_class_uid)
-                    .where(Instance.series_pk == se.id)
+                    .where(Instance.series_pk == se.id, Instance.deleted_at.is_(None))
                     .order_by(Instance.instance_number, Instance.id)
                     .limit(1)
                 ).first()
@@ -279,14 +288,16 @@ class _RadiologyMixin:
     def prior_studies(self, study_uid: str) -> list[PriorStudy]:
         """The patient's other studies, newest first; relevant = same modality or same body part."""
         with self._archive.sessions() as s:
-            current = s.scalar(select(Study).where(Study.study_uid == study_uid))
+            current = s.scalar(select(Study).where(Study.study_uid == study_uid, Study.deleted_at.is_(None)))
             if current is None:
                 raise NotFound(f"no study {study_uid}")
 
             def body_parts(study_pk: int) -> set[str]:
                 return {
                     (b or "").upper()
-                    for b in s.scalars(select(Series.body_part_examined).where(Series.study_pk == study_pk))
+                    for b in s.scalars(
+                        select(Series.body_part_examined).where(Series.study_pk == study_pk, Series.deleted_at.is_(None))
+                    )
                     if b
                 }
 
@@ -294,7 +305,7 @@ class _RadiologyMixin:
             parts = body_parts(current.id)
             others = s.scalars(
                 select(Study)
-                .where(Study.patient_pk == current.patient_pk, Study.id != current.id)
+                .where(Study.patient_pk == current.patient_pk, Study.id != current.id, Study.deleted_at.is_(None))
                 .order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
             ).all()
             result = []
@@ -316,12 +327,12 @@ class _RadiologyMixin:
     def series_instances(self, series_uid: str) -> list[InstanceRef]:
         """The instances of a series in reading order (instance number)."""
         with self._archive.sessions() as s:
-            if s.scalar(select(Series.id).where(Series.series_uid == series_uid)) is None:
+            if s.scalar(select(Series.id).where(Series.series_uid == series_uid, Series.deleted_at.is_(None))) is None:
                 raise NotFound(f"no series {series_uid}")
             rows = s.execute(
                 select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.instance_number)
                 .join(Series, Instance.series_pk == Series.id)
-                .where(Series.series_uid == series_uid)
+                .where(Series.series_uid == series_uid, Instance.deleted_at.is_(None))
                 .order_by(Instance.instance_number, Instance.id)
             ).all()
             return [InstanceRef(uid, cls, num, series_uid) for uid, cls, num in rows]
@@ -332,8 +343,8 @@ class _RadiologyMixin:
 
         from archive_core.render import number_of_frames
 
-        with self._archive.store.open(self._storage_key(sop_instance_uid)) as f:
-            return number_of_frames(dcmread(f, stop_before_pixels=True, force=True))
+        data = self.read_instance(sop_instance_uid)
+        return number_of_frames(dcmread(io.BytesIO(data), stop_before_pixels=True, force=True))
 
     def study_instances(self, study_uid: str) -> list[InstanceRef]:
         with self._archive.sessions() as s:
@@ -341,7 +352,7 @@ class _RadiologyMixin:
                 select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.instance_number, Series.series_uid)
                 .join(Series, Instance.series_pk == Series.id)
                 .join(Study, Series.study_pk == Study.id)
-                .where(Study.study_uid == study_uid)
+                .where(Study.study_uid == study_uid, Instance.deleted_at.is_(None))
                 .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
             ).all()
             return [InstanceRef(uid, cls, num, se) for uid, cls, num, se in rows]
@@ -353,18 +364,11 @@ class _RadiologyMixin:
                 select(Study.study_uid)
                 .join(Series, Series.study_pk == Study.id)
                 .join(Instance, Instance.series_pk == Series.id)
-                .where(Instance.sop_instance_uid == sop_instance_uid)
+                .where(Instance.sop_instance_uid == sop_instance_uid, Instance.deleted_at.is_(None))
             )
         if uid is None:
             raise NotFound(f"no instance {sop_instance_uid}")
         return uid
-
-    def _storage_key(self, sop_instance_uid: str) -> str:
-        with self._archive.sessions() as s:
-            key = s.scalar(select(Instance.storage_key).where(Instance.sop_instance_uid == sop_instance_uid))
-        if key is None:
-            raise NotFound(f"no instance {sop_instance_uid}")
-        return key
 
     # rendering ----------------------------------------------------------------------------------
 
@@ -375,18 +379,18 @@ class _RadiologyMixin:
         if getattr(self, "_renderer", None) is None:
             max_bytes = int(self._archive.settings.extra.get("RENDER_CACHE_MAX_BYTES", 512 * 1024**2))
             cache = RenderCache(self._archive.settings.instance_path / "cache" / "render", max_bytes)
-            self._renderer = Renderer(self._archive.store, cache)
+            self._renderer = Renderer(self.read_dataset, cache)
         return self._renderer
 
     def render_instance(self, sop_instance_uid: str, params) -> bytes:
         """One frame of a stored image as PNG/JPEG bytes (:class:`archive_core.render.RenderParams`)."""
-        return self.renderer.render(self._storage_key(sop_instance_uid), sop_instance_uid, params)
+        return self.renderer.render(sop_instance_uid, params)
 
-    def read_instance(self, sop_instance_uid: str):
-        """The stored object as a pydicom Dataset (a copy: the caller may change it)."""
-        from archive_core.render import read_dataset
+    def read_dataset(self, sop_instance_uid: str):
+        """The stored object as a pydicom Dataset, whichever tier holds it (a copy: the caller may change it)."""
+        from archive_core.render import parse_dataset
 
-        return read_dataset(self._archive.store, self._storage_key(sop_instance_uid))
+        return parse_dataset(self.read_instance(sop_instance_uid))
 
     # reports that arrived over DICOM ------------------------------------------------------------
 
@@ -396,7 +400,7 @@ class _RadiologyMixin:
         for ref in self.study_instances(study_uid):
             if ref.sop_class_uid != ENCAPSULATED_PDF and ref.sop_class_uid not in SR_CLASSES:
                 continue
-            ds = self.read_instance(ref.sop_instance_uid)
+            ds = self.read_dataset(ref.sop_instance_uid)
             is_pdf = ref.sop_class_uid == ENCAPSULATED_PDF
             title = str(ds.get("DocumentTitle", "") or "")
             if not title and "ConceptNameCodeSequence" in ds and ds.ConceptNameCodeSequence:
@@ -415,7 +419,7 @@ class _RadiologyMixin:
 
     def document_pdf(self, sop_instance_uid: str) -> bytes:
         """The PDF of an Encapsulated PDF object (trailing padding removed)."""
-        ds = self.read_instance(sop_instance_uid)
+        ds = self.read_dataset(sop_instance_uid)
         if str(ds.get("SOPClassUID", "")) != ENCAPSULATED_PDF:
             raise NotFound(f"{sop_instance_uid} is not an encapsulated PDF")
         data = bytes(ds.EncapsulatedDocument)
@@ -432,15 +436,21 @@ class _RadiologyMixin:
         with self._archive.sessions() as s:
             peer = get_peer(s, peer_ae_title)
             rows = s.execute(
-                select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.storage_key)
+                select(
+                    Instance.sop_instance_uid,
+                    Instance.sop_class_uid,
+                    Instance.transfer_syntax_uid,
+                    Instance.storage_key,
+                    Instance.tier,
+                )
                 .join(Series, Instance.series_pk == Series.id)
                 .join(Study, Series.study_pk == Study.id)
-                .where(Study.study_uid.in_(study_uids))
+                .where(Study.study_uid.in_(study_uids), Instance.deleted_at.is_(None))
                 .order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
             ).all()
         objects = [StoredObject(*row) for row in rows]
         return send_objects(
-            self._archive.store,
+            lambda obj: self._archive.store_for(obj.tier).open(obj.storage_key),
             objects,
             peer,
             calling_ae_title=self._archive.settings.DICOM_AE_TITLE,
@@ -451,11 +461,17 @@ class _RadiologyMixin:
 
     def count_instances(self, study_uids: list[str]) -> int:
         with self._archive.sessions() as s:
-            return s.scalar(select(func.coalesce(func.sum(Study.num_instances), 0)).where(Study.study_uid.in_(study_uids))) or 0
+            return s.scalar(select(func.coalesce(func.sum(Study.num_instances), 0)).where(
+                    Study.study_uid.in_(study_uids), Study.deleted_at.is_(None)
+                )) or 0
 
     def studies_received_since(self, since, *, include_external: bool = False, limit: int = 1000) -> list[StudySummary]:
         """Studies indexed at or after *since* (UTC), oldest first: what a prefetch looks at."""
-        q = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(Study.received_at >= since)
+        q = (
+            select(Study, Patient)
+            .join(Patient, Study.patient_pk == Patient.id)
+            .where(Study.received_at >= since, Study.deleted_at.is_(None))
+        )
         if not include_external:
             q = q.where(Study.external.is_(False))
         with self._archive.sessions() as s:
@@ -471,6 +487,30 @@ class _RadiologyMixin:
 
 __all__ += ["StudySummary", "SeriesSummary", "StudyDetail", "PriorStudy", "InstanceRef", "StudyPage", "DicomDocument"]
 # -- end radiology ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """What retention needs about one (visible) patient."""
+
+    patient_pk: int
+    patient_id: str
+    issuer_of_patient_id: str
+    birth_date: str | None  # DICOM DA
+    visit_dates: tuple[str, ...]  # study dates of the practice's own studies (outside priors excluded)
+    studies: int
+    instances_active: int
+    instances_archive: int
+    bytes_total: int
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    tier: str
+    year: str  # of the study date; "" when unknown
+    modality: str
+    instances: int
+    bytes_total: int
 
 
 class ArchiveFacade(_RadiologyMixin):
@@ -510,8 +550,117 @@ class ArchiveFacade(_RadiologyMixin):
     def stats(self) -> ArchiveStats:
         with self._archive.sessions() as s:
             return ArchiveStats(
-                patients=s.scalar(select(func.count(Patient.id))) or 0,
-                studies=s.scalar(select(func.count(Study.id))) or 0,
-                instances=s.scalar(select(func.count(Instance.id))) or 0,
-                bytes_stored=s.scalar(select(func.coalesce(func.sum(Instance.size_bytes), 0))) or 0,
+                patients=s.scalar(select(func.count(Patient.id)).where(Patient.deleted_at.is_(None))) or 0,
+                studies=s.scalar(select(func.count(Study.id)).where(Study.deleted_at.is_(None))) or 0,
+                instances=s.scalar(select(func.count(Instance.id)).where(Instance.deleted_at.is_(None))) or 0,
+                bytes_stored=s.scalar(
+                    select(func.coalesce(func.sum(Instance.size_bytes), 0)).where(Instance.deleted_at.is_(None))
+                ) or 0,
             )
+
+    # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
+
+    def patient_records(self, session: Session, *, patient_id: str | None = None) -> list[PatientRecord]:
+        """Every visible patient (or those with *patient_id*), with what the retention rule needs."""
+        query = select(Patient).where(Patient.deleted_at.is_(None)).order_by(Patient.id)
+        if patient_id is not None:
+            query = query.where(Patient.patient_id == patient_id)
+        patients = list(session.scalars(query))
+        if not patients:
+            return []
+        pks = [p.id for p in patients] if patient_id is not None else None
+        studies = select(Study.patient_pk, Study.study_date, Study.external).where(Study.deleted_at.is_(None))
+        usage = (
+            select(Study.patient_pk, Instance.tier, func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
+            .join(Series, Instance.series_pk == Series.id)
+            .join(Study, Series.study_pk == Study.id)
+            .where(Instance.deleted_at.is_(None))
+            .group_by(Study.patient_pk, Instance.tier)
+        )
+        if pks is not None:
+            studies = studies.where(Study.patient_pk.in_(pks))
+            usage = usage.where(Study.patient_pk.in_(pks))
+        visits: dict[int, list[str]] = {}
+        counts: dict[int, int] = {}
+        for pk, study_date, external in session.execute(studies):
+            counts[pk] = counts.get(pk, 0) + 1
+            if not external and study_date:
+                visits.setdefault(pk, []).append(study_date)
+        tiers: dict[int, dict[str, tuple[int, int]]] = {}
+        for pk, tier, n, size in session.execute(usage):
+            tiers.setdefault(pk, {})[tier] = (n, int(size))
+        return [
+            PatientRecord(
+                patient_pk=p.id,
+                patient_id=p.patient_id,
+                issuer_of_patient_id=p.issuer_of_patient_id,
+                birth_date=p.patient_birth_date,
+                visit_dates=tuple(sorted(visits.get(p.id, []))),
+                studies=counts.get(p.id, 0),
+                instances_active=tiers.get(p.id, {}).get("active", (0, 0))[0],
+                instances_archive=tiers.get(p.id, {}).get("archive", (0, 0))[0],
+                bytes_total=sum(size for _n, size in tiers.get(p.id, {}).values()),
+            )
+            for p in patients
+        ]
+
+    def storage_usage(self, session: Session) -> list[StorageUsage]:
+        """Visible data by tier, study year and modality."""
+        year = func.coalesce(func.substr(Study.study_date, 1, 4), "")
+        modality = func.coalesce(Series.modality, "")
+        rows = session.execute(
+            select(Instance.tier, year, modality, func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
+            .join(Series, Instance.series_pk == Series.id)
+            .join(Study, Series.study_pk == Study.id)
+            .where(Instance.deleted_at.is_(None))
+            .group_by(Instance.tier, year, modality)
+            .order_by(Instance.tier, year, modality)
+        ).all()
+        return [StorageUsage(t, y, m, n, int(b)) for t, y, m, n, b in rows]
+
+    def move_patient_to_archive(self, patient_pk: int) -> TierMove:
+        """Copy, verify, switch and drop: the patient's files now live in the archive tier (owns its transactions)."""
+        from archive_core.tiers import move_patient_to_archive
+
+        return move_patient_to_archive(self._archive, patient_pk)
+
+    def read_instance(self, sop_instance_uid: str) -> bytes:
+        """The stored Part 10 file of an instance, whichever tier holds it."""
+        from archive_core.tiers import read_instance
+
+        return read_instance(self._archive, sop_instance_uid)
+
+    def tombstone_patient(self, session: Session, patient_id: str, issuer: str, *, at: datetime) -> TombstoneResult:
+        from archive_core.purge import tombstone_patient
+
+        return tombstone_patient(session, patient_id, issuer, at=at)
+
+    def tombstone_study(self, session: Session, study_uid: str, *, at: datetime) -> TombstoneResult:
+        from archive_core.purge import tombstone_study
+
+        return tombstone_study(session, study_uid, at=at)
+
+    def delete_tombstoned_files(self, sop_instance_uids: list[str] | tuple[str, ...]) -> int:
+        """Delete files of tombstoned instances only (committed tombstones; idempotent)."""
+        from archive_core.purge import delete_tombstoned_files
+
+        return delete_tombstoned_files(self._archive, sop_instance_uids)
+
+    def study_owner(self, session: Session, study_uid: str) -> tuple[str, str] | None:
+        """(patient ID, issuer) of a visible study."""
+        row = session.execute(
+            select(Patient.patient_id, Patient.issuer_of_patient_id)
+            .join(Study, Study.patient_pk == Patient.id)
+            .where(Study.study_uid == study_uid, Study.deleted_at.is_(None))
+        ).first()
+        return (row[0], row[1]) if row else None
+
+    def move_study(self, session: Session, study_uid: str, to_patient_id: str, to_issuer: str = "") -> str:
+        from archive_core.corrections import move_study
+
+        return move_study(session, study_uid, to_patient_id, to_issuer)
+
+    def merge_patients(self, session: Session, source_id: str, target_id: str, *, at: datetime) -> int:
+        from archive_core.corrections import merge_patients
+
+        return merge_patients(session, source_id, target_id, at=at)

@@ -116,14 +116,14 @@ def build_media(
 
 
 def _fill_file_set(facade, fs: FileSet, details, dest: Path, report: MediaReport, practice: dict[str, str]) -> MediaReport:
-    from archive_core.render import RenderError, RenderParams, render
+    from archive_core.render import RenderError, RenderParams
 
     previews: list[tuple[str, str, str]] = []  # (file name, study label, series label)
     for detail in details:
         report.study_uids.append(detail.study.study_uid)
         fallback_id = (detail.study.accession_number or "1")[:16]
         for n, ref in enumerate(facade.study_instances(detail.study.study_uid), start=1):
-            ds = facade.read_instance(ref.sop_instance_uid)
+            ds = facade.read_dataset(ref.sop_instance_uid)
             _fill_for_dicomdir(ds, study_fallback_id=fallback_id, instance_fallback=n)
             _to_explicit_little(ds, report)
             with warnings.catch_warnings():
@@ -135,7 +135,7 @@ def _fill_file_set(facade, fs: FileSet, details, dest: Path, report: MediaReport
                 continue
             name = f"IMG{len(previews) + 1:05d}.JPG"
             try:
-                data = render(facade.read_instance(series.first_sop_uid), RenderParams(size=PREVIEW_SIZE, fmt="jpeg"))
+                data = facade.render_instance(series.first_sop_uid, RenderParams(size=PREVIEW_SIZE, fmt="jpeg"))
             except RenderError:
                 continue
             (dest / "IHE_PDI").mkdir(exist_ok=True)

@@ -9,6 +9,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -241,25 +242,25 @@ class RenderCache:
 
 
 class Renderer:
-    """Reads stored objects through a :class:`~archive_core.storage.base.BlobStore` and renders them, cached."""
+    """Renders stored objects, read by *reader* (SOP Instance UID -> Dataset), through the cache."""
 
-    def __init__(self, store, cache: RenderCache) -> None:
-        self.store = store
+    def __init__(self, reader: Callable[[str], Dataset], cache: RenderCache) -> None:
+        self.reader = reader
         self.cache = cache
 
-    def render(self, storage_key: str, sop_instance_uid: str, params: RenderParams) -> bytes:
+    def render(self, sop_instance_uid: str, params: RenderParams) -> bytes:
         cached = self.cache.get(sop_instance_uid, params)
         if cached is not None:
             return cached
-        data = render(read_dataset(self.store, storage_key), params)
+        data = render(self.reader(sop_instance_uid), params)
         self.cache.put(sop_instance_uid, params, data)
         return data
 
 
-def read_dataset(store, storage_key: str) -> Dataset:
-    """The stored object, read fully (pixel data included)."""
+def parse_dataset(data: bytes) -> Dataset:
+    """A stored Part 10 file, read fully (pixel data included)."""
     from pydicom import dcmread
 
-    with store.open(storage_key) as f, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return dcmread(f, force=True)
+        return dcmread(io.BytesIO(data), force=True)

@@ -10,7 +10,7 @@ import logging
 import socket
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -29,6 +29,7 @@ class StoredObject:
     sop_class_uid: str
     transfer_syntax_uid: str
     storage_key: str
+    tier: str = "active"
 
 
 @dataclass
@@ -44,7 +45,7 @@ class SendResult:
 
 
 def send_objects(
-    store,
+    open_file: Callable[[StoredObject], BinaryIO],
     objects: list[StoredObject],
     peer: PeerInfo,
     *,
@@ -53,7 +54,7 @@ def send_objects(
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
 ) -> SendResult:
-    """C-STORE every object to *peer*; *progress(sent, failed)* is called after each one."""
+    """C-STORE every object to *peer*, read with *open_file*; *progress(sent, failed)* is called after each one."""
     result = SendResult()
     if not objects:
         return result
@@ -83,7 +84,7 @@ def send_objects(
                 break
             status = None
             try:
-                with store.open(obj.storage_key) as f, warnings.catch_warnings():
+                with open_file(obj) as f, warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     ds = dcmread(f, force=True)
                 status = assoc.send_c_store(ds)

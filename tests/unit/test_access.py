@@ -63,7 +63,7 @@ def test_each_role_reaches_exactly_its_routes(app, client, users, role):
     app.config["WTF_CSRF_ENABLED"] = False
     user_id, token = users[role]
     for rule, path, method in _routes(app):
-        with client.session_transaction() as session:  # signed in again: POST /logout ends the session
+        with client.session_transaction() as session:  # signed in again: POST /logout signs out
             session["_user_id"] = str(user_id)
             session["_fresh"] = True
         allowed = role in app.view_functions[rule.endpoint].allowed_roles

@@ -9,6 +9,7 @@ import subprocess
 import pydicom
 import pydicom.fileset
 import pytest
+from sqlalchemy import select
 from PIL import Image
 
 from archive_core.api import ArchiveFacade
@@ -124,3 +125,22 @@ def test_the_core_radiology_modules_pull_in_no_web_pieces():
             "print(sorted(m for m in ('flask', 'backoffice', 'weasyprint', 'apscheduler') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_tombstoned_studies_disappear_and_archive_tier_images_still_render(facade, history):
+    from archive_core.api import utcnow
+    from archive_core.index.models import Patient
+
+    with facade.new_session(write=True) as s:
+        facade.tombstone_study(s, history.prior_mr_chest, at=utcnow())
+        s.commit()
+    assert history.prior_mr_chest not in {p.study_uid for p in facade.prior_studies(history.current)}
+    assert history.prior_mr_chest not in {st.study_uid for st in facade.browse_studies(patient="martin").items}
+    with pytest.raises(NotFound):
+        facade.study_detail(history.prior_mr_chest)
+
+    with facade.new_session() as s:
+        patient_pk = s.scalar(select(Patient.id).where(Patient.patient_id == history.patient_id))
+    facade.move_patient_to_archive(patient_pk)
+    sop = facade.study_detail(history.current).series[0].first_sop_uid
+    assert Image.open(io.BytesIO(facade.render_instance(sop, RenderParams(size=8)))).size == (8, 8)

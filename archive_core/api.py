@@ -384,7 +384,17 @@ class _RadiologyMixin:
 
     def render_instance(self, sop_instance_uid: str, params) -> bytes:
         """One frame of a stored image as PNG/JPEG bytes (:class:`archive_core.render.RenderParams`)."""
-        return self.renderer.render(sop_instance_uid, params)
+        # Every request asks the index (a purged image is never served from the cache; a replaced one
+        # is rendered anew: its checksum is part of the cache key).
+        with self._archive.sessions() as s:
+            checksum = s.scalar(
+                select(Instance.checksum_sha256).where(
+                    Instance.sop_instance_uid == sop_instance_uid, Instance.deleted_at.is_(None)
+                )
+            )
+        if checksum is None:
+            raise NotFound(f"no instance {sop_instance_uid}")
+        return self.renderer.render(sop_instance_uid, params, version=checksum)
 
     def read_dataset(self, sop_instance_uid: str):
         """The stored object as a pydicom Dataset, whichever tier holds it (a copy: the caller may change it)."""
@@ -644,7 +654,10 @@ class ArchiveFacade(_RadiologyMixin):
         """Delete files of tombstoned instances only (committed tombstones; idempotent)."""
         from archive_core.purge import delete_tombstoned_files
 
-        return delete_tombstoned_files(self._archive, sop_instance_uids)
+        deleted = delete_tombstoned_files(self._archive, sop_instance_uids)
+        for uid in sop_instance_uids:  # renders of purged images go with them (radiology)
+            self.renderer.cache.forget(uid)
+        return deleted
 
     def study_owner(self, session: Session, study_uid: str) -> tuple[str, str] | None:
         """(patient ID, issuer) of a visible study."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import threading
 import warnings
 from dataclasses import dataclass
@@ -184,9 +185,11 @@ def render(ds: Dataset, params: RenderParams = RenderParams()) -> bytes:
 
 
 class RenderCache:
-    """Rendered images as files under *root*, keyed by SOP Instance UID and parameters, bounded in size.
+    """Rendered images as files under *root*, keyed by SOP Instance UID, version and parameters, bounded in size.
 
-    Eviction drops the least recently written files once the total exceeds *max_bytes*.
+    One folder per instance (so a purge can forget an instance's renders); the *version* (the stored
+    object's checksum) keeps a replaced object from being served from an older render. Eviction drops
+    the least recently written files once the total exceeds *max_bytes*.
     """
 
     def __init__(self, root: Path, max_bytes: int = 512 * 1024**2) -> None:
@@ -195,18 +198,26 @@ class RenderCache:
         self._lock = threading.Lock()
         self._approx_bytes: int | None = None
 
-    def _path(self, sop_instance_uid: str, params: RenderParams) -> Path:
-        digest = hashlib.sha256(f"{sop_instance_uid}|{params.cache_tag()}".encode()).hexdigest()
-        return self.root / digest[:2] / f"{digest}.{params.fmt}"
+    def _folder(self, sop_instance_uid: str) -> Path:
+        digest = hashlib.sha256(sop_instance_uid.encode()).hexdigest()
+        return self.root / digest[:2] / digest
 
-    def get(self, sop_instance_uid: str, params: RenderParams) -> bytes | None:
+    def _path(self, sop_instance_uid: str, params: RenderParams, version: str) -> Path:
+        tag = hashlib.sha256(f"{version}|{params.cache_tag()}".encode()).hexdigest()[:32]
+        return self._folder(sop_instance_uid) / f"{tag}.{params.fmt}"
+
+    def get(self, sop_instance_uid: str, params: RenderParams, version: str = "") -> bytes | None:
         try:
-            return self._path(sop_instance_uid, params).read_bytes()
+            return self._path(sop_instance_uid, params, version).read_bytes()
         except FileNotFoundError:
             return None
 
-    def put(self, sop_instance_uid: str, params: RenderParams, data: bytes) -> None:
-        path = self._path(sop_instance_uid, params)
+    def forget(self, sop_instance_uid: str) -> None:
+        """Drop every render of an instance (it was purged)."""
+        shutil.rmtree(self._folder(sop_instance_uid), ignore_errors=True)
+
+    def put(self, sop_instance_uid: str, params: RenderParams, data: bytes, version: str = "") -> None:
+        path = self._path(sop_instance_uid, params, version)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
         tmp.write_bytes(data)
@@ -220,11 +231,11 @@ class RenderCache:
                 self._approx_bytes = self._evict()
 
     def total_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.glob("*/*") if p.is_file())
+        return sum(p.stat().st_size for p in self.root.glob("*/*/*") if p.is_file())
 
     def _evict(self) -> int:
         files = []
-        for p in self.root.glob("*/*"):
+        for p in self.root.glob("*/*/*"):
             try:
                 st = p.stat()
             except FileNotFoundError:
@@ -248,12 +259,12 @@ class Renderer:
         self.reader = reader
         self.cache = cache
 
-    def render(self, sop_instance_uid: str, params: RenderParams) -> bytes:
-        cached = self.cache.get(sop_instance_uid, params)
+    def render(self, sop_instance_uid: str, params: RenderParams, *, version: str = "") -> bytes:
+        cached = self.cache.get(sop_instance_uid, params, version)
         if cached is not None:
             return cached
         data = render(self.reader(sop_instance_uid), params)
-        self.cache.put(sop_instance_uid, params, data)
+        self.cache.put(sop_instance_uid, params, data, version)
         return data
 
 

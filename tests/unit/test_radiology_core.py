@@ -131,9 +131,17 @@ def test_tombstoned_studies_disappear_and_archive_tier_images_still_render(facad
     from archive_core.api import utcnow
     from archive_core.index.models import Patient
 
+    mr_sop = facade.study_detail(history.prior_mr_chest).series[0].first_sop_uid
+    facade.render_instance(mr_sop, RenderParams(size=8))  # in the render cache now
+    cache_root = facade.settings.instance_path / "cache" / "render"
+    assert len(list(cache_root.rglob("*.png"))) == 1
     with facade.new_session(write=True) as s:
         facade.tombstone_study(s, history.prior_mr_chest, at=utcnow())
         s.commit()
+    with pytest.raises(NotFound):
+        facade.render_instance(mr_sop, RenderParams(size=8))  # never served from the cache once purged
+    facade.delete_tombstoned_files([mr_sop])
+    assert list(cache_root.rglob("*.png")) == []
     assert history.prior_mr_chest not in {p.study_uid for p in facade.prior_studies(history.current)}
     assert history.prior_mr_chest not in {st.study_uid for st in facade.browse_studies(patient="martin").items}
     with pytest.raises(NotFound):

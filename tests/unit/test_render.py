@@ -115,3 +115,11 @@ def test_cache_returns_what_was_put_and_stays_bounded(tmp_path):
         cache.put(f"1.2.{i + 10}", params, b"y" * 1000)
     assert cache.total_bytes() <= 10_000
     assert cache.get("1.2.59", params) == b"y" * 1000  # the newest survive
+
+
+def test_cache_versions_and_forgetting(tmp_path):
+    cache = RenderCache(tmp_path / "cache")
+    cache.put("1.2.3", RenderParams(), b"old", version="sha-a")
+    assert cache.get("1.2.3", RenderParams(), version="sha-b") is None  # the object was replaced
+    cache.forget("1.2.3")
+    assert cache.get("1.2.3", RenderParams(), version="sha-a") is None

@@ -5,11 +5,13 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from flask import Response, current_app, jsonify, request
+from flask import Response, current_app, jsonify, request, url_for
 
 from archive_core.errors import NotFound
 from backoffice.api import ApiError, api_route, current_api_user
 from backoffice.extensions import db, facade
+
+PAGE_SIZE = 100  # lists answer up to 100 items, with a "next" link when there are more
 
 PRIOR_SCHEMA = {
     "200": {
@@ -36,17 +38,23 @@ def _detail(study_uid: str):
 
 
 @api_route("/studies/<study_uid>/priors", roles=("radiologist",), summary="The patient's other studies, newest first",
-           responses=PRIOR_SCHEMA)
+           responses=PRIOR_SCHEMA,
+           parameters=[{"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}])
 def study_priors(study_uid: str):
     detail = _detail(study_uid)
+    offset = max(request.args.get("offset", 0, type=int), 0)
     priors = facade().prior_studies(study_uid)
+    page = priors[offset : offset + PAGE_SIZE]
     facade().audit_now("study.priors", actor=current_api_user().login, patient_id=detail.study.patient_id,
                        study_uid=study_uid)
-    return jsonify({"items": [
+    body: dict = {"items": [
         {"study_uid": p.study_uid, "study_date": p.study_date, "modalities": list(p.modalities),
          "description": p.description, "body_parts": list(p.body_parts), "relevant": p.relevant}
-        for p in priors
-    ]})
+        for p in page
+    ]}
+    if offset + PAGE_SIZE < len(priors):
+        body["next"] = url_for("api.study_priors", study_uid=study_uid, offset=offset + PAGE_SIZE)
+    return jsonify(body)
 
 
 @api_route("/studies/<study_uid>/reproduction.pdf", roles=("front_desk", "radiologist"),

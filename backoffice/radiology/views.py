@@ -6,7 +6,9 @@ time-limited, revocable link (secret token in the URL, one-time code typed once 
 
 from __future__ import annotations
 
-from datetime import date
+from pathlib import Path
+
+from click import argument as click_argument
 
 from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
                    session, url_for)
@@ -498,3 +500,31 @@ def image_shared(token: str, sop_instance_uid: str):
         abort(404)
     return image_response(sop_instance_uid, render_params_from(request.args))
 
+
+
+# -- command line ----------------------------------------------------------------------------------
+
+
+@bp.cli.command("media")
+@click_argument("folder")
+@click_argument("study_uids", nargs=-1, required=True)
+def media_command(folder: str, study_uids: tuple[str, ...]) -> None:
+    """Write a CD/USB file set (DICOMDIR, README.TXT) of STUDY_UIDS (main study first) into FOLDER."""
+    import click
+
+    from backoffice.radiology.reproduction import practice_identity
+
+    target = Path(folder)
+    if target.exists() and any(target.iterdir()):
+        raise click.ClickException(f"{folder} is not empty")
+    try:
+        detail = facade().study_detail(study_uids[0])
+        allowed = {p.study_uid for p in facade().prior_studies(study_uids[0])}
+        if not set(study_uids[1:]) <= allowed:
+            raise click.ClickException("the other studies must belong to the same patient")
+        report = facade().write_media(list(study_uids), target, practice=practice_identity())
+    except NotFound as exc:
+        raise click.ClickException(str(exc)) from exc
+    facade().audit_now("study.media", actor="cli", actor_kind="system", patient_id=detail.study.patient_id,
+                       study_uid=study_uids[0], detail={"via": "cli", "studies": list(study_uids)})
+    click.echo(f"{report.instances} objects written to {target} ({report.converted} re-encoded)")

@@ -95,6 +95,17 @@ def test_priors_api_newest_first_and_audited(client, users, history, facade):
     assert "study.priors" in audit_actions(facade, history.current)
 
 
+def test_priors_api_pages_by_100(client, users, facade, monkeypatch):
+    from backoffice.api import radiology
+
+    history = make_history(facade.archive)
+    monkeypatch.setattr(radiology, "PAGE_SIZE", 2)
+    first = client.get(f"/api/v1/studies/{history.current}/priors", headers=bearer(users, "radiologist")).get_json()
+    assert len(first["items"]) == 2 and first["next"].endswith("offset=2")
+    second = client.get(first["next"], headers=bearer(users, "radiologist")).get_json()
+    assert [i["study_uid"] for i in second["items"]] == [history.prior_mr_chest] and "next" not in second
+
+
 @pytest.mark.parametrize("role, uid, status", [("front_desk", "current", 403), ("radiologist", None, 404)])
 def test_priors_api_refusals(client, users, history, role, uid, status):
     study_uid = getattr(history, uid) if uid else "1.2.3.999"
@@ -373,3 +384,13 @@ def test_viewer_scrolls_through_the_frames_of_a_multiframe_object(client, users,
     assert [(i["sop_instance_uid"], i["frame"]) for i in items] == [(ds.SOPInstanceUID, 0), (ds.SOPInstanceUID, 1)]
     second = Image.open(io.BytesIO(client.get(f"/radiology/instances/{ds.SOPInstanceUID}/image?frame=1").data))
     assert second.mode == "RGB" and second.getpixel((50, 5)) == (0, 255, 255)
+
+
+def test_media_command_writes_a_mounted_folder(runner, history, facade, tmp_path):
+    result = runner.invoke(args=["radiology", "media", str(tmp_path / "usb"), history.current, history.prior_ct_chest])
+    assert result.exit_code == 0, result.output
+    assert "5 objects written" in result.output
+    assert (tmp_path / "usb" / "DICOMDIR").exists() and (tmp_path / "usb" / "README.TXT").exists()
+    refused = runner.invoke(args=["radiology", "media", str(tmp_path / "other"), history.current, history.other_patient])
+    assert refused.exit_code != 0 and "same patient" in refused.output
+    assert "study.media" in audit_actions(facade, history.current)

@@ -204,16 +204,18 @@ def study(study_uid: str):
 @bp.route("/studies/<study_uid>/report", methods=["POST"])
 @roles_required("radiologist")
 def save_report(study_uid: str):
-    _study_or_404(study_uid)
+    detail = _study_or_404(study_uid)
     form = ReportForm()
     if not form.validate_on_submit():
         abort(400)
     try:
-        services.save_draft(db(), study_uid, author=current_user.login, amendment_reason=form.amendment_reason.data or "",
+        draft = services.save_draft(db(), study_uid, author=current_user.login, amendment_reason=form.amendment_reason.data or "",
                             **{f: getattr(form, f).data or "" for f in services.REPORT_FIELDS})
     except services.RadiologyError as exc:
         flash(str(exc), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))
+    facade().audit(db(), "report.draft", actor=current_user.login, patient_id=detail.study.patient_id,
+                   study_uid=study_uid, detail={"version": draft.version})
     flash("Brouillon enregistré.", "info")
     return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))
 

@@ -394,3 +394,25 @@ def test_media_command_writes_a_mounted_folder(runner, history, facade, tmp_path
     refused = runner.invoke(args=["radiology", "media", str(tmp_path / "other"), history.current, history.other_patient])
     assert refused.exit_code != 0 and "same patient" in refused.output
     assert "study.media" in audit_actions(facade, history.current)
+
+
+def test_reports_and_key_images_through_the_api(client, users, history, facade):
+    url = f"/api/v1/studies/{history.current}"
+    rad = bearer(users, "radiologist")
+    created = client.put(f"{url}/reports/draft", json={"findings": "RAS", "conclusion": "Normal"}, headers=rad)
+    assert created.status_code == 201 and created.get_json()["status"] == "draft"
+    assert client.put(f"{url}/reports/draft", json={"conclusion": "Normal."}, headers=rad).status_code == 200
+    signed = client.post(f"{url}/reports/sign", headers=rad)
+    assert signed.status_code == 200 and signed.get_json()["signed_by"] == "u_radiologist"
+    assert client.post(f"{url}/reports/sign", headers=rad).status_code == 409  # nothing left to sign
+    assert client.put(f"{url}/reports/draft", json={"conclusion": "x"}, headers=rad).status_code == 409  # no reason
+    versions = client.get(f"{url}/reports", headers=bearer(users, "front_desk")).get_json()["items"]
+    assert [(v["version"], v["status"], v["conclusion"]) for v in versions] == [(1, "signed", "Normal.")]
+    assert client.put(f"{url}/reports/draft", json={}, headers=bearer(users, "front_desk")).status_code == 403
+
+    sop = facade.study_detail(history.current).series[1].first_sop_uid
+    chosen = client.post(f"{url}/key-images", json={"sop_instance_uid": sop, "window_center": -600,
+                                                    "window_width": 1500}, headers=bearer(users, "front_desk"))
+    assert chosen.status_code == 201 and chosen.get_json()["position"] == 1
+    other = facade.study_detail(history.other_patient).series[0].first_sop_uid
+    assert client.post(f"{url}/key-images", json={"sop_instance_uid": other}, headers=rad).status_code == 400

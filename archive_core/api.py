@@ -182,7 +182,8 @@ def _sr_text(ds) -> str:
                 value = item.ConceptCodeSequence[0].get("CodeMeaning")
             if value is None and "MeasuredValueSequence" in item and item.MeasuredValueSequence:
                 mv = item.MeasuredValueSequence[0]
-                unit = mv.MeasurementUnitsCodeSequence[0].get("CodeValue", "") if "MeasurementUnitsCodeSequence" in mv else ""
+                units = mv.get("MeasurementUnitsCodeSequence") or []
+                unit = units[0].get("CodeValue", "") if units else ""
                 value = f"{mv.get('NumericValue', '')} {unit}".strip()
             if name or value:
                 lines.append(("  " * depth) + (f"{name} : {value}" if name and value else str(name or value)))
@@ -232,14 +233,20 @@ class _RadiologyMixin:
         if modality.strip():
             q = q.where(
                 select(Series.id)
-                .where(Series.study_pk == Study.id, Series.modality == modality.strip().upper(), Series.deleted_at.is_(None))
+                .where(
+                    Series.study_pk == Study.id,
+                    Series.modality == modality.strip().upper(),
+                    Series.deleted_at.is_(None),
+                )
                 .exists()
             )
         if accession.strip():
             q = q.where(Study.accession_number == accession.strip())
         if description.strip():
             q = q.where(
-                func.upper(Study.study_description).like("%" + _escape_like(description.strip().upper()) + "%", escape="\\")
+                func.upper(Study.study_description).like(
+                    "%" + _escape_like(description.strip().upper()) + "%", escape="\\"
+                )
             )
         q = q.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
         with self._archive.sessions() as s:
@@ -296,7 +303,9 @@ class _RadiologyMixin:
                 return {
                     (b or "").upper()
                     for b in s.scalars(
-                        select(Series.body_part_examined).where(Series.study_pk == study_pk, Series.deleted_at.is_(None))
+                        select(Series.body_part_examined).where(
+                            Series.study_pk == study_pk, Series.deleted_at.is_(None)
+                        )
                     )
                     if b
                 }

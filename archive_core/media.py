@@ -115,7 +115,9 @@ def build_media(
         fs._stage["t"].cleanup()
 
 
-def _fill_file_set(facade, fs: FileSet, details, dest: Path, report: MediaReport, practice: dict[str, str]) -> MediaReport:
+def _fill_file_set(
+    facade, fs: FileSet, details, dest: Path, report: MediaReport, practice: dict[str, str]
+) -> MediaReport:
     from archive_core.render import RenderError, RenderParams
 
     previews: list[tuple[str, str, str]] = []  # (file name, study label, series label)
@@ -198,7 +200,8 @@ def index_html(details, practice: dict[str, str], previews: list[tuple[str, str,
     esc = html.escape
     patient = details[0].study
     items = "\n".join(
-        f'<figure><img src="IHE_PDI/{esc(name)}" alt="aperçu"><figcaption>{esc(study)}<br>{esc(series)}</figcaption></figure>'
+        f'<figure><img src="IHE_PDI/{esc(name)}" alt="aperçu">'
+        f"<figcaption>{esc(study)}<br>{esc(series)}</figcaption></figure>"
         for name, study, series in previews
     )
     return f"""<!doctype html>
@@ -222,7 +225,9 @@ def zip_folder(root: Path) -> bytes:
     return buf.getvalue()
 
 
-def build_media_zip(facade: "ArchiveFacade", study_uids: list[str], workdir: Path, *, practice: dict[str, str]) -> bytes:
+def build_media_zip(
+    facade: "ArchiveFacade", study_uids: list[str], workdir: Path, *, practice: dict[str, str]
+) -> bytes:
     """Build the file set in *workdir* (removed afterwards) and return it zipped."""
     try:
         build_media(facade, study_uids, workdir / "media", practice=practice)

@@ -13,18 +13,22 @@ from backoffice.extensions import db, facade
 
 PAGE_SIZE = 100  # lists answer up to 100 items, with a "next" link when there are more
 
+PRIOR_ITEM = {
+    "type": "object",
+    "properties": {
+        "study_uid": {"type": "string"},
+        "study_date": {"type": ["string", "null"], "format": "date"},
+        "modalities": {"type": "array", "items": {"type": "string"}},
+        "description": {"type": ["string", "null"]},
+        "body_parts": {"type": "array", "items": {"type": "string"}},
+        "relevant": {"type": "boolean"},
+    },
+}
 PRIOR_SCHEMA = {
     "200": {
         "description": "the patient's other studies, newest first",
-        "content": {"application/json": {"schema": {"type": "object", "properties": {"items": {"type": "array", "items": {
-            "type": "object",
-            "properties": {
-                "study_uid": {"type": "string"}, "study_date": {"type": ["string", "null"], "format": "date"},
-                "modalities": {"type": "array", "items": {"type": "string"}},
-                "description": {"type": ["string", "null"]},
-                "body_parts": {"type": "array", "items": {"type": "string"}},
-                "relevant": {"type": "boolean"},
-            }}}}}}},
+        "content": {"application/json": {"schema": {"type": "object", "properties": {
+            "items": {"type": "array", "items": PRIOR_ITEM}, "next": {"type": "string"}}}}},
     },
     "404": {"description": "no such study"},
 }
@@ -60,7 +64,8 @@ def study_priors(study_uid: str):
 @api_route("/studies/<study_uid>/reproduction.pdf", roles=("front_desk", "radiologist"),
            summary="Paper reproduction (A4 PDF): practice, patient, exam, signed report, key images",
            parameters=[{"name": "per_page", "in": "query", "schema": {"type": "integer", "enum": [1, 2, 4, 6]}}],
-           responses={"200": {"description": "PDF", "content": {"application/pdf": {}}}, "404": {"description": "no such study"}})
+           responses={"200": {"description": "PDF", "content": {"application/pdf": {}}},
+                      "404": {"description": "no such study"}})
 def study_reproduction(study_uid: str):
     from backoffice.radiology.reproduction import build_reproduction
     from backoffice.radiology.services import RadiologyError
@@ -73,13 +78,15 @@ def study_reproduction(study_uid: str):
     facade().audit_now("study.print", actor=current_api_user().login, patient_id=detail.study.patient_id,
                        study_uid=study_uid, detail={"via": "api", "bytes": len(pdf)})
     return Response(pdf, mimetype="application/pdf",
-                    headers={"Content-Disposition": f'inline; filename="reproduction-{detail.study.accession_number or "examen"}.pdf"'})
+                    headers={"Content-Disposition":
+                             f'inline; filename="reproduction-{detail.study.accession_number or "examen"}.pdf"'})
 
 
 @api_route("/studies/<study_uid>/media.zip", roles=("front_desk", "radiologist"),
            summary="CD/USB content (IHE PDI): DICOMDIR, README.TXT, DICOM files; ?prior=UID adds a prior",
            parameters=[{"name": "prior", "in": "query", "schema": {"type": "array", "items": {"type": "string"}}}],
-           responses={"200": {"description": "zip", "content": {"application/zip": {}}}, "404": {"description": "no such study"}})
+           responses={"200": {"description": "zip", "content": {"application/zip": {}}},
+                      "404": {"description": "no such study"}})
 def study_media(study_uid: str):
     detail = _detail(study_uid)
     data = media_zip(detail, request.args.getlist("prior"))

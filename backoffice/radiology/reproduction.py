@@ -36,7 +36,8 @@ def chosen_images(session: Session, facade: ArchiveFacade, detail: StudyDetail) 
     keys = services.key_images(session, detail.study.study_uid)
     if keys:
         return [(k.sop_instance_uid, k.frame, k.window_center, k.window_width) for k in keys]
-    return [(s.first_sop_uid, 0, None, None) for s in detail.series if s.first_is_image and s.first_sop_uid][:DEFAULT_IMAGES]
+    firsts = [(s.first_sop_uid, 0, None, None) for s in detail.series if s.first_is_image and s.first_sop_uid]
+    return firsts[:DEFAULT_IMAGES]
 
 
 def build_reproduction(session: Session, facade: ArchiveFacade, study_uid: str, *, per_page: int = 4) -> bytes:
@@ -53,7 +54,8 @@ def build_reproduction(session: Session, facade: ArchiveFacade, study_uid: str, 
             data = facade.render_instance(sop_uid, params)
         except RenderError:
             continue
-        caption = f"Image {len(images) + 1}" + (f" — F {wc:g} / L {ww:g}" if wc is not None and ww is not None else "")
+        window = f" — F {wc:g} / L {ww:g}" if wc is not None and ww is not None else ""
+        caption = f"Image {len(images) + 1}{window}"
         images.append(PrintedImage("data:image/jpeg;base64," + base64.b64encode(data).decode(), caption))
     pages = [images[i : i + per_page] for i in range(0, len(images), per_page)]
     html = render_template(

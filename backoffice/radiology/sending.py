@@ -96,8 +96,8 @@ def start_in_background(facade: ArchiveFacade, job_id: int) -> threading.Thread:
 
 def jobs_for(session: Session, study_uid: str, limit: int = 10) -> list[SendJob]:
     like = study_uid.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
-    return list(session.scalars(
-        select(SendJob).where(SendJob.study_uids.like(like + "%", escape="\\")).order_by(SendJob.id.desc()).limit(limit)))
+    query = select(SendJob).where(SendJob.study_uids.like(like + "%", escape="\\"))
+    return list(session.scalars(query.order_by(SendJob.id.desc()).limit(limit)))
 
 
 # -- prefetch ----------------------------------------------------------------------------------------

@@ -37,7 +37,9 @@ def reports_of(session: Session, study_uid: str) -> list[Report]:
 
 
 def current_draft(session: Session, study_uid: str) -> Report | None:
-    latest = session.scalar(select(Report).where(Report.study_uid == study_uid).order_by(Report.version.desc()).limit(1))
+    latest = session.scalar(
+        select(Report).where(Report.study_uid == study_uid).order_by(Report.version.desc()).limit(1)
+    )
     return latest if latest is not None and latest.status == "draft" else None
 
 
@@ -90,7 +92,8 @@ def sign_report(session: Session, study_uid: str, *, signed_by: str) -> Report:
 
 
 def key_images(session: Session, study_uid: str) -> list[KeyImage]:
-    return list(session.scalars(select(KeyImage).where(KeyImage.study_uid == study_uid).order_by(KeyImage.position, KeyImage.id)))
+    query = select(KeyImage).where(KeyImage.study_uid == study_uid)
+    return list(session.scalars(query.order_by(KeyImage.position, KeyImage.id)))
 
 
 def add_key_image(
@@ -141,7 +144,13 @@ class NewShareLink:
 
 
 def create_share_link(
-    session: Session, study_uid: str, *, created_by: str, days: int = 7, recipient: str = "", now: datetime | None = None
+    session: Session,
+    study_uid: str,
+    *,
+    created_by: str,
+    days: int = 7,
+    recipient: str = "",
+    now: datetime | None = None,
 ) -> NewShareLink:
     if not 1 <= days <= SHARE_MAX_DAYS:
         raise RadiologyError(f"durée de 1 à {SHARE_MAX_DAYS} jours")
@@ -196,4 +205,5 @@ def revoke_share_link(session: Session, link_id: int, *, now: datetime | None = 
 
 
 def share_links_of(session: Session, study_uid: str) -> list[ShareLink]:
-    return list(session.scalars(select(ShareLink).where(ShareLink.study_uid == study_uid).order_by(ShareLink.id.desc())))
+    query = select(ShareLink).where(ShareLink.study_uid == study_uid)
+    return list(session.scalars(query.order_by(ShareLink.id.desc())))

@@ -209,8 +209,9 @@ def save_report(study_uid: str):
     if not form.validate_on_submit():
         abort(400)
     try:
-        draft = services.save_draft(db(), study_uid, author=current_user.login, amendment_reason=form.amendment_reason.data or "",
-                            **{f: getattr(form, f).data or "" for f in services.REPORT_FIELDS})
+        draft = services.save_draft(db(), study_uid, author=current_user.login,
+                                    amendment_reason=form.amendment_reason.data or "",
+                                    **{f: getattr(form, f).data or "" for f in services.REPORT_FIELDS})
     except services.RadiologyError as exc:
         flash(str(exc), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))

@@ -55,7 +55,8 @@ def page():
 
 def _images_loaded(page, count):
     page.wait_for_function(
-        f"Array.from(document.querySelectorAll('img.frame')).filter(i => i.complete && i.naturalWidth > 0).length >= {count}")
+        "Array.from(document.querySelectorAll('img.frame'))"
+        f".filter(i => i.complete && i.naturalWidth > 0).length >= {count}")
 
 
 def test_radiologist_reads_compares_and_prints(live, page):

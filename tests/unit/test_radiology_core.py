@@ -34,7 +34,8 @@ def test_priors_newest_first_with_relevance(facade, history):
     assert [p.study_uid for p in priors] == [history.prior_us_abdomen, history.prior_ct_chest, history.prior_mr_chest]
     relevant = {p.study_uid: p.relevant for p in priors}
     assert relevant == {history.prior_us_abdomen: False, history.prior_ct_chest: True, history.prior_mr_chest: True}
-    assert priors[1].study_date == "2023-01-10" and priors[1].modalities == ("CT",) and priors[1].body_parts == ("CHEST",)
+    assert priors[1].study_date == "2023-01-10"
+    assert priors[1].modalities == ("CT",) and priors[1].body_parts == ("CHEST",)
 
 
 def test_priors_of_an_unknown_study(facade):

@@ -193,15 +193,16 @@ def test_report_draft_sign_then_amend_through_pages(client, users, history, faca
     sign_in(client, users, "radiologist")
     page = f"/radiology/studies/{history.current}"
     token = csrf(client, page)
-    client.post(f"{page}/report", data={"csrf_token": token, "findings": "Nodule de 4 mm.", "conclusion": "À contrôler."})
+    first = {"csrf_token": token, "findings": "Nodule de 4 mm.", "conclusion": "À contrôler."}
+    client.post(f"{page}/report", data=first)
     client.post(f"{page}/report/sign", data={"csrf_token": token})
     html = client.get(page).get_data(as_text=True)
     assert "Signé par u_radiologist" in html and "Nodule de 4 mm." in html
     # a new draft without a reason is refused; with one, it becomes version 2
-    client.post(f"{page}/report", data={"csrf_token": token, "findings": "Nodule de 5 mm.", "conclusion": "À contrôler."})
+    second = {**first, "findings": "Nodule de 5 mm."}
+    client.post(f"{page}/report", data=second)
     assert "avenant doit en donner le motif" in client.get(page).get_data(as_text=True)
-    client.post(f"{page}/report", data={"csrf_token": token, "findings": "Nodule de 5 mm.", "conclusion": "À contrôler.",
-                                        "amendment_reason": "erreur de mesure"})
+    client.post(f"{page}/report", data={**second, "amendment_reason": "erreur de mesure"})
     client.post(f"{page}/report/sign", data={"csrf_token": token})
     from backoffice.radiology import services
 
@@ -333,8 +334,9 @@ def test_share_link_needs_its_one_time_code(app, users, history, facade):
     doctor = app.test_client()
     assert doctor.get(url + "/viewer").status_code == 302  # no code yet
     token = csrf(doctor, url)
-    assert "Code incorrect" in doctor.post(url, data={"csrf_token": token, "code": "000000" if code != "000000" else "111111"},
-                                           follow_redirects=True).get_data(as_text=True)
+    wrong = "000000" if code != "000000" else "111111"
+    answer = doctor.post(url, data={"csrf_token": token, "code": wrong}, follow_redirects=True)
+    assert "Code incorrect" in answer.get_data(as_text=True)
     assert doctor.post(url, data={"csrf_token": token, "code": code}).status_code == 302
     viewer = doctor.get(url + "/viewer")
     assert viewer.status_code == 200 and "MARTIN" in viewer.get_data(as_text=True)
@@ -391,7 +393,8 @@ def test_media_command_writes_a_mounted_folder(runner, history, facade, tmp_path
     assert result.exit_code == 0, result.output
     assert "5 objects written" in result.output
     assert (tmp_path / "usb" / "DICOMDIR").exists() and (tmp_path / "usb" / "README.TXT").exists()
-    refused = runner.invoke(args=["radiology", "media", str(tmp_path / "other"), history.current, history.other_patient])
+    refused = runner.invoke(args=["radiology", "media", str(tmp_path / "other"), history.current,
+                                  history.other_patient])
     assert refused.exit_code != 0 and "same patient" in refused.output
     assert "study.media" in audit_actions(facade, history.current)
 

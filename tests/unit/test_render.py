@@ -60,7 +60,8 @@ def test_voi_lut_sequence_is_applied_when_no_window_is_given():
     assert to_display(ds)[0].tolist() == [0, 100, 200, 255, 255, 255]
 
 
-@pytest.mark.parametrize("compressed", ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"])
+@pytest.mark.parametrize("compressed",
+                         ["MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"])
 def test_losslessly_compressed_input_renders_like_the_uncompressed_one(compressed):
     reference = to_display(pydicom.dcmread(get_testdata_file("MR_small.dcm")))
     assert np.array_equal(to_display(pydicom.dcmread(get_testdata_file(compressed))), reference)
@@ -94,7 +95,8 @@ def test_jpeg_output():
     assert data[:3] == b"\xff\xd8\xff"
 
 
-@pytest.mark.parametrize("kwargs", [{"preset": "nope"}, {"size": 0}, {"fmt": "gif"}, {"window_center": 0, "window_width": 0}])
+@pytest.mark.parametrize("kwargs", [{"preset": "nope"}, {"size": 0}, {"fmt": "gif"},
+                                    {"window_center": 0, "window_width": 0}])
 def test_bad_parameters_are_refused(kwargs):
     with pytest.raises(RenderError):
         RenderParams(**kwargs)

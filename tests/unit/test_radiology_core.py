@@ -153,3 +153,21 @@ def test_tombstoned_studies_disappear_and_archive_tier_images_still_render(facad
     facade.move_patient_to_archive(patient_pk)
     sop = facade.study_detail(history.current).series[0].first_sop_uid
     assert Image.open(io.BytesIO(facade.render_instance(sop, RenderParams(size=8)))).size == (8, 8)
+
+
+@pytest.mark.parametrize("name", ["693_J2KI.dcm", "MR_small_RLE.dcm", "SC_rgb_jpeg_dcmtk.dcm"])
+def test_media_decompresses_to_explicit_little_endian(facade, archive, tmp_path, name):
+    import numpy as np
+    from pydicom.data import get_testdata_file
+
+    from tests.radiology_support import store
+
+    original = pydicom.dcmread(get_testdata_file(name))
+    store(archive, [original])
+    report = facade.write_media([original.StudyInstanceUID], tmp_path / "cd", practice={})
+    assert (report.instances, report.converted, report.kept_compressed) == (1, 1, 0)
+    dicomdir = pydicom.dcmread(tmp_path / "cd" / "DICOMDIR")
+    image = next(r for r in dicomdir.DirectoryRecordSequence if r.DirectoryRecordType == "IMAGE")
+    copy = pydicom.dcmread(tmp_path / "cd" / Path(*image.ReferencedFileID))
+    assert copy.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert np.array_equal(copy.pixel_array, pydicom.dcmread(get_testdata_file(name)).pixel_array)

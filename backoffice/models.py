@@ -6,3 +6,4 @@ from backoffice.billing.models import (  # noqa: F401,E402
     InvoiceDocument, Invoice, InvoiceLine, InvoiceStudy, Membership, NumberCounter, Payment, Remittance, RemittanceItem, Tariff,
 )
 from backoffice.retention.models import DeathRecord, LegalHold, PurgeBatch, PurgeItem  # noqa: F401
+from backoffice.radiology.models import KeyImage, Report, SendJob, ShareLink  # noqa: F401

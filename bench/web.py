@@ -50,7 +50,8 @@ def seed(url: str, invoices: int, rounds: int) -> tuple[str, list[int], str]:
         with factory() as s:
             first_group = offset + 1
             s.execute(insert(ExamGroup), [
-                {"id": first_group + i, "patient_id": f"B{offset + i:07d}", "visit_date": today - timedelta(days=1 + (offset + i) % 300),
+                {"id": first_group + i, "patient_id": f"B{offset + i:07d}",
+                 "visit_date": today - timedelta(days=1 + (offset + i) % 300),
                  "exam_group": "radiologie", "patient_name": "Bench^Patient", "consent": "accepted",
                  "created_by": "bench", "created_at": start} for i in range(n)])
             s.execute(insert(Invoice), [

@@ -24,7 +24,8 @@ NOT_CONFIGURED = "à configurer"
 PRACTICE_KEYS = ("PRACTICE_NAME", "PRACTICE_ADDRESS", "PRACTICE_SIRET", "PRACTICE_FINESS", "PRACTICE_RPPS",
                  "VAT_MENTION")
 METHOD_LABELS = {"cash": "espèces", "card": "carte bancaire", "cheque": "chèque", "transfer": "virement"}
-STATUS_LABELS = {"issued": "émise", "partially_paid": "partiellement payée", "paid": "payée", "credited": "annulée par avoir"}
+STATUS_LABELS = {"issued": "émise", "partially_paid": "partiellement payée", "paid": "payée",
+                 "credited": "annulée par avoir"}
 
 
 def euros(cents: int) -> str:

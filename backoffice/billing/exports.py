@@ -15,7 +15,8 @@ from backoffice.billing.services import PARIS, paris_day
 FEC_COLUMNS = ["JournalCode", "JournalLib", "EcritureNum", "EcritureDate", "CompteNum", "CompteLib", "CompAuxNum",
                "CompAuxLib", "PieceRef", "PieceDate", "EcritureLib", "Debit", "Credit", "EcritureLet", "DateLet",
                "ValidDate", "Montantdevise", "Idevise"]
-CASH_ACCOUNTS = {"cash": ("530000", "Caisse"), "card": ("512000", "Banque"), "cheque": ("511200", "Chèques à encaisser"),
+CASH_ACCOUNTS = {"cash": ("530000", "Caisse"), "card": ("512000", "Banque"),
+                 "cheque": ("511200", "Chèques à encaisser"),
                  "transfer": ("512000", "Banque")}
 
 
@@ -57,7 +58,8 @@ def fec(session: Session, start: date, end: date) -> str:
     lines: list[list[str]] = []
     counters = {"VE": 0, "BQ": 0}
 
-    def entry(journal: str, label: str, when: date, piece: str, text: str, rows: list[tuple[str, str, str, str, int, int]]):
+    def entry(journal: str, label: str, when: date, piece: str, text: str,
+              rows: list[tuple[str, str, str, str, int, int]]) -> None:
         counters[journal] += 1
         number = f"{journal}{counters[journal]:06d}"
         day = when.strftime("%Y%m%d")

@@ -33,7 +33,9 @@ class Split:
     patient_cents: int
 
 
-def split(total_cents: int, *, coverage_bp: int = 0, flat_cents: int = 0, cap_remaining_cents: int | None = None) -> Split:
+def split(
+    total_cents: int, *, coverage_bp: int = 0, flat_cents: int = 0, cap_remaining_cents: int | None = None
+) -> Split:
     """The insurer's and the patient's shares of *total_cents*; they always add up to the total.
 
     insurer = min(round_half_up(total × rate) + flat, what remains of the annual cap, total).

@@ -319,7 +319,8 @@ def group_states(session: Session, groups: list[ExamGroup]) -> dict[int, GroupSt
     tariffs: dict[str, list[Tariff]] = {}
     for tariff in session.scalars(select(Tariff).order_by(Tariff.effective_from.desc())):
         tariffs.setdefault(tariff.exam_group, []).append(tariff)
-    invoices = {i.group_id: i for i in session.scalars(select(Invoice).where(Invoice.group_id.in_([g.id for g in groups])))}
+    invoices = {i.group_id: i for i in session.scalars(
+        select(Invoice).where(Invoice.group_id.in_([g.id for g in groups])))}
     states = invoice_states(session, list(invoices.values()))
     out = {}
     for group in groups:

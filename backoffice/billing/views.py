@@ -378,7 +378,8 @@ def insurers():
     if request.method == "POST":
         cap = request.form.get("annual_cap", "").strip()
         S.create_insurer(db(), name=request.form.get("name", ""), amc_number=request.form.get("amc_number", ""),
-                         coverage_bp=_int("coverage_bp", 0), flat_cents=_cents("flat") if request.form.get("flat") else 0,
+                         coverage_bp=_int("coverage_bp", 0),
+                         flat_cents=_cents("flat") if request.form.get("flat") else 0,
                          annual_cap_cents=_cents("annual_cap") if cap else None,
                          third_party_payment=request.form.get("third_party") == "1")
         flash("Mutuelle enregistrée.", "info")

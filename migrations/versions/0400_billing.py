@@ -119,7 +119,8 @@ def upgrade() -> None:
     sa.Column('price_shown_cents', sa.Integer(), nullable=False),
     sa.Column('recorded_by', sa.String(length=64), nullable=False),
     sa.Column('recorded_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['group_id'], ['billing_exam_group.id'], name=op.f('fk_billing_consent_group_id_billing_exam_group')),
+    sa.ForeignKeyConstraint(['group_id'], ['billing_exam_group.id'],
+        name=op.f('fk_billing_consent_group_id_billing_exam_group')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_consent'))
     )
     with op.batch_alter_table('billing_consent', schema=None) as batch_op:
@@ -133,7 +134,8 @@ def upgrade() -> None:
     sa.Column('study_date', sa.String(length=8), nullable=True),
     sa.Column('modalities', sa.String(length=128), nullable=False),
     sa.Column('description', sa.String(length=64), nullable=True),
-    sa.ForeignKeyConstraint(['group_id'], ['billing_exam_group.id'], name=op.f('fk_billing_exam_group_study_group_id_billing_exam_group')),
+    sa.ForeignKeyConstraint(['group_id'], ['billing_exam_group.id'],
+        name=op.f('fk_billing_exam_group_study_group_id_billing_exam_group')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_exam_group_study')),
     sa.UniqueConstraint('study_uid', name=op.f('uq_billing_exam_group_study_study_uid'))
     )
@@ -163,9 +165,12 @@ def upgrade() -> None:
     sa.Column('insurer_name', sa.String(length=128), nullable=True),
     sa.Column('member_number', sa.String(length=64), nullable=True),
     sa.Column('third_party_payment', sa.Boolean(), nullable=False),
-    sa.CheckConstraint('insurer_cents >= 0 AND patient_cents >= 0 AND insurer_cents + patient_cents = total_cents', name=op.f('ck_billing_invoice_shares_add_up')),
-    sa.ForeignKeyConstraint(['group_id'], ['billing_exam_group.id'], name=op.f('fk_billing_invoice_group_id_billing_exam_group')),
-    sa.ForeignKeyConstraint(['insurer_id'], ['billing_insurer.id'], name=op.f('fk_billing_invoice_insurer_id_billing_insurer')),
+    sa.CheckConstraint('insurer_cents >= 0 AND patient_cents >= 0 AND insurer_cents + patient_cents = total_cents',
+        name=op.f('ck_billing_invoice_shares_add_up')),
+    sa.ForeignKeyConstraint(['group_id'], ['billing_exam_group.id'],
+        name=op.f('fk_billing_invoice_group_id_billing_exam_group')),
+    sa.ForeignKeyConstraint(['insurer_id'], ['billing_insurer.id'],
+        name=op.f('fk_billing_invoice_insurer_id_billing_insurer')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_invoice')),
     sa.UniqueConstraint('group_id', name=op.f('uq_billing_invoice_group_id')),
     sa.UniqueConstraint('number', name=op.f('uq_billing_invoice_number')),
@@ -185,7 +190,8 @@ def upgrade() -> None:
     sa.Column('valid_to', sa.Date(), nullable=True),
     sa.Column('payer_name', sa.String(length=324), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['insurer_id'], ['billing_insurer.id'], name=op.f('fk_billing_membership_insurer_id_billing_insurer')),
+    sa.ForeignKeyConstraint(['insurer_id'], ['billing_insurer.id'],
+        name=op.f('fk_billing_membership_insurer_id_billing_insurer')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_membership'))
     )
     with op.batch_alter_table('billing_membership', schema=None) as batch_op:
@@ -201,8 +207,10 @@ def upgrade() -> None:
     sa.Column('sent_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('settled_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('rejection_reason', sa.Text(), nullable=True),
-    sa.ForeignKeyConstraint(['insurer_id'], ['billing_insurer.id'], name=op.f('fk_billing_claim_insurer_id_billing_insurer')),
-    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'], name=op.f('fk_billing_claim_invoice_id_billing_invoice')),
+    sa.ForeignKeyConstraint(['insurer_id'], ['billing_insurer.id'],
+        name=op.f('fk_billing_claim_insurer_id_billing_insurer')),
+    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'],
+        name=op.f('fk_billing_claim_invoice_id_billing_invoice')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_claim')),
     sa.UniqueConstraint('invoice_id', name=op.f('uq_billing_claim_invoice_id'))
     )
@@ -221,7 +229,8 @@ def upgrade() -> None:
     sa.Column('issued_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('issued_by', sa.String(length=64), nullable=False),
     sa.CheckConstraint('total_cents < 0', name=op.f('ck_billing_credit_note_negative')),
-    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'], name=op.f('fk_billing_credit_note_invoice_id_billing_invoice')),
+    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'],
+        name=op.f('fk_billing_credit_note_invoice_id_billing_invoice')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_credit_note')),
     sa.UniqueConstraint('invoice_id', name=op.f('uq_billing_credit_note_invoice_id')),
     sa.UniqueConstraint('number', name=op.f('uq_billing_credit_note_number')),
@@ -232,7 +241,8 @@ def upgrade() -> None:
     sa.Column('invoice_id', sa.Integer(), nullable=False),
     sa.Column('label', sa.String(length=255), nullable=False),
     sa.Column('amount_cents', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'], name=op.f('fk_billing_invoice_line_invoice_id_billing_invoice')),
+    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'],
+        name=op.f('fk_billing_invoice_line_invoice_id_billing_invoice')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_invoice_line'))
     )
     with op.batch_alter_table('billing_invoice_line', schema=None) as batch_op:
@@ -246,7 +256,8 @@ def upgrade() -> None:
     sa.Column('study_date', sa.String(length=8), nullable=True),
     sa.Column('modalities', sa.String(length=128), nullable=False),
     sa.Column('description', sa.String(length=64), nullable=True),
-    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'], name=op.f('fk_billing_invoice_study_invoice_id_billing_invoice')),
+    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'],
+        name=op.f('fk_billing_invoice_study_invoice_id_billing_invoice')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_invoice_study'))
     )
     with op.batch_alter_table('billing_invoice_study', schema=None) as batch_op:
@@ -265,8 +276,10 @@ def upgrade() -> None:
     sa.Column('prev_hash', sa.String(length=64), nullable=False),
     sa.Column('hash', sa.String(length=64), nullable=False),
     sa.CheckConstraint('amount_cents <> 0', name=op.f('ck_billing_payment_non_zero')),
-    sa.ForeignKeyConstraint(['credit_note_id'], ['billing_credit_note.id'], name=op.f('fk_billing_payment_credit_note_id_billing_credit_note')),
-    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'], name=op.f('fk_billing_payment_invoice_id_billing_invoice')),
+    sa.ForeignKeyConstraint(['credit_note_id'], ['billing_credit_note.id'],
+        name=op.f('fk_billing_payment_credit_note_id_billing_credit_note')),
+    sa.ForeignKeyConstraint(['invoice_id'], ['billing_invoice.id'],
+        name=op.f('fk_billing_payment_invoice_id_billing_invoice')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_payment'))
     )
     with op.batch_alter_table('billing_payment', schema=None) as batch_op:
@@ -278,8 +291,10 @@ def upgrade() -> None:
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('remittance_id', sa.Integer(), nullable=False),
     sa.Column('payment_id', sa.Integer(), nullable=False),
-    sa.ForeignKeyConstraint(['payment_id'], ['billing_payment.id'], name=op.f('fk_billing_remittance_item_payment_id_billing_payment')),
-    sa.ForeignKeyConstraint(['remittance_id'], ['billing_remittance.id'], name=op.f('fk_billing_remittance_item_remittance_id_billing_remittance')),
+    sa.ForeignKeyConstraint(['payment_id'], ['billing_payment.id'],
+        name=op.f('fk_billing_remittance_item_payment_id_billing_payment')),
+    sa.ForeignKeyConstraint(['remittance_id'], ['billing_remittance.id'],
+        name=op.f('fk_billing_remittance_item_remittance_id_billing_remittance')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_billing_remittance_item')),
     sa.UniqueConstraint('payment_id', name=op.f('uq_billing_remittance_item_payment_id'))
     )

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 
 import pytest
 
 from tests.helpers import free_port, require_tool
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
@@ -64,7 +67,6 @@ def test_front_desk_bills_and_prints_a_receipt(live_server, tmp_path):
             download_info.value.save_as(path)
         finally:
             browser.close()
-    import subprocess
-
-    text = " ".join(subprocess.run([pdftotext, str(path), "-"], capture_output=True, check=True).stdout.decode().split())
+    output = subprocess.run([pdftotext, str(path), "-"], capture_output=True, check=True).stdout.decode()
+    text = " ".join(output.split())
     assert "Reçu de paiement" in text and "carte bancaire" in text and "LEFÈVRE Anne" in text

@@ -40,7 +40,8 @@ def test_front_desk_flow_consent_invoice_payment(app, client, users):
     app.config["WTF_CSRF_ENABLED"] = False
     _sign_in(client, users["front_desk"])
     response = client.post("/billing/checkin", data={"patient_id": "PX", "patient_name": "Martin^Paul",
-                                                     "exam_group": "radiologie", "visit_date": S.paris_today().isoformat()})
+                                                     "exam_group": "radiologie",
+                                                     "visit_date": S.paris_today().isoformat()})
     assert response.status_code == 302
     group_url = response.headers["Location"]
     page = client.get("/billing/").get_data(as_text=True)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 def seed(url: str, invoices: int, rounds: int) -> tuple[str, list[int], str]:
     """Migrate, create a front-desk user and token, *invoices* old invoices (bulk) and *rounds* open groups."""
-    from sqlalchemy import insert
+    from sqlalchemy import insert, text
 
     from archive_core.db import make_engine, session_factory
     from backoffice.auth.services import create_token, create_user
@@ -67,6 +67,10 @@ def seed(url: str, invoices: int, rounds: int) -> tuple[str, list[int], str]:
                  "amount_cents": 300} for i in range(n)])
             s.commit()
     with factory() as s:
+        if engine.dialect.name == "postgresql":  # explicit ids did not advance the sequences
+            for table in ("billing_exam_group", "billing_invoice"):
+                s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                               f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"))
         if invoices:
             s.add(NumberCounter(series=series, last_value=invoices))
         groups = [S.create_exam_group(s, patient_id=f"T{i:05d}", visit_date=today, exam_group="echographie",
@@ -152,6 +156,11 @@ def main() -> None:
                     assert status == 201, body
                 t_start = time.perf_counter()
                 issue_pay.append(timed(issue_and_pay))
+            # Let the background renderer finish the invoices' PDFs: receipts are measured on their own.
+            folder = instance / "documents" / "invoices"
+            deadline = time.monotonic() + 300
+            while len(list(folder.rglob("*.pdf"))) < len(invoice_ids) and time.monotonic() < deadline:
+                time.sleep(0.2)
             for invoice_id in invoice_ids:
                 receipts.append(timed(lambda: api.request("GET", f"/api/v1/invoices/{invoice_id}/receipt.pdf")))
             lists_api, lists_inv, lists_page, lists_inv_page = [], [], [], []

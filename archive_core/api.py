@@ -8,7 +8,7 @@ from datetime import date as _date
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from archive_core import audit as _audit
@@ -20,7 +20,7 @@ from archive_core.index.models import Instance, Patient, Series, Study, utcnow
 from archive_core.purge import TombstoneResult
 from archive_core.tiers import TierMove
 
-__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "utcnow"]
+__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
 
 
 @dataclass(frozen=True)
@@ -509,6 +509,23 @@ __all__ += ["StudySummary", "SeriesSummary", "StudyDetail", "PriorStudy", "Insta
 
 
 @dataclass(frozen=True)
+class StudySummary:
+    """A study as the back-office bills it: identity snapshot, accession, modalities, external flag."""
+
+    study_uid: str
+    study_date: str | None  # YYYYMMDD as received
+    accession_number: str | None
+    modalities: tuple[str, ...]
+    description: str | None
+    external: bool
+    patient_id: str
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True)
 class PatientRecord:
     """What retention needs about one (visible) patient."""
 
@@ -576,6 +593,52 @@ class ArchiveFacade(_RadiologyMixin):
                     select(func.coalesce(func.sum(Instance.size_bytes), 0)).where(Instance.deleted_at.is_(None))
                 ) or 0,
             )
+
+    def list_studies(
+        self,
+        *,
+        study_date: str | None = None,
+        patient_id: str | None = None,
+        study_uids: tuple[str, ...] | None = None,
+        include_undated: bool = False,
+        limit: int = 5000,
+    ) -> list[StudySummary]:
+        """Visible studies filtered by exact date (YYYYMMDD), exact Patient ID and/or UIDs, oldest first.
+
+        *include_undated* adds the studies that carry no Study Date with those of *study_date*.
+        """
+        query = (
+            select(Study, Patient)
+            .join(Patient, Study.patient_pk == Patient.id)
+            .where(Study.deleted_at.is_(None), Patient.deleted_at.is_(None))
+        )
+        if study_date is not None:
+            dated = Study.study_date == study_date
+            if include_undated:
+                dated = or_(dated, Study.study_date.is_(None), Study.study_date == "")
+            query = query.where(dated)
+        if patient_id is not None:
+            query = query.where(Patient.patient_id == patient_id)
+        if study_uids is not None:
+            query = query.where(Study.study_uid.in_(study_uids))
+        with self._archive.sessions() as s:
+            rows = s.execute(query.order_by(Study.id).limit(limit)).all()
+            return [
+                StudySummary(
+                    study_uid=st.study_uid,
+                    study_date=st.study_date,
+                    accession_number=st.accession_number,
+                    modalities=tuple(m for m in (st.modalities_in_study or "").split("\\") if m),
+                    description=st.study_description,
+                    external=bool(st.external),
+                    patient_id=p.patient_id,
+                    patient_name=p.patient_name,
+                    patient_birth_date=p.patient_birth_date,
+                    patient_sex=p.patient_sex,
+                    received_at=st.received_at,
+                )
+                for st, p in rows
+            ]
 
     # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 

@@ -49,20 +49,23 @@ NON_IMAGE_CLASSES = {ENCAPSULATED_PDF, *SR_CLASSES, "1.2.840.10008.5.1.4.1.1.11.
 
 @dataclass(frozen=True)
 class StudySummary:
+    """A visible study with its patient's identity: what the browser lists and the desk bills."""
+
     study_uid: str
-    study_date: str | None
-    study_time: str | None
+    study_date: str | None  # YYYYMMDD as received
     accession_number: str | None
     description: str | None
     modalities: tuple[str, ...]
-    num_series: int
-    num_instances: int
+    external: bool  # an outside prior, not a visit
     patient_id: str
     patient_name: str | None
     patient_birth_date: str | None
     patient_sex: str | None
-    referring_physician_name: str | None
-    external: bool
+    study_time: str | None = None
+    num_series: int = 0
+    num_instances: int = 0
+    referring_physician_name: str | None = None
+    received_at: datetime | None = None
 
     @property
     def iso_date(self) -> str | None:
@@ -160,7 +163,8 @@ def _summary(study: Study, patient: Patient) -> StudySummary:
         patient_birth_date=patient.patient_birth_date,
         patient_sex=patient.patient_sex,
         referring_physician_name=study.referring_physician_name,
-        external=study.external,
+        external=bool(study.external),
+        received_at=study.received_at,
     )
 
 
@@ -509,23 +513,6 @@ __all__ += ["StudySummary", "SeriesSummary", "StudyDetail", "PriorStudy", "Insta
 
 
 @dataclass(frozen=True)
-class StudySummary:
-    """A study as the back-office bills it: identity snapshot, accession, modalities, external flag."""
-
-    study_uid: str
-    study_date: str | None  # YYYYMMDD as received
-    accession_number: str | None
-    modalities: tuple[str, ...]
-    description: str | None
-    external: bool
-    patient_id: str
-    patient_name: str | None
-    patient_birth_date: str | None
-    patient_sex: str | None
-    received_at: datetime
-
-
-@dataclass(frozen=True)
 class PatientRecord:
     """What retention needs about one (visible) patient."""
 
@@ -623,22 +610,7 @@ class ArchiveFacade(_RadiologyMixin):
             query = query.where(Study.study_uid.in_(study_uids))
         with self._archive.sessions() as s:
             rows = s.execute(query.order_by(Study.id).limit(limit)).all()
-            return [
-                StudySummary(
-                    study_uid=st.study_uid,
-                    study_date=st.study_date,
-                    accession_number=st.accession_number,
-                    modalities=tuple(m for m in (st.modalities_in_study or "").split("\\") if m),
-                    description=st.study_description,
-                    external=bool(st.external),
-                    patient_id=p.patient_id,
-                    patient_name=p.patient_name,
-                    patient_birth_date=p.patient_birth_date,
-                    patient_sex=p.patient_sex,
-                    received_at=st.received_at,
-                )
-                for st, p in rows
-            ]
+            return [_summary(st, p) for st, p in rows]
 
     # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 

@@ -87,6 +87,14 @@ def _path_in_any_tier(archive: Archive, key: str) -> Path:
     return path if path.is_file() else archive.archive_store.path_of(key)
 
 
+def _superseded(archive: Archive, sop_instance_uid: str, key: str) -> bool:
+    """Whether a visible row serves this instance from another key whose file is there."""
+    with archive.sessions() as s:
+        row = s.execute(select(Instance.storage_key, Instance.tier).where(
+            Instance.sop_instance_uid == sop_instance_uid, Instance.deleted_at.is_(None))).first()
+    return row is not None and row.storage_key != key and archive.store_for(row.tier).exists(row.storage_key)
+
+
 def _repair(archive: Archive, report: FsckReport) -> None:
     store = archive.store
     quarantine = store.root / "quarantine"
@@ -117,6 +125,13 @@ def _repair(archive: Archive, report: FsckReport) -> None:
             job = job_from_file(path, seq=0)
         except ArchiveError as exc:
             log.error("orphan file %s cannot be indexed: %s", key, exc)
+            continue
+        if _superseded(archive, job.identity.sop_instance_uid, key):
+            # A correction rewrote this instance into another file and crashed before deleting this one.
+            quarantine.mkdir(exist_ok=True)
+            shutil.move(str(path), quarantine / key.replace("/", "_"))
+            reindexed.append(key)
+            report.repaired.append(f"quarantined superseded {key}")
             continue
         if job.identity.key != key:
             # Not where its UIDs say it belongs: move it there through the normal path.

@@ -201,12 +201,12 @@ def issue_invoice():
     body = json_body()
     session = db()  # a POST: its transaction took the write lock up front (numbering)
     group_id = _int_field(body, "exam_group_id")
-    attach_before_issue(group_id)
+    group = attach_before_issue(group_id)  # noqa: F841 -- held: issue_invoice finds it without a query
     invoice = S.issue_invoice(session, group_id, issued_by=current_api_user().login,
                               payer_name=body.get("payer_name"))
     facade().audit(session, "billing.invoice.issued", actor=current_api_user().login,
                    patient_id=invoice.patient_id, detail={"number": invoice.number})
-    payload = _invoice_json(invoice)
+    payload = _invoice_json(invoice, S.issued_state(invoice))
     # Commit now: the numbering lock is released before the slow part (the PDF).
     session.commit()
     documents.render_after_issue(invoice.id)
@@ -250,12 +250,12 @@ def get_invoice(invoice_id: int):
            responses={"201": {"description": "Created"}})
 def record_payment(invoice_id: int):
     body = json_body()
-    payment = S.record_payment(db(), invoice_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
-                               received_by=current_api_user().login)
-    invoice = S.get_invoice(db(), invoice_id)
+    invoice = S.get_invoice(db(), invoice_id)  # held here: the service's own read is then free
+    payment, after = S.pay(db(), invoice_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
+                           received_by=current_api_user().login)
     facade().audit(db(), "billing.payment", actor=current_api_user().login, patient_id=invoice.patient_id,
                    detail={"number": invoice.number, "payment_id": payment.id})
-    state = _invoice_json(invoice)
+    state = _invoice_json(invoice, after)
     return jsonify({"id": payment.id, "invoice_id": invoice.id, "amount_cents": payment.amount_cents,
                     "method": payment.method, "received_at": _utc_iso(payment.received_at),
                     "balance_cents": state["balance_cents"], "status": state["status"], "invoice": state}), 201

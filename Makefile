@@ -30,8 +30,8 @@ bench: $(STAMP)
 # After changing interface strings: extract them and merge into translations/*/messages.po,
 # then fill the English msgstr (tests/unit/test_i18n.py fails on any left empty).
 translations: $(STAMP)
-	$(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_pgettext:1c,2 --no-location --omit-header -w 120 -o $(VENV)/messages.pot .
-	$(BIN)/pybabel update -i $(VENV)/messages.pot -d translations --no-location -w 120 --no-fuzzy-matching
+	PYTHONPATH=. $(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_pgettext:1c,2 --no-location --omit-header -w 120 -o $(VENV)/messages.pot .
+	$(BIN)/pybabel update -i $(VENV)/messages.pot -d translations -w 120 --no-fuzzy-matching
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -9,14 +9,14 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
+from babel.dates import format_date
 from click import argument as click_argument
-
 from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
                    session, url_for)
-from flask_login import current_user
-from babel.dates import format_date
 from flask_babel import get_locale, gettext as _, lazy_gettext as _l
+from flask_login import current_user
 from flask_wtf import FlaskForm
+from jinja2 import pass_context
 from wtforms import DateField, IntegerField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import NumberRange, Optional
@@ -46,14 +46,16 @@ def person_filter(name: str | None) -> str:
 
 
 @bp.app_template_filter("dicom_date")
-def dicom_date_filter(value: str | None) -> str:
+@pass_context
+def dicom_date_filter(context, value: str | None) -> str:
+    """dd/mm/yyyy; Babel's English date on English pages, never in documents (rendered with ``document=True``)."""
     if value and len(value) == 8 and value.isdigit():
         y, m, d = value[:4], value[4:6], value[6:]
     elif value and len(value) == 10 and value[4] == "-":
         y, m, d = value[:4], value[5:7], value[8:]
     else:
         return "—"
-    if str(get_locale() or "fr") != "fr":  # English: Babel's medium date (Mar 5, 2026)
+    if not context.get("document") and str(get_locale() or "fr") != "fr":  # English: Mar 5, 2026
         try:
             return format_date(date(int(y), int(m), int(d)), "medium", locale=str(get_locale()))
         except ValueError:

@@ -261,3 +261,14 @@ def test_every_string_marked_in_the_source_is_in_the_catalogs():
         found.add((context, message if isinstance(message, str) else message[0]))
     known = {(m.context, m.id) for m in _catalog("en") if m.id}
     assert sorted(found - known, key=str) == []
+
+
+def test_paper_reproduction_stays_french_in_an_english_session(client, users, data):
+    require_tool("pdftotext")
+    sign_in(client, users["radiologist"])
+    choose(client, "en", "/")
+    study_uid = data["history"].current
+    assert "Mar 1, 2024" in text(client, f"/radiology/studies/{study_uid}")
+    pdf = client.get(f"/radiology/studies/{study_uid}/reproduction.pdf").data
+    printed = subprocess.run(["pdftotext", "-", "-"], input=pdf, capture_output=True, check=True, timeout=60).stdout
+    assert "01/03/2024" in printed.decode() and "Mar 1, 2024" not in printed.decode()

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CATALOGS = ROOT / "translations"
 
 # French words of the interface that have no place on an English page. Not checked: data (patient names, the
-# tariff labels the practice typed) and the retention rule's sentence ("conservé jusqu'au …: 20 ans après …"),
+# tariff labels the practice typed) and the retention rule's sentence ("conservé jusqu'au …: 20 ans …"),
 # which archive_core composes without gettext. Whole words, case-sensitive.
 FRENCH_WORDS = ("Rechercher", "Enregistrer", "Facture", "Factures", "Examens", "Aucun", "Aucune", "aucun",
                 "Conservation", "Séquestre", "séquestre", "Antériorité", "Antériorités", "Modalité", "Identifiant",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def register_cli(app: Flask) -> None:
 # -- db ---------------------------------------------------------------------------------------
 
 
-@click.group("db", help="Database schema.")
+@click.group("db", cls=AppGroup, help="Database schema.")
 def db_cli() -> None: ...
 
 
@@ -52,7 +53,7 @@ def db_upgrade() -> None:
 # -- users and tokens -------------------------------------------------------------------------
 
 
-@click.group("users", help="Back-office users.")
+@click.group("users", cls=AppGroup, help="Back-office users.")
 def users_cli() -> None: ...
 
 
@@ -103,7 +104,7 @@ def users_bootstrap() -> None:
     click.echo(f"first admin created: login admin, password (shown once): {password}")
 
 
-@click.group("tokens", help="API bearer tokens.")
+@click.group("tokens", cls=AppGroup, help="API bearer tokens.")
 def tokens_cli() -> None: ...
 
 
@@ -126,7 +127,7 @@ def tokens_create(login: str) -> None:
 # -- peers ------------------------------------------------------------------------------------
 
 
-@click.group("peers", help="Registered DICOM peers (modalities, workstations, archives).")
+@click.group("peers", cls=AppGroup, help="Registered DICOM peers (modalities, workstations, archives).")
 def peers_cli() -> None: ...
 
 
@@ -174,7 +175,7 @@ def peers_remove(ae_title: str) -> None:
 # -- archive ----------------------------------------------------------------------------------
 
 
-@click.group("archive", help="The DICOM archive.")
+@click.group("archive", cls=AppGroup, help="The DICOM archive.")
 def archive_cli() -> None: ...
 
 
@@ -227,7 +228,7 @@ def archive_import(path: Path, external: bool) -> None:
 # -- audit ------------------------------------------------------------------------------------
 
 
-@click.group("audit", help="The audit trail.")
+@click.group("audit", cls=AppGroup, help="The audit trail.")
 def audit_cli() -> None: ...
 
 
@@ -248,6 +249,7 @@ def audit_verify() -> None:
 
 
 @click.command("web", help="Run the web back-office (waitress).")
+@with_appcontext
 @click.option("--host", default=None)
 @click.option("--port", type=int, default=None)
 def web_command(host: str | None, port: int | None) -> None:
@@ -260,7 +262,7 @@ def web_command(host: str | None, port: int | None) -> None:
     serve(app, host=host, port=port, threads=8)
 
 
-@click.group("scheduler", help="The scheduler (one per deployment).")
+@click.group("scheduler", cls=AppGroup, help="The scheduler (one per deployment).")
 def scheduler_cli() -> None: ...
 
 

@@ -111,9 +111,26 @@ def parse(dataset_bytes: bytes, transfer_syntax_uid: str) -> Dataset:
                 import zlib
 
                 dataset_bytes = zlib.decompress(dataset_bytes, -zlib.MAX_WBITS)
-            return read_dataset(io.BytesIO(dataset_bytes), ts.is_implicit_VR, ts.is_little_endian)
+            ds = read_dataset(io.BytesIO(dataset_bytes), ts.is_implicit_VR, ts.is_little_endian)
     except Exception as exc:
         raise InvalidDataset(f"cannot parse dataset: {exc}") from exc
+    _require_whole_elements(ds, len(dataset_bytes))
+    return ds
+
+
+def _require_whole_elements(ds: Dataset, size: int) -> None:
+    """Refuse a dataset that ends inside an element header.
+
+    pydicom stops reading silently at a partial header (fewer than 8 bytes left), which would
+    acknowledge an object whose last element is gone. A last *value* cut short (pydicom's
+    MR_truncated.dcm) still parses into whole elements and is kept as received.
+    """
+    if not ds._dict:
+        return
+    last = ds._dict[max(ds._dict)]  # elements are encoded in tag order
+    # Only raw (not yet decoded) elements know where they were read; sequences are decoded at once.
+    if hasattr(last, "value_tell") and last.length != 0xFFFFFFFF and last.value_tell + last.length < size:
+        raise InvalidDataset(f"dataset ends inside an element header ({size - last.value_tell - last.length} bytes)")
 
 
 def read_part10(path: Path) -> tuple[Dataset, bytes, str, str | None]:

@@ -51,7 +51,7 @@ def fsck(archive: Archive, *, repair: bool = False, verify_checksums: bool = Tru
     store = archive.store
     report = FsckReport(journal_pending=len(store.incoming()))
     if repair and report.journal_pending:
-        archive.ingestor.replay()
+        archive.ingestor.replay(discard_unfinished=False)
         report.repaired.append(f"replayed {report.journal_pending} journal entries")
         report.journal_pending = len(store.incoming())
     with archive.sessions() as s:

@@ -348,10 +348,16 @@ class Ingestor:
             except Exception:
                 log.exception("after-index hook failed")
 
-    def replay(self) -> int:
-        """Index what the journal holds (after a crash); returns how many entries were replayed."""
+    def replay(self, *, discard_unfinished: bool = True) -> int:
+        """Index what the journal holds (after a crash); returns how many entries were replayed.
+
+        *discard_unfinished* also removes interrupted writes (``.tmp``): right for the process
+        that owns the journal at its start, wrong for a tool running beside a live server.
+        """
         jobs: list[Job] = []
         count = 0
+        if discard_unfinished:
+            self.store.discard_unfinished()
         for path in self.store.incoming():
             try:
                 job = job_from_file(path, seq=0)

@@ -23,6 +23,10 @@ class BlobStore(abc.ABC):
         """Journal entries not yet committed, oldest first."""
 
     @abc.abstractmethod
+    def discard_unfinished(self) -> int:
+        """Remove journal writes a crash interrupted (never acknowledged); the journal's owner only."""
+
+    @abc.abstractmethod
     def commit(self, incoming: Path, key: str) -> None:
         """Move a journal entry under *key* (replacing what is there), durably."""
 

@@ -66,10 +66,20 @@ class FilesystemStore(BlobStore):
         return final
 
     def incoming(self) -> list[Path]:
-        # Leftover .tmp files were never acknowledged: a crash interrupted their write.
+        # Listing only: other processes (fsck, the scheduler) look while the server writes.
+        return sorted(self.incoming_dir.glob("*.dcm"))
+
+    def discard_unfinished(self) -> int:
+        """Remove leftover ``.tmp`` files: never acknowledged, a crash interrupted their write.
+
+        Only the process that owns the journal may call this, before it receives anything:
+        elsewhere a ``.tmp`` is a write in progress.
+        """
+        count = 0
         for tmp in self.incoming_dir.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
-        return sorted(self.incoming_dir.glob("*.dcm"))
+            count += 1
+        return count
 
     def commit(self, incoming: Path, key: str) -> None:
         target = self._path(key)

@@ -140,7 +140,7 @@ def import_path(
     """Store every readable DICOM file under *root* as if it had been sent; list the others."""
     report = ImportReport()
     ingestor = archive.ingestor
-    ingestor.start()
+    ingestor.start(replay=False)
     try:
         for path in progress(list(iter_files(root))):
             try:

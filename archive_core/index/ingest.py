@@ -254,9 +254,14 @@ class Ingestor:
 
     # -- indexing --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Replay the journal, then index new entries in a background thread."""
-        self.replay()
+    def start(self, *, replay: bool = True) -> None:
+        """Replay the journal (unless *replay* is false), then index new entries in a background thread.
+
+        ``archive import`` starts without replaying: the journal may belong to a running server,
+        whose own indexer is about to take those entries.
+        """
+        if replay:
+            self.replay()
         self._thread = threading.Thread(target=self._run, name="archive-indexer", daemon=True)
         self._thread.start()
 

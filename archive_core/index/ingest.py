@@ -22,7 +22,6 @@ from typing import Callable, Iterable
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_core.db import write_session
@@ -321,7 +320,7 @@ class Ingestor:
             try:
                 self.index_batch(batch)
                 return
-            except (IntegrityError, DBAPIError) as exc:
+            except Exception as exc:  # the indexer thread must outlive any one batch
                 self.failures += 1
                 log.warning("indexing %d objects failed, retrying: %s", len(batch), exc.__class__.__name__)
                 time.sleep(delay)

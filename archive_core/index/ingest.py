@@ -87,6 +87,7 @@ class Job:
     transfer_syntax_uid: str
     source_ae: str | None
     external: bool | None  # None: decided by the sending peer's registration
+    replaced_key: str | None = None  # set by indexing: the overwritten object lived elsewhere
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,10 @@ class Ingestor:
             self.store.commit(job.path, job.identity.key)
             keys.append(job.identity.key)
         self.store.sync_committed(keys)
+        for job in batch:
+            # Policy "overwrite" with other Study/Series UIDs: the old file is no object's any more.
+            if job.replaced_key and job.replaced_key not in keys:
+                self.store.delete(job.replaced_key)
         with self._lock:
             for job in batch:
                 if self._pending.get(job.identity.sop_instance_uid) == job.checksum:
@@ -414,6 +419,7 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
         }
         external_aes = set(s.scalars(select(Peer.ae_title).where(Peer.external.is_(True))))
         patients: dict[tuple[str, str], Patient] = {}
+        moved_from_series: set[int] = set()
         for job in batch:
             ident = job.identity
             study = studies.get(ident.study_uid)
@@ -446,6 +452,9 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
                 inst = Instance(sop_instance_uid=ident.sop_instance_uid)
                 s.add(inst)
                 instances[ident.sop_instance_uid] = inst
+            elif inst.storage_key and inst.storage_key != ident.key:
+                job.replaced_key = inst.storage_key
+                moved_from_series.add(inst.series_pk)
             inst.series = se
             inst.sop_class_uid = ident.sop_class_uid
             inst.instance_number = irow["instance_number"]
@@ -456,7 +465,11 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
             inst.tier = "active"
             inst.source_ae = job.source_ae
         s.flush()
-        _refresh_counts(s, {se.id for se in series.values() if se.series_uid in series_uids}, {studies[u].id for u in study_uids})
+        series_ids = {se.id for se in series.values() if se.series_uid in series_uids} | moved_from_series
+        study_ids = {studies[u].id for u in study_uids}
+        if moved_from_series:
+            study_ids |= set(s.scalars(select(Series.study_pk).where(Series.id.in_(moved_from_series))))
+        _refresh_counts(s, series_ids, study_ids)
     return study_uids
 
 

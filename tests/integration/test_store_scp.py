@@ -200,3 +200,33 @@ def test_series_and_study_counts_cover_several_series(scp, archive):
         assert (st.num_series, st.num_instances, st.modalities_in_study) == (3, 6, "CT\\SR")
         counts = sorted(s.scalars(select(Series.num_instances).where(Series.study_pk == st.id)))
     assert counts == [1, 2, 3]
+
+
+def test_overwrite_under_other_study_and_series_leaves_no_stray_file(instance_path):
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from archive_core.maintenance import fsck
+    from archive_core.net.server import start_server
+    from backoffice.migrate import upgrade
+
+    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_DUPLICATE_POLICY="overwrite")
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    running = start_server(archive, host="127.0.0.1", port=0)
+    try:
+        first = make_ct()
+        corrected = make_ct(sop_uid=first.SOPInstanceUID)  # re-sent by the modality under a new study
+        assoc = _associate(running.port)
+        assert assoc.send_c_store(first).Status == 0x0000
+        assoc.release()
+        assoc = _associate(running.port)
+        assert assoc.send_c_store(corrected).Status == 0x0000
+        assoc.release()
+        with archive.sessions() as s:
+            counts = dict(s.execute(select(Study.study_uid, Study.num_instances)).all())
+        assert counts == {first.StudyInstanceUID: 0, corrected.StudyInstanceUID: 1}
+        assert len(list(archive.store.keys())) == 1
+        assert fsck(archive).problems == 0
+    finally:
+        running.stop()
+        archive.close()

@@ -100,6 +100,18 @@ def _repair(archive: Archive, report: FsckReport) -> None:
         except ArchiveError as exc:
             log.error("orphan file %s cannot be indexed: %s", key, exc)
             continue
+        with archive.sessions() as s:
+            indexed_key = s.scalar(
+                select(Instance.storage_key).where(Instance.sop_instance_uid == job.identity.sop_instance_uid)
+            )
+        if indexed_key is not None and indexed_key != key:
+            # An object overwritten under another study/series whose old file a crash left behind:
+            # the index holds the newer one; keep the old for a human, never serve it.
+            quarantine.mkdir(exist_ok=True)
+            shutil.move(str(path), quarantine / key.replace("/", "_"))
+            reindexed.append(key)
+            report.repaired.append(f"quarantined superseded {key}")
+            continue
         if job.identity.key != key:
             # Not where its UIDs say it belongs: move it there through the normal path.
             incoming = store.incoming_dir / f"fsck-{os.getpid()}-{job.identity.sop_instance_uid}.dcm"

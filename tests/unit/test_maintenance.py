@@ -146,3 +146,24 @@ def test_import_external_marks_the_studies_external(arch, runner, tmp_path):
     assert result.exit_code == 0, result.output
     with arch.sessions() as s:
         assert s.execute(select(Study.external, func.count(Study.id)).group_by(Study.external)).all() == [(True, 1)]
+
+
+def test_repair_quarantines_an_orphan_superseded_by_an_overwrite(loaded, arch, runner, tmp_path):
+    """A crash between an overwrite's index commit and the removal of the old file leaves the old file."""
+    key = _key(arch, loaded[0])
+    old = arch.store.path_of(key).read_bytes()
+    newer = make_ct(sop_uid=loaded[0])  # same SOP Instance UID under another study
+    (tmp_path / "newer").mkdir()
+    newer.save_as(tmp_path / "newer" / "n.dcm", enforce_file_format=True)
+    from archive_core.index.ingest import index_jobs, job_from_file
+
+    job = job_from_file(tmp_path / "newer" / "n.dcm", seq=0)
+    index_jobs(arch.sessions, [job])
+    arch.store.commit(job.path, job.identity.key)  # ... and the crash: the old file stays
+    found = _fsck(runner)
+    assert found.exit_code == 1 and f"file without index row: {key}" in found.output
+    repaired = _fsck(runner, "--repair")
+    assert repaired.exit_code == 0, repaired.output
+    assert f"quarantined superseded {key}" in repaired.output
+    assert _key(arch, loaded[0]) == job.identity.key  # the newer object stays indexed
+    assert [q.read_bytes() for q in (arch.store.root / "quarantine").iterdir()] == [old]

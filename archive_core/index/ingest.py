@@ -392,7 +392,14 @@ class Ingestor:
 
 def job_from_file(path: Path, *, seq: int, external: bool | None = None) -> Job:
     ds, dataset_bytes, ts, source_ae = read_part10(path)
-    identity = Identity.of(ds, sop_class_uid=(ds.file_meta.get("MediaStorageSOPClassUID") if hasattr(ds, "file_meta") else None))
+    # The file meta plays the request's part: a journal entry's meta holds the UIDs the C-STORE
+    # was accepted under, also when the dataset itself lacks them.
+    meta = getattr(ds, "file_meta", None)
+    identity = Identity.of(
+        ds,
+        sop_class_uid=meta.get("MediaStorageSOPClassUID") if meta is not None else None,
+        sop_instance_uid=meta.get("MediaStorageSOPInstanceUID") if meta is not None else None,
+    )
     return Job(
         seq=seq,
         path=path,

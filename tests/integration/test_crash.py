@@ -110,3 +110,30 @@ def test_restart_replays_the_journal_and_drops_unfinished_temporary_files(settin
     finally:
         running.stop()
         restarted.close()
+
+
+def test_replay_keeps_an_object_identified_by_its_request_only(settings, migrated):
+    """A dataset without its own SOP Instance UID is stored under the request's; a replay must agree."""
+    from archive_core.archive import Archive
+    from archive_core.index.ingest import Identity
+    from archive_core.index.models import Instance
+    from archive_core.net.server import start_server
+    from sqlalchemy import select
+
+    ds = make_ct()
+    sop_uid = ds.SOPInstanceUID
+    del ds.SOPInstanceUID
+    crashed = Archive.open(settings)
+    crashed.ingestor.receive(_encoded(ds), ds, transfer_syntax_uid=ExplicitVRLittleEndian,
+                             identity=Identity.of(ds, sop_class_uid=ds.SOPClassUID, sop_instance_uid=sop_uid))
+    crashed.engine.dispose()
+
+    restarted = Archive.open(settings)
+    running = start_server(restarted, host="127.0.0.1", port=0)
+    try:
+        with restarted.sessions() as s:
+            assert set(s.scalars(select(Instance.sop_instance_uid))) == {sop_uid}
+        assert not (restarted.store.root / "quarantine").exists()
+    finally:
+        running.stop()
+        restarted.close()

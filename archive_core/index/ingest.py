@@ -35,6 +35,7 @@ from archive_core.uids import require_uid
 log = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("keep_first", "overwrite")
+EXTERNAL_SUFFIX = ".external.dcm"  # journal entries of objects imported as outside priors
 
 
 def storage_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
@@ -236,7 +237,9 @@ class Ingestor:
                 transfer_syntax_uid=transfer_syntax_uid,
                 source_ae=source_ae,
             )
-            path = self.store.write_incoming(f"{time.time_ns():020d}-{seq:09d}-{uid}.dcm", [header, dataset_bytes])
+            # "external" (an import of outside priors) is known only here: the entry's name keeps it for a replay.
+            suffix = EXTERNAL_SUFFIX if external else ".dcm"
+            path = self.store.write_incoming(f"{time.time_ns():020d}-{seq:09d}-{uid}{suffix}", [header, dataset_bytes])
         except BaseException:
             with self._lock:
                 if self._pending.get(uid) == checksum:
@@ -369,7 +372,7 @@ class Ingestor:
             self.store.discard_unfinished()
         for path in self.store.incoming():
             try:
-                job = job_from_file(path, seq=0)
+                job = job_from_file(path, seq=0, external=True if path.name.endswith(EXTERNAL_SUFFIX) else None)
             except Exception as exc:
                 # Only a corrupted disk gets here: a journal entry is fsynced before it is renamed.
                 quarantine = self.store.root / "quarantine"

@@ -137,3 +137,27 @@ def test_replay_keeps_an_object_identified_by_its_request_only(settings, migrate
     finally:
         running.stop()
         restarted.close()
+
+
+def test_replay_keeps_an_import_external(settings, migrated):
+    """`archive import --external` interrupted before indexing: the replayed study is still an outside prior."""
+    from archive_core.archive import Archive
+    from archive_core.index.ingest import Identity
+    from archive_core.index.models import Study
+    from sqlalchemy import select
+
+    prior, own = make_ct(), make_ct()
+    crashed = Archive.open(settings)
+    for ds, external in ((prior, True), (own, None)):
+        crashed.ingestor.receive(_encoded(ds), ds, transfer_syntax_uid=ExplicitVRLittleEndian,
+                                 identity=Identity.of(ds), external=external)
+    crashed.engine.dispose()
+
+    restarted = Archive.open(settings)
+    try:
+        assert restarted.ingestor.replay() == 2
+        with restarted.sessions() as s:
+            flags = dict(s.execute(select(Study.study_uid, Study.external)).all())
+        assert flags == {prior.StudyInstanceUID: True, own.StudyInstanceUID: False}
+    finally:
+        restarted.close()

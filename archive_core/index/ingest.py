@@ -193,7 +193,8 @@ class Ingestor:
         self.on_indexed = on_indexed
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._last_seq = 0
-        self._pending: dict[str, str] = {}  # SOP Instance UID -> checksum, acknowledged, not yet indexed
+        # SOP Instance UID -> (checksum, journal sequence) of what is acknowledged but not yet indexed
+        self._pending: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()  # guards the duplicate check and _pending
         self._indexed = threading.Condition()
         self._done_seqs: set[int] = set()
@@ -222,14 +223,16 @@ class Ingestor:
         checksum = hashlib.sha256(dataset_bytes).hexdigest()
         uid = identity.sop_instance_uid
         with self._lock:
-            known = self._pending.get(uid) or self._indexed_checksum(uid)
+            pending = self._pending.get(uid)
+            known = pending[0] if pending else self._indexed_checksum(uid)
             if known == checksum:
-                return Outcome(seq=0, duplicate=True)
+                # Still pending: the caller must wait for the first copy's indexing, like its sender.
+                return Outcome(seq=pending[1] if pending else 0, duplicate=True)
             if known is not None and self.duplicate_policy == "keep_first":
                 raise DuplicateConflict("different content under a stored SOP Instance UID; first kept")
-            self._pending[uid] = checksum
             self._last_seq += 1
             seq = self._last_seq
+            self._pending[uid] = (checksum, seq)
         try:
             header = file_header(
                 sop_class_uid=identity.sop_class_uid,
@@ -242,7 +245,7 @@ class Ingestor:
             path = self.store.write_incoming(f"{time.time_ns():020d}-{seq:09d}-{uid}{suffix}", [header, dataset_bytes])
         except BaseException:
             with self._lock:
-                if self._pending.get(uid) == checksum:
+                if self._pending.get(uid) == (checksum, seq):
                     del self._pending[uid]
             self._mark_done([seq])
             raise
@@ -351,7 +354,7 @@ class Ingestor:
                 self.store.delete(job.replaced_key)
         with self._lock:
             for job in batch:
-                if self._pending.get(job.identity.sop_instance_uid) == job.checksum:
+                if self._pending.get(job.identity.sop_instance_uid, ("",))[0] == job.checksum:
                     del self._pending[job.identity.sop_instance_uid]
         self._mark_done(job.seq for job in batch if job.seq > 0)
         if self.on_indexed is not None:

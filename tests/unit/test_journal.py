@@ -95,3 +95,15 @@ def test_indexer_thread_survives_a_batch_that_cannot_be_committed(archive):
     later, outcome = _receive(archive)
     assert archive.ingestor.wait_indexed(outcome.seq, timeout=30)
     assert later.SOPInstanceUID in _uids(archive)
+
+
+def test_identical_duplicate_of_a_pending_object_waits_for_its_indexing(archive):
+    """Another modality re-sends an object still in the journal: its release must wait for it too."""
+    ds, first = _receive(archive)
+    _, again = _receive(archive, ds)
+    assert again.duplicate and again.seq == first.seq > 0
+    archive.ingestor.start(replay=False)
+    assert archive.ingestor.wait_indexed(again.seq, timeout=30)
+    assert ds.SOPInstanceUID in _uids(archive)
+    _, after = _receive(archive, ds)
+    assert after.duplicate and after.seq == 0  # indexed: nothing to wait for

@@ -230,3 +230,39 @@ def test_overwrite_under_other_study_and_series_leaves_no_stray_file(instance_pa
     finally:
         running.stop()
         archive.close()
+
+
+def test_concurrent_associations_into_one_study_are_all_indexed(scp, archive):
+    import threading
+
+    study = "1.2.826.0.1.3680043.8.498.4242"
+    seen_after_release: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def modality(n: int) -> None:
+        try:
+            assoc = _associate(scp.port, f"CT{n}")
+            uids = []
+            for i in range(20):
+                ds = make_ct(study_uid=study, series_uid=f"{study}.{n}", InstanceNumber=i + 1)
+                assert assoc.send_c_store(ds).Status == 0x0000
+                uids.append(ds.SOPInstanceUID)
+            assoc.release()
+            with archive.sessions() as s:
+                seen_after_release[n] = s.scalar(
+                    select(func.count(Instance.id)).where(Instance.sop_instance_uid.in_(uids))
+                )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=modality, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert seen_after_release == {0: 20, 1: 20, 2: 20, 3: 20}
+    with archive.sessions() as s:
+        st = s.scalar(select(Study).where(Study.study_uid == study))
+        assert (st.num_series, st.num_instances) == (4, 80)
+    assert _count(archive, Patient) == 1

@@ -266,3 +266,33 @@ def test_concurrent_associations_into_one_study_are_all_indexed(scp, archive):
         st = s.scalar(select(Study).where(Study.study_uid == study))
         assert (st.num_series, st.num_instances) == (4, 80)
     assert _count(archive, Patient) == 1
+
+
+def test_store_and_fsck_on_each_database(database_url, instance_path):
+    """The same server on SQLite and on PostgreSQL (ARCHIVAGE_DATABASE_URL)."""
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from archive_core.maintenance import fsck
+    from archive_core.net.server import start_server
+    from backoffice.migrate import upgrade
+
+    settings = Settings(instance_path=instance_path, DATABASE_URL=database_url, STORAGE_MIN_FREE_BYTES=0)
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    running = start_server(archive, host="127.0.0.1", port=0)
+    try:
+        study = "1.2.826.0.1.3680043.8.498.555"
+        for n in range(2):
+            assoc = _associate(running.port)
+            for i in range(5):
+                ds = make_ct(study_uid=study, series_uid=f"{study}.{n}", InstanceNumber=i + 1)
+                assert assoc.send_c_store(ds).Status == 0x0000
+            assert assoc.send_c_store(ds).Status == 0x0000  # identical duplicate
+            assoc.release()
+        with archive.sessions() as s:
+            st = s.scalar(select(Study).where(Study.study_uid == study))
+            assert (st.num_series, st.num_instances, st.modalities_in_study) == (2, 10, "CT")
+        assert fsck(archive).problems == 0
+    finally:
+        running.stop()
+        archive.close()

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_core.db import write_session
@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("keep_first", "overwrite")
 EXTERNAL_SUFFIX = ".external.dcm"  # journal entries of objects imported as outside priors
+# Tombstoned rows do not count: an object received again after a purge is stored again.
+_CHECKSUM_OF = select(Instance.checksum_sha256).where(
+    Instance.sop_instance_uid == bindparam("uid"), Instance.deleted_at.is_(None)
+)
 
 
 def storage_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
@@ -182,12 +186,14 @@ class Ingestor:
         *,
         duplicate_policy: str = "keep_first",
         batch_size: int = 200,
+        coalesce_seconds: float = 0.05,
         on_indexed: Callable[[set[str]], None] | None = None,
     ) -> None:
         if duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate policy must be one of {DUPLICATE_POLICIES}")
         self.store = store
         self.sessions = sessions
+        self._engine = sessions.kw["bind"]
         self.duplicate_policy = duplicate_policy
         self.batch_size = batch_size
         self.on_indexed = on_indexed
@@ -200,6 +206,8 @@ class Ingestor:
         self._done_seqs: set[int] = set()
         self._indexed_upto = 0
         self._thread: threading.Thread | None = None
+        self._waiters = 0
+        self.coalesce_seconds = coalesce_seconds
         self.failures = 0
 
     # -- receiving -------------------------------------------------------------------------
@@ -255,8 +263,9 @@ class Ingestor:
         return Outcome(seq=seq)
 
     def _indexed_checksum(self, sop_instance_uid: str) -> str | None:
-        with self.sessions() as s:
-            return s.scalar(select(Instance.checksum_sha256).where(Instance.sop_instance_uid == sop_instance_uid))
+        # On the acknowledgement's critical path: a Core statement on a pooled connection, no ORM session.
+        with self._engine.connect() as conn:
+            return conn.execute(_CHECKSUM_OF, {"uid": sop_instance_uid}).scalar()
 
     # -- indexing --------------------------------------------------------------------------
 
@@ -286,11 +295,15 @@ class Ingestor:
             return True
         deadline = time.monotonic() + timeout
         with self._indexed:
-            while self._indexed_upto < seq:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._indexed.wait(remaining)
+            self._waiters += 1
+            try:
+                while self._indexed_upto < seq:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._indexed.wait(remaining)
+            finally:
+                self._waiters -= 1
         return True
 
     def _mark_done(self, seqs: Iterable[int]) -> None:
@@ -308,11 +321,20 @@ class Ingestor:
             if first is None:
                 break
             batch = [first]
+            # Gather what arrives in the next few milliseconds into the same transaction (one
+            # commit, one fsync), unless somebody is waiting for the index (a release, a query).
+            deadline = time.monotonic() + self.coalesce_seconds
             while len(batch) < self.batch_size:
+                remaining = deadline - time.monotonic()
                 try:
-                    job = self._queue.get_nowait()
+                    if remaining <= 0 or self._waiters:
+                        job = self._queue.get_nowait()
+                    else:
+                        job = self._queue.get(timeout=min(remaining, 0.005))
                 except queue.Empty:
-                    break
+                    if remaining <= 0 or self._waiters:
+                        break
+                    continue
                 if job is None:
                     stopping = True
                     break
@@ -442,10 +464,15 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
                 patient = patients.get(pkey) or s.scalar(
                     select(Patient).where(Patient.patient_id == pkey[0], Patient.issuer_of_patient_id == pkey[1])
                 )
-                if patient is None:
+                if patient is not None and patient.merged_into_pk is not None:
+                    patient = s.get(Patient, patient.merged_into_pk)  # a merged duplicate: file under the survivor
+                elif patient is None:
                     patient = Patient(patient_id=pkey[0], issuer_of_patient_id=pkey[1])
                     s.add(patient)
-                _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
+                    _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
+                else:
+                    _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
+                    patient.deleted_at = None  # a purged patient who comes back is a new visit
                 patients[pkey] = patient
                 srow = extract(job.ds, "STUDY")
                 external = job.external if job.external is not None else (job.source_ae or "") in external_aes
@@ -469,6 +496,11 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
                 job.replaced_key = inst.storage_key
                 moved_from_series.add(inst.series_pk)
             inst.series = se
+            if study.deleted_at is not None:  # received again after a purge: a new visit, visible again
+                study.deleted_at = None
+                study.patient.deleted_at = None
+            # A tombstoned row received again is visible again (and a pending purge skips its file).
+            inst.deleted_at = se.deleted_at = None
             inst.sop_class_uid = ident.sop_class_uid
             inst.instance_number = irow["instance_number"]
             inst.transfer_syntax_uid = job.transfer_syntax_uid
@@ -482,7 +514,7 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
         study_ids = {studies[u].id for u in study_uids}
         if moved_from_series:
             study_ids |= set(s.scalars(select(Series.study_pk).where(Series.id.in_(moved_from_series))))
-        _refresh_counts(s, series_ids, study_ids)
+        refresh_counts(s, series_ids, study_ids)
     return study_uids
 
 
@@ -494,7 +526,7 @@ def _update_blank(row: object, values: dict, *, skip: tuple[str, ...], newest_wi
             setattr(row, column, value)
 
 
-def _refresh_counts(s: Session, series_ids: set[int], study_ids: set[int]) -> None:
+def refresh_counts(s: Session, series_ids: set[int], study_ids: set[int]) -> None:
     for series_id in series_ids:
         s.execute(
             update(Series)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -11,9 +10,12 @@ from pydicom.dataset import Dataset
 from pynetdicom.pdu_primitives import A_RELEASE
 from sqlalchemy.orm import Session, sessionmaker
 
+from archive_core import audit
 from archive_core.config import Settings
+from archive_core.db import write_session
 from archive_core.errors import ArchiveError, UnknownPeer
 from archive_core.index.ingest import Identity, Ingestor, parse
+from archive_core.net import tuning
 from archive_core.net.status import REFUSED_NOT_AUTHORIZED, STORE_STATUS, SUCCESS, status_for
 from archive_core.peers import PeerInfo, find_peer
 
@@ -24,6 +26,8 @@ log = logging.getLogger(__name__)
 class AssociationState:
     peer: PeerInfo | None
     last_seq: int = 0
+    # Study UID -> (Patient ID, instances stored), written to the audit trail when the association ends.
+    stored: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,17 +64,13 @@ def _failure(code: int, reason: str) -> Dataset:
 
 
 def handle_conn_open(event, ctx: ArchiveContext) -> None:
-    """Turn Nagle off (40 ms per exchange on loopback otherwise) and stop the DUL's idle sleep."""
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-    # pynetdicom's DUL reactor sleeps _run_loop_delay (1 ms) between polls when idle, which
-    # caps a single association's message rate; the attribute is private, hence the pinned
-    # pynetdicom version and tests/unit/test_server_tuning.py.
-    event.assoc.dul._run_loop_delay = ctx.settings.DICOM_DUL_LOOP_DELAY
+    """Turn Nagle off and replace pynetdicom's polling sleeps (see archive_core/net/tuning.py)."""
+    if ctx.settings.DICOM_DUL_LOOP_DELAY:
+        # Tuning off: pynetdicom's own polling, at the configured delay.
+        tuning.set_nodelay(event.assoc.dul.socket.socket if event.assoc.dul.socket else None)
+        event.assoc.dul._run_loop_delay = ctx.settings.DICOM_DUL_LOOP_DELAY
+    else:
+        tuning.tune_acceptor(event.assoc)
 
 
 def handle_echo(event, ctx: ArchiveContext) -> int:
@@ -106,6 +106,9 @@ def handle_store(event, ctx: ArchiveContext):
         return _failure(0xC000, f"processing failure: {exc.__class__.__name__}")
     # An identical duplicate of a pending object carries that object's (earlier) sequence.
     state.last_seq = max(state.last_seq, outcome.seq)
+    if outcome.seq and not outcome.duplicate:
+        entry = state.stored.setdefault(identity.study_uid, [str(ds.get("PatientID", "") or ""), 0])
+        entry[1] += 1
     return SUCCESS
 
 
@@ -123,7 +126,19 @@ def handle_acse_sent(event, ctx: ArchiveContext) -> None:
 
 
 def handle_closed(event, ctx: ArchiveContext) -> None:
+    """Write what the association stored to the audit trail (one event per study), then forget it."""
+    state = ctx._states.get(id(event.assoc))
     ctx.forget(event.assoc)
+    if not state or not state.stored:
+        return
+    calling = event.assoc.requestor.ae_title
+    try:
+        with write_session(ctx.sessions) as s:
+            for study_uid, (patient_id, count) in state.stored.items():
+                audit.record(s, "dicom.store", actor=calling, actor_kind="ae", patient_id=patient_id or None,
+                             study_uid=study_uid, detail={"instances": count})
+    except Exception:
+        log.exception("cannot audit what %s stored", calling)
 
 
 def may_query(ctx: ArchiveContext, assoc) -> bool:

@@ -11,7 +11,7 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
-from archive_core.net import handlers
+from archive_core.net import handlers, tuning
 from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -61,6 +61,7 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     settings = archive.settings
     # Library-wide switch, set once when a server starts: accept private/unknown SOP classes as storage.
     _config.UNRESTRICTED_STORAGE_SERVICE = settings.DICOM_ACCEPT_UNKNOWN_SOP_CLASSES
+    tuning.install()
     archive.ingestor.start()
     ctx = ArchiveContext(settings=settings, ingestor=archive.ingestor, sessions=archive.sessions)
     ae = build_ae(archive)

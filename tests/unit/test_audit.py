@@ -34,6 +34,8 @@ def test_verify_finds_the_tampered_row(app, runner):
     _record(app, 5)
     facade = app.extensions["archivage"]
     with facade.new_session(write=True) as s:
+        # Someone with the database owner's rights disables the append-only guard first.
+        s.execute(text("DROP TRIGGER audit_event_no_update"))
         s.execute(text("UPDATE audit_event SET detail = :d WHERE id = 3"), {"d": '{"page": "nothing to see"}'})
         s.commit()
     result = runner.invoke(args=["audit", "verify"])
@@ -44,6 +46,7 @@ def test_verify_finds_the_tampered_row(app, runner):
 def test_verify_finds_a_deleted_row(app, runner):
     _record(app, 4)
     with app.extensions["archivage"].new_session(write=True) as s:
+        s.execute(text("DROP TRIGGER audit_event_no_delete"))
         s.execute(text("DELETE FROM audit_event WHERE id = 2"))
         s.commit()
     result = runner.invoke(args=["audit", "verify"])

@@ -55,6 +55,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     from backoffice.retention.views import bp as retention_bp
 
     app.register_blueprint(retention_bp)
+    from backoffice.radiology.views import bp as radiology_bp, share_bp; app.register_blueprint(radiology_bp); app.register_blueprint(share_bp)  # noqa: E702,E501
 
     from backoffice.api import register_api
 

@@ -2,3 +2,4 @@
 
 from backoffice.auth.models import ApiToken, User  # noqa: F401
 from backoffice.retention.models import DeathRecord, LegalHold, PurgeBatch, PurgeItem  # noqa: F401
+from backoffice.radiology.models import KeyImage, Report, SendJob, ShareLink  # noqa: F401

@@ -70,6 +70,10 @@ def run_scheduler(app: Flask) -> None:
         replace_existing=True, coalesce=True, max_instances=1, misfire_grace_time=None,
         next_run_time=datetime.now(timezone.utc),
     )
+    from backoffice.radiology.sending import prefetch_job
+
+    scheduler.add_job(in_app(prefetch_job), "interval", minutes=2, id="radiology_prefetch", name="radiology_prefetch",
+                      replace_existing=True)
     log.info("scheduler started")
     try:
         scheduler.start()

@@ -14,7 +14,7 @@ from sqlalchemy import delete, select
 
 from archive_core.archive import Archive
 from archive_core.db import write_session
-from archive_core.errors import ArchiveError
+from archive_core.errors import ArchiveError, JournalBusy
 from archive_core.index.ingest import Identity, index_jobs, job_from_file, read_part10, refresh_counts
 from archive_core.index.models import Instance
 from archive_core.part10 import dataset_offset
@@ -48,6 +48,21 @@ def fsck(archive: Archive, *, repair: bool = False, verify_checksums: bool = Tru
     files whose checksum does not match into ``quarantine/`` (dropping their rows) so that
     nothing corrupt is served. A report after repair lists what remains.
     """
+    store = archive.store
+    if not repair:
+        return _check(archive, verify_checksums=verify_checksums)
+    # Repairs race a running archive (it indexes, then moves files): only the journal's owner may repair.
+    ours = archive.ingestor.owns_journal
+    if not store.claim_journal():
+        raise JournalBusy("the archive is running on this storage: stop it before fsck --repair")
+    try:
+        return _check(archive, verify_checksums=verify_checksums, repair=True)
+    finally:
+        if not ours:
+            store.release_journal()
+
+
+def _check(archive: Archive, *, verify_checksums: bool, repair: bool = False) -> FsckReport:
     store = archive.store
     report = FsckReport(journal_pending=len(store.incoming()))
     if repair and report.journal_pending:

@@ -196,7 +196,12 @@ def archive_fsck(repair: bool, no_checksums: bool) -> None:
     """Compare index and storage; exit 1 when problems remain."""
     from archive_core.maintenance import fsck
 
-    report = fsck(_archive(), repair=repair, verify_checksums=not no_checksums)
+    from archive_core.errors import JournalBusy
+
+    try:
+        report = fsck(_archive(), repair=repair, verify_checksums=not no_checksums)
+    except JournalBusy as exc:
+        raise click.ClickException(str(exc)) from exc
     for line in report.repaired:
         click.echo(f"repaired: {line}")
     for key in report.missing_files:

@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_core.db import write_session
-from archive_core.errors import DuplicateConflict, InvalidDataset, InvalidIdentifier
+from archive_core.errors import DuplicateConflict, InvalidDataset, InvalidIdentifier, JournalBusy
 from archive_core.index.keywords import extract
 from archive_core.index.models import Instance, Patient, Peer, Series, Study
 from archive_core.part10 import dataset_offset, file_header
@@ -206,6 +206,7 @@ class Ingestor:
         self._done_seqs: set[int] = set()
         self._indexed_upto = 0
         self._thread: threading.Thread | None = None
+        self._owns_journal = False
         self._waiters = 0
         self.coalesce_seconds = coalesce_seconds
         self.failures = 0
@@ -276,15 +277,28 @@ class Ingestor:
         whose own indexer is about to take those entries.
         """
         if replay:
+            # One owner per journal: a second archive on the same storage would replay (and move)
+            # entries the first one is indexing.
+            if not self.store.claim_journal():
+                raise JournalBusy(f"another archive process owns the ingest journal under {self.store.root}")
+            self._owns_journal = True
             self.replay()
         self._thread = threading.Thread(target=self._run, name="archive-indexer", daemon=True)
         self._thread.start()
+
+    @property
+    def owns_journal(self) -> bool:
+        """Started with a replay: this process is the journal's owner until :meth:`stop`."""
+        return self._owns_journal
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
+        if self._owns_journal:
+            self.store.release_journal()
+            self._owns_journal = False
 
     def wait_indexed(self, seq: int | None = None, timeout: float = 60.0) -> bool:
         """Block until every entry up to *seq* (default: all acknowledged so far) is indexed."""

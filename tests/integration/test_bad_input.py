@@ -138,7 +138,7 @@ def test_sop_instance_uid_with_path_characters_is_refused(scp, archive, tmp_path
     assoc.release()
     assert status.Status == 0xA900
     assert _uids(archive) == set()
-    assert [p for p in archive.store.root.rglob("*") if p.is_file()] == []
+    assert [p for d in ("objects", "incoming") for p in (archive.store.root / d).rglob("*") if p.is_file()] == []
     assert not (tmp_path / "etc").exists()
     _still_serving(scp.port)
 

@@ -6,6 +6,7 @@ import hashlib
 import sqlite3
 import threading
 
+import pytest
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -161,3 +162,18 @@ def test_replay_keeps_an_import_external(settings, migrated):
         assert flags == {prior.StudyInstanceUID: True, own.StudyInstanceUID: False}
     finally:
         restarted.close()
+
+
+def test_a_second_archive_on_the_same_storage_refuses_to_start(tmp_path):
+    """Two servers on one journal would replay and move each other's entries."""
+    first = ArchiveProcess(tmp_path / "instance").start()
+    second = ArchiveProcess(tmp_path / "instance")
+    try:
+        with pytest.raises(RuntimeError, match="owns the ingest journal"):
+            second.start(timeout=60)
+        assert second.proc.returncode == 1
+        first.kill()  # the kernel lets go of a dead owner's lock: a restart after kill -9 works
+        second.start()
+    finally:
+        second.stop()
+        first.stop()

@@ -167,3 +167,22 @@ def test_repair_quarantines_an_orphan_superseded_by_an_overwrite(loaded, arch, r
     assert f"quarantined superseded {key}" in repaired.output
     assert _key(arch, loaded[0]) == job.identity.key  # the newer object stays indexed
     assert [q.read_bytes() for q in (arch.store.root / "quarantine").iterdir()] == [old]
+
+
+def test_repair_is_refused_while_the_archive_runs(app, arch, runner, settings):
+    """fsck --repair races a running archive (index, then move): it waits for the archive to stop."""
+    from archive_core.archive import Archive
+    from archive_core.net.server import start_server
+
+    server = Archive.open(settings)  # `archive serve` on the same instance
+    running = start_server(server, host="127.0.0.1", port=0)
+    try:
+        refused = _fsck(runner, "--repair")
+        assert refused.exit_code == 1
+        assert "stop it before fsck --repair" in refused.output
+        assert _fsck(runner).exit_code == 0  # checking is fine at any time
+    finally:
+        running.stop()
+        server.close()
+    assert _fsck(runner, "--repair").exit_code == 0
+    assert _fsck(runner, "--repair").exit_code == 0  # and it let go of the journal afterwards

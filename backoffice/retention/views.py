@@ -209,7 +209,8 @@ def _decide(batch_id: int, decision: str):
     except RetentionError as exc:
         flash(str(exc), "error")
         return redirect(url_for("retention.index"))
-    flash(_("Lot approuvé : la destruction peut être exécutée.") if decision == "approve" else _("Lot refusé."), "info")
+    approved = decision == "approve"
+    flash(_("Lot approuvé : la destruction peut être exécutée.") if approved else _("Lot refusé."), "info")
     return redirect(url_for("retention.batch", batch_id=batch_id))
 
 

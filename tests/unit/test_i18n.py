@@ -20,8 +20,8 @@ CATALOGS = ROOT / "translations"
 # tariff labels the practice typed) and the retention rule's sentence ("conservé jusqu'au …: 20 ans …"),
 # which archive_core composes without gettext. Whole words, case-sensitive.
 FRENCH_WORDS = ("Rechercher", "Enregistrer", "Facture", "Factures", "Examens", "Aucun", "Aucune", "aucun",
-                "Conservation", "Séquestre", "séquestre", "Antériorité", "Antériorités", "Modalité", "Identifiant",
-                "Bonjour", "déconnecter", "connexion", "Mutuelle", "Mutuelles", "Tarifs", "Ouvrir", "Voir", "État",
+                "Conservation", "Séquestre", "séquestre", "Antériorité", "Antériorités", "Modalité",
+                "Identifiant", "Bonjour", "déconnecter", "connexion", "Mutuelle", "Mutuelles", "Tarifs", "Ouvrir", "Voir", "État",
                 "Journal", "Lot", "Déplacer", "Encaisser", "Payeur", "Clôture", "Destructions", "Motif", "Signer",
                 "Rattacher", "Fusionner", "Supprimer", "images choisies", "Partager", "octets", "à demander",
                 "veille", "lendemain", "Suivants", "toutes", "oui", "non", "brouillon")

@@ -11,8 +11,8 @@ import tempfile
 from datetime import timezone
 from pathlib import Path
 
-from flask import Blueprint, Flask, current_app, has_request_context, redirect, request, session, url_for
 from babel.dates import format_date, format_datetime
+from flask import Blueprint, Flask, current_app, has_request_context, redirect, request, session, url_for
 from flask_babel import Babel, get_locale
 
 LANGUAGES = ("fr", "en")

@@ -135,6 +135,7 @@ def test_the_choice_made_on_the_login_page_survives_signing_in_and_persists(clie
 @pytest.mark.parametrize("header, expected", [
     ("en", "Hello"),
     ("en-GB,en;q=0.9", "Hello"),
+    ("en-US", "Hello"),  # a regional variant alone
     ("de-DE,de;q=0.9,en;q=0.5", "Hello"),  # the best language we have among those asked
     ("fr-FR,fr;q=0.9,en;q=0.8", "Bonjour"),
     ("de-DE", "Bonjour"),  # unsupported: French

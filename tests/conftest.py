@@ -48,7 +48,7 @@ def postgres_url():
     subprocess.run([*prefix, initdb, "-D", str(data / "db"), "-U", "postgres", "-A", "trust", "-E", "UTF8",
                     "--locale=C.UTF-8"], check=True, capture_output=True)
     subprocess.run([*prefix, pg_ctl, "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-o",
-                    f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=100"],
+                    f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c max_connections=100", "start"],
                    check=True, capture_output=True)
     import psycopg
 

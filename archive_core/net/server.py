@@ -7,7 +7,15 @@ import socket
 from dataclasses import dataclass
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
@@ -16,6 +24,16 @@ from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
+
+
+QR_SOP_CLASSES = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 
 def storage_sop_classes() -> list[str]:
@@ -37,6 +55,9 @@ def build_ae(archive: Archive) -> AE:
     ae.require_called_aet = False
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for uid in storage_sop_classes():
+        # Role selection accepted as proposed: a C-GET requestor acts as the storage SCP.
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for uid in QR_SOP_CLASSES:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     return ae
 
@@ -68,6 +89,9 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
         (evt.EVT_CONN_OPEN, handlers.handle_conn_open, [ctx]),
         (evt.EVT_C_ECHO, handlers.handle_echo, [ctx]),
         (evt.EVT_C_STORE, handlers.handle_store, [ctx]),
+        (evt.EVT_C_FIND, handlers.handle_find, [ctx]),
+        (evt.EVT_C_MOVE, handlers.handle_move, [ctx]),
+        (evt.EVT_C_GET, handlers.handle_get, [ctx]),
         (evt.EVT_ACSE_SENT, handlers.handle_acse_sent, [ctx]),
         (evt.EVT_CONN_CLOSE, handlers.handle_closed, [ctx]),
     ]

@@ -163,11 +163,14 @@ def _statement(session: Session, query: Query, columns: list):
     return stmt
 
 
-def find(session: Session, query: Query, *, limit: int | None = None) -> list[dict[str, Any]]:
+def find(
+    session: Session, query: Query, *, limit: int | None = None, offset: int = 0, extra: Iterable = ()
+) -> list[dict[str, Any]]:
     """The matches of *query*, one row (keyword -> value) per entity at its level, in index order.
 
     One SQL statement joins the levels above; computed keys come from the counters ingest
-    maintains (SOP classes in study: one more statement per 500 studies).
+    maintains (SOP classes in study: one more statement per 500 studies). *extra* conditions
+    (SQLAlchemy clauses) narrow the match further (the facade's free-text search).
     """
     depth = query.depth
     columns = [
@@ -179,6 +182,7 @@ def find(session: Session, query: Query, *, limit: int | None = None) -> list[di
             Study.num_series.label("NumberOfStudyRelatedSeries"),
             Study.num_instances.label("NumberOfStudyRelatedInstances"),
             Study.modalities_in_study.label("ModalitiesInStudy"),
+            Study.external.label("_external"),
         ]
     if depth >= 2:
         columns.append(Series.num_instances.label("NumberOfSeriesRelatedInstances"))
@@ -202,9 +206,13 @@ def find(session: Session, query: Query, *, limit: int | None = None) -> list[di
     stmt = _statement(session, query, columns)
     if counts is not None:
         stmt = stmt.outerjoin(counts, counts.c.patient_pk == Patient.id)
+    for condition in extra:
+        stmt = stmt.where(condition)
     stmt = stmt.order_by(MODELS[query.level].id)
     if limit is not None:
         stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
     rows = [dict(r._mapping) for r in session.execute(stmt)]
     if depth >= 1 and query.wants("SOPClassesInStudy") and rows:
         classes = sop_classes_of(session, {r["_study_pk"] for r in rows})

@@ -357,3 +357,21 @@ def _key(archive, uid: str) -> str:
     with archive.sessions() as s:
         return s.scalar(Instance.__table__.select().with_only_columns(Instance.storage_key)
                         .where(Instance.sop_instance_uid == uid))
+
+
+# -- the facade's retrieve-to-peer ----------------------------------------------------------------
+
+
+def test_facade_retrieve_to_peer_sends_the_stored_bytes(stored, archive, storescp):
+    from archive_core.api import ArchiveFacade
+    from archive_core.errors import UnknownPeer
+
+    _register(archive, "DEST", storescp.port)
+    facade = ArchiveFacade(archive)
+    result = facade.retrieve_to_peer([STUDY_B], "DEST", actor="dr.house", actor_kind="user")
+    assert (result.completed, result.failed) == (2, 0)
+    for path in storescp.out.iterdir():
+        uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        assert _file_dataset_bytes(path) == _stored_dataset_bytes(archive, uid)
+    with pytest.raises(UnknownPeer):
+        facade.retrieve_to_peer([STUDY_B], "NOBODY")

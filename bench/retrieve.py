@@ -1,0 +1,116 @@
+"""Retrieve benchmark: C-MOVE and C-GET throughput of the archive, vs a bare pynetdicom sender and Orthanc.
+
+Usage: python bench/retrieve.py [--vs-orthanc] [--ct 200] [--ten 20] [--repeat 3]
+
+Sets: one CT study of --ct images and ten CT studies of --ten images each (512x512x16,
+_common's generator). Each target is loaded with storescu, then: movescu of one study and of the
+ten (one request, a UID list) to a discarding DCMTK storescp (--ignore) registered as a peer;
+getscu --ignore of the same. The baseline is a bare pynetdicom C-STORE sender (one association,
+TCP_NODELAY, no DUL idle sleep, each file read with dcmread) to the same storescp: pynetdicom is
+the ceiling of our retrieval. Medians of --repeat runs, in instances/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage
+from pydicom.uid import ExplicitVRLittleEndian
+
+from _common import LOCALHOST, ImageSetSpec, generate_image_set, storescp_server, store
+from _qr import ORTHANC, OURS, run_tool, scu_args, target_server
+
+DEST_AE = "BENCHDEST"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vs-orthanc", action="store_true")
+    parser.add_argument("--ct", type=int, default=200, help="images of the one-study set (default 200)")
+    parser.add_argument("--ten", type=int, default=20, help="images of each of the ten studies (default 20)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--workdir", type=Path)
+    return parser.parse_args(argv)
+
+
+def bare_sender(files: Sequence[Path], port: int) -> float:
+    """Seconds for pynetdicom to C-STORE *files* over one association."""
+
+    def tune(event) -> None:
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        event.assoc.dul._run_loop_delay = 0.0
+
+    ae = AE(ae_title="BENCH")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    started = time.perf_counter()
+    assoc = ae.associate(LOCALHOST, port, ae_title="ANY", max_pdu=0, evt_handlers=[(evt.EVT_CONN_OPEN, tune)])
+    if not assoc.is_established:
+        raise RuntimeError("bare sender: association refused")
+    for path in files:
+        if assoc.send_c_store(dcmread(path)).Status != 0:
+            raise RuntimeError("bare sender: C-STORE failed")
+    assoc.release()
+    return time.perf_counter() - started
+
+
+def uid_list(sets) -> str:
+    return "\\".join(str(dcmread(s.files[0], stop_before_pixels=True).StudyInstanceUID) for s in sets)
+
+
+def measure(target: str, one, ten: list, args, root: Path, dest) -> dict[str, float]:
+    results: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix=f"{target}-", dir=root) as tmp:
+        workdir = Path(tmp)
+        with target_server(target, workdir, {DEST_AE: (LOCALHOST, dest.port)}) as server:
+            files = [*one.files, *(f for s in ten for f in s.files)]
+            store(server, files, associations=2, workdir=workdir, timeout_s=args.timeout)
+            cases = {"1 study": ([one], len(one.files)), "10 studies": (ten, sum(len(s.files) for s in ten))}
+            for _ in range(args.repeat):
+                for label, (sets, count) in cases.items():
+                    keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid_list(sets)}"]
+                    move = run_tool("movescu", [*scu_args(server), "-S", "-aem", DEST_AE, *keys, LOCALHOST,
+                                                str(server.port)], timeout_s=args.timeout)
+                    results.setdefault(f"C-MOVE {label}", []).append(count / move.elapsed_s)
+                    get = run_tool("getscu", [*scu_args(server), "-S", "--ignore", *keys, LOCALHOST, str(server.port)],
+                                   timeout_s=args.timeout)
+                    results.setdefault(f"C-GET {label}", []).append(count / get.elapsed_s)
+    medians = {k: statistics.median(v) for k, v in results.items()}
+    for key, value in medians.items():
+        print(f"{target:<10} {key:<18} {value:7.1f} inst/s", flush=True)
+    return medians
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="archivage-bench-r-", dir=args.workdir) as tmp:
+        root = Path(tmp)
+        one = generate_image_set(ImageSetSpec("CT 512x512x16", args.ct, 512, 512, seed=11), root / "data" / "one")
+        ten = [generate_image_set(ImageSetSpec("CT 512x512x16", args.ten, 512, 512, seed=20 + n), root / "data" / f"t{n}")
+               for n in range(10)]
+        print(f"one study of {args.ct} CT images; ten studies of {args.ten}; runs per point: {args.repeat} (median)")
+        with tempfile.TemporaryDirectory(prefix="dest-", dir=root) as dest_dir, storescp_server(Path(dest_dir)) as dest:
+            bare = statistics.median(len(one.files) / bare_sender(one.files, dest.port) for _ in range(args.repeat))
+            print(f"bare pynetdicom sender: {bare:.1f} inst/s", flush=True)
+            targets = [OURS, *([ORTHANC] if args.vs_orthanc else [])]
+            results = {t: measure(t, one, ten, args, root, dest) for t in targets}
+    print("\nSummary (instances/s; ratio to the bare pynetdicom sender, target >= 0.8)")
+    for key in results[OURS]:
+        line = f"{key:<18} ours {results[OURS][key]:7.1f}  x{results[OURS][key] / bare:.2f} bare"
+        if ORTHANC in results:
+            line += f" | Orthanc {results[ORTHANC][key]:7.1f}  ours/Orthanc {results[OURS][key] / results[ORTHANC][key]:.2f}"
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -183,6 +183,12 @@ def test_missing_unique_key_above_the_level_is_an_identifier_error(stored, scp):
     assert [r[0] for r in responses] == [0xA900]
 
 
+def test_a_key_we_cannot_match_on_gives_ff01_and_comes_back_empty(stored, scp):
+    responses = _find_statuses(scp.port, _identifier("STUDY", StudyInstanceUID=STUDY_A, PerformingPhysicianName="House"))
+    assert [r[0] for r in responses] == [0xFF01, 0x0000]
+    assert responses[0][2]["PerformingPhysicianName"].is_empty
+
+
 def test_unknown_calling_ae_may_not_query(stored, scp):
     responses = _find_statuses(scp.port, _identifier("STUDY", StudyInstanceUID=""), ae_title="STRANGER")
     assert [r[0] for r in responses] == [0x0124]

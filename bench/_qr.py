@@ -62,7 +62,7 @@ class Timed:
 def run_tool(name: str, args: Sequence[str], *, timeout_s: float) -> Timed:
     started = time.perf_counter()
     result = subprocess.run([dcmtk_tool(name), *args], env=dcmtk_env(), stdin=subprocess.DEVNULL, capture_output=True,
-                            text=True, timeout=timeout_s)
+                            text=True, encoding="utf-8", errors="replace", timeout=timeout_s)
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed ({result.returncode}):\n{result.stdout[-2000:]}{result.stderr[-2000:]}")

@@ -82,6 +82,15 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     settings = archive.settings
     # Library-wide switch, set once when a server starts: accept private/unknown SOP classes as storage.
     _config.UNRESTRICTED_STORAGE_SERVICE = settings.DICOM_ACCEPT_UNKNOWN_SOP_CLASSES
+    # Query identifiers carry patient names: pynetdicom must not write them to the log.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    # pynetdicom logs every DIMSE message at INFO (one line per C-FIND answer, per C-STORE), which
+    # costs as much as building the answer; our handlers log what matters. A level set by the
+    # deployment is kept.
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    if pynetdicom_log.level == logging.NOTSET:
+        pynetdicom_log.setLevel(logging.WARNING)
     archive.ingestor.start()
     ctx = ArchiveContext(settings=settings, ingestor=archive.ingestor, sessions=archive.sessions)
     ae = build_ae(archive)

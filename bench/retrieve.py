@@ -51,14 +51,16 @@ def bare_sender(files: Sequence[Path], port: int) -> float:
         event.assoc.dul._run_loop_delay = 0.0
 
     ae = AE(ae_title="BENCH")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 120
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
     started = time.perf_counter()
     assoc = ae.associate(LOCALHOST, port, ae_title="ANY", max_pdu=0, evt_handlers=[(evt.EVT_CONN_OPEN, tune)])
     if not assoc.is_established:
         raise RuntimeError("bare sender: association refused")
     for path in files:
-        if assoc.send_c_store(dcmread(path)).Status != 0:
-            raise RuntimeError("bare sender: C-STORE failed")
+        status = assoc.send_c_store(dcmread(path)).get("Status")
+        if status != 0:
+            raise RuntimeError(f"bare sender: C-STORE of {path.name} answered {status} (None: no answer, aborted)")
     assoc.release()
     return time.perf_counter() - started
 
@@ -99,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                for n in range(10)]
         print(f"one study of {args.ct} CT images; ten studies of {args.ten}; runs per point: {args.repeat} (median)")
         with tempfile.TemporaryDirectory(prefix="dest-", dir=root) as dest_dir, storescp_server(Path(dest_dir)) as dest:
-            bare = statistics.median(len(one.files) / bare_sender(one.files, dest.port) for _ in range(args.repeat))
+            bare = statistics.median([len(one.files) / bare_sender(one.files, dest.port) for _ in range(args.repeat)])
             print(f"bare pynetdicom sender: {bare:.1f} inst/s", flush=True)
             targets = [OURS, *([ORTHANC] if args.vs_orthanc else [])]
             results = {t: measure(t, one, ten, args, root, dest) for t in targets}

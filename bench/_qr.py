@@ -71,3 +71,17 @@ def run_tool(name: str, args: Sequence[str], *, timeout_s: float) -> Timed:
 
 def scu_args(server: Server) -> list[str]:
     return ["-aet", BENCH_AE, "-aec", server.ae_title, "-to", "30", "-ta", "30", "-td", "600"]
+
+
+@contextmanager
+def discarding_storescp(workdir: Path, port: int) -> Iterator[Server]:
+    """DCMTK storescp --ignore on *port* (a fresh one per measurement: one that aborted cannot skew the next)."""
+    with _common.running_server(
+        "storescp",
+        [dcmtk_tool("storescp"), "--ignore", "-aet", "BENCHDEST", str(port)],
+        port=port,
+        ae_title="BENCHDEST",
+        workdir=workdir,
+        env=dcmtk_env(),
+    ) as server:
+        yield server

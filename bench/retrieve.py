@@ -26,8 +26,8 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 from pydicom.uid import ExplicitVRLittleEndian
 
-from _common import LOCALHOST, ImageSetSpec, generate_image_set, storescp_server, store
-from _qr import ORTHANC, OURS, run_tool, scu_args, target_server
+from _common import LOCALHOST, ImageSetSpec, free_port, generate_image_set, store
+from _qr import ORTHANC, OURS, discarding_storescp, run_tool, scu_args, target_server
 
 DEST_AE = "BENCHDEST"
 
@@ -69,19 +69,20 @@ def uid_list(sets) -> str:
     return "\\".join(str(dcmread(s.files[0], stop_before_pixels=True).StudyInstanceUID) for s in sets)
 
 
-def measure(target: str, one, ten: list, args, root: Path, dest) -> dict[str, float]:
+def measure(target: str, one, ten: list, args, root: Path, dest_port: int) -> dict[str, float]:
     results: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory(prefix=f"{target}-", dir=root) as tmp:
         workdir = Path(tmp)
-        with target_server(target, workdir, {DEST_AE: (LOCALHOST, dest.port)}) as server:
+        with target_server(target, workdir, {DEST_AE: (LOCALHOST, dest_port)}) as server:
             files = [*one.files, *(f for s in ten for f in s.files)]
             store(server, files, associations=2, workdir=workdir, timeout_s=args.timeout)
             cases = {"1 study": ([one], len(one.files)), "10 studies": (ten, sum(len(s.files) for s in ten))}
             for _ in range(args.repeat):
                 for label, (sets, count) in cases.items():
                     keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid_list(sets)}"]
-                    move = run_tool("movescu", [*scu_args(server), "-S", "-aem", DEST_AE, *keys, LOCALHOST,
-                                                str(server.port)], timeout_s=args.timeout)
+                    with discarding_storescp(workdir, dest_port):
+                            move = run_tool("movescu", [*scu_args(server), "-S", "-aem", DEST_AE, *keys, LOCALHOST,
+                                                    str(server.port)], timeout_s=args.timeout)
                     results.setdefault(f"C-MOVE {label}", []).append(count / move.elapsed_s)
                     get = run_tool("getscu", [*scu_args(server), "-S", "--ignore", *keys, LOCALHOST, str(server.port)],
                                    timeout_s=args.timeout)
@@ -100,11 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         ten = [generate_image_set(ImageSetSpec("CT 512x512x16", args.ten, 512, 512, seed=20 + n), root / "data" / f"t{n}")
                for n in range(10)]
         print(f"one study of {args.ct} CT images; ten studies of {args.ten}; runs per point: {args.repeat} (median)")
-        with tempfile.TemporaryDirectory(prefix="dest-", dir=root) as dest_dir, storescp_server(Path(dest_dir)) as dest:
-            bare = statistics.median([len(one.files) / bare_sender(one.files, dest.port) for _ in range(args.repeat)])
-            print(f"bare pynetdicom sender: {bare:.1f} inst/s", flush=True)
-            targets = [OURS, *([ORTHANC] if args.vs_orthanc else [])]
-            results = {t: measure(t, one, ten, args, root, dest) for t in targets}
+        dest_port = free_port()
+        rates = []
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory(prefix="dest-", dir=root) as dest_dir:
+                with discarding_storescp(Path(dest_dir), dest_port):
+                    rates.append(len(one.files) / bare_sender(one.files, dest_port))
+        bare = statistics.median(rates)
+        print(f"bare pynetdicom sender: {bare:.1f} inst/s", flush=True)
+        targets = [OURS, *([ORTHANC] if args.vs_orthanc else [])]
+        results = {t: measure(t, one, ten, args, root, dest_port) for t in targets}
     print("\nSummary (instances/s; ratio to the bare pynetdicom sender, target >= 0.8)")
     for key in results[OURS]:
         line = f"{key:<18} ours {results[OURS][key]:7.1f}  x{results[OURS][key] / bare:.2f} bare"

@@ -25,6 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py --vs-orthanc
+	$(BIN)/python bench/viewer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -15,6 +15,8 @@ def serve_forever(archive: Archive) -> None:
     """Replay the journal, serve DICOM until SIGTERM or SIGINT, then stop cleanly."""
     from archive_core.net.server import start_server
 
+    # pynetdicom logs every message at INFO: far too much at hundreds of images a second.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     running = start_server(archive)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

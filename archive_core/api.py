@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from datetime import date as _date
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, or_, select
@@ -12,9 +15,12 @@ from archive_core import audit as _audit
 from archive_core.archive import Archive
 from archive_core.config import Settings
 from archive_core.db import Base, write_session
-from archive_core.index.models import Instance, Patient, Study, utcnow
+from archive_core.errors import NotFound
+from archive_core.index.models import Instance, Patient, Series, Study, utcnow
+from archive_core.purge import TombstoneResult
+from archive_core.tiers import TierMove
 
-__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "utcnow"]
+__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "utcnow"]
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,733 @@ class ArchiveStats:
     bytes_stored: int
 
 
-class ArchiveFacade:
+# -- radiology -------------------------------------------------------------------------------------
+# Study lookups, priors, rendering, DICOM documents and media for the radiology area (issue 6).
+# Written on the index models directly while query/retrieve (issue 3) is being built; once its
+# find_studies/get_study/priors land, these should delegate to them.
+
+
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
+SR_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.88.11": "Basic Text SR",
+    "1.2.840.10008.5.1.4.1.1.88.22": "Enhanced SR",
+    "1.2.840.10008.5.1.4.1.1.88.33": "Comprehensive SR",
+}
+# Objects without pixels the viewer should not try to show.
+NON_IMAGE_CLASSES = {ENCAPSULATED_PDF, *SR_CLASSES, "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.66"}
+
+
+@dataclass(frozen=True)
+class StudySummary:
+    study_uid: str
+    study_date: str | None
+    study_time: str | None
+    accession_number: str | None
+    description: str | None
+    modalities: tuple[str, ...]
+    num_series: int
+    num_instances: int
+    patient_id: str
+    patient_name: str | None
+    patient_birth_date: str | None
+    patient_sex: str | None
+    referring_physician_name: str | None
+    external: bool
+
+    @property
+    def iso_date(self) -> str | None:
+        return _iso(self.study_date)
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    series_uid: str
+    modality: str | None
+    series_number: int | None
+    description: str | None
+    body_part: str | None
+    num_instances: int
+    first_sop_uid: str | None
+    first_is_image: bool
+
+
+@dataclass(frozen=True)
+class StudyDetail:
+    study: StudySummary
+    series: tuple[SeriesSummary, ...]
+
+    @property
+    def body_parts(self) -> tuple[str, ...]:
+        return tuple(sorted({s.body_part for s in self.series if s.body_part}))
+
+
+@dataclass(frozen=True)
+class PriorStudy:
+    study_uid: str
+    study_date: str | None  # ISO 8601
+    modalities: tuple[str, ...]
+    description: str | None
+    body_parts: tuple[str, ...]
+    relevant: bool
+
+
+@dataclass(frozen=True)
+class InstanceRef:
+    sop_instance_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    series_uid: str
+
+    @property
+    def is_image(self) -> bool:
+        return self.sop_class_uid not in NON_IMAGE_CLASSES
+
+
+@dataclass(frozen=True)
+class StudyPage:
+    items: tuple[StudySummary, ...]
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class DicomDocument:
+    """A report that arrived over DICOM: an Encapsulated PDF or a structured report's text."""
+
+    sop_instance_uid: str
+    kind: str  # "pdf" | "sr"
+    title: str
+    content_date: str | None
+    text: str  # the SR's text content ("" for a PDF)
+    verified: bool
+
+
+def _iso(dicom_date: str | None) -> str | None:
+    if dicom_date and len(dicom_date) == 8 and dicom_date.isdigit():
+        return f"{dicom_date[:4]}-{dicom_date[4:6]}-{dicom_date[6:]}"
+    return None
+
+
+def _dicom_date(value: _date | str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        value = _date.fromisoformat(value)
+    return value.strftime("%Y%m%d")
+
+
+def _summary(study: Study, patient: Patient) -> StudySummary:
+    return StudySummary(
+        study_uid=study.study_uid,
+        study_date=study.study_date,
+        study_time=study.study_time,
+        accession_number=study.accession_number,
+        description=study.study_description,
+        modalities=tuple(m for m in (study.modalities_in_study or "").split("\\") if m),
+        num_series=study.num_series,
+        num_instances=study.num_instances,
+        patient_id=patient.patient_id,
+        patient_name=patient.patient_name,
+        patient_birth_date=patient.patient_birth_date,
+        patient_sex=patient.patient_sex,
+        referring_physician_name=study.referring_physician_name,
+        external=study.external,
+    )
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
+
+
+def _sr_text(ds) -> str:
+    """The text of a structured report's content tree, headings first (enough to read it)."""
+    lines: list[str] = []
+
+    def walk(items, depth: int) -> None:
+        for item in items:
+            name = ""
+            if "ConceptNameCodeSequence" in item and item.ConceptNameCodeSequence:
+                name = str(item.ConceptNameCodeSequence[0].get("CodeMeaning", ""))
+            value = item.get("TextValue")
+            if value is None and "ConceptCodeSequence" in item and item.ConceptCodeSequence:
+                value = item.ConceptCodeSequence[0].get("CodeMeaning")
+            if value is None and "MeasuredValueSequence" in item and item.MeasuredValueSequence:
+                mv = item.MeasuredValueSequence[0]
+                units = mv.get("MeasurementUnitsCodeSequence") or []
+                unit = units[0].get("CodeValue", "") if units else ""
+                value = f"{mv.get('NumericValue', '')} {unit}".strip()
+            if name or value:
+                lines.append(("  " * depth) + (f"{name} : {value}" if name and value else str(name or value)))
+            if "ContentSequence" in item:
+                walk(item.ContentSequence, depth + 1)
+
+    walk(ds.get("ContentSequence", []), 0)
+    return "\n".join(lines)
+
+
+class _RadiologyMixin:
+    """Facade methods of the radiology area (mixed into :class:`ArchiveFacade`)."""
+
+    _archive: Archive
+
+    # study browser ------------------------------------------------------------------------------
+
+    def browse_studies(
+        self,
+        *,
+        patient: str = "",
+        date_from: _date | str | None = None,
+        date_to: _date | str | None = None,
+        modality: str = "",
+        accession: str = "",
+        description: str = "",
+        limit: int = 50,
+        offset: int = 0,
+    ) -> StudyPage:
+        """Studies newest first; *patient* matches the start of a name (any of its parts) or a whole ID."""
+        q = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(Study.deleted_at.is_(None))
+        patient = patient.strip()
+        if patient:
+            start = _escape_like(patient.upper())
+            # Patients first (a small table), then their studies through the patient_pk index.
+            matching = select(Patient.id).where(
+                Patient.deleted_at.is_(None),
+                (Patient.patient_id == patient)
+                | func.upper(Patient.patient_name).like(start + "%", escape="\\")
+                | func.upper(Patient.patient_name).like("%^" + start + "%", escape="\\")
+            )
+            q = q.where(Study.patient_pk.in_(matching))
+        if date_from:
+            q = q.where(Study.study_date >= _dicom_date(date_from))
+        if date_to:
+            q = q.where(Study.study_date <= _dicom_date(date_to))
+        if modality.strip():
+            q = q.where(
+                select(Series.id)
+                .where(
+                    Series.study_pk == Study.id,
+                    Series.modality == modality.strip().upper(),
+                    Series.deleted_at.is_(None),
+                )
+                .exists()
+            )
+        if accession.strip():
+            q = q.where(Study.accession_number == accession.strip())
+        if description.strip():
+            q = q.where(
+                func.upper(Study.study_description).like(
+                    "%" + _escape_like(description.strip().upper()) + "%", escape="\\"
+                )
+            )
+        q = q.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
+        with self._archive.sessions() as s:
+            rows = s.execute(q.limit(limit + 1).offset(offset)).all()
+            items = tuple(_summary(study, pat) for study, pat in rows[:limit])
+        return StudyPage(items, len(rows) > limit)
+
+    def study_detail(self, study_uid: str) -> StudyDetail:
+        """The study, its patient and its series (with the first instance of each, for thumbnails)."""
+        with self._archive.sessions() as s:
+            row = s.execute(
+                select(Study, Patient)
+                .join(Patient, Study.patient_pk == Patient.id)
+                .where(Study.study_uid == study_uid, Study.deleted_at.is_(None))
+            ).first()
+            if row is None:
+                raise NotFound(f"no study {study_uid}")
+            study, pat = row
+            series_rows = s.scalars(
+                select(Series)
+                .where(Series.study_pk == study.id, Series.deleted_at.is_(None))
+                .order_by(Series.series_number, Series.id)
+            ).all()
+            series = []
+            for se in series_rows:
+                first = s.execute(
+                    select(Instance.sop_instance_uid, Instance.sop_class_uid)
+                    .where(Instance.series_pk == se.id, Instance.deleted_at.is_(None))
+                    .order_by(Instance.instance_number, Instance.id)
+                    .limit(1)
+                ).first()
+                series.append(
+                    SeriesSummary(
+                        series_uid=se.series_uid,
+                        modality=se.modality,
+                        series_number=se.series_number,
+                        description=se.series_description,
+                        body_part=se.body_part_examined,
+                        num_instances=se.num_instances,
+                        first_sop_uid=first[0] if first else None,
+                        first_is_image=bool(first) and first[1] not in NON_IMAGE_CLASSES,
+                    )
+                )
+            return StudyDetail(_summary(study, pat), tuple(series))
+
+    def prior_studies(self, study_uid: str) -> list[PriorStudy]:
+        """The patient's other studies, newest first; relevant = same modality or same body part."""
+        with self._archive.sessions() as s:
+            current = s.scalar(select(Study).where(Study.study_uid == study_uid, Study.deleted_at.is_(None)))
+            if current is None:
+                raise NotFound(f"no study {study_uid}")
+
+            def body_parts(study_pk: int) -> set[str]:
+                return {
+                    (b or "").upper()
+                    for b in s.scalars(
+                        select(Series.body_part_examined).where(
+                            Series.study_pk == study_pk, Series.deleted_at.is_(None)
+                        )
+                    )
+                    if b
+                }
+
+            modalities = {m for m in current.modalities_in_study.split("\\") if m}
+            parts = body_parts(current.id)
+            others = s.scalars(
+                select(Study)
+                .where(Study.patient_pk == current.patient_pk, Study.id != current.id, Study.deleted_at.is_(None))
+                .order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
+            ).all()
+            result = []
+            for other in others:
+                other_modalities = tuple(m for m in other.modalities_in_study.split("\\") if m)
+                other_parts = body_parts(other.id)
+                result.append(
+                    PriorStudy(
+                        study_uid=other.study_uid,
+                        study_date=_iso(other.study_date),
+                        modalities=other_modalities,
+                        description=other.study_description,
+                        body_parts=tuple(sorted(other_parts)),
+                        relevant=bool(modalities & set(other_modalities)) or bool(parts & other_parts),
+                    )
+                )
+            return result
+
+    def series_instances(self, series_uid: str) -> list[InstanceRef]:
+        """The instances of a series in reading order (instance number)."""
+        with self._archive.sessions() as s:
+            if s.scalar(select(Series.id).where(Series.series_uid == series_uid, Series.deleted_at.is_(None))) is None:
+                raise NotFound(f"no series {series_uid}")
+            rows = s.execute(
+                select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.instance_number)
+                .join(Series, Instance.series_pk == Series.id)
+                .where(Series.series_uid == series_uid, Instance.deleted_at.is_(None))
+                .order_by(Instance.instance_number, Instance.id)
+            ).all()
+            return [InstanceRef(uid, cls, num, series_uid) for uid, cls, num in rows]
+
+    def number_of_frames(self, sop_instance_uid: str) -> int:
+        """Frames of a stored object (its header only is read)."""
+        from pydicom import dcmread
+
+        from archive_core.render import number_of_frames
+
+        data = self.read_instance(sop_instance_uid)
+        return number_of_frames(dcmread(io.BytesIO(data), stop_before_pixels=True, force=True))
+
+    def study_instances(self, study_uid: str) -> list[InstanceRef]:
+        with self._archive.sessions() as s:
+            rows = s.execute(
+                select(Instance.sop_instance_uid, Instance.sop_class_uid, Instance.instance_number, Series.series_uid)
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Study.study_uid == study_uid, Instance.deleted_at.is_(None))
+                .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+            ).all()
+            return [InstanceRef(uid, cls, num, se) for uid, cls, num, se in rows]
+
+    def instance_study_uid(self, sop_instance_uid: str) -> str:
+        """The study an instance belongs to (to check a share link or audit a view)."""
+        with self._archive.sessions() as s:
+            uid = s.scalar(
+                select(Study.study_uid)
+                .join(Series, Series.study_pk == Study.id)
+                .join(Instance, Instance.series_pk == Series.id)
+                .where(Instance.sop_instance_uid == sop_instance_uid, Instance.deleted_at.is_(None))
+            )
+        if uid is None:
+            raise NotFound(f"no instance {sop_instance_uid}")
+        return uid
+
+    # rendering ----------------------------------------------------------------------------------
+
+    @property
+    def renderer(self):
+        from archive_core.render import RenderCache, Renderer
+
+        if getattr(self, "_renderer", None) is None:
+            max_bytes = int(self._archive.settings.extra.get("RENDER_CACHE_MAX_BYTES", 512 * 1024**2))
+            cache = RenderCache(self._archive.settings.instance_path / "cache" / "render", max_bytes)
+            self._renderer = Renderer(self.read_dataset, cache)
+        return self._renderer
+
+    def render_instance(self, sop_instance_uid: str, params) -> bytes:
+        """One frame of a stored image as PNG/JPEG bytes (:class:`archive_core.render.RenderParams`)."""
+        # Every request asks the index (a purged image is never served from the cache; a replaced one
+        # is rendered anew: its checksum is part of the cache key).
+        with self._archive.sessions() as s:
+            checksum = s.scalar(
+                select(Instance.checksum_sha256).where(
+                    Instance.sop_instance_uid == sop_instance_uid, Instance.deleted_at.is_(None)
+                )
+            )
+        if checksum is None:
+            raise NotFound(f"no instance {sop_instance_uid}")
+        return self.renderer.render(sop_instance_uid, params, version=checksum)
+
+    def read_dataset(self, sop_instance_uid: str):
+        """The stored object as a pydicom Dataset, whichever tier holds it (a copy: the caller may change it)."""
+        from archive_core.render import parse_dataset
+
+        return parse_dataset(self.read_instance(sop_instance_uid))
+
+    # reports that arrived over DICOM ------------------------------------------------------------
+
+    def study_documents(self, study_uid: str) -> list[DicomDocument]:
+        """Encapsulated PDFs and structured reports stored in the study, oldest first."""
+        docs = []
+        for ref in self.study_instances(study_uid):
+            if ref.sop_class_uid != ENCAPSULATED_PDF and ref.sop_class_uid not in SR_CLASSES:
+                continue
+            ds = self.read_dataset(ref.sop_instance_uid)
+            is_pdf = ref.sop_class_uid == ENCAPSULATED_PDF
+            title = str(ds.get("DocumentTitle", "") or "")
+            if not title and "ConceptNameCodeSequence" in ds and ds.ConceptNameCodeSequence:
+                title = str(ds.ConceptNameCodeSequence[0].get("CodeMeaning", ""))
+            docs.append(
+                DicomDocument(
+                    sop_instance_uid=ref.sop_instance_uid,
+                    kind="pdf" if is_pdf else "sr",
+                    title=title or ("Document PDF" if is_pdf else SR_CLASSES[ref.sop_class_uid]),
+                    content_date=_iso(str(ds.get("ContentDate", "") or "")),
+                    text="" if is_pdf else _sr_text(ds),
+                    verified=str(ds.get("VerificationFlag", "")).upper() == "VERIFIED",
+                )
+            )
+        return docs
+
+    def document_pdf(self, sop_instance_uid: str) -> bytes:
+        """The PDF of an Encapsulated PDF object (trailing padding removed)."""
+        ds = self.read_dataset(sop_instance_uid)
+        if str(ds.get("SOPClassUID", "")) != ENCAPSULATED_PDF:
+            raise NotFound(f"{sop_instance_uid} is not an encapsulated PDF")
+        data = bytes(ds.EncapsulatedDocument)
+        end = data.rfind(b"%%EOF")
+        return data[: end + 5] if end >= 0 else data
+
+    # sending to workstations ----------------------------------------------------------------------
+
+    def send_studies(self, peer_ae_title: str, study_uids: list[str], *, progress=None, cancelled=lambda: False):
+        """C-STORE the studies to a registered peer (:class:`archive_core.net.scu.SendResult`)."""
+        from archive_core.net.scu import StoredObject, send_objects
+        from archive_core.peers import get_peer
+
+        with self._archive.sessions() as s:
+            peer = get_peer(s, peer_ae_title)
+            rows = s.execute(
+                select(
+                    Instance.sop_instance_uid,
+                    Instance.sop_class_uid,
+                    Instance.transfer_syntax_uid,
+                    Instance.storage_key,
+                    Instance.tier,
+                )
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Study.study_uid.in_(study_uids), Instance.deleted_at.is_(None))
+                .order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
+            ).all()
+        objects = [StoredObject(*row) for row in rows]
+        return send_objects(
+            lambda obj: self._archive.store_for(obj.tier).open(obj.storage_key),
+            objects,
+            peer,
+            calling_ae_title=self._archive.settings.DICOM_AE_TITLE,
+            timeout=self._archive.settings.DICOM_NETWORK_TIMEOUT,
+            progress=progress,
+            cancelled=cancelled,
+        )
+
+    def count_instances(self, study_uids: list[str]) -> int:
+        with self._archive.sessions() as s:
+            return s.scalar(select(func.coalesce(func.sum(Study.num_instances), 0)).where(
+                    Study.study_uid.in_(study_uids), Study.deleted_at.is_(None)
+                )) or 0
+
+    def studies_received_since(self, since, *, include_external: bool = False, limit: int = 1000) -> list[StudySummary]:
+        """Studies indexed at or after *since* (UTC), oldest first: what a prefetch looks at."""
+        q = (
+            select(Study, Patient)
+            .join(Patient, Study.patient_pk == Patient.id)
+            .where(Study.received_at >= since, Study.deleted_at.is_(None))
+        )
+        if not include_external:
+            q = q.where(Study.external.is_(False))
+        with self._archive.sessions() as s:
+            return [_summary(st, pat) for st, pat in s.execute(q.order_by(Study.received_at, Study.id).limit(limit))]
+
+    # CD/USB media -------------------------------------------------------------------------------
+
+    def write_media(self, study_uids: list[str], dest, *, practice: dict[str, str] | None = None):
+        """Write the studies as an IHE PDI file set (DICOMDIR, README.TXT) into the folder *dest*."""
+        from archive_core.media import build_media
+
+        return build_media(self, list(study_uids), dest, practice=practice or {})
+
+__all__ += ["StudySummary", "SeriesSummary", "StudyDetail", "PriorStudy", "InstanceRef", "StudyPage", "DicomDocument"]
+# -- end radiology ---------------------------------------------------------------------------------
+
+
+# -- query/retrieve (issue 3) ----------------------------------------------------------------------
+# Finding studies with C-FIND's matching rules, one study with its series and instances, priors of a
+# study, and retrieve-to-peer. Study summaries are the radiology area's StudySummary.
+
+from archive_core.index.matching import fold_text, wildcard_match  # noqa: E402
+from archive_core.index.query import STUDY_ROOT, Query, find, instances_to_retrieve  # noqa: E402
+
+__all__ += ["InstanceSummary", "PriorSummary", "RetrieveResult", "SeriesContents", "StudyContents"]
+
+
+@dataclass(frozen=True)
+class InstanceSummary:
+    sop_instance_uid: str
+    sop_class_uid: str
+    instance_number: int | None
+    transfer_syntax_uid: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class SeriesContents:
+    series_uid: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    body_part_examined: str
+    num_instances: int
+    instances: tuple[InstanceSummary, ...]
+
+
+@dataclass(frozen=True)
+class StudyContents:
+    study: StudySummary
+    series: tuple[SeriesContents, ...]
+
+
+@dataclass(frozen=True)
+class PriorSummary:
+    """Another study of the same patient, with what a caller needs to mark the relevant ones."""
+
+    study_uid: str
+    study_date: str
+    study_time: str
+    modalities: tuple[str, ...]
+    body_parts: tuple[str, ...]
+    description: str
+    accession_number: str
+    num_instances: int
+    external: bool
+
+
+@dataclass(frozen=True)
+class RetrieveResult:
+    completed: int
+    failed: int
+    warning: int
+    failed_sop_instance_uids: tuple[str, ...]
+
+
+def _row_summary(row: dict[str, Any]) -> StudySummary:
+    return StudySummary(
+        study_uid=row["StudyInstanceUID"],
+        study_date=row["StudyDate"],
+        study_time=row["StudyTime"],
+        accession_number=row["AccessionNumber"],
+        description=row["StudyDescription"],
+        patient_id=row["PatientID"] or "",
+        patient_name=row["PatientName"],
+        patient_birth_date=row["PatientBirthDate"],
+        patient_sex=row["PatientSex"],
+        referring_physician_name=row["ReferringPhysicianName"],
+        modalities=tuple(m for m in (row["ModalitiesInStudy"] or "").split("\\") if m),
+        num_series=row["NumberOfStudyRelatedSeries"] or 0,
+        num_instances=row["NumberOfStudyRelatedInstances"] or 0,
+        external=bool(row["_external"]),
+    )
+
+
+class _QueryRetrieveMixin:
+    _archive: Archive
+
+    def find_studies(self, *, patient_id: str | None = None, patient_name: str | None = None,
+                      date_from: str | None = None, date_to: str | None = None, modality: str | None = None,
+                      accession_number: str | None = None, text: str | None = None, limit: int = 100,
+                      offset: int = 0) -> list[StudySummary]:
+        """Studies matching every criterion given, with C-FIND's matching rules (``*``/``?`` wildcards,
+        person names case- and accent-insensitive); *text* looks for a fragment in the patient's
+        name or ID, the accession number or the description. Dates are ``YYYYMMDD``, bounds included."""
+        conditions: dict[str, Any] = {}
+        if patient_id:
+            conditions["PatientID"] = patient_id
+        if patient_name:
+            conditions["PatientName"] = patient_name
+        if date_from or date_to:
+            conditions["StudyDate"] = f"{date_from or ''}-{date_to or ''}"
+        if modality:
+            conditions["ModalitiesInStudy"] = modality
+        if accession_number:
+            conditions["AccessionNumber"] = accession_number
+        with self._archive.sessions() as s:
+            dialect = s.get_bind().dialect.name
+            extra = []
+            if text and text.strip():
+                fragment = text.strip().replace("*", "").replace("?", "")
+                extra.append(
+                    or_(
+                        wildcard_match(Patient.patient_name_search, f"*{fold_text(fragment)}*", dialect),
+                        wildcard_match(Patient.patient_id, f"*{fragment}*", dialect),
+                        wildcard_match(Study.accession_number, f"*{fragment}*", dialect),
+                        wildcard_match(Study.study_description, f"*{fragment}*", dialect),
+                    )
+                )
+            query = Query(root=STUDY_ROOT, level="STUDY", conditions=conditions)
+            rows = find(s, query, limit=limit, offset=offset, extra=extra)
+        return [_row_summary(r) for r in rows]
+
+    def get_study(self, study_uid: str) -> StudyContents:
+        """One study with its series and instances; :class:`NotFound` if it is not in the archive."""
+        with self._archive.sessions() as s:
+            rows = find(s, Query(root=STUDY_ROOT, level="STUDY", conditions={"StudyInstanceUID": study_uid}))
+            if not rows:
+                raise NotFound(f"no study {study_uid}")
+            series_rows = s.execute(
+                select(Series)
+                .where(Series.study_pk == rows[0]["_study_pk"], Series.deleted_at.is_(None))
+                .order_by(Series.series_number, Series.id)
+            ).scalars().all()
+            instances: dict[int, list[InstanceSummary]] = {}
+            stmt = (
+                select(Instance.series_pk, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.instance_number,
+                       Instance.transfer_syntax_uid, Instance.size_bytes)
+                .join(Series, Instance.series_pk == Series.id)
+                .where(Series.study_pk == rows[0]["_study_pk"], Instance.deleted_at.is_(None))
+                .order_by(Instance.instance_number, Instance.id)
+            )
+            for series_pk, *values in s.execute(stmt):
+                instances.setdefault(series_pk, []).append(InstanceSummary(*values))
+            series = tuple(
+                SeriesContents(
+                    series_uid=se.series_uid,
+                    modality=se.modality or "",
+                    series_number=se.series_number,
+                    series_description=se.series_description or "",
+                    body_part_examined=se.body_part_examined or "",
+                    num_instances=se.num_instances,
+                    instances=tuple(instances.get(se.id, ())),
+                )
+                for se in series_rows
+            )
+        return StudyContents(study=_row_summary(rows[0]), series=series)
+
+    def priors(self, study_uid: str) -> list[PriorSummary]:
+        """The other studies of the same patient, newest first; :class:`NotFound` for an unknown study."""
+        with self._archive.sessions() as s:
+            patient_pk = s.scalar(
+                select(Study.patient_pk).where(Study.study_uid == study_uid, Study.deleted_at.is_(None))
+            )
+            if patient_pk is None:
+                raise NotFound(f"no study {study_uid}")
+            studies = s.execute(
+                select(Study)
+                .where(Study.patient_pk == patient_pk, Study.study_uid != study_uid, Study.deleted_at.is_(None))
+                .order_by(func.coalesce(Study.study_date, "").desc(), func.coalesce(Study.study_time_norm, "").desc(),
+                          Study.id.desc())
+            ).scalars().all()
+            body_parts: dict[int, set[str]] = {}
+            if studies:
+                stmt = (
+                    select(Series.study_pk, Series.body_part_examined)
+                    .where(
+                        Series.study_pk.in_([st.id for st in studies]),
+                        Series.body_part_examined.is_not(None),
+                        Series.deleted_at.is_(None),
+                    )
+                    .distinct()
+                )
+                for study_pk, part in s.execute(stmt):
+                    body_parts.setdefault(study_pk, set()).add(part)
+            return [
+                PriorSummary(
+                    study_uid=st.study_uid,
+                    study_date=st.study_date or "",
+                    study_time=st.study_time or "",
+                    modalities=tuple(m for m in st.modalities_in_study.split("\\") if m),
+                    body_parts=tuple(sorted(body_parts.get(st.id, ()))),
+                    description=st.study_description or "",
+                    accession_number=st.accession_number or "",
+                    num_instances=st.num_instances,
+                    external=st.external,
+                )
+                for st in studies
+            ]
+
+    def retrieve_to_peer(self, study_uids: list[str], ae_title: str, *,
+                          actor: str = "system", actor_kind: str = "system") -> RetrieveResult:
+        """Send whole studies to a registered peer (C-STORE, one association); audited per study.
+
+        Raises :class:`~archive_core.errors.UnknownPeer` for an AE that is not registered and
+        :class:`NotFound` when none of the studies is in the archive.
+        """
+        from archive_core.net.scu import send_instances
+        from archive_core.peers import get_peer
+
+        with self._archive.sessions() as s:
+            peer = get_peer(s, ae_title)
+            query = Query(root=STUDY_ROOT, level="STUDY", conditions={"StudyInstanceUID": list(study_uids)})
+            instances = instances_to_retrieve(s, query) if study_uids else []
+        if not instances:
+            raise NotFound("none of these studies is in the archive")
+        result = send_instances(
+            lambda inst: self._archive.store_for(inst.tier).path_of(inst.storage_key), instances,
+            host=peer.host, port=peer.port, called_ae=peer.ae_title, calling_ae=self.settings.DICOM_AE_TITLE, loop_delay=self.settings.DICOM_DUL_LOOP_DELAY,
+            timeout=self.settings.DICOM_NETWORK_TIMEOUT,
+        )
+        with write_session(self._archive.sessions) as s:
+            for uid in sorted({i.study_uid for i in instances}):
+                detail = {"service": "retrieve_to_peer", "destination": peer.ae_title,
+                          "completed": result.completed, "failed": result.failed}
+                _audit.record(s, "study.retrieved", actor=actor, actor_kind=actor_kind, study_uid=uid, detail=detail)
+        return RetrieveResult(result.completed, result.failed, result.warning, result.failed_uids)
+
+
+# -- end query/retrieve ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PatientRecord:
+    """What retention needs about one (visible) patient."""
+
+    patient_pk: int
+    patient_id: str
+    issuer_of_patient_id: str
+    birth_date: str | None  # DICOM DA
+    visit_dates: tuple[str, ...]  # study dates of the practice's own studies (outside priors excluded)
+    studies: int
+    instances_active: int
+    instances_archive: int
+    bytes_total: int
+
+
+@dataclass(frozen=True)
+class StorageUsage:
+    tier: str
+    year: str  # of the study date; "" when unknown
+    modality: str
+    instances: int
+    bytes_total: int
+
+
+class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
     """One object per process; sessions it hands out are owned by the caller (the edge commits)."""
 
     def __init__(self, archive: Archive) -> None:
@@ -62,245 +794,120 @@ class ArchiveFacade:
     def stats(self) -> ArchiveStats:
         with self._archive.sessions() as s:
             return ArchiveStats(
-                patients=s.scalar(select(func.count(Patient.id))) or 0,
-                studies=s.scalar(select(func.count(Study.id))) or 0,
-                instances=s.scalar(select(func.count(Instance.id))) or 0,
-                bytes_stored=s.scalar(select(func.coalesce(func.sum(Instance.size_bytes), 0))) or 0,
+                patients=s.scalar(select(func.count(Patient.id)).where(Patient.deleted_at.is_(None))) or 0,
+                studies=s.scalar(select(func.count(Study.id)).where(Study.deleted_at.is_(None))) or 0,
+                instances=s.scalar(select(func.count(Instance.id)).where(Instance.deleted_at.is_(None))) or 0,
+                bytes_stored=s.scalar(
+                    select(func.coalesce(func.sum(Instance.size_bytes), 0)).where(Instance.deleted_at.is_(None))
+                ) or 0,
             )
 
+    # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 
-# -- query/retrieve (issue 3): finding studies, one study, priors, retrieve to a peer -------------
-
-from archive_core.errors import NotFound  # noqa: E402
-from archive_core.index.matching import fold_text, wildcard_match  # noqa: E402
-from archive_core.index.models import Series  # noqa: E402
-from archive_core.index.query import STUDY_ROOT, Query, find, instances_to_retrieve  # noqa: E402
-
-__all__ += ["InstanceSummary", "PriorStudy", "RetrieveResult", "SeriesSummary", "StudyDetail", "StudySummary"]
-
-
-@dataclass(frozen=True)
-class StudySummary:
-    study_uid: str
-    patient_id: str
-    patient_name: str
-    patient_birth_date: str
-    patient_sex: str
-    study_date: str
-    study_time: str
-    accession_number: str
-    study_description: str
-    referring_physician_name: str
-    modalities: tuple[str, ...]
-    num_series: int
-    num_instances: int
-    external: bool
-
-
-@dataclass(frozen=True)
-class InstanceSummary:
-    sop_instance_uid: str
-    sop_class_uid: str
-    instance_number: int | None
-    transfer_syntax_uid: str
-    size_bytes: int
-
-
-@dataclass(frozen=True)
-class SeriesSummary:
-    series_uid: str
-    modality: str
-    series_number: int | None
-    series_description: str
-    body_part_examined: str
-    num_instances: int
-    instances: tuple[InstanceSummary, ...]
-
-
-@dataclass(frozen=True)
-class StudyDetail:
-    study: StudySummary
-    series: tuple[SeriesSummary, ...]
-
-
-@dataclass(frozen=True)
-class PriorStudy:
-    """Another study of the same patient, with what a caller needs to mark the relevant ones."""
-
-    study_uid: str
-    study_date: str
-    study_time: str
-    modalities: tuple[str, ...]
-    body_parts: tuple[str, ...]
-    description: str
-    accession_number: str
-    num_instances: int
-    external: bool
-
-
-@dataclass(frozen=True)
-class RetrieveResult:
-    completed: int
-    failed: int
-    warning: int
-    failed_sop_instance_uids: tuple[str, ...]
-
-
-def _summary(row: dict[str, Any]) -> StudySummary:
-    return StudySummary(
-        study_uid=row["StudyInstanceUID"],
-        patient_id=row["PatientID"] or "",
-        patient_name=row["PatientName"] or "",
-        patient_birth_date=row["PatientBirthDate"] or "",
-        patient_sex=row["PatientSex"] or "",
-        study_date=row["StudyDate"] or "",
-        study_time=row["StudyTime"] or "",
-        accession_number=row["AccessionNumber"] or "",
-        study_description=row["StudyDescription"] or "",
-        referring_physician_name=row["ReferringPhysicianName"] or "",
-        modalities=tuple(m for m in (row["ModalitiesInStudy"] or "").split("\\") if m),
-        num_series=row["NumberOfStudyRelatedSeries"] or 0,
-        num_instances=row["NumberOfStudyRelatedInstances"] or 0,
-        external=bool(row["_external"]),
-    )
-
-
-def _find_studies(self: "ArchiveFacade", *, patient_id: str | None = None, patient_name: str | None = None,
-                  date_from: str | None = None, date_to: str | None = None, modality: str | None = None,
-                  accession_number: str | None = None, text: str | None = None, limit: int = 100,
-                  offset: int = 0) -> list[StudySummary]:
-    """Studies matching every criterion given, with C-FIND's matching rules (``*``/``?`` wildcards,
-    person names case- and accent-insensitive); *text* looks for a fragment in the patient's
-    name or ID, the accession number or the description. Dates are ``YYYYMMDD``, bounds included."""
-    conditions: dict[str, Any] = {}
-    if patient_id:
-        conditions["PatientID"] = patient_id
-    if patient_name:
-        conditions["PatientName"] = patient_name
-    if date_from or date_to:
-        conditions["StudyDate"] = f"{date_from or ''}-{date_to or ''}"
-    if modality:
-        conditions["ModalitiesInStudy"] = modality
-    if accession_number:
-        conditions["AccessionNumber"] = accession_number
-    with self._archive.sessions() as s:
-        dialect = s.get_bind().dialect.name
-        extra = []
-        if text and text.strip():
-            fragment = text.strip().replace("*", "").replace("?", "")
-            extra.append(
-                or_(
-                    wildcard_match(Patient.patient_name_search, f"*{fold_text(fragment)}*", dialect),
-                    wildcard_match(Patient.patient_id, f"*{fragment}*", dialect),
-                    wildcard_match(Study.accession_number, f"*{fragment}*", dialect),
-                    wildcard_match(Study.study_description, f"*{fragment}*", dialect),
-                )
-            )
-        query = Query(root=STUDY_ROOT, level="STUDY", conditions=conditions)
-        rows = find(s, query, limit=limit, offset=offset, extra=extra)
-    return [_summary(r) for r in rows]
-
-
-def _get_study(self: "ArchiveFacade", study_uid: str) -> StudyDetail:
-    """One study with its series and instances; :class:`NotFound` if it is not in the archive."""
-    with self._archive.sessions() as s:
-        rows = find(s, Query(root=STUDY_ROOT, level="STUDY", conditions={"StudyInstanceUID": study_uid}))
-        if not rows:
-            raise NotFound(f"no study {study_uid}")
-        series_rows = s.execute(
-            select(Series).where(Series.study_pk == rows[0]["_study_pk"]).order_by(Series.series_number, Series.id)
-        ).scalars().all()
-        instances: dict[int, list[InstanceSummary]] = {}
-        stmt = (
-            select(Instance.series_pk, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.instance_number,
-                   Instance.transfer_syntax_uid, Instance.size_bytes)
+    def patient_records(self, session: Session, *, patient_id: str | None = None) -> list[PatientRecord]:
+        """Every visible patient (or those with *patient_id*), with what the retention rule needs."""
+        query = select(Patient).where(Patient.deleted_at.is_(None)).order_by(Patient.id)
+        if patient_id is not None:
+            query = query.where(Patient.patient_id == patient_id)
+        patients = list(session.scalars(query))
+        if not patients:
+            return []
+        pks = [p.id for p in patients] if patient_id is not None else None
+        studies = select(Study.patient_pk, Study.study_date, Study.external).where(Study.deleted_at.is_(None))
+        usage = (
+            select(Study.patient_pk, Instance.tier, func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
             .join(Series, Instance.series_pk == Series.id)
-            .where(Series.study_pk == rows[0]["_study_pk"])
-            .order_by(Instance.instance_number, Instance.id)
+            .join(Study, Series.study_pk == Study.id)
+            .where(Instance.deleted_at.is_(None))
+            .group_by(Study.patient_pk, Instance.tier)
         )
-        for series_pk, *values in s.execute(stmt):
-            instances.setdefault(series_pk, []).append(InstanceSummary(*values))
-        series = tuple(
-            SeriesSummary(
-                series_uid=se.series_uid,
-                modality=se.modality or "",
-                series_number=se.series_number,
-                series_description=se.series_description or "",
-                body_part_examined=se.body_part_examined or "",
-                num_instances=se.num_instances,
-                instances=tuple(instances.get(se.id, ())),
-            )
-            for se in series_rows
-        )
-    return StudyDetail(study=_summary(rows[0]), series=series)
-
-
-def _priors(self: "ArchiveFacade", study_uid: str) -> list[PriorStudy]:
-    """The other studies of the same patient, newest first; :class:`NotFound` for an unknown study."""
-    with self._archive.sessions() as s:
-        patient_pk = s.scalar(select(Study.patient_pk).where(Study.study_uid == study_uid))
-        if patient_pk is None:
-            raise NotFound(f"no study {study_uid}")
-        studies = s.execute(
-            select(Study)
-            .where(Study.patient_pk == patient_pk, Study.study_uid != study_uid)
-            .order_by(func.coalesce(Study.study_date, "").desc(), func.coalesce(Study.study_time_norm, "").desc(),
-                      Study.id.desc())
-        ).scalars().all()
-        body_parts: dict[int, set[str]] = {}
-        if studies:
-            stmt = (
-                select(Series.study_pk, Series.body_part_examined)
-                .where(Series.study_pk.in_([st.id for st in studies]), Series.body_part_examined.is_not(None))
-                .distinct()
-            )
-            for study_pk, part in s.execute(stmt):
-                body_parts.setdefault(study_pk, set()).add(part)
+        if pks is not None:
+            studies = studies.where(Study.patient_pk.in_(pks))
+            usage = usage.where(Study.patient_pk.in_(pks))
+        visits: dict[int, list[str]] = {}
+        counts: dict[int, int] = {}
+        for pk, study_date, external in session.execute(studies):
+            counts[pk] = counts.get(pk, 0) + 1
+            if not external and study_date:
+                visits.setdefault(pk, []).append(study_date)
+        tiers: dict[int, dict[str, tuple[int, int]]] = {}
+        for pk, tier, n, size in session.execute(usage):
+            tiers.setdefault(pk, {})[tier] = (n, int(size))
         return [
-            PriorStudy(
-                study_uid=st.study_uid,
-                study_date=st.study_date or "",
-                study_time=st.study_time or "",
-                modalities=tuple(m for m in st.modalities_in_study.split("\\") if m),
-                body_parts=tuple(sorted(body_parts.get(st.id, ()))),
-                description=st.study_description or "",
-                accession_number=st.accession_number or "",
-                num_instances=st.num_instances,
-                external=st.external,
+            PatientRecord(
+                patient_pk=p.id,
+                patient_id=p.patient_id,
+                issuer_of_patient_id=p.issuer_of_patient_id,
+                birth_date=p.patient_birth_date,
+                visit_dates=tuple(sorted(visits.get(p.id, []))),
+                studies=counts.get(p.id, 0),
+                instances_active=tiers.get(p.id, {}).get("active", (0, 0))[0],
+                instances_archive=tiers.get(p.id, {}).get("archive", (0, 0))[0],
+                bytes_total=sum(size for _n, size in tiers.get(p.id, {}).values()),
             )
-            for st in studies
+            for p in patients
         ]
 
+    def storage_usage(self, session: Session) -> list[StorageUsage]:
+        """Visible data by tier, study year and modality."""
+        year = func.coalesce(func.substr(Study.study_date, 1, 4), "")
+        modality = func.coalesce(Series.modality, "")
+        rows = session.execute(
+            select(Instance.tier, year, modality, func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
+            .join(Series, Instance.series_pk == Series.id)
+            .join(Study, Series.study_pk == Study.id)
+            .where(Instance.deleted_at.is_(None))
+            .group_by(Instance.tier, year, modality)
+            .order_by(Instance.tier, year, modality)
+        ).all()
+        return [StorageUsage(t, y, m, n, int(b)) for t, y, m, n, b in rows]
 
-def _retrieve_to_peer(self: "ArchiveFacade", study_uids: list[str], ae_title: str, *,
-                      actor: str = "system", actor_kind: str = "system") -> RetrieveResult:
-    """Send whole studies to a registered peer (C-STORE, one association); audited per study.
+    def move_patient_to_archive(self, patient_pk: int) -> TierMove:
+        """Copy, verify, switch and drop: the patient's files now live in the archive tier (owns its transactions)."""
+        from archive_core.tiers import move_patient_to_archive
 
-    Raises :class:`~archive_core.errors.UnknownPeer` for an AE that is not registered and
-    :class:`NotFound` when none of the studies is in the archive.
-    """
-    from archive_core.net.scu import send_instances
-    from archive_core.peers import get_peer
+        return move_patient_to_archive(self._archive, patient_pk)
 
-    with self._archive.sessions() as s:
-        peer = get_peer(s, ae_title)
-        query = Query(root=STUDY_ROOT, level="STUDY", conditions={"StudyInstanceUID": list(study_uids)})
-        instances = instances_to_retrieve(s, query) if study_uids else []
-    if not instances:
-        raise NotFound("none of these studies is in the archive")
-    result = send_instances(
-        self._archive.store, instances, host=peer.host, port=peer.port, called_ae=peer.ae_title,
-        calling_ae=self.settings.DICOM_AE_TITLE, loop_delay=self.settings.DICOM_DUL_LOOP_DELAY,
-        timeout=self.settings.DICOM_NETWORK_TIMEOUT,
-    )
-    with write_session(self._archive.sessions) as s:
-        for uid in sorted({i.study_uid for i in instances}):
-            _audit.record(s, "retrieve_to_peer", actor=actor, actor_kind=actor_kind, study_uid=uid,
-                          detail={"destination": peer.ae_title, "completed": result.completed, "failed": result.failed})
-    return RetrieveResult(result.completed, result.failed, result.warning, result.failed_uids)
+    def read_instance(self, sop_instance_uid: str) -> bytes:
+        """The stored Part 10 file of an instance, whichever tier holds it."""
+        from archive_core.tiers import read_instance
 
+        return read_instance(self._archive, sop_instance_uid)
 
-ArchiveFacade.find_studies = _find_studies  # type: ignore[attr-defined]
-ArchiveFacade.get_study = _get_study  # type: ignore[attr-defined]
-ArchiveFacade.priors = _priors  # type: ignore[attr-defined]
-ArchiveFacade.retrieve_to_peer = _retrieve_to_peer  # type: ignore[attr-defined]
+    def tombstone_patient(self, session: Session, patient_id: str, issuer: str, *, at: datetime) -> TombstoneResult:
+        from archive_core.purge import tombstone_patient
+
+        return tombstone_patient(session, patient_id, issuer, at=at)
+
+    def tombstone_study(self, session: Session, study_uid: str, *, at: datetime) -> TombstoneResult:
+        from archive_core.purge import tombstone_study
+
+        return tombstone_study(session, study_uid, at=at)
+
+    def delete_tombstoned_files(self, sop_instance_uids: list[str] | tuple[str, ...]) -> int:
+        """Delete files of tombstoned instances only (committed tombstones; idempotent)."""
+        from archive_core.purge import delete_tombstoned_files
+
+        deleted = delete_tombstoned_files(self._archive, sop_instance_uids)
+        for uid in sop_instance_uids:  # renders of purged images go with them (radiology)
+            self.renderer.cache.forget(uid)
+        return deleted
+
+    def study_owner(self, session: Session, study_uid: str) -> tuple[str, str] | None:
+        """(patient ID, issuer) of a visible study."""
+        row = session.execute(
+            select(Patient.patient_id, Patient.issuer_of_patient_id)
+            .join(Study, Study.patient_pk == Patient.id)
+            .where(Study.study_uid == study_uid, Study.deleted_at.is_(None))
+        ).first()
+        return (row[0], row[1]) if row else None
+
+    def move_study(self, session: Session, study_uid: str, to_patient_id: str, to_issuer: str = "") -> str:
+        from archive_core.corrections import move_study
+
+        return move_study(session, study_uid, to_patient_id, to_issuer)
+
+    def merge_patients(self, session: Session, source_id: str, target_id: str, *, at: datetime) -> int:
+        from archive_core.corrections import merge_patients
+
+        return merge_patients(session, source_id, target_id, at=at)

@@ -25,6 +25,7 @@ class Archive:
     sessions: sessionmaker[Session]
     store: FilesystemStore
     ingestor: Ingestor
+    archive_store: FilesystemStore  # the intermediate-archive tier
 
     @classmethod
     def open(cls, settings: Settings) -> "Archive":
@@ -38,7 +39,13 @@ class Archive:
             duplicate_policy=settings.DICOM_DUPLICATE_POLICY,
             batch_size=settings.INDEX_BATCH_SIZE,
         )
-        return cls(settings, engine, sessions, store, ingestor)
+        archive_store = open_store(settings.archive_tier_storage_url)
+        assert isinstance(archive_store, FilesystemStore)
+        return cls(settings, engine, sessions, store, ingestor, archive_store)
+
+    def store_for(self, tier: str) -> FilesystemStore:
+        """The store that holds files of *tier* (``Instance.tier``): reads go through here."""
+        return self.archive_store if tier == "archive" else self.store
 
     @property
     def storage_root(self) -> Path:

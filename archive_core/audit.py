@@ -15,6 +15,35 @@ from archive_core.db import Base
 
 GENESIS = "0" * 64
 
+# The kinds of event the trail records (action -> what a manager reads). Areas add theirs here.
+ACTIONS: dict[str, str] = {
+    "login": "connexion",
+    "login.failed": "échec de connexion",
+    "logout": "déconnexion",
+    "user.created": "utilisateur créé",
+    "token.created": "jeton d'API créé",
+    "patient.viewed": "dossier patient consulté",
+    "study.retrieved": "examen récupéré (web ou DICOM)",
+    "study.printed": "examen imprimé",
+    "study.exported": "examen exporté (CD/USB)",
+    "retention.viewed": "échéance de conservation consultée",
+    "death.recorded": "décès enregistré",
+    "hold.placed": "séquestre posé",
+    "hold.released": "séquestre levé",
+    "tier.moved": "données déplacées vers l'archive intermédiaire",
+    "purge.proposed": "destruction proposée",
+    "purge.approved": "destruction approuvée",
+    "purge.rejected": "destruction refusée",
+    "purge.tombstoned": "dossier marqué détruit",
+    "purge.skipped": "dossier écarté à l'exécution",
+    "purge.executed": "destruction exécutée (certificat)",
+    "correction.study_moved": "examen rattaché à un autre patient",
+    "correction.patients_merged": "patients fusionnés",
+    "correction.deletion_requested": "suppression d'un examen envoyé par erreur demandée",
+    "audit.exported": "journal d'audit exporté",
+    "billing.corrected": "correction de facturation",
+}
+
 
 class AuditEvent(Base):
     __tablename__ = "audit_event"
@@ -85,9 +114,13 @@ def verify(session: Session) -> ChainReport:
     """Recompute the chain; the first event whose hash or link does not hold is reported."""
     prev = GENESIS
     checked = 0
-    for event in session.scalars(select(AuditEvent).order_by(AuditEvent.id).execution_options(yield_per=1000)):
-        if event.prev_hash != prev or _digest(prev, event) != event.hash:
-            return ChainReport(checked, event.id)
-        prev = event.hash
-        checked += 1
+    events = session.scalars(select(AuditEvent).order_by(AuditEvent.id).execution_options(yield_per=1000))
+    try:
+        for event in events:
+            if event.prev_hash != prev or _digest(prev, event) != event.hash:
+                return ChainReport(checked, event.id)
+            prev = event.hash
+            checked += 1
+    finally:
+        events.close()  # a server-side cursor (PostgreSQL) left open on an early return
     return ChainReport(checked, None)

@@ -25,6 +25,8 @@ class Settings:
     instance_path: Path
     DATABASE_URL: str = ""
     STORAGE_URL: str = ""
+    # The intermediate-archive tier (CNIL: 5 years after the last visit); another folder or volume.
+    ARCHIVE_TIER_STORAGE_URL: str = ""
     DICOM_AE_TITLE: str = "ARCHIVAGE"
     DICOM_HOST: str = "0.0.0.0"
     DICOM_PORT: int = 11112
@@ -56,6 +58,10 @@ class Settings:
     @property
     def storage_url(self) -> str:
         return self.STORAGE_URL or f"file://{self.instance_path / 'storage'}"
+
+    @property
+    def archive_tier_storage_url(self) -> str:
+        return self.ARCHIVE_TIER_STORAGE_URL or f"file://{self.instance_path / 'storage-archive'}"
 
     @classmethod
     def from_mapping(cls, instance_path: Path, values: Mapping[str, Any]) -> "Settings":

@@ -15,7 +15,7 @@ from sqlalchemy import delete, select
 from archive_core.archive import Archive
 from archive_core.db import write_session
 from archive_core.errors import ArchiveError
-from archive_core.index.ingest import Identity, index_jobs, job_from_file, read_part10, _refresh_counts
+from archive_core.index.ingest import Identity, index_jobs, job_from_file, read_part10, refresh_counts
 from archive_core.index.models import Instance
 from archive_core.part10 import dataset_offset
 
@@ -55,20 +55,36 @@ def fsck(archive: Archive, *, repair: bool = False, verify_checksums: bool = Tru
         report.repaired.append(f"replayed {report.journal_pending} journal entries")
         report.journal_pending = len(store.incoming())
     with archive.sessions() as s:
-        rows = s.execute(select(Instance.id, Instance.storage_key, Instance.checksum_sha256)).all()
-    indexed_keys = set()
-    for _id, key, checksum in rows:
+        # Tombstoned rows are not served; their files go with the purge that tombstoned them.
+        rows = s.execute(
+            select(Instance.id, Instance.storage_key, Instance.checksum_sha256, Instance.tier).where(
+                Instance.deleted_at.is_(None)
+            )
+        ).all()
+        tombstoned = set(s.scalars(select(Instance.storage_key).where(Instance.deleted_at.is_not(None))))
+    indexed_keys = set(tombstoned)
+    archived_keys = set()
+    for _id, key, checksum, tier in rows:
         report.checked += 1
-        indexed_keys.add(key)
-        path = store.path_of(key)
+        (archived_keys if tier == "archive" else indexed_keys).add(key)
+        path = archive.store_for(tier).path_of(key)
         if not path.is_file():
             report.missing_files.append(key)
         elif verify_checksums and file_checksum(path) != checksum:
             report.checksum_mismatches.append(key)
     report.orphan_files = sorted(k for k in store.keys() if k not in indexed_keys)
+    # Archive-tier files no visible row points at (reported only: repair handles the active store).
+    report.orphan_files += sorted(
+        f"archive:{k}" for k in archive.archive_store.keys() if k not in archived_keys and k not in tombstoned
+    )
     if repair:
         _repair(archive, report)
     return report
+
+
+def _path_in_any_tier(archive: Archive, key: str) -> Path:
+    path = archive.store.path_of(key)
+    return path if path.is_file() else archive.archive_store.path_of(key)
 
 
 def _repair(archive: Archive, report: FsckReport) -> None:
@@ -78,7 +94,7 @@ def _repair(archive: Archive, report: FsckReport) -> None:
     for key in report.checksum_mismatches:
         quarantine.mkdir(exist_ok=True)
         target = quarantine / key.replace("/", "_")
-        shutil.move(str(store.path_of(key)), target)
+        shutil.move(str(_path_in_any_tier(archive, key)), target)
         drop.append(key)
         report.repaired.append(f"quarantined {key}")
     if drop:
@@ -88,12 +104,14 @@ def _repair(archive: Archive, report: FsckReport) -> None:
             from archive_core.index.models import Series
 
             study_ids = set(s.scalars(select(Series.study_pk).where(Series.id.in_(series_ids))))
-            _refresh_counts(s, series_ids, study_ids)
+            refresh_counts(s, series_ids, study_ids)
         report.repaired.extend(f"dropped index row of {k}" for k in report.missing_files)
         report.missing_files = []
         report.checksum_mismatches = []
     reindexed = []
     for key in report.orphan_files:
+        if key.startswith("archive:"):
+            continue
         path = store.path_of(key)
         try:
             job = job_from_file(path, seq=0)

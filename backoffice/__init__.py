@@ -52,6 +52,10 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(auth_bp)
     app.register_blueprint(home_bp)
+    from backoffice.retention.views import bp as retention_bp
+
+    app.register_blueprint(retention_bp)
+    from backoffice.radiology.views import bp as radiology_bp, share_bp; app.register_blueprint(radiology_bp); app.register_blueprint(share_bp)  # noqa: E702,E501
 
     from backoffice.api import register_api
 
@@ -61,6 +65,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     register_cli(app)
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Library chatter at INFO (alembic's plugin list, one line per DICOM message) hides what matters.
+    for noisy in ("alembic.runtime.plugins", "pynetdicom"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return app
 
 

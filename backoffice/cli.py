@@ -32,6 +32,9 @@ def register_cli(app: Flask) -> None:
     app.cli.add_command(web_command)
     app.cli.add_command(serve_command)
     app.cli.add_command(scheduler_cli)
+    from backoffice.retention.cli import retention_cli
+
+    app.cli.add_command(retention_cli)
 
 
 # -- db ---------------------------------------------------------------------------------------

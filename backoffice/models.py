@@ -1,3 +1,5 @@
 """Every back-office model, imported in one place for the migrations and the app."""
 
 from backoffice.auth.models import ApiToken, User  # noqa: F401
+from backoffice.retention.models import DeathRecord, LegalHold, PurgeBatch, PurgeItem  # noqa: F401
+from backoffice.radiology.models import KeyImage, Report, SendJob, ShareLink  # noqa: F401

@@ -23,6 +23,15 @@ def journal_backlog_job() -> None:
         log.warning("%d received objects wait in the ingest journal (is the archive running?)", pending)
 
 
+def retention_sweep_job(today=None) -> None:
+    """Daily: move tiers, propose purges, finish approved batches (idempotent; *today* for tests)."""
+    from backoffice.extensions import facade
+    from backoffice.retention.certificate import certificates_dir, render_certificate
+    from backoffice.retention.services import sweep, today_paris
+
+    sweep(facade(), today=today or today_paris(), certificates=certificates_dir(), render=render_certificate)
+
+
 def acquire_lock(instance_path: Path):
     """The deployment-wide scheduler lock; None when another scheduler holds it."""
     handle = open(instance_path / "scheduler.lock", "w")
@@ -50,7 +59,21 @@ def run_scheduler(app: Flask) -> None:
 
         return run
 
-    scheduler.add_job(in_app(journal_backlog_job), "interval", minutes=5, id="journal_backlog", replace_existing=True)
+    scheduler.add_job(
+        in_app(journal_backlog_job), "interval", minutes=5, id="journal_backlog", name="journal_backlog", replace_existing=True
+    )
+    # Daily at 02:30, and once at start: a missed night is caught up (the sweep is idempotent).
+    from datetime import datetime, timezone
+
+    scheduler.add_job(
+        in_app(retention_sweep_job), "cron", hour=2, minute=30, id="retention_sweep", name="retention_sweep",
+        replace_existing=True, coalesce=True, max_instances=1, misfire_grace_time=None,
+        next_run_time=datetime.now(timezone.utc),
+    )
+    from backoffice.radiology.sending import prefetch_job
+
+    scheduler.add_job(in_app(prefetch_job), "interval", minutes=2, id="radiology_prefetch", name="radiology_prefetch",
+                      replace_existing=True)
     log.info("scheduler started")
     try:
         scheduler.start()

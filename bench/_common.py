@@ -106,16 +106,19 @@ class PeakRss:
     """Samples the VmHWM of a process tree in a thread; ``bytes`` sums each process's peak.
 
     Sampling (rather than reading once at the end) catches children that exit before then.
+    ``startup_bytes`` is the same sum on entry: what the server needed before the measured work.
     """
 
     def __init__(self, root_pid: int) -> None:
         self._root_pid = root_pid
         self._peaks: dict[int, int] = {}
+        self.startup_bytes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
 
     def __enter__(self) -> PeakRss:
         self._sample()
+        self.startup_bytes = self.bytes
         self._thread.start()
         return self
 

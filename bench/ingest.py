@@ -48,6 +48,7 @@ class Measurement:
     instances: int
     total_bytes: int
     peak_rss_bytes: int
+    startup_rss_bytes: int
 
     @property
     def instances_per_s(self) -> float:
@@ -110,6 +111,7 @@ def measure(
             len(image_set.files),
             image_set.total_bytes,
             rss.bytes,
+            rss.startup_bytes,
         )
 
 
@@ -141,10 +143,10 @@ def format_comparison(ours: Measurement, theirs: Measurement, label: str) -> str
 
 
 def format_memory(ours: Measurement, theirs: Measurement | None, label: str) -> str:
-    line = f"peak RSS ingesting {label}: {ours.target} {ours.peak_rss_bytes / MB:.0f} MB"
-    if theirs is not None:
-        line += f" | {theirs.target} {theirs.peak_rss_bytes / MB:.0f} MB"
-    return line
+    def peak(run: Measurement) -> str:
+        return f"{run.target} {run.peak_rss_bytes / MB:.0f} MB (at start {run.startup_rss_bytes / MB:.0f} MB)"
+
+    return f"peak RSS ingesting {label}: {peak(ours)}" + (f" | {peak(theirs)}" if theirs else "")
 
 
 def describe_tools(with_orthanc: bool) -> str:

@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +36,10 @@ from archive_core.uids import require_uid
 log = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("keep_first", "overwrite")
+# Tombstoned rows do not count: an object received again after a purge is stored again.
+_CHECKSUM_OF = select(Instance.checksum_sha256).where(
+    Instance.sop_instance_uid == bindparam("uid"), Instance.deleted_at.is_(None)
+)
 
 
 def storage_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
@@ -164,12 +168,14 @@ class Ingestor:
         *,
         duplicate_policy: str = "keep_first",
         batch_size: int = 200,
+        coalesce_seconds: float = 0.05,
         on_indexed: Callable[[set[str]], None] | None = None,
     ) -> None:
         if duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate policy must be one of {DUPLICATE_POLICIES}")
         self.store = store
         self.sessions = sessions
+        self._engine = sessions.kw["bind"]
         self.duplicate_policy = duplicate_policy
         self.batch_size = batch_size
         self.on_indexed = on_indexed
@@ -181,6 +187,8 @@ class Ingestor:
         self._done_seqs: set[int] = set()
         self._indexed_upto = 0
         self._thread: threading.Thread | None = None
+        self._waiters = 0
+        self.coalesce_seconds = coalesce_seconds
         self.failures = 0
 
     # -- receiving -------------------------------------------------------------------------
@@ -232,8 +240,9 @@ class Ingestor:
         return Outcome(seq=seq)
 
     def _indexed_checksum(self, sop_instance_uid: str) -> str | None:
-        with self.sessions() as s:
-            return s.scalar(select(Instance.checksum_sha256).where(Instance.sop_instance_uid == sop_instance_uid))
+        # On the acknowledgement's critical path: a Core statement on a pooled connection, no ORM session.
+        with self._engine.connect() as conn:
+            return conn.execute(_CHECKSUM_OF, {"uid": sop_instance_uid}).scalar()
 
     # -- indexing --------------------------------------------------------------------------
 
@@ -258,11 +267,15 @@ class Ingestor:
             return True
         deadline = time.monotonic() + timeout
         with self._indexed:
-            while self._indexed_upto < seq:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._indexed.wait(remaining)
+            self._waiters += 1
+            try:
+                while self._indexed_upto < seq:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._indexed.wait(remaining)
+            finally:
+                self._waiters -= 1
         return True
 
     def _mark_done(self, seqs: Iterable[int]) -> None:
@@ -280,11 +293,20 @@ class Ingestor:
             if first is None:
                 break
             batch = [first]
+            # Gather what arrives in the next few milliseconds into the same transaction (one
+            # commit, one fsync), unless somebody is waiting for the index (a release, a query).
+            deadline = time.monotonic() + self.coalesce_seconds
             while len(batch) < self.batch_size:
+                remaining = deadline - time.monotonic()
                 try:
-                    job = self._queue.get_nowait()
+                    if remaining <= 0 or self._waiters:
+                        job = self._queue.get_nowait()
+                    else:
+                        job = self._queue.get(timeout=min(remaining, 0.005))
                 except queue.Empty:
-                    break
+                    if remaining <= 0 or self._waiters:
+                        break
+                    continue
                 if job is None:
                     stopping = True
                     break
@@ -396,10 +418,15 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
                 patient = patients.get(pkey) or s.scalar(
                     select(Patient).where(Patient.patient_id == pkey[0], Patient.issuer_of_patient_id == pkey[1])
                 )
-                if patient is None:
+                if patient is not None and patient.merged_into_pk is not None:
+                    patient = s.get(Patient, patient.merged_into_pk)  # a merged duplicate: file under the survivor
+                elif patient is None:
                     patient = Patient(patient_id=pkey[0], issuer_of_patient_id=pkey[1])
                     s.add(patient)
-                _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
+                    _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
+                else:
+                    _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
+                    patient.deleted_at = None  # a purged patient who comes back is a new visit
                 patients[pkey] = patient
                 srow = extract(job.ds, "STUDY")
                 external = job.external if job.external is not None else (job.source_ae or "") in external_aes
@@ -420,6 +447,11 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
                 s.add(inst)
                 instances[ident.sop_instance_uid] = inst
             inst.series = se
+            if study.deleted_at is not None:  # received again after a purge: a new visit, visible again
+                study.deleted_at = None
+                study.patient.deleted_at = None
+            # A tombstoned row received again is visible again (and a pending purge skips its file).
+            inst.deleted_at = se.deleted_at = None
             inst.sop_class_uid = ident.sop_class_uid
             inst.instance_number = irow["instance_number"]
             inst.transfer_syntax_uid = job.transfer_syntax_uid
@@ -429,7 +461,7 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
             inst.tier = "active"
             inst.source_ae = job.source_ae
         s.flush()
-        _refresh_counts(s, {se.id for se in series.values() if se.series_uid in series_uids}, {studies[u].id for u in study_uids})
+        refresh_counts(s, {se.id for se in series.values() if se.series_uid in series_uids}, {studies[u].id for u in study_uids})
     return study_uids
 
 
@@ -441,7 +473,7 @@ def _update_blank(row: object, values: dict, *, skip: tuple[str, ...], newest_wi
             setattr(row, column, value)
 
 
-def _refresh_counts(s: Session, series_ids: set[int], study_ids: set[int]) -> None:
+def refresh_counts(s: Session, series_ids: set[int], study_ids: set[int]) -> None:
     for series_id in series_ids:
         s.execute(
             update(Series)

@@ -27,6 +27,9 @@ class Patient(Base):
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     patient_sex: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Tombstone (retention purge, merge): set rows are invisible; every query filters deleted_at IS NULL.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    merged_into_pk: Mapped[int | None] = mapped_column(Integer)
 
     studies: Mapped[list["Study"]] = relationship(back_populates="patient")
 
@@ -53,6 +56,7 @@ class Study(Base):
     # is not a visit to the practice.
     external: Mapped[bool] = mapped_column(Boolean, default=False)
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)  # tombstone
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list["Series"]] = relationship(back_populates="study")
@@ -69,6 +73,7 @@ class Series(Base):
     series_description: Mapped[str | None] = mapped_column(String(64))
     body_part_examined: Mapped[str | None] = mapped_column(String(16))
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # tombstone
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list["Instance"]] = relationship(back_populates="series")
@@ -87,9 +92,11 @@ class Instance(Base):
     # SHA-256 of the dataset bytes as received (the file meta header is ours, not the sender's).
     checksum_sha256: Mapped[str] = mapped_column(String(64))
     storage_key: Mapped[str] = mapped_column(String(255))
+    # "active" (STORAGE_URL) or "archive" (ARCHIVE_TIER_STORAGE_URL): which store holds the file.
     tier: Mapped[str] = mapped_column(String(16), default="active")
     source_ae: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)  # tombstone
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

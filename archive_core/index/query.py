@@ -131,26 +131,33 @@ def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) 
 def _statement(session: Session, query: Query, columns: list):
     dialect = session.get_bind().dialect.name
     depth = query.depth
-    stmt = select(*columns).select_from(Patient)
+    # Tombstoned rows (retention purge, merges) are invisible at every level.
+    stmt = select(*columns).select_from(Patient).where(Patient.deleted_at.is_(None))
     if depth >= 1:
-        stmt = stmt.join(Study, Study.patient_pk == Patient.id)
+        stmt = stmt.join(Study, Study.patient_pk == Patient.id).where(Study.deleted_at.is_(None))
     if depth >= 2:
-        stmt = stmt.join(Series, Series.study_pk == Study.id)
+        stmt = stmt.join(Series, Series.study_pk == Study.id).where(Series.deleted_at.is_(None))
     if depth >= 3:
-        stmt = stmt.join(Instance, Instance.series_pk == Series.id)
+        stmt = stmt.join(Instance, Instance.series_pk == Series.id).where(Instance.deleted_at.is_(None))
     for keyword, value in query.conditions.items():
         if keyword == "ModalitiesInStudy":
             modalities = [v for v in values_of(value) if v]
             cond = exists(
                 select(Series.id).where(
-                    Series.study_pk == Study.id, or_(*[text_condition(Series.modality, m, "CS", dialect) for m in modalities])
+                    Series.study_pk == Study.id,
+                    Series.deleted_at.is_(None),
+                    or_(*[text_condition(Series.modality, m, "CS", dialect) for m in modalities])
                 )
             )
         elif keyword == "SOPClassesInStudy":
             cond = exists(
                 select(Instance.id)
                 .join(Series, Instance.series_pk == Series.id)
-                .where(Series.study_pk == Study.id, Instance.sop_class_uid.in_([v for v in values_of(value) if v]))
+                .where(
+                    Series.study_pk == Study.id,
+                    Instance.deleted_at.is_(None),
+                    Instance.sop_class_uid.in_([v for v in values_of(value) if v]),
+                )
             )
         else:
             attr = BY_KEYWORD[keyword]
@@ -195,6 +202,7 @@ def find(
                 func.coalesce(func.sum(Study.num_series), 0).label("series"),
                 func.coalesce(func.sum(Study.num_instances), 0).label("instances"),
             )
+            .where(Study.deleted_at.is_(None))
             .group_by(Study.patient_pk)
             .subquery()
         )
@@ -229,7 +237,7 @@ def sop_classes_of(session: Session, study_pks: Iterable[int]) -> dict[int, list
         stmt = (
             select(Series.study_pk, Instance.sop_class_uid)
             .join(Instance, Instance.series_pk == Series.id)
-            .where(Series.study_pk.in_(chunk))
+            .where(Series.study_pk.in_(chunk), Instance.deleted_at.is_(None))
             .distinct()
         )
         for study_pk, sop_class in session.execute(stmt):
@@ -246,6 +254,7 @@ class StoredInstance:
     transfer_syntax_uid: str
     storage_key: str
     study_uid: str
+    tier: str = "active"
 
 
 def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance]:
@@ -254,7 +263,8 @@ def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance
     stmt = _statement(
         session,
         deep,
-        [Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.storage_key, Study.study_uid],
+        [Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.storage_key,
+         Study.study_uid, Instance.tier],
     ).order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
     return [StoredInstance(*row) for row in session.execute(stmt)]
 

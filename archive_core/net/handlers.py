@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -17,8 +18,16 @@ from archive_core.config import Settings
 from archive_core.db import read_session, write_session
 from archive_core.errors import ArchiveError, InvalidQuery, UnknownPeer
 from archive_core.index.ingest import Identity, Ingestor, parse
-from archive_core.index.query import PATIENT_ROOT, STUDY_ROOT, answer, find, instances_to_retrieve, parse_identifier
-from archive_core.net import scu
+from archive_core.index.query import (
+    PATIENT_ROOT,
+    STUDY_ROOT,
+    StoredInstance,
+    answer,
+    find,
+    instances_to_retrieve,
+    parse_identifier,
+)
+from archive_core.net import scu, tuning
 from archive_core.net.status import (
     CANCEL,
     FIND_STATUS,
@@ -41,6 +50,8 @@ log = logging.getLogger(__name__)
 class AssociationState:
     peer: PeerInfo | None
     last_seq: int = 0
+    # Study UID -> (Patient ID, instances stored), written to the audit trail when the association ends.
+    stored: dict[str, list] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,6 +61,8 @@ class ArchiveContext:
     settings: Settings
     ingestor: Ingestor
     sessions: sessionmaker[Session]
+    # Where a stored instance's file is (its tier's store); set by the server.
+    path_of: Callable[[StoredInstance], Path] | None = None
     _states: dict[int, AssociationState] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -77,17 +90,13 @@ def _failure(code: int, reason: str) -> Dataset:
 
 
 def handle_conn_open(event, ctx: ArchiveContext) -> None:
-    """Turn Nagle off (40 ms per exchange on loopback otherwise) and stop the DUL's idle sleep."""
-    sock = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-    # pynetdicom's DUL reactor sleeps _run_loop_delay (1 ms) between polls when idle, which
-    # caps a single association's message rate; the attribute is private, hence the pinned
-    # pynetdicom version and tests/unit/test_server_tuning.py.
-    event.assoc.dul._run_loop_delay = ctx.settings.DICOM_DUL_LOOP_DELAY
+    """Turn Nagle off and replace pynetdicom's polling sleeps (see archive_core/net/tuning.py)."""
+    if ctx.settings.DICOM_DUL_LOOP_DELAY:
+        # Tuning off: pynetdicom's own polling, at the configured delay.
+        tuning.set_nodelay(event.assoc.dul.socket.socket if event.assoc.dul.socket else None)
+        event.assoc.dul._run_loop_delay = ctx.settings.DICOM_DUL_LOOP_DELAY
+    else:
+        tuning.tune_acceptor(event.assoc)
 
 
 def handle_echo(event, ctx: ArchiveContext) -> int:
@@ -123,6 +132,8 @@ def handle_store(event, ctx: ArchiveContext):
         return _failure(0xC000, f"processing failure: {exc.__class__.__name__}")
     if outcome.seq:
         state.last_seq = outcome.seq
+        entry = state.stored.setdefault(identity.study_uid, [str(ds.get("PatientID", "") or ""), 0])
+        entry[1] += 1
     return SUCCESS
 
 
@@ -140,7 +151,19 @@ def handle_acse_sent(event, ctx: ArchiveContext) -> None:
 
 
 def handle_closed(event, ctx: ArchiveContext) -> None:
+    """Write what the association stored to the audit trail (one event per study), then forget it."""
+    state = ctx._states.get(id(event.assoc))
     ctx.forget(event.assoc)
+    if not state or not state.stored:
+        return
+    calling = event.assoc.requestor.ae_title
+    try:
+        with write_session(ctx.sessions) as s:
+            for study_uid, (patient_id, count) in state.stored.items():
+                audit.record(s, "dicom.store", actor=calling, actor_kind="ae", patient_id=patient_id or None,
+                             study_uid=study_uid, detail={"instances": count})
+    except Exception:
+        log.exception("cannot audit what %s stored", calling)
 
 
 def may_query(ctx: ArchiveContext, assoc) -> bool:
@@ -223,8 +246,9 @@ def _retrieve_plan(event, ctx: ArchiveContext, service: str):
     if instances:
         with write_session(ctx.sessions) as s:
             for study_uid in sorted({i.study_uid for i in instances}):
-                audit.record(s, f"dicom.{service.lower()}", actor=calling, actor_kind="ae", study_uid=study_uid,
-                             detail={"instances": sum(1 for i in instances if i.study_uid == study_uid)})
+                count = sum(1 for i in instances if i.study_uid == study_uid)
+                audit.record(s, "study.retrieved", actor=calling, actor_kind="ae", study_uid=study_uid,
+                             detail={"service": f"C-{service}", "instances": count})
     log.info("C-%s from %s: %d instances", service, calling, len(instances))
     return instances, None
 
@@ -273,7 +297,7 @@ def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):
             return
         if contexts is None:
             contexts = accepted()
-        yield PENDING, scu.load_for_sending(ctx.ingestor.store, inst, contexts)
+        yield PENDING, scu.load_for_sending(ctx.path_of, inst, contexts)
 
 
 __all__ = [

@@ -1,8 +1,11 @@
-"""Our SCU side: sending stored instances to a peer (C-MOVE sub-operations, C-GET, retrieve-to-peer).
+"""Our C-STORE SCU: sending stored objects to peers.
 
-Each instance goes in its stored transfer syntax when the receiving association accepted it for
-the SOP class; a compressed one the receiver cannot take is decompressed (pydicom + pylibjpeg)
-to explicit or implicit VR little endian; otherwise it is reported failed and nothing is sent.
+Two callers: the back-office's send/prefetch jobs (:func:`send_objects`, issue 6) and query/retrieve
+(:func:`load_for_sending` for the C-MOVE and C-GET sub-operations, :func:`send_instances` for the
+facade's retrieve-to-peer). Query/retrieve sends each instance in its stored transfer syntax when the
+receiving association accepted it for the SOP class; a compressed one the receiver cannot take is
+decompressed (pydicom + pylibjpeg) to explicit or implicit VR little endian; otherwise it is reported
+failed and nothing of it is sent.
 """
 
 from __future__ import annotations
@@ -11,21 +14,127 @@ import logging
 import socket
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
-from pynetdicom.presentation import PresentationContext, build_context
+from pynetdicom import AE, build_context, evt
+from pynetdicom.presentation import PresentationContext
 
 from archive_core.index.query import StoredInstance
-from archive_core.storage.filesystem import FilesystemStore
+from archive_core.net import tuning
+from archive_core.peers import PeerInfo
+from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
+MAX_CONTEXTS = 128
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+    tier: str = "active"
+
+
+@dataclass
+class SendResult:
+    sent: int = 0
+    failed: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.message
+
+
+def send_objects(
+    open_file: Callable[[StoredObject], BinaryIO],
+    objects: list[StoredObject],
+    peer: PeerInfo,
+    *,
+    calling_ae_title: str,
+    timeout: float = 60,
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> SendResult:
+    """C-STORE every object to *peer*, read with *open_file*; *progress(sent, failed)* is called after each one."""
+    result = SendResult()
+    if not objects:
+        return result
+    ae = AE(ae_title=calling_ae_title)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    contexts = _contexts(objects)
+    try:
+        # pynetdicom leaks its socket when the connection is refused: find out first, with ours.
+        socket.create_connection((peer.host, peer.port), timeout=min(timeout, 10)).close()
+    except OSError as exc:
+        result.failed = len(objects)
+        result.message = f"{peer.ae_title} unreachable ({exc.strerror or exc})"
+        log.warning("send to %s: %s", peer.ae_title, result.message)
+        return result
+    assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.ae_title)
+    if not assoc.is_established:
+        result.failed = len(objects)
+        result.message = f"association with {peer.ae_title} refused or failed"
+        log.warning("send to %s: %s", peer.ae_title, result.message)
+        return result
+    try:
+        for obj in objects:
+            if cancelled():
+                result.message = "cancelled"
+                break
+            status = None
+            try:
+                with open_file(obj) as f, warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = dcmread(f, force=True)
+                status = assoc.send_c_store(ds)
+            except (ValueError, RuntimeError, OSError) as exc:  # no accepted context, network trouble
+                log.warning("send %s to %s failed: %s", obj.sop_instance_uid, peer.ae_title, exc)
+            if status is not None and getattr(status, "Status", 0xC000) in (0x0000, 0xB000, 0xB007, 0xB006):
+                result.sent += 1
+            else:
+                result.failed += 1
+                result.failed_uids.append(obj.sop_instance_uid)
+            if progress:
+                progress(result.sent, result.failed)
+            if not assoc.is_established:
+                result.message = "association lost"
+                result.failed += len(objects) - result.sent - result.failed
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    log.info("sent %d objects to %s (%d failed)", result.sent, peer.ae_title, result.failed)
+    return result
+
+
+def _contexts(objects: Iterable[StoredObject]):
+    """Per SOP class: one context for the uncompressed syntaxes, one per compressed syntax as stored."""
+    uncompressed = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2"}
+    wanted: dict[tuple[str, str], None] = {}
+    for obj in objects:
+        wanted[(obj.sop_class_uid, "")] = None
+        if obj.transfer_syntax_uid not in uncompressed:
+            wanted[(obj.sop_class_uid, obj.transfer_syntax_uid)] = None
+    contexts = []
+    for sop_class, syntax in wanted:
+        syntaxes = [syntax] if syntax else [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        contexts.append(build_context(sop_class, syntaxes))
+    return contexts[:MAX_CONTEXTS]
+
+
+# -- query/retrieve (issue 3) ---------------------------------------------------------------------
 
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-MAX_CONTEXTS = 128
 
 
 def proposed_contexts(instances: Iterable[StoredInstance]) -> list[PresentationContext]:
@@ -71,7 +180,9 @@ def _unsendable(inst: StoredInstance) -> Dataset:
     return ds
 
 
-def load_for_sending(store: FilesystemStore, inst: StoredInstance, accepted: list[PresentationContext]) -> Dataset:
+def load_for_sending(
+    path_of: Callable[[StoredInstance], Path], inst: StoredInstance, accepted: list[PresentationContext]
+) -> Dataset:
     """The dataset to yield for one sub-operation: as stored, decompressed, or unsendable."""
     plan = transfer_plan(inst.sop_class_uid, inst.transfer_syntax_uid, accepted)
     if plan is None:
@@ -80,7 +191,7 @@ def load_for_sending(store: FilesystemStore, inst: StoredInstance, accepted: lis
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = dcmread(store.path_of(inst.storage_key))
+            ds = dcmread(path_of(inst))
             if UID(inst.transfer_syntax_uid).is_compressed and UID(plan) in UNCOMPRESSED:
                 ds.decompress()
     except Exception as exc:
@@ -103,17 +214,14 @@ class Capture:
 
 def tune_socket(assoc, loop_delay: float) -> None:
     """Nagle off and no idle sleep in the DUL loop (as the server does for its associations)."""
-    sock = assoc.dul.socket.socket if assoc.dul.socket else None
-    if sock is not None:
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
+    tuning.set_nodelay(assoc.dul.socket.socket if assoc.dul.socket else None)
     assoc.dul._run_loop_delay = loop_delay
 
 
 @dataclass(frozen=True)
-class SendResult:
+class StoreCounts:
+    """What a retrieve-to-peer did."""
+
     completed: int
     failed: int
     warning: int
@@ -121,7 +229,7 @@ class SendResult:
 
 
 def send_instances(
-    store: FilesystemStore,
+    path_of: Callable[[StoredInstance], Path],
     instances: list[StoredInstance],
     *,
     host: str,
@@ -130,7 +238,7 @@ def send_instances(
     calling_ae: str,
     loop_delay: float = 0.0,
     timeout: float = 60.0,
-) -> SendResult:
+) -> StoreCounts:
     """Push *instances* to a peer on one association of our own (the facade's retrieve-to-peer)."""
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
@@ -138,13 +246,13 @@ def send_instances(
     assoc = ae.associate(host, port, contexts=proposed_contexts(instances), ae_title=called_ae, max_pdu=0,
                          evt_handlers=handlers)
     if not assoc.is_established:
-        return SendResult(0, len(instances), 0, tuple(i.sop_instance_uid for i in instances))
+        return StoreCounts(0, len(instances), 0, tuple(i.sop_instance_uid for i in instances))
     completed = warning = 0
     failed: list[str] = []
     try:
         accepted = list(assoc.accepted_contexts)
         for inst in instances:
-            ds = load_for_sending(store, inst, accepted)
+            ds = load_for_sending(path_of, inst, accepted)
             try:
                 status = assoc.send_c_store(ds).get("Status")
             except Exception as exc:
@@ -158,4 +266,4 @@ def send_instances(
                 failed.append(inst.sop_instance_uid)
     finally:
         assoc.release()
-    return SendResult(completed, len(failed), warning, tuple(failed))
+    return StoreCounts(completed, len(failed), warning, tuple(failed))

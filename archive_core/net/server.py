@@ -19,7 +19,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
-from archive_core.net import handlers
+from archive_core.net import handlers, tuning
 from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -91,8 +91,14 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     pynetdicom_log = logging.getLogger("pynetdicom")
     if pynetdicom_log.level == logging.NOTSET:
         pynetdicom_log.setLevel(logging.WARNING)
+    tuning.install()
     archive.ingestor.start()
-    ctx = ArchiveContext(settings=settings, ingestor=archive.ingestor, sessions=archive.sessions)
+    ctx = ArchiveContext(
+        settings=settings,
+        ingestor=archive.ingestor,
+        sessions=archive.sessions,
+        path_of=lambda inst: archive.store_for(inst.tier).path_of(inst.storage_key),
+    )
     ae = build_ae(archive)
     bound = [
         (evt.EVT_CONN_OPEN, handlers.handle_conn_open, [ctx]),

@@ -95,6 +95,20 @@ class FilesystemStore(BlobStore):
             _fsync_dir(m.parent)
         self._known_dirs.add(d)
 
+    def put_file(self, key: str, source: Path) -> Path:
+        """Copy *source* under *key* durably (temporary file, fsync, rename, directory fsync)."""
+        target = self._path(key)
+        self._make_dirs(target.parent)
+        tmp = target.with_name(target.name + ".tmp")
+        with open(source, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        return target
+
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
 

@@ -200,3 +200,24 @@ def test_series_and_study_counts_cover_several_series(scp, archive):
         assert (st.num_series, st.num_instances, st.modalities_in_study) == (3, 6, "CT\\SR")
         counts = sorted(s.scalars(select(Series.num_instances).where(Series.study_pk == st.id)))
     assert counts == [1, 2, 3]
+
+
+def test_storage_is_audited_per_study_with_the_calling_ae(scp, archive):
+    import time
+
+    from archive_core.audit import AuditEvent
+
+    study = "1.2.826.0.1.3680043.8.498.99"
+    assoc = _associate(scp.port, "CT_SALLE1")
+    for _ in range(3):
+        assert assoc.send_c_store(make_ct(study_uid=study, patient_id="PAT-AUD")).Status == 0x0000
+    assoc.release()
+    deadline = time.monotonic() + 5  # written when the connection closes, after the release
+    while time.monotonic() < deadline:
+        with archive.sessions() as s:
+            event = s.scalar(select(AuditEvent).where(AuditEvent.action == "dicom.store"))
+        if event is not None:
+            break
+        time.sleep(0.02)
+    assert (event.actor, event.actor_kind, event.patient_id, event.study_uid) == ("CT_SALLE1", "ae", "PAT-AUD", study)
+    assert '"instances": 3' in event.detail

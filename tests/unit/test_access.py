@@ -62,10 +62,10 @@ def test_a_wrong_token_is_refused(client):
 def test_each_role_reaches_exactly_its_routes(app, client, users, role):
     app.config["WTF_CSRF_ENABLED"] = False
     user_id, token = users[role]
-    with client.session_transaction() as session:
-        session["_user_id"] = str(user_id)
-        session["_fresh"] = True
     for rule, path, method in _routes(app):
+        with client.session_transaction() as session:  # signed in again: POST /logout signs out
+            session["_user_id"] = str(user_id)
+            session["_fresh"] = True
         allowed = role in app.view_functions[rule.endpoint].allowed_roles
         headers = {"Authorization": f"Bearer {token}"} if path.startswith("/api/") else {}
         response = client.open(path, method=method, headers=headers, json={} if method != "GET" else None)

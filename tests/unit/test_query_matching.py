@@ -241,3 +241,21 @@ def test_limit_and_retrieve_lists(sessions):
     }
     with pytest.raises(InvalidQuery):
         parse_identifier(identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT, retrieve=True)
+
+
+def test_tombstoned_rows_are_invisible_to_queries_and_retrieves(sessions):
+    from datetime import datetime, timezone
+
+    from sqlalchemy import update
+
+    from archive_core.index.models import Instance, Study
+
+    with sessions() as s:
+        s.execute(update(Study).where(Study.study_uid == S("S5")).values(deleted_at=datetime.now(timezone.utc)))
+        s.execute(update(Instance).where(Instance.sop_instance_uid == sop_uid("S4", "SR", 1))
+                  .values(deleted_at=datetime.now(timezone.utc)))
+        s.commit()
+    assert matched(sessions, STUDY_ROOT, "STUDY", "StudyInstanceUID", PatientID="PAT*") == {S(k) for k in ("S1", "S2", "S3", "S4")}
+    with sessions() as s:
+        move = parse_identifier(identifier("STUDY", StudyInstanceUID=S("S4")), STUDY_ROOT, retrieve=True)
+        assert sop_uid("S4", "SR", 1) not in {i.sop_instance_uid for i in instances_to_retrieve(s, move)}

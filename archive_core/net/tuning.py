@@ -1,0 +1,120 @@
+"""Per-association tuning of pynetdicom: Nagle off, and no fixed sleeps on the message path.
+
+pynetdicom (pinned in requirements.txt) polls: its DUL thread sleeps ``_run_loop_delay``
+(1 ms) whenever the socket is idle, and the acceptor's reactor sleeps 1 ms before each look at
+the DIMSE queue. On loopback that doubles the time of a small C-STORE. For the associations we
+accept, both sleeps are replaced by waits that end as soon as there is work: the DUL waits on
+its socket and on an eventfd written whenever a primitive is queued for sending, and the reactor
+waits on its message queue. An idle association still wakes only every few milliseconds.
+tests/unit/test_server_tuning.py covers the private attributes this relies on.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import select
+import socket
+import threading
+import time as _time
+
+from pynetdicom import association as _association
+from pynetdicom import dul as _dul
+
+_REACTOR_POLL = 0.001  # the literal pynetdicom's acceptor reactor sleeps
+_IDLE_WAIT = 0.005  # longest wait before the DUL looks at its timers again
+
+
+class _TunableTime:
+    """Stands in for ``time`` inside one pynetdicom module; tuned threads wait instead of sleeping."""
+
+    def __init__(self, real) -> None:
+        self._real = real
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+    def sleep(self, seconds: float) -> None:
+        wait = getattr(threading.current_thread(), "_archivage_wait", None)
+        if wait is not None and wait(seconds):
+            return
+        self._real.sleep(seconds)
+
+
+class _WakingQueue(queue.Queue):
+    """The DUL's outgoing queue: every put also wakes the DUL thread through an eventfd."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        try:
+            os.eventfd_write(self.fd, 1)
+        except OSError:
+            pass
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def install() -> None:
+    """Route pynetdicom's sleeps through :class:`_TunableTime` (idempotent; untuned threads sleep as before)."""
+    for module in (_association, _dul):
+        if not isinstance(module.time, _TunableTime):
+            module.time = _TunableTime(module.time)
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
+def tune_acceptor(assoc) -> None:
+    """Tune an accepted association before its threads start (pynetdicom's EVT_CONN_OPEN)."""
+    raw = assoc.dul.socket.socket if assoc.dul.socket is not None else None
+    set_nodelay(raw)
+    dul = assoc.dul
+    outgoing = _WakingQueue()
+    dul.to_provider_queue = outgoing
+
+    def dul_wait(seconds: float) -> bool:
+        if seconds > _REACTOR_POLL or raw is None:
+            return False
+        try:
+            ready, _, _ = select.select([raw, outgoing.fd], [], [], _IDLE_WAIT)
+        except (OSError, ValueError):
+            return False
+        if outgoing.fd in ready:
+            try:
+                os.eventfd_read(outgoing.fd)
+            except OSError:
+                pass
+        return True
+
+    dul._archivage_wait = dul_wait
+
+    messages = assoc.dimse.msg_queue
+    blocking_get = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False):
+        if block:
+            return blocking_get(block=True)
+        try:
+            return messages.get(timeout=_REACTOR_POLL)
+        except queue.Empty:
+            return None, None
+
+    assoc.dimse.get_msg = get_msg
+    # The reactor's own 1 ms sleep is skipped: the queue wait above takes its place.
+    assoc._archivage_wait = lambda seconds: seconds == _REACTOR_POLL
+
+
+__all__ = ["install", "set_nodelay", "tune_acceptor", "_time"]

@@ -1,0 +1,209 @@
+"""Radiology operations: reports (draft, sign, amend), key images, share links. Callers own the transaction."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from archive_core.api import utcnow
+from backoffice.radiology.models import KeyImage, Report, ShareLink
+
+REPORT_FIELDS = ("indication", "technique", "findings", "conclusion")
+MAX_KEY_IMAGES = 24
+SHARE_MAX_DAYS = 30
+SHARE_MAX_FAILED_CODES = 5
+
+
+class RadiologyError(Exception):
+    """A request the radiology rules refuse (mapped to 409/400 at the edge)."""
+
+
+class ShareDenied(Exception):
+    """A share link that is unknown, expired, revoked or locked."""
+
+
+# -- reports ---------------------------------------------------------------------------------------
+
+
+def reports_of(session: Session, study_uid: str) -> list[Report]:
+    """Every version, newest first."""
+    return list(session.scalars(select(Report).where(Report.study_uid == study_uid).order_by(Report.version.desc())))
+
+
+def current_draft(session: Session, study_uid: str) -> Report | None:
+    latest = session.scalar(
+        select(Report).where(Report.study_uid == study_uid).order_by(Report.version.desc()).limit(1)
+    )
+    return latest if latest is not None and latest.status == "draft" else None
+
+
+def signed_report(session: Session, study_uid: str) -> Report | None:
+    """The latest signed version (what is printed and shared)."""
+    return session.scalar(
+        select(Report)
+        .where(Report.study_uid == study_uid, Report.status == "signed")
+        .order_by(Report.version.desc())
+        .limit(1)
+    )
+
+
+def save_draft(session: Session, study_uid: str, *, author: str, amendment_reason: str = "", **fields: str) -> Report:
+    """Create or update the study's draft; after a signature the new draft amends the signed version."""
+    unknown = set(fields) - set(REPORT_FIELDS)
+    if unknown:
+        raise RadiologyError(f"unknown report fields: {', '.join(sorted(unknown))}")
+    draft = current_draft(session, study_uid)
+    if draft is None:
+        signed = signed_report(session, study_uid)
+        if signed is not None and not amendment_reason.strip():
+            raise RadiologyError("le compte rendu est signé : un avenant doit en donner le motif")
+        version = (session.scalar(select(func.max(Report.version)).where(Report.study_uid == study_uid)) or 0) + 1
+        base = {f: getattr(signed, f) for f in REPORT_FIELDS} if signed else {}
+        draft = Report(study_uid=study_uid, version=version, status="draft", author=author,
+                       amends_id=signed.id if signed else None, amendment_reason=amendment_reason.strip(), **base)
+        session.add(draft)
+    for name, value in fields.items():
+        setattr(draft, name, value or "")
+    draft.updated_at = utcnow()
+    session.flush()
+    return draft
+
+
+def sign_report(session: Session, study_uid: str, *, signed_by: str) -> Report:
+    draft = current_draft(session, study_uid)
+    if draft is None:
+        raise RadiologyError("aucun brouillon à signer")
+    if not (draft.findings.strip() or draft.conclusion.strip()):
+        raise RadiologyError("un compte rendu vide ne se signe pas")
+    draft.status = "signed"
+    draft.signed_at = utcnow()
+    draft.signed_by = signed_by
+    session.flush()
+    return draft
+
+
+# -- key images ------------------------------------------------------------------------------------
+
+
+def key_images(session: Session, study_uid: str) -> list[KeyImage]:
+    query = select(KeyImage).where(KeyImage.study_uid == study_uid)
+    return list(session.scalars(query.order_by(KeyImage.position, KeyImage.id)))
+
+
+def add_key_image(
+    session: Session,
+    study_uid: str,
+    sop_instance_uid: str,
+    *,
+    chosen_by: str,
+    frame: int = 0,
+    window_center: float | None = None,
+    window_width: float | None = None,
+) -> KeyImage:
+    existing = key_images(session, study_uid)
+    if len(existing) >= MAX_KEY_IMAGES:
+        raise RadiologyError(f"{MAX_KEY_IMAGES} images au plus")
+    for k in existing:  # the same view chosen twice is one key image; another window is another one
+        if (k.sop_instance_uid, k.frame, k.window_center, k.window_width) == (
+            sop_instance_uid, frame, window_center, window_width
+        ):
+            return k
+    key = KeyImage(study_uid=study_uid, sop_instance_uid=sop_instance_uid, frame=frame, window_center=window_center,
+                   window_width=window_width, position=len(existing), chosen_by=chosen_by)
+    session.add(key)
+    session.flush()
+    return key
+
+
+def clear_key_images(session: Session, study_uid: str) -> int:
+    rows = key_images(session, study_uid)
+    for k in rows:
+        session.delete(k)
+    session.flush()
+    return len(rows)
+
+
+# -- share links -----------------------------------------------------------------------------------
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NewShareLink:
+    link: ShareLink
+    token: str  # goes in the URL (no patient data in it)
+    code: str  # sent separately (telephone, SMS): the second factor, shown once
+
+
+def create_share_link(
+    session: Session,
+    study_uid: str,
+    *,
+    created_by: str,
+    days: int = 7,
+    recipient: str = "",
+    now: datetime | None = None,
+) -> NewShareLink:
+    if not 1 <= days <= SHARE_MAX_DAYS:
+        raise RadiologyError(f"durée de 1 à {SHARE_MAX_DAYS} jours")
+    now = now or utcnow()
+    token = secrets.token_urlsafe(32)
+    code = f"{secrets.randbelow(10**6):06d}"
+    link = ShareLink(token_hash=_digest(token), code_hash=_digest(code), study_uid=study_uid, recipient=recipient[:128],
+                     created_by=created_by, created_at=now, expires_at=now + timedelta(days=days))
+    session.add(link)
+    session.flush()
+    return NewShareLink(link, token, code)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC
+
+
+def share_link_for(session: Session, token: str, *, now: datetime | None = None) -> ShareLink:
+    """The link behind *token* if it may still be used; :class:`ShareDenied` otherwise."""
+    now = now or utcnow()
+    link = session.scalar(select(ShareLink).where(ShareLink.token_hash == _digest(token)))
+    if link is None:
+        raise ShareDenied("lien inconnu")
+    if link.revoked_at is not None:
+        raise ShareDenied("lien révoqué")
+    if _aware(link.expires_at) <= now:
+        raise ShareDenied("lien expiré")
+    if link.failed_codes >= SHARE_MAX_FAILED_CODES:
+        raise ShareDenied("lien bloqué après trop de codes erronés")
+    return link
+
+
+def check_share_code(session: Session, link: ShareLink, code: str, *, now: datetime | None = None) -> bool:
+    """The one-time code opens the link once (for the browser session that typed it)."""
+    if link.code_used_at is None and hmac.compare_digest(link.code_hash, _digest(code.strip())):
+        link.code_used_at = now or utcnow()
+        session.flush()
+        return True
+    link.failed_codes += 1
+    session.flush()
+    return False
+
+
+def revoke_share_link(session: Session, link_id: int, *, now: datetime | None = None) -> ShareLink:
+    link = session.get(ShareLink, link_id)
+    if link is None:
+        raise RadiologyError("lien inconnu")
+    if link.revoked_at is None:
+        link.revoked_at = now or utcnow()
+        session.flush()
+    return link
+
+
+def share_links_of(session: Session, study_uid: str) -> list[ShareLink]:
+    query = select(ShareLink).where(ShareLink.study_uid == study_uid)
+    return list(session.scalars(query.order_by(ShareLink.id.desc())))

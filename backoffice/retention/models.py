@@ -1,0 +1,86 @@
+"""What the practice records for retention: deaths, legal holds, purge batches and their items."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import Date, DateTime, ForeignKey, Integer, BigInteger, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from archive_core.api import Base, utcnow
+
+# A batch's life: proposed -> approved -> tombstoned -> executed (or rejected while proposed).
+BATCH_STATUSES = ("proposed", "approved", "tombstoned", "executed", "rejected")
+OPEN_STATUSES = ("proposed", "approved", "tombstoned")
+
+
+class DeathRecord(Base):
+    """A patient's date of death, as recorded by staff (audited)."""
+
+    __tablename__ = "retention_death"
+    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    death_date: Mapped[date] = mapped_column(Date)
+    recorded_by: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class LegalHold(Base):
+    """A claim or an investigation: nothing of the patient is destroyed while it holds."""
+
+    __tablename__ = "legal_hold"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(Text)
+    placed_by: Mapped[str] = mapped_column(String(64))
+    placed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    released_by: Mapped[str | None] = mapped_column(String(64))
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PurgeBatch(Base):
+    """Records proposed for destruction; nothing is destroyed before a manager approves."""
+
+    __tablename__ = "purge_batch"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="retention")  # retention | correction
+    status: Mapped[str] = mapped_column(String(16), default="proposed", index=True)
+    proposed_by: Mapped[str] = mapped_column(String(64))
+    proposed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    proposal_note: Mapped[str] = mapped_column(Text, default="")
+    decided_by: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    decision_reason: Mapped[str | None] = mapped_column(Text)
+    tombstoned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    executed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_destroyed: Mapped[int] = mapped_column(BigInteger, default=0)
+    certificate_name: Mapped[str | None] = mapped_column(String(255))
+    certificate_sha256: Mapped[str | None] = mapped_column(String(64))
+
+    items: Mapped[list["PurgeItem"]] = relationship(back_populates="batch", order_by="PurgeItem.id")
+
+
+class PurgeItem(Base):
+    """One patient's record (kind retention) or one study (kind correction) in a batch."""
+
+    __tablename__ = "purge_item"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    batch_pk: Mapped[int] = mapped_column(ForeignKey("purge_batch.id"), index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    basis: Mapped[str] = mapped_column(String(32))
+    keep_until: Mapped[date | None] = mapped_column(Date)
+    explanation: Mapped[str] = mapped_column(Text)
+    # JSON list of what was tombstoned (study UID, date, modalities, instances, bytes, checksums).
+    manifest: Mapped[str] = mapped_column(Text, default="[]")
+
+    batch: Mapped[PurgeBatch] = relationship(back_populates="items")

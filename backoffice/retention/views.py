@@ -1,0 +1,338 @@
+"""The manager's retention pages: storage per tier, due dates, holds, batches, certificates, audit search."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import date, datetime, time, timedelta, timezone
+
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from sqlalchemy import select
+from wtforms import DateField, StringField, TextAreaField
+from wtforms.validators import DataRequired, Length
+
+from backoffice.auth import roles_required
+from backoffice.extensions import db, facade
+from backoffice.retention import services
+from backoffice.retention.certificate import certificates_dir, render_certificate
+from backoffice.retention.models import PurgeBatch
+from backoffice.retention.services import RetentionError, today_paris
+
+bp = Blueprint("retention", __name__, url_prefix="/retention")
+MANAGER = ("manager",)
+AUDITORS = ("manager", "admin")
+PAGE = 100
+
+
+class HoldForm(FlaskForm):
+    patient_id = StringField("Identifiant patient", validators=[DataRequired(), Length(max=64)])
+    reason = TextAreaField("Motif (réclamation, enquête…)", validators=[DataRequired()])
+
+
+class DeathForm(FlaskForm):
+    patient_id = StringField("Identifiant patient", validators=[DataRequired(), Length(max=64)])
+    death_date = DateField("Date du décès", validators=[DataRequired()])
+
+
+class ReasonForm(FlaskForm):
+    reason = TextAreaField("Motif de la décision", validators=[DataRequired()])
+
+
+class ConfirmForm(FlaskForm):
+    """Only the CSRF token."""
+
+
+class MoveForm(FlaskForm):
+    study_uid = StringField("UID de l'examen", validators=[DataRequired(), Length(max=64)])
+    patient_id = StringField("Rattacher au patient", validators=[DataRequired(), Length(max=64)])
+    reason = TextAreaField("Motif", validators=[DataRequired()])
+
+
+class MergeForm(FlaskForm):
+    source = StringField("Patient en double (disparaît)", validators=[DataRequired(), Length(max=64)])
+    target = StringField("Patient conservé", validators=[DataRequired(), Length(max=64)])
+    reason = TextAreaField("Motif", validators=[DataRequired()])
+
+
+class DeletionForm(FlaskForm):
+    study_uid = StringField("UID de l'examen envoyé par erreur", validators=[DataRequired(), Length(max=64)])
+    reason = TextAreaField("Motif", validators=[DataRequired()])
+
+
+def _form_errors(form: FlaskForm) -> None:
+    for field, errors in form.errors.items():
+        flash(f"{getattr(form, field).label.text if hasattr(form, field) else field} : {', '.join(errors)}", "error")
+
+
+# -- overview ------------------------------------------------------------------------------------------
+
+
+@bp.route("/")
+@roles_required(*MANAGER)
+def index():
+    today = today_paris()
+    answers = services.retention_of(db(), facade(), today=today)
+    due = sorted((p for p in answers if p.decision.due_within(today, 365) and not p.decision.on_hold),
+                 key=lambda p: p.decision.keep_until)
+    counts = {days: sum(1 for p in due if p.decision.keep_until <= today + timedelta(days=days)) for days in (30, 90, 365)}
+    overdue = [p for p in answers if p.decision.purgeable(today)]
+    review = [p for p in answers if p.decision.needs_review]
+    waiting = list(db().scalars(select(PurgeBatch).where(PurgeBatch.status.in_(("proposed", "approved", "tombstoned")))
+                                .order_by(PurgeBatch.id)))
+    usage = facade().storage_usage(db())
+    tier_totals = {}
+    for row in usage:
+        tier_totals[row.tier] = tier_totals.get(row.tier, 0) + row.bytes_total
+    return render_template(
+        "retention/index.html", today=today, due=due[:PAGE], counts=counts, overdue=len(overdue), review=review[:PAGE],
+        holds=services.active_holds(db()), waiting=waiting, usage=usage, tier_totals=tier_totals,
+        hold_form=HoldForm(), death_form=DeathForm(),
+    )
+
+
+# -- one patient: answer, holds, death -----------------------------------------------------------------
+
+
+@bp.route("/patient")
+@roles_required(*MANAGER)
+def patient():
+    patient_id = request.args.get("patient_id", "").strip()
+    if not patient_id:
+        return redirect(url_for("retention.index"))
+    try:
+        answer = services.patient_retention(db(), facade(), patient_id, today=today_paris())
+    except RetentionError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("retention.index"))
+    facade().audit_now("retention.viewed", actor=current_user.login, patient_id=patient_id)
+    return render_template("retention/patient.html", p=answer, hold_form=HoldForm(patient_id=patient_id),
+                           death_form=DeathForm(patient_id=patient_id, death_date=answer.death_date),
+                           confirm=ConfirmForm())
+
+
+def _back_to(patient_id: str | None):
+    if patient_id:
+        return redirect(url_for("retention.patient", patient_id=patient_id))
+    return redirect(url_for("retention.index"))
+
+
+@bp.route("/holds", methods=["POST"])
+@roles_required(*MANAGER)
+def place_hold():
+    form = HoldForm()
+    if not form.validate_on_submit():
+        _form_errors(form)
+        return redirect(url_for("retention.index"))
+    try:
+        services.place_hold(db(), facade(), form.patient_id.data.strip(), form.reason.data, actor=current_user.login,
+                            today=today_paris())
+    except RetentionError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("retention.index"))
+    flash("Séquestre posé : rien de ce patient ne sera détruit tant qu'il tient.", "info")
+    return _back_to(form.patient_id.data.strip())
+
+
+@bp.route("/holds/<int:hold_id>/release", methods=["POST"])
+@roles_required(*MANAGER)
+def release_hold(hold_id: int):
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        hold = services.release_hold(db(), facade(), hold_id, actor=current_user.login)
+    except RetentionError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("retention.index"))
+    flash("Séquestre levé : sa durée s'ajoute à l'échéance.", "info")
+    return _back_to(hold.patient_id)
+
+
+@bp.route("/deaths", methods=["POST"])
+@roles_required(*MANAGER)
+def record_death():
+    form = DeathForm()
+    if not form.validate_on_submit():
+        _form_errors(form)
+        return redirect(url_for("retention.index"))
+    patient_id = form.patient_id.data.strip()
+    try:
+        services.record_death(db(), facade(), patient_id, form.death_date.data, actor=current_user.login,
+                              today=today_paris())
+    except RetentionError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("retention.index"))
+    flash("Décès enregistré.", "info")
+    return _back_to(patient_id)
+
+
+# -- batches ----------------------------------------------------------------------------------------------
+
+
+def _batch_or_404(batch_id: int) -> PurgeBatch:
+    batch = db().get(PurgeBatch, batch_id)
+    if batch is None:
+        abort(404)
+    return batch
+
+
+@bp.route("/batches/<int:batch_id>")
+@roles_required(*MANAGER)
+def batch(batch_id: int):
+    b = _batch_or_404(batch_id)
+    return render_template("retention/batch.html", batch=b, reason_form=ReasonForm(), confirm=ConfirmForm())
+
+
+@bp.route("/batches/<int:batch_id>/approve", methods=["POST"])
+@roles_required(*MANAGER)
+def approve(batch_id: int):
+    return _decide(batch_id, "approve")
+
+
+@bp.route("/batches/<int:batch_id>/reject", methods=["POST"])
+@roles_required(*MANAGER)
+def reject(batch_id: int):
+    return _decide(batch_id, "reject")
+
+
+def _decide(batch_id: int, decision: str):
+    form = ReasonForm()
+    if not form.validate_on_submit():
+        flash("Un motif est requis pour décider.", "error")
+        return redirect(url_for("retention.batch", batch_id=batch_id))
+    try:
+        services.decide_batch(db(), facade(), batch_id, approve=decision == "approve", reason=form.reason.data,
+                              actor=current_user.login)
+    except RetentionError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("retention.index"))
+    flash("Lot approuvé : la destruction peut être exécutée." if decision == "approve" else "Lot refusé.", "info")
+    return redirect(url_for("retention.batch", batch_id=batch_id))
+
+
+@bp.route("/batches/<int:batch_id>/execute", methods=["POST"])
+@roles_required(*MANAGER)
+def execute(batch_id: int):
+    form = ConfirmForm()
+    if not form.validate_on_submit():
+        abort(400)
+    login = current_user.login
+    # The purge owns its transactions (tombstones committed before any file goes): release the
+    # request's write lock first; the request itself only read the signed-in user.
+    db().rollback()
+    try:
+        services.run_purge(facade(), batch_id, certificates=certificates_dir(), render=render_certificate, actor=login)
+    except RetentionError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("retention.batch", batch_id=batch_id) if db().get(PurgeBatch, batch_id)
+                        else url_for("retention.index"))
+    flash("Destruction exécutée ; le certificat est disponible.", "info")
+    return redirect(url_for("retention.batch", batch_id=batch_id))
+
+
+@bp.route("/batches/<int:batch_id>/certificate.pdf")
+@roles_required(*MANAGER)
+def certificate(batch_id: int):
+    b = _batch_or_404(batch_id)
+    if not b.certificate_name:
+        abort(404)
+    data = (certificates_dir() / b.certificate_name).read_bytes()  # small; no file handle left open
+    return send_file(io.BytesIO(data), mimetype="application/pdf", download_name=b.certificate_name)
+
+
+@bp.route("/history")
+@roles_required(*MANAGER)
+def history():
+    batches = list(db().scalars(select(PurgeBatch).where(PurgeBatch.status.in_(("executed", "rejected")))
+                                .order_by(PurgeBatch.id.desc()).limit(PAGE)))
+    return render_template("retention/history.html", batches=batches)
+
+
+# -- corrections ------------------------------------------------------------------------------------------
+
+
+@bp.route("/corrections", methods=["GET", "POST"])
+@roles_required(*MANAGER)
+def corrections():
+    forms = {"move": MoveForm(prefix="move"), "merge": MergeForm(prefix="merge"), "delete": DeletionForm(prefix="delete")}
+    if request.method == "POST":
+        action = request.form.get("action", "")
+        form = forms.get(action)
+        if form is None or not form.validate_on_submit():
+            if form is not None:
+                _form_errors(form)
+            else:
+                flash("Action inconnue.", "error")
+            return redirect(url_for("retention.corrections"))
+        try:
+            if action == "move":
+                services.move_study(db(), facade(), form.study_uid.data.strip(), form.patient_id.data.strip(),
+                                    form.reason.data, actor=current_user.login)
+                flash("Examen rattaché au bon patient.", "info")
+            elif action == "merge":
+                n = services.merge_patients(db(), facade(), form.source.data.strip(), form.target.data.strip(),
+                                            form.reason.data, actor=current_user.login)
+                flash(f"Patients fusionnés ({n} examens déplacés).", "info")
+            else:
+                b = services.request_study_deletion(db(), facade(), form.study_uid.data.strip(), form.reason.data,
+                                                    actor=current_user.login)
+                flash("Suppression proposée : elle attend l'approbation d'un responsable.", "info")
+                return redirect(url_for("retention.batch", batch_id=b.id))
+        except RetentionError as exc:
+            flash(str(exc), "error")
+        return redirect(url_for("retention.corrections"))
+    return render_template("retention/corrections.html", forms=forms)
+
+
+# -- audit search -----------------------------------------------------------------------------------------
+
+
+def _audit_query():
+    from archive_core.audit import AuditEvent
+
+    query = select(AuditEvent).order_by(AuditEvent.id.desc())
+    args = request.args
+    if args.get("patient_id"):
+        query = query.where(AuditEvent.patient_id == args["patient_id"].strip())
+    if args.get("actor"):
+        query = query.where(AuditEvent.actor == args["actor"].strip())
+    if args.get("action"):
+        query = query.where(AuditEvent.action == args["action"])
+    for name, op in (("from", "ge"), ("to", "lt")):
+        if args.get(name):
+            try:
+                day = date.fromisoformat(args[name])
+            except ValueError:
+                flash(f"date invalide : {args[name]}", "error")
+                continue
+            if name == "to":
+                day += timedelta(days=1)
+            bound = datetime.combine(day, time(), tzinfo=timezone.utc).isoformat(timespec="microseconds")
+            query = query.where(AuditEvent.at >= bound if op == "ge" else AuditEvent.at < bound)
+    return query
+
+
+@bp.route("/audit")
+@roles_required(*AUDITORS)
+def audit():
+    from archive_core.audit import ACTIONS
+
+    query = _audit_query()
+    if request.args.get("format") == "csv":
+        facade().audit_now("audit.exported", actor=current_user.login,
+                           detail={k: v for k, v in request.args.items() if k != "format"})
+        out = io.StringIO()
+        writer = csv.writer(out, delimiter=";")
+        writer.writerow(["id", "date (UTC)", "acteur", "type", "action", "patient", "examen", "détail", "empreinte"])
+        for e in db().scalars(query.execution_options(yield_per=1000)):
+            writer.writerow([e.id, e.at, e.actor, e.actor_kind, e.action, e.patient_id or "", e.study_uid or "",
+                             e.detail, e.hash])
+        return Response("\ufeff" + out.getvalue(), mimetype="text/csv; charset=utf-8",
+                        headers={"Content-Disposition": "attachment; filename=journal-audit.csv"})
+    if request.args.get("patient_id"):
+        facade().audit_now("patient.viewed", actor=current_user.login, patient_id=request.args["patient_id"].strip(),
+                           detail={"page": "audit"})
+    events = list(db().scalars(query.limit(PAGE)))
+    return render_template("retention/audit.html", events=events, actions=ACTIONS, args=request.args)

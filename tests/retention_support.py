@@ -1,0 +1,52 @@
+"""Arranging retention scenarios: patients with studies on given dates, users with tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.helpers import make_ct
+
+
+def add_study(archive, tmp_path: Path, patient_id: str, study_date: str, *, birth_date: str | None = "19700101",
+              images: int = 2, external: bool = False, modality: str = "CT") -> str:
+    """Store a study of *images* instances through the import path; return its Study UID."""
+    from pydicom.uid import generate_uid
+
+    from archive_core.maintenance import import_path
+
+    folder = tmp_path / f"in-{generate_uid()}"
+    folder.mkdir()
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for n in range(images):
+        ds = make_ct(patient_id=patient_id, study_uid=study_uid, series_uid=series_uid, study_date=study_date,
+                     modality=modality, InstanceNumber=n + 1)
+        if birth_date is None:
+            del ds.PatientBirthDate
+        else:
+            ds.PatientBirthDate = birth_date
+        ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+    report = import_path(archive, folder, external=external)
+    assert report.stored == images, report
+    return study_uid
+
+
+def make_user(app, login: str, role: str) -> str:
+    """Create a user and return a bearer token."""
+    from backoffice.auth.services import create_token, create_user
+
+    facade = app.extensions["archivage"]
+    with facade.new_session(write=True) as s:
+        create_user(s, login, role=role, password="correct horse battery")
+        token = create_token(s, login)
+        s.commit()
+    return token
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def instance_files(archive, study_uid: str) -> list[Path]:
+    """Every stored file of a study, in either tier."""
+    return [p for store in (archive.store, archive.archive_store) for p in store.objects.rglob("*.dcm")
+            if study_uid in str(p)]

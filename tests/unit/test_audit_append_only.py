@@ -1,0 +1,70 @@
+"""The audit trail is append-only in the database, and its hash chain finds a row changed behind its back."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from archive_core.db import make_engine, session_factory, write_session
+
+
+@pytest.fixture
+def sessions(database_url):
+    from archive_core import audit
+    from backoffice.migrate import upgrade
+
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    factory = session_factory(engine)
+    with write_session(factory) as s:
+        for n in range(3):
+            audit.record(s, "hold.placed", actor="gerante", patient_id=f"P{n}", detail={"reason": "réclamation"})
+    yield factory
+    engine.dispose()
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE audit_event SET actor = 'someone else' WHERE id = 2",
+    "DELETE FROM audit_event WHERE id = 2",
+])
+def test_the_database_refuses_to_change_or_delete_events(sessions, statement):
+    with pytest.raises(DBAPIError, match="append-only"):
+        with write_session(sessions) as s:
+            s.execute(text(statement))
+
+
+def test_the_chain_detects_a_tampered_row(sessions, database_url):
+    from archive_core.audit import verify
+
+    with sessions() as s:
+        assert verify(s).ok and verify(s).checked == 3
+    # Someone with the database owner's rights disables the guard and rewrites history.
+    with write_session(sessions) as s:
+        if database_url.startswith("sqlite"):
+            s.execute(text("DROP TRIGGER audit_event_no_update"))
+        else:
+            s.execute(text("ALTER TABLE audit_event DISABLE TRIGGER USER"))
+        s.execute(text("UPDATE audit_event SET patient_id = 'P9' WHERE id = 2"))
+    with sessions() as s:
+        report = verify(s)
+    assert not report.ok and report.first_bad_id == 2 and report.checked == 1
+
+
+def test_audit_verify_command_fails_on_a_tampered_chain(app, runner):
+    from archive_core.audit import record
+
+    facade = app.extensions["archivage"]
+    with facade.new_session(write=True) as s:
+        record(s, "death.recorded", actor="gerante", patient_id="P1")
+        record(s, "hold.placed", actor="gerante", patient_id="P1")
+        s.commit()
+    with app.app_context():
+        assert runner.invoke(args=["audit", "verify"]).exit_code == 0
+    with facade.new_session(write=True) as s:
+        s.execute(text("DROP TRIGGER audit_event_no_update"))
+        s.execute(text("UPDATE audit_event SET actor = 'x' WHERE action = 'hold.placed'"))
+        s.commit()
+    with app.app_context():
+        result = runner.invoke(args=["audit", "verify"])
+    assert result.exit_code == 1 and "broken" in result.output

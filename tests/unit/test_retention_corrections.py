@@ -1,0 +1,96 @@
+"""Corrections: a study moved to the right patient, duplicates merged, a study sent by mistake destroyed on approval."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from tests.retention_support import add_study, bearer, instance_files, make_user
+
+
+@pytest.fixture
+def facade(app):
+    return app.extensions["archivage"]
+
+
+@pytest.fixture
+def manager(app):
+    return bearer(make_user(app, "gerante", "manager"))
+
+
+def _studies_of(facade, patient_id):
+    from archive_core.index.models import Patient, Study
+
+    with facade.new_session() as s:
+        return set(s.scalars(select(Study.study_uid).join(Patient).where(
+            Patient.patient_id == patient_id, Patient.deleted_at.is_(None), Study.deleted_at.is_(None))))
+
+
+def _actions(facade):
+    from archive_core.audit import AuditEvent
+
+    with facade.new_session() as s:
+        return list(s.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
+
+
+def test_move_a_study_to_the_right_patient(client, manager, facade, tmp_path):
+    wrong = add_study(facade.archive, tmp_path, "P-WRONG", "20240101")
+    add_study(facade.archive, tmp_path, "P-RIGHT", "20200101")
+    response = client.post(f"/api/v1/studies/{wrong}/move", json={"patient_id": "P-RIGHT", "reason": "erreur d'accueil"},
+                           headers=manager)
+    assert response.status_code == 200
+    assert wrong in _studies_of(facade, "P-RIGHT") and wrong not in _studies_of(facade, "P-WRONG")
+    # The moved study is now P-RIGHT's last visit.
+    assert client.get("/api/v1/patients/P-RIGHT/retention", headers=manager).get_json()["keep_until"] == "2044-01-01"
+    assert "correction.study_moved" in _actions(facade)
+
+
+def test_move_needs_a_reason(client, manager, facade, tmp_path):
+    study = add_study(facade.archive, tmp_path, "P-WRONG", "20240101")
+    add_study(facade.archive, tmp_path, "P-RIGHT", "20200101")
+    assert client.post(f"/api/v1/studies/{study}/move", json={"patient_id": "P-RIGHT"}, headers=manager).status_code == 400
+
+
+def test_merge_duplicate_patients(client, manager, facade, tmp_path):
+    a = add_study(facade.archive, tmp_path, "DUP-1", "20240101")
+    b = add_study(facade.archive, tmp_path, "DUP-2", "20200101")
+    client.post("/api/v1/retention/holds", json={"patient_id": "DUP-1", "reason": "litige"}, headers=manager)
+    response = client.post("/api/v1/patients/DUP-1/merge", json={"into_patient_id": "DUP-2", "reason": "doublon"},
+                           headers=manager)
+    assert response.status_code == 200 and response.get_json()["studies_moved"] == 1
+    assert _studies_of(facade, "DUP-2") == {a, b}
+    assert client.get("/api/v1/patients/DUP-1/retention", headers=manager).status_code == 404
+    assert client.get("/api/v1/patients/DUP-2/retention", headers=manager).get_json()["on_hold"] is True
+    # A new study sent under the merged identifier is filed under the survivor.
+    c = add_study(facade.archive, tmp_path, "DUP-1", "20250101")
+    assert c in _studies_of(facade, "DUP-2")
+
+
+def test_a_study_sent_by_mistake_goes_through_approval(client, manager, facade, tmp_path):
+    keep = add_study(facade.archive, tmp_path, "P-TEST", "20240101")
+    mistake = add_study(facade.archive, tmp_path, "P-TEST", "20240102")
+    response = client.post(f"/api/v1/studies/{mistake}/deletion-requests", json={"reason": "examen de test"},
+                           headers=manager)
+    assert response.status_code == 201
+    batch_id = response.get_json()["id"]
+    # Requested is not deleted: execution is refused until a manager approves.
+    assert client.post(f"/api/v1/retention/batches/{batch_id}/execute", headers=manager).status_code == 409
+    assert len(instance_files(facade.archive, mistake)) == 2
+    assert client.post(f"/api/v1/retention/batches/{batch_id}/approve", json={"reason": "confirmé"},
+                       headers=manager).status_code == 200
+    assert client.post(f"/api/v1/retention/batches/{batch_id}/execute", headers=manager).get_json()["status"] == "executed"
+    assert instance_files(facade.archive, mistake) == []
+    assert len(instance_files(facade.archive, keep)) == 2
+    assert _studies_of(facade, "P-TEST") == {keep}
+    assert client.post(f"/api/v1/studies/{mistake}/deletion-requests", json={"reason": "encore"},
+                       headers=manager).status_code == 404
+
+
+def test_a_study_of_a_patient_on_hold_is_not_destroyed(client, manager, facade, tmp_path):
+    mistake = add_study(facade.archive, tmp_path, "P-HOLD", "20240102")
+    batch_id = client.post(f"/api/v1/studies/{mistake}/deletion-requests", json={"reason": "test"},
+                           headers=manager).get_json()["id"]
+    client.post(f"/api/v1/retention/batches/{batch_id}/approve", json={"reason": "ok"}, headers=manager)
+    client.post("/api/v1/retention/holds", json={"patient_id": "P-HOLD", "reason": "litige"}, headers=manager)
+    assert client.post(f"/api/v1/retention/batches/{batch_id}/execute", headers=manager).status_code == 409
+    assert len(instance_files(facade.archive, mistake)) == 2

@@ -11,6 +11,8 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from pydicom import config
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
@@ -306,7 +308,9 @@ def answer(query: Query, row: dict[str, Any], *, ae_title: str) -> Dataset:
         value = _value(key.keyword, row, ae_title) if key.keyword else None
         if isinstance(value, str) and not value.isascii():
             non_ascii = True
-        ds.add_new(key.tag, key.vr, value if value not in (None, "") else None)
+        # Values come from the index, checked when they were indexed: no validation per answer.
+        ds[key.tag] = DataElement(key.tag, key.vr, value if value not in (None, "") else None,
+                                  validation_mode=config.IGNORE)
     if non_ascii:
         ds.SpecificCharacterSet = "ISO_IR 192"
     ds.QueryRetrieveLevel = query.level

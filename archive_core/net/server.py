@@ -88,6 +88,8 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     # pynetdicom logs every DIMSE message at INFO (one line per C-FIND answer, per C-STORE), which
     # costs as much as building the answer; our handlers log what matters. A level set by the
     # deployment is kept.
+    # ... nor format every PDU and DIMSE message for its debug log (standard notification handlers).
+    _config.LOG_HANDLER_LEVEL = "none"
     pynetdicom_log = logging.getLogger("pynetdicom")
     if pynetdicom_log.level == logging.NOTSET:
         pynetdicom_log.setLevel(logging.WARNING)

@@ -17,7 +17,13 @@ def serve_forever(archive: Archive) -> None:
 
     # pynetdicom logs every message at INFO: far too much at hundreds of images a second.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    running = start_server(archive)
+    from archive_core.errors import JournalBusy
+
+    try:
+        running = start_server(archive)
+    except JournalBusy as exc:
+        archive.close()
+        raise SystemExit(f"cannot start: {exc}") from exc
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

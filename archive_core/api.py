@@ -20,7 +20,7 @@ from archive_core.index.models import Instance, Patient, Series, Study, utcnow
 from archive_core.purge import TombstoneResult
 from archive_core.tiers import TierMove
 
-__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "utcnow"]
+__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
 
 
 @dataclass(frozen=True)
@@ -49,20 +49,23 @@ NON_IMAGE_CLASSES = {ENCAPSULATED_PDF, *SR_CLASSES, "1.2.840.10008.5.1.4.1.1.11.
 
 @dataclass(frozen=True)
 class StudySummary:
+    """A visible study with its patient's identity: what the browser lists and the desk bills."""
+
     study_uid: str
-    study_date: str | None
-    study_time: str | None
+    study_date: str | None  # YYYYMMDD as received
     accession_number: str | None
     description: str | None
     modalities: tuple[str, ...]
-    num_series: int
-    num_instances: int
+    external: bool  # an outside prior, not a visit
     patient_id: str
     patient_name: str | None
     patient_birth_date: str | None
     patient_sex: str | None
-    referring_physician_name: str | None
-    external: bool
+    study_time: str | None = None
+    num_series: int = 0
+    num_instances: int = 0
+    referring_physician_name: str | None = None
+    received_at: datetime | None = None
 
     @property
     def iso_date(self) -> str | None:
@@ -160,7 +163,8 @@ def _summary(study: Study, patient: Patient) -> StudySummary:
         patient_birth_date=patient.patient_birth_date,
         patient_sex=patient.patient_sex,
         referring_physician_name=study.referring_physician_name,
-        external=study.external,
+        external=bool(study.external),
+        received_at=study.received_at,
     )
 
 
@@ -801,6 +805,37 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
                     select(func.coalesce(func.sum(Instance.size_bytes), 0)).where(Instance.deleted_at.is_(None))
                 ) or 0,
             )
+
+    def list_studies(
+        self,
+        *,
+        study_date: str | None = None,
+        patient_id: str | None = None,
+        study_uids: tuple[str, ...] | None = None,
+        include_undated: bool = False,
+        limit: int = 5000,
+    ) -> list[StudySummary]:
+        """Visible studies filtered by exact date (YYYYMMDD), exact Patient ID and/or UIDs, oldest first.
+
+        *include_undated* adds the studies that carry no Study Date with those of *study_date*.
+        """
+        query = (
+            select(Study, Patient)
+            .join(Patient, Study.patient_pk == Patient.id)
+            .where(Study.deleted_at.is_(None), Patient.deleted_at.is_(None))
+        )
+        if study_date is not None:
+            dated = Study.study_date == study_date
+            if include_undated:
+                dated = or_(dated, Study.study_date.is_(None), Study.study_date == "")
+            query = query.where(dated)
+        if patient_id is not None:
+            query = query.where(Patient.patient_id == patient_id)
+        if study_uids is not None:
+            query = query.where(Study.study_uid.in_(study_uids))
+        with self._archive.sessions() as s:
+            rows = s.execute(query.order_by(Study.id).limit(limit)).all()
+            return [_summary(st, p) for st, p in rows]
 
     # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 

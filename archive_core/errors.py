@@ -29,6 +29,10 @@ class NotFound(ArchiveError):
     """The requested object does not exist."""
 
 
+class JournalBusy(ArchiveError):
+    """Another process (a running archive) owns the ingest journal."""
+
+
 class BlobMissing(ArchiveError):
     """The index points at a blob the store does not have."""
 

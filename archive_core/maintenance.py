@@ -14,7 +14,7 @@ from sqlalchemy import delete, select
 
 from archive_core.archive import Archive
 from archive_core.db import write_session
-from archive_core.errors import ArchiveError
+from archive_core.errors import ArchiveError, JournalBusy
 from archive_core.index.ingest import Identity, index_jobs, job_from_file, read_part10, refresh_counts
 from archive_core.index.models import Instance
 from archive_core.part10 import dataset_offset
@@ -49,9 +49,24 @@ def fsck(archive: Archive, *, repair: bool = False, verify_checksums: bool = Tru
     nothing corrupt is served. A report after repair lists what remains.
     """
     store = archive.store
+    if not repair:
+        return _check(archive, verify_checksums=verify_checksums)
+    # Repairs race a running archive (it indexes, then moves files): only the journal's owner may repair.
+    ours = archive.ingestor.owns_journal
+    if not store.claim_journal():
+        raise JournalBusy("the archive is running on this storage: stop it before fsck --repair")
+    try:
+        return _check(archive, verify_checksums=verify_checksums, repair=True)
+    finally:
+        if not ours:
+            store.release_journal()
+
+
+def _check(archive: Archive, *, verify_checksums: bool, repair: bool = False) -> FsckReport:
+    store = archive.store
     report = FsckReport(journal_pending=len(store.incoming()))
     if repair and report.journal_pending:
-        archive.ingestor.replay()
+        archive.ingestor.replay(discard_unfinished=False)
         report.repaired.append(f"replayed {report.journal_pending} journal entries")
         report.journal_pending = len(store.incoming())
     with archive.sessions() as s:
@@ -118,6 +133,18 @@ def _repair(archive: Archive, report: FsckReport) -> None:
         except ArchiveError as exc:
             log.error("orphan file %s cannot be indexed: %s", key, exc)
             continue
+        with archive.sessions() as s:
+            indexed_key = s.scalar(
+                select(Instance.storage_key).where(Instance.sop_instance_uid == job.identity.sop_instance_uid)
+            )
+        if indexed_key is not None and indexed_key != key:
+            # An object overwritten under another study/series whose old file a crash left behind:
+            # the index holds the newer one; keep the old for a human, never serve it.
+            quarantine.mkdir(exist_ok=True)
+            shutil.move(str(path), quarantine / key.replace("/", "_"))
+            reindexed.append(key)
+            report.repaired.append(f"quarantined superseded {key}")
+            continue
         if job.identity.key != key:
             # Not where its UIDs say it belongs: move it there through the normal path.
             incoming = store.incoming_dir / f"fsck-{os.getpid()}-{job.identity.sop_instance_uid}.dcm"
@@ -158,7 +185,7 @@ def import_path(
     """Store every readable DICOM file under *root* as if it had been sent; list the others."""
     report = ImportReport()
     ingestor = archive.ingestor
-    ingestor.start()
+    ingestor.start(replay=False)
     try:
         for path in progress(list(iter_files(root))):
             try:

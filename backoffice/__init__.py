@@ -56,6 +56,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(retention_bp)
     from backoffice.radiology.views import bp as radiology_bp, share_bp; app.register_blueprint(radiology_bp); app.register_blueprint(share_bp)  # noqa: E702,E501
+    from backoffice.billing.views import bp as billing_bp
+
+    app.register_blueprint(billing_bp)
 
     from backoffice.api import register_api
 

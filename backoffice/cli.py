@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def register_cli(app: Flask) -> None:
 # -- db ---------------------------------------------------------------------------------------
 
 
-@click.group("db", help="Database schema.")
+@click.group("db", cls=AppGroup, help="Database schema.")
 def db_cli() -> None: ...
 
 
@@ -55,7 +56,7 @@ def db_upgrade() -> None:
 # -- users and tokens -------------------------------------------------------------------------
 
 
-@click.group("users", help="Back-office users.")
+@click.group("users", cls=AppGroup, help="Back-office users.")
 def users_cli() -> None: ...
 
 
@@ -106,7 +107,7 @@ def users_bootstrap() -> None:
     click.echo(f"first admin created: login admin, password (shown once): {password}")
 
 
-@click.group("tokens", help="API bearer tokens.")
+@click.group("tokens", cls=AppGroup, help="API bearer tokens.")
 def tokens_cli() -> None: ...
 
 
@@ -129,7 +130,7 @@ def tokens_create(login: str) -> None:
 # -- peers ------------------------------------------------------------------------------------
 
 
-@click.group("peers", help="Registered DICOM peers (modalities, workstations, archives).")
+@click.group("peers", cls=AppGroup, help="Registered DICOM peers (modalities, workstations, archives).")
 def peers_cli() -> None: ...
 
 
@@ -177,7 +178,7 @@ def peers_remove(ae_title: str) -> None:
 # -- archive ----------------------------------------------------------------------------------
 
 
-@click.group("archive", help="The DICOM archive.")
+@click.group("archive", cls=AppGroup, help="The DICOM archive.")
 def archive_cli() -> None: ...
 
 
@@ -195,7 +196,12 @@ def archive_fsck(repair: bool, no_checksums: bool) -> None:
     """Compare index and storage; exit 1 when problems remain."""
     from archive_core.maintenance import fsck
 
-    report = fsck(_archive(), repair=repair, verify_checksums=not no_checksums)
+    from archive_core.errors import JournalBusy
+
+    try:
+        report = fsck(_archive(), repair=repair, verify_checksums=not no_checksums)
+    except JournalBusy as exc:
+        raise click.ClickException(str(exc)) from exc
     for line in report.repaired:
         click.echo(f"repaired: {line}")
     for key in report.missing_files:
@@ -230,7 +236,7 @@ def archive_import(path: Path, external: bool) -> None:
 # -- audit ------------------------------------------------------------------------------------
 
 
-@click.group("audit", help="The audit trail.")
+@click.group("audit", cls=AppGroup, help="The audit trail.")
 def audit_cli() -> None: ...
 
 
@@ -251,6 +257,7 @@ def audit_verify() -> None:
 
 
 @click.command("web", help="Run the web back-office (waitress).")
+@with_appcontext
 @click.option("--host", default=None)
 @click.option("--port", type=int, default=None)
 def web_command(host: str | None, port: int | None) -> None:
@@ -263,7 +270,7 @@ def web_command(host: str | None, port: int | None) -> None:
     serve(app, host=host, port=port, threads=8)
 
 
-@click.group("scheduler", help="The scheduler (one per deployment).")
+@click.group("scheduler", cls=AppGroup, help="The scheduler (one per deployment).")
 def scheduler_cli() -> None: ...
 
 

@@ -150,3 +150,21 @@ def client(app):
 @pytest.fixture
 def runner(app):
     return app.test_cli_runner()
+
+
+# -- real server processes ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def archive_process(tmp_path):
+    """``flask --app wsgi archive serve`` as a child process on a free port, answering C-ECHO.
+
+    Its instance folder is ``tmp_path / "instance-serve"`` (database migrated); ``.cli(...)`` runs
+    other ``flask --app wsgi`` commands against the same instance; ``.kill()`` is a kill -9.
+    """
+    from tests.servers import ArchiveProcess
+
+    server = ArchiveProcess(tmp_path / "instance-serve")
+    server.start()
+    yield server
+    server.stop()

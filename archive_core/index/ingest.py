@@ -22,11 +22,10 @@ from typing import Callable, Iterable
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy import bindparam, func, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_core.db import write_session
-from archive_core.errors import DuplicateConflict, InvalidDataset, InvalidIdentifier
+from archive_core.errors import DuplicateConflict, InvalidDataset, InvalidIdentifier, JournalBusy
 from archive_core.index.keywords import extract
 from archive_core.index.models import Instance, Patient, Peer, Series, Study
 from archive_core.part10 import dataset_offset, file_header
@@ -36,6 +35,7 @@ from archive_core.uids import require_uid
 log = logging.getLogger(__name__)
 
 DUPLICATE_POLICIES = ("keep_first", "overwrite")
+EXTERNAL_SUFFIX = ".external.dcm"  # journal entries of objects imported as outside priors
 # Tombstoned rows do not count: an object received again after a purge is stored again.
 _CHECKSUM_OF = select(Instance.checksum_sha256).where(
     Instance.sop_instance_uid == bindparam("uid"), Instance.deleted_at.is_(None)
@@ -92,6 +92,7 @@ class Job:
     transfer_syntax_uid: str
     source_ae: str | None
     external: bool | None  # None: decided by the sending peer's registration
+    replaced_key: str | None = None  # set by indexing: the overwritten object lived elsewhere
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,26 @@ def parse(dataset_bytes: bytes, transfer_syntax_uid: str) -> Dataset:
                 import zlib
 
                 dataset_bytes = zlib.decompress(dataset_bytes, -zlib.MAX_WBITS)
-            return read_dataset(io.BytesIO(dataset_bytes), ts.is_implicit_VR, ts.is_little_endian)
+            ds = read_dataset(io.BytesIO(dataset_bytes), ts.is_implicit_VR, ts.is_little_endian)
     except Exception as exc:
         raise InvalidDataset(f"cannot parse dataset: {exc}") from exc
+    _require_whole_elements(ds, len(dataset_bytes))
+    return ds
+
+
+def _require_whole_elements(ds: Dataset, size: int) -> None:
+    """Refuse a dataset that ends inside an element header.
+
+    pydicom stops reading silently at a partial header (fewer than 8 bytes left), which would
+    acknowledge an object whose last element is gone. A last *value* cut short (pydicom's
+    MR_truncated.dcm) still parses into whole elements and is kept as received.
+    """
+    if not ds._dict:
+        return
+    last = ds._dict[max(ds._dict)]  # elements are encoded in tag order
+    # Only raw (not yet decoded) elements know where they were read; sequences are decoded at once.
+    if hasattr(last, "value_tell") and last.length != 0xFFFFFFFF and last.value_tell + last.length < size:
+        raise InvalidDataset(f"dataset ends inside an element header ({size - last.value_tell - last.length} bytes)")
 
 
 def read_part10(path: Path) -> tuple[Dataset, bytes, str, str | None]:
@@ -181,12 +199,14 @@ class Ingestor:
         self.on_indexed = on_indexed
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._last_seq = 0
-        self._pending: dict[str, str] = {}  # SOP Instance UID -> checksum, acknowledged, not yet indexed
+        # SOP Instance UID -> (checksum, journal sequence) of what is acknowledged but not yet indexed
+        self._pending: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()  # guards the duplicate check and _pending
         self._indexed = threading.Condition()
         self._done_seqs: set[int] = set()
         self._indexed_upto = 0
         self._thread: threading.Thread | None = None
+        self._owns_journal = False
         self._waiters = 0
         self.coalesce_seconds = coalesce_seconds
         self.failures = 0
@@ -212,14 +232,16 @@ class Ingestor:
         checksum = hashlib.sha256(dataset_bytes).hexdigest()
         uid = identity.sop_instance_uid
         with self._lock:
-            known = self._pending.get(uid) or self._indexed_checksum(uid)
+            pending = self._pending.get(uid)
+            known = pending[0] if pending else self._indexed_checksum(uid)
             if known == checksum:
-                return Outcome(seq=0, duplicate=True)
+                # Still pending: the caller must wait for the first copy's indexing, like its sender.
+                return Outcome(seq=pending[1] if pending else 0, duplicate=True)
             if known is not None and self.duplicate_policy == "keep_first":
                 raise DuplicateConflict("different content under a stored SOP Instance UID; first kept")
-            self._pending[uid] = checksum
             self._last_seq += 1
             seq = self._last_seq
+            self._pending[uid] = (checksum, seq)
         try:
             header = file_header(
                 sop_class_uid=identity.sop_class_uid,
@@ -227,10 +249,12 @@ class Ingestor:
                 transfer_syntax_uid=transfer_syntax_uid,
                 source_ae=source_ae,
             )
-            path = self.store.write_incoming(f"{time.time_ns():020d}-{seq:09d}-{uid}.dcm", [header, dataset_bytes])
+            # "external" (an import of outside priors) is known only here: the entry's name keeps it for a replay.
+            suffix = EXTERNAL_SUFFIX if external else ".dcm"
+            path = self.store.write_incoming(f"{time.time_ns():020d}-{seq:09d}-{uid}{suffix}", [header, dataset_bytes])
         except BaseException:
             with self._lock:
-                if self._pending.get(uid) == checksum:
+                if self._pending.get(uid) == (checksum, seq):
                     del self._pending[uid]
             self._mark_done([seq])
             raise
@@ -246,17 +270,35 @@ class Ingestor:
 
     # -- indexing --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Replay the journal, then index new entries in a background thread."""
-        self.replay()
+    def start(self, *, replay: bool = True) -> None:
+        """Replay the journal (unless *replay* is false), then index new entries in a background thread.
+
+        ``archive import`` starts without replaying: the journal may belong to a running server,
+        whose own indexer is about to take those entries.
+        """
+        if replay:
+            # One owner per journal: a second archive on the same storage would replay (and move)
+            # entries the first one is indexing.
+            if not self.store.claim_journal():
+                raise JournalBusy(f"another archive process owns the ingest journal under {self.store.root}")
+            self._owns_journal = True
+            self.replay()
         self._thread = threading.Thread(target=self._run, name="archive-indexer", daemon=True)
         self._thread.start()
+
+    @property
+    def owns_journal(self) -> bool:
+        """Started with a replay: this process is the journal's owner until :meth:`stop`."""
+        return self._owns_journal
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join(timeout)
             self._thread = None
+        if self._owns_journal:
+            self.store.release_journal()
+            self._owns_journal = False
 
     def wait_indexed(self, seq: int | None = None, timeout: float = 60.0) -> bool:
         """Block until every entry up to *seq* (default: all acknowledged so far) is indexed."""
@@ -321,7 +363,7 @@ class Ingestor:
             try:
                 self.index_batch(batch)
                 return
-            except (IntegrityError, DBAPIError) as exc:
+            except Exception as exc:  # the indexer thread must outlive any one batch
                 self.failures += 1
                 log.warning("indexing %d objects failed, retrying: %s", len(batch), exc.__class__.__name__)
                 time.sleep(delay)
@@ -342,9 +384,13 @@ class Ingestor:
             self.store.commit(job.path, job.identity.key)
             keys.append(job.identity.key)
         self.store.sync_committed(keys)
+        for job in batch:
+            # Policy "overwrite" with other Study/Series UIDs: the old file is no object's any more.
+            if job.replaced_key and job.replaced_key not in keys:
+                self.store.delete(job.replaced_key)
         with self._lock:
             for job in batch:
-                if self._pending.get(job.identity.sop_instance_uid) == job.checksum:
+                if self._pending.get(job.identity.sop_instance_uid, ("",))[0] == job.checksum:
                     del self._pending[job.identity.sop_instance_uid]
         self._mark_done(job.seq for job in batch if job.seq > 0)
         if self.on_indexed is not None:
@@ -353,13 +399,19 @@ class Ingestor:
             except Exception:
                 log.exception("after-index hook failed")
 
-    def replay(self) -> int:
-        """Index what the journal holds (after a crash); returns how many entries were replayed."""
+    def replay(self, *, discard_unfinished: bool = True) -> int:
+        """Index what the journal holds (after a crash); returns how many entries were replayed.
+
+        *discard_unfinished* also removes interrupted writes (``.tmp``): right for the process
+        that owns the journal at its start, wrong for a tool running beside a live server.
+        """
         jobs: list[Job] = []
         count = 0
+        if discard_unfinished:
+            self.store.discard_unfinished()
         for path in self.store.incoming():
             try:
-                job = job_from_file(path, seq=0)
+                job = job_from_file(path, seq=0, external=True if path.name.endswith(EXTERNAL_SUFFIX) else None)
             except Exception as exc:
                 # Only a corrupted disk gets here: a journal entry is fsynced before it is renamed.
                 quarantine = self.store.root / "quarantine"
@@ -382,7 +434,14 @@ class Ingestor:
 
 def job_from_file(path: Path, *, seq: int, external: bool | None = None) -> Job:
     ds, dataset_bytes, ts, source_ae = read_part10(path)
-    identity = Identity.of(ds, sop_class_uid=(ds.file_meta.get("MediaStorageSOPClassUID") if hasattr(ds, "file_meta") else None))
+    # The file meta plays the request's part: a journal entry's meta holds the UIDs the C-STORE
+    # was accepted under, also when the dataset itself lacks them.
+    meta = getattr(ds, "file_meta", None)
+    identity = Identity.of(
+        ds,
+        sop_class_uid=meta.get("MediaStorageSOPClassUID") if meta is not None else None,
+        sop_instance_uid=meta.get("MediaStorageSOPInstanceUID") if meta is not None else None,
+    )
     return Job(
         seq=seq,
         path=path,
@@ -409,6 +468,7 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
         }
         external_aes = set(s.scalars(select(Peer.ae_title).where(Peer.external.is_(True))))
         patients: dict[tuple[str, str], Patient] = {}
+        moved_from_series: set[int] = set()
         for job in batch:
             ident = job.identity
             study = studies.get(ident.study_uid)
@@ -446,6 +506,9 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
                 inst = Instance(sop_instance_uid=ident.sop_instance_uid)
                 s.add(inst)
                 instances[ident.sop_instance_uid] = inst
+            elif inst.storage_key and inst.storage_key != ident.key:
+                job.replaced_key = inst.storage_key
+                moved_from_series.add(inst.series_pk)
             inst.series = se
             if study.deleted_at is not None:  # received again after a purge: a new visit, visible again
                 study.deleted_at = None
@@ -461,7 +524,11 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
             inst.tier = "active"
             inst.source_ae = job.source_ae
         s.flush()
-        refresh_counts(s, {se.id for se in series.values() if se.series_uid in series_uids}, {studies[u].id for u in study_uids})
+        series_ids = {se.id for se in series.values() if se.series_uid in series_uids} | moved_from_series
+        study_ids = {studies[u].id for u in study_uids}
+        if moved_from_series:
+            study_ids |= set(s.scalars(select(Series.study_pk).where(Series.id.in_(moved_from_series))))
+        refresh_counts(s, series_ids, study_ids)
     return study_uids
 
 

@@ -130,8 +130,9 @@ def handle_store(event, ctx: ArchiveContext):
     except Exception as exc:  # never let one bad object take the server down
         log.exception("C-STORE %s from %s failed", sop_uid, calling)
         return _failure(0xC000, f"processing failure: {exc.__class__.__name__}")
-    if outcome.seq:
-        state.last_seq = outcome.seq
+    # An identical duplicate of a pending object carries that object's (earlier) sequence.
+    state.last_seq = max(state.last_seq, outcome.seq)
+    if outcome.seq and not outcome.duplicate:
         entry = state.stored.setdefault(identity.study_uid, [str(ds.get("PatientID", "") or ""), 0])
         entry[1] += 1
     return SUCCESS

@@ -23,6 +23,17 @@ class BlobStore(abc.ABC):
         """Journal entries not yet committed, oldest first."""
 
     @abc.abstractmethod
+    def claim_journal(self) -> bool:
+        """Become the journal's one owner (the process that replays it); False when another holds it."""
+
+    @abc.abstractmethod
+    def release_journal(self) -> None: ...
+
+    @abc.abstractmethod
+    def discard_unfinished(self) -> int:
+        """Remove journal writes a crash interrupted (never acknowledged); the journal's owner only."""
+
+    @abc.abstractmethod
     def commit(self, incoming: Path, key: str) -> None:
         """Move a journal entry under *key* (replacing what is there), durably."""
 

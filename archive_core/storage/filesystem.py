@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ class FilesystemStore(BlobStore):
         self._space_checked_at = 0.0
         self._space_lock = threading.Lock()
         self._known_dirs: set[Path] = set()
+        self._journal_lock = None
 
     def _path(self, key: str) -> Path:
         # Keys come from validated UIDs; this is the last line of defence against a path from the wire.
@@ -66,10 +68,38 @@ class FilesystemStore(BlobStore):
         return final
 
     def incoming(self) -> list[Path]:
-        # Leftover .tmp files were never acknowledged: a crash interrupted their write.
+        # Listing only: other processes (fsck, the scheduler) look while the server writes.
+        return sorted(self.incoming_dir.glob("*.dcm"))
+
+    def claim_journal(self) -> bool:
+        # An flock: the kernel releases it when the owner dies, even by kill -9.
+        if self._journal_lock is not None:
+            return True
+        handle = open(self.root / "journal.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            return False
+        self._journal_lock = handle
+        return True
+
+    def release_journal(self) -> None:
+        if self._journal_lock is not None:
+            self._journal_lock.close()
+            self._journal_lock = None
+
+    def discard_unfinished(self) -> int:
+        """Remove leftover ``.tmp`` files: never acknowledged, a crash interrupted their write.
+
+        Only the process that owns the journal may call this, before it receives anything:
+        elsewhere a ``.tmp`` is a write in progress.
+        """
+        count = 0
         for tmp in self.incoming_dir.glob("*.tmp"):
             tmp.unlink(missing_ok=True)
-        return sorted(self.incoming_dir.glob("*.dcm"))
+            count += 1
+        return count
 
     def commit(self, incoming: Path, key: str) -> None:
         target = self._path(key)

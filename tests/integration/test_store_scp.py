@@ -202,6 +202,102 @@ def test_series_and_study_counts_cover_several_series(scp, archive):
     assert counts == [1, 2, 3]
 
 
+def test_overwrite_under_other_study_and_series_leaves_no_stray_file(instance_path):
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from archive_core.maintenance import fsck
+    from archive_core.net.server import start_server
+    from backoffice.migrate import upgrade
+
+    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_DUPLICATE_POLICY="overwrite")
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    running = start_server(archive, host="127.0.0.1", port=0)
+    try:
+        first = make_ct()
+        corrected = make_ct(sop_uid=first.SOPInstanceUID)  # re-sent by the modality under a new study
+        assoc = _associate(running.port)
+        assert assoc.send_c_store(first).Status == 0x0000
+        assoc.release()
+        assoc = _associate(running.port)
+        assert assoc.send_c_store(corrected).Status == 0x0000
+        assoc.release()
+        with archive.sessions() as s:
+            counts = dict(s.execute(select(Study.study_uid, Study.num_instances)).all())
+        assert counts == {first.StudyInstanceUID: 0, corrected.StudyInstanceUID: 1}
+        assert len(list(archive.store.keys())) == 1
+        assert fsck(archive).problems == 0
+    finally:
+        running.stop()
+        archive.close()
+
+
+def test_concurrent_associations_into_one_study_are_all_indexed(scp, archive):
+    import threading
+
+    study = "1.2.826.0.1.3680043.8.498.4242"
+    seen_after_release: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def modality(n: int) -> None:
+        try:
+            assoc = _associate(scp.port, f"CT{n}")
+            uids = []
+            for i in range(20):
+                ds = make_ct(study_uid=study, series_uid=f"{study}.{n}", InstanceNumber=i + 1)
+                assert assoc.send_c_store(ds).Status == 0x0000
+                uids.append(ds.SOPInstanceUID)
+            assoc.release()
+            with archive.sessions() as s:
+                seen_after_release[n] = s.scalar(
+                    select(func.count(Instance.id)).where(Instance.sop_instance_uid.in_(uids))
+                )
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=modality, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert seen_after_release == {0: 20, 1: 20, 2: 20, 3: 20}
+    with archive.sessions() as s:
+        st = s.scalar(select(Study).where(Study.study_uid == study))
+        assert (st.num_series, st.num_instances) == (4, 80)
+    assert _count(archive, Patient) == 1
+
+
+def test_store_and_fsck_on_each_database(database_url, instance_path):
+    """The same server on SQLite and on PostgreSQL (ARCHIVAGE_DATABASE_URL)."""
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from archive_core.maintenance import fsck
+    from archive_core.net.server import start_server
+    from backoffice.migrate import upgrade
+
+    settings = Settings(instance_path=instance_path, DATABASE_URL=database_url, STORAGE_MIN_FREE_BYTES=0)
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    running = start_server(archive, host="127.0.0.1", port=0)
+    try:
+        study = "1.2.826.0.1.3680043.8.498.555"
+        for n in range(2):
+            assoc = _associate(running.port)
+            for i in range(5):
+                ds = make_ct(study_uid=study, series_uid=f"{study}.{n}", InstanceNumber=i + 1)
+                assert assoc.send_c_store(ds).Status == 0x0000
+            assert assoc.send_c_store(ds).Status == 0x0000  # identical duplicate
+            assoc.release()
+        with archive.sessions() as s:
+            st = s.scalar(select(Study).where(Study.study_uid == study))
+            assert (st.num_series, st.num_instances, st.modalities_in_study) == (2, 10, "CT")
+        assert fsck(archive).problems == 0
+    finally:
+        running.stop()
+        archive.close()
+
+
 def test_storage_is_audited_per_study_with_the_calling_ae(scp, archive):
     import time
 

@@ -1,0 +1,382 @@
+"""The billing part of the JSON API (DESIGN.md public contract): exam groups, consent, insurers,
+memberships, invoices, payments, credit notes, invoice and receipt PDFs, claims and closings."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from urllib.parse import urlencode
+
+from flask import Response, jsonify, request
+from sqlalchemy import select
+
+from backoffice.api import ApiError, api_route, bp, current_api_user, json_body
+from backoffice.billing import documents
+from backoffice.billing.arrivals import attach_before_issue, sync_from_archive
+from backoffice.billing import services as S
+from backoffice.billing.models import Claim, ExamGroup, Insurer, Invoice
+from backoffice.extensions import db, facade
+
+
+DESK = ("front_desk", "manager")
+MANAGER = ("manager",)
+PAGE_SIZE = 100
+ERROR_STATUS = {S.NotFound: 404, S.Conflict: 409, S.Invalid: 400}
+
+
+@bp.errorhandler(S.BillingError)
+def _billing_error(exc: S.BillingError):
+    status = next((code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind)), 400)
+    response = jsonify({"error": {"code": exc.code, "message": exc.message}})
+    response.status_code = status
+    return response
+
+
+def _utc_iso(moment: datetime) -> str:
+    """ISO 8601 with its UTC offset (SQLite hands stored UTC datetimes back naive)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
+
+
+def _int_field(body: dict, name: str) -> int:
+    value = body.get(name)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ApiError(400, "bad_request", f"{name} must be an integer")
+    return value
+
+
+def _page_args() -> tuple[int, int]:
+    try:
+        after = int(request.args.get("after", 0))
+        limit = min(max(int(request.args.get("limit", PAGE_SIZE)), 1), PAGE_SIZE)
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", "after and limit must be integers") from exc
+    return after, limit
+
+
+def _page(items: list, last_id: int | None, limit: int, more: bool) -> dict:
+    page = {"items": items}
+    if more and last_id is not None:
+        args = {k: v for k, v in request.args.items() if k != "after"}
+        args["after"] = str(last_id)
+        page["next"] = f"{request.base_url}?{urlencode(args)}"
+    return page
+
+
+# -- exam groups ---------------------------------------------------------------------------------
+
+
+def _group_json(group: ExamGroup, state: S.GroupState | None = None) -> dict:
+    state = state or S.group_state(db(), group)
+    return {
+        "id": group.id,
+        "patient_id": group.patient_id,
+        "patient_name": group.patient_name,
+        "visit_date": group.visit_date.isoformat(),
+        "exam_group": group.exam_group,
+        "study_uids": [s.study_uid for s in group.studies],
+        "accession_number": group.accession_number,
+        "fee_cents": state.fee_cents,
+        "consent": group.consent,
+        "invoice_id": state.invoice_id,
+        "state": state.state,
+    }
+
+
+@api_route(
+    "/exam-groups", roles=DESK, summary="Billable units: one per patient, visit day and exam group",
+    parameters=[{"name": "date", "in": "query", "schema": {"type": "string", "format": "date"}},
+                {"name": "patient_id", "in": "query", "schema": {"type": "string"}},
+                {"name": "after", "in": "query", "schema": {"type": "integer"}}],
+)
+def list_exam_groups():
+    visit_date = S.parse_date(request.args["date"], "date") if request.args.get("date") else None
+    patient_id = request.args.get("patient_id") or None
+    if visit_date is None and patient_id is None:
+        visit_date = S.paris_today()
+    after, limit = _page_args()
+    sync_from_archive(visit_date=visit_date, patient_id=patient_id)
+    groups = S.list_exam_groups(db(), visit_date=visit_date, patient_id=patient_id, after_id=after, limit=limit + 1)
+    more = len(groups) > limit
+    groups = groups[:limit]
+    facade().audit_now("billing.exam_groups.viewed", actor=current_api_user().login, patient_id=patient_id,
+                       detail={"date": visit_date.isoformat() if visit_date else None, "count": len(groups)})
+    states = S.group_states(db(), groups)
+    return jsonify(_page([_group_json(g, states[g.id]) for g in groups], groups[-1].id if groups else None, limit,
+                         more))
+
+
+@api_route(
+    "/exam-groups", methods=("POST",), roles=DESK, summary="Check-in: create an exam group by hand",
+    request_body={"type": "object", "required": ["patient_id", "exam_group"],
+                  "properties": {"patient_id": {"type": "string"}, "visit_date": {"type": "string"},
+                                 "exam_group": {"type": "string"}, "patient_name": {"type": "string"},
+                                 "accession_number": {"type": "string"}}},
+    responses={"201": {"description": "Created"}},
+)
+def create_exam_group():
+    body = json_body()
+    patient_id = body.get("patient_id")
+    if not isinstance(patient_id, str):
+        raise ApiError(400, "bad_request", "patient_id must be a string")
+    visit_date = S.parse_date(body["visit_date"], "visit_date") if body.get("visit_date") else S.paris_today()
+    group = S.create_exam_group(
+        db(), patient_id=patient_id, visit_date=visit_date, exam_group=str(body.get("exam_group", "")),
+        created_by=current_api_user().login, patient_name=body.get("patient_name"),
+        patient_birth_date=body.get("patient_birth_date"), patient_address=body.get("patient_address"),
+        accession_number=body.get("accession_number"),
+    )
+    facade().audit(db(), "billing.exam_group.created", actor=current_api_user().login, patient_id=patient_id,
+                   detail={"exam_group_id": group.id})
+    return jsonify(_group_json(group)), 201
+
+
+@api_route("/exam-groups/<int:group_id>/consent", methods=("POST",), roles=DESK,
+           summary="Record that the price was shown and whether the patient accepted",
+           request_body={"type": "object", "required": ["accepted"], "properties": {"accepted": {"type": "boolean"}}})
+def record_consent(group_id: int):
+    body = json_body()
+    if not isinstance(body.get("accepted"), bool):
+        raise ApiError(400, "bad_request", "accepted must be true or false")
+    group = S.record_consent(db(), group_id, accepted=body["accepted"], recorded_by=current_api_user().login)
+    facade().audit(db(), "billing.consent", actor=current_api_user().login, patient_id=group.patient_id,
+                   detail={"exam_group_id": group.id, "accepted": body["accepted"]})
+    return jsonify(_group_json(group))
+
+
+# -- insurers and memberships --------------------------------------------------------------------
+
+
+def _insurer_json(insurer: Insurer) -> dict:
+    return {"id": insurer.id, "name": insurer.name, "amc_number": insurer.amc_number,
+            "coverage_bp": insurer.coverage_bp, "flat_cents": insurer.flat_cents,
+            "annual_cap_cents": insurer.annual_cap_cents, "third_party_payment": insurer.third_party_payment}
+
+
+@api_route("/insurers", methods=("POST",), roles=MANAGER, summary="Register a mutual insurer (AMC)",
+           request_body={"type": "object", "required": ["name", "amc_number"],
+                         "properties": {"name": {"type": "string"}, "amc_number": {"type": "string"},
+                                        "coverage_bp": {"type": "integer"}, "flat_cents": {"type": "integer"},
+                                        "annual_cap_cents": {"type": "integer"},
+                                        "third_party_payment": {"type": "boolean"}}},
+           responses={"201": {"description": "Created"}})
+def create_insurer():
+    body = json_body()
+    insurer = S.create_insurer(
+        db(), name=body.get("name"), amc_number=body.get("amc_number"), coverage_bp=body.get("coverage_bp", 0),
+        flat_cents=body.get("flat_cents", 0), annual_cap_cents=body.get("annual_cap_cents"),
+        third_party_payment=body.get("third_party_payment", False),
+    )
+    return jsonify(_insurer_json(insurer)), 201
+
+
+@api_route("/insurers", roles=DESK, summary="Mutual insurers")
+def list_insurers():
+    return jsonify({"items": [_insurer_json(i) for i in db().scalars(select(Insurer).order_by(Insurer.name))]})
+
+
+@api_route("/patients/<path:patient_id>/memberships", methods=("POST",), roles=DESK,
+           summary="A patient's membership of an insurer (patient_id: the URL-encoded DICOM Patient ID)",
+           request_body={"type": "object", "required": ["insurer_id", "member_number", "valid_from"],
+                         "properties": {"insurer_id": {"type": "integer"}, "member_number": {"type": "string"},
+                                        "valid_from": {"type": "string"}, "valid_to": {"type": "string"},
+                                        "payer_name": {"type": "string"}}},
+           responses={"201": {"description": "Created"}})
+def add_membership(patient_id: str):
+    body = json_body()
+    membership = S.add_membership(
+        db(), patient_id=patient_id, insurer_id=_int_field(body, "insurer_id"),
+        member_number=body.get("member_number"), valid_from=S.parse_date(body.get("valid_from"), "valid_from"),
+        valid_to=S.parse_date(body["valid_to"], "valid_to") if body.get("valid_to") else None,
+        payer_name=body.get("payer_name"),
+    )
+    facade().audit(db(), "billing.membership.created", actor=current_api_user().login, patient_id=patient_id,
+                   detail={"membership_id": membership.id})
+    return jsonify({"id": membership.id, "patient_id": patient_id, "insurer_id": membership.insurer_id,
+                    "member_number": membership.member_number, "valid_from": membership.valid_from.isoformat(),
+                    "valid_to": membership.valid_to.isoformat() if membership.valid_to else None}), 201
+
+
+# -- invoices ------------------------------------------------------------------------------------
+
+
+def _invoice_json(invoice: Invoice, state: S.InvoiceState | None = None) -> dict:
+    state = state or S.invoice_state(db(), invoice)
+    return {
+        "id": invoice.id, "number": invoice.number, "exam_group_id": invoice.group_id,
+        "patient_id": invoice.patient_id, "visit_date": invoice.visit_date.isoformat(),
+        "issued_at": _utc_iso(invoice.issued_at), "exam_group": invoice.exam_group,
+        "total_cents": invoice.total_cents, "insurer_cents": invoice.insurer_cents,
+        "patient_cents": invoice.patient_cents, "insurer_id": invoice.insurer_id,
+        "third_party_payment": invoice.third_party_payment, "paid_cents": state.paid_cents,
+        "balance_cents": state.balance_cents, "patient_due_cents": state.patient_due_cents,
+        "insurer_due_cents": state.insurer_due_cents, "status": state.status,
+        "credit_note_id": state.credit_note_id,
+    }
+
+
+@api_route("/invoices", methods=("POST",), roles=DESK, summary="Issue the invoice of an exam group",
+           request_body={"type": "object", "required": ["exam_group_id"],
+                         "properties": {"exam_group_id": {"type": "integer"}, "payer_name": {"type": "string"}}},
+           responses={"201": {"description": "Created"}})
+def issue_invoice():
+    body = json_body()
+    session = db()  # a POST: its transaction took the write lock up front (numbering)
+    group_id = _int_field(body, "exam_group_id")
+    attach_before_issue(group_id)
+    invoice = S.issue_invoice(session, group_id, issued_by=current_api_user().login,
+                              payer_name=body.get("payer_name"))
+    facade().audit(session, "billing.invoice.issued", actor=current_api_user().login,
+                   patient_id=invoice.patient_id, detail={"number": invoice.number})
+    payload = _invoice_json(invoice)
+    # Commit now: the numbering lock is released before the slow part (the PDF).
+    session.commit()
+    documents.render_after_issue(invoice.id)
+    return jsonify(payload), 201
+
+
+@api_route("/invoices", roles=DESK, summary="Invoices, newest first (optionally of one patient)",
+           parameters=[{"name": "patient_id", "in": "query", "schema": {"type": "string"}},
+                       {"name": "after", "in": "query", "schema": {"type": "integer"}}])
+def list_invoices():
+    after, limit = _page_args()
+    query = select(Invoice)
+    if request.args.get("patient_id"):
+        query = query.where(Invoice.patient_id == request.args["patient_id"])
+    if after:
+        query = query.where(Invoice.id < after)
+    invoices = list(db().scalars(query.order_by(Invoice.id.desc()).limit(limit + 1)))
+    more = len(invoices) > limit
+    invoices = invoices[:limit]
+    if request.args.get("patient_id"):
+        facade().audit_now("billing.invoices.viewed", actor=current_api_user().login,
+                           patient_id=request.args["patient_id"])
+    states = S.invoice_states(db(), invoices)
+    return jsonify(_page([_invoice_json(i, states[i.id]) for i in invoices], invoices[-1].id if invoices else None,
+                         limit, more))
+
+
+@api_route("/invoices/<int:invoice_id>", roles=DESK, summary="One invoice and its balance")
+def get_invoice(invoice_id: int):
+    invoice = S.get_invoice(db(), invoice_id)
+    facade().audit_now("billing.invoice.viewed", actor=current_api_user().login, patient_id=invoice.patient_id,
+                       detail={"number": invoice.number})
+    return jsonify(_invoice_json(invoice))
+
+
+@api_route("/invoices/<int:invoice_id>/payments", methods=("POST",), roles=DESK,
+           summary="Record a payment (partial allowed; overpayment refused)",
+           request_body={"type": "object", "required": ["amount_cents", "method"],
+                         "properties": {"amount_cents": {"type": "integer"},
+                                        "method": {"enum": ["cash", "card", "cheque", "transfer"]}}},
+           responses={"201": {"description": "Created"}})
+def record_payment(invoice_id: int):
+    body = json_body()
+    payment = S.record_payment(db(), invoice_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
+                               received_by=current_api_user().login)
+    invoice = S.get_invoice(db(), invoice_id)
+    facade().audit(db(), "billing.payment", actor=current_api_user().login, patient_id=invoice.patient_id,
+                   detail={"number": invoice.number, "payment_id": payment.id})
+    state = _invoice_json(invoice)
+    return jsonify({"id": payment.id, "invoice_id": invoice.id, "amount_cents": payment.amount_cents,
+                    "method": payment.method, "received_at": _utc_iso(payment.received_at),
+                    "balance_cents": state["balance_cents"], "status": state["status"], "invoice": state}), 201
+
+
+@api_route("/invoices/<int:invoice_id>/credit-notes", methods=("POST",), roles=DESK,
+           summary="Cancel an invoice with a credit note (its own series, negative total)",
+           request_body={"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}},
+           responses={"201": {"description": "Created"}})
+def issue_credit_note(invoice_id: int):
+    body = json_body()
+    note = S.issue_credit_note(db(), invoice_id, reason=body.get("reason"), issued_by=current_api_user().login)
+    invoice = S.get_invoice(db(), invoice_id)
+    facade().audit(db(), "billing.credit_note.issued", actor=current_api_user().login,
+                   patient_id=invoice.patient_id, detail={"number": note.number, "invoice": invoice.number})
+    return jsonify({"id": note.id, "number": note.number, "total_cents": note.total_cents,
+                    "invoice_id": invoice.id, "reason": note.reason}), 201
+
+
+@api_route("/credit-notes/<int:note_id>/refunds", methods=("POST",), roles=DESK,
+           summary="Refund money paid on a credited invoice",
+           request_body={"type": "object", "required": ["amount_cents", "method"]},
+           responses={"201": {"description": "Created"}})
+def refund(note_id: int):
+    body = json_body()
+    payment = S.refund(db(), note_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
+                       refunded_by=current_api_user().login)
+    return jsonify({"id": payment.id, "amount_cents": payment.amount_cents, "method": payment.method}), 201
+
+
+def _pdf_response(data: bytes, filename: str) -> Response:
+    return Response(data, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="{filename}"', "Cache-Control": "no-store"})
+
+
+@api_route("/invoices/<int:invoice_id>/invoice.pdf", roles=DESK, summary="The invoice as issued (stored)")
+def invoice_pdf(invoice_id: int):
+    invoice = S.get_invoice(db(), invoice_id)
+    data = documents.invoice_pdf(facade().new_session, invoice.id)
+    facade().audit_now("billing.invoice.printed", actor=current_api_user().login, patient_id=invoice.patient_id,
+                       detail={"number": invoice.number})
+    return _pdf_response(data, f"facture-{invoice.number}.pdf")
+
+
+@api_route("/invoices/<int:invoice_id>/receipt.pdf", roles=DESK,
+           summary="Receipt of the payments so far (?payment_id= for one payment)",
+           parameters=[{"name": "payment_id", "in": "query", "schema": {"type": "integer"}}])
+def receipt_pdf(invoice_id: int):
+    invoice = S.get_invoice(db(), invoice_id)
+    payment_id = request.args.get("payment_id", type=int)
+    data = documents.render_receipt(db(), invoice, payment_id)
+    facade().audit_now("billing.receipt.printed", actor=current_api_user().login, patient_id=invoice.patient_id,
+                       detail={"number": invoice.number})
+    return _pdf_response(data, f"recu-{invoice.number}.pdf")
+
+
+# -- claims and closings (manager) ---------------------------------------------------------------
+
+
+@api_route("/claims", roles=MANAGER, summary="Tiers-payant claims (?status=to_send|sent|paid|rejected)")
+def list_claims():
+    query = select(Claim).order_by(Claim.id)
+    if request.args.get("status"):
+        query = query.where(Claim.status == request.args["status"])
+    after, limit = _page_args()
+    claims = list(db().scalars(query.where(Claim.id > after).limit(limit + 1)))
+    more = len(claims) > limit
+    claims = claims[:limit]
+    items = [{"id": c.id, "invoice_id": c.invoice_id, "insurer_id": c.insurer_id, "amount_cents": c.amount_cents,
+              "status": c.status} for c in claims]
+    return jsonify(_page(items, claims[-1].id if claims else None, limit, more))
+
+
+@api_route("/claims/<int:claim_id>/settle", methods=("POST",), roles=MANAGER,
+           summary="A claim paid or rejected by the insurer",
+           request_body={"type": "object", "required": ["paid"],
+                         "properties": {"paid": {"type": "boolean"}, "reason": {"type": "string"}}})
+def settle_claim(claim_id: int):
+    body = json_body()
+    if not isinstance(body.get("paid"), bool):
+        raise ApiError(400, "bad_request", "paid must be true or false")
+    claim = S.settle_claim(db(), claim_id, paid=body["paid"], by=current_api_user().login, reason=body.get("reason"))
+    return jsonify({"id": claim.id, "status": claim.status})
+
+
+@api_route("/closings", methods=("POST",), roles=DESK,
+           summary="Close a day (front desk, manager), a month or a year (manager)",
+           request_body={"type": "object", "required": ["kind", "period"],
+                         "properties": {"kind": {"enum": ["day", "month", "year"]}, "period": {"type": "string"}}},
+           responses={"201": {"description": "Created"}})
+def close_period():
+    body = json_body()
+    kind = body.get("kind")
+    if kind not in ("day", "month", "year"):
+        raise ApiError(400, "bad_request", "kind must be day, month or year")
+    if kind != "day" and current_api_user().role != "manager":
+        raise ApiError(403, "forbidden", "only a manager closes months and years")
+    closing = S.close_period(db(), kind, str(body.get("period", "")), signed_by=current_api_user().login)
+    return jsonify({"id": closing.id, "kind": closing.kind, "period": closing.period,
+                    "total_cents": closing.total_cents, "payment_count": closing.payment_count,
+                    "signed_by": closing.signed_by}), 201
+
+
+

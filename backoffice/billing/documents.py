@@ -1,0 +1,194 @@
+"""Billing documents: the invoice PDF (rendered once at issue, stored with its SHA-256) and receipts."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from babel.dates import format_date, format_datetime
+from babel.numbers import format_currency
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from backoffice.billing import services
+from backoffice.billing.models import CreditNote, Invoice, InvoiceDocument, Payment
+
+log = logging.getLogger(__name__)
+NOT_CONFIGURED = "à configurer"
+PRACTICE_KEYS = ("PRACTICE_NAME", "PRACTICE_ADDRESS", "PRACTICE_SIRET", "PRACTICE_FINESS", "PRACTICE_RPPS",
+                 "VAT_MENTION")
+METHOD_LABELS = {"cash": "espèces", "card": "carte bancaire", "cheque": "chèque", "transfer": "virement"}
+STATUS_LABELS = {"issued": "émise", "partially_paid": "partiellement payée", "paid": "payée",
+                 "credited": "annulée par avoir"}
+
+
+def euros(cents: int) -> str:
+    return format_currency(cents / 100, "EUR", locale="fr_FR")
+
+
+def french_date(value: date | None) -> str:
+    return format_date(value, format="long", locale="fr_FR") if value else ""
+
+
+def french_datetime(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return format_datetime(value, "d MMMM y 'à' HH:mm", tzinfo=services.PARIS, locale="fr_FR")
+
+
+def dicom_name(value: str | None) -> str:
+    """Durand^Marie -> DURAND Marie."""
+    if not value:
+        return ""
+    parts = value.split("^")
+    return " ".join(p for p in [parts[0].upper(), *parts[1:3]] if p)
+
+
+def practice_identity() -> dict[str, str]:
+    """The practice's mandatory mentions from configuration; "à configurer" rather than failing."""
+    return {key: str(current_app.config.get(key) or NOT_CONFIGURED) for key in PRACTICE_KEYS}
+
+
+def documents_dir() -> Path:
+    path = Path(current_app.instance_path) / "documents"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pdf(html: str) -> bytes:
+    from weasyprint import HTML
+
+    return HTML(string=html, base_url=current_app.instance_path).write_pdf()
+
+
+def _render_html(template: str, **context) -> str:
+    # Not flask.render_template: its context processors (current_user) would open a request session.
+    return current_app.jinja_env.get_template(template).render(**context)
+
+
+def _helpers() -> dict:
+    return {"euros": euros, "french_date": french_date, "french_datetime": french_datetime, "name": dicom_name,
+            "methods": METHOD_LABELS, "practice": practice_identity(), "dicom_date": services.dicom_date}
+
+
+def render_invoice(session: Session, invoice: Invoice) -> bytes:
+    return _pdf(_render_html("billing/invoice_pdf.html", invoice=invoice, **_helpers()))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class DocumentAltered(Exception):
+    """A stored document no longer matches its SHA-256."""
+
+
+def read_document(document: InvoiceDocument) -> bytes:
+    data = (documents_dir() / document.path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != document.sha256:
+        raise DocumentAltered(f"stored document {document.id} does not match its SHA-256")
+    return data
+
+
+def _stored(session: Session, invoice_id: int) -> InvoiceDocument | None:
+    return session.scalar(select(InvoiceDocument).where(InvoiceDocument.kind == "invoice",
+                                                        InvoiceDocument.ref_id == invoice_id))
+
+
+def invoice_pdf(new_session, invoice_id: int) -> bytes:
+    """The invoice as issued: the stored PDF, or rendered and stored now (once) if not yet done.
+
+    Rendering happens in a read transaction; only the short insert of its record takes the write
+    lock. If two renders race, the first record wins and the loser's file is removed, so every
+    print serves the same bytes.
+    """
+    with new_session() as s:
+        document = _stored(s, invoice_id)
+        if document is not None:
+            return read_document(document)
+        invoice = services.get_invoice(s, invoice_id)
+        number, series = invoice.number, invoice.series
+        data = render_invoice(s, invoice)
+    digest = hashlib.sha256(data).hexdigest()
+    folder = documents_dir() / "invoices" / series
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{number}-{digest[:12]}.pdf"
+    _write_atomically(path, data)
+    try:
+        with new_session(write=True) as s:
+            document = _stored(s, invoice_id)
+            if document is None:
+                s.add(InvoiceDocument(kind="invoice", ref_id=invoice_id, sha256=digest,
+                                      path=str(path.relative_to(documents_dir()))))
+                s.commit()
+                return data
+    except IntegrityError:  # PostgreSQL: another render committed first
+        document = None
+    with new_session() as s:
+        document = document or _stored(s, invoice_id)
+        if document is not None and document.path != str(path.relative_to(documents_dir())):
+            path.unlink(missing_ok=True)
+        return read_document(document)
+
+
+def render_after_issue(invoice_id: int) -> None:
+    """Render and store a just-issued invoice, after its commit (never inside the numbering lock).
+
+    Served by one background thread per process (``BILLING_PDF_IN_BACKGROUND``, on by default and
+    off under ``TESTING``) so that issuing answers at once; if the process stops first, the first
+    print renders it. A failure is logged, the invoice stands.
+    """
+    app = current_app._get_current_object()
+    if app.testing or not app.config.get("BILLING_PDF_IN_BACKGROUND", True):
+        try:
+            invoice_pdf(app.extensions["archivage"].new_session, invoice_id)
+        except Exception:
+            log.exception("rendering invoice %s failed; it will be rendered on first print", invoice_id)
+        return
+    executor = app.extensions.get("billing_pdf_executor")
+    if executor is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        executor = app.extensions.setdefault("billing_pdf_executor",
+                                             ThreadPoolExecutor(max_workers=1, thread_name_prefix="invoice-pdf"))
+    executor.submit(_render_logged, app, invoice_id)
+
+
+def _render_logged(app, invoice_id: int) -> None:
+    with app.app_context():
+        try:
+            invoice_pdf(app.extensions["archivage"].new_session, invoice_id)
+        except Exception:
+            log.exception("rendering invoice %s failed; it will be rendered on first print", invoice_id)
+
+
+def render_receipt(session: Session, invoice: Invoice, payment_id: int | None = None) -> bytes:
+    """Receipt of the payments so far (or of one payment): invoice, amounts, methods, what remains due."""
+    payments = list(session.scalars(select(Payment).where(Payment.invoice_id == invoice.id).order_by(Payment.id)))
+    if payment_id is not None:
+        payments = [p for p in payments if p.id == payment_id]
+        if not payments:
+            raise services.NotFound("no such payment on this invoice")
+    state = services.invoice_state(session, invoice)
+    credit = session.scalar(select(CreditNote).where(CreditNote.invoice_id == invoice.id))
+    html = _render_html("billing/receipt_pdf.html", invoice=invoice, payments=payments, state=state,
+                           credit=credit, now=services.utcnow(), status_label=STATUS_LABELS[state.status],
+                           **_helpers())
+    return _pdf(html)

@@ -1,0 +1,863 @@
+"""Billing operations: each takes a Session first, flushes, never commits (the edge does)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Iterable
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session, selectinload
+
+from backoffice.billing import money
+from backoffice.billing.models import (
+    PAYMENT_METHODS,
+    Claim,
+    Closing,
+    Consent,
+    CreditNote,
+    ExamGroup,
+    ExamGroupMapping,
+    ExamGroupStudy,
+    Insurer,
+    Invoice,
+    InvoiceLine,
+    InvoiceStudy,
+    Membership,
+    NumberCounter,
+    Payment,
+    Remittance,
+    RemittanceItem,
+    Tariff,
+)
+
+PARIS = ZoneInfo("Europe/Paris")
+GENESIS = "0" * 64
+# Modalities that never decide the exam group on their own (structured reports, presentation states...).
+ANCILLARY_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "OT", "AU", "ECG"}
+FALLBACK_GROUP = "autre"
+MAX_FEE_CENTS = 100_000  # 1 000 €: anything above is a typing mistake for an archiving fee
+PAYMENT_LOCK_KEY = 727270400  # PostgreSQL advisory lock serialising the payment journal
+
+
+# -- errors (mapped once per edge: HTTP in backoffice/api/billing.py and the pages) ----------------
+
+
+class BillingError(Exception):
+    code = "billing_error"
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+
+
+class NotFound(BillingError):
+    code = "not_found"
+
+
+class Conflict(BillingError):
+    """The request is valid but the state forbids it (refused consent, already invoiced, closed day)."""
+
+    code = "conflict"
+
+
+class Invalid(BillingError):
+    """An impossible value (negative amount, unknown method, rate above 100 %)."""
+
+    code = "invalid"
+
+
+# -- time ---------------------------------------------------------------------------------------
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def paris_day(moment: datetime) -> date:
+    if moment.tzinfo is None:  # SQLite gives naive datetimes back: they were stored in UTC
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(PARIS).date()
+
+
+def paris_today() -> date:
+    return paris_day(utcnow())
+
+
+def dicom_date(value: str | None) -> date | None:
+    if not value or len(value) < 8 or not value[:8].isdigit():
+        return None
+    try:
+        return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+    except ValueError:
+        return None
+
+
+def format_euros(cents: int) -> str:
+    """4,50 € (Babel, fr_FR)."""
+    from babel.numbers import format_currency
+
+    return format_currency(cents / 100, "EUR", locale="fr_FR")
+
+
+# -- tariffs and mapping ------------------------------------------------------------------------
+
+
+def tariff_for(session: Session, exam_group: str, on: date) -> Tariff | None:
+    """The tariff of *exam_group* in force on *on* (the newest that started on or before it)."""
+    return session.scalar(
+        select(Tariff)
+        .where(Tariff.exam_group == exam_group, Tariff.effective_from <= on)
+        .order_by(Tariff.effective_from.desc())
+        .limit(1)
+    )
+
+
+def fee_for(session: Session, exam_group: str, on: date) -> int:
+    tariff = tariff_for(session, exam_group, on)
+    if tariff is None or tariff.national_insurance_paid:
+        return 0
+    return tariff.fee_cents
+
+
+def exam_group_labels(session: Session) -> dict[str, str]:
+    rows = session.execute(select(Tariff.exam_group, Tariff.label).order_by(Tariff.effective_from)).all()
+    return {code: label for code, label in rows}
+
+
+def set_tariff(session: Session, *, exam_group: str, label: str, fee_cents: int, effective_from: date,
+               national_insurance_paid: bool = False) -> Tariff:
+    """A new price from *effective_from*; past invoices keep their snapshot."""
+    if not isinstance(fee_cents, int) or isinstance(fee_cents, bool) or not 0 <= fee_cents <= MAX_FEE_CENTS:
+        raise Invalid(f"fee_cents must be an integer between 0 and {MAX_FEE_CENTS}")
+    if not exam_group.strip():
+        raise Invalid("exam_group is required")
+    existing = session.scalar(
+        select(Tariff).where(Tariff.exam_group == exam_group, Tariff.effective_from == effective_from)
+    )
+    if existing is not None:
+        raise Conflict("a tariff already starts on that date for that exam group")
+    tariff = Tariff(exam_group=exam_group, label=label, fee_cents=fee_cents, effective_from=effective_from,
+                    national_insurance_paid=national_insurance_paid)
+    session.add(tariff)
+    session.flush()
+    return tariff
+
+
+def _fold(value: str | None) -> str:
+    decomposed = unicodedata.normalize("NFKD", value or "")
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).upper()
+
+
+def group_for_study(mappings: Iterable[ExamGroupMapping], modalities: Iterable[str], description: str | None) -> str:
+    """The exam group of a study: the first modality with a mapping; a description keyword wins."""
+    by_modality: dict[str, list[ExamGroupMapping]] = {}
+    for mapping in mappings:
+        by_modality.setdefault(mapping.modality.upper(), []).append(mapping)
+    folded = _fold(description)
+    ordered = [m.upper() for m in modalities if m.upper() not in ANCILLARY_MODALITIES]
+    for modality in ordered:
+        candidates = by_modality.get(modality, [])
+        for mapping in candidates:
+            if mapping.description_contains and _fold(mapping.description_contains) in folded:
+                return mapping.exam_group
+        for mapping in candidates:
+            if not mapping.description_contains:
+                return mapping.exam_group
+    return FALLBACK_GROUP
+
+
+# -- exam groups ----------------------------------------------------------------------------------
+
+
+def create_exam_group(
+    session: Session,
+    *,
+    patient_id: str,
+    visit_date: date,
+    exam_group: str,
+    created_by: str,
+    patient_name: str | None = None,
+    patient_birth_date: str | None = None,
+    patient_sex: str | None = None,
+    patient_address: str | None = None,
+    accession_number: str | None = None,
+) -> ExamGroup:
+    """Check-in: the desk creates the group before any image exists; studies attach to it later."""
+    if not patient_id or len(patient_id) > 64:
+        raise Invalid("patient_id is required (64 characters at most)")
+    if tariff_for(session, exam_group, visit_date) is None:
+        raise Invalid(f"unknown exam group {exam_group!r}")
+    existing = session.scalar(
+        select(ExamGroup).where(ExamGroup.patient_id == patient_id, ExamGroup.visit_date == visit_date,
+                                ExamGroup.exam_group == exam_group)
+    )
+    if existing is not None:
+        raise Conflict("this patient already has this exam group on that day", code="exists")
+    group = ExamGroup(
+        patient_id=patient_id, visit_date=visit_date, exam_group=exam_group, created_by=created_by,
+        patient_name=patient_name, patient_birth_date=patient_birth_date, patient_sex=patient_sex,
+        patient_address=patient_address, accession_number=accession_number or None,
+    )
+    session.add(group)
+    session.flush()
+    return group
+
+
+def attach_studies(session: Session, studies) -> int:
+    """Attach arrived studies (facade ``StudySummary``) to their exam group, creating it if needed.
+
+    A study goes to the group checked in with its accession number, else to the group of its
+    patient, day and mapped exam group. Outside priors (external) are not visits: never billed.
+    """
+    candidates = [s for s in studies if not s.external]
+    if not candidates:
+        return 0
+    attached = set(session.scalars(
+        select(ExamGroupStudy.study_uid).where(ExamGroupStudy.study_uid.in_([s.study_uid for s in candidates]))
+    ))
+    todo = [s for s in candidates if s.study_uid not in attached]
+    if not todo:
+        return 0
+    mappings = list(session.scalars(select(ExamGroupMapping)))
+    count = 0
+    for study in todo:
+        visit = dicom_date(study.study_date) or paris_day(study.received_at)
+        group = None
+        if study.accession_number:
+            group = session.scalar(
+                select(ExamGroup).where(ExamGroup.accession_number == study.accession_number,
+                                        ExamGroup.patient_id == study.patient_id).limit(1)
+            )
+        if group is None:
+            code = group_for_study(mappings, study.modalities, study.description)
+            group = session.scalar(
+                select(ExamGroup).where(ExamGroup.patient_id == study.patient_id, ExamGroup.visit_date == visit,
+                                        ExamGroup.exam_group == code)
+            )
+            if group is None:
+                group = ExamGroup(
+                    patient_id=study.patient_id, visit_date=visit, exam_group=code, created_by="system",
+                    patient_name=study.patient_name, patient_birth_date=study.patient_birth_date,
+                    patient_sex=study.patient_sex, accession_number=study.accession_number,
+                )
+                session.add(group)
+                session.flush()
+        if not group.patient_name and study.patient_name:
+            group.patient_name = study.patient_name
+            group.patient_birth_date = group.patient_birth_date or study.patient_birth_date
+        session.add(ExamGroupStudy(
+            group_id=group.id, study_uid=study.study_uid, accession_number=study.accession_number,
+            study_date=study.study_date, modalities="\\".join(study.modalities), description=study.description,
+        ))
+        session.flush()
+        count += 1
+    return count
+
+
+def unattached(session: Session, studies) -> list:
+    """The arrived, non-external studies not yet in an exam group."""
+    candidates = [s for s in studies if not s.external]
+    if not candidates:
+        return []
+    attached = set(session.scalars(
+        select(ExamGroupStudy.study_uid).where(ExamGroupStudy.study_uid.in_([s.study_uid for s in candidates]))
+    ))
+    return [s for s in candidates if s.study_uid not in attached]
+
+
+def move_study(session: Session, study_uid: str, *, group_id: int) -> ExamGroupStudy:
+    """Correct the grouping: move a study to another exam group (not once either is invoiced)."""
+    link = session.scalar(select(ExamGroupStudy).where(ExamGroupStudy.study_uid == study_uid))
+    target = session.get(ExamGroup, group_id)
+    if link is None or target is None:
+        raise NotFound("no such study or exam group")
+    for gid in (link.group_id, target.id):
+        if invoice_of_group(session, gid) is not None:
+            raise Conflict("an invoiced exam group keeps its studies (issue a credit note first)")
+    link.group_id = target.id
+    session.flush()
+    return link
+
+
+def invoice_of_group(session: Session, group_id: int) -> Invoice | None:
+    return session.scalar(select(Invoice).where(Invoice.group_id == group_id))
+
+
+def list_exam_groups(session: Session, *, visit_date: date | None = None, patient_id: str | None = None,
+                     after_id: int = 0, limit: int = 100) -> list[ExamGroup]:
+    query = select(ExamGroup).where(ExamGroup.id > after_id)
+    if visit_date is not None:
+        query = query.where(ExamGroup.visit_date == visit_date)
+    if patient_id is not None:
+        query = query.where(ExamGroup.patient_id == patient_id)
+    return list(session.scalars(query.order_by(ExamGroup.id).limit(limit).options(selectinload(ExamGroup.studies))))
+
+
+@dataclass(frozen=True)
+class GroupState:
+    fee_cents: int
+    consent: str
+    invoice_id: int | None
+    state: str  # to_ask | accepted | refused | invoiced | paid | free
+
+
+def group_state(session: Session, group: ExamGroup) -> GroupState:
+    return group_states(session, [group])[group.id]
+
+
+def group_states(session: Session, groups: list[ExamGroup]) -> dict[int, GroupState]:
+    """Fee, consent, invoice and front-desk state of many groups in a handful of queries."""
+    if not groups:
+        return {}
+    tariffs: dict[str, list[Tariff]] = {}
+    for tariff in session.scalars(select(Tariff).order_by(Tariff.effective_from.desc())):
+        tariffs.setdefault(tariff.exam_group, []).append(tariff)
+    invoices = {i.group_id: i for i in session.scalars(
+        select(Invoice).where(Invoice.group_id.in_([g.id for g in groups])))}
+    states = invoice_states(session, list(invoices.values()))
+    out = {}
+    for group in groups:
+        tariff = next((t for t in tariffs.get(group.exam_group, []) if t.effective_from <= group.visit_date), None)
+        fee = 0 if tariff is None or tariff.national_insurance_paid else tariff.fee_cents
+        invoice = invoices.get(group.id)
+        if invoice is not None:
+            state = "paid" if states[invoice.id].status == "paid" else "invoiced"
+        elif fee == 0:
+            state = "free"
+        else:
+            state = {"pending": "to_ask", "accepted": "accepted", "refused": "refused"}[group.consent]
+        out[group.id] = GroupState(fee, group.consent, invoice.id if invoice else None, state)
+    return out
+
+
+# -- consent ------------------------------------------------------------------------------------
+
+
+def record_consent(session: Session, group_id: int, *, accepted: bool, recorded_by: str) -> ExamGroup:
+    """The price was shown; the patient accepted or refused. A refusal blocks nothing but the invoice."""
+    if not isinstance(accepted, bool):
+        raise Invalid("accepted must be true or false")
+    group = session.get(ExamGroup, group_id)
+    if group is None:
+        raise NotFound("no such exam group")
+    if invoice_of_group(session, group.id) is not None and not accepted:
+        raise Conflict("this exam group is already invoiced: issue a credit note to cancel it")
+    session.add(Consent(group_id=group.id, accepted=accepted, recorded_by=recorded_by,
+                        price_shown_cents=fee_for(session, group.exam_group, group.visit_date)))
+    group.consent = "accepted" if accepted else "refused"
+    session.flush()
+    return group
+
+
+# -- insurers and memberships -------------------------------------------------------------------
+
+
+def _check_int(name: str, value, *, low: int = 0, high: int | None = None, optional: bool = False) -> int | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        raise Invalid(f"{name} must be an integer {bounds}")
+    return value
+
+
+def create_insurer(session: Session, *, name: str, amc_number: str, coverage_bp: int = 0, flat_cents: int = 0,
+                   annual_cap_cents: int | None = None, third_party_payment: bool = False) -> Insurer:
+    if not isinstance(name, str) or not name.strip():
+        raise Invalid("name is required")
+    if not isinstance(amc_number, str) or not amc_number.strip():
+        raise Invalid("amc_number is required")
+    _check_int("coverage_bp", coverage_bp, high=money.BP_PER_UNIT)
+    _check_int("flat_cents", flat_cents, high=MAX_FEE_CENTS)
+    _check_int("annual_cap_cents", annual_cap_cents, optional=True)
+    if not isinstance(third_party_payment, bool):
+        raise Invalid("third_party_payment must be true or false")
+    if session.scalar(select(Insurer).where(Insurer.amc_number == amc_number.strip())) is not None:
+        raise Conflict("an insurer with this AMC number exists", code="exists")
+    insurer = Insurer(name=name.strip(), amc_number=amc_number.strip(), coverage_bp=coverage_bp,
+                      flat_cents=flat_cents, annual_cap_cents=annual_cap_cents,
+                      third_party_payment=third_party_payment)
+    session.add(insurer)
+    session.flush()
+    return insurer
+
+
+def add_membership(session: Session, *, patient_id: str, insurer_id: int, member_number: str, valid_from: date,
+                   valid_to: date | None = None, payer_name: str | None = None) -> Membership:
+    if not patient_id or len(patient_id) > 64:
+        raise Invalid("patient_id is required (64 characters at most)")
+    if session.get(Insurer, insurer_id) is None:
+        raise NotFound("no such insurer")
+    if not isinstance(member_number, str) or not member_number.strip():
+        raise Invalid("member_number is required")
+    if valid_to is not None and valid_to < valid_from:
+        raise Invalid("valid_to is before valid_from")
+    membership = Membership(patient_id=patient_id, insurer_id=insurer_id, member_number=member_number.strip(),
+                            valid_from=valid_from, valid_to=valid_to, payer_name=payer_name or None)
+    session.add(membership)
+    session.flush()
+    return membership
+
+
+def membership_for(session: Session, patient_id: str, on: date) -> Membership | None:
+    """The membership valid on the visit date (the most recently started one if several)."""
+    return session.scalar(
+        select(Membership)
+        .where(Membership.patient_id == patient_id, Membership.valid_from <= on,
+               (Membership.valid_to.is_(None)) | (Membership.valid_to >= on))
+        .order_by(Membership.valid_from.desc(), Membership.id.desc())
+        .limit(1)
+    )
+
+
+def insurer_used_cents(session: Session, patient_id: str, insurer_id: int, year: int) -> int:
+    """What *insurer* already covered for this beneficiary in the calendar year of the visits (credited excluded)."""
+    credited = select(CreditNote.invoice_id)
+    return session.scalar(
+        select(func.coalesce(func.sum(Invoice.insurer_cents), 0)).where(
+            Invoice.patient_id == patient_id, Invoice.insurer_id == insurer_id,
+            Invoice.visit_date >= date(year, 1, 1), Invoice.visit_date <= date(year, 12, 31),
+            Invoice.id.not_in(credited),
+        )
+    ) or 0
+
+
+# -- numbering ----------------------------------------------------------------------------------
+
+
+def next_number(session: Session, series: str) -> int:
+    """The next value of *series*, inside the caller's transaction.
+
+    SQLite: the caller's transaction already holds the write lock (BEGIN IMMEDIATE), so reading and
+    bumping the counter cannot interleave. PostgreSQL: the counter row is locked FOR UPDATE until
+    commit; a rollback gives the number back, so there is never a gap.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+
+        session.execute(insert(NumberCounter).values(series=series, last_value=0).on_conflict_do_nothing())
+        counter = session.scalars(
+            select(NumberCounter).where(NumberCounter.series == series).with_for_update()
+            .execution_options(populate_existing=True)
+        ).one()
+    else:
+        counter = session.get(NumberCounter, series, populate_existing=True)
+        if counter is None:
+            counter = NumberCounter(series=series, last_value=0)
+            session.add(counter)
+    counter.last_value += 1
+    session.flush()
+    return counter.last_value
+
+
+# -- invoices -----------------------------------------------------------------------------------
+
+
+def issue_invoice(session: Session, group_id: int, *, issued_by: str, payer_name: str | None = None) -> Invoice:
+    """Issue the invoice of an exam group: split computed once, number taken now, snapshot kept.
+
+    Only quick work here: the caller renders the PDF after commit (outside the numbering lock).
+    """
+    group = session.get(ExamGroup, group_id)
+    if group is None:
+        raise NotFound("no such exam group")
+    if group.consent == "refused":
+        raise Conflict("the patient refused the archiving fee: this exam group cannot be invoiced",
+                       code="consent_refused")
+    if invoice_of_group(session, group.id) is not None:
+        raise Conflict("this exam group is already invoiced", code="already_invoiced")
+    tariff = tariff_for(session, group.exam_group, group.visit_date)
+    if tariff is None or tariff.national_insurance_paid or tariff.fee_cents <= 0:
+        raise Conflict("nothing to bill: archiving of this exam group carries no patient fee", code="no_fee")
+    if group.consent == "pending":
+        # Issuing means the price was shown and accepted at the desk: record it like any consent.
+        record_consent(session, group.id, accepted=True, recorded_by=issued_by)
+
+    # Take the number first: on PostgreSQL its row lock also serialises the annual-cap reads below
+    # (on SQLite the transaction already holds the write lock).
+    series = str(paris_day(utcnow()).year)
+    sequence = next_number(session, series)
+    issued_at = utcnow()  # after the lock: numbers and dates go up together
+    year = int(series)
+    if invoice_of_group(session, group.id) is not None:  # issued by another desk while we waited
+        raise Conflict("this exam group is already invoiced", code="already_invoiced")
+
+    total = tariff.fee_cents
+    membership = membership_for(session, group.patient_id, group.visit_date)
+    insurer = membership.insurer if membership else None
+    if insurer is not None:
+        cap_left = None
+        if insurer.annual_cap_cents is not None:
+            used = insurer_used_cents(session, group.patient_id, insurer.id, group.visit_date.year)
+            cap_left = insurer.annual_cap_cents - used
+        shares = money.split(total, coverage_bp=insurer.coverage_bp, flat_cents=insurer.flat_cents,
+                             cap_remaining_cents=cap_left)
+    else:
+        shares = money.split(total)
+
+    invoice = Invoice(
+        number=f"{year}-{sequence:06d}", series=series, sequence=sequence, group_id=group.id,
+        issued_at=issued_at, issued_by=issued_by,
+        patient_id=group.patient_id, patient_name=group.patient_name, patient_birth_date=group.patient_birth_date,
+        patient_address=group.patient_address,
+        payer_name=payer_name or (membership.payer_name if membership else None) or group.patient_name,
+        visit_date=group.visit_date, exam_group=group.exam_group, exam_group_label=tariff.label,
+        total_cents=shares.total_cents, insurer_cents=shares.insurer_cents, patient_cents=shares.patient_cents,
+        insurer_id=insurer.id if insurer else None, insurer_name=insurer.name if insurer else None,
+        member_number=membership.member_number if membership else None,
+        third_party_payment=bool(insurer and insurer.third_party_payment and shares.insurer_cents > 0),
+    )
+    session.add(invoice)
+    session.flush()
+    session.add(InvoiceLine(invoice_id=invoice.id, label=f"Archivage des images — {tariff.label}",
+                            amount_cents=total))
+    for study in group.studies:
+        session.add(InvoiceStudy(invoice_id=invoice.id, study_uid=study.study_uid,
+                                 accession_number=study.accession_number, study_date=study.study_date,
+                                 modalities=study.modalities, description=study.description))
+    if invoice.third_party_payment:
+        session.add(Claim(invoice_id=invoice.id, insurer_id=insurer.id, amount_cents=shares.insurer_cents))
+    session.flush()
+    return invoice
+
+
+@dataclass(frozen=True)
+class InvoiceState:
+    total_cents: int
+    insurer_cents: int
+    patient_cents: int
+    paid_cents: int  # net of refunds
+    balance_cents: int  # what remains to be paid by anyone
+    patient_due_cents: int
+    insurer_due_cents: int
+    status: str  # issued | partially_paid | paid | credited
+    credit_note_id: int | None
+    claim_status: str | None
+
+
+def invoice_state(session: Session, invoice: Invoice) -> InvoiceState:
+    return invoice_states(session, [invoice])[invoice.id]
+
+
+def invoice_states(session: Session, invoices: list[Invoice]) -> dict[int, InvoiceState]:
+    """Status and balances of many invoices in four queries (lists of 100 stay fast)."""
+    ids = [i.id for i in invoices]
+    if not ids:
+        return {}
+    paid_by: dict[int, dict[str, int]] = {}
+    for invoice_id, payer, total in session.execute(
+        select(Payment.invoice_id, Payment.payer, func.sum(Payment.amount_cents))
+        .where(Payment.invoice_id.in_(ids)).group_by(Payment.invoice_id, Payment.payer)
+    ):
+        paid_by.setdefault(invoice_id, {})[payer] = int(total)
+    credits = {c.invoice_id: c for c in session.scalars(select(CreditNote).where(CreditNote.invoice_id.in_(ids)))}
+    claims = {c.invoice_id: c for c in session.scalars(select(Claim).where(Claim.invoice_id.in_(ids)))}
+    return {i.id: _state(i, paid_by.get(i.id, {}), credits.get(i.id), claims.get(i.id)) for i in invoices}
+
+
+def _state(invoice: Invoice, paid_by: dict[str, int], credit: CreditNote | None, claim: Claim | None) -> InvoiceState:
+    paid = sum(paid_by.values())
+    owed = invoice.total_cents + (credit.total_cents if credit else 0)
+    balance = owed - paid
+    if credit is not None:
+        patient_due, insurer_due, status = balance, 0, "credited"
+    else:
+        insurer_expected = invoice.insurer_cents if claim is not None and claim.status != "rejected" else 0
+        insurer_due = max(insurer_expected - paid_by.get("insurer", 0), 0)
+        patient_due = balance - insurer_due
+        status = "paid" if balance <= 0 else ("partially_paid" if paid > 0 else "issued")
+    return InvoiceState(invoice.total_cents, invoice.insurer_cents, invoice.patient_cents, paid, balance,
+                        patient_due, insurer_due, status, credit.id if credit else None,
+                        claim.status if claim else None)
+
+
+def patient_balance_cents(session: Session, patient_id: str) -> int:
+    """What the patient still owes over all their invoices (insurer shares awaited excluded)."""
+    invoices = list(session.scalars(select(Invoice).where(Invoice.patient_id == patient_id)))
+    return sum(max(state.patient_due_cents, 0) for state in invoice_states(session, invoices).values())
+
+
+def get_invoice(session: Session, invoice_id: int) -> Invoice:
+    invoice = session.get(Invoice, invoice_id)
+    if invoice is None:
+        raise NotFound("no such invoice")
+    return invoice
+
+
+def issue_credit_note(session: Session, invoice_id: int, *, reason: str, issued_by: str) -> CreditNote:
+    """Cancel an issued invoice in full (the invoice itself never changes)."""
+    if not isinstance(reason, str) or not reason.strip():
+        raise Invalid("a reason is required")
+    invoice = get_invoice(session, invoice_id)
+    if session.scalar(select(CreditNote).where(CreditNote.invoice_id == invoice.id)) is not None:
+        raise Conflict("this invoice is already credited", code="already_credited")
+    year = paris_day(utcnow()).year
+    series = f"AV-{year}"
+    sequence = next_number(session, series)
+    note = CreditNote(number=f"AV-{year}-{sequence:06d}", series=series, sequence=sequence, invoice_id=invoice.id,
+                      reason=reason.strip()[:2000], total_cents=-invoice.total_cents, issued_at=utcnow(),
+                      issued_by=issued_by)
+    session.add(note)
+    claim = session.scalar(select(Claim).where(Claim.invoice_id == invoice.id))
+    if claim is not None and claim.status in ("to_send", "sent"):
+        claim.status = "cancelled"
+        claim.settled_at = utcnow()
+    session.flush()
+    return note
+
+
+# -- payments: the hash-chained journal ---------------------------------------------------------
+
+
+def _payment_digest(prev_hash: str, p: Payment) -> str:
+    at = p.received_at if p.received_at.tzinfo else p.received_at.replace(tzinfo=timezone.utc)
+    payload = json.dumps(
+        [p.invoice_id, p.amount_cents, p.method, p.payer, p.credit_note_id,
+         at.astimezone(timezone.utc).isoformat(timespec="microseconds"), p.received_by, p.paris_day.isoformat()],
+        separators=(",", ":"),
+    )
+    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+
+
+def _lock_journal(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SELECT pg_advisory_xact_lock({PAYMENT_LOCK_KEY})"))
+
+
+def _append_payment(session: Session, **fields) -> Payment:
+    _lock_journal(session)
+    now = utcnow()
+    day = paris_day(now)
+    if session.scalar(select(Closing.id).where(Closing.kind == "day", Closing.period == day.isoformat())):
+        raise Conflict(f"the day {day.isoformat()} is closed: no further payment can be recorded",
+                       code="day_closed")
+    prev = session.scalar(select(Payment.hash).order_by(Payment.id.desc()).limit(1)) or GENESIS
+    payment = Payment(received_at=now, paris_day=day, prev_hash=prev, **fields)
+    payment.hash = _payment_digest(prev, payment)
+    session.add(payment)
+    session.flush()
+    return payment
+
+
+def record_payment(session: Session, invoice_id: int, *, amount_cents: int, method: str, received_by: str,
+                   payer: str = "patient") -> Payment:
+    """A (partial) payment; more than what remains due is refused."""
+    if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
+        raise Invalid("amount_cents must be a positive whole number of cents")
+    if method not in PAYMENT_METHODS:
+        raise Invalid(f"method must be one of {', '.join(PAYMENT_METHODS)}")
+    invoice = get_invoice(session, invoice_id)
+    state = invoice_state(session, invoice)
+    if state.status == "credited":
+        raise Conflict("this invoice is credited: it takes no payment", code="credited")
+    due = state.balance_cents if payer == "patient" else state.insurer_due_cents
+    if amount_cents > due:
+        raise Conflict(
+            f"overpayment refused: {format_euros(amount_cents)} is more than the {format_euros(max(due, 0))} "
+            "still due on this invoice", code="overpayment")
+    return _append_payment(session, invoice_id=invoice.id, amount_cents=amount_cents, method=method, payer=payer,
+                           received_by=received_by)
+
+
+def refund(session: Session, credit_note_id: int, *, amount_cents: int, method: str, refunded_by: str) -> Payment:
+    """Give money back after a credit note: a negative journal entry tied to it."""
+    note = session.get(CreditNote, credit_note_id)
+    if note is None:
+        raise NotFound("no such credit note")
+    if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
+        raise Invalid("amount_cents must be a positive whole number of cents")
+    if method not in PAYMENT_METHODS:
+        raise Invalid(f"method must be one of {', '.join(PAYMENT_METHODS)}")
+    state = invoice_state(session, get_invoice(session, note.invoice_id))
+    if amount_cents > -state.balance_cents:
+        raise Conflict(f"refund refused: only {format_euros(max(-state.balance_cents, 0))} was paid and not refunded",
+                       code="over_refund")
+    return _append_payment(session, invoice_id=note.invoice_id, amount_cents=-amount_cents, method=method,
+                           payer="patient", credit_note_id=note.id, received_by=refunded_by)
+
+
+@dataclass(frozen=True)
+class JournalReport:
+    checked: int
+    first_bad_id: int | None
+    closings_checked: int
+    first_bad_closing: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.first_bad_id is None and self.first_bad_closing is None
+
+
+def verify_journal(session: Session) -> JournalReport:
+    """Recompute the payment chain, then check each closing still matches the journal."""
+    prev, checked, bad = GENESIS, 0, None
+    hashes: set[str] = set()
+    for payment in session.scalars(select(Payment).order_by(Payment.id).execution_options(yield_per=1000)):
+        if payment.prev_hash != prev or _payment_digest(prev, payment) != payment.hash:
+            bad = payment.id
+            break
+        prev = payment.hash
+        hashes.add(prev)
+        checked += 1
+    bad_closing, closings = None, 0
+    if bad is None:
+        for closing in session.scalars(select(Closing).order_by(Closing.id)):
+            totals = _period_totals(session, closing.kind, closing.period)
+            if (json.dumps(totals["by_method"], sort_keys=True) != closing.totals_json
+                    or totals["total"] != closing.total_cents or totals["count"] != closing.payment_count
+                    or (closing.last_payment_hash != GENESIS and closing.last_payment_hash not in hashes)):
+                bad_closing = f"{closing.kind} {closing.period}"
+                break
+            closings += 1
+    return JournalReport(checked, bad, closings, bad_closing)
+
+
+# -- closings -----------------------------------------------------------------------------------
+
+
+def _period_bounds(kind: str, period: str) -> tuple[date, date]:
+    try:
+        if kind == "day":
+            day = date.fromisoformat(period)
+            return day, day
+        if kind == "month":
+            year, month = (int(x) for x in period.split("-"))
+            start = date(year, month, 1)
+            end = date(year + (month == 12), month % 12 + 1, 1)
+            return start, date.fromordinal(end.toordinal() - 1)
+        if kind == "year":
+            year = int(period)
+            return date(year, 1, 1), date(year, 12, 31)
+    except ValueError:
+        pass
+    raise Invalid(f"bad {kind} period {period!r}")
+
+
+def _period_totals(session: Session, kind: str, period: str) -> dict:
+    start, end = _period_bounds(kind, period)
+    rows = session.execute(
+        select(Payment.method, func.sum(Payment.amount_cents), func.count(Payment.id))
+        .where(Payment.paris_day >= start, Payment.paris_day <= end).group_by(Payment.method)
+    ).all()
+    by_method = {method: int(total) for method, total, _n in rows}
+    last = session.scalar(
+        select(Payment.hash).where(Payment.paris_day >= start, Payment.paris_day <= end)
+        .order_by(Payment.id.desc()).limit(1)
+    )
+    return {"by_method": by_method, "total": sum(by_method.values()), "count": sum(n for *_x, n in rows),
+            "last_hash": last or GENESIS}
+
+
+def period_totals(session: Session, kind: str, period: str) -> dict:
+    return _period_totals(session, kind, period)
+
+
+def close_period(session: Session, kind: str, period: str, *, signed_by: str) -> Closing:
+    """Close a day (then no more payments that day), a month (all its days closed) or a year."""
+    if kind not in ("day", "month", "year"):
+        raise Invalid("kind must be day, month or year")
+    start, end = _period_bounds(kind, period)
+    today = paris_today()
+    if start > today:
+        raise Invalid("a period in the future cannot be closed")
+    if kind != "day" and end >= today:
+        raise Conflict(f"the {kind} {period} is not over yet", code="not_over")
+    if session.scalar(select(Closing.id).where(Closing.kind == kind, Closing.period == period)):
+        raise Conflict(f"{kind} {period} is already closed", code="already_closed")
+    _lock_journal(session)
+    if kind == "month":
+        days = set(session.scalars(select(Payment.paris_day).where(Payment.paris_day >= start,
+                                                                   Payment.paris_day <= end).distinct()))
+        closed = set(session.scalars(select(Closing.period).where(Closing.kind == "day")))
+        open_days = sorted(d.isoformat() for d in days if d.isoformat() not in closed)
+        if open_days:
+            raise Conflict(f"close these days first: {', '.join(open_days)}", code="open_days")
+    if kind == "year":
+        closed = set(session.scalars(select(Closing.period).where(Closing.kind == "month")))
+        months = {d.strftime("%Y-%m") for d in session.scalars(
+            select(Payment.paris_day).where(Payment.paris_day >= start, Payment.paris_day <= end).distinct())}
+        if months - closed:
+            raise Conflict(f"close these months first: {', '.join(sorted(months - closed))}", code="open_months")
+    totals = _period_totals(session, kind, period)
+    closing = Closing(kind=kind, period=period, totals_json=json.dumps(totals["by_method"], sort_keys=True),
+                      total_cents=totals["total"], payment_count=totals["count"],
+                      last_payment_hash=totals["last_hash"], signed_by=signed_by, signed_at=utcnow())
+    session.add(closing)
+    session.flush()
+    return closing
+
+
+# -- claims (tiers payant) and cheque remittances -----------------------------------------------
+
+
+def send_claims(session: Session, insurer_id: int) -> list[Claim]:
+    claims = list(session.scalars(select(Claim).where(Claim.insurer_id == insurer_id, Claim.status == "to_send")))
+    for claim in claims:
+        claim.status, claim.sent_at = "sent", utcnow()
+    session.flush()
+    return claims
+
+
+def settle_claim(session: Session, claim_id: int, *, paid: bool, by: str, reason: str | None = None) -> Claim:
+    """Paid: the insurer's transfer enters the journal. Rejected: the amount becomes the patient's."""
+    claim = session.get(Claim, claim_id)
+    if claim is None:
+        raise NotFound("no such claim")
+    if claim.status not in ("to_send", "sent"):
+        raise Conflict(f"this claim is already {claim.status}")
+    if paid:
+        record_payment(session, claim.invoice_id, amount_cents=claim.amount_cents, method="transfer",
+                       received_by=by, payer="insurer")
+        claim.status = "paid"
+    else:
+        claim.status, claim.rejection_reason = "rejected", (reason or "")[:2000]
+    claim.settled_at = utcnow()
+    session.flush()
+    return claim
+
+
+def outstanding_claims(session: Session) -> list[tuple[Insurer, int, int]]:
+    """Per insurer: number and amount of claims not yet paid (to send or sent)."""
+    rows = session.execute(
+        select(Insurer, func.count(Claim.id), func.coalesce(func.sum(Claim.amount_cents), 0))
+        .join(Claim, Claim.insurer_id == Insurer.id)
+        .where(Claim.status.in_(("to_send", "sent"))).group_by(Insurer.id).order_by(Insurer.name)
+    ).all()
+    return [(insurer, int(n), int(total)) for insurer, n, total in rows]
+
+
+def create_remittance(session: Session, *, created_by: str) -> Remittance:
+    """Gather cheques not yet remitted on one slip for the bank."""
+    remitted = select(RemittanceItem.payment_id)
+    cheques = list(session.scalars(select(Payment).where(Payment.method == "cheque", Payment.amount_cents > 0,
+                                                         Payment.id.not_in(remitted)).order_by(Payment.id)))
+    if not cheques:
+        raise Conflict("no cheque to remit", code="nothing_to_remit")
+    slip = Remittance(created_by=created_by, total_cents=sum(p.amount_cents for p in cheques), count=len(cheques))
+    session.add(slip)
+    session.flush()
+    for payment in cheques:
+        session.add(RemittanceItem(remittance_id=slip.id, payment_id=payment.id))
+    session.flush()
+    return slip
+
+
+# -- validation helpers for the edges ------------------------------------------------------------
+
+
+def parse_date(value, name: str) -> date:
+    if not isinstance(value, str):
+        raise Invalid(f"{name} must be a date YYYY-MM-DD")
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise Invalid(f"{name} must be a date YYYY-MM-DD") from exc
+
+

@@ -1,0 +1,488 @@
+"""The billing pages: front-desk check-in, the day's exam groups, invoices, payments, closings;
+the manager's tariffs, mapping, insurers, claims, closings and exports; ``flask billing verify``."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from functools import wraps
+
+import click
+from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask_login import current_user
+from sqlalchemy import or_, select
+from sqlalchemy.orm import selectinload
+
+from backoffice.auth import roles_required
+from backoffice.billing import documents, exports
+from backoffice.billing.arrivals import attach_before_issue, sync_from_archive
+from backoffice.billing import services as S
+from backoffice.billing.models import (
+    Claim,
+    Closing,
+    ExamGroup,
+    ExamGroupMapping,
+    Insurer,
+    Invoice,
+    Payment,
+    Remittance,
+    RemittanceItem,
+    Tariff,
+)
+from backoffice.extensions import db, facade
+
+bp = Blueprint("billing", __name__, url_prefix="/billing", cli_group="billing")
+
+DESK = ("front_desk", "manager")
+MANAGER = ("manager",)
+PAGE_SIZE = 100
+STATE_LABELS = {"to_ask": "à demander", "accepted": "accepté", "refused": "refusé", "invoiced": "facturé",
+                "paid": "payé", "free": "pris en charge (sans frais)"}
+INVOICE_STATUS = documents.STATUS_LABELS
+METHOD_LABELS = documents.METHOD_LABELS
+
+
+@bp.app_template_filter("euros")
+def _euros(cents: int | None) -> str:
+    return documents.euros(cents or 0)
+
+
+@bp.app_template_filter("fr_date")
+def _fr_date(value) -> str:
+    return documents.french_date(value)
+
+
+@bp.app_template_filter("fr_datetime")
+def _fr_datetime(value) -> str:
+    return documents.french_datetime(value)
+
+
+@bp.app_template_filter("person")
+def _person(value: str | None) -> str:
+    return documents.dicom_name(value)
+
+
+# The pages speak French; the API keeps the services' (English) messages.
+FRENCH_ERRORS = {
+    "overpayment": "Paiement refusé : le montant dépasse le reste dû sur cette facture.",
+    "consent_refused": "Le patient a refusé le forfait : ce groupe d'examens ne peut pas être facturé.",
+    "already_invoiced": "Ce groupe d'examens est déjà facturé.",
+    "no_fee": "Rien à facturer : l'archivage de ce groupe est pris en charge par l'Assurance maladie.",
+    "day_closed": "La journée est clôturée : aucun paiement ne peut plus y être enregistré.",
+    "credited": "Cette facture est annulée par un avoir.",
+    "already_credited": "Cette facture a déjà un avoir.",
+    "exists": "Cet enregistrement existe déjà.",
+    "already_closed": "Cette période est déjà clôturée.",
+    "nothing_to_remit": "Aucun chèque à remettre.",
+}
+
+
+def domain_errors(back: str):
+    """Map billing errors of a form post to a flashed message and a redirect (nothing committed)."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            try:
+                return view(*args, **kwargs)
+            except S.BillingError as exc:
+                db().rollback()
+                flash(FRENCH_ERRORS.get(exc.code, exc.message), "error")
+                return redirect(_same_site(request.referrer) or url_for(back))
+
+        return wrapped
+
+    return decorate
+
+
+def _same_site(url: str | None) -> str | None:
+    """The page the form came from, if it is ours (never bounce to another site)."""
+    return url if url and url.startswith(request.host_url) else None
+
+
+def _int(name: str, default: int | None = None) -> int:
+    try:
+        return int(request.form.get(name, default if default is not None else ""))
+    except ValueError:
+        raise S.Invalid(f"{name} doit être un nombre entier") from None
+
+
+def _cents(name: str) -> int:
+    """A French amount typed at the desk ("4,50") in cents, without floats."""
+    raw = (request.form.get(name) or "").strip().replace("€", "").replace(" ", "").replace(",", ".")
+    whole, _, frac = raw.partition(".")
+    if not whole.isdigit() or (frac and (not frac.isdigit() or len(frac) > 2)):
+        raise S.Invalid("montant invalide (exemple : 4,50)")
+    return int(whole) * 100 + int((frac + "00")[:2])
+
+
+# -- front desk ----------------------------------------------------------------------------------
+
+
+@bp.route("/")
+@roles_required(*DESK)
+def today():
+    """The day's exam groups with their state; patient search by ID or name."""
+    day = S.parse_date(request.args["date"], "date") if request.args.get("date") else S.paris_today()
+    query_text = (request.args.get("q") or "").strip()
+    after = request.args.get("after", 0, type=int)
+    if query_text:
+        groups = list(db().scalars(
+            select(ExamGroup).where(or_(ExamGroup.patient_id == query_text,
+                                        ExamGroup.patient_name.ilike(f"%{_escape(query_text)}%", escape="\\")))
+            .where(ExamGroup.id > after).order_by(ExamGroup.id).limit(PAGE_SIZE + 1)
+            .options(selectinload(ExamGroup.studies))))
+        facade().audit_now("billing.search", actor=current_user.login, detail={"results": len(groups)})
+    else:
+        sync_from_archive(visit_date=day, patient_id=None)
+        groups = S.list_exam_groups(db(), visit_date=day, after_id=after, limit=PAGE_SIZE + 1)
+    more = len(groups) > PAGE_SIZE
+    groups = groups[:PAGE_SIZE]
+    states = S.group_states(db(), groups)
+    rows = [(g, states[g.id]) for g in groups]
+    return render_template("billing/today.html", day=day, rows=rows, q=query_text, labels=S.exam_group_labels(db()),
+                           states=STATE_LABELS, next_after=groups[-1].id if more else None,
+                           prev_day=day - timedelta(days=1), next_day=day + timedelta(days=1))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
+
+
+@bp.route("/checkin", methods=["GET", "POST"])
+@roles_required(*DESK)
+@domain_errors("billing.checkin")
+def checkin():
+    labels = S.exam_group_labels(db())
+    if request.method == "POST":
+        visit = S.parse_date(request.form.get("visit_date") or S.paris_today().isoformat(), "visit_date")
+        group = S.create_exam_group(
+            db(), patient_id=(request.form.get("patient_id") or "").strip(), visit_date=visit,
+            exam_group=request.form.get("exam_group", ""), created_by=current_user.login,
+            patient_name=(request.form.get("patient_name") or "").strip() or None,
+            patient_birth_date=(request.form.get("patient_birth_date") or "").replace("-", "") or None,
+            patient_address=(request.form.get("patient_address") or "").strip() or None,
+            accession_number=(request.form.get("accession_number") or "").strip() or None,
+        )
+        facade().audit(db(), "billing.exam_group.created", actor=current_user.login, patient_id=group.patient_id,
+                       detail={"exam_group_id": group.id})
+        flash("Groupe d'examens créé.", "info")
+        return redirect(url_for("billing.group", group_id=group.id))
+    return render_template("billing/checkin.html", labels=labels, today=S.paris_today())
+
+
+@bp.route("/groups/<int:group_id>")
+@roles_required(*DESK)
+def group(group_id: int):
+    g = db().get(ExamGroup, group_id) or abort(404)
+    facade().audit_now("billing.exam_group.viewed", actor=current_user.login, patient_id=g.patient_id)
+    groups = list(db().scalars(select(ExamGroup).where(ExamGroup.patient_id == g.patient_id,
+                                                       ExamGroup.visit_date == g.visit_date, ExamGroup.id != g.id)))
+    return render_template("billing/group.html", g=g, state=S.group_state(db(), g), labels=S.exam_group_labels(db()),
+                           states=STATE_LABELS, siblings=groups,
+                           patient_balance=S.patient_balance_cents(db(), g.patient_id))
+
+
+@bp.route("/groups/<int:group_id>/consent", methods=["POST"])
+@roles_required(*DESK)
+@domain_errors("billing.today")
+def consent(group_id: int):
+    accepted = request.form.get("accepted") == "1"
+    g = S.record_consent(db(), group_id, accepted=accepted, recorded_by=current_user.login)
+    facade().audit(db(), "billing.consent", actor=current_user.login, patient_id=g.patient_id,
+                   detail={"exam_group_id": g.id, "accepted": accepted})
+    flash("Accord enregistré." if accepted else "Refus enregistré : l'examen n'est pas facturé.", "info")
+    return redirect(url_for("billing.group", group_id=g.id))
+
+
+@bp.route("/groups/<int:group_id>/move", methods=["POST"])
+@roles_required(*DESK)
+@domain_errors("billing.today")
+def move_study(group_id: int):
+    S.move_study(db(), request.form.get("study_uid", ""), group_id=_int("target_group_id"))
+    flash("Examen déplacé.", "info")
+    return redirect(url_for("billing.group", group_id=group_id))
+
+
+@bp.route("/groups/<int:group_id>/invoice", methods=["POST"])
+@roles_required(*DESK)
+@domain_errors("billing.today")
+def issue(group_id: int):
+    session = db()
+    attach_before_issue(group_id)
+    invoice = S.issue_invoice(session, group_id, issued_by=current_user.login,
+                              payer_name=(request.form.get("payer_name") or "").strip() or None)
+    facade().audit(session, "billing.invoice.issued", actor=current_user.login, patient_id=invoice.patient_id,
+                   detail={"number": invoice.number})
+    invoice_id = invoice.id
+    session.commit()  # the number is taken; the PDF is rendered outside the lock
+    documents.render_after_issue(invoice_id)
+    flash(f"Facture {invoice.number} émise.", "info")
+    return redirect(url_for("billing.invoice", invoice_id=invoice_id))
+
+
+@bp.route("/invoices")
+@roles_required(*DESK)
+def invoices():
+    """Every invoice, newest first, 100 a page (keyset pagination on the primary key)."""
+    before = request.args.get("before", type=int)
+    patient_id = (request.args.get("patient_id") or "").strip()
+    query = select(Invoice)
+    if before:
+        query = query.where(Invoice.id < before)
+    if patient_id:
+        query = query.where(Invoice.patient_id == patient_id)
+    rows = list(db().scalars(query.order_by(Invoice.id.desc()).limit(PAGE_SIZE + 1)))
+    more = len(rows) > PAGE_SIZE
+    rows = rows[:PAGE_SIZE]
+    return render_template("billing/invoices.html", invoices=rows, patient_id=patient_id,
+                           next_before=rows[-1].id if more else None)
+
+
+@bp.route("/invoices/<int:invoice_id>")
+@roles_required(*DESK)
+def invoice(invoice_id: int):
+    inv = db().get(Invoice, invoice_id) or abort(404)
+    facade().audit_now("billing.invoice.viewed", actor=current_user.login, patient_id=inv.patient_id,
+                       detail={"number": inv.number})
+    return render_template("billing/invoice.html", inv=inv, state=S.invoice_state(db(), inv), methods=METHOD_LABELS,
+                           status=INVOICE_STATUS)
+
+
+@bp.route("/invoices/<int:invoice_id>/payments", methods=["POST"])
+@roles_required(*DESK)
+@domain_errors("billing.today")
+def pay(invoice_id: int):
+    method = request.form.get("method", "")
+    payment = S.record_payment(db(), invoice_id, amount_cents=_cents("amount"), method=method,
+                               received_by=current_user.login)
+    inv = db().get(Invoice, invoice_id)
+    facade().audit(db(), "billing.payment", actor=current_user.login, patient_id=inv.patient_id,
+                   detail={"number": inv.number, "payment_id": payment.id})
+    flash(f"Paiement de {documents.euros(payment.amount_cents)} enregistré.", "info")
+    return redirect(url_for("billing.invoice", invoice_id=invoice_id))
+
+
+@bp.route("/invoices/<int:invoice_id>/credit-note", methods=["POST"])
+@roles_required(*DESK)
+@domain_errors("billing.today")
+def credit_note(invoice_id: int):
+    note = S.issue_credit_note(db(), invoice_id, reason=request.form.get("reason", ""), issued_by=current_user.login)
+    flash(f"Avoir {note.number} émis.", "info")
+    return redirect(url_for("billing.invoice", invoice_id=invoice_id))
+
+
+@bp.route("/invoices/<int:invoice_id>/invoice.pdf")
+@roles_required(*DESK)
+def invoice_pdf(invoice_id: int):
+    inv = db().get(Invoice, invoice_id) or abort(404)
+    data = documents.invoice_pdf(facade().new_session, inv.id)
+    facade().audit_now("billing.invoice.printed", actor=current_user.login, patient_id=inv.patient_id)
+    return Response(data, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="facture-{inv.number}.pdf"'})
+
+
+@bp.route("/invoices/<int:invoice_id>/receipt.pdf")
+@roles_required(*DESK)
+def receipt_pdf(invoice_id: int):
+    inv = db().get(Invoice, invoice_id) or abort(404)
+    data = documents.render_receipt(db(), inv, request.args.get("payment_id", type=int))
+    facade().audit_now("billing.receipt.printed", actor=current_user.login, patient_id=inv.patient_id)
+    return Response(data, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'attachment; filename="recu-{inv.number}.pdf"'})
+
+
+@bp.route("/closing", methods=["GET", "POST"])
+@roles_required(*DESK)
+@domain_errors("billing.closing")
+def closing():
+    """The day's closing: totals per method, signed off by the user who closes."""
+    day = S.paris_today()
+    if request.method == "POST":
+        day_text = request.form.get("day") or day.isoformat()
+        S.close_period(db(), "day", day_text, signed_by=current_user.login)
+        flash(f"Journée du {day_text} clôturée.", "info")
+        return redirect(url_for("billing.closing"))
+    totals = S.period_totals(db(), "day", day.isoformat())
+    closed = db().scalar(select(Closing).where(Closing.kind == "day", Closing.period == day.isoformat()))
+    return render_template("billing/closing.html", day=day, totals=totals, closed=closed, methods=METHOD_LABELS)
+
+
+@bp.route("/remittance", methods=["POST"])
+@roles_required(*DESK)
+@domain_errors("billing.closing")
+def remittance():
+    slip = S.create_remittance(db(), created_by=current_user.login)
+    flash(f"Bordereau de remise n° {slip.id} : {slip.count} chèque(s), {documents.euros(slip.total_cents)}.", "info")
+    return redirect(url_for("billing.remittance_slip", slip_id=slip.id))
+
+
+@bp.route("/remittances/<int:slip_id>")
+@roles_required(*DESK)
+def remittance_slip(slip_id: int):
+    """The printable cheque remittance slip for the bank."""
+    slip = db().get(Remittance, slip_id) or abort(404)
+    rows = db().execute(
+        select(Payment, Invoice).join(RemittanceItem, RemittanceItem.payment_id == Payment.id)
+        .join(Invoice, Invoice.id == Payment.invoice_id)
+        .where(RemittanceItem.remittance_id == slip.id).order_by(Payment.id)
+    ).all()
+    return render_template("billing/remittance.html", slip=slip, rows=rows, practice=documents.practice_identity())
+
+
+# -- manager -------------------------------------------------------------------------------------
+
+
+@bp.route("/tariffs", methods=["GET", "POST"])
+@roles_required(*MANAGER)
+@domain_errors("billing.tariffs")
+def tariffs():
+    if request.method == "POST":
+        S.set_tariff(db(), exam_group=request.form.get("exam_group", "").strip(),
+                     label=request.form.get("label", "").strip() or request.form.get("exam_group", ""),
+                     fee_cents=_cents("fee"), effective_from=S.parse_date(request.form.get("effective_from"), "date"),
+                     national_insurance_paid=request.form.get("national") == "1")
+        flash("Tarif enregistré.", "info")
+        return redirect(url_for("billing.tariffs"))
+    rows = list(db().scalars(select(Tariff).order_by(Tariff.exam_group, Tariff.effective_from.desc())))
+    return render_template("billing/tariffs.html", tariffs=rows, today=S.paris_today())
+
+
+@bp.route("/mapping", methods=["GET", "POST"])
+@roles_required(*MANAGER)
+@domain_errors("billing.mapping")
+def mapping():
+    labels = S.exam_group_labels(db())
+    if request.method == "POST":
+        if request.form.get("delete"):
+            row = db().get(ExamGroupMapping, _int("delete"))
+            if row is not None:
+                db().delete(row)
+        else:
+            group_code = request.form.get("exam_group", "")
+            if group_code not in labels:
+                raise S.Invalid("groupe d'examens inconnu")
+            db().add(ExamGroupMapping(modality=request.form.get("modality", "").strip().upper()[:16],
+                                      description_contains=(request.form.get("description") or "").strip() or None,
+                                      exam_group=group_code))
+        db().flush()
+        flash("Correspondance enregistrée.", "info")
+        return redirect(url_for("billing.mapping"))
+    rows = list(db().scalars(select(ExamGroupMapping).order_by(ExamGroupMapping.modality, ExamGroupMapping.id)))
+    return render_template("billing/mapping.html", rows=rows, labels=labels)
+
+
+@bp.route("/insurers", methods=["GET", "POST"])
+@roles_required(*MANAGER)
+@domain_errors("billing.insurers")
+def insurers():
+    if request.method == "POST":
+        cap = request.form.get("annual_cap", "").strip()
+        S.create_insurer(db(), name=request.form.get("name", ""), amc_number=request.form.get("amc_number", ""),
+                         coverage_bp=_int("coverage_bp", 0),
+                         flat_cents=_cents("flat") if request.form.get("flat") else 0,
+                         annual_cap_cents=_cents("annual_cap") if cap else None,
+                         third_party_payment=request.form.get("third_party") == "1")
+        flash("Mutuelle enregistrée.", "info")
+        return redirect(url_for("billing.insurers"))
+    rows = list(db().scalars(select(Insurer).order_by(Insurer.name)))
+    return render_template("billing/insurers.html", insurers=rows)
+
+
+@bp.route("/memberships", methods=["POST"])
+@roles_required(*DESK)
+@domain_errors("billing.today")
+def membership():
+    valid_to = request.form.get("valid_to")
+    m = S.add_membership(db(), patient_id=request.form.get("patient_id", ""), insurer_id=_int("insurer_id"),
+                         member_number=request.form.get("member_number", ""),
+                         valid_from=S.parse_date(request.form.get("valid_from"), "valid_from"),
+                         valid_to=S.parse_date(valid_to, "valid_to") if valid_to else None,
+                         payer_name=request.form.get("payer_name") or None)
+    facade().audit(db(), "billing.membership.created", actor=current_user.login, patient_id=m.patient_id)
+    flash("Adhésion enregistrée.", "info")
+    return redirect(_same_site(request.referrer) or url_for("billing.today"))
+
+
+@bp.route("/claims", methods=["GET", "POST"])
+@roles_required(*MANAGER)
+@domain_errors("billing.claims")
+def claims():
+    if request.method == "POST":
+        if request.form.get("send_insurer"):
+            sent = S.send_claims(db(), _int("send_insurer"))
+            flash(f"{len(sent)} demande(s) envoyée(s).", "info")
+        else:
+            S.settle_claim(db(), _int("claim_id"), paid=request.form.get("paid") == "1", by=current_user.login,
+                           reason=request.form.get("reason"))
+            flash("Demande mise à jour.", "info")
+        return redirect(url_for("billing.claims"))
+    open_claims = list(db().scalars(select(Claim).where(Claim.status.in_(("to_send", "sent")))
+                                    .order_by(Claim.id).limit(500)))
+    insurer_names = {i.id: i.name for i in db().scalars(select(Insurer))}
+    return render_template("billing/claims.html", outstanding=S.outstanding_claims(db()), claims=open_claims,
+                           insurer_names=insurer_names)
+
+
+@bp.route("/closings", methods=["GET", "POST"])
+@roles_required(*MANAGER)
+@domain_errors("billing.closings")
+def closings():
+    if request.method == "POST":
+        kind = request.form.get("kind", "")
+        S.close_period(db(), kind, request.form.get("period", ""), signed_by=current_user.login)
+        flash("Clôture enregistrée.", "info")
+        return redirect(url_for("billing.closings"))
+    rows = list(db().scalars(select(Closing).order_by(Closing.id.desc()).limit(200)))
+    report = S.verify_journal(db())
+    return render_template("billing/closings.html", closings=rows, report=report)
+
+
+@bp.route("/exports")
+@roles_required(*MANAGER)
+def export_page():
+    today = S.paris_today()
+    return render_template("billing/exports.html", start=today.replace(day=1), end=today)
+
+
+def _period_args() -> tuple[date, date]:
+    try:
+        return S.parse_date(request.args.get("start"), "start"), S.parse_date(request.args.get("end"), "end")
+    except S.Invalid:
+        abort(400)
+
+
+@bp.route("/exports/invoices.csv")
+@roles_required(*MANAGER)
+def export_csv():
+    start, end = _period_args()
+    return Response(exports.invoices_csv(db(), start, end), mimetype="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="factures-{start}-{end}.csv"'})
+
+
+@bp.route("/exports/fec.txt")
+@roles_required(*MANAGER)
+def export_fec():
+    start, end = _period_args()
+    siren = str(request.args.get("siren") or "").strip() or "000000000"
+    return Response(exports.fec(db(), start, end), mimetype="text/plain",
+                    headers={"Content-Disposition": f'attachment; filename="{siren}FEC{end.strftime("%Y%m%d")}.txt"'})
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+@bp.cli.command("verify", help="Check the payment journal's hash chain and the closings; exit 1 if broken.")
+def verify_command() -> None:
+    with facade().new_session() as s:
+        report = S.verify_journal(s)
+    if report.ok:
+        click.echo(f"payment journal intact: {report.checked} entries, {report.closings_checked} closings")
+        return
+    if report.first_bad_id is not None:
+        click.echo(f"payment journal broken at entry {report.first_bad_id} (after {report.checked} good entries)")
+    else:
+        click.echo(f"closing {report.first_bad_closing} no longer matches the journal")
+    raise SystemExit(1)
+
+
+__all__ = ["bp"]

@@ -1,0 +1,194 @@
+"""Web benchmark of billing: issue + pay through the API, the receipt PDF, and the front-desk lists
+with 100,000 invoices in the database. Not a test: prints p50/p95 in milliseconds.
+
+    .venv/bin/python bench/web.py [--invoices 100000] [--rounds 100] [--database-url URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from urllib.parse import urlencode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def seed(url: str, invoices: int, rounds: int) -> tuple[str, list[int], str]:
+    """Migrate, create a front-desk user and token, *invoices* old invoices (bulk) and *rounds* open groups."""
+    from sqlalchemy import insert, text
+
+    from archive_core.db import make_engine, session_factory
+    from backoffice.auth.services import create_token, create_user
+    from backoffice.billing import services as S
+    from backoffice.billing.models import ExamGroup, Invoice, InvoiceLine, NumberCounter
+    from backoffice.migrate import upgrade
+
+    upgrade(url)
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    today = S.paris_today()
+    with factory() as s:
+        create_user(s, "bench", role="front_desk", password="bench password 123")
+        token = create_token(s, "bench")
+        s.commit()
+    batch = 5000
+    start = datetime(today.year, 1, 1, 8, tzinfo=timezone.utc)
+    series = str(today.year)
+    for offset in range(0, invoices, batch):
+        n = min(batch, invoices - offset)
+        with factory() as s:
+            first_group = offset + 1
+            s.execute(insert(ExamGroup), [
+                {"id": first_group + i, "patient_id": f"B{offset + i:07d}",
+                 "visit_date": today - timedelta(days=1 + (offset + i) % 300),
+                 "exam_group": "radiologie", "patient_name": "Bench^Patient", "consent": "accepted",
+                 "created_by": "bench", "created_at": start} for i in range(n)])
+            s.execute(insert(Invoice), [
+                {"id": first_group + i, "number": f"{series}-{offset + i + 1:06d}", "series": series,
+                 "sequence": offset + i + 1, "group_id": first_group + i,
+                 "issued_at": start + timedelta(seconds=offset + i), "issued_by": "bench",
+                 "patient_id": f"B{offset + i:07d}", "patient_name": "Bench^Patient",
+                 "visit_date": today - timedelta(days=1 + (offset + i) % 300), "exam_group": "radiologie",
+                 "exam_group_label": "Radiologie conventionnelle", "total_cents": 300, "insurer_cents": 0,
+                 "patient_cents": 300, "third_party_payment": False} for i in range(n)])
+            s.execute(insert(InvoiceLine), [
+                {"invoice_id": first_group + i, "label": "Archivage des images — Radiologie conventionnelle",
+                 "amount_cents": 300} for i in range(n)])
+            s.commit()
+    with factory() as s:
+        if engine.dialect.name == "postgresql":  # explicit ids did not advance the sequences
+            for table in ("billing_exam_group", "billing_invoice"):
+                s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                               f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"))
+        if invoices:
+            s.add(NumberCounter(series=series, last_value=invoices))
+        groups = [S.create_exam_group(s, patient_id=f"T{i:05d}", visit_date=today, exam_group="echographie",
+                                      created_by="bench", patient_name="Durand^Marie").id for i in range(rounds)]
+        s.commit()
+    engine.dispose()
+    return token, groups, today.isoformat()
+
+
+class Client:
+    def __init__(self, port: int, token: str | None = None) -> None:
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.cookie = ""
+
+    def request(self, method: str, path: str, body: dict | bytes | None = None, headers: dict | None = None):
+        h = {**self.headers, **(headers or {})}
+        if self.cookie:
+            h["Cookie"] = self.cookie
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        if isinstance(body, dict):
+            h["Content-Type"] = "application/json"
+        self.conn.request(method, path, body=data, headers=h)
+        response = self.conn.getresponse()
+        payload = response.read()
+        cookie = response.getheader("Set-Cookie")
+        if cookie:
+            self.cookie = cookie.split(";", 1)[0]
+        return response.status, payload
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000
+
+
+def report(name: str, samples: list[float]) -> None:
+    samples = sorted(samples)
+    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+    print(f"{name:48s} n={len(samples):4d}  p50={statistics.median(samples):7.1f} ms  p95={p95:7.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--invoices", type=int, default=100_000)
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--database-url")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="archivage-bench-") as tmp:
+        instance = Path(tmp) / "instance"
+        instance.mkdir()
+        url = args.database_url or f"sqlite:///{instance / 'archivage.sqlite3'}"
+        t0 = time.perf_counter()
+        token, groups, today = seed(url, args.invoices, args.rounds)
+        print(f"seeded {args.invoices} invoices in {time.perf_counter() - t0:.1f} s ({url.split(':')[0]})")
+        from tests.helpers import free_port
+
+        port = free_port()
+        env = {**os.environ, "ARCHIVAGE_INSTANCE_PATH": str(instance), "ARCHIVAGE_DATABASE_URL": url,
+               "ARCHIVAGE_LOG_LEVEL": "WARNING"}
+        server = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "web", "--port", str(port)],
+                                  cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+        try:
+            api = Client(port, token)
+            for _ in range(300):
+                try:
+                    if api.request("GET", "/api/v1/openapi.json")[0] == 200:
+                        break
+                except OSError:
+                    api = Client(port, token)
+                    time.sleep(0.1)
+            issue_pay, issue_only, receipts, invoice_ids = [], [], [], []
+            for group_id in groups:
+                def issue_and_pay():
+                    status, body = api.request("POST", "/api/v1/invoices", {"exam_group_id": group_id})
+                    assert status == 201, body
+                    invoice = json.loads(body)
+                    invoice_ids.append(invoice["id"])
+                    issue_only.append((time.perf_counter() - t_start) * 1000)
+                    status, body = api.request("POST", f"/api/v1/invoices/{invoice['id']}/payments",
+                                               {"amount_cents": invoice["balance_cents"], "method": "card"})
+                    assert status == 201, body
+                t_start = time.perf_counter()
+                issue_pay.append(timed(issue_and_pay))
+            # Let the background renderer finish the invoices' PDFs: receipts are measured on their own.
+            folder = instance / "documents" / "invoices"
+            deadline = time.monotonic() + 300
+            while len(list(folder.rglob("*.pdf"))) < len(invoice_ids) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            for invoice_id in invoice_ids:
+                receipts.append(timed(lambda: api.request("GET", f"/api/v1/invoices/{invoice_id}/receipt.pdf")))
+            lists_api, lists_inv, lists_page, lists_inv_page = [], [], [], []
+            for _ in range(args.rounds):
+                lists_api.append(timed(lambda: api.request("GET", f"/api/v1/exam-groups?date={today}")))
+                lists_inv.append(timed(lambda: api.request("GET", "/api/v1/invoices")))
+            page = Client(port)
+            status, body = page.request("GET", "/login")
+            csrf = re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', body)
+            csrf = csrf or re.search(rb'value="([^"]+)"[^>]*name="csrf_token"', body)
+            form = urlencode({"csrf_token": csrf.group(1).decode(), "login": "bench",
+                              "password": "bench password 123"}).encode()
+            status, _ = page.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})
+            assert status == 302, status
+            for _ in range(args.rounds):
+                lists_page.append(timed(lambda: page.request("GET", f"/billing/?date={today}")))
+                lists_inv_page.append(timed(lambda: page.request("GET", "/billing/invoices")))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+        report("issue invoice (API, PDF stored after commit)", issue_only)
+        report("issue + pay (API)", issue_pay)
+        report("receipt.pdf (API)", receipts)
+        report(f"GET /api/v1/exam-groups today ({args.rounds} groups)", lists_api)
+        report(f"GET /api/v1/invoices first page of {args.invoices + args.rounds}", lists_inv)
+        report("page /billing/ (today's exam groups)", lists_page)
+        report("page /billing/invoices (first 100)", lists_inv_page)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""The index on SQLite and on a real PostgreSQL: rows, counts, character sets, duplicates, audit."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from pydicom.data import get_charset_files
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import func, select
+
+from archive_core.errors import DuplicateConflict
+from archive_core.index.models import Instance, Patient, Series, Study
+from tests.helpers import make_ct
+
+
+@pytest.fixture
+def db_archive(database_url, instance_path):
+    """An archive whose index lives at *database_url* (SQLite, then PostgreSQL), indexer running."""
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from backoffice.migrate import upgrade
+
+    settings = Settings(instance_path=instance_path, DATABASE_URL=database_url, STORAGE_MIN_FREE_BYTES=0)
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    archive.ingestor.start()
+    yield archive
+    archive.close()
+
+
+def _encoded(ds) -> bytes:
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def ingest(archive, source, *, source_ae: str | None = "CT1"):
+    """Receive a dataset (or a Part 10 file) as the C-STORE handler does: from its bytes."""
+    from archive_core.index.ingest import Identity, parse, read_part10
+
+    if isinstance(source, Path):
+        ds, raw, ts, _ = read_part10(source)
+    else:
+        raw, ts = _encoded(source), ExplicitVRLittleEndian
+        ds = parse(raw, ts)
+    outcome = archive.ingestor.receive(raw, ds, transfer_syntax_uid=ts, identity=Identity.of(ds), source_ae=source_ae)
+    assert archive.ingestor.wait_indexed(timeout=30)
+    return outcome
+
+
+def _count(archive, model) -> int:
+    with archive.sessions() as s:
+        return s.scalar(select(func.count(model.id)))
+
+
+def test_rows_and_counts_for_two_patients(db_archive):
+    a_study, b_study = "1.2.826.0.1.3680043.8.498.10", "1.2.826.0.1.3680043.8.498.20"
+    for series, modality, n in (("1", "CT", 3), ("2", "SR", 1)):
+        for i in range(n):
+            ingest(db_archive, make_ct(patient_id="A", study_uid=a_study, series_uid=f"{a_study}.{series}",
+                                       modality=modality, InstanceNumber=i + 1, SeriesNumber=int(series)))
+    ingest(db_archive, make_ct(patient_id="B", patient_name="Martin^Paul", study_uid=b_study,
+                               series_uid=f"{b_study}.1", modality="MR", StudyDescription="IRM genou"))
+    assert [_count(db_archive, m) for m in (Patient, Study, Series, Instance)] == [2, 2, 3, 5]
+    with db_archive.sessions() as s:
+        a = s.scalar(select(Study).where(Study.study_uid == a_study))
+        assert (a.patient.patient_id, a.num_series, a.num_instances, a.modalities_in_study) == ("A", 2, 4, "CT\\SR")
+        assert (a.study_date, a.accession_number, a.external) == ("20240115", "ACC1", False)
+        b = s.scalar(select(Study).where(Study.study_uid == b_study))
+        assert (b.patient.patient_name, b.study_description, b.modalities_in_study) == ("Martin^Paul", "IRM genou", "MR")
+        numbers = sorted(s.scalars(select(Instance.instance_number).join(Series).where(Series.series_uid == f"{a_study}.1")))
+        assert numbers == [1, 2, 3]
+        inst = s.scalar(select(Instance).where(Instance.series.has(Series.series_uid == f"{b_study}.1")))
+        assert (inst.transfer_syntax_uid, inst.source_ae, inst.tier) == (ExplicitVRLittleEndian, "CT1", "active")
+        assert db_archive.store.exists(inst.storage_key)
+
+
+def test_a_batch_of_jobs_is_indexed_in_one_go(db_archive, tmp_path):
+    from archive_core.index.ingest import index_jobs, job_from_file
+
+    study = "1.2.826.0.1.3680043.8.498.30"
+    jobs = []
+    for i in range(4):
+        path = tmp_path / f"{i}.dcm"
+        make_ct(study_uid=study, series_uid=f"{study}.{i % 2}", InstanceNumber=i).save_as(path, enforce_file_format=True)
+        jobs.append(job_from_file(path, seq=0))
+    assert index_jobs(db_archive.sessions, jobs) == {study}
+    assert index_jobs(db_archive.sessions, jobs) == {study}  # indexing again changes nothing
+    with db_archive.sessions() as s:
+        st = s.scalar(select(Study).where(Study.study_uid == study))
+        assert (st.num_series, st.num_instances) == (2, 4)
+    assert [_count(db_archive, m) for m in (Patient, Study, Series, Instance)] == [1, 1, 2, 4]
+
+
+def _charset_file(name: str) -> Path:
+    return Path(get_charset_files(name)[0])
+
+
+@pytest.mark.parametrize(
+    "source, expected_name",
+    [
+        (lambda: make_ct(charset="ISO_IR 100", patient_name="Dupont^Hélène"), "Dupont^Hélène"),
+        (lambda: make_ct(charset="ISO_IR 192", patient_name="Müller^Zoë=王^小東"), "Müller^Zoë=王^小東"),
+        (lambda: _charset_file("chrX1.dcm"), "Wang^XiaoDong=王^小東"),  # ISO_IR 192, from pydicom's files
+        (lambda: _charset_file("chrH31.dcm"), "Yamada^Tarou=山田^太郎=やまだ^たろう"),  # ISO 2022 IR 87
+        (lambda: _charset_file("chrH32.dcm"), "ﾔﾏﾀﾞ^ﾀﾛｳ=山田^太郎=やまだ^たろう"),  # ISO 2022 IR 13 + IR 87
+    ],
+    ids=["ISO_IR 100", "ISO_IR 192", "chrX1", "chrH31", "chrH32"],
+)
+def test_the_index_holds_names_decoded_with_the_specific_character_set(db_archive, source, expected_name):
+    ingest(db_archive, source())
+    with db_archive.sessions() as s:
+        assert s.scalar(select(Patient.patient_name)) == expected_name
+
+
+def test_duplicate_check_reads_the_index(db_archive):
+    first = make_ct()
+    assert ingest(db_archive, first).seq > 0
+    assert ingest(db_archive, first).duplicate  # identical: success, not stored twice
+    changed = make_ct(sop_uid=first.SOPInstanceUID, study_uid=first.StudyInstanceUID,
+                      series_uid=first.SeriesInstanceUID, PatientName="Autre^Nom")
+    with pytest.raises(DuplicateConflict):
+        ingest(db_archive, changed)
+    assert _count(db_archive, Instance) == 1
+    assert len(list(db_archive.store.keys())) == 1
+
+
+def test_concurrent_audit_records_keep_one_chain(db_archive):
+    from archive_core.api import ArchiveFacade
+    from archive_core.audit import AuditEvent, verify
+
+    facade = ArchiveFacade(db_archive)
+    errors = []
+
+    def write(n: int) -> None:
+        try:
+            for i in range(10):
+                facade.audit_now("study.viewed", actor=f"user{n}", study_uid=f"1.2.3.{i}")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    with db_archive.sessions() as s:
+        report = verify(s)
+        assert s.scalar(select(func.count(AuditEvent.id))) == 40
+    assert report.ok and report.checked == 40

@@ -1,0 +1,104 @@
+"""The server's speed tweaks on pynetdicom (archive_core/net/tuning.py): what they rely on, and that they apply.
+
+pynetdicom polls: the DUL thread sleeps ``_run_loop_delay`` (1 ms) when its socket is idle and
+the acceptor's reactor sleeps 1 ms before each look at the DIMSE queue. The server replaces both
+sleeps on the associations it accepts, and turns Nagle off on their sockets. These are private
+details of the pinned pynetdicom: an upgrade must go through this file.
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+
+import pynetdicom
+import pytest
+from pynetdicom import AE
+from pynetdicom import association as pynetdicom_association
+from pynetdicom import dul as pynetdicom_dul
+from pynetdicom.sop_class import Verification
+
+from tests.helpers import ROOT
+
+
+def test_pynetdicom_is_the_pinned_version():
+    pinned = next(line.split("==")[1].strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+                  if line.lower().startswith("pynetdicom=="))
+    assert pynetdicom.__version__ == pinned
+
+
+def test_the_private_details_the_tuning_replaces_are_there():
+    from pynetdicom.dimse import DIMSEServiceProvider
+    from pynetdicom.dul import DULServiceProvider
+
+    from archive_core.net import tuning
+
+    dul_source = inspect.getsource(DULServiceProvider)
+    assert "self._run_loop_delay = 0.001" in dul_source
+    assert "time.sleep(self._run_loop_delay)" in dul_source
+    assert "self.to_provider_queue" in dul_source
+    # The acceptor's reactor: its 1 ms sleep is the literal tuning._REACTOR_POLL.
+    reactor = inspect.getsource(pynetdicom_association.Association._run_reactor)
+    assert f"time.sleep({tuning._REACTOR_POLL})" in reactor
+    assert "self.dimse.get_msg()" in reactor or "self.dimse.get_msg(" in reactor
+    assert "msg_queue" in inspect.getsource(DIMSEServiceProvider.__init__)
+    assert hasattr(pynetdicom_dul, "time") and hasattr(pynetdicom_association, "time")
+
+
+def _served(scp, title: str):
+    (assoc,) = [a for a in scp.ae.active_associations if a.is_established and a.requestor.ae_title == title]
+    return assoc
+
+
+def test_accepted_associations_wait_instead_of_sleeping_and_have_nagle_off(scp):
+    from archive_core.net import tuning
+
+    ae = AE(ae_title="TUNING")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
+    assert assoc.is_established
+    try:
+        served = _served(scp, "TUNING")
+        assert isinstance(served.dul.to_provider_queue, tuning._WakingQueue)
+        assert callable(getattr(served.dul, "_archivage_wait", None))
+        assert callable(getattr(served, "_archivage_wait", None))
+        assert served.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert isinstance(pynetdicom_dul.time, tuning._TunableTime)
+        # Our own requestor in the same process keeps pynetdicom's behaviour.
+        assert not hasattr(assoc.dul, "_archivage_wait")
+        assert assoc.dul._run_loop_delay == 0.001
+        for _ in range(20):
+            assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
+def test_listening_socket_has_nagle_off(scp):
+    assert scp.server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+@pytest.mark.parametrize("delay", [0.002])
+def test_a_non_zero_dul_loop_delay_turns_the_tuning_off(instance_path, delay):
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from archive_core.net.server import start_server
+    from backoffice.migrate import upgrade
+
+    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_DUL_LOOP_DELAY=delay)
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    running = start_server(archive, host="127.0.0.1", port=0)
+    ae = AE(ae_title="PLAIN")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
+    try:
+        assert assoc.is_established
+        served = _served(running, "PLAIN")
+        assert served.dul._run_loop_delay == delay
+        assert not hasattr(served.dul, "_archivage_wait")
+        assert served.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+        running.stop()
+        archive.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -259,3 +260,27 @@ def test_tombstoned_rows_are_invisible_to_queries_and_retrieves(sessions):
     with sessions() as s:
         move = parse_identifier(identifier("STUDY", StudyInstanceUID=S("S4")), STUDY_ROOT, retrieve=True)
         assert sop_uid("S4", "SR", 1) not in {i.sop_instance_uid for i in instances_to_retrieve(s, move)}
+
+
+@pytest.mark.parametrize("charset, name", [
+    ("ISO_IR 100", "Dupré^Zoé"),
+    ("ISO_IR 192", "Dupré^Zoé"),
+    ("ISO 2022 IR 100", "Dupré^Zoé"),
+    ("GB18030", "Dupré^Zoé"),
+])
+def test_query_identifier_is_decoded_with_its_character_set(sessions, charset, name):
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pynetdicom.dsutils import decode
+
+    ident = identifier("STUDY", StudyInstanceUID="")
+    ident.SpecificCharacterSet = charset
+    ident.PatientName = name
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, ident)  # encoded in *charset*, as a workstation sends it
+    assert name.encode("utf-8") not in buf.getvalue() or charset == "ISO_IR 192"
+    received = decode(io.BytesIO(buf.getvalue()), True, True)
+    with sessions() as s:
+        rows = find(s, parse_identifier(received, STUDY_ROOT))
+    assert {r["StudyInstanceUID"] for r in rows} == {S("S2")}

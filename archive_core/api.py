@@ -723,8 +723,8 @@ class _QueryRetrieveMixin:
             raise NotFound("none of these studies is in the archive")
         result = send_instances(
             lambda inst: self._archive.store_for(inst.tier).path_of(inst.storage_key), instances,
-            host=peer.host, port=peer.port, called_ae=peer.ae_title, calling_ae=self.settings.DICOM_AE_TITLE, loop_delay=self.settings.DICOM_DUL_LOOP_DELAY,
-            timeout=self.settings.DICOM_NETWORK_TIMEOUT,
+            host=peer.host, port=peer.port, called_ae=peer.ae_title, calling_ae=self.settings.DICOM_AE_TITLE,
+            loop_delay=self.settings.DICOM_DUL_LOOP_DELAY, timeout=self.settings.DICOM_NETWORK_TIMEOUT,
         )
         with write_session(self._archive.sessions) as s:
             for uid in sorted({i.study_uid for i in instances}):

@@ -134,9 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = {target: measure(target, files, args, root) for target in targets}
     print("\nSummary (ms per query, one association; lower is better)")
     for label in queries(args.studies):
-        line = f"{label:<18} " + " | ".join(f"{t} {results[t][label][0]:.1f} ms ({results[t][label][1]})" for t in targets)
+        cells = [f"{t} {results[t][label][0]:.1f} ms ({results[t][label][1]})" for t in targets]
+        line = f"{label:<18} " + " | ".join(cells)
         if ORTHANC in results:
-            line += f" | ours/Orthanc {results[OURS][label][0] / max(results[ORTHANC][label][0], 1e-6):.2f} (target <= 1)"
+            ratio = results[OURS][label][0] / max(results[ORTHANC][label][0], 1e-6)
+            line += f" | ours/Orthanc {ratio:.2f} (target <= 1)"
         print(line)
     return 0
 

@@ -137,8 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="archivage-bench-r-", dir=args.workdir) as tmp:
         root = Path(tmp)
         one = generate_image_set(ImageSetSpec("CT 512x512x16", args.ct, 512, 512, seed=11), root / "data" / "one")
-        ten = [generate_image_set(ImageSetSpec("CT 512x512x16", args.ten, 512, 512, seed=20 + n), root / "data" / f"t{n}")
-               for n in range(10)]
+        ten = [
+            generate_image_set(ImageSetSpec("CT 512x512x16", args.ten, 512, 512, seed=20 + n), root / "data" / f"t{n}")
+            for n in range(10)
+        ]
         print(f"one study of {args.ct} CT images; ten studies of {args.ten}; runs per point: {args.repeat} (median)")
         dest_port = free_port()
         rates = []
@@ -153,7 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in results[OURS]:
         line = f"{key:<18} ours {results[OURS][key]:7.1f}  x{results[OURS][key] / bare:.2f} bare"
         if ORTHANC in results:
-            line += f" | Orthanc {results[ORTHANC][key]:7.1f}  ours/Orthanc {results[OURS][key] / results[ORTHANC][key]:.2f}"
+            ratio = results[OURS][key] / results[ORTHANC][key]
+            line += f" | Orthanc {results[ORTHANC][key]:7.1f}  ours/Orthanc {ratio:.2f}"
         print(line)
     return 0
 

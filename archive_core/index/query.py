@@ -26,7 +26,12 @@ from archive_core.index.models import Instance, Patient, Series, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 MODELS = {"PATIENT": Patient, "STUDY": Study, "SERIES": Series, "IMAGE": Instance}
-UNIQUE_KEYS = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID", "IMAGE": "SOPInstanceUID"}
+UNIQUE_KEYS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
 PATIENT_ROOT, STUDY_ROOT = "PATIENT", "STUDY"
 # (0008,0005) Specific Character Set and (0008,0052) Query/Retrieve Level are not keys.
 _NOT_KEYS = {0x00080005, 0x00080052}
@@ -125,8 +130,8 @@ def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) 
     required = LEVELS[first : query.depth + (1 if retrieve else 0)]
     for needed in required:
         if UNIQUE_KEYS[needed] not in query.conditions:
-            raise InvalidQuery(f"{UNIQUE_KEYS[needed]} is required above the {level} level"
-                               if needed != level else f"{UNIQUE_KEYS[needed]} is required to retrieve at the {level} level")
+            where = f"above the {level} level" if needed != level else f"to retrieve at the {level} level"
+            raise InvalidQuery(f"{UNIQUE_KEYS[needed]} is required {where}")
     return query
 
 

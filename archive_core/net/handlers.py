@@ -258,7 +258,9 @@ def handle_move(event, ctx: ArchiveContext):
     """C-MOVE to a registered peer; pynetdicom runs the sub-operations and counts them."""
     calling = event.assoc.requestor.ae_title
     destination = event.move_destination
-    destination = (destination.decode("ascii", "replace") if isinstance(destination, bytes) else str(destination)).strip()
+    if isinstance(destination, bytes):
+        destination = destination.decode("ascii", "replace")
+    destination = str(destination).strip()
     with read_session(ctx.sessions) as s:
         peer = find_peer(s, destination) if destination else None
     if peer is None:

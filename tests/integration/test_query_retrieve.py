@@ -144,7 +144,8 @@ def test_findscu_image_level_patient_root(stored, scp, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     run = subprocess.run([findscu, "-aet", CALLING, "-aec", "ARCHIVAGE", "-X", "-od", str(out), *findscu_args,
-                          "127.0.0.1", str(scp.port)], capture_output=True, text=True, timeout=TIMEOUT_S, env=tool_env())
+                          "127.0.0.1", str(scp.port)],
+                         capture_output=True, text=True, timeout=TIMEOUT_S, env=tool_env())
     assert run.returncode == 0, run.stderr
     answers = [dcmread(p) for p in out.glob("rsp*.dcm")]
     assert sorted(ds.SOPInstanceUID for ds in answers) == [f"{STUDY_A}.1.{n}" for n in (1, 2, 3)]
@@ -159,7 +160,8 @@ def _find_statuses(port: int, identifier: Dataset, model=StudyRootQueryRetrieveI
     assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
     assert assoc.is_established
     try:
-        return [(status.Status, status.get("ErrorComment"), ident) for status, ident in assoc.send_c_find(identifier, model)]
+        responses = assoc.send_c_find(identifier, model)
+        return [(status.Status, status.get("ErrorComment"), ident) for status, ident in responses]
     finally:
         assoc.release()
 
@@ -179,12 +181,14 @@ def test_key_below_the_level_is_an_identifier_error(stored, scp):
 
 
 def test_missing_unique_key_above_the_level_is_an_identifier_error(stored, scp):
-    responses = _find_statuses(scp.port, _identifier("STUDY", StudyInstanceUID=""), PatientRootQueryRetrieveInformationModelFind)
+    ident = _identifier("STUDY", StudyInstanceUID="")
+    responses = _find_statuses(scp.port, ident, PatientRootQueryRetrieveInformationModelFind)
     assert [r[0] for r in responses] == [0xA900]
 
 
 def test_a_key_we_cannot_match_on_gives_ff01_and_comes_back_empty(stored, scp):
-    responses = _find_statuses(scp.port, _identifier("STUDY", StudyInstanceUID=STUDY_A, PerformingPhysicianName="House"))
+    ident = _identifier("STUDY", StudyInstanceUID=STUDY_A, PerformingPhysicianName="House")
+    responses = _find_statuses(scp.port, ident)
     assert [r[0] for r in responses] == [0xFF01, 0x0000]
     assert responses[0][2]["PerformingPhysicianName"].is_empty
 
@@ -227,7 +231,8 @@ def test_c_cancel_from_a_pynetdicom_scu_is_honoured(stored, scp):
     ae = AE(ae_title=CALLING)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
-    responses = assoc.send_c_find(_identifier("STUDY", StudyInstanceUID=""), StudyRootQueryRetrieveInformationModelFind, msg_id=7)
+    ident = _identifier("STUDY", StudyInstanceUID="")
+    responses = assoc.send_c_find(ident, StudyRootQueryRetrieveInformationModelFind, msg_id=7)
     assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelFind)
     statuses = [status.Status for status, _ in responses]
     assoc.release()
@@ -271,7 +276,8 @@ def _movescu(port: int, destination: str, *keys: str) -> subprocess.CompletedPro
     args = [movescu, "-S", "-aet", CALLING, "-aec", "ARCHIVAGE", "-aem", destination]
     for key in keys:
         args += ["-k", key]
-    return subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, text=True, timeout=TIMEOUT_S, env=tool_env())
+    return subprocess.run([*args, "127.0.0.1", str(port)], capture_output=True, text=True, timeout=TIMEOUT_S,
+                          env=tool_env())
 
 
 def test_movescu_to_a_registered_peer_sends_the_stored_bytes(stored, scp, archive, storescp):
@@ -301,7 +307,8 @@ def _move_statuses(port: int, destination: str, identifier: Dataset):
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
     assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
     try:
-        return [(s.Status, s, i) for s, i in assoc.send_c_move(identifier, destination, StudyRootQueryRetrieveInformationModelMove)]
+        responses = assoc.send_c_move(identifier, destination, StudyRootQueryRetrieveInformationModelMove)
+        return [(s.Status, s, i) for s, i in responses]
     finally:
         assoc.release()
 

@@ -176,7 +176,8 @@ def test_series_and_image_levels_with_uid_lists(sessions):
     uids = f"{sop_uid('S4', 'CT', 1)}\\{sop_uid('S4', 'SR', 2)}"
     got = matched(
         sessions, PATIENT_ROOT, "IMAGE", "SOPInstanceUID",
-        PatientID="PAT_3", StudyInstanceUID=S("S4"), SeriesInstanceUID=f"{series_uid('S4', 'CT')}\\{series_uid('S4', 'SR')}",
+        PatientID="PAT_3", StudyInstanceUID=S("S4"),
+        SeriesInstanceUID=f"{series_uid('S4', 'CT')}\\{series_uid('S4', 'SR')}",
         SOPInstanceUID=uids,
     )
     assert got == {sop_uid("S4", "CT", 1), sop_uid("S4", "SR", 2)}
@@ -234,7 +235,8 @@ def test_limit_and_retrieve_lists(sessions):
     query = parse_identifier(identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT)
     with sessions() as s:
         assert len(find(s, query, limit=3)) == 3
-        move = parse_identifier(identifier("STUDY", StudyInstanceUID=f"{S('S1')}\\{S('S4')}"), STUDY_ROOT, retrieve=True)
+        both = identifier("STUDY", StudyInstanceUID=f"{S('S1')}\\{S('S4')}")
+        move = parse_identifier(both, STUDY_ROOT, retrieve=True)
         got = instances_to_retrieve(s, move)
     assert {i.sop_instance_uid for i in got} == {
         sop_uid("S1", "CT", 1), sop_uid("S1", "CT", 2), sop_uid("S4", "CT", 1), sop_uid("S4", "CT", 2),
@@ -256,7 +258,8 @@ def test_tombstoned_rows_are_invisible_to_queries_and_retrieves(sessions):
         s.execute(update(Instance).where(Instance.sop_instance_uid == sop_uid("S4", "SR", 1))
                   .values(deleted_at=datetime.now(timezone.utc)))
         s.commit()
-    assert matched(sessions, STUDY_ROOT, "STUDY", "StudyInstanceUID", PatientID="PAT*") == {S(k) for k in ("S1", "S2", "S3", "S4")}
+    visible = matched(sessions, STUDY_ROOT, "STUDY", "StudyInstanceUID", PatientID="PAT*")
+    assert visible == {S(k) for k in ("S1", "S2", "S3", "S4")}
     with sessions() as s:
         move = parse_identifier(identifier("STUDY", StudyInstanceUID=S("S4")), STUDY_ROOT, retrieve=True)
         assert sop_uid("S4", "SR", 1) not in {i.sop_instance_uid for i in instances_to_retrieve(s, move)}

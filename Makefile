@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 FLASK   := $(BIN)/flask --app wsgi
 
-.PHONY: run test bench setup clean
+.PHONY: run test bench setup clean translations
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py --vs-orthanc
 	$(BIN)/python bench/viewer.py
+
+# After changing interface strings: extract them and merge into translations/*/messages.po,
+# then fill the English msgstr (tests/unit/test_i18n.py fails on any left empty).
+translations: $(STAMP)
+	PYTHONPATH=. $(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_pgettext:1c,2 --no-location --omit-header -w 120 -o $(VENV)/messages.pot .
+	$(BIN)/pybabel update -i $(VENV)/messages.pot -d translations -w 120 --no-fuzzy-matching
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

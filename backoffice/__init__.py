@@ -46,6 +46,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     from backoffice import extensions
 
     extensions.init_app(app)
+    from backoffice import i18n
+
+    i18n.init_app(app)
 
     from backoffice.auth import bp as auth_bp
     from backoffice.home import bp as home_bp

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import wraps
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
+from flask_babel import lazy_gettext as _l, lazy_pgettext
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
@@ -34,8 +35,8 @@ def roles_required(*roles: str):
 
 
 class LoginForm(FlaskForm):
-    login = StringField("Identifiant", validators=[DataRequired()])
-    password = PasswordField("Mot de passe", validators=[DataRequired()])
+    login = StringField(lazy_pgettext("login form", "Identifiant"), validators=[DataRequired()])
+    password = PasswordField(_l("Mot de passe"), validators=[DataRequired()])
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -51,7 +52,10 @@ def login():
             db().commit()  # a 401 is not committed by the request: the failure count must persist
             flash(str(exc), "error")
             return render_template("auth/login.html", form=form), 401
+        lang = session.get("lang")  # the language chosen on the login page outlives the session reset
         session.clear()
+        if lang:
+            session["lang"] = lang
         login_user(user)
         session.permanent = True
         facade().audit(db(), "login", actor=user.login, detail={"ip": request.remote_addr})
@@ -65,7 +69,10 @@ def logout():
     """Any signed-in user."""
     facade().audit(db(), "logout", actor=current_user.login)
     logout_user()
+    lang = session.get("lang")
     session.clear()
+    if lang:
+        session["lang"] = lang
     return redirect(url_for("auth.login"))
 
 

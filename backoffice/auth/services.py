@@ -6,6 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from flask_babel import gettext as _
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -43,12 +44,12 @@ def authenticate(session: Session, login: str, password: str, *, now: datetime |
     user = session.scalar(select(User).where(User.login == login.strip()))
     if user is None or not user.active:
         _hasher.hash(password)  # same cost whether or not the login exists
-        raise AuthError("identifiant ou mot de passe incorrect")
+        raise AuthError(_("identifiant ou mot de passe incorrect"))
     locked_until = user.locked_until
     if locked_until is not None and locked_until.tzinfo is None:
         locked_until = locked_until.replace(tzinfo=timezone.utc)
     if locked_until and locked_until > now:
-        raise AuthError("compte verrouillé temporairement après trop d'échecs")
+        raise AuthError(_("compte verrouillé temporairement après trop d'échecs"))
     try:
         _hasher.verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
@@ -57,7 +58,7 @@ def authenticate(session: Session, login: str, password: str, *, now: datetime |
             user.locked_until = now + LOCKOUT
             user.failed_logins = 0
         session.flush()
-        raise AuthError("identifiant ou mot de passe incorrect")
+        raise AuthError(_("identifiant ou mot de passe incorrect"))
     user.failed_logins = 0
     user.locked_until = None
     session.flush()

@@ -28,20 +28,23 @@ STATUS_LABELS = {"issued": "émise", "partially_paid": "partiellement payée", "
                  "credited": "annulée par avoir"}
 
 
-def euros(cents: int) -> str:
-    return format_currency(cents / 100, "EUR", locale="fr_FR")
+def euros(cents: int, locale: str = "fr_FR") -> str:
+    """An amount in euros, French by default (documents); the pages pass their language."""
+    return format_currency(cents / 100, "EUR", locale=locale)
 
 
-def french_date(value: date | None) -> str:
-    return format_date(value, format="long", locale="fr_FR") if value else ""
+def french_date(value: date | None, locale: str = "fr_FR") -> str:
+    return format_date(value, format="long", locale=locale) if value else ""
 
 
-def french_datetime(value: datetime | None) -> str:
+def french_datetime(value: datetime | None, locale: str = "fr_FR") -> str:
     if value is None:
         return ""
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    return format_datetime(value, "d MMMM y 'à' HH:mm", tzinfo=services.PARIS, locale="fr_FR")
+    if not locale.startswith("fr"):
+        return format_datetime(value, "d MMMM y 'at' HH:mm", tzinfo=services.PARIS, locale=locale)
+    return format_datetime(value, "d MMMM y 'à' HH:mm", tzinfo=services.PARIS, locale=locale)
 
 
 def dicom_name(value: str | None) -> str:

@@ -8,6 +8,7 @@ from functools import wraps
 
 import click
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _, lazy_gettext as _l
 from flask_login import current_user
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
@@ -29,31 +30,35 @@ from backoffice.billing.models import (
     Tariff,
 )
 from backoffice.extensions import db, facade
+from backoffice.i18n import locale_name
 
 bp = Blueprint("billing", __name__, url_prefix="/billing", cli_group="billing")
 
 DESK = ("front_desk", "manager")
 MANAGER = ("manager",)
 PAGE_SIZE = 100
-STATE_LABELS = {"to_ask": "à demander", "accepted": "accepté", "refused": "refusé", "invoiced": "facturé",
-                "paid": "payé", "free": "pris en charge (sans frais)"}
-INVOICE_STATUS = documents.STATUS_LABELS
-METHOD_LABELS = documents.METHOD_LABELS
+STATE_LABELS = {"to_ask": _l("à demander"), "accepted": _l("accepté"), "refused": _l("refusé"),
+                "invoiced": _l("facturé"), "paid": _l("payé"), "free": _l("pris en charge (sans frais)")}
+# The pages' labels follow the interface language; the PDFs keep documents' French ones.
+INVOICE_STATUS = {"issued": _l("émise"), "partially_paid": _l("partiellement payée"), "paid": _l("payée"),
+                  "credited": _l("annulée par avoir")}
+METHOD_LABELS = {"cash": _l("espèces"), "card": _l("carte bancaire"), "cheque": _l("chèque"),
+                 "transfer": _l("virement")}
 
 
 @bp.app_template_filter("euros")
 def _euros(cents: int | None) -> str:
-    return documents.euros(cents or 0)
+    return documents.euros(cents or 0, locale=locale_name())
 
 
 @bp.app_template_filter("fr_date")
 def _fr_date(value) -> str:
-    return documents.french_date(value)
+    return documents.french_date(value, locale=locale_name())
 
 
 @bp.app_template_filter("fr_datetime")
 def _fr_datetime(value) -> str:
-    return documents.french_datetime(value)
+    return documents.french_datetime(value, locale=locale_name())
 
 
 @bp.app_template_filter("person")
@@ -63,16 +68,16 @@ def _person(value: str | None) -> str:
 
 # The pages speak French; the API keeps the services' (English) messages.
 FRENCH_ERRORS = {
-    "overpayment": "Paiement refusé : le montant dépasse le reste dû sur cette facture.",
-    "consent_refused": "Le patient a refusé le forfait : ce groupe d'examens ne peut pas être facturé.",
-    "already_invoiced": "Ce groupe d'examens est déjà facturé.",
-    "no_fee": "Rien à facturer : l'archivage de ce groupe est pris en charge par l'Assurance maladie.",
-    "day_closed": "La journée est clôturée : aucun paiement ne peut plus y être enregistré.",
-    "credited": "Cette facture est annulée par un avoir.",
-    "already_credited": "Cette facture a déjà un avoir.",
-    "exists": "Cet enregistrement existe déjà.",
-    "already_closed": "Cette période est déjà clôturée.",
-    "nothing_to_remit": "Aucun chèque à remettre.",
+    "overpayment": _l("Paiement refusé : le montant dépasse le reste dû sur cette facture."),
+    "consent_refused": _l("Le patient a refusé le forfait : ce groupe d'examens ne peut pas être facturé."),
+    "already_invoiced": _l("Ce groupe d'examens est déjà facturé."),
+    "no_fee": _l("Rien à facturer : l'archivage de ce groupe est pris en charge par l'Assurance maladie."),
+    "day_closed": _l("La journée est clôturée : aucun paiement ne peut plus y être enregistré."),
+    "credited": _l("Cette facture est annulée par un avoir."),
+    "already_credited": _l("Cette facture a déjà un avoir."),
+    "exists": _l("Cet enregistrement existe déjà."),
+    "already_closed": _l("Cette période est déjà clôturée."),
+    "nothing_to_remit": _l("Aucun chèque à remettre."),
 }
 
 
@@ -86,7 +91,7 @@ def domain_errors(back: str):
                 return view(*args, **kwargs)
             except S.BillingError as exc:
                 db().rollback()
-                flash(FRENCH_ERRORS.get(exc.code, exc.message), "error")
+                flash(str(FRENCH_ERRORS.get(exc.code, exc.message)), "error")
                 return redirect(_same_site(request.referrer) or url_for(back))
 
         return wrapped
@@ -103,15 +108,15 @@ def _int(name: str, default: int | None = None) -> int:
     try:
         return int(request.form.get(name, default if default is not None else ""))
     except ValueError:
-        raise S.Invalid(f"{name} doit être un nombre entier") from None
+        raise S.Invalid(_("%(name)s doit être un nombre entier", name=name)) from None
 
 
 def _cents(name: str) -> int:
     """A French amount typed at the desk ("4,50") in cents, without floats."""
     raw = (request.form.get(name) or "").strip().replace("€", "").replace(" ", "").replace(",", ".")
-    whole, _, frac = raw.partition(".")
+    whole, _sep, frac = raw.partition(".")
     if not whole.isdigit() or (frac and (not frac.isdigit() or len(frac) > 2)):
-        raise S.Invalid("montant invalide (exemple : 4,50)")
+        raise S.Invalid(_("montant invalide (exemple : 4,50)"))
     return int(whole) * 100 + int((frac + "00")[:2])
 
 
@@ -165,7 +170,7 @@ def checkin():
         )
         facade().audit(db(), "billing.exam_group.created", actor=current_user.login, patient_id=group.patient_id,
                        detail={"exam_group_id": group.id})
-        flash("Groupe d'examens créé.", "info")
+        flash(_("Groupe d'examens créé."), "info")
         return redirect(url_for("billing.group", group_id=group.id))
     return render_template("billing/checkin.html", labels=labels, today=S.paris_today())
 
@@ -190,7 +195,7 @@ def consent(group_id: int):
     g = S.record_consent(db(), group_id, accepted=accepted, recorded_by=current_user.login)
     facade().audit(db(), "billing.consent", actor=current_user.login, patient_id=g.patient_id,
                    detail={"exam_group_id": g.id, "accepted": accepted})
-    flash("Accord enregistré." if accepted else "Refus enregistré : l'examen n'est pas facturé.", "info")
+    flash(_("Accord enregistré.") if accepted else _("Refus enregistré : l'examen n'est pas facturé."), "info")
     return redirect(url_for("billing.group", group_id=g.id))
 
 
@@ -199,7 +204,7 @@ def consent(group_id: int):
 @domain_errors("billing.today")
 def move_study(group_id: int):
     S.move_study(db(), request.form.get("study_uid", ""), group_id=_int("target_group_id"))
-    flash("Examen déplacé.", "info")
+    flash(_("Examen déplacé."), "info")
     return redirect(url_for("billing.group", group_id=group_id))
 
 
@@ -216,7 +221,7 @@ def issue(group_id: int):
     invoice_id = invoice.id
     session.commit()  # the number is taken; the PDF is rendered outside the lock
     documents.render_after_issue(invoice_id)
-    flash(f"Facture {invoice.number} émise.", "info")
+    flash(_("Facture %(number)s émise.", number=invoice.number), "info")
     return redirect(url_for("billing.invoice", invoice_id=invoice_id))
 
 
@@ -258,7 +263,7 @@ def pay(invoice_id: int):
     inv = db().get(Invoice, invoice_id)
     facade().audit(db(), "billing.payment", actor=current_user.login, patient_id=inv.patient_id,
                    detail={"number": inv.number, "payment_id": payment.id})
-    flash(f"Paiement de {documents.euros(payment.amount_cents)} enregistré.", "info")
+    flash(_("Paiement de %(amount)s enregistré.", amount=_euros(payment.amount_cents)), "info")
     return redirect(url_for("billing.invoice", invoice_id=invoice_id))
 
 
@@ -267,7 +272,7 @@ def pay(invoice_id: int):
 @domain_errors("billing.today")
 def credit_note(invoice_id: int):
     note = S.issue_credit_note(db(), invoice_id, reason=request.form.get("reason", ""), issued_by=current_user.login)
-    flash(f"Avoir {note.number} émis.", "info")
+    flash(_("Avoir %(number)s émis.", number=note.number), "info")
     return redirect(url_for("billing.invoice", invoice_id=invoice_id))
 
 
@@ -300,7 +305,7 @@ def closing():
     if request.method == "POST":
         day_text = request.form.get("day") or day.isoformat()
         S.close_period(db(), "day", day_text, signed_by=current_user.login)
-        flash(f"Journée du {day_text} clôturée.", "info")
+        flash(_("Journée du %(day)s clôturée.", day=day_text), "info")
         return redirect(url_for("billing.closing"))
     totals = S.period_totals(db(), "day", day.isoformat())
     closed = db().scalar(select(Closing).where(Closing.kind == "day", Closing.period == day.isoformat()))
@@ -312,7 +317,8 @@ def closing():
 @domain_errors("billing.closing")
 def remittance():
     slip = S.create_remittance(db(), created_by=current_user.login)
-    flash(f"Bordereau de remise n° {slip.id} : {slip.count} chèque(s), {documents.euros(slip.total_cents)}.", "info")
+    flash(_("Bordereau de remise n° %(id)s : %(count)s chèque(s), %(total)s.", id=slip.id, count=slip.count,
+            total=_euros(slip.total_cents)), "info")
     return redirect(url_for("billing.remittance_slip", slip_id=slip.id))
 
 
@@ -341,7 +347,7 @@ def tariffs():
                      label=request.form.get("label", "").strip() or request.form.get("exam_group", ""),
                      fee_cents=_cents("fee"), effective_from=S.parse_date(request.form.get("effective_from"), "date"),
                      national_insurance_paid=request.form.get("national") == "1")
-        flash("Tarif enregistré.", "info")
+        flash(_("Tarif enregistré."), "info")
         return redirect(url_for("billing.tariffs"))
     rows = list(db().scalars(select(Tariff).order_by(Tariff.exam_group, Tariff.effective_from.desc())))
     return render_template("billing/tariffs.html", tariffs=rows, today=S.paris_today())
@@ -365,7 +371,7 @@ def mapping():
                                       description_contains=(request.form.get("description") or "").strip() or None,
                                       exam_group=group_code))
         db().flush()
-        flash("Correspondance enregistrée.", "info")
+        flash(_("Correspondance enregistrée."), "info")
         return redirect(url_for("billing.mapping"))
     rows = list(db().scalars(select(ExamGroupMapping).order_by(ExamGroupMapping.modality, ExamGroupMapping.id)))
     return render_template("billing/mapping.html", rows=rows, labels=labels)
@@ -382,7 +388,7 @@ def insurers():
                          flat_cents=_cents("flat") if request.form.get("flat") else 0,
                          annual_cap_cents=_cents("annual_cap") if cap else None,
                          third_party_payment=request.form.get("third_party") == "1")
-        flash("Mutuelle enregistrée.", "info")
+        flash(_("Mutuelle enregistrée."), "info")
         return redirect(url_for("billing.insurers"))
     rows = list(db().scalars(select(Insurer).order_by(Insurer.name)))
     return render_template("billing/insurers.html", insurers=rows)
@@ -399,7 +405,7 @@ def membership():
                          valid_to=S.parse_date(valid_to, "valid_to") if valid_to else None,
                          payer_name=request.form.get("payer_name") or None)
     facade().audit(db(), "billing.membership.created", actor=current_user.login, patient_id=m.patient_id)
-    flash("Adhésion enregistrée.", "info")
+    flash(_("Adhésion enregistrée."), "info")
     return redirect(_same_site(request.referrer) or url_for("billing.today"))
 
 
@@ -410,11 +416,11 @@ def claims():
     if request.method == "POST":
         if request.form.get("send_insurer"):
             sent = S.send_claims(db(), _int("send_insurer"))
-            flash(f"{len(sent)} demande(s) envoyée(s).", "info")
+            flash(_("%(count)s demande(s) envoyée(s).", count=len(sent)), "info")
         else:
             S.settle_claim(db(), _int("claim_id"), paid=request.form.get("paid") == "1", by=current_user.login,
                            reason=request.form.get("reason"))
-            flash("Demande mise à jour.", "info")
+            flash(_("Demande mise à jour."), "info")
         return redirect(url_for("billing.claims"))
     open_claims = list(db().scalars(select(Claim).where(Claim.status.in_(("to_send", "sent")))
                                     .order_by(Claim.id).limit(500)))
@@ -430,7 +436,7 @@ def closings():
     if request.method == "POST":
         kind = request.form.get("kind", "")
         S.close_period(db(), kind, request.form.get("period", ""), signed_by=current_user.login)
-        flash("Clôture enregistrée.", "info")
+        flash(_("Clôture enregistrée."), "info")
         return redirect(url_for("billing.closings"))
     rows = list(db().scalars(select(Closing).order_by(Closing.id.desc()).limit(200)))
     report = S.verify_journal(db())

@@ -60,6 +60,7 @@ def build_reproduction(session: Session, facade: ArchiveFacade, study_uid: str, 
     pages = [images[i : i + per_page] for i in range(0, len(images), per_page)]
     html = render_template(
         "radiology/reproduction.html",
+        document=True,  # a French document whatever the interface language
         practice=practice_identity(),
         study=detail.study,
         detail=detail,

@@ -8,6 +8,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -62,7 +63,7 @@ def save_draft(session: Session, study_uid: str, *, author: str, amendment_reaso
     if draft is None:
         signed = signed_report(session, study_uid)
         if signed is not None and not amendment_reason.strip():
-            raise RadiologyError("le compte rendu est signé : un avenant doit en donner le motif")
+            raise RadiologyError(_("le compte rendu est signé : un avenant doit en donner le motif"))
         version = (session.scalar(select(func.max(Report.version)).where(Report.study_uid == study_uid)) or 0) + 1
         base = {f: getattr(signed, f) for f in REPORT_FIELDS} if signed else {}
         draft = Report(study_uid=study_uid, version=version, status="draft", author=author,
@@ -78,9 +79,9 @@ def save_draft(session: Session, study_uid: str, *, author: str, amendment_reaso
 def sign_report(session: Session, study_uid: str, *, signed_by: str) -> Report:
     draft = current_draft(session, study_uid)
     if draft is None:
-        raise RadiologyError("aucun brouillon à signer")
+        raise RadiologyError(_("aucun brouillon à signer"))
     if not (draft.findings.strip() or draft.conclusion.strip()):
-        raise RadiologyError("un compte rendu vide ne se signe pas")
+        raise RadiologyError(_("un compte rendu vide ne se signe pas"))
     draft.status = "signed"
     draft.signed_at = utcnow()
     draft.signed_by = signed_by
@@ -108,7 +109,7 @@ def add_key_image(
 ) -> KeyImage:
     existing = key_images(session, study_uid)
     if len(existing) >= MAX_KEY_IMAGES:
-        raise RadiologyError(f"{MAX_KEY_IMAGES} images au plus")
+        raise RadiologyError(_("%(count)s images au plus", count=MAX_KEY_IMAGES))
     for k in existing:  # the same view chosen twice is one key image; another window is another one
         if (k.sop_instance_uid, k.frame, k.window_center, k.window_width) == (
             sop_instance_uid, frame, window_center, window_width
@@ -153,7 +154,7 @@ def create_share_link(
     now: datetime | None = None,
 ) -> NewShareLink:
     if not 1 <= days <= SHARE_MAX_DAYS:
-        raise RadiologyError(f"durée de 1 à {SHARE_MAX_DAYS} jours")
+        raise RadiologyError(_("durée de 1 à %(days)s jours", days=SHARE_MAX_DAYS))
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
     code = f"{secrets.randbelow(10**6):06d}"
@@ -173,13 +174,13 @@ def share_link_for(session: Session, token: str, *, now: datetime | None = None)
     now = now or utcnow()
     link = session.scalar(select(ShareLink).where(ShareLink.token_hash == _digest(token)))
     if link is None:
-        raise ShareDenied("lien inconnu")
+        raise ShareDenied(_("lien inconnu"))
     if link.revoked_at is not None:
-        raise ShareDenied("lien révoqué")
+        raise ShareDenied(_("lien révoqué"))
     if _aware(link.expires_at) <= now:
-        raise ShareDenied("lien expiré")
+        raise ShareDenied(_("lien expiré"))
     if link.failed_codes >= SHARE_MAX_FAILED_CODES:
-        raise ShareDenied("lien bloqué après trop de codes erronés")
+        raise ShareDenied(_("lien bloqué après trop de codes erronés"))
     return link
 
 
@@ -197,7 +198,7 @@ def check_share_code(session: Session, link: ShareLink, code: str, *, now: datet
 def revoke_share_link(session: Session, link_id: int, *, now: datetime | None = None) -> ShareLink:
     link = session.get(ShareLink, link_id)
     if link is None:
-        raise RadiologyError("lien inconnu")
+        raise RadiologyError(_("lien inconnu"))
     if link.revoked_at is None:
         link.revoked_at = now or utcnow()
         session.flush()

@@ -6,14 +6,17 @@ time-limited, revocable link (secret token in the URL, one-time code typed once 
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
+from babel.dates import format_date
 from click import argument as click_argument
-
 from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
                    session, url_for)
+from flask_babel import get_locale, gettext as _, lazy_gettext as _l
 from flask_login import current_user
 from flask_wtf import FlaskForm
+from jinja2 import pass_context
 from wtforms import DateField, IntegerField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import NumberRange, Optional
@@ -43,12 +46,21 @@ def person_filter(name: str | None) -> str:
 
 
 @bp.app_template_filter("dicom_date")
-def dicom_date_filter(value: str | None) -> str:
+@pass_context
+def dicom_date_filter(context, value: str | None) -> str:
+    """dd/mm/yyyy; Babel's English date on English pages, never in documents (rendered with ``document=True``)."""
     if value and len(value) == 8 and value.isdigit():
-        return f"{value[6:]}/{value[4:6]}/{value[:4]}"
-    if value and len(value) == 10 and value[4] == "-":
-        return f"{value[8:]}/{value[5:7]}/{value[:4]}"
-    return "—"
+        y, m, d = value[:4], value[4:6], value[6:]
+    elif value and len(value) == 10 and value[4] == "-":
+        y, m, d = value[:4], value[5:7], value[8:]
+    else:
+        return "—"
+    if not context.get("document") and str(get_locale() or "fr") != "fr":  # English: Mar 5, 2026
+        try:
+            return format_date(date(int(y), int(m), int(d)), "medium", locale=str(get_locale()))
+        except ValueError:
+            pass
+    return f"{d}/{m}/{y}"
 
 
 def _study_or_404(study_uid: str):
@@ -114,20 +126,21 @@ def image_response(sop_instance_uid: str, params: RenderParams) -> Response:
 # -- study browser ---------------------------------------------------------------------------------
 
 
-MODALITY_CHOICES = [("", "toutes"), ("CT", "Scanner (CT)"), ("MR", "IRM"), ("US", "Échographie"), ("CR", "Radio (CR)"),
-                    ("DX", "Radio (DX)"), ("MG", "Mammographie"), ("NM", "Médecine nucléaire"), ("OT", "Autre")]
+MODALITY_CHOICES = [("", _l("toutes")), ("CT", _l("Scanner (CT)")), ("MR", _l("IRM")), ("US", _l("Échographie")),
+                    ("CR", _l("Radio (CR)")), ("DX", _l("Radio (DX)")), ("MG", _l("Mammographie")),
+                    ("NM", _l("Médecine nucléaire")), ("OT", _l("Autre"))]
 
 
 class SearchForm(FlaskForm):
     class Meta:
         csrf = False  # a GET search changes nothing
 
-    patient = StringField("Patient (nom ou identifiant)")
-    date_from = DateField("Du", validators=[Optional()])
-    date_to = DateField("Au", validators=[Optional()])
-    modality = SelectField("Modalité", choices=[SelectChoice(v, label) for v, label in MODALITY_CHOICES])
-    accession = StringField("N° d'examen")
-    description = StringField("Description")
+    patient = StringField(_l("Patient (nom ou identifiant)"))
+    date_from = DateField(_l("Du"), validators=[Optional()])
+    date_to = DateField(_l("Au"), validators=[Optional()])
+    modality = SelectField(_l("Modalité"), choices=[SelectChoice(v, label) for v, label in MODALITY_CHOICES])
+    accession = StringField(_l("N° d'examen"))
+    description = StringField(_l("Description"))
     page = IntegerField(default=1, validators=[Optional(), NumberRange(min=1)])
 
 
@@ -156,11 +169,11 @@ def studies():
 
 
 class ReportForm(FlaskForm):
-    indication = TextAreaField("Indication")
-    technique = TextAreaField("Technique")
-    findings = TextAreaField("Résultats")
-    conclusion = TextAreaField("Conclusion")
-    amendment_reason = StringField("Motif de l'avenant")
+    indication = TextAreaField(_l("Indication"))
+    technique = TextAreaField(_l("Technique"))
+    findings = TextAreaField(_l("Résultats"))
+    conclusion = TextAreaField(_l("Conclusion"))
+    amendment_reason = StringField(_l("Motif de l'avenant"))
 
 
 class ActionForm(FlaskForm):
@@ -168,8 +181,8 @@ class ActionForm(FlaskForm):
 
 
 class ShareForm(FlaskForm):
-    recipient = StringField("Destinataire (médecin)")
-    days = IntegerField("Durée (jours)", default=7, validators=[NumberRange(min=1, max=services.SHARE_MAX_DAYS)])
+    recipient = StringField(_l("Destinataire (médecin)"))
+    days = IntegerField(_l("Durée (jours)"), default=7, validators=[NumberRange(min=1, max=services.SHARE_MAX_DAYS)])
 
 
 @bp.route("/studies/<study_uid>")
@@ -217,7 +230,7 @@ def save_report(study_uid: str):
         return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))
     facade().audit(db(), "report.draft", actor=current_user.login, patient_id=detail.study.patient_id,
                    study_uid=study_uid, detail={"version": draft.version})
-    flash("Brouillon enregistré.", "info")
+    flash(_("Brouillon enregistré."), "info")
     return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))
 
 
@@ -234,7 +247,7 @@ def sign_report(study_uid: str):
         return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))
     facade().audit(db(), "report.sign", actor=current_user.login, patient_id=detail.study.patient_id,
                    study_uid=study_uid, detail={"version": report.version})
-    flash(f"Compte rendu signé (version {report.version}).", "info")
+    flash(_("Compte rendu signé (version %(version)s).", version=report.version), "info")
     return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))
 
 
@@ -330,7 +343,7 @@ def send(study_uid: str):
         abort(400)
     peer = find_peer(db(), request.form.get("peer", ""))
     if peer is None:
-        flash("Choisissez une station enregistrée.", "error")
+        flash(_("Choisissez une station enregistrée."), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="send"))
     allowed = {p.study_uid for p in facade().prior_studies(study_uid)}
     priors = [uid for uid in request.form.getlist("prior") if uid in allowed]
@@ -403,7 +416,7 @@ def create_share(study_uid: str):
     detail = _study_or_404(study_uid)
     form = ShareForm()
     if not form.validate_on_submit():
-        flash("Durée invalide.", "error")
+        flash(_("Durée invalide."), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="share"))
     new = services.create_share_link(db(), study_uid, created_by=current_user.login, days=form.days.data,
                                      recipient=form.recipient.data or "")
@@ -424,7 +437,7 @@ def revoke_share(link_id: int):
     except services.RadiologyError:
         abort(404)
     facade().audit(db(), "share.revoke", actor=current_user.login, study_uid=link.study_uid, detail={"link": link.id})
-    flash("Lien révoqué.", "info")
+    flash(_("Lien révoqué."), "info")
     return redirect(url_for(".study", study_uid=link.study_uid, _anchor="share"))
 
 
@@ -438,7 +451,7 @@ def _shared_link(token: str):
 
 
 class CodeForm(FlaskForm):
-    code = StringField("Code reçu séparément")
+    code = StringField(_l("Code reçu séparément"))
 
 
 @share_bp.route("/<token>", methods=["GET", "POST"])
@@ -460,7 +473,7 @@ def open_link(token: str):
             if ok:
                 session["share_ok"] = {**session.get("share_ok", {}), str(link.id): True}
                 return redirect(url_for(".viewer_shared", token=token))
-            flash("Code incorrect ou déjà utilisé.", "error")
+            flash(_("Code incorrect ou déjà utilisé."), "error")
         return render_template("radiology/share_code.html", form=form)
     finally:
         s.close()

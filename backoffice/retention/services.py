@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 from zoneinfo import ZoneInfo
 
+from flask_babel import gettext as _
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
@@ -54,7 +55,7 @@ class InvalidRequest(RetentionError):
 def _require_reason(reason: str | None) -> None:
     # Every decision on a record (hold, destruction, correction) carries its reason into the audit trail.
     if not reason or not reason.strip():
-        raise InvalidRequest("un motif est requis")
+        raise InvalidRequest(_("un motif est requis"))
 
 
 def today_paris(now: datetime | None = None) -> date:
@@ -116,9 +117,9 @@ def patient_retention(session: Session, facade: ArchiveFacade, patient_id: str, 
     found = [p for p in retention_of(session, facade, today=today, patient_id=patient_id)
              if issuer is None or p.record.issuer_of_patient_id == issuer]
     if not found:
-        raise PatientNotFound("aucun patient avec cet identifiant")
+        raise PatientNotFound(_("aucun patient avec cet identifiant"))
     if len(found) > 1:
-        raise RetentionError("plusieurs patients portent cet identifiant : précisez l'émetteur (issuer)")
+        raise RetentionError(_("plusieurs patients portent cet identifiant : précisez l'émetteur (issuer)"))
     return found[0]
 
 
@@ -157,7 +158,7 @@ def record_death(session: Session, facade: ArchiveFacade, patient_id: str, death
                  today: date) -> PatientRetention:
     patient = patient_retention(session, facade, patient_id, today=today)
     if death_date > today:
-        raise InvalidRequest("la date de décès ne peut être dans le futur")
+        raise InvalidRequest(_("la date de décès ne peut être dans le futur"))
     issuer = patient.record.issuer_of_patient_id
     row = session.scalar(
         select(DeathRecord).where(DeathRecord.patient_id == patient_id, DeathRecord.issuer_of_patient_id == issuer)
@@ -190,9 +191,9 @@ def release_hold(session: Session, facade: ArchiveFacade, hold_id: int, *, actor
                  now: datetime | None = None) -> LegalHold:
     hold = session.get(LegalHold, hold_id)
     if hold is None:
-        raise PatientNotFound("aucun séquestre avec cet identifiant")
+        raise PatientNotFound(_("aucun séquestre avec cet identifiant"))
     if hold.released_at is not None:
-        raise RetentionError("ce séquestre est déjà levé")
+        raise RetentionError(_("ce séquestre est déjà levé"))
     hold.released_at, hold.released_by = now or datetime.now(timezone.utc), actor
     session.flush()
     facade.audit(session, "hold.released", actor=actor, patient_id=hold.patient_id, detail={"hold_id": hold.id})
@@ -245,10 +246,10 @@ def request_study_deletion(session: Session, facade: ArchiveFacade, study_uid: s
     _require_reason(reason)
     owner = facade.study_owner(session, study_uid)
     if owner is None:
-        raise PatientNotFound("aucun examen avec cet identifiant")
+        raise PatientNotFound(_("aucun examen avec cet identifiant"))
     _patients, studies = _in_open_batch(session)
     if study_uid in studies:
-        raise RetentionError("cet examen est déjà proposé à la destruction")
+        raise RetentionError(_("cet examen est déjà proposé à la destruction"))
     batch = PurgeBatch(kind="correction", status="proposed", proposed_by=actor, proposal_note=reason.strip())
     batch.items.append(PurgeItem(patient_id=owner[0], issuer_of_patient_id=owner[1], study_uid=study_uid,
                                  basis="correction", explanation=f"examen envoyé par erreur : {reason.strip()}"))
@@ -262,7 +263,7 @@ def request_study_deletion(session: Session, facade: ArchiveFacade, study_uid: s
 def get_batch(session: Session, batch_id: int) -> PurgeBatch:
     batch = session.get(PurgeBatch, batch_id)
     if batch is None:
-        raise PatientNotFound("aucun lot avec cet identifiant")
+        raise PatientNotFound(_("aucun lot avec cet identifiant"))
     return batch
 
 
@@ -272,7 +273,7 @@ def decide_batch(session: Session, facade: ArchiveFacade, batch_id: int, *, appr
     _require_reason(reason)
     batch = get_batch(session, batch_id)
     if batch.status != "proposed":
-        raise RetentionError(f"le lot est déjà {batch.status}")
+        raise RetentionError(_("le lot est déjà %(status)s", status=batch.status))
     batch.status = "approved" if approve else "rejected"
     batch.decided_by, batch.decided_at, batch.decision_reason = actor, datetime.now(timezone.utc), reason.strip()
     session.flush()
@@ -317,11 +318,11 @@ def run_purge(facade: ArchiveFacade, batch_id: int, *, certificates: Path, rende
         # Row lock on PostgreSQL (SQLite's write lock is taken already): one executor per batch.
         batch = s.get(PurgeBatch, batch_id, with_for_update=True)
         if batch is None:
-            raise PatientNotFound("aucun lot avec cet identifiant")
+            raise PatientNotFound(_("aucun lot avec cet identifiant"))
         if batch.status == "executed":
             return batch
         if batch.status not in ("approved", "tombstoned"):
-            raise NotApproved("ce lot n'a pas été approuvé par un responsable : rien n'est détruit")
+            raise NotApproved(_("ce lot n'a pas été approuvé par un responsable : rien n'est détruit"))
         if batch.status == "approved":
             _tombstone(s, facade, batch, actor=actor, today=today)
         uids = [u for item in batch.items for st in json.loads(item.manifest) for u in st["sop_instance_uids"]]
@@ -365,7 +366,7 @@ def _tombstone(s: Session, facade: ArchiveFacade, batch: PurgeBatch, *, actor: s
             result = facade.tombstone_patient(s, item.patient_id, item.issuer_of_patient_id, at=now)
         else:
             if current.get(key) is not None and current[key].decision.on_hold:
-                raise RetentionError("le patient de cet examen est sous séquestre : rien n'est détruit")
+                raise RetentionError(_("le patient de cet examen est sous séquestre : rien n'est détruit"))
             try:
                 result = facade.tombstone_study(s, item.study_uid, at=now)
             except NotFound:  # already gone (another batch): nothing left to destroy
@@ -408,7 +409,7 @@ def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certific
     report = SweepReport(today)
     with facade.new_session() as s:
         answers = retention_of(s, facade, today=today)
-        taken, _ = _in_open_batch(s)
+        taken, _batches = _in_open_batch(s)
     report.patients = len(answers)
     report.needs_review = sum(1 for p in answers if p.decision.needs_review)
     report.due = sum(1 for p in answers if p.decision.purgeable(today)

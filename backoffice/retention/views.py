@@ -8,6 +8,7 @@ from datetime import date, datetime, time, timedelta, timezone
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
+from flask_babel import gettext as _, lazy_gettext as _l
 from flask_wtf import FlaskForm
 from sqlalchemy import select
 from wtforms import DateField, StringField, TextAreaField
@@ -27,17 +28,17 @@ PAGE = 100
 
 
 class HoldForm(FlaskForm):
-    patient_id = StringField("Identifiant patient", validators=[DataRequired(), Length(max=64)])
-    reason = TextAreaField("Motif (réclamation, enquête…)", validators=[DataRequired()])
+    patient_id = StringField(_l("Identifiant patient"), validators=[DataRequired(), Length(max=64)])
+    reason = TextAreaField(_l("Motif (réclamation, enquête…)"), validators=[DataRequired()])
 
 
 class DeathForm(FlaskForm):
-    patient_id = StringField("Identifiant patient", validators=[DataRequired(), Length(max=64)])
-    death_date = DateField("Date du décès", validators=[DataRequired()])
+    patient_id = StringField(_l("Identifiant patient"), validators=[DataRequired(), Length(max=64)])
+    death_date = DateField(_l("Date du décès"), validators=[DataRequired()])
 
 
 class ReasonForm(FlaskForm):
-    reason = TextAreaField("Motif de la décision", validators=[DataRequired()])
+    reason = TextAreaField(_l("Motif de la décision"), validators=[DataRequired()])
 
 
 class ConfirmForm(FlaskForm):
@@ -45,20 +46,20 @@ class ConfirmForm(FlaskForm):
 
 
 class MoveForm(FlaskForm):
-    study_uid = StringField("UID de l'examen", validators=[DataRequired(), Length(max=64)])
-    patient_id = StringField("Rattacher au patient", validators=[DataRequired(), Length(max=64)])
-    reason = TextAreaField("Motif", validators=[DataRequired()])
+    study_uid = StringField(_l("UID de l'examen"), validators=[DataRequired(), Length(max=64)])
+    patient_id = StringField(_l("Rattacher au patient"), validators=[DataRequired(), Length(max=64)])
+    reason = TextAreaField(_l("Motif"), validators=[DataRequired()])
 
 
 class MergeForm(FlaskForm):
-    source = StringField("Patient en double (disparaît)", validators=[DataRequired(), Length(max=64)])
-    target = StringField("Patient conservé", validators=[DataRequired(), Length(max=64)])
-    reason = TextAreaField("Motif", validators=[DataRequired()])
+    source = StringField(_l("Patient en double (disparaît)"), validators=[DataRequired(), Length(max=64)])
+    target = StringField(_l("Patient conservé"), validators=[DataRequired(), Length(max=64)])
+    reason = TextAreaField(_l("Motif"), validators=[DataRequired()])
 
 
 class DeletionForm(FlaskForm):
-    study_uid = StringField("UID de l'examen envoyé par erreur", validators=[DataRequired(), Length(max=64)])
-    reason = TextAreaField("Motif", validators=[DataRequired()])
+    study_uid = StringField(_l("UID de l'examen envoyé par erreur"), validators=[DataRequired(), Length(max=64)])
+    reason = TextAreaField(_l("Motif"), validators=[DataRequired()])
 
 
 def _form_errors(form: FlaskForm) -> None:
@@ -131,7 +132,7 @@ def place_hold():
     except RetentionError as exc:
         flash(str(exc), "error")
         return redirect(url_for("retention.index"))
-    flash("Séquestre posé : rien de ce patient ne sera détruit tant qu'il tient.", "info")
+    flash(_("Séquestre posé : rien de ce patient ne sera détruit tant qu'il tient."), "info")
     return _back_to(form.patient_id.data.strip())
 
 
@@ -146,7 +147,7 @@ def release_hold(hold_id: int):
     except RetentionError as exc:
         flash(str(exc), "error")
         return redirect(url_for("retention.index"))
-    flash("Séquestre levé : sa durée s'ajoute à l'échéance.", "info")
+    flash(_("Séquestre levé : sa durée s'ajoute à l'échéance."), "info")
     return _back_to(hold.patient_id)
 
 
@@ -164,7 +165,7 @@ def record_death():
     except RetentionError as exc:
         flash(str(exc), "error")
         return redirect(url_for("retention.index"))
-    flash("Décès enregistré.", "info")
+    flash(_("Décès enregistré."), "info")
     return _back_to(patient_id)
 
 
@@ -200,7 +201,7 @@ def reject(batch_id: int):
 def _decide(batch_id: int, decision: str):
     form = ReasonForm()
     if not form.validate_on_submit():
-        flash("Un motif est requis pour décider.", "error")
+        flash(_("Un motif est requis pour décider."), "error")
         return redirect(url_for("retention.batch", batch_id=batch_id))
     try:
         services.decide_batch(db(), facade(), batch_id, approve=decision == "approve", reason=form.reason.data,
@@ -208,7 +209,8 @@ def _decide(batch_id: int, decision: str):
     except RetentionError as exc:
         flash(str(exc), "error")
         return redirect(url_for("retention.index"))
-    flash("Lot approuvé : la destruction peut être exécutée." if decision == "approve" else "Lot refusé.", "info")
+    approved = decision == "approve"
+    flash(_("Lot approuvé : la destruction peut être exécutée.") if approved else _("Lot refusé."), "info")
     return redirect(url_for("retention.batch", batch_id=batch_id))
 
 
@@ -228,7 +230,7 @@ def execute(batch_id: int):
         flash(str(exc), "error")
         return redirect(url_for("retention.batch", batch_id=batch_id) if db().get(PurgeBatch, batch_id)
                         else url_for("retention.index"))
-    flash("Destruction exécutée ; le certificat est disponible.", "info")
+    flash(_("Destruction exécutée ; le certificat est disponible."), "info")
     return redirect(url_for("retention.batch", batch_id=batch_id))
 
 
@@ -264,21 +266,21 @@ def corrections():
             if form is not None:
                 _form_errors(form)
             else:
-                flash("Action inconnue.", "error")
+                flash(_("Action inconnue."), "error")
             return redirect(url_for("retention.corrections"))
         try:
             if action == "move":
                 services.move_study(db(), facade(), form.study_uid.data.strip(), form.patient_id.data.strip(),
                                     form.reason.data, actor=current_user.login)
-                flash("Examen rattaché au bon patient.", "info")
+                flash(_("Examen rattaché au bon patient."), "info")
             elif action == "merge":
                 n = services.merge_patients(db(), facade(), form.source.data.strip(), form.target.data.strip(),
                                             form.reason.data, actor=current_user.login)
-                flash(f"Patients fusionnés ({n} examens déplacés).", "info")
+                flash(_("Patients fusionnés (%(count)s examens déplacés).", count=n), "info")
             else:
                 b = services.request_study_deletion(db(), facade(), form.study_uid.data.strip(), form.reason.data,
                                                     actor=current_user.login)
-                flash("Suppression proposée : elle attend l'approbation d'un responsable.", "info")
+                flash(_("Suppression proposée : elle attend l'approbation d'un responsable."), "info")
                 return redirect(url_for("retention.batch", batch_id=b.id))
         except RetentionError as exc:
             flash(str(exc), "error")
@@ -305,7 +307,7 @@ def _audit_query():
             try:
                 day = date.fromisoformat(args[name])
             except ValueError:
-                flash(f"date invalide : {args[name]}", "error")
+                flash(_("date invalide : %(value)s", value=args[name]), "error")
                 continue
             if name == "to":
                 day += timedelta(days=1)

@@ -41,7 +41,8 @@ def test_front_desk_bills_and_prints_a_receipt(live_server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(accept_downloads=True)
+            # French browsers, as at the practice (the pages follow Accept-Language).
+            page = browser.new_page(accept_downloads=True, locale="fr-FR")
             page.set_default_timeout(20_000)
             page.goto(f"{live_server}/login")
             page.fill("input[name=login]", "accueil")

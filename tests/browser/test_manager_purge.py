@@ -57,7 +57,8 @@ def test_manager_approves_and_executes_a_batch(app, live_server, browser, tmp_pa
     with app.app_context():
         retention_sweep_job(today=date(2026, 11, 28))
 
-    page = browser.new_page()
+    # French browsers, as at the practice (the pages follow Accept-Language).
+    page = browser.new_page(locale="fr-FR")
     page.set_default_timeout(15000)
     page.goto(f"{live_server}/login")
     page.fill("input[name=login]", "gerante")

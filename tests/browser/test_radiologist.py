@@ -46,7 +46,8 @@ def page():
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        context = browser.new_context()
+        # French browsers, as at the practice (the pages follow Accept-Language).
+        context = browser.new_context(locale="fr-FR")
         context.set_default_timeout(15000)
         yield context.new_page()
         context.close()

@@ -9,7 +9,8 @@ import pytest
 from backoffice.auth.models import ROLES
 
 # The only routes open without an account (DESIGN.md): signing in, static files, share links.
-PUBLIC_ENDPOINTS = {"auth.login", "static"}
+# Choosing the interface language is open too: the login page offers it before anyone signs in.
+PUBLIC_ENDPOINTS = {"auth.login", "static", "i18n.set_language"}
 PUBLIC_PREFIXES = ("share.",)
 
 

@@ -1,0 +1,120 @@
+"""The interface language: French by default, English available (Flask-Babel, gettext catalogs).
+
+Source strings (msgids) are French, so the French interface is the templates' own text; the
+catalogs in ``translations/`` are compiled from their ``.po`` into the instance folder at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from datetime import timezone
+from pathlib import Path
+
+from babel.dates import format_date, format_datetime
+from flask import Blueprint, Flask, current_app, has_request_context, redirect, request, session, url_for
+from flask_babel import Babel, get_locale
+
+LANGUAGES = ("fr", "en")
+TRANSLATIONS = Path(__file__).resolve().parent.parent / "translations"
+
+bp = Blueprint("i18n", __name__)
+babel = Babel()
+
+
+def current_language() -> str:
+    """The language of this request: the session's choice, else Accept-Language among ours, else the default."""
+    default = current_app.config.get("DEFAULT_LANGUAGE", "fr")
+    if not has_request_context():  # CLI commands, the scheduler
+        return default
+    chosen = session.get("lang")
+    if chosen in LANGUAGES:
+        return chosen
+    return request.accept_languages.best_match(LANGUAGES, default=default)
+
+
+def locale_name() -> str:
+    """The Babel locale of this request for dates and amounts (fr_FR in French, en in English)."""
+    return "fr_FR" if str(get_locale() or "fr") == "fr" else str(get_locale())
+
+
+def compile_catalogs(source: Path, target: Path) -> Path:
+    """Compile each ``<lang>/LC_MESSAGES/messages.po`` under *source* into *target* (when stale)."""
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    for po_path in sorted(source.glob("*/LC_MESSAGES/messages.po")):
+        lang = po_path.parent.parent.name
+        mo_path = target / lang / "LC_MESSAGES" / "messages.mo"
+        if mo_path.exists() and mo_path.stat().st_mtime >= po_path.stat().st_mtime:
+            continue
+        mo_path.parent.mkdir(parents=True, exist_ok=True)
+        with po_path.open("rb") as handle:
+            catalog = read_po(handle, locale=lang)
+        # Written aside then renamed: several processes (web, scheduler) may start together.
+        fd, tmp = tempfile.mkstemp(dir=mo_path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as out:
+            write_mo(out, catalog)
+        os.replace(tmp, mo_path)
+    return target
+
+
+def extract_dict_values(fileobj, keywords, comment_tags, options):
+    """A Babel extraction method: the string values of the module-level dict literals of a file.
+
+    archive_core must not import gettext, yet its audit event labels are shown on the pages; they
+    are extracted from the dict itself and translated when displayed (``_(label)`` in the template).
+    """
+    import ast
+
+    tree = ast.parse(fileobj.read())
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, ast.Dict):
+            for item in value.values:
+                if isinstance(item, ast.Constant) and isinstance(item.value, str):
+                    yield item.lineno, None, item.value, []
+
+
+def init_app(app: Flask) -> None:
+    app.config.setdefault("DEFAULT_LANGUAGE", "fr")
+    if app.config["DEFAULT_LANGUAGE"] not in LANGUAGES:
+        raise RuntimeError(f"DEFAULT_LANGUAGE must be one of {', '.join(LANGUAGES)}")
+    compiled = compile_catalogs(TRANSLATIONS, Path(app.instance_path) / "cache" / "translations")
+    app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(compiled)
+    app.config["BABEL_DEFAULT_LOCALE"] = app.config["DEFAULT_LANGUAGE"]
+    babel.init_app(app, locale_selector=current_language, default_timezone="Europe/Paris")
+
+    @app.template_filter("short_date")
+    def _short_date(value) -> str:
+        """dd/mm/yyyy in French (as the pages always showed), Babel's short date in English."""
+        if value is None:
+            return ""
+        if str(get_locale() or "fr") == "fr":
+            return value.strftime("%d/%m/%Y")
+        return format_date(value, "medium", locale=str(get_locale()))
+
+    @app.template_filter("short_datetime")
+    def _short_datetime(value) -> str:
+        if value is None:
+            return ""
+        if str(get_locale() or "fr") == "fr":
+            return value.strftime("%d/%m/%Y %H:%M")
+        return format_datetime(value, "medium", tzinfo=timezone.utc, locale=str(get_locale()))
+
+    @app.context_processor
+    def _languages():
+        return {"languages": LANGUAGES, "current_language": str(get_locale() or "fr")}
+
+    app.register_blueprint(bp)
+
+
+@bp.route("/language", methods=["POST"])
+def set_language():
+    """Open to everyone, signed in or not (the login page offers it too); CSRF-protected like every form."""
+    lang = request.form.get("lang")
+    if lang in LANGUAGES:
+        session["lang"] = lang
+    back = request.referrer
+    return redirect(back if back and back.startswith(request.host_url) else url_for("home.index"))
+

@@ -35,3 +35,11 @@ class JournalBusy(ArchiveError):
 
 class BlobMissing(ArchiveError):
     """The index points at a blob the store does not have."""
+
+
+class InvalidQuery(ArchiveError):
+    """A query or retrieve identifier the information model does not allow (key below its level, ...)."""
+
+
+class TooManyMatches(ArchiveError):
+    """A query matched more than the configured maximum."""

@@ -18,21 +18,23 @@ class Attribute:
     level: str  # PATIENT, STUDY, SERIES or IMAGE
     column: str
     vr: str
+    # The normalized column matching compares with, when it is not *column* (filled by extract()).
+    match_column: str | None = None
 
 
 ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("PatientID", "PATIENT", "patient_id", "LO"),
     Attribute("IssuerOfPatientID", "PATIENT", "issuer_of_patient_id", "LO"),
-    Attribute("PatientName", "PATIENT", "patient_name", "PN"),
+    Attribute("PatientName", "PATIENT", "patient_name", "PN", "patient_name_search"),
     Attribute("PatientBirthDate", "PATIENT", "patient_birth_date", "DA"),
     Attribute("PatientSex", "PATIENT", "patient_sex", "CS"),
     Attribute("StudyInstanceUID", "STUDY", "study_uid", "UI"),
     Attribute("StudyDate", "STUDY", "study_date", "DA"),
-    Attribute("StudyTime", "STUDY", "study_time", "TM"),
+    Attribute("StudyTime", "STUDY", "study_time", "TM", "study_time_norm"),
     Attribute("AccessionNumber", "STUDY", "accession_number", "SH"),
     Attribute("StudyID", "STUDY", "study_id", "SH"),
     Attribute("StudyDescription", "STUDY", "study_description", "LO"),
-    Attribute("ReferringPhysicianName", "STUDY", "referring_physician_name", "PN"),
+    Attribute("ReferringPhysicianName", "STUDY", "referring_physician_name", "PN", "referring_physician_name_search"),
     Attribute("SeriesInstanceUID", "SERIES", "series_uid", "UI"),
     Attribute("Modality", "SERIES", "modality", "CS"),
     Attribute("SeriesNumber", "SERIES", "series_number", "IS"),
@@ -42,6 +44,33 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("SOPClassUID", "IMAGE", "sop_class_uid", "UI"),
     Attribute("InstanceNumber", "IMAGE", "instance_number", "IS"),
 )
+
+BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in ATTRIBUTES}
+
+
+@dataclass(frozen=True)
+class Computed:
+    """A key answered from the index's counters or constants, not from one column."""
+
+    keyword: str
+    level: str  # the lowest level it may be asked at; "ANY" for every level
+    vr: str
+
+
+COMPUTED: tuple[Computed, ...] = (
+    Computed("NumberOfPatientRelatedStudies", "PATIENT", "IS"),
+    Computed("NumberOfPatientRelatedSeries", "PATIENT", "IS"),
+    Computed("NumberOfPatientRelatedInstances", "PATIENT", "IS"),
+    Computed("ModalitiesInStudy", "STUDY", "CS"),
+    Computed("SOPClassesInStudy", "STUDY", "UI"),
+    Computed("NumberOfStudyRelatedSeries", "STUDY", "IS"),
+    Computed("NumberOfStudyRelatedInstances", "STUDY", "IS"),
+    Computed("NumberOfSeriesRelatedInstances", "SERIES", "IS"),
+    Computed("RetrieveAETitle", "ANY", "AE"),
+    Computed("InstanceAvailability", "ANY", "CS"),
+)
+
+COMPUTED_BY_KEYWORD: dict[str, Computed] = {c.keyword: c for c in COMPUTED}
 
 BY_LEVEL: dict[str, tuple[Attribute, ...]] = {
     level: tuple(a for a in ATTRIBUTES if a.level == level) for level in ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -81,4 +110,18 @@ def extract(ds: Dataset, level: str) -> dict[str, Any]:
         except Exception as exc:  # pydicom raises many kinds on odd data
             log.warning("cannot index %s of %s: %s", attr.keyword, ds.get("SOPInstanceUID", "?"), exc)
             row[attr.column] = None
+        if attr.match_column:
+            row[attr.match_column] = _match_value(attr, row[attr.column])
     return row
+
+
+def _match_value(attr: Attribute, value: Any) -> Any:
+    from archive_core.index.matching import fold_person_name, normalize_time
+
+    if value is None:
+        return None
+    if attr.vr == "PN":
+        return fold_person_name(value)
+    if attr.vr == "TM":
+        return normalize_time(value)
+    return value

@@ -22,6 +22,8 @@ class Patient(Base):
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     patient_name: Mapped[str | None] = mapped_column(String(324), index=True)
+    # Upper-case, accent-free copy that C-FIND matches on (same result on SQLite and PostgreSQL).
+    patient_name_search: Mapped[str | None] = mapped_column(String(324), index=True)
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     patient_sex: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -40,10 +42,13 @@ class Study(Base):
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.id"), index=True)
     study_date: Mapped[str | None] = mapped_column(String(8), index=True)
     study_time: Mapped[str | None] = mapped_column(String(16))
+    # HHMMSS.ffffff, so that time ranges compare at any precision.
+    study_time_norm: Mapped[str | None] = mapped_column(String(13))
     accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
     study_id: Mapped[str | None] = mapped_column(String(16))
     study_description: Mapped[str | None] = mapped_column(String(64))
     referring_physician_name: Mapped[str | None] = mapped_column(String(324))
+    referring_physician_name_search: Mapped[str | None] = mapped_column(String(324))
     modalities_in_study: Mapped[str] = mapped_column(String(128), default="")
     num_series: Mapped[int] = mapped_column(Integer, default=0)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)

@@ -5,18 +5,42 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 from pydicom.dataset import Dataset
+from pynetdicom import evt
 from pynetdicom.pdu_primitives import A_RELEASE
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_core import audit
 from archive_core.config import Settings
-from archive_core.db import write_session
-from archive_core.errors import ArchiveError, UnknownPeer
+from archive_core.db import read_session, write_session
+from archive_core.errors import ArchiveError, InvalidQuery, UnknownPeer
 from archive_core.index.ingest import Identity, Ingestor, parse
-from archive_core.net import tuning
-from archive_core.net.status import REFUSED_NOT_AUTHORIZED, STORE_STATUS, SUCCESS, status_for
+from archive_core.index.query import (
+    PATIENT_ROOT,
+    STUDY_ROOT,
+    StoredInstance,
+    answer,
+    find,
+    instances_to_retrieve,
+    parse_identifier,
+)
+from archive_core.net import scu, tuning
+from archive_core.net.status import (
+    CANCEL,
+    FIND_STATUS,
+    IDENTIFIER_INVALID,
+    PENDING,
+    PENDING_UNMATCHED_KEYS,
+    REFUSED_NOT_AUTHORIZED,
+    RETRIEVE_STATUS,
+    STORE_STATUS,
+    SUCCESS,
+    TOO_MANY_MATCHES,
+    status_for,
+)
 from archive_core.peers import PeerInfo, find_peer
 
 log = logging.getLogger(__name__)
@@ -37,6 +61,8 @@ class ArchiveContext:
     settings: Settings
     ingestor: Ingestor
     sessions: sessionmaker[Session]
+    # Where a stored instance's file is (its tier's store); set by the server.
+    path_of: Callable[[StoredInstance], Path] | None = None
     _states: dict[int, AssociationState] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -145,12 +171,147 @@ def may_query(ctx: ArchiveContext, assoc) -> bool:
     return ctx.state(assoc).peer is not None or ctx.settings.DICOM_QR_FROM_UNKNOWN_AES
 
 
+# -- query/retrieve ------------------------------------------------------------------------------
+
+# The information model of each Q/R SOP class (FIND, MOVE, GET of Patient Root and Study Root).
+QR_ROOTS = {
+    "1.2.840.10008.5.1.4.1.2.1.1": PATIENT_ROOT,
+    "1.2.840.10008.5.1.4.1.2.1.2": PATIENT_ROOT,
+    "1.2.840.10008.5.1.4.1.2.1.3": PATIENT_ROOT,
+    "1.2.840.10008.5.1.4.1.2.2.1": STUDY_ROOT,
+    "1.2.840.10008.5.1.4.1.2.2.2": STUDY_ROOT,
+    "1.2.840.10008.5.1.4.1.2.2.3": STUDY_ROOT,
+}
+
+
+def _see_everything_acknowledged(ctx: ArchiveContext) -> None:
+    # Associations released elsewhere already waited for their index; this covers objects
+    # acknowledged in this process on associations still open.
+    ctx.ingestor.wait_indexed(timeout=ctx.settings.DICOM_NETWORK_TIMEOUT)
+
+
+def handle_find(event, ctx: ArchiveContext):
+    """C-FIND: pending answers, one per match; A900 for a bad identifier; FE00 when cancelled."""
+    calling = event.assoc.requestor.ae_title
+    if not may_query(ctx, event.assoc):
+        log.warning("C-FIND from unregistered AE %s refused", calling)
+        yield _failure(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None
+        return
+    limit = ctx.settings.DICOM_MAX_FIND_RESULTS
+    try:
+        query = parse_identifier(event.identifier, QR_ROOTS[str(event.request.AffectedSOPClassUID)])
+        _see_everything_acknowledged(ctx)
+        with read_session(ctx.sessions) as s:
+            rows = find(s, query, limit=limit + 1)
+    except ArchiveError as exc:
+        code = status_for(exc, FIND_STATUS)
+        log.warning("C-FIND from %s answered 0x%04X: %s", calling, code, exc)
+        yield _failure(code, str(exc)), None
+        return
+    except Exception as exc:
+        log.exception("C-FIND from %s failed", calling)
+        yield _failure(0xC000, f"processing failure: {exc.__class__.__name__}"), None
+        return
+    log.info("C-FIND %s level from %s: %d matches", query.level, calling, min(len(rows), limit))
+    pending = PENDING_UNMATCHED_KEYS if query.unmatched_keys else PENDING
+    for n, row in enumerate(rows):
+        if event.is_cancelled:
+            yield CANCEL, None
+            return
+        if n == limit:
+            log.warning("C-FIND from %s stopped after %d matches", calling, limit)
+            yield _failure(TOO_MANY_MATCHES, f"more than {limit} matches: refine the query"), None
+            return
+        yield pending, answer(query, row, ae_title=ctx.settings.DICOM_AE_TITLE)
+
+
+def _retrieve_plan(event, ctx: ArchiveContext, service: str):
+    """(instances, failure status or None) of a C-MOVE or C-GET request, audited per study."""
+    calling = event.assoc.requestor.ae_title
+    try:
+        if not may_query(ctx, event.assoc):
+            raise UnknownPeer(f"calling AE {calling} is not registered")
+        query = parse_identifier(event.identifier, QR_ROOTS[str(event.request.AffectedSOPClassUID)], retrieve=True)
+        _see_everything_acknowledged(ctx)
+        with read_session(ctx.sessions) as s:
+            instances = instances_to_retrieve(s, query)
+    except ArchiveError as exc:
+        code = status_for(exc, RETRIEVE_STATUS)
+        log.warning("C-%s from %s answered 0x%04X: %s", service, calling, code, exc)
+        return [], _failure(code, str(exc))
+    except Exception as exc:
+        log.exception("C-%s from %s failed", service, calling)
+        return [], _failure(0xC000, f"processing failure: {exc.__class__.__name__}")
+    if len(instances) > 0xFFFF:
+        return [], _failure(0xA702, "more than 65535 instances: retrieve fewer at a time")
+    if instances:
+        with write_session(ctx.sessions) as s:
+            for study_uid in sorted({i.study_uid for i in instances}):
+                count = sum(1 for i in instances if i.study_uid == study_uid)
+                audit.record(s, "study.retrieved", actor=calling, actor_kind="ae", study_uid=study_uid,
+                             detail={"service": f"C-{service}", "instances": count})
+    log.info("C-%s from %s: %d instances", service, calling, len(instances))
+    return instances, None
+
+
+def handle_move(event, ctx: ArchiveContext):
+    """C-MOVE to a registered peer; pynetdicom runs the sub-operations and counts them."""
+    calling = event.assoc.requestor.ae_title
+    destination = event.move_destination
+    if isinstance(destination, bytes):
+        destination = destination.decode("ascii", "replace")
+    destination = str(destination).strip()
+    with read_session(ctx.sessions) as s:
+        peer = find_peer(s, destination) if destination else None
+    if peer is None:
+        log.warning("C-MOVE from %s to unknown destination %r refused", calling, destination)
+        yield None, None  # pynetdicom answers 0xA801, nothing is sent
+        return
+    instances, failure = _retrieve_plan(event, ctx, "MOVE")
+    capture = scu.Capture()
+    yield peer.host, peer.port, {
+        "contexts": scu.proposed_contexts(instances) or [scu.build_context("1.2.840.10008.1.1")],
+        "max_pdu": 0,
+        "evt_handlers": [
+            (evt.EVT_CONN_OPEN, lambda e: scu.tune_socket(e.assoc, ctx.settings.DICOM_DUL_LOOP_DELAY)),
+            (evt.EVT_ACCEPTED, capture.on_accepted),
+        ],
+    }
+    yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)
+
+
+def handle_get(event, ctx: ArchiveContext):
+    """C-GET: the sub-operations go over the requesting association, in the contexts it accepted."""
+    instances, failure = _retrieve_plan(event, ctx, "GET")
+    yield from _sub_operations(event, ctx, instances, failure, lambda: list(event.assoc.accepted_contexts))
+
+
+def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):
+    if failure is not None:
+        # pynetdicom takes the failure as the final response after one announced sub-operation.
+        yield 1
+        yield failure, None
+        return
+    yield len(instances)
+    contexts = None
+    for inst in instances:
+        if event.is_cancelled:
+            yield CANCEL, None
+            return
+        if contexts is None:
+            contexts = accepted()
+        yield PENDING, scu.load_for_sending(ctx.path_of, inst, contexts)
+
+
 __all__ = [
     "ArchiveContext",
     "handle_acse_sent",
     "handle_closed",
     "handle_conn_open",
     "handle_echo",
+    "handle_find",
+    "handle_get",
+    "handle_move",
     "handle_store",
     "may_query",
     "REFUSED_NOT_AUTHORIZED",

@@ -7,7 +7,15 @@ import socket
 from dataclasses import dataclass
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
@@ -16,6 +24,16 @@ from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
+
+
+QR_SOP_CLASSES = (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelMove,
+    PatientRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+)
 
 
 def storage_sop_classes() -> list[str]:
@@ -37,6 +55,9 @@ def build_ae(archive: Archive) -> AE:
     ae.require_called_aet = False
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for uid in storage_sop_classes():
+        # Role selection accepted as proposed: a C-GET requestor acts as the storage SCP.
+        ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    for uid in QR_SOP_CLASSES:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     return ae
 
@@ -61,14 +82,33 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     settings = archive.settings
     # Library-wide switch, set once when a server starts: accept private/unknown SOP classes as storage.
     _config.UNRESTRICTED_STORAGE_SERVICE = settings.DICOM_ACCEPT_UNKNOWN_SOP_CLASSES
+    # Query identifiers carry patient names: pynetdicom must not write them to the log.
+    _config.LOG_REQUEST_IDENTIFIERS = False
+    _config.LOG_RESPONSE_IDENTIFIERS = False
+    # pynetdicom logs every DIMSE message at INFO (one line per C-FIND answer, per C-STORE), which
+    # costs as much as building the answer; our handlers log what matters. A level set by the
+    # deployment is kept.
+    # ... nor format every PDU and DIMSE message for its debug log (standard notification handlers).
+    _config.LOG_HANDLER_LEVEL = "none"
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    if pynetdicom_log.level == logging.NOTSET:
+        pynetdicom_log.setLevel(logging.WARNING)
     tuning.install()
     archive.ingestor.start()
-    ctx = ArchiveContext(settings=settings, ingestor=archive.ingestor, sessions=archive.sessions)
+    ctx = ArchiveContext(
+        settings=settings,
+        ingestor=archive.ingestor,
+        sessions=archive.sessions,
+        path_of=lambda inst: archive.store_for(inst.tier).path_of(inst.storage_key),
+    )
     ae = build_ae(archive)
     bound = [
         (evt.EVT_CONN_OPEN, handlers.handle_conn_open, [ctx]),
         (evt.EVT_C_ECHO, handlers.handle_echo, [ctx]),
         (evt.EVT_C_STORE, handlers.handle_store, [ctx]),
+        (evt.EVT_C_FIND, handlers.handle_find, [ctx]),
+        (evt.EVT_C_MOVE, handlers.handle_move, [ctx]),
+        (evt.EVT_C_GET, handlers.handle_get, [ctx]),
         (evt.EVT_ACSE_SENT, handlers.handle_acse_sent, [ctx]),
         (evt.EVT_CONN_CLOSE, handlers.handle_closed, [ctx]),
     ]

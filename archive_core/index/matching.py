@@ -1,0 +1,184 @@
+"""The matching rules of PS3.4 C.2.2.2, each in one place: value forms, normalisation, SQL conditions."""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+from sqlalchemy import and_, or_
+from sqlalchemy.sql.elements import ColumnElement
+
+from archive_core.errors import InvalidQuery
+
+# VRs for which * and ? are wildcards (PS3.4 C.2.2.2.4); elsewhere they are plain characters.
+WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
+RANGE_VRS = frozenset({"DA", "TM", "DT"})
+
+
+# -- normalisation (the same function fills the index and reads the query) ----------------------
+
+
+def fold_text(text: str | None) -> str | None:
+    """Upper case without accents: the form person names are matched in ("Dupré" -> "DUPRE")."""
+    if text is None:
+        return None
+    decomposed = unicodedata.normalize("NFKD", str(text))
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).upper()
+
+
+def fold_person_name(text: str | None) -> str | None:
+    """A person name folded, without the empty trailing components (``DUPONT^JEAN^^^`` -> ``DUPONT^JEAN``)."""
+    folded = fold_text(text)
+    if not folded:
+        return None
+    groups = [g.rstrip("^") for g in folded.split("=")]
+    return "=".join(groups).rstrip("=") or None
+
+
+def normalize_time(text: str | None, *, upper: bool = False) -> str | None:
+    """A TM value as ``HHMMSS.ffffff``; missing digits are the lowest (or, *upper*, highest) values.
+
+    ``10`` -> ``100000.000000`` (upper: ``105959.999999``); ``101532.25`` -> ``101532.250000``.
+    The ACR-NEMA form with colons is accepted. None for a value that is not a time.
+    """
+    if text is None:
+        return None
+    t = str(text).strip().replace(":", "")
+    whole, _, frac = t.partition(".")
+    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (frac and not frac.isdigit()) or len(frac) > 6:
+        return None
+    whole += ("59" if upper else "00") * ((6 - len(whole)) // 2)
+    frac = (frac + ("9" if upper else "0") * 6)[:6]
+    return f"{whole}.{frac}"
+
+
+def _valid_date(text: str) -> bool:
+    return len(text) == 8 and text.isdigit()
+
+
+# -- value forms ----------------------------------------------------------------------------------
+
+
+def values_of(value: Any) -> list[str]:
+    """The values of a key as strings (a backslash-separated list is several values)."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [str(v).strip() for v in value]
+    text = str(value).strip()
+    return text.split("\\") if "\\" in text else [text]
+
+
+def is_universal(value: Any, vr: str) -> bool:
+    """Empty, or ``*`` alone: every object matches (PS3.4 C.2.2.2.3)."""
+    vals = values_of(value)
+    return not vals or vals == [""] or vals == ["*"]
+
+
+def has_wildcards(text: str) -> bool:
+    return "*" in text or "?" in text
+
+
+# -- SQL ------------------------------------------------------------------------------------------
+
+
+def wildcard_match(column: ColumnElement, pattern: str, dialect: str) -> ColumnElement[bool]:
+    """*column* matches the DICOM wildcard *pattern*, case-sensitively, on SQLite and PostgreSQL.
+
+    Every other character is literal, including SQL's ``%``, ``_`` and escape characters. SQLite's
+    ``LIKE`` ignores case, so SQLite gets ``GLOB`` (case-sensitive; its ``[``, ``*``, ``?`` bracketed).
+    """
+    if dialect == "sqlite":
+        glob = "".join(
+            c if c in "*?" else ("[" + c + "]" if c in "[" else c) for c in pattern
+        )
+        return column.op("GLOB")(glob)
+    like = "".join(
+        "%" if c == "*" else "_" if c == "?" else ("\\" + c if c in "\\%_" else c) for c in pattern
+    )
+    return column.like(like, escape="\\")
+
+
+def text_condition(column: ColumnElement, value: str, vr: str, dialect: str) -> ColumnElement[bool]:
+    """Single value or wildcard matching of one string value."""
+    if vr in WILDCARD_VRS and has_wildcards(value):
+        return wildcard_match(column, value, dialect)
+    return column == value
+
+
+def person_name_condition(column: ColumnElement, value: str, dialect: str) -> ColumnElement[bool] | None:
+    """Component-aware, case- and accent-insensitive PN matching on the folded column.
+
+    Components the query leaves out (or gives empty) match anything: ``Dupont`` matches
+    ``Dupont^Jean``, ``^Jean`` matches ``Martin^Jean``. Only the alphabetic group is compared.
+    """
+    query = fold_person_name(value.split("=")[0])
+    if not query or query == "*":
+        return None
+    parts = [c if c else "*" for c in query.split("^")]
+    pattern = "^".join(parts)
+    if pattern.endswith("*"):
+        return wildcard_match(column, pattern, dialect)
+    alternatives = [wildcard_match(column, pattern, dialect) if has_wildcards(pattern) else column == pattern]
+    alternatives.append(wildcard_match(column, pattern + "^*", dialect))
+    alternatives.append(wildcard_match(column, pattern + "=*", dialect))
+    return or_(*alternatives)
+
+
+def range_condition(column: ColumnElement, value: str, vr: str) -> ColumnElement[bool] | None:
+    """DA, TM or DT range (``a-b``, ``-b``, ``a-``), or a single value of those VRs.
+
+    TM compares on the normalized column (``HHMMSS.ffffff``): the bounds are padded, the lower
+    one with zeros, the upper one with the highest value its precision leaves open.
+    """
+    low, dash, high = value.partition("-")
+    low, high = low.strip(), high.strip()
+    if not dash:
+        high = low
+    if vr == "TM":
+        lo = normalize_time(low) if low else None
+        hi = normalize_time(high, upper=True) if high else None
+        if (low and lo is None) or (high and hi is None):
+            raise InvalidQuery(f"not a time range: {value!r}")
+    elif vr == "DA":
+        if (low and not _valid_date(low)) or (high and not _valid_date(high)):
+            raise InvalidQuery(f"not a date range: {value!r}")
+        lo, hi = low or None, high or None
+        if not dash:
+            return column == low
+    else:  # DT: compare as text, the upper bound padded to the end of its precision
+        lo = low or None
+        hi = (high + "99999999999999.999999"[len(high):]) if high else None
+    conditions = []
+    if lo is not None:
+        conditions.append(column >= lo)
+    if hi is not None:
+        conditions.append(column <= hi)
+    if not conditions:
+        return None
+    return and_(*conditions)
+
+
+def key_condition(
+    column: ColumnElement, match_column: ColumnElement, value: Any, vr: str, dialect: str
+) -> ColumnElement[bool] | None:
+    """The condition one key puts on its column; None for universal matching."""
+    if is_universal(value, vr):
+        return None
+    vals = values_of(value)
+    if vr == "UI":
+        uids = [v for v in vals if v]
+        return column.in_(uids) if len(uids) > 1 else column == uids[0]
+    if len(vals) > 1:
+        raise InvalidQuery("several values are only allowed for UIDs")
+    text = vals[0]
+    if vr == "PN":
+        return person_name_condition(match_column, text, dialect)
+    if vr in RANGE_VRS:
+        return range_condition(match_column, text, vr)
+    if vr in ("IS", "US", "UL", "SS", "SL"):
+        try:
+            return column == int(text)
+        except ValueError:
+            raise InvalidQuery(f"not an integer: {text!r}") from None
+    return text_condition(column, text, vr, dialect)

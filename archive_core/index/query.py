@@ -1,0 +1,322 @@
+"""Query/retrieve identifiers against the index: parsing, one SQL query per level, answers.
+
+The information models (Patient Root, Study Root), the hierarchy of levels and which keys a
+level allows live here; the matching rule of each key is in :mod:`archive_core.index.matching`
+and which column a keyword reads in :mod:`archive_core.index.keywords`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from pydicom import config
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from sqlalchemy import column, exists, func, literal_column, or_, select
+from sqlalchemy.orm import Session
+
+from archive_core.errors import InvalidQuery
+from archive_core.index.keywords import ATTRIBUTES, BY_KEYWORD, COMPUTED_BY_KEYWORD
+from archive_core.index.matching import is_universal, key_condition, text_condition, values_of
+from archive_core.index.models import Instance, Patient, Series, Study
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+MODELS = {"PATIENT": Patient, "STUDY": Study, "SERIES": Series, "IMAGE": Instance}
+UNIQUE_KEYS = {
+    "PATIENT": "PatientID",
+    "STUDY": "StudyInstanceUID",
+    "SERIES": "SeriesInstanceUID",
+    "IMAGE": "SOPInstanceUID",
+}
+PATIENT_ROOT, STUDY_ROOT = "PATIENT", "STUDY"
+# (0008,0005) Specific Character Set and (0008,0052) Query/Retrieve Level are not keys.
+_NOT_KEYS = {0x00080005, 0x00080052}
+_PATIENT_COUNTS = ("NumberOfPatientRelatedStudies", "NumberOfPatientRelatedSeries", "NumberOfPatientRelatedInstances")
+_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class RequestedKey:
+    tag: BaseTag
+    keyword: str
+    vr: str
+
+
+@dataclass
+class Query:
+    """A parsed identifier: level, the keys to return, the values to match."""
+
+    root: str
+    level: str
+    keys: list[RequestedKey] = field(default_factory=list)
+    conditions: dict[str, Any] = field(default_factory=dict)
+    # Optional keys given a value we do not match on: answers are sent with status 0xFF01.
+    unmatched_keys: list[str] = field(default_factory=list)
+
+    @property
+    def depth(self) -> int:
+        return LEVELS.index(self.level)
+
+    def wants(self, keyword: str) -> bool:
+        return any(k.keyword == keyword for k in self.keys)
+
+
+def _level_of(level: str, root: str) -> str:
+    # In the Study Root model, patient attributes are attributes of the study.
+    return "STUDY" if root == STUDY_ROOT and level == "PATIENT" else level
+
+
+def _decoded(elem) -> Any:
+    value = elem.value
+    if value is None or isinstance(value, (bytes, bytearray)):
+        return None if not value else "\x00unreadable"
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]
+    return str(value)
+
+
+def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) -> Query:
+    """Check *identifier* against the information model *root* and read its keys.
+
+    The identifier is decoded with its own Specific Character Set. Raises :class:`InvalidQuery`
+    for a missing or unknown level, a key below the level, or a unique key missing above it.
+    For a retrieve (C-MOVE, C-GET), the unique key of the level is required too and only unique
+    keys are matched (PS3.4 C.4.2.2.1).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        level = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+        if level not in LEVELS:
+            raise InvalidQuery(f"invalid Query/Retrieve Level {level!r}")
+        if root == STUDY_ROOT and level == "PATIENT":
+            raise InvalidQuery("the Study Root model has no PATIENT level")
+        query = Query(root=root, level=level)
+        seen: set[int] = set()
+        for tag in list(identifier.keys()):
+            if tag in _NOT_KEYS or tag.group == 0x0002 or tag in seen:
+                continue
+            seen.add(tag)
+            elem = identifier[tag]
+            keyword = elem.keyword or ""
+            attr = BY_KEYWORD.get(keyword)
+            computed = COMPUTED_BY_KEYWORD.get(keyword)
+            key_level = attr.level if attr else computed.level if computed else None
+            if key_level not in (None, "ANY") and LEVELS.index(_level_of(key_level, root)) > query.depth:
+                raise InvalidQuery(f"{keyword} is below the {level} level")
+            if elem.VR == "SQ":
+                query.keys.append(RequestedKey(tag, keyword, "SQ"))
+                if any(len(item) for item in elem.value or []):
+                    query.unmatched_keys.append(keyword or str(tag))
+                continue
+            value = _decoded(elem)
+            query.keys.append(RequestedKey(tag, keyword, attr.vr if attr else computed.vr if computed else elem.VR))
+            if is_universal(value, elem.VR):
+                continue
+            if retrieve:
+                if keyword in UNIQUE_KEYS.values():
+                    query.conditions[keyword] = value
+            elif attr is not None or keyword in ("ModalitiesInStudy", "SOPClassesInStudy"):
+                # Check the value's form now (a bad range is an identifier error, not a failure later).
+                if attr is not None:
+                    key_condition(column("v"), column("v"), value, attr.vr, "sqlite")
+                query.conditions[keyword] = value
+            else:
+                query.unmatched_keys.append(keyword or str(tag))
+    first = LEVELS.index(PATIENT_ROOT if root == PATIENT_ROOT else STUDY_ROOT)
+    required = LEVELS[first : query.depth + (1 if retrieve else 0)]
+    for needed in required:
+        if UNIQUE_KEYS[needed] not in query.conditions:
+            where = f"above the {level} level" if needed != level else f"to retrieve at the {level} level"
+            raise InvalidQuery(f"{UNIQUE_KEYS[needed]} is required {where}")
+    return query
+
+
+def _visible(deleted_at, dialect: str):
+    """``deleted_at IS NULL``; on SQLite with a unary plus, which keeps the deleted_at index out of the
+    plan: without statistics SQLite would drive every query from that (almost all NULL) index and
+    scan the whole table instead of using the index of the key that matches."""
+    if dialect == "sqlite":
+        return literal_column(f"+{deleted_at.table.name}.{deleted_at.name}").is_(None)
+    return deleted_at.is_(None)
+
+
+def _statement(session: Session, query: Query, columns: list):
+    dialect = session.get_bind().dialect.name
+    depth = query.depth
+    # Tombstoned rows (retention purge, merges) are invisible at every level.
+    stmt = select(*columns).select_from(Patient).where(_visible(Patient.deleted_at, dialect))
+    if depth >= 1:
+        stmt = stmt.join(Study, Study.patient_pk == Patient.id).where(_visible(Study.deleted_at, dialect))
+    if depth >= 2:
+        stmt = stmt.join(Series, Series.study_pk == Study.id).where(_visible(Series.deleted_at, dialect))
+    if depth >= 3:
+        stmt = stmt.join(Instance, Instance.series_pk == Series.id).where(_visible(Instance.deleted_at, dialect))
+    for keyword, value in query.conditions.items():
+        if keyword == "ModalitiesInStudy":
+            modalities = [v for v in values_of(value) if v]
+            cond = exists(
+                select(Series.id).where(
+                    Series.study_pk == Study.id,
+                    Series.deleted_at.is_(None),
+                    or_(*[text_condition(Series.modality, m, "CS", dialect) for m in modalities])
+                )
+            )
+        elif keyword == "SOPClassesInStudy":
+            cond = exists(
+                select(Instance.id)
+                .join(Series, Instance.series_pk == Series.id)
+                .where(
+                    Series.study_pk == Study.id,
+                    Instance.deleted_at.is_(None),
+                    Instance.sop_class_uid.in_([v for v in values_of(value) if v]),
+                )
+            )
+        else:
+            attr = BY_KEYWORD[keyword]
+            model = MODELS[attr.level]
+            cond = key_condition(
+                getattr(model, attr.column), getattr(model, attr.match_column or attr.column), value, attr.vr, dialect
+            )
+        if cond is not None:
+            stmt = stmt.where(cond)
+    return stmt
+
+
+def find(
+    session: Session, query: Query, *, limit: int | None = None, offset: int = 0, extra: Iterable = ()
+) -> list[dict[str, Any]]:
+    """The matches of *query*, one row (keyword -> value) per entity at its level, in index order.
+
+    One SQL statement joins the levels above; computed keys come from the counters ingest
+    maintains (SOP classes in study: one more statement per 500 studies). *extra* conditions
+    (SQLAlchemy clauses) narrow the match further (the facade's free-text search).
+    """
+    depth = query.depth
+    columns = [
+        getattr(MODELS[a.level], a.column).label(a.keyword) for a in ATTRIBUTES if LEVELS.index(a.level) <= depth
+    ]
+    if depth >= 1:
+        columns += [
+            Study.id.label("_study_pk"),
+            Study.num_series.label("NumberOfStudyRelatedSeries"),
+            Study.num_instances.label("NumberOfStudyRelatedInstances"),
+            Study.modalities_in_study.label("ModalitiesInStudy"),
+            Study.external.label("_external"),
+        ]
+    if depth >= 2:
+        columns.append(Series.num_instances.label("NumberOfSeriesRelatedInstances"))
+    counts = None
+    if any(query.wants(k) for k in _PATIENT_COUNTS):
+        counts = (
+            select(
+                Study.patient_pk.label("patient_pk"),
+                func.count(Study.id).label("studies"),
+                func.coalesce(func.sum(Study.num_series), 0).label("series"),
+                func.coalesce(func.sum(Study.num_instances), 0).label("instances"),
+            )
+            .where(Study.deleted_at.is_(None))
+            .group_by(Study.patient_pk)
+            .subquery()
+        )
+        columns += [
+            func.coalesce(counts.c.studies, 0).label(_PATIENT_COUNTS[0]),
+            func.coalesce(counts.c.series, 0).label(_PATIENT_COUNTS[1]),
+            func.coalesce(counts.c.instances, 0).label(_PATIENT_COUNTS[2]),
+        ]
+    stmt = _statement(session, query, columns)
+    if counts is not None:
+        stmt = stmt.outerjoin(counts, counts.c.patient_pk == Patient.id)
+    for condition in extra:
+        stmt = stmt.where(condition)
+    stmt = stmt.order_by(MODELS[query.level].id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    if offset:
+        stmt = stmt.offset(offset)
+    rows = [dict(r._mapping) for r in session.execute(stmt)]
+    if depth >= 1 and query.wants("SOPClassesInStudy") and rows:
+        classes = sop_classes_of(session, {r["_study_pk"] for r in rows})
+        for row in rows:
+            row["SOPClassesInStudy"] = classes.get(row["_study_pk"], [])
+    return rows
+
+
+def sop_classes_of(session: Session, study_pks: Iterable[int]) -> dict[int, list[str]]:
+    pks = sorted(study_pks)
+    found: dict[int, set[str]] = {}
+    for start in range(0, len(pks), _CHUNK):
+        chunk = pks[start : start + _CHUNK]
+        stmt = (
+            select(Series.study_pk, Instance.sop_class_uid)
+            .join(Instance, Instance.series_pk == Series.id)
+            .where(Series.study_pk.in_(chunk), Instance.deleted_at.is_(None))
+            .distinct()
+        )
+        for study_pk, sop_class in session.execute(stmt):
+            found.setdefault(study_pk, set()).add(sop_class)
+    return {pk: sorted(v) for pk, v in found.items()}
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """What a retrieve sends: one stored instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+    study_uid: str
+    tier: str = "active"
+
+
+def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance]:
+    """Every stored instance under the entities a retrieve identifier names, in study/series/instance order."""
+    deep = Query(root=query.root, level="IMAGE", conditions=query.conditions)
+    stmt = _statement(
+        session,
+        deep,
+        [Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.storage_key,
+         Study.study_uid, Instance.tier],
+    ).order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
+    return [StoredInstance(*row) for row in session.execute(stmt)]
+
+
+# -- answers --------------------------------------------------------------------------------------
+
+
+def _value(keyword: str, row: dict[str, Any], ae_title: str) -> Any:
+    if keyword == "RetrieveAETitle":
+        return ae_title
+    if keyword == "InstanceAvailability":
+        return "ONLINE"
+    value = row.get(keyword)
+    if keyword == "ModalitiesInStudy":
+        return [m for m in (value or "").split("\\") if m] or None
+    return value
+
+
+def answer(query: Query, row: dict[str, Any], *, ae_title: str) -> Dataset:
+    """The C-FIND response identifier for *row*: every requested key, no other besides (0008,0005/0052).
+
+    Unknown values are zero length. Text that is not ASCII is sent in ISO_IR 192 (UTF-8).
+    """
+    ds = Dataset()
+    non_ascii = False
+    for key in query.keys:
+        if key.vr == "SQ":
+            ds.add_new(key.tag, "SQ", Sequence())
+            continue
+        value = _value(key.keyword, row, ae_title) if key.keyword else None
+        if isinstance(value, str) and not value.isascii():
+            non_ascii = True
+        # Values come from the index, checked when they were indexed: no validation per answer.
+        ds[key.tag] = DataElement(key.tag, key.vr, value if value not in (None, "") else None,
+                                  validation_mode=config.IGNORE)
+    if non_ascii:
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.QueryRetrieveLevel = query.level
+    return ds

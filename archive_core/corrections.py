@@ -78,7 +78,7 @@ def move_study(session: Session, archive: Archive, study_uid: str, to_patient_id
 
 def merge_patients(session: Session, archive: Archive, source_id: str, target_id: str, *, at: datetime,
                    source_issuer: str = "", target_issuer: str = "") -> tuple[int, Rewrite]:
-    """Move every study of *source* to *target* (files rewritten); the source becomes a tombstone pointing at the target."""
+    """Move every study of *source* to *target* (files rewritten); the source becomes a tombstone pointing at it."""
     source = find_patient(session, source_id, source_issuer)
     target = find_patient(session, target_id, target_issuer)
     if source.id == target.id:
@@ -137,7 +137,8 @@ def rewrite_patient_module(session: Session, archive: Archive, study_pks: list[i
     return Rewrite(files, previous)
 
 
-def patient_module_rewritten(data: bytes, identity: dict[str, str], *, at: datetime) -> tuple[bytes | None, dict[str, str]]:
+def patient_module_rewritten(data: bytes, identity: dict[str, str], *,
+                             at: datetime) -> tuple[bytes | None, dict[str, str]]:
     """*data* with the Patient module of *identity* and the replaced values in OriginalAttributesSequence.
 
     Returns ``(None, {})`` when the file already says *identity*. Everything else (meta header,

@@ -938,11 +938,16 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
         return (row[0], row[1]) if row else None
 
     def move_study(self, session: Session, study_uid: str, to_patient_id: str, to_issuer: str = "") -> str:
+        """File a study under another patient; its stored files are rewritten with that patient's identity.
+
+        The replaced files are deleted when *session* commits (the new ones if it rolls back).
+        """
         from archive_core.corrections import move_study
 
-        return move_study(session, study_uid, to_patient_id, to_issuer)
+        return move_study(session, self._archive, study_uid, to_patient_id, to_issuer)[0]
 
     def merge_patients(self, session: Session, source_id: str, target_id: str, *, at: datetime) -> int:
+        """Merge *source* into *target*: studies moved and their files rewritten (as :meth:`move_study`)."""
         from archive_core.corrections import merge_patients
 
-        return merge_patients(session, source_id, target_id, at=at)
+        return merge_patients(session, self._archive, source_id, target_id, at=at)[0]

@@ -127,14 +127,32 @@ class FilesystemStore(BlobStore):
 
     def put_file(self, key: str, source: Path) -> Path:
         """Copy *source* under *key* durably (temporary file, fsync, rename, directory fsync)."""
+
+        def copy(dst: BinaryIO) -> None:
+            with open(source, "rb") as src:
+                while chunk := src.read(1 << 20):
+                    dst.write(chunk)
+
+        return self._put(key, copy)
+
+    def put_bytes(self, key: str, data: bytes) -> Path:
+        """Write *data* under *key* durably (temporary file, fsync, rename, directory fsync)."""
+        return self._put(key, lambda dst: dst.write(data))
+
+    def _put(self, key: str, fill) -> Path:
         target = self._path(key)
         self._make_dirs(target.parent)
         tmp = target.with_name(target.name + ".tmp")
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
+        try:
+            with open(tmp, "wb") as dst:
+                fill(dst)
+                dst.flush()
+                os.fsync(dst.fileno())
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(str(exc)) from exc
+            raise
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         return target

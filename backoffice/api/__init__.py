@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import wraps
 from typing import Any, Callable
+from urllib.parse import urlencode
 
 from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -20,6 +21,9 @@ csrf.exempt(bp)
 
 OPENAPI_PATHS: dict[str, dict[str, Any]] = {}
 ANY_SIGNED_IN = ("front_desk", "radiologist", "manager", "admin")
+PAGE_SIZE = 100  # DESIGN.md: lists return up to 100 items, with a ``next`` link when there are more
+PAGE_PARAMETERS = [{"name": "after", "in": "query", "schema": {"type": "integer"}},
+                   {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": PAGE_SIZE}}]
 
 
 class ApiError(Exception):
@@ -117,6 +121,30 @@ def json_body() -> dict[str, Any]:
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
+    return body
+
+
+def page_args() -> tuple[int, int]:
+    """``(after, limit)`` of a keyset-paginated list: the last id already seen and the page size (1..100)."""
+    try:
+        after = int(request.args.get("after", 0))
+        limit = min(max(int(request.args.get("limit", PAGE_SIZE)), 1), PAGE_SIZE)
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", "after and limit must be integers") from exc
+    return after, limit
+
+
+def page(items: list, last_id: int | None, limit: int, more: bool) -> dict:
+    """A list answer: ``{"items": [...]}`` plus ``next`` (same query, ``after=last_id``) when *more*.
+
+    Callers fetch ``limit + 1`` rows to know whether there are more, and pass the id of the last
+    row they return.
+    """
+    body: dict[str, Any] = {"items": items}
+    if more and last_id is not None:
+        args = {k: v for k, v in request.args.items() if k != "after"}
+        args["after"] = str(last_id)
+        body["next"] = f"{request.base_url}?{urlencode(args)}"
     return body
 
 

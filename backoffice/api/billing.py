@@ -4,12 +4,11 @@ memberships, invoices, payments, credit notes, invoice and receipt PDFs, claims 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from urllib.parse import urlencode
 
 from flask import Response, jsonify, request
 from sqlalchemy import select
 
-from backoffice.api import ApiError, api_route, bp, current_api_user, json_body
+from backoffice.api import ApiError, api_route, bp, current_api_user, json_body, page, page_args
 from backoffice.billing import documents
 from backoffice.billing.arrivals import attach_before_issue, sync_from_archive
 from backoffice.billing import services as S
@@ -19,7 +18,6 @@ from backoffice.extensions import db, facade
 
 DESK = ("front_desk", "manager")
 MANAGER = ("manager",)
-PAGE_SIZE = 100
 ERROR_STATUS = {S.NotFound: 404, S.Conflict: 409, S.Invalid: 400}
 
 
@@ -41,24 +39,6 @@ def _int_field(body: dict, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise ApiError(400, "bad_request", f"{name} must be an integer")
     return value
-
-
-def _page_args() -> tuple[int, int]:
-    try:
-        after = int(request.args.get("after", 0))
-        limit = min(max(int(request.args.get("limit", PAGE_SIZE)), 1), PAGE_SIZE)
-    except ValueError as exc:
-        raise ApiError(400, "bad_request", "after and limit must be integers") from exc
-    return after, limit
-
-
-def _page(items: list, last_id: int | None, limit: int, more: bool) -> dict:
-    page = {"items": items}
-    if more and last_id is not None:
-        args = {k: v for k, v in request.args.items() if k != "after"}
-        args["after"] = str(last_id)
-        page["next"] = f"{request.base_url}?{urlencode(args)}"
-    return page
 
 
 # -- exam groups ---------------------------------------------------------------------------------
@@ -92,7 +72,7 @@ def list_exam_groups():
     patient_id = request.args.get("patient_id") or None
     if visit_date is None and patient_id is None:
         visit_date = S.paris_today()
-    after, limit = _page_args()
+    after, limit = page_args()
     sync_from_archive(visit_date=visit_date, patient_id=patient_id)
     groups = S.list_exam_groups(db(), visit_date=visit_date, patient_id=patient_id, after_id=after, limit=limit + 1)
     more = len(groups) > limit
@@ -100,7 +80,7 @@ def list_exam_groups():
     facade().audit_now("billing.exam_groups.viewed", actor=current_api_user().login, patient_id=patient_id,
                        detail={"date": visit_date.isoformat() if visit_date else None, "count": len(groups)})
     states = S.group_states(db(), groups)
-    return jsonify(_page([_group_json(g, states[g.id]) for g in groups], groups[-1].id if groups else None, limit,
+    return jsonify(page([_group_json(g, states[g.id]) for g in groups], groups[-1].id if groups else None, limit,
                          more))
 
 
@@ -221,12 +201,12 @@ def issue_invoice():
     body = json_body()
     session = db()  # a POST: its transaction took the write lock up front (numbering)
     group_id = _int_field(body, "exam_group_id")
-    attach_before_issue(group_id)
+    group = attach_before_issue(group_id)  # noqa: F841 -- held: issue_invoice finds it without a query
     invoice = S.issue_invoice(session, group_id, issued_by=current_api_user().login,
                               payer_name=body.get("payer_name"))
     facade().audit(session, "billing.invoice.issued", actor=current_api_user().login,
                    patient_id=invoice.patient_id, detail={"number": invoice.number})
-    payload = _invoice_json(invoice)
+    payload = _invoice_json(invoice, S.issued_state(invoice))
     # Commit now: the numbering lock is released before the slow part (the PDF).
     session.commit()
     documents.render_after_issue(invoice.id)
@@ -237,7 +217,7 @@ def issue_invoice():
            parameters=[{"name": "patient_id", "in": "query", "schema": {"type": "string"}},
                        {"name": "after", "in": "query", "schema": {"type": "integer"}}])
 def list_invoices():
-    after, limit = _page_args()
+    after, limit = page_args()
     query = select(Invoice)
     if request.args.get("patient_id"):
         query = query.where(Invoice.patient_id == request.args["patient_id"])
@@ -250,7 +230,7 @@ def list_invoices():
         facade().audit_now("billing.invoices.viewed", actor=current_api_user().login,
                            patient_id=request.args["patient_id"])
     states = S.invoice_states(db(), invoices)
-    return jsonify(_page([_invoice_json(i, states[i.id]) for i in invoices], invoices[-1].id if invoices else None,
+    return jsonify(page([_invoice_json(i, states[i.id]) for i in invoices], invoices[-1].id if invoices else None,
                          limit, more))
 
 
@@ -270,12 +250,12 @@ def get_invoice(invoice_id: int):
            responses={"201": {"description": "Created"}})
 def record_payment(invoice_id: int):
     body = json_body()
-    payment = S.record_payment(db(), invoice_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
-                               received_by=current_api_user().login)
-    invoice = S.get_invoice(db(), invoice_id)
+    invoice = S.get_invoice(db(), invoice_id)  # held here: the service's own read is then free
+    payment, after = S.pay(db(), invoice_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
+                           received_by=current_api_user().login)
     facade().audit(db(), "billing.payment", actor=current_api_user().login, patient_id=invoice.patient_id,
                    detail={"number": invoice.number, "payment_id": payment.id})
-    state = _invoice_json(invoice)
+    state = _invoice_json(invoice, after)
     return jsonify({"id": payment.id, "invoice_id": invoice.id, "amount_cents": payment.amount_cents,
                     "method": payment.method, "received_at": _utc_iso(payment.received_at),
                     "balance_cents": state["balance_cents"], "status": state["status"], "invoice": state}), 201
@@ -340,13 +320,13 @@ def list_claims():
     query = select(Claim).order_by(Claim.id)
     if request.args.get("status"):
         query = query.where(Claim.status == request.args["status"])
-    after, limit = _page_args()
+    after, limit = page_args()
     claims = list(db().scalars(query.where(Claim.id > after).limit(limit + 1)))
     more = len(claims) > limit
     claims = claims[:limit]
     items = [{"id": c.id, "invoice_id": c.invoice_id, "insurer_id": c.insurer_id, "amount_cents": c.amount_cents,
               "status": c.status} for c in claims]
-    return jsonify(_page(items, claims[-1].id if claims else None, limit, more))
+    return jsonify(page(items, claims[-1].id if claims else None, limit, more))
 
 
 @api_route("/claims/<int:claim_id>/settle", methods=("POST",), roles=MANAGER,

@@ -7,7 +7,7 @@ from functools import wraps
 
 from flask import jsonify, request
 
-from backoffice.api import ApiError, api_route, current_api_user, json_body
+from backoffice.api import PAGE_PARAMETERS, ApiError, api_route, current_api_user, json_body, page, page_args
 from backoffice.extensions import db, facade
 from backoffice.retention import services
 from backoffice.retention.services import RetentionError, today_paris
@@ -75,9 +75,13 @@ def place_hold():
     return jsonify(services.hold_json(hold)), 201
 
 
-@api_route("/retention/holds", roles=MANAGER, summary="Active legal holds")
+@api_route("/retention/holds", roles=MANAGER, summary="Active legal holds, oldest first", parameters=PAGE_PARAMETERS)
 def list_holds():
-    return jsonify({"items": [services.hold_json(h) for h in services.active_holds(db())][:100]})
+    after, limit = page_args()
+    holds = services.active_holds(db(), after_id=after, limit=limit + 1)
+    more = len(holds) > limit
+    holds = holds[:limit]
+    return jsonify(page([services.hold_json(h) for h in holds], holds[-1].id if holds else None, limit, more))
 
 
 @api_route("/retention/holds/<int:hold_id>", methods=("DELETE",), roles=MANAGER, summary="Release a legal hold")
@@ -87,16 +91,23 @@ def release_hold(hold_id: int):
     return jsonify(services.hold_json(hold))
 
 
-@api_route("/retention/batches", roles=MANAGER, summary="Purge batches (filter: ?status=proposed)")
+@api_route("/retention/batches", roles=MANAGER, summary="Purge batches, newest first (filter: ?status=proposed)",
+           parameters=[{"name": "status", "in": "query", "schema": {"type": "string"}}, *PAGE_PARAMETERS])
 def list_batches():
     from sqlalchemy import select
 
     from backoffice.retention.models import PurgeBatch
 
-    query = select(PurgeBatch).order_by(PurgeBatch.id.desc()).limit(100)
+    after, limit = page_args()
+    query = select(PurgeBatch).order_by(PurgeBatch.id.desc()).limit(limit + 1)
+    if after:
+        query = query.where(PurgeBatch.id < after)
     if request.args.get("status"):
         query = query.where(PurgeBatch.status == request.args["status"])
-    return jsonify({"items": [services.batch_json(b) for b in db().scalars(query)]})
+    batches = list(db().scalars(query))
+    more = len(batches) > limit
+    batches = batches[:limit]
+    return jsonify(page([services.batch_json(b) for b in batches], batches[-1].id if batches else None, limit, more))
 
 
 @api_route("/retention/batches/<int:batch_id>", roles=MANAGER, summary="One purge batch")

@@ -76,9 +76,11 @@ def create_token(session: Session, login: str) -> str:
 
 
 def user_for_token(session: Session, token: str) -> User | None:
-    row = session.scalar(
-        select(ApiToken).where(ApiToken.token_sha256 == hash_token(token), ApiToken.revoked_at.is_(None))
+    # One round trip: every API request starts here.
+    user = session.scalar(
+        select(User).join(ApiToken, ApiToken.user_pk == User.id)
+        .where(ApiToken.token_sha256 == hash_token(token), ApiToken.revoked_at.is_(None))
     )
-    if row is None or not row.user.active:
+    if user is None or not user.active:
         return None
-    return row.user
+    return user

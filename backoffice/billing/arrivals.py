@@ -34,13 +34,13 @@ def sync_from_archive(*, visit_date: date | None, patient_id: str | None) -> Non
     db().commit()
 
 
-def attach_before_issue(group_id: int) -> None:
+def attach_before_issue(group_id: int) -> ExamGroup | None:
     """Studies of this patient and day that arrived but were never listed join the group's snapshot.
 
     Runs in the request's own (write) transaction: a second write session would wait on our lock.
     """
     group = db().get(ExamGroup, group_id)
-    if group is not None:
-        S.attach_studies(db(), facade().list_studies(study_date=group.visit_date.strftime("%Y%m%d"),
-                                                     patient_id=group.patient_id, include_undated=True))
-        db().expire(group)
+    if group is not None and S.attach_studies(db(), facade().list_studies(
+            study_date=group.visit_date.strftime("%Y%m%d"), patient_id=group.patient_id, include_undated=True)):
+        db().expire(group)  # its studies (and perhaps its patient name) changed: read them again
+    return group  # the caller holding it keeps it in the session's identity map (no second read)

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from backoffice.billing import services
 from backoffice.billing.models import CreditNote, Invoice, InvoiceDocument, Payment
 
 log = logging.getLogger(__name__)
+_WORKER_LOCK = threading.Lock()
 NOT_CONFIGURED = "à configurer"
 PRACTICE_KEYS = ("PRACTICE_NAME", "PRACTICE_ADDRESS", "PRACTICE_SIRET", "PRACTICE_FINESS", "PRACTICE_RPPS",
                  "VAT_MENTION")
@@ -154,9 +156,12 @@ def invoice_pdf(new_session, invoice_id: int) -> bytes:
 def render_after_issue(invoice_id: int) -> None:
     """Render and store a just-issued invoice, after its commit (never inside the numbering lock).
 
-    Served by one background thread per process (``BILLING_PDF_IN_BACKGROUND``, on by default and
-    off under ``TESTING``) so that issuing answers at once; if the process stops first, the first
-    print renders it. A failure is logged, the invoice stands.
+    Served by one renderer *process* per web process (``backoffice/billing/pdf_worker.py``;
+    ``BILLING_PDF_IN_BACKGROUND``, on by default and off under ``TESTING``) so that issuing answers
+    at once: WeasyPrint is CPU-bound, and in a thread it held the GIL against the next requests
+    (about 20 ms of every issue + pay). Its own process also runs at a lower priority than the
+    desk's requests, and ends when the web process closes its input. If it stops first, the first
+    print renders the PDF. A failure is logged, the invoice stands.
     """
     app = current_app._get_current_object()
     if app.testing or not app.config.get("BILLING_PDF_IN_BACKGROUND", True):
@@ -165,21 +170,35 @@ def render_after_issue(invoice_id: int) -> None:
         except Exception:
             log.exception("rendering invoice %s failed; it will be rendered on first print", invoice_id)
         return
-    executor = app.extensions.get("billing_pdf_executor")
-    if executor is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        executor = app.extensions.setdefault("billing_pdf_executor",
-                                             ThreadPoolExecutor(max_workers=1, thread_name_prefix="invoice-pdf"))
-    executor.submit(_render_logged, app, invoice_id)
+    with _WORKER_LOCK:  # waitress serves requests on several threads
+        _send_to_worker(app, invoice_id)
 
 
-def _render_logged(app, invoice_id: int) -> None:
-    with app.app_context():
+def _send_to_worker(app, invoice_id: int) -> None:
+    worker = app.extensions.get("billing_pdf_worker")
+    for _attempt in range(2):
+        if worker is None or worker.poll() is not None:
+            worker = app.extensions["billing_pdf_worker"] = _start_worker(app)
         try:
-            invoice_pdf(app.extensions["archivage"].new_session, invoice_id)
-        except Exception:
-            log.exception("rendering invoice %s failed; it will be rendered on first print", invoice_id)
+            worker.stdin.write(f"{invoice_id}\n".encode())
+            worker.stdin.flush()
+            return
+        except OSError:  # it died: start another, once
+            worker = None
+    log.error("no renderer process for invoice %s; it will be rendered on first print", invoice_id)
+
+
+def _start_worker(app):
+    """``python -m backoffice.billing.pdf_worker``: a plain child (not multiprocessing, which re-runs ``__main__``)."""
+    import json
+    import subprocess
+    import sys
+
+    config = {k: v for k, v in app.config.items() if isinstance(v, (str, int, float, bool, type(None)))}
+    config.update(INSTANCE_PATH=app.instance_path, BILLING_PDF_IN_BACKGROUND=False)
+    env = {**os.environ, "ARCHIVAGE_PDF_WORKER_CONFIG": json.dumps(config)}
+    return subprocess.Popen([sys.executable, "-m", "backoffice.billing.pdf_worker"], stdin=subprocess.PIPE, env=env,
+                            cwd=str(Path(__file__).resolve().parents[2]))
 
 
 def render_receipt(session: Session, invoice: Invoice, payment_id: int | None = None) -> bytes:

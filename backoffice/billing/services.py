@@ -340,17 +340,23 @@ def group_states(session: Session, groups: list[ExamGroup]) -> dict[int, GroupSt
 # -- consent ------------------------------------------------------------------------------------
 
 
-def record_consent(session: Session, group_id: int, *, accepted: bool, recorded_by: str) -> ExamGroup:
-    """The price was shown; the patient accepted or refused. A refusal blocks nothing but the invoice."""
+def record_consent(session: Session, group_id: int, *, accepted: bool, recorded_by: str,
+                   price_shown_cents: int | None = None) -> ExamGroup:
+    """The price was shown; the patient accepted or refused. A refusal blocks nothing but the invoice.
+
+    *price_shown_cents* is the fee in force for the group (read here when the caller has not).
+    """
     if not isinstance(accepted, bool):
         raise Invalid("accepted must be true or false")
     group = session.get(ExamGroup, group_id)
     if group is None:
         raise NotFound("no such exam group")
-    if invoice_of_group(session, group.id) is not None and not accepted:
+    if not accepted and invoice_of_group(session, group.id) is not None:
         raise Conflict("this exam group is already invoiced: issue a credit note to cancel it")
+    if price_shown_cents is None:
+        price_shown_cents = fee_for(session, group.exam_group, group.visit_date)
     session.add(Consent(group_id=group.id, accepted=accepted, recorded_by=recorded_by,
-                        price_shown_cents=fee_for(session, group.exam_group, group.visit_date)))
+                        price_shown_cents=price_shown_cents))
     group.consent = "accepted" if accepted else "refused"
     session.flush()
     return group
@@ -436,25 +442,26 @@ def next_number(session: Session, series: str) -> int:
     """The next value of *series*, inside the caller's transaction.
 
     SQLite: the caller's transaction already holds the write lock (BEGIN IMMEDIATE), so reading and
-    bumping the counter cannot interleave. PostgreSQL: the counter row is locked FOR UPDATE until
-    commit; a rollback gives the number back, so there is never a gap.
+    bumping the counter cannot interleave. PostgreSQL: the upsert below locks the counter row until
+    commit (a second issuer waits on it, then reads the committed value: READ COMMITTED re-checks
+    the conflicting row); a rollback gives the number back, so there is never a gap.
+
+    One statement, one round trip: insert the series at 1, or bump it, and read the result back.
     """
     if session.get_bind().dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
-
-        session.execute(insert(NumberCounter).values(series=series, last_value=0).on_conflict_do_nothing())
-        counter = session.scalars(
-            select(NumberCounter).where(NumberCounter.series == series).with_for_update()
-            .execution_options(populate_existing=True)
-        ).one()
     else:
-        counter = session.get(NumberCounter, series, populate_existing=True)
-        if counter is None:
-            counter = NumberCounter(series=series, last_value=0)
-            session.add(counter)
-    counter.last_value += 1
-    session.flush()
-    return counter.last_value
+        from sqlalchemy.dialects.sqlite import insert
+    statement = insert(NumberCounter).values(series=series, last_value=1)
+    statement = statement.on_conflict_do_update(
+        index_elements=[NumberCounter.series], set_={"last_value": NumberCounter.last_value + 1}
+    ).returning(NumberCounter.last_value)
+    value = session.execute(statement).scalar_one()
+    # An instance loaded earlier in this session would show the old value: refresh it on next access.
+    counter = session.identity_map.get(session.identity_key(NumberCounter, series))
+    if counter is not None:
+        session.expire(counter)
+    return value
 
 
 # -- invoices -----------------------------------------------------------------------------------
@@ -471,14 +478,12 @@ def issue_invoice(session: Session, group_id: int, *, issued_by: str, payer_name
     if group.consent == "refused":
         raise Conflict("the patient refused the archiving fee: this exam group cannot be invoiced",
                        code="consent_refused")
-    if invoice_of_group(session, group.id) is not None:
-        raise Conflict("this exam group is already invoiced", code="already_invoiced")
     tariff = tariff_for(session, group.exam_group, group.visit_date)
     if tariff is None or tariff.national_insurance_paid or tariff.fee_cents <= 0:
         raise Conflict("nothing to bill: archiving of this exam group carries no patient fee", code="no_fee")
     if group.consent == "pending":
         # Issuing means the price was shown and accepted at the desk: record it like any consent.
-        record_consent(session, group.id, accepted=True, recorded_by=issued_by)
+        record_consent(session, group.id, accepted=True, recorded_by=issued_by, price_shown_cents=tariff.fee_cents)
 
     # Take the number first: on PostgreSQL its row lock also serialises the annual-cap reads below
     # (on SQLite the transaction already holds the write lock).
@@ -486,7 +491,9 @@ def issue_invoice(session: Session, group_id: int, *, issued_by: str, payer_name
     sequence = next_number(session, series)
     issued_at = utcnow()  # after the lock: numbers and dates go up together
     year = int(series)
-    if invoice_of_group(session, group.id) is not None:  # issued by another desk while we waited
+    # Checked once, under the lock (a check before it would only repeat this one): another desk may
+    # have issued it while we waited. The rollback of the Conflict gives the number back.
+    if invoice_of_group(session, group.id) is not None:
         raise Conflict("this exam group is already invoiced", code="already_invoiced")
 
     total = tariff.fee_cents
@@ -551,6 +558,12 @@ def invoice_states(session: Session, invoices: list[Invoice]) -> dict[int, Invoi
     ids = [i.id for i in invoices]
     if not ids:
         return {}
+    paid_by, credits, claims = _state_inputs(session, ids)
+    return {i.id: _state(i, paid_by.get(i.id, {}), credits.get(i.id), claims.get(i.id)) for i in invoices}
+
+
+def _state_inputs(session: Session, ids: list[int]):
+    """Per invoice id: paid per payer (net of refunds), the credit note, the claim."""
     paid_by: dict[int, dict[str, int]] = {}
     for invoice_id, payer, total in session.execute(
         select(Payment.invoice_id, Payment.payer, func.sum(Payment.amount_cents))
@@ -559,23 +572,29 @@ def invoice_states(session: Session, invoices: list[Invoice]) -> dict[int, Invoi
         paid_by.setdefault(invoice_id, {})[payer] = int(total)
     credits = {c.invoice_id: c for c in session.scalars(select(CreditNote).where(CreditNote.invoice_id.in_(ids)))}
     claims = {c.invoice_id: c for c in session.scalars(select(Claim).where(Claim.invoice_id.in_(ids)))}
-    return {i.id: _state(i, paid_by.get(i.id, {}), credits.get(i.id), claims.get(i.id)) for i in invoices}
+    return paid_by, credits, claims
 
 
-def _state(invoice: Invoice, paid_by: dict[str, int], credit: CreditNote | None, claim: Claim | None) -> InvoiceState:
+def issued_state(invoice: Invoice) -> InvoiceState:
+    """The state of an invoice issued in this very transaction: nothing paid or credited yet."""
+    return _state(invoice, {}, None, "to_send" if invoice.third_party_payment else None)
+
+
+def _state(invoice: Invoice, paid_by: dict[str, int], credit: CreditNote | None,
+           claim: Claim | str | None) -> InvoiceState:
+    claim_status = claim.status if isinstance(claim, Claim) else claim
     paid = sum(paid_by.values())
     owed = invoice.total_cents + (credit.total_cents if credit else 0)
     balance = owed - paid
     if credit is not None:
         patient_due, insurer_due, status = balance, 0, "credited"
     else:
-        insurer_expected = invoice.insurer_cents if claim is not None and claim.status != "rejected" else 0
+        insurer_expected = invoice.insurer_cents if claim_status is not None and claim_status != "rejected" else 0
         insurer_due = max(insurer_expected - paid_by.get("insurer", 0), 0)
         patient_due = balance - insurer_due
         status = "paid" if balance <= 0 else ("partially_paid" if paid > 0 else "issued")
     return InvoiceState(invoice.total_cents, invoice.insurer_cents, invoice.patient_cents, paid, balance,
-                        patient_due, insurer_due, status, credit.id if credit else None,
-                        claim.status if claim else None)
+                        patient_due, insurer_due, status, credit.id if credit else None, claim_status)
 
 
 def patient_balance_cents(session: Session, patient_id: str) -> int:
@@ -631,8 +650,9 @@ def _lock_journal(session: Session) -> None:
         session.execute(text(f"SELECT pg_advisory_xact_lock({PAYMENT_LOCK_KEY})"))
 
 
-def _append_payment(session: Session, **fields) -> Payment:
-    _lock_journal(session)
+def _append_payment(session: Session, *, locked: bool = False, **fields) -> Payment:
+    if not locked:
+        _lock_journal(session)
     now = utcnow()
     day = paris_day(now)
     if session.scalar(select(Closing.id).where(Closing.kind == "day", Closing.period == day.isoformat())):
@@ -649,12 +669,26 @@ def _append_payment(session: Session, **fields) -> Payment:
 def record_payment(session: Session, invoice_id: int, *, amount_cents: int, method: str, received_by: str,
                    payer: str = "patient") -> Payment:
     """A (partial) payment; more than what remains due is refused."""
+    return pay(session, invoice_id, amount_cents=amount_cents, method=method, received_by=received_by,
+               payer=payer)[0]
+
+
+def pay(session: Session, invoice_id: int, *, amount_cents: int, method: str, received_by: str,
+        payer: str = "patient") -> tuple[Payment, InvoiceState]:
+    """:func:`record_payment`, also returning the invoice's state after it.
+
+    The journal's lock is taken before the balance is read, so no other payment can slip in
+    between the overpayment check and the entry (nor between the entry and the state returned).
+    """
     if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
         raise Invalid("amount_cents must be a positive whole number of cents")
     if method not in PAYMENT_METHODS:
         raise Invalid(f"method must be one of {', '.join(PAYMENT_METHODS)}")
     invoice = get_invoice(session, invoice_id)
-    state = invoice_state(session, invoice)
+    _lock_journal(session)
+    paid_by, credits, claims = _state_inputs(session, [invoice.id])
+    paid, credit, claim = paid_by.get(invoice.id, {}), credits.get(invoice.id), claims.get(invoice.id)
+    state = _state(invoice, paid, credit, claim)
     if state.status == "credited":
         raise Conflict("this invoice is credited: it takes no payment", code="credited")
     due = state.balance_cents if payer == "patient" else state.insurer_due_cents
@@ -662,8 +696,9 @@ def record_payment(session: Session, invoice_id: int, *, amount_cents: int, meth
         raise Conflict(
             f"overpayment refused: {format_euros(amount_cents)} is more than the {format_euros(max(due, 0))} "
             "still due on this invoice", code="overpayment")
-    return _append_payment(session, invoice_id=invoice.id, amount_cents=amount_cents, method=method, payer=payer,
-                           received_by=received_by)
+    payment = _append_payment(session, locked=True, invoice_id=invoice.id, amount_cents=amount_cents, method=method,
+                              payer=payer, received_by=received_by)
+    return payment, _state(invoice, {**paid, payer: paid.get(payer, 0) + amount_cents}, credit, claim)
 
 
 def refund(session: Session, credit_note_id: int, *, amount_cents: int, method: str, refunded_by: str) -> Payment:

@@ -200,8 +200,10 @@ def release_hold(session: Session, facade: ArchiveFacade, hold_id: int, *, actor
     return hold
 
 
-def active_holds(session: Session) -> list[LegalHold]:
-    return list(session.scalars(select(LegalHold).where(LegalHold.released_at.is_(None)).order_by(LegalHold.placed_at)))
+def active_holds(session: Session, *, after_id: int = 0, limit: int | None = None) -> list[LegalHold]:
+    """Holds not yet released, oldest first (ids grow with placement: *after_id* pages through them)."""
+    query = select(LegalHold).where(LegalHold.released_at.is_(None), LegalHold.id > after_id).order_by(LegalHold.id)
+    return list(session.scalars(query if limit is None else query.limit(limit)))
 
 
 # -- purge batches ---------------------------------------------------------------------------------------

@@ -111,3 +111,37 @@ def test_no_birth_date_is_flagged(client, manager, archive_of, tmp_path):
     body = client.get("/api/v1/patients/PAT-N/retention", headers=manager).get_json()
     assert body["needs_review"] is True
     assert date.fromisoformat(body["keep_until"]) == date(2020, 1, 1)
+
+
+def test_the_holds_list_pages_with_a_next_link(client, manager, archive_of, tmp_path):
+    for n in range(3):
+        add_study(archive_of, tmp_path, f"PAT-L{n}", "20000101", images=1)
+        assert client.post("/api/v1/retention/holds", json={"patient_id": f"PAT-L{n}", "reason": "litige"},
+                           headers=manager).status_code == 201
+    first = client.get("/api/v1/retention/holds?limit=2", headers=manager).get_json()
+    assert [h["patient_id"] for h in first["items"]] == ["PAT-L0", "PAT-L1"]
+    second = client.get(first["next"], headers=manager).get_json()
+    assert [h["patient_id"] for h in second["items"]] == ["PAT-L2"]
+    assert "next" not in second
+    assert "next" not in client.get("/api/v1/retention/holds", headers=manager).get_json()
+
+
+def test_the_batches_list_pages_with_a_next_link_and_keeps_its_filter(app, client, manager):
+    from backoffice.retention.models import PurgeBatch
+
+    with app.extensions["archivage"].new_session(write=True) as s:
+        s.add_all([PurgeBatch(proposed_by="balayage", status=status)
+                   for status in ("proposed", "rejected", "proposed", "proposed")])
+        s.commit()
+    first = client.get("/api/v1/retention/batches?status=proposed&limit=2", headers=manager).get_json()
+    assert [b["status"] for b in first["items"]] == ["proposed", "proposed"]
+    assert "status=proposed" in first["next"]
+    second = client.get(first["next"], headers=manager).get_json()
+    assert len(second["items"]) == 1 and "next" not in second
+    ids = [b["id"] for b in first["items"] + second["items"]]
+    assert ids == sorted(ids, reverse=True) and len(set(ids)) == 3
+
+
+def test_a_bad_page_argument_is_a_json_400(client, manager):
+    response = client.get("/api/v1/retention/batches?after=x", headers=manager)
+    assert response.status_code == 400 and response.get_json()["error"]["code"] == "bad_request"

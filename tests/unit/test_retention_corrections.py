@@ -94,3 +94,103 @@ def test_a_study_of_a_patient_on_hold_is_not_destroyed(client, manager, facade, 
     client.post("/api/v1/retention/holds", json={"patient_id": "P-HOLD", "reason": "litige"}, headers=manager)
     assert client.post(f"/api/v1/retention/batches/{batch_id}/execute", headers=manager).status_code == 409
     assert len(instance_files(facade.archive, mistake)) == 2
+
+
+def _identity_on_file(facade, study_uid):
+    """The Patient module of each stored file of a study, as the facade hands it out."""
+    from io import BytesIO
+
+    from pydicom import dcmread
+
+    out = []
+    for ref in facade.study_instances(study_uid):
+        ds = dcmread(BytesIO(facade.read_instance(ref.sop_instance_uid)))
+        out.append((str(ds.PatientName), ds.PatientID, ds.get("IssuerOfPatientID"), ds.PatientBirthDate,
+                    ds.PatientSex, ds))
+    return out
+
+
+def _fsck_problems(facade):
+    from archive_core.maintenance import fsck
+
+    return fsck(facade.archive).problems
+
+
+def _set_identity(facade, patient_id, **columns):
+    from archive_core.index.models import Patient
+
+    with facade.new_session(write=True) as s:
+        patient = s.scalar(select(Patient).where(Patient.patient_id == patient_id))
+        for column, value in columns.items():
+            setattr(patient, column, value)
+        s.commit()
+
+
+@pytest.mark.parametrize("tier", ["active", "archive"])
+def test_a_moved_study_s_files_carry_the_right_patient(client, manager, facade, tmp_path, tier):
+    wrong = add_study(facade.archive, tmp_path, "P-WRONG", "20240101", birth_date="19700101")
+    add_study(facade.archive, tmp_path, "P-RIGHT", "20200101", birth_date="19851224")
+    _set_identity(facade, "P-RIGHT", patient_name="DURAND^Hélène", patient_sex="F", issuer_of_patient_id="")
+    if tier == "archive":
+        from archive_core.index.models import Patient
+
+        with facade.new_session() as s:
+            pk = s.scalar(select(Patient.id).where(Patient.patient_id == "P-WRONG"))
+        assert facade.move_patient_to_archive(pk).instances == 2
+    before = {str(p) for p in instance_files(facade.archive, wrong)}
+    response = client.post(f"/api/v1/studies/{wrong}/move", json={"patient_id": "P-RIGHT", "reason": "erreur d'accueil"},
+                           headers=manager)
+    assert response.status_code == 200
+    files = _identity_on_file(facade, wrong)
+    assert len(files) == 2
+    for name, patient_id, issuer, birth, sex, ds in files:
+        assert (name, patient_id, issuer, birth, sex) == ("DURAND^Hélène", "P-RIGHT", None, "19851224", "F")
+        original = ds.OriginalAttributesSequence[-1]
+        assert original.ReasonForTheAttributeModification == "CORRECT"
+        assert original.ModifiedAttributesSequence[0].PatientID == "P-WRONG"
+        assert original.ModifiedAttributesSequence[0].PatientBirthDate == "19700101"
+    # The replaced files are gone, the new ones live in the same tier, and the index agrees with them.
+    after = {str(p) for p in instance_files(facade.archive, wrong)}
+    assert not before & after and len(after) == 2
+    store = facade.archive.store_for(tier)
+    assert all(p.startswith(str(store.objects)) for p in after)
+    assert _fsck_problems(facade) == 0
+
+
+def test_a_move_that_rolls_back_leaves_the_files_as_they_were(facade, tmp_path):
+    wrong = add_study(facade.archive, tmp_path, "P-WRONG", "20240101")
+    add_study(facade.archive, tmp_path, "P-RIGHT", "20200101")
+    before = {p: p.read_bytes() for p in instance_files(facade.archive, wrong)}
+    with facade.new_session(write=True) as s:
+        facade.move_study(s, wrong, "P-RIGHT")
+        assert len(instance_files(facade.archive, wrong)) == 4  # old and new until the outcome is known
+        s.rollback()
+    assert {p: p.read_bytes() for p in instance_files(facade.archive, wrong)} == before
+    assert [f[1] for f in _identity_on_file(facade, wrong)] == ["P-WRONG", "P-WRONG"]
+    assert _fsck_problems(facade) == 0
+
+
+def test_merged_patients_files_carry_the_survivor_s_identity(client, manager, facade, tmp_path):
+    a = add_study(facade.archive, tmp_path, "DUP-1", "20240101")
+    add_study(facade.archive, tmp_path, "DUP-2", "20200101")
+    assert client.post("/api/v1/patients/DUP-1/merge", json={"into_patient_id": "DUP-2", "reason": "doublon"},
+                       headers=manager).status_code == 200
+    assert [f[1] for f in _identity_on_file(facade, a)] == ["DUP-2", "DUP-2"]
+    assert _fsck_problems(facade) == 0
+
+
+def test_fsck_repair_quarantines_a_file_a_crash_left_behind_after_a_move(client, manager, facade, tmp_path):
+    from archive_core.maintenance import fsck
+
+    wrong = add_study(facade.archive, tmp_path, "P-WRONG", "20240101")
+    add_study(facade.archive, tmp_path, "P-RIGHT", "20200101")
+    old = {p: p.read_bytes() for p in instance_files(facade.archive, wrong)}
+    assert client.post(f"/api/v1/studies/{wrong}/move", json={"patient_id": "P-RIGHT", "reason": "erreur"},
+                       headers=manager).status_code == 200
+    for path, data in old.items():  # as if the process died before deleting the replaced files
+        path.write_bytes(data)
+    assert len(fsck(facade.archive).orphan_files) == 2
+    repaired = fsck(facade.archive, repair=True)
+    assert sum("superseded" in line for line in repaired.repaired) == 2
+    assert fsck(facade.archive).problems == 0
+    assert [f[1] for f in _identity_on_file(facade, wrong)] == ["P-RIGHT", "P-RIGHT"]

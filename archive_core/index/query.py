@@ -64,6 +64,10 @@ class Query:
     def wants(self, keyword: str) -> bool:
         return any(k.keyword == keyword for k in self.keys)
 
+    @property
+    def has_sequence_keys(self) -> bool:
+        return any(k.vr == "SQ" for k in self.keys)
+
 
 def _level_of(level: str, root: str) -> str:
     # In the Study Root model, patient attributes are attributes of the study.
@@ -306,6 +310,10 @@ def answer(query: Query, row: dict[str, Any], *, ae_title: str) -> Dataset:
     """
     ds = Dataset()
     non_ascii = False
+    # Values come from the index, checked when they were indexed: no validation per answer. Without
+    # a sequence key the answer is flat and the fast encoder (net/encoding.py) writes the plain
+    # values as they are, so pydicom's conversion to its value types is skipped too.
+    flat = not query.has_sequence_keys
     for key in query.keys:
         if key.vr == "SQ":
             ds.add_new(key.tag, "SQ", Sequence())
@@ -313,9 +321,8 @@ def answer(query: Query, row: dict[str, Any], *, ae_title: str) -> Dataset:
         value = _value(key.keyword, row, ae_title) if key.keyword else None
         if isinstance(value, str) and not value.isascii():
             non_ascii = True
-        # Values come from the index, checked when they were indexed: no validation per answer.
         ds[key.tag] = DataElement(key.tag, key.vr, value if value not in (None, "") else None,
-                                  validation_mode=config.IGNORE)
+                                  validation_mode=config.IGNORE, already_converted=flat)
     if non_ascii:
         ds.SpecificCharacterSet = "ISO_IR 192"
     ds.QueryRetrieveLevel = query.level

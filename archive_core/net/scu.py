@@ -25,6 +25,8 @@ from pynetdicom.presentation import PresentationContext
 
 from archive_core.index.query import StoredInstance
 from archive_core.net import tuning
+from archive_core.net.encoding import StoredDataset
+from archive_core.part10 import dataset_offset
 from archive_core.peers import PeerInfo
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -189,6 +191,15 @@ def load_for_sending(
         log.warning("no accepted context for %s in %s", inst.sop_instance_uid, inst.transfer_syntax_uid)
         return _unsendable(inst)
     try:
+        if plan == inst.transfer_syntax_uid:
+            # Sent as stored: the bytes as received, never decoded (see archive_core/net/encoding.py).
+            data = path_of(inst).read_bytes()
+            return StoredDataset.of(
+                data[dataset_offset(data):],
+                sop_class_uid=inst.sop_class_uid,
+                sop_instance_uid=inst.sop_instance_uid,
+                transfer_syntax_uid=inst.transfer_syntax_uid,
+            )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = dcmread(path_of(inst))

@@ -6,6 +6,7 @@ import logging
 import socket
 from dataclasses import dataclass
 
+from pydicom import config as pydicom_config
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
@@ -19,7 +20,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
-from archive_core.net import handlers, tuning
+from archive_core.net import encoding, handlers, tuning
 from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -67,6 +68,7 @@ class RunningServer:
     ae: AE
     server: ThreadedAssociationServer
     context: ArchiveContext
+    previous_validation_mode: int = 1
 
     @property
     def port(self) -> int:
@@ -75,6 +77,7 @@ class RunningServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.ae.shutdown()
+        pydicom_config.settings.reading_validation_mode = self.previous_validation_mode
 
 
 def start_server(archive: Archive, *, host: str | None = None, port: int | None = None) -> RunningServer:
@@ -94,6 +97,11 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     if pynetdicom_log.level == logging.NOTSET:
         pynetdicom_log.setLevel(logging.WARNING)
     tuning.install()
+    encoding.install()
+    # Values are stored as received and checked where it matters (the identifying UIDs); pydicom's
+    # per-element regular expressions would run on every element of every message. Restored on stop.
+    previous_validation_mode = pydicom_config.settings.reading_validation_mode
+    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     archive.ingestor.start()
     ctx = ArchiveContext(
         settings=settings,
@@ -116,4 +124,4 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     server = ae.start_server(address, block=False, evt_handlers=bound)
     server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     log.info("DICOM SCP %s listening on %s:%d", settings.DICOM_AE_TITLE, address[0], server.server_address[1])
-    return RunningServer(ae=ae, server=server, context=ctx)
+    return RunningServer(ae=ae, server=server, context=ctx, previous_validation_mode=previous_validation_mode)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
@@ -33,6 +34,7 @@ _TEXT = frozenset("AE AS CS DA DS DT IS LO LT PN SH ST TM UC UI UR UT".split())
 _CHARSET_VRS = frozenset("LO LT PN SH ST UC UT".split())
 _LONG_LENGTH = frozenset("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
+_SPECIFIC_CHARACTER_SET = 0x00080005
 _CHARSETS = {None: "ascii", "": "ascii", "ISO_IR 6": "ascii", "ISO_IR 192": "utf-8", "ISO_IR 100": "latin-1"}
 
 
@@ -55,12 +57,13 @@ class _NotFlat(Exception):
 
 
 def _charset(ds: Dataset) -> str:
-    value = ds.get("SpecificCharacterSet")
-    if isinstance(value, MultiValue):
+    elem = ds._dict.get(_SPECIFIC_CHARACTER_SET)  # Dataset.get by keyword costs a dictionary lookup per call
+    value = None if elem is None else elem.value
+    if isinstance(value, (list, MultiValue)):
         raise _NotFlat
     try:
         return _CHARSETS[value]
-    except KeyError:
+    except (KeyError, TypeError):
         raise _NotFlat from None
 
 
@@ -95,9 +98,10 @@ def encode_flat(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool) -> by
         raise _NotFlat
     encoding = _charset(ds)
     out = bytearray()
-    for tag in sorted(ds._dict):
-        elem = ds._dict[tag]
-        if not hasattr(elem, "VR") or elem.__class__.__name__ != "DataElement":
+    elements = ds._dict
+    for tag in sorted(elements):
+        elem = elements[tag]
+        if type(elem) is not DataElement:
             raise _NotFlat  # raw (undecoded) elements: let pydicom write them
         vr = elem.VR
         if vr in _TEXT:

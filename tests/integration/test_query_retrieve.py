@@ -388,3 +388,26 @@ def test_facade_retrieve_to_peer_sends_the_stored_bytes(stored, archive, storesc
         assert _file_dataset_bytes(path) == _stored_dataset_bytes(archive, uid)
     with pytest.raises(UnknownPeer):
         facade.retrieve_to_peer([STUDY_B], "NOBODY")
+
+
+def test_move_after_the_patient_went_to_the_archive_tier_sends_the_same_bytes(stored, scp, archive, storescp):
+    """Retention's intermediate archive (second storage tier) stays retrievable over DICOM."""
+    from sqlalchemy import select
+
+    from archive_core.index.models import Patient
+    from archive_core.tiers import move_patient_to_archive
+
+    before = {uid: _stored_dataset_bytes(archive, uid) for uid in (f"{STUDY_B}.1.1", f"{STUDY_B}.1.2")}
+    with archive.sessions() as s:
+        patient_pk = s.scalar(select(Patient.id).where(Patient.patient_id == "PAT2"))
+        keys = list(s.scalars(select(Instance.storage_key).where(Instance.sop_instance_uid.in_(before))))
+    move_patient_to_archive(archive, patient_pk)
+    with archive.sessions() as s:
+        assert set(s.scalars(select(Instance.tier).where(Instance.sop_instance_uid.in_(before)))) == {"archive"}
+    assert not any(archive.store.exists(k) for k in keys)  # the active copies are gone
+
+    _register(archive, "DEST", storescp.port)
+    run = _movescu(scp.port, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={STUDY_B}")
+    assert run.returncode == 0, run.stderr
+    received = {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in storescp.out.iterdir()}
+    assert {uid: _file_dataset_bytes(p) for uid, p in received.items()} == before

@@ -317,3 +317,40 @@ def test_storage_is_audited_per_study_with_the_calling_ae(scp, archive):
         time.sleep(0.02)
     assert (event.actor, event.actor_kind, event.patient_id, event.study_uid) == ("CT_SALLE1", "ae", "PAT-AUD", study)
     assert '"instances": 3' in event.detail
+
+
+@pytest.mark.parametrize("accept_unknown", [True, False])
+def test_private_sop_classes_are_stored_only_when_configured(instance_path, accept_unknown):
+    from pynetdicom import _config
+
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from archive_core.net.server import start_server
+    from backoffice.migrate import upgrade
+
+    private_class = "1.2.826.0.1.3680043.8.498.77777.1"  # a vendor's private storage SOP class
+    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0,
+                        DICOM_ACCEPT_UNKNOWN_SOP_CLASSES=accept_unknown)
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    running = start_server(archive, host="127.0.0.1", port=0)
+    try:
+        ds = make_ct()
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = private_class
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(private_class, ExplicitVRLittleEndian)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
+        assert assoc.is_established
+        accepted = [cx.abstract_syntax for cx in assoc.accepted_contexts]
+        if accept_unknown:
+            assert private_class in accepted
+            assert assoc.send_c_store(ds).Status == 0x0000
+        else:
+            assert private_class not in accepted  # the context is rejected at association time
+        assoc.release()
+        assert _count(archive, Instance) == (1 if accept_unknown else 0)
+    finally:
+        running.stop()
+        archive.close()
+        _config.UNRESTRICTED_STORAGE_SERVICE = False  # library-wide: leave it as found

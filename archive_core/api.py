@@ -297,45 +297,32 @@ class _RadiologyMixin:
             return StudyDetail(_summary(study, pat), tuple(series))
 
     def prior_studies(self, study_uid: str) -> list[PriorStudy]:
-        """The patient's other studies, newest first; relevant = same modality or same body part."""
+        """The patient's other studies (:meth:`priors`, newest first); relevant = same modality or body part."""
+        others = self.priors(study_uid)  # NotFound for an unknown study
         with self._archive.sessions() as s:
             current = s.scalar(select(Study).where(Study.study_uid == study_uid, Study.deleted_at.is_(None)))
-            if current is None:
-                raise NotFound(f"no study {study_uid}")
-
-            def body_parts(study_pk: int) -> set[str]:
-                return {
-                    (b or "").upper()
-                    for b in s.scalars(
-                        select(Series.body_part_examined).where(
-                            Series.study_pk == study_pk, Series.deleted_at.is_(None)
-                        )
-                    )
-                    if b
-                }
-
             modalities = {m for m in current.modalities_in_study.split("\\") if m}
-            parts = body_parts(current.id)
-            others = s.scalars(
-                select(Study)
-                .where(Study.patient_pk == current.patient_pk, Study.id != current.id, Study.deleted_at.is_(None))
-                .order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
-            ).all()
-            result = []
-            for other in others:
-                other_modalities = tuple(m for m in other.modalities_in_study.split("\\") if m)
-                other_parts = body_parts(other.id)
-                result.append(
-                    PriorStudy(
-                        study_uid=other.study_uid,
-                        study_date=_iso(other.study_date),
-                        modalities=other_modalities,
-                        description=other.study_description,
-                        body_parts=tuple(sorted(other_parts)),
-                        relevant=bool(modalities & set(other_modalities)) or bool(parts & other_parts),
-                    )
+            parts = {
+                b.upper()
+                for b in s.scalars(
+                    select(Series.body_part_examined).where(Series.study_pk == current.id, Series.deleted_at.is_(None))
                 )
-            return result
+                if b
+            }
+        result = []
+        for other in others:
+            other_parts = {b.upper() for b in other.body_parts}
+            result.append(
+                PriorStudy(
+                    study_uid=other.study_uid,
+                    study_date=_iso(other.study_date or None),
+                    modalities=other.modalities,
+                    description=other.description or None,
+                    body_parts=tuple(sorted(other_parts)),
+                    relevant=bool(modalities & set(other.modalities)) or bool(parts & other_parts),
+                )
+            )
+        return result
 
     def series_instances(self, series_uid: str) -> list[InstanceRef]:
         """The instances of a series in reading order (instance number)."""

@@ -2,51 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import threading
-
 import pytest
 
-from tests.helpers import IN_CI
+from tests.browser.conftest import add_user
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
-
-
 @pytest.fixture
-def live_server(app):
-    from werkzeug.serving import make_server
-
-    from backoffice.auth.services import create_user
-
-    with app.extensions["archivage"].new_session(write=True) as s:
-        create_user(s, "accueil", role="front_desk", password="correct horse battery")
-        s.commit()
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def page():
-    if not os.path.exists(CHROMIUM):
-        if IN_CI:
-            pytest.fail("chromium is required in CI")
-        pytest.skip("chromium not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        context = browser.new_context(locale="en-US")
-        context.set_default_timeout(15000)
-        yield context.new_page()
-        browser.close()
+def page(app, chromium):
+    add_user(app, "accueil", "front_desk")
+    context = chromium.new_context(locale="en-US")
+    context.set_default_timeout(15000)
+    yield context.new_page()
+    context.close()
 
 
 def test_header_selector_switches_the_language_and_it_sticks(live_server, page):

@@ -2,63 +2,26 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import date
 
 import pytest
 
-from tests.helpers import IN_CI
+from tests.browser.conftest import add_user
 from tests.retention_support import add_study, instance_files
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--no-first-run", "--disable-sync"]
-
-
-@pytest.fixture
-def live_server(app):
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(timeout=10)
-
-
-@pytest.fixture
-def browser():
-    import os
-
-    if not os.path.exists(CHROMIUM):
-        if IN_CI:
-            pytest.fail("chromium is required in CI")
-        pytest.skip("chromium not installed")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
-
-
-def test_manager_approves_and_executes_a_batch(app, live_server, browser, tmp_path):
-    from backoffice.auth.services import create_user
+def test_manager_approves_and_executes_a_batch(app, live_server, chromium, tmp_path):
     from backoffice.scheduler import retention_sweep_job
 
     facade = app.extensions["archivage"]
     old = add_study(facade.archive, tmp_path, "OLD", "20000105")
-    with facade.new_session(write=True) as s:
-        create_user(s, "gerante", role="manager", password="correct horse battery")
-        s.commit()
+    add_user(app, "gerante", "manager")
     with app.app_context():
         retention_sweep_job(today=date(2026, 11, 28))
 
     # French browsers, as at the practice (the pages follow Accept-Language).
-    page = browser.new_page(locale="fr-FR")
+    page = chromium.new_page(locale="fr-FR")
     page.set_default_timeout(15000)
     page.goto(f"{live_server}/login")
     page.fill("input[name=login]", "gerante")

@@ -2,56 +2,28 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
-from tests.helpers import IN_CI, free_port
+from tests.browser.conftest import add_user
 from tests.radiology_support import make_history
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--disable-sync"]
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture
-def live(app):
-    import os
-
-    from werkzeug.serving import make_server
-
-    from backoffice.auth.services import create_user
-
-    if not os.path.exists(CHROMIUM):
-        if IN_CI:
-            pytest.fail("chromium is required in CI")
-        pytest.skip("chromium not installed")
-    facade = app.extensions["archivage"]
-    history = make_history(facade.archive, slices=5)
-    with facade.new_session(write=True) as s:
-        create_user(s, "dr_rad", role="radiologist", password="correct horse battery")
-        s.commit()
-    port = free_port()
-    server = make_server("127.0.0.1", port, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{port}", history
-    server.shutdown()
-    thread.join(timeout=10)
+def live(app, live_server):
+    history = make_history(app.extensions["archivage"].archive, slices=5)
+    add_user(app, "dr_rad", "radiologist")
+    return live_server, history
 
 
 @pytest.fixture
-def page():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        # French browsers, as at the practice (the pages follow Accept-Language).
-        context = browser.new_context(locale="fr-FR")
-        context.set_default_timeout(15000)
-        yield context.new_page()
-        context.close()
-        browser.close()
+def page(chromium):
+    # French browsers, as at the practice (the pages follow Accept-Language).
+    context = chromium.new_context(locale="fr-FR")
+    context.set_default_timeout(15000)
+    yield context.new_page()
+    context.close()
 
 
 def _images_loaded(page, count):

@@ -44,6 +44,9 @@ class Settings:
     DICOM_MAX_ASSOCIATIONS: int = 20
     DICOM_NETWORK_TIMEOUT: int = 60
     DICOM_MAX_FIND_RESULTS: int = 10000
+    # C-FIND pending answers sent one PDU each, the command set encoded once per query
+    # (archive_core/net/encoding.py PendingAnswers); false: pynetdicom's own path for every answer.
+    DICOM_FAST_FIND_ANSWERS: bool = True
     # pynetdicom's DUL polls the socket and sleeps this long when idle (its default, 1 ms,
     # halves the message rate of one association).
     DICOM_DUL_LOOP_DELAY: float = 0.0

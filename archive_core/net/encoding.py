@@ -157,3 +157,68 @@ def install() -> None:
     """Route pynetdicom's encoding through :func:`encode` (idempotent; set once when a server starts)."""
     for module in (_association, _dimse_messages, _service_class):
         module.encode = encode
+
+
+class PendingAnswers:
+    """Sends C-FIND pending answers straight to the peer's socket, one P-DATA-TF PDU each.
+
+    pynetdicom builds, encodes and fragments a new command set for every answer, and its DUL thread
+    encodes and sends command and identifier as two PDUs: most of a C-FIND's time with many matches.
+    All pending answers of one query share one command set, so it is encoded once here (by
+    pynetdicom's own message class, so the bytes are the ones pynetdicom would send) and each answer
+    goes out as one PDU holding both PDVs, written by the association's own thread. pynetdicom has
+    nothing queued for the peer while a C-FIND handler runs, and its final response is queued only
+    after the handler returns, so the order on the wire is kept. An answer that does not fit the
+    peer's maximum PDU, or any failure, falls back to pynetdicom's path for the rest of the query.
+    """
+
+    def __init__(self, event, status: int) -> None:
+        from io import BytesIO
+
+        from pynetdicom.dimse_messages import C_FIND_RSP
+        from pynetdicom.dimse_primitives import C_FIND
+
+        request = event.request
+        rsp = C_FIND()
+        rsp.MessageIDBeingRespondedTo = request.MessageID
+        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+        rsp.Status = status
+        rsp.Identifier = BytesIO(b"\x00\x00")  # "a data set follows"
+        message = C_FIND_RSP()
+        message.primitive_to_message(rsp)
+        command = b"\x03" + encode(message.command_set, True, True)
+        self._context_id = event.context.context_id
+        self._command_item = struct.pack(">IB", len(command) + 1, self._context_id) + command
+        self._assoc = event.assoc
+        self._socket = event.assoc.dul.socket.socket
+        ts = UID(event.context.transfer_syntax)
+        self._flags = (ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
+        self._max_pdu = event.assoc.dimse.maximum_pdu_size or 0
+        self._usable = self._socket is not None
+
+    @classmethod
+    def for_event(cls, event, status: int) -> "PendingAnswers | None":
+        try:
+            return cls(event, status)
+        except Exception:  # anything unexpected: pynetdicom's own path still works
+            return None
+
+    def send(self, identifier: Dataset) -> bool:
+        """Send one answer; False when it must go (with all later ones) through pynetdicom instead."""
+        if not self._usable or not self._assoc.is_established:
+            return False
+        data = encode(identifier, *self._flags)
+        if data is None:
+            self._usable = False
+            return False
+        data_item = struct.pack(">IBB", len(data) + 2, self._context_id, 0x02) + data
+        length = len(self._command_item) + len(data_item)
+        if self._max_pdu and length > self._max_pdu:
+            self._usable = False
+            return False
+        try:
+            self._socket.sendall(b"\x04\x00" + struct.pack(">I", length) + self._command_item + data_item)
+        except OSError:
+            self._usable = False
+            raise
+        return True

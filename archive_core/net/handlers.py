@@ -28,6 +28,7 @@ from archive_core.index.query import (
     parse_identifier,
 )
 from archive_core.net import scu, tuning
+from archive_core.net.encoding import PendingAnswers
 from archive_core.net.status import (
     CANCEL,
     FIND_STATUS,
@@ -214,6 +215,7 @@ def handle_find(event, ctx: ArchiveContext):
         return
     log.info("C-FIND %s level from %s: %d matches", query.level, calling, min(len(rows), limit))
     pending = PENDING_UNMATCHED_KEYS if query.unmatched_keys else PENDING
+    direct = PendingAnswers.for_event(event, pending) if ctx.settings.DICOM_FAST_FIND_ANSWERS and rows else None
     for n, row in enumerate(rows):
         if event.is_cancelled:
             yield CANCEL, None
@@ -222,7 +224,9 @@ def handle_find(event, ctx: ArchiveContext):
             log.warning("C-FIND from %s stopped after %d matches", calling, limit)
             yield _failure(TOO_MANY_MATCHES, f"more than {limit} matches: refine the query"), None
             return
-        yield pending, answer(query, row, ae_title=ctx.settings.DICOM_AE_TITLE)
+        identifier = answer(query, row, ae_title=ctx.settings.DICOM_AE_TITLE)
+        if direct is None or not direct.send(identifier):
+            yield pending, identifier
 
 
 def _retrieve_plan(event, ctx: ArchiveContext, service: str):

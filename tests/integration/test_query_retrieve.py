@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 import socket
 import subprocess
 import time
@@ -411,3 +412,28 @@ def test_move_after_the_patient_went_to_the_archive_tier_sends_the_same_bytes(st
     assert run.returncode == 0, run.stderr
     received = {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in storescp.out.iterdir()}
     assert {uid: _file_dataset_bytes(p) for uid, p in received.items()} == before
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_pending_answers_are_the_same_with_and_without_the_one_pdu_path(stored, scp, tmp_path, fast):
+    """DICOM_FAST_FIND_ANSWERS sends each pending answer as one PDU; what the SCU decodes is the same."""
+    from pynetdicom import evt as pevt
+    from pynetdicom.pdu import P_DATA_TF
+
+    scp.context.settings = replace(scp.context.settings, DICOM_FAST_FIND_ANSWERS=fast)
+    pdus: list[int] = []
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE",
+                         evt_handlers=[(pevt.EVT_PDU_RECV, lambda e: pdus.append(isinstance(e.pdu, P_DATA_TF)))])
+    assert assoc.is_established
+    query = _identifier("STUDY", PatientName="Dup*", StudyInstanceUID="", PatientID="", ModalitiesInStudy="",
+                        NumberOfStudyRelatedInstances="")
+    responses = [(s.Status, i) for s, i in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)]
+    assoc.release()
+    answers = sorted((str(i.PatientName), i.PatientID, i.StudyInstanceUID, i.ModalitiesInStudy,
+                      int(i.NumberOfStudyRelatedInstances)) for s, i in responses if s == 0xFF00)
+    assert answers == [("Dupont^Jean", "PAT2", STUDY_B, "CT", 2), ("Dupré^Zoé", "PAT1", STUDY_A, "CT", 3)]
+    assert responses[-1][0] == 0x0000
+    # Two pending answers and the final status: 3 P-DATA PDUs on the fast path, 5 on pynetdicom's.
+    assert sum(pdus) == (3 if fast else 5)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from babel.dates import format_date
 from click import argument as click_argument
-from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
+from flask import (Blueprint, Response, abort, flash, jsonify, redirect, render_template, request,
                    session, url_for)
 from flask_babel import get_locale, gettext as _, lazy_gettext as _l
 from flask_login import current_user

@@ -12,15 +12,20 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from archive_core import audit as _audit
+from archive_core import peers as _peers
 from archive_core.archive import Archive
 from archive_core.config import Settings
 from archive_core.db import Base, write_session
-from archive_core.errors import NotFound
+from archive_core.errors import ArchiveError, JournalBusy, NotFound, UnknownPeer
 from archive_core.index.models import Instance, Patient, Series, Study, utcnow
+from archive_core.peers import PeerInfo
 from archive_core.purge import TombstoneResult
 from archive_core.tiers import TierMove
 
 __all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
+# The domain errors the back-office maps at its edges, so that it needs no other core module.
+__all__ += ["ArchiveError", "JournalBusy", "NotFound", "UnknownPeer"]
+__all__ += ["PeerInfo"]
 
 
 @dataclass(frozen=True)
@@ -883,6 +888,14 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
             .order_by(Instance.tier, year, modality)
         ).all()
         return [StorageUsage(t, y, m, n, int(b)) for t, y, m, n, b in rows]
+
+    def peers(self, session: Session) -> list[PeerInfo]:
+        """The registered DICOM peers, by AE title."""
+        return _peers.list_peers(session)
+
+    def find_peer(self, session: Session, ae_title: str) -> PeerInfo | None:
+        """The registered peer of that AE title, if any."""
+        return _peers.find_peer(session, ae_title)
 
     def move_patient_to_archive(self, patient_pk: int) -> TierMove:
         """Copy, verify, switch and drop: the patient's files now live in the archive tier (owns its transactions)."""

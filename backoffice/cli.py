@@ -163,7 +163,7 @@ def peers_list() -> None:
 @peers_cli.command("remove")
 @click.argument("ae_title")
 def peers_remove(ae_title: str) -> None:
-    from archive_core.errors import NotFound
+    from archive_core.api import NotFound
     from archive_core.peers import remove_peer
 
     with _facade().new_session(write=True) as s:
@@ -196,7 +196,7 @@ def archive_fsck(repair: bool, no_checksums: bool) -> None:
     """Compare index and storage; exit 1 when problems remain."""
     from archive_core.maintenance import fsck
 
-    from archive_core.errors import JournalBusy
+    from archive_core.api import JournalBusy
 
     try:
         report = fsck(_archive(), repair=repair, verify_checksums=not no_checksums)

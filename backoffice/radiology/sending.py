@@ -13,8 +13,7 @@ from typing import Any, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from archive_core.api import ArchiveFacade, utcnow
-from archive_core.errors import UnknownPeer
+from archive_core.api import ArchiveFacade, UnknownPeer, utcnow
 from backoffice.radiology.models import SendJob
 
 log = logging.getLogger(__name__)

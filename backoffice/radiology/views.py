@@ -21,7 +21,7 @@ from wtforms import DateField, IntegerField, SelectField, StringField, TextAreaF
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import NumberRange, Optional
 
-from archive_core.errors import NotFound
+from archive_core.api import NotFound
 from archive_core.render import PRESETS, RenderError, RenderParams
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
@@ -71,9 +71,7 @@ def _study_or_404(study_uid: str):
 
 
 def _peers():
-    from archive_core.peers import list_peers
-
-    return [p for p in list_peers(db()) if not p.external]
+    return [p for p in facade().peers(db()) if not p.external]
 
 
 def _audit_view(action: str, detail, **extra) -> None:
@@ -335,13 +333,12 @@ def media(study_uid: str):
 @bp.route("/studies/<study_uid>/send", methods=["POST"])
 @roles_required("radiologist")
 def send(study_uid: str):
-    from archive_core.peers import find_peer
     from backoffice.radiology.sending import create_send_job, start_in_background
 
     detail = _study_or_404(study_uid)
     if not ActionForm().validate_on_submit():
         abort(400)
-    peer = find_peer(db(), request.form.get("peer", ""))
+    peer = facade().find_peer(db(), request.form.get("peer", ""))
     if peer is None:
         flash(_("Choisissez une station enregistrée."), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="send"))

@@ -38,13 +38,6 @@ PAGE_SIZE = 50
 # -- template helpers ------------------------------------------------------------------------------
 
 
-@bp.app_template_filter("person")
-def person_filter(name: str | None) -> str:
-    parts = (name or "").split("^")
-    text = " ".join(p for p in [parts[0].upper(), *parts[1:3]] if p).strip()
-    return text or "—"
-
-
 @bp.app_template_filter("dicom_date")
 @pass_context
 def dicom_date_filter(context, value: str | None) -> str:

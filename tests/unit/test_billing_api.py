@@ -227,3 +227,15 @@ def test_a_study_without_a_date_is_a_visit_on_the_day_it_arrived(app, client, de
     items = client.get(f"/api/v1/exam-groups?date={paris_today().isoformat()}", headers=desk).get_json()["items"]
     assert [(i["patient_id"], i["exam_group"], i["visit_date"]) for i in items] == [
         ("P-NODATE", "echographie", paris_today().isoformat())]
+
+
+def test_a_guardian_paying_for_a_minor_is_named_on_the_invoice(client, desk):
+    pdftotext = require_tool("pdftotext")
+    group = _checkin(client, desk, patient_id="MINEUR/1", exam_group="echographie")
+    invoice = client.post("/api/v1/invoices", headers=desk,
+                          json={"exam_group_id": group["id"], "payer_name": "Durand^Paul"}).get_json()
+    pdf = client.get(f"/api/v1/invoices/{invoice['id']}/invoice.pdf", headers=desk).data
+    text = " ".join(subprocess.run([pdftotext, "-", "-"], input=pdf, capture_output=True, check=True)
+                    .stdout.decode().split())
+    assert "Payeur : DURAND Paul" in text  # the guardian pays; the patient stays Marie Durand
+    assert "DURAND Marie" in text

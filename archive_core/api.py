@@ -25,7 +25,7 @@ from archive_core.tiers import TierMove
 __all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
 # The domain errors the back-office maps at its edges, so that it needs no other core module.
 __all__ += ["ArchiveError", "JournalBusy", "NotFound", "UnknownPeer"]
-__all__ += ["PeerInfo"]
+__all__ += ["PeerInfo", "escape_like"]
 
 
 @dataclass(frozen=True)
@@ -173,7 +173,8 @@ def _summary(study: Study, patient: Patient) -> StudySummary:
     )
 
 
-def _escape_like(value: str) -> str:
+def escape_like(value: str) -> str:
+    """*value* as a literal inside a ``LIKE`` pattern (use with ``escape="\\"``)."""
     return value.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
 
 
@@ -226,7 +227,7 @@ class _RadiologyMixin:
         q = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(Study.deleted_at.is_(None))
         patient = patient.strip()
         if patient:
-            start = _escape_like(patient.upper())
+            start = escape_like(patient.upper())
             # Patients first (a small table), then their studies through the patient_pk index.
             matching = select(Patient.id).where(
                 Patient.deleted_at.is_(None),
@@ -254,7 +255,7 @@ class _RadiologyMixin:
         if description.strip():
             q = q.where(
                 func.upper(Study.study_description).like(
-                    "%" + _escape_like(description.strip().upper()) + "%", escape="\\"
+                    "%" + escape_like(description.strip().upper()) + "%", escape="\\"
                 )
             )
         q = q.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())

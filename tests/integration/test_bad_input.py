@@ -9,7 +9,6 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import _config
 from sqlalchemy import select
 
 from archive_core.index.models import Instance
@@ -37,14 +36,6 @@ def _part10(path, ds, dataset_bytes: bytes):
     write_file_meta_info(buf, meta, enforce_standard=True)
     path.write_bytes(buf.getvalue() + dataset_bytes)
     return path
-
-
-@pytest.fixture
-def chunked_send():
-    saved = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    yield
-    _config.STORE_SEND_CHUNKED_DATASET = saved
 
 
 def _still_serving(port: int) -> None:

@@ -799,6 +799,10 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
                 ) or 0,
             )
 
+    def journal_backlog(self) -> int:
+        """How many received objects wait in the ingest journal (only while the archive is down)."""
+        return len(self._archive.store.incoming())
+
     def list_studies(
         self,
         *,

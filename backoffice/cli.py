@@ -153,10 +153,8 @@ def peers_add(ae_title: str, host: str, port: int, external: bool) -> None:
 
 @peers_cli.command("list")
 def peers_list() -> None:
-    from archive_core.peers import list_peers
-
     with _facade().new_session() as s:
-        for p in list_peers(s):
+        for p in _facade().peers(s):
             click.echo(f"{p.ae_title}\t{p.host}\t{p.port}{chr(9) + 'external' if p.external else ''}")
 
 

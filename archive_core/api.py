@@ -12,15 +12,20 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from archive_core import audit as _audit
+from archive_core import peers as _peers
 from archive_core.archive import Archive
 from archive_core.config import Settings
 from archive_core.db import Base, write_session
-from archive_core.errors import NotFound
+from archive_core.errors import ArchiveError, JournalBusy, NotFound, UnknownPeer
 from archive_core.index.models import Instance, Patient, Series, Study, utcnow
+from archive_core.peers import PeerInfo
 from archive_core.purge import TombstoneResult
 from archive_core.tiers import TierMove
 
 __all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
+# The domain errors the back-office maps at its edges, so that it needs no other core module.
+__all__ += ["ArchiveError", "JournalBusy", "NotFound", "UnknownPeer"]
+__all__ += ["PeerInfo", "escape_like"]
 
 
 @dataclass(frozen=True)
@@ -168,7 +173,8 @@ def _summary(study: Study, patient: Patient) -> StudySummary:
     )
 
 
-def _escape_like(value: str) -> str:
+def escape_like(value: str) -> str:
+    """*value* as a literal inside a ``LIKE`` pattern (use with ``escape="\\"``)."""
     return value.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
 
 
@@ -221,7 +227,7 @@ class _RadiologyMixin:
         q = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(Study.deleted_at.is_(None))
         patient = patient.strip()
         if patient:
-            start = _escape_like(patient.upper())
+            start = escape_like(patient.upper())
             # Patients first (a small table), then their studies through the patient_pk index.
             matching = select(Patient.id).where(
                 Patient.deleted_at.is_(None),
@@ -249,7 +255,7 @@ class _RadiologyMixin:
         if description.strip():
             q = q.where(
                 func.upper(Study.study_description).like(
-                    "%" + _escape_like(description.strip().upper()) + "%", escape="\\"
+                    "%" + escape_like(description.strip().upper()) + "%", escape="\\"
                 )
             )
         q = q.order_by(Study.study_date.desc(), Study.study_time.desc(), Study.id.desc())
@@ -793,6 +799,10 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
                 ) or 0,
             )
 
+    def journal_backlog(self) -> int:
+        """How many received objects wait in the ingest journal (only while the archive is down)."""
+        return len(self._archive.store.incoming())
+
     def list_studies(
         self,
         *,
@@ -883,6 +893,14 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
             .order_by(Instance.tier, year, modality)
         ).all()
         return [StorageUsage(t, y, m, n, int(b)) for t, y, m, n, b in rows]
+
+    def peers(self, session: Session) -> list[PeerInfo]:
+        """The registered DICOM peers, by AE title."""
+        return _peers.list_peers(session)
+
+    def find_peer(self, session: Session, ae_title: str) -> PeerInfo | None:
+        """The registered peer of that AE title, if any."""
+        return _peers.find_peer(session, ae_title)
 
     def move_patient_to_archive(self, patient_pk: int) -> TierMove:
         """Copy, verify, switch and drop: the patient's files now live in the archive tier (owns its transactions)."""

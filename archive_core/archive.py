@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,10 +45,6 @@ class Archive:
     def store_for(self, tier: str) -> FilesystemStore:
         """The store that holds files of *tier* (``Instance.tier``): reads go through here."""
         return self.archive_store if tier == "archive" else self.store
-
-    @property
-    def storage_root(self) -> Path:
-        return self.store.root
 
     def close(self) -> None:
         self.ingestor.stop()

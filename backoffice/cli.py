@@ -153,17 +153,15 @@ def peers_add(ae_title: str, host: str, port: int, external: bool) -> None:
 
 @peers_cli.command("list")
 def peers_list() -> None:
-    from archive_core.peers import list_peers
-
     with _facade().new_session() as s:
-        for p in list_peers(s):
+        for p in _facade().peers(s):
             click.echo(f"{p.ae_title}\t{p.host}\t{p.port}{chr(9) + 'external' if p.external else ''}")
 
 
 @peers_cli.command("remove")
 @click.argument("ae_title")
 def peers_remove(ae_title: str) -> None:
-    from archive_core.errors import NotFound
+    from archive_core.api import NotFound
     from archive_core.peers import remove_peer
 
     with _facade().new_session(write=True) as s:
@@ -196,7 +194,7 @@ def archive_fsck(repair: bool, no_checksums: bool) -> None:
     """Compare index and storage; exit 1 when problems remain."""
     from archive_core.maintenance import fsck
 
-    from archive_core.errors import JournalBusy
+    from archive_core.api import JournalBusy
 
     try:
         report = fsck(_archive(), repair=repair, verify_checksums=not no_checksums)

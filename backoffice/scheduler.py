@@ -18,7 +18,7 @@ def journal_backlog_job() -> None:
     """Log the ingest journal's backlog: entries stay there only while the archive is down."""
     from backoffice.extensions import facade
 
-    pending = len(facade().archive.store.incoming())
+    pending = facade().journal_backlog()
     if pending:
         log.warning("%d received objects wait in the ingest journal (is the archive running?)", pending)
 

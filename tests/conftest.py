@@ -152,6 +152,12 @@ def runner(app):
     return app.test_cli_runner()
 
 
+@pytest.fixture
+def facade(app):
+    """The app's ArchiveFacade (modules testing the core without the app define theirs over ``archive``)."""
+    return app.extensions["archivage"]
+
+
 # -- real server processes ----------------------------------------------------------------------
 
 

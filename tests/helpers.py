@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage, Verification
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
@@ -35,6 +37,16 @@ def require_tool(name: str) -> str:
 def tool_env() -> dict[str, str]:
     """Environment for DCMTK tools: Nagle off (40 ms per exchange on loopback otherwise)."""
     return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def associate_ct_modality(port: int, ae_title: str = "MODALITY"):
+    """An established association of a CT modality (Verification, CT Image Storage) with our SCP."""
+    ae = AE(ae_title=ae_title)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
+    assert assoc.is_established
+    return assoc
 
 
 def make_ct(

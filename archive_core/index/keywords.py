@@ -108,7 +108,9 @@ def extract(ds: Dataset, level: str) -> dict[str, Any]:
                 warnings.simplefilter("ignore")
                 row[attr.column] = _as_index_value(attr, ds.get(attr.keyword))
         except Exception as exc:  # pydicom raises many kinds on odd data
-            log.warning("cannot index %s of %s: %s", attr.keyword, ds.get("SOPInstanceUID", "?"), exc)
+            # The exception's text may quote the value (a PatientName, a PatientID): its kind only.
+            log.warning("cannot index %s of %s: %s", attr.keyword, ds.get("SOPInstanceUID", "?"),
+                        exc.__class__.__name__)
             row[attr.column] = None
         if attr.match_column:
             row[attr.match_column] = _match_value(attr, row[attr.column])

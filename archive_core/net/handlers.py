@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive_core import audit
 from archive_core.config import Settings
 from archive_core.db import read_session, write_session
-from archive_core.errors import ArchiveError, InvalidQuery, UnknownPeer
+from archive_core.errors import ArchiveError, UnknownPeer
 from archive_core.index.ingest import Identity, Ingestor, parse
 from archive_core.index.query import (
     PATIENT_ROOT,
@@ -32,7 +32,6 @@ from archive_core.net.encoding import PendingAnswers
 from archive_core.net.status import (
     CANCEL,
     FIND_STATUS,
-    IDENTIFIER_INVALID,
     PENDING,
     PENDING_UNMATCHED_KEYS,
     REFUSED_NOT_AUTHORIZED,

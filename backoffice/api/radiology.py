@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flask import Response, current_app, jsonify, request, url_for
 
-from archive_core.errors import NotFound
+from archive_core.api import NotFound
 from backoffice.api import ApiError, api_route, current_api_user
 from backoffice.extensions import db, facade
 

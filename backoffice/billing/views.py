@@ -13,6 +13,7 @@ from flask_login import current_user
 from sqlalchemy import or_, select
 from sqlalchemy.orm import selectinload
 
+from archive_core.api import escape_like
 from backoffice.auth import roles_required
 from backoffice.billing import documents, exports
 from backoffice.billing.arrivals import attach_before_issue, sync_from_archive
@@ -133,7 +134,7 @@ def today():
     if query_text:
         groups = list(db().scalars(
             select(ExamGroup).where(or_(ExamGroup.patient_id == query_text,
-                                        ExamGroup.patient_name.ilike(f"%{_escape(query_text)}%", escape="\\")))
+                                        ExamGroup.patient_name.ilike(f"%{escape_like(query_text)}%", escape="\\")))
             .where(ExamGroup.id > after).order_by(ExamGroup.id).limit(PAGE_SIZE + 1)
             .options(selectinload(ExamGroup.studies))))
         facade().audit_now("billing.search", actor=current_user.login, detail={"results": len(groups)})
@@ -147,10 +148,6 @@ def today():
     return render_template("billing/today.html", day=day, rows=rows, q=query_text, labels=S.exam_group_labels(db()),
                            states=STATE_LABELS, next_after=groups[-1].id if more else None,
                            prev_day=day - timedelta(days=1), next_day=day + timedelta(days=1))
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
 
 
 @bp.route("/checkin", methods=["GET", "POST"])

@@ -13,8 +13,7 @@ from typing import Any, Mapping
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from archive_core.api import ArchiveFacade, utcnow
-from archive_core.errors import UnknownPeer
+from archive_core.api import ArchiveFacade, UnknownPeer, escape_like, utcnow
 from backoffice.radiology.models import SendJob
 
 log = logging.getLogger(__name__)
@@ -95,8 +94,7 @@ def start_in_background(facade: ArchiveFacade, job_id: int) -> threading.Thread:
 
 
 def jobs_for(session: Session, study_uid: str, limit: int = 10) -> list[SendJob]:
-    like = study_uid.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
-    query = select(SendJob).where(SendJob.study_uids.like(like + "%", escape="\\"))
+    query = select(SendJob).where(SendJob.study_uids.like(escape_like(study_uid) + "%", escape="\\"))
     return list(session.scalars(query.order_by(SendJob.id.desc()).limit(limit)))
 
 

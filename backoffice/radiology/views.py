@@ -11,7 +11,7 @@ from pathlib import Path
 
 from babel.dates import format_date
 from click import argument as click_argument
-from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
+from flask import (Blueprint, Response, abort, flash, jsonify, redirect, render_template, request,
                    session, url_for)
 from flask_babel import get_locale, gettext as _, lazy_gettext as _l
 from flask_login import current_user
@@ -21,7 +21,7 @@ from wtforms import DateField, IntegerField, SelectField, StringField, TextAreaF
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import NumberRange, Optional
 
-from archive_core.errors import NotFound
+from archive_core.api import NotFound
 from archive_core.render import PRESETS, RenderError, RenderParams
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
@@ -36,13 +36,6 @@ PAGE_SIZE = 50
 
 
 # -- template helpers ------------------------------------------------------------------------------
-
-
-@bp.app_template_filter("person")
-def person_filter(name: str | None) -> str:
-    parts = (name or "").split("^")
-    text = " ".join(p for p in [parts[0].upper(), *parts[1:3]] if p).strip()
-    return text or "—"
 
 
 @bp.app_template_filter("dicom_date")
@@ -71,9 +64,7 @@ def _study_or_404(study_uid: str):
 
 
 def _peers():
-    from archive_core.peers import list_peers
-
-    return [p for p in list_peers(db()) if not p.external]
+    return [p for p in facade().peers(db()) if not p.external]
 
 
 def _audit_view(action: str, detail, **extra) -> None:
@@ -335,13 +326,12 @@ def media(study_uid: str):
 @bp.route("/studies/<study_uid>/send", methods=["POST"])
 @roles_required("radiologist")
 def send(study_uid: str):
-    from archive_core.peers import find_peer
     from backoffice.radiology.sending import create_send_job, start_in_background
 
     detail = _study_or_404(study_uid)
     if not ActionForm().validate_on_submit():
         abort(400)
-    peer = find_peer(db(), request.form.get("peer", ""))
+    peer = facade().find_peer(db(), request.form.get("peer", ""))
     if peer is None:
         flash(_("Choisissez une station enregistrée."), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="send"))

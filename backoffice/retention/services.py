@@ -20,8 +20,7 @@ from flask_babel import gettext as _
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from archive_core.api import ArchiveFacade, PatientRecord
-from archive_core.errors import ArchiveError, NotFound
+from archive_core.api import ArchiveError, ArchiveFacade, NotFound, PatientRecord
 from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide, parse_da
 from backoffice.retention.models import OPEN_STATUSES, DeathRecord, LegalHold, PurgeBatch, PurgeItem
 

@@ -22,6 +22,14 @@ def add_user(app, login: str, role: str, password: str = "correct horse battery"
         s.commit()
 
 
+def sign_in(page, base_url: str, login: str, password: str = "correct horse battery") -> None:
+    """Fill and submit the login form as *login*."""
+    page.goto(f"{base_url}/login")
+    page.fill("input[name=login]", login)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
 @pytest.fixture
 def live_server(app):
     """The app behind waitress (the production server) in a thread; yields its base URL."""

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from tests.browser.conftest import add_user
+from tests.browser.conftest import add_user, sign_in
 from tests.helpers import require_tool
 
 pytestmark = pytest.mark.browser
@@ -20,10 +20,7 @@ def test_front_desk_bills_and_prints_a_receipt(app, live_server, chromium, tmp_p
     # French browsers, as at the practice (the pages follow Accept-Language).
     page = chromium.new_page(accept_downloads=True, locale="fr-FR")
     page.set_default_timeout(20_000)
-    page.goto(f"{live_server}/login")
-    page.fill("input[name=login]", "accueil")
-    page.fill("input[name=password]", "correct horse battery")
-    page.click("button[type=submit]")
+    sign_in(page, live_server, "accueil")
     page.goto(f"{live_server}/billing/checkin")
     page.fill("input[name=patient_id]", "PAT-BROWSER")
     page.fill("input[name=patient_name]", "Lefèvre^Anne")

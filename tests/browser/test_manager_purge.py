@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from tests.browser.conftest import add_user
+from tests.browser.conftest import add_user, sign_in
 from tests.retention_support import add_study, instance_files
 
 pytestmark = pytest.mark.browser
@@ -23,10 +23,7 @@ def test_manager_approves_and_executes_a_batch(app, live_server, chromium, tmp_p
     # French browsers, as at the practice (the pages follow Accept-Language).
     page = chromium.new_page(locale="fr-FR")
     page.set_default_timeout(15000)
-    page.goto(f"{live_server}/login")
-    page.fill("input[name=login]", "gerante")
-    page.fill("input[name=password]", "correct horse battery")
-    page.click("button[type=submit]")
+    sign_in(page, live_server, "gerante")
     page.goto(f"{live_server}/retention/")
     page.click("text=n° 1")
     assert "à approuver" in page.inner_text("#batch-status")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser.conftest import add_user
+from tests.browser.conftest import add_user, sign_in
 from tests.radiology_support import make_history
 
 pytestmark = pytest.mark.browser
@@ -34,10 +34,7 @@ def _images_loaded(page, count):
 
 def test_radiologist_reads_compares_and_prints(live, page):
     base, history = live
-    page.goto(base + "/login")
-    page.fill("input[name=login]", "dr_rad")
-    page.fill("input[name=password]", "correct horse battery")
-    page.click("button[type=submit]")
+    sign_in(page, base, "dr_rad")
     page.goto(base + "/radiology/?patient=martin")
     page.click(f"a[href='/radiology/studies/{history.current}']")
 

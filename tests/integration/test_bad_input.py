@@ -9,23 +9,12 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian
-from pynetdicom import AE, _config
-from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
 from archive_core.index.models import Instance
-from tests.helpers import make_ct
+from tests.helpers import associate_ct_modality, make_ct
 
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
-
-
-def _associate(port: int, ae_title: str = "MODALITY"):
-    ae = AE(ae_title=ae_title)
-    ae.add_requested_context(Verification)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
-    assert assoc.is_established
-    return assoc
 
 
 def _encoded(ds) -> bytes:
@@ -49,17 +38,9 @@ def _part10(path, ds, dataset_bytes: bytes):
     return path
 
 
-@pytest.fixture
-def chunked_send():
-    saved = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    yield
-    _config.STORE_SEND_CHUNKED_DATASET = saved
-
-
 def _still_serving(port: int) -> None:
     """Another association stores an object and is answered."""
-    assoc = _associate(port, "OTHER")
+    assoc = associate_ct_modality(port, "OTHER")
     try:
         assert assoc.send_c_echo().Status == 0x0000
         assert assoc.send_c_store(make_ct()).Status == 0x0000
@@ -87,7 +68,7 @@ def test_truncated_dataset_is_refused(scp, archive, chunked_send, tmp_path, wher
     else:
         cut = raw.index(ds.SOPInstanceUID.encode()) + 10
     path = _part10(tmp_path / "cut.dcm", ds, raw[:cut])
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     status = assoc.send_c_store(path)
     assert assoc.send_c_echo().Status == 0x0000  # the same association goes on
     assoc.release()
@@ -102,7 +83,7 @@ def test_dataset_cut_inside_its_last_value_is_stored_as_received(scp, archive, c
     ds = make_ct()
     raw = _encoded(ds)
     cut = raw.index(PIXEL_DATA_TAG) + 12 + 100
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     status = assoc.send_c_store(_part10(tmp_path / "short.dcm", ds, raw[:cut]))
     assoc.release()
     assert status.Status == 0x0000
@@ -115,7 +96,7 @@ def test_request_and_dataset_naming_different_instances_is_refused(scp, archive,
     ds = make_ct()
     other = make_ct()
     path = _part10(tmp_path / "mismatch.dcm", other, _encoded(ds))  # request: other's UID; dataset: ds's
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     status = assoc.send_c_store(path)
     assoc.release()
     assert status.Status == 0xA900
@@ -133,7 +114,7 @@ def test_request_and_dataset_naming_different_instances_is_refused(scp, archive,
 )
 def test_sop_instance_uid_with_path_characters_is_refused(scp, archive, tmp_path, sop_uid):
     ds = make_ct(sop_uid=sop_uid)
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     status = assoc.send_c_store(ds)
     assoc.release()
     assert status.Status == 0xA900
@@ -150,7 +131,7 @@ def test_missing_identifying_uid_is_refused(scp, archive, chunked_send, tmp_path
     delattr(raw_ds, keyword)
     meta_ds = ds if keyword != "SOPClassUID" else ds  # the request still names a SOP class
     path = _part10(tmp_path / "missing.dcm", meta_ds, _encoded(raw_ds))
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     status = assoc.send_c_store(path)
     assoc.release()
     if keyword == "SOPClassUID":
@@ -171,7 +152,7 @@ def test_unknown_calling_ae_may_echo_and_store_but_not_query(scp, archive):
         s.commit()
     verdicts = {}
     for title in ("STRANGER", "STATION1"):
-        assoc = _associate(scp.port, title)
+        assoc = associate_ct_modality(scp.port, title)
         try:
             assert assoc.send_c_echo().Status == 0x0000
             assert assoc.send_c_store(make_ct()).Status == 0x0000

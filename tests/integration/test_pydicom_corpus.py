@@ -17,7 +17,7 @@ from pydicom import dcmread
 from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.dsutils import split_dataset
 from sqlalchemy import select
 
@@ -129,15 +129,6 @@ def corpus_scp(tmp_path_factory):
     yield archive, running
     running.stop()
     archive.close()
-
-
-@pytest.fixture
-def chunked_send():
-    """pynetdicom sends a file's dataset bytes from disk as they are (no decode/re-encode)."""
-    saved = _config.STORE_SEND_CHUNKED_DATASET
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    yield
-    _config.STORE_SEND_CHUNKED_DATASET = saved
 
 
 def _dataset_after_meta(stored: bytes) -> bytes:

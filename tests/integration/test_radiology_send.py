@@ -15,11 +15,6 @@ from tests.radiology_support import ct_slice, make_history, store
 
 
 @pytest.fixture
-def facade(app):
-    return app.extensions["archivage"]
-
-
-@pytest.fixture
 def history(facade):
     return make_history(facade.archive)
 

@@ -5,20 +5,11 @@ from __future__ import annotations
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 
 from archive_core.index.models import Instance, Patient, Series, Study
-from tests.helpers import make_ct
-
-
-def _associate(port: int, ae_title: str = "MODALITY"):
-    ae = AE(ae_title=ae_title)
-    ae.add_requested_context(Verification)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
-    assert assoc.is_established
-    return assoc
+from tests.helpers import associate_ct_modality, make_ct
 
 
 def _count(archive, model) -> int:
@@ -27,14 +18,14 @@ def _count(archive, model) -> int:
 
 
 def test_echo_answers_success(scp):
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     assert assoc.send_c_echo().Status == 0x0000
     assoc.release()
 
 
 def test_stored_instances_are_indexed_when_the_association_is_released(scp, archive):
     study = "1.2.826.0.1.3680043.8.498.1"
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     for n in range(5):
         ds = make_ct(study_uid=study, series_uid=study + ".1", InstanceNumber=n + 1)
         assert assoc.send_c_store(ds).Status == 0x0000
@@ -53,7 +44,7 @@ def test_stored_file_holds_the_dataset_bytes_as_sent(scp, archive):
     from pydicom.filewriter import write_dataset
 
     ds = make_ct()
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     assert assoc.send_c_store(ds).Status == 0x0000
     assoc.release()
     buf = DicomBytesIO()
@@ -68,7 +59,7 @@ def test_stored_file_holds_the_dataset_bytes_as_sent(scp, archive):
 
 def test_identical_duplicate_is_success_and_stored_once(scp, archive):
     ds = make_ct()
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     assert assoc.send_c_store(ds).Status == 0x0000
     assert assoc.send_c_store(ds).Status == 0x0000
     assoc.release()
@@ -80,7 +71,7 @@ def test_different_object_under_a_known_uid_keeps_the_first_with_a_warning(scp, 
     first = make_ct(PatientName="Premier^Patient")
     second = make_ct(sop_uid=first.SOPInstanceUID, study_uid=first.StudyInstanceUID,
                      series_uid=first.SeriesInstanceUID, PatientName="Second^Patient")
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     assert assoc.send_c_store(first).Status == 0x0000
     status = assoc.send_c_store(second)
     assoc.release()
@@ -105,7 +96,7 @@ def test_overwrite_policy_replaces_the_stored_object(instance_path):
         first = make_ct(InstanceNumber=1)
         second = make_ct(sop_uid=first.SOPInstanceUID, study_uid=first.StudyInstanceUID,
                          series_uid=first.SeriesInstanceUID, InstanceNumber=7)
-        assoc = _associate(running.port)
+        assoc = associate_ct_modality(running.port)
         assert assoc.send_c_store(first).Status == 0x0000
         assert assoc.send_c_store(second).Status == 0x0000
         assoc.release()
@@ -134,7 +125,7 @@ def test_invalid_identifying_uids_are_refused_and_nothing_is_written(scp, archiv
         delattr(ds, attribute)
     else:
         setattr(ds, attribute, value)
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     status = assoc.send_c_store(ds)
     # The server keeps serving the same association afterwards.
     assert assoc.send_c_store(make_ct()).Status == 0x0000
@@ -145,7 +136,7 @@ def test_invalid_identifying_uids_are_refused_and_nothing_is_written(scp, archiv
 
 
 def test_full_disk_answers_out_of_resources_and_keeps_what_is_stored(scp, archive):
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     kept = make_ct()
     assert assoc.send_c_store(kept).Status == 0x0000
     archive.store.min_free_bytes = archive.store.free_bytes() + 10**15  # the floor is now above what is free
@@ -174,10 +165,10 @@ def test_unknown_calling_ae_is_refused_when_storage_is_closed_to_strangers(insta
         s.commit()
     running = start_server(archive, host="127.0.0.1", port=0)
     try:
-        stranger = _associate(running.port, "STRANGER")
+        stranger = associate_ct_modality(running.port, "STRANGER")
         refused = stranger.send_c_store(make_ct())
         stranger.release()
-        known = _associate(running.port, "KNOWNCT")
+        known = associate_ct_modality(running.port, "KNOWNCT")
         accepted = known.send_c_store(make_ct())
         known.release()
     finally:
@@ -189,7 +180,7 @@ def test_unknown_calling_ae_is_refused_when_storage_is_closed_to_strangers(insta
 
 def test_series_and_study_counts_cover_several_series(scp, archive):
     study = "1.2.826.0.1.3680043.8.498.77"
-    assoc = _associate(scp.port)
+    assoc = associate_ct_modality(scp.port)
     for series, modality, n in (("1", "CT", 3), ("2", "CT", 2), ("3", "SR", 1)):
         for i in range(n):
             ds = make_ct(study_uid=study, series_uid=f"{study}.{series}", modality=modality, InstanceNumber=i + 1)
@@ -216,10 +207,10 @@ def test_overwrite_under_other_study_and_series_leaves_no_stray_file(instance_pa
     try:
         first = make_ct()
         corrected = make_ct(sop_uid=first.SOPInstanceUID)  # re-sent by the modality under a new study
-        assoc = _associate(running.port)
+        assoc = associate_ct_modality(running.port)
         assert assoc.send_c_store(first).Status == 0x0000
         assoc.release()
-        assoc = _associate(running.port)
+        assoc = associate_ct_modality(running.port)
         assert assoc.send_c_store(corrected).Status == 0x0000
         assoc.release()
         with archive.sessions() as s:
@@ -241,7 +232,7 @@ def test_concurrent_associations_into_one_study_are_all_indexed(scp, archive):
 
     def modality(n: int) -> None:
         try:
-            assoc = _associate(scp.port, f"CT{n}")
+            assoc = associate_ct_modality(scp.port, f"CT{n}")
             uids = []
             for i in range(20):
                 ds = make_ct(study_uid=study, series_uid=f"{study}.{n}", InstanceNumber=i + 1)
@@ -283,7 +274,7 @@ def test_store_and_fsck_on_each_database(database_url, instance_path):
     try:
         study = "1.2.826.0.1.3680043.8.498.555"
         for n in range(2):
-            assoc = _associate(running.port)
+            assoc = associate_ct_modality(running.port)
             for i in range(5):
                 ds = make_ct(study_uid=study, series_uid=f"{study}.{n}", InstanceNumber=i + 1)
                 assert assoc.send_c_store(ds).Status == 0x0000
@@ -304,7 +295,7 @@ def test_storage_is_audited_per_study_with_the_calling_ae(scp, archive):
     from archive_core.audit import AuditEvent
 
     study = "1.2.826.0.1.3680043.8.498.99"
-    assoc = _associate(scp.port, "CT_SALLE1")
+    assoc = associate_ct_modality(scp.port, "CT_SALLE1")
     for _ in range(3):
         assert assoc.send_c_store(make_ct(study_uid=study, patient_id="PAT-AUD")).Status == 0x0000
     assoc.release()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 from datetime import date
 from urllib.parse import quote
@@ -72,7 +71,7 @@ def test_a_study_arriving_after_check_in_joins_its_group_by_accession(app, clien
     group = _checkin(client, desk, patient_id="P9", exam_group="scanner", accession_number="A77",
                      visit_date="2026-03-11")
     _arrive(app, tmp_path, make_ct(patient_id="P9", study_date="20260311", AccessionNumber="A77"))
-    items = client.get(f"/api/v1/exam-groups?patient_id=P9", headers=desk).get_json()["items"]
+    items = client.get("/api/v1/exam-groups?patient_id=P9", headers=desk).get_json()["items"]
     assert [(i["id"], len(i["study_uids"])) for i in items] == [(group["id"], 1)]
 
 

@@ -28,11 +28,6 @@ FRENCH_WORDS = ("Rechercher", "Enregistrer", "Facture", "Factures", "Examens", "
 
 
 @pytest.fixture
-def facade(app):
-    return app.extensions["archivage"]
-
-
-@pytest.fixture
 def users(facade):
     from backoffice.auth.services import create_user
 

@@ -9,11 +9,6 @@ from tests.retention_support import add_study, bearer, instance_files, make_user
 
 
 @pytest.fixture
-def facade(app):
-    return app.extensions["archivage"]
-
-
-@pytest.fixture
 def manager(app):
     return bearer(make_user(app, "gerante", "manager"))
 

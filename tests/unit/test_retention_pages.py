@@ -9,11 +9,6 @@ import pytest
 from tests.retention_support import add_study, instance_files, make_user
 
 
-@pytest.fixture
-def facade(app):
-    return app.extensions["archivage"]
-
-
 def _sign_in(client, app, login, role):
     from sqlalchemy import select
 

@@ -15,11 +15,6 @@ TODAY = date(2026, 11, 28)
 
 
 @pytest.fixture
-def facade(app):
-    return app.extensions["archivage"]
-
-
-@pytest.fixture
 def archive_of(facade):
     return facade.archive
 

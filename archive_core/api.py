@@ -445,34 +445,24 @@ class _RadiologyMixin:
     # sending to workstations ----------------------------------------------------------------------
 
     def send_studies(self, peer_ae_title: str, study_uids: list[str], *, progress=None, cancelled=lambda: False):
-        """C-STORE the studies to a registered peer (:class:`archive_core.net.scu.SendResult`)."""
-        from archive_core.net.scu import StoredObject, send_objects
+        """Push the studies to a registered peer (:class:`archive_core.net.scu.SendResult`), as retrieve-to-peer does."""
         from archive_core.peers import get_peer
 
         with self._archive.sessions() as s:
             peer = get_peer(s, peer_ae_title)
-            rows = s.execute(
-                select(
-                    Instance.sop_instance_uid,
-                    Instance.sop_class_uid,
-                    Instance.transfer_syntax_uid,
-                    Instance.storage_key,
-                    Instance.tier,
-                )
-                .join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id)
-                .where(Study.study_uid.in_(study_uids), Instance.deleted_at.is_(None))
-                .order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
-            ).all()
-        objects = [StoredObject(*row) for row in rows]
-        return send_objects(
-            lambda obj: self._archive.store_for(obj.tier).open(obj.storage_key),
-            objects,
-            peer,
-            calling_ae_title=self._archive.settings.DICOM_AE_TITLE,
-            timeout=self._archive.settings.DICOM_NETWORK_TIMEOUT,
-            progress=progress,
-            cancelled=cancelled,
+            query = Query(root=STUDY_ROOT, level="STUDY", conditions={"StudyInstanceUID": list(study_uids)})
+            instances = instances_to_retrieve(s, query) if study_uids else []
+        return self._push(peer, instances, progress=progress, cancelled=cancelled)
+
+    def _push(self, peer, instances, *, progress=None, cancelled=lambda: False):
+        from archive_core.net.scu import send_instances
+
+        settings = self._archive.settings
+        return send_instances(
+            lambda inst: self._archive.store_for(inst.tier).path_of(inst.storage_key), instances,
+            host=peer.host, port=peer.port, called_ae=peer.ae_title, calling_ae=settings.DICOM_AE_TITLE,
+            loop_delay=settings.DICOM_DUL_LOOP_DELAY, timeout=settings.DICOM_NETWORK_TIMEOUT,
+            progress=progress, cancelled=cancelled,
         )
 
     def count_instances(self, study_uids: list[str]) -> int:
@@ -705,7 +695,6 @@ class _QueryRetrieveMixin:
         Raises :class:`~archive_core.errors.UnknownPeer` for an AE that is not registered and
         :class:`NotFound` when none of the studies is in the archive.
         """
-        from archive_core.net.scu import send_instances
         from archive_core.peers import get_peer
 
         with self._archive.sessions() as s:
@@ -714,17 +703,13 @@ class _QueryRetrieveMixin:
             instances = instances_to_retrieve(s, query) if study_uids else []
         if not instances:
             raise NotFound("none of these studies is in the archive")
-        result = send_instances(
-            lambda inst: self._archive.store_for(inst.tier).path_of(inst.storage_key), instances,
-            host=peer.host, port=peer.port, called_ae=peer.ae_title, calling_ae=self.settings.DICOM_AE_TITLE,
-            loop_delay=self.settings.DICOM_DUL_LOOP_DELAY, timeout=self.settings.DICOM_NETWORK_TIMEOUT,
-        )
+        result = self._push(peer, instances)
         with write_session(self._archive.sessions) as s:
             for uid in sorted({i.study_uid for i in instances}):
                 detail = {"service": "retrieve_to_peer", "destination": peer.ae_title,
                           "completed": result.completed, "failed": result.failed}
                 _audit.record(s, "study.retrieved", actor=actor, actor_kind=actor_kind, study_uid=uid, detail=detail)
-        return RetrieveResult(result.completed, result.failed, result.warning, result.failed_uids)
+        return RetrieveResult(result.completed, result.failed, result.warning, tuple(result.failed_uids))
 
 
 # -- end query/retrieve ----------------------------------------------------------------------------

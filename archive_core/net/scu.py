@@ -1,8 +1,8 @@
 """Our C-STORE SCU: sending stored objects to peers.
 
-Two callers: the back-office's send/prefetch jobs (:func:`send_objects`, issue 6) and query/retrieve
-(:func:`load_for_sending` for the C-MOVE and C-GET sub-operations, :func:`send_instances` for the
-facade's retrieve-to-peer). Query/retrieve sends each instance in its stored transfer syntax when the
+Two callers: query/retrieve (:func:`load_for_sending` for the C-MOVE and C-GET sub-operations) and
+:func:`send_instances`, which pushes to a peer on an association of our own (the facade's
+retrieve-to-peer and the back-office's send and prefetch jobs). Query/retrieve sends each instance in its stored transfer syntax when the
 receiving association accepted it for the SOP class; a compressed one the receiver cannot take is
 decompressed (pydicom + pylibjpeg) to explicit or implicit VR little endian; otherwise it is reported
 failed and nothing of it is sent.
@@ -15,7 +15,7 @@ import socket
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable
+from typing import Callable, Iterable
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -27,115 +27,10 @@ from archive_core.index.query import StoredInstance
 from archive_core.net import tuning
 from archive_core.net.encoding import StoredDataset
 from archive_core.part10 import dataset_offset
-from archive_core.peers import PeerInfo
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128
-
-
-@dataclass(frozen=True)
-class StoredObject:
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    storage_key: str
-    tier: str = "active"
-
-
-@dataclass
-class SendResult:
-    sent: int = 0
-    failed: int = 0
-    failed_uids: list[str] = field(default_factory=list)
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and not self.message
-
-
-def send_objects(
-    open_file: Callable[[StoredObject], BinaryIO],
-    objects: list[StoredObject],
-    peer: PeerInfo,
-    *,
-    calling_ae_title: str,
-    timeout: float = 60,
-    progress: Callable[[int, int], None] | None = None,
-    cancelled: Callable[[], bool] = lambda: False,
-) -> SendResult:
-    """C-STORE every object to *peer*, read with *open_file*; *progress(sent, failed)* is called after each one."""
-    result = SendResult()
-    if not objects:
-        return result
-    ae = AE(ae_title=calling_ae_title)
-    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
-    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    contexts = _contexts(objects)
-    try:
-        # pynetdicom leaks its socket when the connection is refused: find out first, with ours.
-        socket.create_connection((peer.host, peer.port), timeout=min(timeout, 10)).close()
-    except OSError as exc:
-        result.failed = len(objects)
-        result.message = f"{peer.ae_title} unreachable ({exc.strerror or exc})"
-        log.warning("send to %s: %s", peer.ae_title, result.message)
-        return result
-    assoc = ae.associate(peer.host, peer.port, contexts=contexts, ae_title=peer.ae_title)
-    if not assoc.is_established:
-        result.failed = len(objects)
-        result.message = f"association with {peer.ae_title} refused or failed"
-        log.warning("send to %s: %s", peer.ae_title, result.message)
-        return result
-    try:
-        for obj in objects:
-            if cancelled():
-                result.message = "cancelled"
-                break
-            status = None
-            try:
-                with open_file(obj) as f, warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    ds = dcmread(f, force=True)
-                status = assoc.send_c_store(ds)
-            except (ValueError, RuntimeError, OSError) as exc:  # no accepted context, network trouble
-                log.warning("send %s to %s failed: %s", obj.sop_instance_uid, peer.ae_title, exc)
-            if status is not None and getattr(status, "Status", 0xC000) in (0x0000, 0xB000, 0xB007, 0xB006):
-                result.sent += 1
-            else:
-                result.failed += 1
-                result.failed_uids.append(obj.sop_instance_uid)
-            if progress:
-                progress(result.sent, result.failed)
-            if not assoc.is_established:
-                result.message = "association lost"
-                result.failed += len(objects) - result.sent - result.failed
-                break
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    log.info("sent %d objects to %s (%d failed)", result.sent, peer.ae_title, result.failed)
-    return result
-
-
-def _contexts(objects: Iterable[StoredObject]):
-    """Per SOP class: one context for the uncompressed syntaxes, one per compressed syntax as stored."""
-    uncompressed = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.2"}
-    wanted: dict[tuple[str, str], None] = {}
-    for obj in objects:
-        wanted[(obj.sop_class_uid, "")] = None
-        if obj.transfer_syntax_uid not in uncompressed:
-            wanted[(obj.sop_class_uid, obj.transfer_syntax_uid)] = None
-    contexts = []
-    for sop_class, syntax in wanted:
-        syntaxes = [syntax] if syntax else [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-        contexts.append(build_context(sop_class, syntaxes))
-    return contexts[:MAX_CONTEXTS]
-
-
-# -- query/retrieve (issue 3) ---------------------------------------------------------------------
-
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
@@ -229,14 +124,23 @@ def tune_socket(assoc, loop_delay: float) -> None:
     assoc.dul._run_loop_delay = loop_delay
 
 
-@dataclass(frozen=True)
-class StoreCounts:
-    """What a retrieve-to-peer did."""
+@dataclass
+class SendResult:
+    """What a push to a peer did (retrieve-to-peer, send jobs, prefetch)."""
 
-    completed: int
-    failed: int
-    warning: int
-    failed_uids: tuple[str, ...]
+    completed: int = 0
+    warning: int = 0
+    failed: int = 0
+    failed_uids: list[str] = field(default_factory=list)
+    message: str = ""  # why the push stopped early, if it did
+
+    @property
+    def sent(self) -> int:
+        return self.completed + self.warning
+
+    @property
+    def ok(self) -> bool:
+        return self.failed == 0 and not self.message
 
 
 def send_instances(
@@ -249,32 +153,65 @@ def send_instances(
     calling_ae: str,
     loop_delay: float = 0.0,
     timeout: float = 60.0,
-) -> StoreCounts:
-    """Push *instances* to a peer on one association of our own (the facade's retrieve-to-peer)."""
+    progress: Callable[[int, int], None] | None = None,
+    cancelled: Callable[[], bool] = lambda: False,
+) -> SendResult:
+    """Push *instances* to a peer on one association of our own; *progress(sent, failed)* after each.
+
+    Each instance goes in its stored transfer syntax when accepted (its bytes as stored), else
+    decompressed, else it is counted failed (:func:`load_for_sending`).
+    """
+    result = SendResult()
+    if not instances:
+        return result
+    try:
+        # pynetdicom leaks its socket when the connection is refused: find out first, with ours.
+        socket.create_connection((host, port), timeout=min(timeout, 10)).close()
+    except OSError as exc:
+        return _all_failed(instances, f"{called_ae} unreachable ({exc.strerror or exc})")
     ae = AE(ae_title=calling_ae)
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     handlers = [(evt.EVT_CONN_OPEN, lambda event: tune_socket(event.assoc, loop_delay))]
     assoc = ae.associate(host, port, contexts=proposed_contexts(instances), ae_title=called_ae, max_pdu=0,
                          evt_handlers=handlers)
     if not assoc.is_established:
-        return StoreCounts(0, len(instances), 0, tuple(i.sop_instance_uid for i in instances))
-    completed = warning = 0
-    failed: list[str] = []
+        return _all_failed(instances, f"association with {called_ae} refused or failed")
     try:
         accepted = list(assoc.accepted_contexts)
-        for inst in instances:
+        for n, inst in enumerate(instances):
+            if cancelled():
+                result.message = "cancelled"
+                break
+            if not assoc.is_established:
+                result.message = "association lost"
+                rest = instances[n:]
+                result.failed += len(rest)
+                result.failed_uids.extend(i.sop_instance_uid for i in rest)
+                break
             ds = load_for_sending(path_of, inst, accepted)
             try:
                 status = assoc.send_c_store(ds).get("Status")
-            except Exception as exc:
+            except Exception as exc:  # no accepted context, network trouble
                 log.warning("C-STORE of %s to %s failed: %s", inst.sop_instance_uid, called_ae, exc)
                 status = None
             if status == 0x0000:
-                completed += 1
+                result.completed += 1
             elif status is not None and (status & 0xF000) == 0xB000:
-                warning += 1
+                result.warning += 1
             else:
-                failed.append(inst.sop_instance_uid)
+                result.failed += 1
+                result.failed_uids.append(inst.sop_instance_uid)
+            if progress:
+                progress(result.sent, result.failed)
     finally:
-        assoc.release()
-    return StoreCounts(completed, len(failed), warning, tuple(failed))
+        if assoc.is_established:
+            assoc.release()
+    log.info("sent %d instances to %s (%d failed)", result.sent, called_ae, result.failed)
+    return result
+
+
+def _all_failed(instances: list[StoredInstance], message: str) -> SendResult:
+    log.warning("send to peer: %s", message)
+    return SendResult(failed=len(instances), failed_uids=[i.sop_instance_uid for i in instances], message=message)

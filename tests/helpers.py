@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -95,3 +96,22 @@ def make_ct(
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     return ds
+
+
+@contextmanager
+def archive_server(instance_path: Path, **overrides):
+    """A migrated archive whose settings carry *overrides*, and its DICOM server on a free port."""
+    from archive_core.archive import Archive
+    from archive_core.config import Settings
+    from archive_core.net.server import start_server
+    from backoffice.migrate import upgrade
+
+    settings = Settings(instance_path=instance_path, **{"STORAGE_MIN_FREE_BYTES": 0, **overrides})
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    running = start_server(archive, host="127.0.0.1", port=0)
+    try:
+        yield archive, running
+    finally:
+        running.stop()
+        archive.close()

@@ -9,7 +9,7 @@ from pynetdicom.sop_class import Verification
 from sqlalchemy import func, select
 
 from archive_core.index.models import Instance, Patient, Series, Study
-from tests.helpers import associate_ct_modality, make_ct
+from tests.helpers import archive_server, associate_ct_modality, make_ct
 
 
 def _count(archive, model) -> int:
@@ -83,16 +83,7 @@ def test_different_object_under_a_known_uid_keeps_the_first_with_a_warning(scp, 
 
 
 def test_overwrite_policy_replaces_the_stored_object(instance_path):
-    from archive_core.archive import Archive
-    from archive_core.config import Settings
-    from archive_core.net.server import start_server
-    from backoffice.migrate import upgrade
-
-    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_DUPLICATE_POLICY="overwrite")
-    upgrade(settings.database_url)
-    archive = Archive.open(settings)
-    running = start_server(archive, host="127.0.0.1", port=0)
-    try:
+    with archive_server(instance_path, DICOM_DUPLICATE_POLICY="overwrite") as (archive, running):
         first = make_ct(InstanceNumber=1)
         second = make_ct(sop_uid=first.SOPInstanceUID, study_uid=first.StudyInstanceUID,
                          series_uid=first.SeriesInstanceUID, InstanceNumber=7)
@@ -103,9 +94,6 @@ def test_overwrite_policy_replaces_the_stored_object(instance_path):
         with archive.sessions() as s:
             assert s.scalar(select(Instance.instance_number)) == 7
         assert _count(archive, Instance) == 1
-    finally:
-        running.stop()
-        archive.close()
 
 
 # The test itself writes deliberately invalid UIDs, which pydicom warns about.
@@ -151,29 +139,18 @@ def test_full_disk_answers_out_of_resources_and_keeps_what_is_stored(scp, archiv
 
 
 def test_unknown_calling_ae_is_refused_when_storage_is_closed_to_strangers(instance_path):
-    from archive_core.archive import Archive
-    from archive_core.config import Settings
-    from archive_core.net.server import start_server
     from archive_core.peers import add_peer
-    from backoffice.migrate import upgrade
 
-    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_STORE_FROM_UNKNOWN_AES=False)
-    upgrade(settings.database_url)
-    archive = Archive.open(settings)
-    with archive.sessions() as s:
-        add_peer(s, "KNOWNCT", "127.0.0.1", 104)
-        s.commit()
-    running = start_server(archive, host="127.0.0.1", port=0)
-    try:
+    with archive_server(instance_path, DICOM_STORE_FROM_UNKNOWN_AES=False) as (archive, running):
+        with archive.sessions() as s:
+            add_peer(s, "KNOWNCT", "127.0.0.1", 104)
+            s.commit()
         stranger = associate_ct_modality(running.port, "STRANGER")
         refused = stranger.send_c_store(make_ct())
         stranger.release()
         known = associate_ct_modality(running.port, "KNOWNCT")
         accepted = known.send_c_store(make_ct())
         known.release()
-    finally:
-        running.stop()
-        archive.close()
     assert refused.Status == 0x0124
     assert accepted.Status == 0x0000
 
@@ -194,17 +171,9 @@ def test_series_and_study_counts_cover_several_series(scp, archive):
 
 
 def test_overwrite_under_other_study_and_series_leaves_no_stray_file(instance_path):
-    from archive_core.archive import Archive
-    from archive_core.config import Settings
     from archive_core.maintenance import fsck
-    from archive_core.net.server import start_server
-    from backoffice.migrate import upgrade
 
-    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_DUPLICATE_POLICY="overwrite")
-    upgrade(settings.database_url)
-    archive = Archive.open(settings)
-    running = start_server(archive, host="127.0.0.1", port=0)
-    try:
+    with archive_server(instance_path, DICOM_DUPLICATE_POLICY="overwrite") as (archive, running):
         first = make_ct()
         corrected = make_ct(sop_uid=first.SOPInstanceUID)  # re-sent by the modality under a new study
         assoc = associate_ct_modality(running.port)
@@ -218,9 +187,6 @@ def test_overwrite_under_other_study_and_series_leaves_no_stray_file(instance_pa
         assert counts == {first.StudyInstanceUID: 0, corrected.StudyInstanceUID: 1}
         assert len(list(archive.store.keys())) == 1
         assert fsck(archive).problems == 0
-    finally:
-        running.stop()
-        archive.close()
 
 
 def test_concurrent_associations_into_one_study_are_all_indexed(scp, archive):
@@ -261,17 +227,9 @@ def test_concurrent_associations_into_one_study_are_all_indexed(scp, archive):
 
 def test_store_and_fsck_on_each_database(database_url, instance_path):
     """The same server on SQLite and on PostgreSQL (ARCHIVAGE_DATABASE_URL)."""
-    from archive_core.archive import Archive
-    from archive_core.config import Settings
     from archive_core.maintenance import fsck
-    from archive_core.net.server import start_server
-    from backoffice.migrate import upgrade
 
-    settings = Settings(instance_path=instance_path, DATABASE_URL=database_url, STORAGE_MIN_FREE_BYTES=0)
-    upgrade(settings.database_url)
-    archive = Archive.open(settings)
-    running = start_server(archive, host="127.0.0.1", port=0)
-    try:
+    with archive_server(instance_path, DATABASE_URL=database_url) as (archive, running):
         study = "1.2.826.0.1.3680043.8.498.555"
         for n in range(2):
             assoc = associate_ct_modality(running.port)
@@ -284,9 +242,6 @@ def test_store_and_fsck_on_each_database(database_url, instance_path):
             st = s.scalar(select(Study).where(Study.study_uid == study))
             assert (st.num_series, st.num_instances, st.modalities_in_study) == (2, 10, "CT")
         assert fsck(archive).problems == 0
-    finally:
-        running.stop()
-        archive.close()
 
 
 def test_storage_is_audited_per_study_with_the_calling_ae(scp, archive):
@@ -314,34 +269,23 @@ def test_storage_is_audited_per_study_with_the_calling_ae(scp, archive):
 def test_private_sop_classes_are_stored_only_when_configured(instance_path, accept_unknown):
     from pynetdicom import _config
 
-    from archive_core.archive import Archive
-    from archive_core.config import Settings
-    from archive_core.net.server import start_server
-    from backoffice.migrate import upgrade
-
     private_class = "1.2.826.0.1.3680043.8.498.77777.1"  # a vendor's private storage SOP class
-    settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0,
-                        DICOM_ACCEPT_UNKNOWN_SOP_CLASSES=accept_unknown)
-    upgrade(settings.database_url)
-    archive = Archive.open(settings)
-    running = start_server(archive, host="127.0.0.1", port=0)
     try:
-        ds = make_ct()
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = private_class
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(private_class, ExplicitVRLittleEndian)
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
-        assert assoc.is_established
-        accepted = [cx.abstract_syntax for cx in assoc.accepted_contexts]
-        if accept_unknown:
-            assert private_class in accepted
-            assert assoc.send_c_store(ds).Status == 0x0000
-        else:
-            assert private_class not in accepted  # the context is rejected at association time
-        assoc.release()
-        assert _count(archive, Instance) == (1 if accept_unknown else 0)
+        with archive_server(instance_path, DICOM_ACCEPT_UNKNOWN_SOP_CLASSES=accept_unknown) as (archive, running):
+            ds = make_ct()
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = private_class
+            ae = AE(ae_title="MODALITY")
+            ae.add_requested_context(private_class, ExplicitVRLittleEndian)
+            ae.add_requested_context(Verification)
+            assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
+            assert assoc.is_established
+            accepted = [cx.abstract_syntax for cx in assoc.accepted_contexts]
+            if accept_unknown:
+                assert private_class in accepted
+                assert assoc.send_c_store(ds).Status == 0x0000
+            else:
+                assert private_class not in accepted  # the context is rejected at association time
+            assoc.release()
+            assert _count(archive, Instance) == (1 if accept_unknown else 0)
     finally:
-        running.stop()
-        archive.close()
         _config.UNRESTRICTED_STORAGE_SERVICE = False  # library-wide: leave it as found

@@ -12,10 +12,33 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
-from tests.helpers import IN_CI, free_port
+from tests.helpers import IN_CI, ROOT, free_port
 
 hypothesis_settings.register_profile("archivage", deadline=None, max_examples=100)
 hypothesis_settings.load_profile("archivage")
+
+
+# -- the clock -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shifted_clock():
+    """With ``ARCHIVAGE_TEST_NOW`` set, the whole session (and every Python child it starts) runs on that date."""
+    when = os.environ.get("ARCHIVAGE_TEST_NOW")
+    if not when:
+        yield None
+        return
+    from tests.clock.shift import travel
+
+    clock_dir = str(Path(__file__).resolve().parent / "clock")
+    previous = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (clock_dir, str(ROOT), previous) if p)
+    with travel(when):
+        yield when
+    if previous is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = previous
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-from datetime import date
+from datetime import date, datetime, timezone
 
 import pytest
+import time_machine
 from sqlalchemy import select
 
 from tests.helpers import require_tool
@@ -84,7 +85,10 @@ def test_dry_run_changes_nothing(app, runner, facade, patients):
 def test_patients_on_hold_or_without_birth_date_are_not_proposed(app, client, manager, facade, archive_of, tmp_path,
                                                                  patients):
     add_study(archive_of, tmp_path, "NOBIRTH", "19990101", birth_date=None)
-    client.post("/api/v1/retention/holds", json={"patient_id": "OLD", "reason": "réclamation"}, headers=manager)
+    with time_machine.travel(datetime(2026, 11, 20, 9, 0, tzinfo=timezone.utc)):  # a hold placed before the sweep's day
+        response = client.post("/api/v1/retention/holds", json={"patient_id": "OLD", "reason": "réclamation"},
+                                headers=manager)
+    assert response.status_code == 201, response.get_json()
     _sweep(app)
     assert _batches(facade) == []
 

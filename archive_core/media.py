@@ -386,7 +386,8 @@ def dicomdir_bytes(roots: list[_Node], file_set_id: str) -> bytes:
     out.write(seq_header)
     for node in order:
         body = _encode(_full_record(node, node.next_offset, node.lower_offset))
-        assert len(body) == sizes[id(node)]
+        if len(body) != sizes[id(node)]:  # offsets would point into the wrong record
+            raise RuntimeError("a directory record changed length between the two passes")
         out.write(struct.pack("<HHI", 0xFFFE, 0xE000, len(body)))
         out.write(body)
     out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))

@@ -195,10 +195,10 @@ class _Records:
     """Builds one record from an object's header, copying its keys and filling empty type 1 keys.
 
     A type 1 key the object leaves empty gets a value in the record only (PS3.3 F.5 requires one;
-    the object is never changed), chosen as DCMTK's ``dcmgpdir --invent`` does: for the study date
-    and time the object's other dates (series, acquisition, content, instance creation) or else the
-    time the medium is written; Study ID the accession number or ``1``; Patient ID the archive's;
-    Modality ``OT``; Series and Instance Number their rank on the medium.
+    the object is never changed): Study Date and Time as DCMTK's ``dcmgpdir`` and Orthanc choose
+    them (the object's series, acquisition or content date and time, else the time the medium is
+    written); Study ID the accession number or ``1``; Patient ID the archive's; Modality ``OT``;
+    Series and Instance Number their rank on the medium.
     """
 
     def __init__(self, report: MediaReport, now: datetime) -> None:
@@ -237,10 +237,10 @@ class _Records:
         self._charset(record, ds)
         if not self._copy(record, ds, "StudyDate", "1"):
             self._fill(record, ds, "StudyDate", _first_value(
-                ds, ("SeriesDate", "AcquisitionDate", "ContentDate", "InstanceCreationDate")) or f"{self.now:%Y%m%d}")
+                ds, ("SeriesDate", "AcquisitionDate", "ContentDate")) or f"{self.now:%Y%m%d}")
         if not self._copy(record, ds, "StudyTime", "1"):
             self._fill(record, ds, "StudyTime", _first_value(
-                ds, ("SeriesTime", "AcquisitionTime", "ContentTime", "InstanceCreationTime")) or f"{self.now:%H%M%S}")
+                ds, ("SeriesTime", "AcquisitionTime", "ContentTime")) or f"{self.now:%H%M%S}")
         self._copy(record, ds, "StudyDescription", "2")
         record.StudyInstanceUID = ds.StudyInstanceUID
         if not self._copy(record, ds, "StudyID", "1"):
@@ -404,9 +404,14 @@ def _new_uid() -> str:
 
 
 def build_media(
-    source: MediaSource, study_uids: list[str], dest: Path, *, practice: dict[str, str]
+    source: MediaSource, study_uids: list[str], dest: Path, *, practice: dict[str, str], now: datetime | None = None
 ) -> MediaReport:
-    """Write *study_uids* (the first is the main study; the others chosen priors) into the empty folder *dest*."""
+    """Write *study_uids* (the first is the main study; the others chosen priors) into the empty folder *dest*.
+
+    *now* (UTC, default the clock) is the date written on README.TXT and in records that need a date
+    their object lacks.
+    """
+    now = now or datetime.now(timezone.utc)
     from archive_core.render import RenderError, RenderParams
 
     dest = Path(dest)
@@ -415,7 +420,7 @@ def build_media(
     details = [source.study_detail(uid) for uid in study_uids]
     if not details:
         raise NotFound("no study to write")
-    records = _Records(report, datetime.now(timezone.utc))
+    records = _Records(report, now)
     patients: dict[str, _Node] = {}
     previews: list[tuple[str, str, str]] = []  # (file name, study label, series label)
     for detail in details:
@@ -473,12 +478,12 @@ def build_media(
                 )
             )
     (dest / "DICOMDIR").write_bytes(dicomdir_bytes(list(patients.values()), "ARCHIVAGE"))
-    (dest / "README.TXT").write_bytes(readme_text(details, practice).encode("ascii"))
+    (dest / "README.TXT").write_bytes(readme_text(details, practice, now=now).encode("ascii"))
     (dest / "INDEX.HTM").write_text(index_html(details, practice, previews), encoding="utf-8")
     return report
 
 
-def readme_text(details, practice: dict[str, str]) -> str:
+def readme_text(details, practice: dict[str, str], *, now: datetime | None = None) -> str:
     patient = details[0].study
     lines = [
         "ARCHIVAGE - SUPPORT D'IMAGES MEDICALES (IHE PDI)",
@@ -506,7 +511,7 @@ def readme_text(details, practice: dict[str, str]) -> str:
         "fichier DICOMDIR avec une visionneuse DICOM. INDEX.HTM donne un apercu des series.",
         "This medium contains DICOM files only (DICOMDIR, general purpose CD profile); no viewer.",
         "",
-        f"Grave le {datetime.now(timezone.utc):%d/%m/%Y} (UTC).",
+        f"Grave le {now or datetime.now(timezone.utc):%d/%m/%Y} (UTC).",
     ]
     return _ascii("\r\n".join(lines) + "\r\n")
 

@@ -178,3 +178,24 @@ def test_media_command_from_the_cli(runner, facade, mixed, tmp_path):
     assert result.exit_code == 0, result.output
     assert "6 objects written" in result.output and "4 re-encoded" in result.output
     check_medium(tmp_path / "usb", facade, set(uids))
+
+
+def test_a_record_date_no_object_gives_is_the_date_the_medium_is_written(facade, tmp_path):
+    """Bad input: an object with no Study, Series, Acquisition or Content Date (the clock is set here)."""
+    from datetime import datetime, timezone
+
+    from archive_core.media import build_media
+
+    ds = make_ct(rows=8)
+    for kw in ("StudyDate", "StudyTime", "SeriesDate", "ContentDate", "AcquisitionDate"):
+        if kw in ds:
+            delattr(ds, kw)
+    store(facade.archive, [ds])
+    written = datetime(2031, 2, 28, 9, 30, tzinfo=timezone.utc)
+    report = build_media(facade, [ds.StudyInstanceUID], tmp_path / "cd", practice={}, now=written)
+    study = next(r for r in pydicom.dcmread(tmp_path / "cd" / "DICOMDIR").DirectoryRecordSequence
+                 if r.DirectoryRecordType == "STUDY")
+    assert (study.StudyDate, study.StudyTime) == ("20310228", "093000")
+    assert {kw for _uid, kw in report.filled_keys} >= {"StudyDate", "StudyTime"}
+    assert "28/02/2031" in (tmp_path / "cd" / "README.TXT").read_text("ascii")
+    check_medium(tmp_path / "cd", facade, {ds.SOPInstanceUID})

@@ -562,4 +562,6 @@ def build_media_zip(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-__all__ = ["MediaReport", "MediaSource", "dicomdir_bytes", "build_media", "build_media_zip", "zip_folder", "readme_text"]
+__all__ = [
+    "MediaReport", "MediaSource", "dicomdir_bytes", "build_media", "build_media_zip", "zip_folder", "readme_text",
+]

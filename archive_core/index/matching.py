@@ -172,7 +172,8 @@ def person_name_condition(
     if "=" not in value:
         if alpha_cond is None:
             return None
-        return or_(alpha_cond, *(_components_condition(c, fold_name_group(alpha), dialect) for c in (ideo_col, phon_col)))
+        other_groups = (_components_condition(c, fold_name_group(alpha), dialect) for c in (ideo_col, phon_col))
+        return or_(alpha_cond, *other_groups)
     conditions = [c for c in (
         alpha_cond,
         _components_condition(ideo_col, fold_name_group(ideographic), dialect),

@@ -386,8 +386,6 @@ def test_a_sequence_key_with_an_empty_item_is_universal_matching(sessions):
 
 def test_rows_columns_and_frames_come_back_at_image_level(sessions):
     """Bad input: viewers ask Rows, Columns, NumberOfFrames at IMAGE level; they came back empty."""
-    from archive_core.db import make_engine  # noqa: F401  (the fixture's database)
-
     ds = make_ct(rows=16, study_uid=study_uid("M10"), series_uid=series_uid("M10", "CT"), sop_uid=sop_uid("M10", "CT", 1),
                  patient_id="MF1", InstanceNumber=1)
     ds.Columns = 24

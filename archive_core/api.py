@@ -491,6 +491,12 @@ class _RadiologyMixin:
 
         return build_media(self, list(study_uids), dest, practice=practice or {})
 
+    def media_zip(self, study_uids: list[str], workdir, *, practice: dict[str, str] | None = None) -> bytes:
+        """The same file set zipped (built in the empty folder *workdir*, removed afterwards)."""
+        from archive_core.media import build_media_zip
+
+        return build_media_zip(self, list(study_uids), workdir, practice=practice or {})
+
 __all__ += ["StudySummary", "SeriesSummary", "StudyDetail", "PriorStudy", "InstanceRef", "StudyPage", "DicomDocument"]
 # -- end radiology ---------------------------------------------------------------------------------
 

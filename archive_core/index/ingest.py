@@ -517,6 +517,8 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
             inst.deleted_at = se.deleted_at = None
             inst.sop_class_uid = ident.sop_class_uid
             inst.instance_number = irow["instance_number"]
+            inst.image_rows, inst.image_columns = irow["image_rows"], irow["image_columns"]
+            inst.number_of_frames = irow["number_of_frames"]
             inst.transfer_syntax_uid = job.transfer_syntax_uid
             inst.size_bytes = job.size_bytes
             inst.checksum_sha256 = job.checksum

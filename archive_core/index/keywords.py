@@ -20,12 +20,15 @@ class Attribute:
     vr: str
     # The normalized column matching compares with, when it is not *column* (filled by extract()).
     match_column: str | None = None
+    # PN: the columns of the folded ideographic and phonetic component groups (filled by extract()).
+    group_columns: tuple[str, str] | None = None
 
 
 ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("PatientID", "PATIENT", "patient_id", "LO"),
     Attribute("IssuerOfPatientID", "PATIENT", "issuer_of_patient_id", "LO"),
-    Attribute("PatientName", "PATIENT", "patient_name", "PN", "patient_name_search"),
+    Attribute("PatientName", "PATIENT", "patient_name", "PN", "patient_name_search",
+              ("patient_name_ideographic", "patient_name_phonetic")),
     Attribute("PatientBirthDate", "PATIENT", "patient_birth_date", "DA"),
     Attribute("PatientSex", "PATIENT", "patient_sex", "CS"),
     Attribute("StudyInstanceUID", "STUDY", "study_uid", "UI"),
@@ -34,7 +37,8 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("AccessionNumber", "STUDY", "accession_number", "SH"),
     Attribute("StudyID", "STUDY", "study_id", "SH"),
     Attribute("StudyDescription", "STUDY", "study_description", "LO"),
-    Attribute("ReferringPhysicianName", "STUDY", "referring_physician_name", "PN", "referring_physician_name_search"),
+    Attribute("ReferringPhysicianName", "STUDY", "referring_physician_name", "PN", "referring_physician_name_search",
+              ("referring_physician_name_ideographic", "referring_physician_name_phonetic")),
     Attribute("SeriesInstanceUID", "SERIES", "series_uid", "UI"),
     Attribute("Modality", "SERIES", "modality", "CS"),
     Attribute("SeriesNumber", "SERIES", "series_number", "IS"),
@@ -43,6 +47,9 @@ ATTRIBUTES: tuple[Attribute, ...] = (
     Attribute("SOPInstanceUID", "IMAGE", "sop_instance_uid", "UI"),
     Attribute("SOPClassUID", "IMAGE", "sop_class_uid", "UI"),
     Attribute("InstanceNumber", "IMAGE", "instance_number", "IS"),
+    Attribute("Rows", "IMAGE", "image_rows", "US"),
+    Attribute("Columns", "IMAGE", "image_columns", "US"),
+    Attribute("NumberOfFrames", "IMAGE", "number_of_frames", "IS"),
 )
 
 BY_KEYWORD: dict[str, Attribute] = {a.keyword: a for a in ATTRIBUTES}
@@ -83,7 +90,12 @@ _MAX_CHARS = {"LO": 64, "SH": 16, "CS": 16, "DA": 8, "TM": 16, "UI": 64, "PN": 3
 def _as_index_value(attr: Attribute, value: Any) -> Any:
     if value is None or value == "":
         return None
-    if attr.vr == "IS":
+    if attr.vr == "DA":
+        from archive_core.index.matching import normalize_date
+
+        # ACR-NEMA 1997.04.24 is indexed as 19970424; a value that is no date is not indexed.
+        return normalize_date(value)
+    if attr.vr in ("IS", "US"):
         try:
             return int(value)
         except (TypeError, ValueError, OverflowError):
@@ -114,6 +126,12 @@ def extract(ds: Dataset, level: str) -> dict[str, Any]:
             row[attr.column] = None
         if attr.match_column:
             row[attr.match_column] = _match_value(attr, row[attr.column])
+        if attr.group_columns:
+            from archive_core.index.matching import fold_name_group, name_groups
+
+            _alpha, ideographic, phonetic = name_groups(row[attr.column])
+            row[attr.group_columns[0]] = fold_name_group(ideographic)
+            row[attr.group_columns[1]] = fold_name_group(phonetic)
     return row
 
 

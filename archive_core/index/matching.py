@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from datetime import date
 from typing import Any
 
 from sqlalchemy import and_, or_
@@ -24,6 +25,21 @@ def fold_text(text: str | None) -> str | None:
         return None
     decomposed = unicodedata.normalize("NFKD", str(text))
     return "".join(c for c in decomposed if not unicodedata.combining(c)).upper()
+
+
+def fold_name_group(text: str | None) -> str | None:
+    """An ideographic or phonetic person name group in the form it is matched in: NFC, upper case,
+    empty trailing components dropped. Not folded like the alphabetic group: stripping marks would
+    turn kana with dakuten (だ) into other kana (た)."""
+    if text is None:
+        return None
+    return unicodedata.normalize("NFC", str(text)).upper().rstrip("^") or None
+
+
+def name_groups(text: str | None) -> tuple[str, str, str]:
+    """The alphabetic, ideographic and phonetic component groups of a PN value (PS3.5 6.2.1.2)."""
+    groups = (str(text or "").split("=") + ["", ""])[:3]
+    return groups[0], groups[1], groups[2]
 
 
 def fold_person_name(text: str | None) -> str | None:
@@ -52,8 +68,24 @@ def normalize_time(text: str | None, *, upper: bool = False) -> str | None:
     return f"{whole}.{frac}"
 
 
-def _valid_date(text: str) -> bool:
-    return len(text) == 8 and text.isdigit()
+def normalize_date(text: str | None) -> str | None:
+    """A DA value as ``YYYYMMDD``, or None for a value that is not a calendar date.
+
+    The one DA parser of the index and of queries: ``20240115``, and the ACR-NEMA form
+    ``2024.01.15`` (PS3.5 6.2 note) read as the same date; ``20241301`` is not a date.
+    """
+    if text is None:
+        return None
+    t = str(text).strip()
+    if len(t) == 10 and t[4] == "." and t[7] == ".":
+        t = t[:4] + t[5:7] + t[8:]
+    if len(t) != 8 or not t.isdigit():
+        return None
+    try:
+        date(int(t[:4]), int(t[4:6]), int(t[6:]))
+    except ValueError:
+        return None
+    return t
 
 
 # -- value forms ----------------------------------------------------------------------------------
@@ -106,13 +138,9 @@ def text_condition(column: ColumnElement, value: str, vr: str, dialect: str) -> 
     return column == value
 
 
-def person_name_condition(column: ColumnElement, value: str, dialect: str) -> ColumnElement[bool] | None:
-    """Component-aware, case- and accent-insensitive PN matching on the folded column.
-
-    Components the query leaves out (or gives empty) match anything: ``Dupont`` matches
-    ``Dupont^Jean``, ``^Jean`` matches ``Martin^Jean``. Only the alphabetic group is compared.
-    """
-    query = fold_person_name(value.split("=")[0])
+def _components_condition(column: ColumnElement, query: str | None, dialect: str) -> ColumnElement[bool] | None:
+    """One folded component group of a query against one folded column: components the query
+    leaves out (or gives empty) match anything."""
     if not query or query == "*":
         return None
     parts = [c if c else "*" for c in query.split("^")]
@@ -123,6 +151,35 @@ def person_name_condition(column: ColumnElement, value: str, dialect: str) -> Co
     alternatives.append(wildcard_match(column, pattern + "^*", dialect))
     alternatives.append(wildcard_match(column, pattern + "=*", dialect))
     return or_(*alternatives)
+
+
+def person_name_condition(
+    column: ColumnElement, value: str, dialect: str, group_columns: tuple[ColumnElement, ColumnElement] | None = None
+) -> ColumnElement[bool] | None:
+    """Component-aware PN matching, case- and accent-insensitive in the alphabetic group.
+
+    *column* holds the folded name (its alphabetic group first); *group_columns* the folded
+    ideographic and phonetic groups. A query with ``=`` matches each group it gives against that
+    group (``=山田*`` the ideographic group only, ``Yamada^Taro=山田*`` both); a query of one group
+    (``山田*``, ``Dupont``) matches a name when any of its groups matches. Components the query
+    leaves out (or gives empty) match anything: ``Dupont`` matches ``Dupont^Jean``.
+    """
+    alpha, ideographic, phonetic = name_groups(value)
+    alpha_cond = _components_condition(column, fold_person_name(alpha), dialect)
+    if group_columns is None:
+        return alpha_cond
+    ideo_col, phon_col = group_columns
+    if "=" not in value:
+        if alpha_cond is None:
+            return None
+        other_groups = (_components_condition(c, fold_name_group(alpha), dialect) for c in (ideo_col, phon_col))
+        return or_(alpha_cond, *other_groups)
+    conditions = [c for c in (
+        alpha_cond,
+        _components_condition(ideo_col, fold_name_group(ideographic), dialect),
+        _components_condition(phon_col, fold_name_group(phonetic), dialect),
+    ) if c is not None]
+    return and_(*conditions) if conditions else None
 
 
 def range_condition(column: ColumnElement, value: str, vr: str) -> ColumnElement[bool] | None:
@@ -136,17 +193,24 @@ def range_condition(column: ColumnElement, value: str, vr: str) -> ColumnElement
     if not dash:
         high = low
     if vr == "TM":
+        if has_wildcards(value):
+            raise InvalidQuery(f"no wildcards in a time, use a range: {value!r}")
         lo = normalize_time(low) if low else None
         hi = normalize_time(high, upper=True) if high else None
         if (low and lo is None) or (high and hi is None):
             raise InvalidQuery(f"not a time range: {value!r}")
     elif vr == "DA":
-        if (low and not _valid_date(low)) or (high and not _valid_date(high)):
-            raise InvalidQuery(f"not a date range: {value!r}")
-        lo, hi = low or None, high or None
+        if has_wildcards(value):
+            raise InvalidQuery(f"no wildcards in a date, use a range: {value!r}")
+        lo = normalize_date(low) if low else None
+        hi = normalize_date(high) if high else None
+        if (low and lo is None) or (high and hi is None):
+            raise InvalidQuery(f"not a date or date range: {value!r}")
         if not dash:
-            return column == low
+            return column == lo
     else:  # DT: compare as text, the upper bound padded to the end of its precision
+        if has_wildcards(value):
+            raise InvalidQuery(f"no wildcards in a date-time, use a range: {value!r}")
         lo = low or None
         hi = (high + "99999999999999.999999"[len(high):]) if high else None
     conditions = []
@@ -160,9 +224,13 @@ def range_condition(column: ColumnElement, value: str, vr: str) -> ColumnElement
 
 
 def key_condition(
-    column: ColumnElement, match_column: ColumnElement, value: Any, vr: str, dialect: str
+    column: ColumnElement, match_column: ColumnElement, value: Any, vr: str, dialect: str,
+    group_columns: tuple[ColumnElement, ColumnElement] | None = None,
 ) -> ColumnElement[bool] | None:
-    """The condition one key puts on its column; None for universal matching."""
+    """The condition one key puts on its column; None for universal matching.
+
+    *group_columns*: for PN, the folded ideographic and phonetic group columns.
+    """
     if is_universal(value, vr):
         return None
     vals = values_of(value)
@@ -173,7 +241,7 @@ def key_condition(
         raise InvalidQuery("several values are only allowed for UIDs")
     text = vals[0]
     if vr == "PN":
-        return person_name_condition(match_column, text, dialect)
+        return person_name_condition(match_column, text, dialect, group_columns)
     if vr in RANGE_VRS:
         return range_condition(match_column, text, vr)
     if vr in ("IS", "US", "UL", "SS", "SL"):

@@ -24,6 +24,9 @@ class Patient(Base):
     patient_name: Mapped[str | None] = mapped_column(String(324), index=True)
     # Upper-case, accent-free copy that C-FIND matches on (same result on SQLite and PostgreSQL).
     patient_name_search: Mapped[str | None] = mapped_column(String(324), index=True)
+    # Ideographic and phonetic component groups (NFC, upper case), matched on their own.
+    patient_name_ideographic: Mapped[str | None] = mapped_column(String(324), index=True)
+    patient_name_phonetic: Mapped[str | None] = mapped_column(String(324))
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     patient_sex: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
@@ -49,6 +52,8 @@ class Study(Base):
     study_description: Mapped[str | None] = mapped_column(String(64))
     referring_physician_name: Mapped[str | None] = mapped_column(String(324))
     referring_physician_name_search: Mapped[str | None] = mapped_column(String(324))
+    referring_physician_name_ideographic: Mapped[str | None] = mapped_column(String(324))
+    referring_physician_name_phonetic: Mapped[str | None] = mapped_column(String(324))
     modalities_in_study: Mapped[str] = mapped_column(String(128), default="")
     num_series: Mapped[int] = mapped_column(Integer, default=0)
     num_instances: Mapped[int] = mapped_column(Integer, default=0)
@@ -87,6 +92,9 @@ class Instance(Base):
     series_pk: Mapped[int] = mapped_column(ForeignKey("series.id"), index=True)
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     instance_number: Mapped[int | None] = mapped_column(Integer)
+    image_rows: Mapped[int | None] = mapped_column(Integer)  # Rows, Columns, Number of Frames: C-FIND answers
+    image_columns: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
     transfer_syntax_uid: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     # SHA-256 of the dataset bytes as received (the file meta header is ours, not the sender's).

@@ -83,6 +83,17 @@ def _decoded(elem) -> Any:
     return str(value)
 
 
+def _universal_item(item: Dataset) -> bool:
+    """Every attribute of a sequence item is zero length (or ``*``), nested sequences included."""
+    for elem in item:
+        if elem.VR == "SQ":
+            if not all(_universal_item(sub) for sub in elem.value or []):
+                return False
+        elif not is_universal(_decoded(elem), elem.VR):
+            return False
+    return True
+
+
 def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) -> Query:
     """Check *identifier* against the information model *root* and read its keys.
 
@@ -104,7 +115,10 @@ def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) 
             if tag in _NOT_KEYS or tag.group == 0x0002 or tag in seen:
                 continue
             seen.add(tag)
-            elem = identifier[tag]
+            try:
+                elem = identifier[tag]
+            except (ValueError, TypeError, OverflowError):  # pydicom cannot read it as its VR (IS "1*")
+                raise InvalidQuery(f"{BaseTag(tag)}: not a valid value of its VR") from None
             keyword = elem.keyword or ""
             attr = BY_KEYWORD.get(keyword)
             computed = COMPUTED_BY_KEYWORD.get(keyword)
@@ -113,7 +127,9 @@ def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) 
                 raise InvalidQuery(f"{keyword} is below the {level} level")
             if elem.VR == "SQ":
                 query.keys.append(RequestedKey(tag, keyword, "SQ"))
-                if any(len(item) for item in elem.value or []):
+                # An item whose attributes are all zero length is universal matching (PS3.4 C.2.2.2.6):
+                # every entity matches. A value inside an item is a match we do not make: 0xFF01.
+                if not all(_universal_item(item) for item in elem.value or []):
                     query.unmatched_keys.append(keyword or str(tag))
                 continue
             value = _decoded(elem)
@@ -182,8 +198,10 @@ def _statement(session: Session, query: Query, columns: list):
         else:
             attr = BY_KEYWORD[keyword]
             model = MODELS[attr.level]
+            groups = tuple(getattr(model, c) for c in attr.group_columns) if attr.group_columns else None
             cond = key_condition(
-                getattr(model, attr.column), getattr(model, attr.match_column or attr.column), value, attr.vr, dialect
+                getattr(model, attr.column), getattr(model, attr.match_column or attr.column), value, attr.vr, dialect,
+                groups,
             )
         if cond is not None:
             stmt = stmt.where(cond)

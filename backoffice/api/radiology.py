@@ -98,7 +98,6 @@ def study_media(study_uid: str):
 
 def media_zip(detail, prior_uids: list[str]) -> bytes:
     """The study and those of *prior_uids* that belong to the same patient, as a zipped PDI file set."""
-    from archive_core.media import build_media_zip
     from backoffice.radiology.reproduction import practice_identity
 
     allowed = {p.study_uid for p in facade().prior_studies(detail.study.study_uid)}
@@ -106,7 +105,7 @@ def media_zip(detail, prior_uids: list[str]) -> bytes:
     if unknown:
         raise ApiError(400, "bad_request", "a prior must be another study of the same patient")
     workdir = Path(tempfile.mkdtemp(prefix="media-", dir=_tmp_root()))
-    return build_media_zip(facade(), [detail.study.study_uid, *prior_uids], workdir, practice=practice_identity())
+    return facade().media_zip([detail.study.study_uid, *prior_uids], workdir, practice=practice_identity())
 
 
 def _tmp_root() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 from pathlib import Path
 
@@ -287,3 +288,146 @@ def test_query_identifier_is_decoded_with_its_character_set(sessions, charset, n
     with sessions() as s:
         rows = find(s, parse_identifier(received, STUDY_ROOT))
     assert {r["StudyInstanceUID"] for r in rows} == {S("S2")}
+
+
+# -- issue 9, section 6: C-FIND corrections ------------------------------------------------------------
+
+JAPANESE = {  # study key -> (patient id, name in three component groups, study date as the object has it)
+    "J7": ("JP1", "Yamada^Tarou=山田^太郎=やまだ^たろう", "1997.04.24"),  # ACR-NEMA date
+    "J8": ("JP2", "Yamamoto^Hanako=山本^花子=やまもと^はなこ", "19970425"),
+    "J9": ("JP3", "Yamada^Jirou", "19970426"),  # alphabetic group only
+}
+
+
+@pytest.fixture
+def japanese(sessions):
+    """Three more patients, indexed in the same database as STUDIES."""
+    jobs = []
+    for key, (pid, name, date) in JAPANESE.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pydicom warns about the ACR-NEMA date, as it should
+            ds = make_ct(patient_id=pid, patient_name=name, charset="ISO_IR 192", study_uid=study_uid(key),
+                         series_uid=series_uid(key, "CT"), sop_uid=sop_uid(key, "CT", 1), study_date=date,
+                         InstanceNumber=1)
+        jobs.append(Job(0, Path("unused"), Identity.of(ds), ds, "0" * 64, 1, "1.2.840.10008.1.2.1", None, None))
+    index_jobs(sessions, jobs)
+    return sessions
+
+
+PN_GROUP_CASES = [
+    # Bad input once: "=山田*" (ideographic group only) matched every patient.
+    ("=山田*", {"J7"}),
+    ("=山*", {"J7", "J8"}),
+    ("=山田^太郎", {"J7"}),
+    ("=山田", {"J7"}),  # components left out match anything
+    ("=^花子", {"J8"}),
+    ("==やまだ*", {"J7"}),
+    ("Yamada=山田*", {"J7"}),  # every group given must match
+    ("Yamada=山本*", set()),
+    ("山田*", {"J7"}),  # one group: any group of the name may match
+    ("やまもと", {"J8"}),
+    ("Yamada", {"J7", "J9"}),
+    ("=", set(STUDIES) | set(JAPANESE)),  # every group empty: universal
+]
+
+
+@pytest.mark.parametrize("name, expected", PN_GROUP_CASES, ids=[c[0] for c in PN_GROUP_CASES])
+def test_person_name_groups_are_matched_each_on_its_own(japanese, name, expected):
+    ident = identifier("STUDY", StudyInstanceUID="", PatientName=name)
+    ident.SpecificCharacterSet = "ISO_IR 192"
+    with japanese() as s:
+        got = {r["StudyInstanceUID"] for r in find(s, parse_identifier(ident, STUDY_ROOT))}
+    assert got == {study_uid(k) for k in expected}
+
+
+def test_acr_nema_dates_are_indexed_as_dicom_dates(japanese):
+    """Bad input: the ACR-NEMA form 1997.04.24 was indexed as "1997.04." and never matched."""
+    for value in ("19970424", "1997.04.24", "19970424-19970424", "-19970424"):
+        got = matched(japanese, STUDY_ROOT, "STUDY", "StudyInstanceUID", StudyDate=value)
+        assert S("J7") in got, value
+    assert matched(japanese, STUDY_ROOT, "STUDY", "StudyInstanceUID", StudyDate="19970424-19970425") == {
+        S("J7"), S("J8")}
+    query = parse_identifier(identifier("STUDY", StudyInstanceUID=S("J7"), StudyDate=""), STUDY_ROOT)
+    with japanese() as s:
+        (row,) = find(s, query)
+    assert answer(query, row, ae_title="ARCHIVAGE").StudyDate == "19970424"
+
+
+@pytest.mark.parametrize("value, says", [
+    ("2024*", "no wildcards in a date"),  # PS3.4 C.2.2.2.4: no wildcard matching for DA
+    ("2024????", "no wildcards in a date"),
+    ("20241301-", "not a date"),  # month 13: once answered success with no match
+    ("20240230", "not a date"),
+    ("20240101-20241332", "not a date"),
+    ("2024", "not a date"),
+])
+def test_a_date_key_that_is_no_date_or_range_is_an_identifier_error(value, says):
+    with pytest.raises(InvalidQuery, match=says):
+        parse_identifier(identifier("STUDY", StudyInstanceUID="", StudyDate=value), STUDY_ROOT)
+
+
+def test_a_sequence_key_with_an_empty_item_is_universal_matching(sessions):
+    """Bad input: ProcedureCodeSequence with one item of zero-length keys answered 0xFF01."""
+    item = Dataset()
+    item.CodeValue = ""
+    item.CodingSchemeDesignator = ""
+    ident = identifier("STUDY", StudyInstanceUID=S("S1"))
+    ident.ProcedureCodeSequence = [item]
+    query = parse_identifier(ident, STUDY_ROOT)
+    assert query.unmatched_keys == []  # pending answers are 0xFF00
+    with sessions() as s:
+        (row,) = find(s, query)
+    assert "ProcedureCodeSequence" in answer(query, row, ae_title="ARCHIVAGE")
+    valued = Dataset()
+    valued.CodeValue = "ZT-1"
+    ident.ProcedureCodeSequence = [valued]
+    assert parse_identifier(ident, STUDY_ROOT).unmatched_keys == ["ProcedureCodeSequence"]  # a value: 0xFF01
+
+
+def test_rows_columns_and_frames_come_back_at_image_level(sessions):
+    """Bad input: viewers ask Rows, Columns, NumberOfFrames at IMAGE level; they came back empty."""
+    ds = make_ct(rows=16, study_uid=study_uid("M10"), series_uid=series_uid("M10", "CT"), sop_uid=sop_uid("M10", "CT", 1),
+                 patient_id="MF1", InstanceNumber=1)
+    ds.Columns = 24
+    ds.NumberOfFrames = 3
+    index_jobs(sessions, [Job(0, Path("unused"), Identity.of(ds), ds, "0" * 64, 1, "1.2.840.10008.1.2.1", None, None)])
+    ident = identifier("IMAGE", StudyInstanceUID=S("M10"), SeriesInstanceUID=series_uid("M10", "CT"),
+                       SOPInstanceUID="", Rows="", Columns="", NumberOfFrames="")
+    query = parse_identifier(ident, STUDY_ROOT)
+    with sessions() as s:
+        (row,) = find(s, query)
+    got = answer(query, row, ae_title="ARCHIVAGE")
+    assert (got.Rows, got.Columns, got.NumberOfFrames) == (16, 24, 3)
+    assert matched(sessions, STUDY_ROOT, "IMAGE", "SOPInstanceUID", StudyInstanceUID=S("M10"),
+                   SeriesInstanceUID=series_uid("M10", "CT"), Columns=24) == {sop_uid("M10", "CT", 1)}
+    assert matched(sessions, STUDY_ROOT, "IMAGE", "SOPInstanceUID", StudyInstanceUID=S("M10"),
+                   SeriesInstanceUID=series_uid("M10", "CT"), Columns=25) == set()
+
+
+def test_wildcards_outside_their_vrs(sessions):
+    """PS3.4 C.2.2.2.4: `*`/`?` are no wildcards in UI (plain characters) nor in IS (not a number: 0xA900)."""
+    assert matched(sessions, STUDY_ROOT, "STUDY", "StudyInstanceUID", StudyInstanceUID=S("S1")[:-1] + "*") == set()
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pynetdicom.dsutils import decode
+
+    ident = identifier("SERIES", StudyInstanceUID=S("S1"), SeriesInstanceUID="")
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, True
+    write_dataset(buf, ident)
+    raw = buf.getvalue() + struct.pack("<HHI", 0x0020, 0x0011, 2) + b"1*"  # SeriesNumber "1*", as sent on the wire
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the value: what the test sends on purpose
+        with pytest.raises(InvalidQuery, match="not an integer|not a valid value"):
+            parse_identifier(decode(io.BytesIO(raw), True, True), STUDY_ROOT)
+
+
+def test_a_stored_date_that_is_no_date_is_indexed_empty():
+    """Bad input: a stored StudyDate 20241301 (month 13); the index keeps no value, matching never sees it."""
+    from archive_core.index.keywords import extract
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = make_ct(study_date="20241301", PatientBirthDate="1970.01.02")
+    assert extract(ds, "STUDY")["study_date"] is None
+    assert extract(ds, "PATIENT")["patient_birth_date"] == "19700102"

@@ -43,3 +43,11 @@ class InvalidQuery(ArchiveError):
 
 class TooManyMatches(ArchiveError):
     """A query matched more than the configured maximum."""
+
+
+class IdentityConflict(ArchiveError):
+    """An object contradicts what the archive holds: its series is another study's, or its study another patient's.
+
+    The message names the conflicting UID in ASCII (it is sent as the C-STORE Error Comment) and
+    never a patient's name or ID.
+    """

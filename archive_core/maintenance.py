@@ -15,7 +15,14 @@ from sqlalchemy import delete, select
 from archive_core.archive import Archive
 from archive_core.db import write_session
 from archive_core.errors import ArchiveError, JournalBusy
-from archive_core.index.ingest import Identity, index_jobs, job_from_file, read_part10, refresh_counts
+from archive_core.index.ingest import (
+    Identity,
+    audit_refusal,
+    index_jobs,
+    job_from_file,
+    read_part10,
+    refresh_counts,
+)
 from archive_core.index.models import Instance
 from archive_core.part10 import dataset_offset
 
@@ -188,14 +195,19 @@ def import_path(
     ingestor.start(replay=False)
     try:
         for path in progress(list(iter_files(root))):
+            ds = None
             try:
                 ds, dataset_bytes, ts, _source = read_part10(path)
-                identity = Identity.of(ds, sop_class_uid=getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID"))
+                # The file meta plays the C-STORE command's part: the dataset must carry the UIDs it names.
+                meta = getattr(ds, "file_meta", None) or {}
+                identity = Identity.of(ds, sop_class_uid=meta.get("MediaStorageSOPClassUID"),
+                                       sop_instance_uid=meta.get("MediaStorageSOPInstanceUID"))
                 outcome = ingestor.receive(
                     dataset_bytes, ds, transfer_syntax_uid=ts, identity=identity, source_ae=None, external=external
                 )
             except ArchiveError as exc:
                 report.unreadable.append((str(path), str(exc)))
+                audit_refusal(archive.sessions, exc, ds, actor="archive import", actor_kind="system", via="import")
                 continue
             if outcome.duplicate:
                 report.duplicates += 1

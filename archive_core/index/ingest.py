@@ -25,12 +25,12 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_core.db import write_session
-from archive_core.errors import DuplicateConflict, InvalidDataset, InvalidIdentifier, JournalBusy
-from archive_core.index.keywords import extract
+from archive_core.errors import DuplicateConflict, IdentityConflict, InvalidDataset, InvalidIdentifier, JournalBusy
+from archive_core.index.keywords import extract, patient_key
 from archive_core.index.models import Instance, Patient, Peer, Series, Study
 from archive_core.part10 import dataset_offset, file_header
 from archive_core.storage.filesystem import FilesystemStore
-from archive_core.uids import require_uid
+from archive_core.uids import clean_uid, require_uid
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,22 @@ EXTERNAL_SUFFIX = ".external.dcm"  # journal entries of objects imported as outs
 # Tombstoned rows do not count: an object received again after a purge is stored again.
 _CHECKSUM_OF = select(Instance.checksum_sha256).where(
     Instance.sop_instance_uid == bindparam("uid"), Instance.deleted_at.is_(None)
+)
+_OWNER_OF_STUDY = select(Patient.id, Patient.patient_id, Patient.issuer_of_patient_id).join(
+    Study, Study.patient_pk == Patient.id
+).where(Study.study_uid == bindparam("study"))
+# What the index says about a received object, in one statement on the acknowledgement's path:
+# the checksum under its SOP Instance UID, the study its series belongs to, and its study's patient.
+# Tombstoned rows count for the series and study: a purged study received again is reused.
+_FACTS_OF = select(
+    _CHECKSUM_OF.scalar_subquery(),
+    select(Study.study_uid)
+    .join(Series, Series.study_pk == Study.id)
+    .where(Series.series_uid == bindparam("series"))
+    .scalar_subquery(),
+    _OWNER_OF_STUDY.with_only_columns(Patient.id).scalar_subquery(),
+    _OWNER_OF_STUDY.with_only_columns(Patient.patient_id).scalar_subquery(),
+    _OWNER_OF_STUDY.with_only_columns(Patient.issuer_of_patient_id).scalar_subquery(),
 )
 
 
@@ -50,28 +66,51 @@ def storage_key(study_uid: str, series_uid: str, sop_instance_uid: str) -> str:
 
 @dataclass(frozen=True)
 class Identity:
-    """The validated UIDs that identify a received object."""
+    """The validated UIDs that identify a received object, and the patient it names."""
 
     sop_class_uid: str
     sop_instance_uid: str
     study_uid: str
     series_uid: str
+    patient_key: tuple[str, str] = ("", "")  # (Patient ID, Issuer of Patient ID) as indexed
 
     @classmethod
-    def of(cls, ds: Dataset, *, sop_class_uid: object = None, sop_instance_uid: object = None) -> "Identity":
-        """Validate the identifying UIDs of *ds* (the DIMSE command's values take precedence)."""
+    def of(
+        cls,
+        ds: Dataset,
+        *,
+        sop_class_uid: object = None,
+        sop_instance_uid: object = None,
+        dataset_must_agree: bool = True,
+    ) -> "Identity":
+        """Validate the identifying UIDs of *ds* against those the request (C-STORE command, file meta) names.
+
+        The dataset must carry its SOP Class and SOP Instance UIDs, equal to the request's when it
+        names them: an object is never filed under a UID it does not carry. *dataset_must_agree*
+        false (journal entries acknowledged before this rule) lets the request's values stand in.
+        """
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sop_class = require_uid(sop_class_uid or ds.get("SOPClassUID"), "SOP Class UID")
-            sop_instance = require_uid(sop_instance_uid or ds.get("SOPInstanceUID"), "SOP Instance UID")
-            dataset_sop = ds.get("SOPInstanceUID")
-            if sop_instance_uid and dataset_sop and require_uid(dataset_sop, "SOP Instance UID") != sop_instance:
-                raise InvalidIdentifier("SOP Instance UID of the dataset differs from the request's")
+            uids = []
+            for name, named, carried in (
+                ("SOP Class UID", sop_class_uid, ds.get("SOPClassUID")),
+                ("SOP Instance UID", sop_instance_uid, ds.get("SOPInstanceUID")),
+            ):
+                if dataset_must_agree or not named:
+                    if clean_uid(carried) == "" and named:
+                        raise InvalidIdentifier(f"dataset has no {name}")
+                    uid = require_uid(carried, name)
+                    if named and require_uid(named, name) != uid:
+                        raise InvalidIdentifier(f"{name} of the dataset differs from the request's")
+                else:
+                    uid = require_uid(named, name)
+                uids.append(uid)
             return cls(
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop_instance,
+                sop_class_uid=uids[0],
+                sop_instance_uid=uids[1],
                 study_uid=require_uid(ds.get("StudyInstanceUID"), "Study Instance UID"),
                 series_uid=require_uid(ds.get("SeriesInstanceUID"), "Series Instance UID"),
+                patient_key=patient_key(ds),
             )
 
     @property
@@ -93,6 +132,17 @@ class Job:
     source_ae: str | None
     external: bool | None  # None: decided by the sending peer's registration
     replaced_key: str | None = None  # set by indexing: the overwritten object lived elsewhere
+    held: bool = False  # its series and study are in the ingestor's held maps until indexed
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the index holds about a received object's UIDs (None: nothing)."""
+
+    checksum: str | None
+    series_study_uid: str | None
+    study_owner_pk: int | None
+    study_owner_key: tuple[str, str] | None
 
 
 @dataclass(frozen=True)
@@ -101,6 +151,53 @@ class Outcome:
 
     seq: int  # journal sequence to wait for before the object is visible (0: nothing new)
     duplicate: bool = False
+
+
+# Refusals written to the audit trail: an object that names the wrong UIDs or another patient's
+# study or series (a device mis-configured, a worklist mix-up) is an event a manager must see.
+AUDITED_REFUSALS = (IdentityConflict, InvalidIdentifier)
+
+
+def audit_refusal(
+    sessions: sessionmaker[Session],
+    exc: Exception,
+    ds: Dataset | None,
+    *,
+    actor: str,
+    actor_kind: str,
+    via: str,
+    sop_instance_uid: object = None,
+) -> None:
+    """Write a refused object to the audit trail (``dicom.store.refused``) if *exc* is one of :data:`AUDITED_REFUSALS`.
+
+    Only valid UIDs are recorded; the Patient ID the object claimed goes in the row's patient
+    column, as for every audited access. Never raises: the refusal is answered either way.
+    """
+    if not isinstance(exc, AUDITED_REFUSALS):
+        return
+    from archive_core import audit
+    from archive_core.uids import is_valid_uid
+
+    def uid(value: object) -> str | None:
+        return clean_uid(value) if is_valid_uid(value) else None
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            carried = ds if ds is not None else Dataset()
+            detail = {
+                "via": via,
+                "reason": str(exc),
+                "sop_instance_uid": uid(sop_instance_uid) or uid(carried.get("SOPInstanceUID")),
+                "series_uid": uid(carried.get("SeriesInstanceUID")),
+            }
+            patient_id = patient_key(carried)[0] or None
+            study_uid = uid(carried.get("StudyInstanceUID"))
+        with write_session(sessions) as s:
+            audit.record(s, "dicom.store.refused", actor=actor, actor_kind=actor_kind, patient_id=patient_id,
+                         study_uid=study_uid, detail=detail)
+    except Exception:
+        log.exception("cannot audit the refusal of %s from %s", clean_uid(sop_instance_uid) or "?", actor)
 
 
 def parse(dataset_bytes: bytes, transfer_syntax_uid: str) -> Dataset:
@@ -201,7 +298,11 @@ class Ingestor:
         self._last_seq = 0
         # SOP Instance UID -> (checksum, journal sequence) of what is acknowledged but not yet indexed
         self._pending: dict[str, tuple[str, int]] = {}
-        self._lock = threading.Lock()  # guards the duplicate check and _pending
+        # Series UID -> [Study UID, count] and Study UID -> [patient key, count] of acknowledged objects
+        # not yet indexed: the identity check sees them as the index will.
+        self._series_held: dict[str, list] = {}
+        self._studies_held: dict[str, list] = {}
+        self._lock = threading.Lock()  # guards the duplicate and identity checks, _pending and the held maps
         self._indexed = threading.Condition()
         self._done_seqs: set[int] = set()
         self._indexed_upto = 0
@@ -225,23 +326,31 @@ class Ingestor:
     ) -> Outcome:
         """Make *dataset_bytes* durable in the journal and queue it for indexing.
 
-        Raises :class:`StorageFull` below the floor and :class:`DuplicateConflict` for a different
-        object under a stored SOP Instance UID (policy ``keep_first``); nothing is written then.
+        Raises :class:`StorageFull` below the floor, :class:`DuplicateConflict` for a different
+        object under a stored SOP Instance UID (policy ``keep_first``) and :class:`IdentityConflict`
+        for an object whose series belongs to another study or whose study belongs to another
+        patient; nothing is written then. The check and the claim happen under one lock, against
+        the index and everything acknowledged but not yet indexed: two associations cannot both
+        be acknowledged with contradicting objects. Every ingest path (C-STORE, import, STOW)
+        comes through here.
         """
         self.store.check_space()
         checksum = hashlib.sha256(dataset_bytes).hexdigest()
         uid = identity.sop_instance_uid
         with self._lock:
             pending = self._pending.get(uid)
-            known = pending[0] if pending else self._indexed_checksum(uid)
+            facts = None if pending else self._indexed_facts(identity)
+            known = pending[0] if pending else facts.checksum
             if known == checksum:
                 # Still pending: the caller must wait for the first copy's indexing, like its sender.
                 return Outcome(seq=pending[1] if pending else 0, duplicate=True)
             if known is not None and self.duplicate_policy == "keep_first":
                 raise DuplicateConflict("different content under a stored SOP Instance UID; first kept")
+            self._check_identity(identity, facts)
             self._last_seq += 1
             seq = self._last_seq
             self._pending[uid] = (checksum, seq)
+            self._hold(identity)
         try:
             header = file_header(
                 sop_class_uid=identity.sop_class_uid,
@@ -256,17 +365,79 @@ class Ingestor:
             with self._lock:
                 if self._pending.get(uid) == (checksum, seq):
                     del self._pending[uid]
+                self._unhold(identity)
             self._mark_done([seq])
             raise
         self._queue.put(
-            Job(seq, path, identity, ds, checksum, len(header) + len(dataset_bytes), transfer_syntax_uid, source_ae, external)
+            Job(seq, path, identity, ds, checksum, len(header) + len(dataset_bytes), transfer_syntax_uid, source_ae,
+                external, held=True)
         )
         return Outcome(seq=seq)
 
-    def _indexed_checksum(self, sop_instance_uid: str) -> str | None:
+    def _indexed_facts(self, identity: Identity) -> "_Facts":
         # On the acknowledgement's critical path: a Core statement on a pooled connection, no ORM session.
         with self._engine.connect() as conn:
-            return conn.execute(_CHECKSUM_OF, {"uid": sop_instance_uid}).scalar()
+            row = conn.execute(
+                _FACTS_OF,
+                {"uid": identity.sop_instance_uid, "series": identity.series_uid, "study": identity.study_uid},
+            ).one()
+        return _Facts(row[0], row[1], row[2], (row[3], row[4]) if row[2] is not None else None)
+
+    def _check_identity(self, identity: Identity, facts: "_Facts | None") -> None:
+        """Raise :class:`IdentityConflict` if *identity* contradicts the index or a pending object (lock held)."""
+        held_series = self._series_held.get(identity.series_uid)
+        if held_series is None:
+            facts = facts or self._indexed_facts(identity)
+            series_study = facts.series_study_uid
+        else:
+            series_study = held_series[0]
+        if series_study is not None and series_study != identity.study_uid:
+            raise IdentityConflict("Series Instance UID belongs to another study")
+        held_study = self._studies_held.get(identity.study_uid)
+        if facts is None and held_study is not None and held_study[0] == identity.patient_key:
+            return  # a pending instance sent again (policy overwrite) into its pending study
+        facts = facts or self._indexed_facts(identity)
+        if facts.study_owner_pk is not None:  # the index is the reference once the study is there
+            if facts.study_owner_key == identity.patient_key:
+                return
+            # A patient merged into the study's owner is the owner: the index files it there.
+            if self._resolve_patient(identity.patient_key) == facts.study_owner_pk:
+                return
+            raise IdentityConflict("Study Instance UID is filed under another Patient ID")
+        if held_study is not None and held_study[0] != identity.patient_key:
+            resolved = self._resolve_patient(held_study[0])
+            if resolved is None or resolved != self._resolve_patient(identity.patient_key):
+                raise IdentityConflict("Study Instance UID is filed under another Patient ID")
+
+    def _resolve_patient(self, key: tuple[str, str]) -> int | None:
+        """The patient row an object naming *key* is filed under (following merges), or None for a new patient."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(Patient.id, Patient.merged_into_pk).where(
+                    Patient.patient_id == key[0], Patient.issuer_of_patient_id == key[1]
+                )
+            ).first()
+            hops = 0
+            while row is not None and row[1] is not None and hops < 16:
+                row, hops = conn.execute(select(Patient.id, Patient.merged_into_pk).where(Patient.id == row[1])).first(), hops + 1
+        return row[0] if row is not None else None
+
+    def _hold(self, identity: Identity) -> None:
+        """Remember an acknowledged object's series and study until it is indexed (lock held)."""
+        for held, key, value in (
+            (self._series_held, identity.series_uid, identity.study_uid),
+            (self._studies_held, identity.study_uid, identity.patient_key),
+        ):
+            entry = held.setdefault(key, [value, 0])
+            entry[1] += 1
+
+    def _unhold(self, identity: Identity) -> None:
+        for held, key in ((self._series_held, identity.series_uid), (self._studies_held, identity.study_uid)):
+            entry = held.get(key)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del held[key]
 
     # -- indexing --------------------------------------------------------------------------
 
@@ -392,6 +563,9 @@ class Ingestor:
             for job in batch:
                 if self._pending.get(job.identity.sop_instance_uid, ("",))[0] == job.checksum:
                     del self._pending[job.identity.sop_instance_uid]
+                if job.held:
+                    self._unhold(job.identity)
+                    job.held = False
         self._mark_done(job.seq for job in batch if job.seq > 0)
         if self.on_indexed is not None:
             try:
@@ -441,6 +615,7 @@ def job_from_file(path: Path, *, seq: int, external: bool | None = None) -> Job:
         ds,
         sop_class_uid=meta.get("MediaStorageSOPClassUID") if meta is not None else None,
         sop_instance_uid=meta.get("MediaStorageSOPInstanceUID") if meta is not None else None,
+        dataset_must_agree=False,
     )
     return Job(
         seq=seq,
@@ -474,7 +649,7 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
             study = studies.get(ident.study_uid)
             if study is None:
                 prow = extract(job.ds, "PATIENT")
-                pkey = (prow["patient_id"] or "", prow["issuer_of_patient_id"] or "")
+                pkey = job.identity.patient_key
                 patient = patients.get(pkey) or s.scalar(
                     select(Patient).where(Patient.patient_id == pkey[0], Patient.issuer_of_patient_id == pkey[1])
                 )

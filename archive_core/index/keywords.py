@@ -145,3 +145,16 @@ def _match_value(attr: Attribute, value: Any) -> Any:
     if attr.vr == "TM":
         return normalize_time(value)
     return value
+
+
+def patient_key(ds: Dataset) -> tuple[str, str]:
+    """(Patient ID, Issuer of Patient ID) of *ds* exactly as the index files it ('' when absent or unreadable)."""
+    key = []
+    for keyword in ("PatientID", "IssuerOfPatientID"):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                key.append(_as_index_value(BY_KEYWORD[keyword], ds.get(keyword)) or "")
+        except Exception:  # undecodable: indexed as empty by extract() too
+            key.append("")
+    return key[0], key[1]

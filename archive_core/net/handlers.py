@@ -17,7 +17,7 @@ from archive_core import audit
 from archive_core.config import Settings
 from archive_core.db import read_session, write_session
 from archive_core.errors import ArchiveError, UnknownPeer
-from archive_core.index.ingest import Identity, Ingestor, parse
+from archive_core.index.ingest import Identity, Ingestor, audit_refusal, parse
 from archive_core.index.query import (
     PATIENT_ROOT,
     STUDY_ROOT,
@@ -108,6 +108,7 @@ def handle_store(event, ctx: ArchiveContext):
     state = ctx.state(event.assoc)
     request = event.request
     sop_uid = str(request.AffectedSOPInstanceUID or "?")
+    ds = None
     try:
         if state.peer is None and not ctx.settings.DICOM_STORE_FROM_UNKNOWN_AES:
             raise UnknownPeer(f"calling AE {calling} is not registered")
@@ -126,6 +127,8 @@ def handle_store(event, ctx: ArchiveContext):
     except ArchiveError as exc:
         code = status_for(exc, STORE_STATUS)
         log.warning("C-STORE %s from %s answered 0x%04X: %s", sop_uid, calling, code, exc)
+        audit_refusal(ctx.sessions, exc, ds, actor=calling, actor_kind="ae", via="C-STORE",
+                      sop_instance_uid=request.AffectedSOPInstanceUID)
         return _failure(code, str(exc))
     except Exception as exc:  # never let one bad object take the server down
         log.exception("C-STORE %s from %s failed", sop_uid, calling)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from archive_core.errors import (
     DuplicateConflict,
+    IdentityConflict,
     InvalidDataset,
     InvalidIdentifier,
     InvalidQuery,
@@ -17,6 +18,9 @@ REFUSED_NOT_AUTHORIZED = 0x0124
 PROCESSING_FAILURE = 0x0110
 # Warning "Elements discarded": the object sent under a known SOP Instance UID was not kept.
 DUPLICATE_KEPT_FIRST = 0xB006
+# Failure, "cannot understand" range: the object's Series or Study Instance UID belongs to another
+# study or patient in the archive (one patient per study, one study per series).
+IDENTITY_CONFLICT = 0xC409
 
 PENDING = 0xFF00
 # Pending, some optional keys in the identifier were not matched on (PS3.4 C.4.1.1.4).
@@ -28,6 +32,7 @@ TOO_MANY_MATCHES = 0xA700
 
 STORE_STATUS: dict[type[Exception], int] = {
     StorageFull: 0xA700,
+    IdentityConflict: IDENTITY_CONFLICT,
     InvalidIdentifier: 0xA900,
     InvalidDataset: 0xC000,
     DuplicateConflict: DUPLICATE_KEPT_FIRST,

@@ -124,22 +124,28 @@ def test_sop_instance_uid_with_path_characters_is_refused(scp, archive, tmp_path
     _still_serving(scp.port)
 
 
-@pytest.mark.parametrize("keyword", ["SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"])
-def test_missing_identifying_uid_is_refused(scp, archive, chunked_send, tmp_path, keyword):
+@pytest.mark.parametrize(
+    "keyword, comment",
+    [
+        # The request names the SOP class and instance; a dataset without them is refused (it broke
+        # the study's CD/USB export when it was filed under the request's UID).
+        ("SOPClassUID", "dataset has no SOP Class UID"),
+        ("SOPInstanceUID", "dataset has no SOP Instance UID"),
+        ("StudyInstanceUID", "Study Instance UID is missing"),
+        ("SeriesInstanceUID", "Series Instance UID is missing"),
+    ],
+)
+def test_missing_identifying_uid_is_refused(scp, archive, chunked_send, tmp_path, keyword, comment):
     ds = make_ct()
     raw_ds = make_ct(sop_uid=ds.SOPInstanceUID, study_uid=ds.StudyInstanceUID, series_uid=ds.SeriesInstanceUID)
     delattr(raw_ds, keyword)
-    meta_ds = ds if keyword != "SOPClassUID" else ds  # the request still names a SOP class
-    path = _part10(tmp_path / "missing.dcm", meta_ds, _encoded(raw_ds))
+    path = _part10(tmp_path / "missing.dcm", ds, _encoded(raw_ds))  # the request still names both UIDs
     assoc = associate_ct_modality(scp.port)
     status = assoc.send_c_store(path)
     assoc.release()
-    if keyword == "SOPClassUID":
-        # The request's Affected SOP Class UID identifies the class: the object is stored as sent.
-        assert status.Status == 0x0000
-        return
-    assert status.Status == 0xA900
+    assert (status.Status, status.ErrorComment) == (0xA900, comment)
     assert _uids(archive) == set()
+    assert archive.store.incoming() == [] and list(archive.store.keys()) == []
     _still_serving(scp.port)
 
 

@@ -24,6 +24,7 @@ ACTIONS: dict[str, str] = {
     "token.created": "jeton d'API créé",
     "patient.viewed": "dossier patient consulté",
     "study.retrieved": "examen récupéré (web ou DICOM)",
+    "dicom.storage_commitment": "engagement de stockage (modalité)",
     "dicom.store.refused": "objet DICOM refusé (UID absent ou d'un autre patient/examen)",
     "study.printed": "examen imprimé",
     "study.exported": "examen exporté (CD/USB)",

@@ -374,6 +374,11 @@ class Ingestor:
         )
         return Outcome(seq=seq)
 
+    def is_pending(self, sop_instance_uid: str) -> bool:
+        """Acknowledged (in the journal) and not yet indexed by this process."""
+        with self._lock:
+            return sop_instance_uid in self._pending
+
     def _indexed_facts(self, identity: Identity) -> "_Facts":
         # On the acknowledgement's critical path: a Core statement on a pooled connection, no ORM session.
         with self._engine.connect() as conn:

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
-from archive_core.net import encoding, handlers, tuning
+from archive_core.net import commitment, encoding, handlers, tuning
 from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -60,6 +60,7 @@ def build_ae(archive: Archive) -> AE:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     for uid in QR_SOP_CLASSES:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(commitment.STORAGE_COMMITMENT_PUSH)  # N-ACTION in, N-EVENT-REPORT back
     return ae
 
 
@@ -117,6 +118,7 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
         (evt.EVT_C_FIND, handlers.handle_find, [ctx]),
         (evt.EVT_C_MOVE, handlers.handle_move, [ctx]),
         (evt.EVT_C_GET, handlers.handle_get, [ctx]),
+        (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
         (evt.EVT_ACSE_SENT, handlers.handle_acse_sent, [ctx]),
         (evt.EVT_CONN_CLOSE, handlers.handle_closed, [ctx]),
     ]

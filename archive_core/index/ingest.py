@@ -554,9 +554,15 @@ class Ingestor:
 
     def index_batch(self, batch: list[Job]) -> None:
         """Index *batch* in one transaction, then move its files under their keys."""
-        touched_studies = index_jobs(self.sessions, batch)
+        conflicts: list[tuple[Job, IdentityConflict]] = []
+        touched_studies = index_jobs(self.sessions, batch, conflicts=conflicts)
+        for job, exc in conflicts:
+            self._quarantine(job, exc)
+        refused = {id(job) for job, _ in conflicts}
         keys = []
         for job in batch:
+            if id(job) in refused:
+                continue
             self.store.commit(job.path, job.identity.key)
             keys.append(job.identity.key)
         self.store.sync_committed(keys)
@@ -577,6 +583,20 @@ class Ingestor:
                 self.on_indexed(touched_studies)
             except Exception:
                 log.exception("after-index hook failed")
+
+    def _quarantine(self, job: Job, exc: IdentityConflict) -> None:
+        """Keep a journal entry that contradicts the index aside (``quarantine/``) instead of filing it.
+
+        Only objects acknowledged by another process (``archive import`` beside a server) or before
+        a correction moved their study can get here: this process refuses them before acknowledging.
+        """
+        quarantine = self.store.root / "quarantine"
+        quarantine.mkdir(exist_ok=True)
+        job.path.rename(quarantine / job.path.name)
+        log.error("journal entry %s of %s not indexed, moved to quarantine: %s", job.path.name,
+                  job.identity.sop_instance_uid, exc)
+        audit_refusal(self.sessions, exc, job.ds, actor=job.source_ae or "archive", via="index",
+                      actor_kind="ae" if job.source_ae else "system", sop_instance_uid=job.identity.sop_instance_uid)
 
     def replay(self, *, discard_unfinished: bool = True) -> int:
         """Index what the journal holds (after a crash); returns how many entries were replayed.
@@ -635,8 +655,36 @@ def job_from_file(path: Path, *, seq: int, external: bool | None = None) -> Job:
     )
 
 
-def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
-    """Create or update the index rows of *batch* in one write transaction; return the study UIDs touched."""
+def _contradiction(s: Session, ident: Identity, study: Study | None, se: Series | None) -> IdentityConflict | None:
+    """The identity rule at indexing time: the last guard for objects acknowledged elsewhere (see Ingestor.receive)."""
+    if se is not None and se.study is not study:
+        return IdentityConflict("Series Instance UID belongs to another study")
+    if study is None:
+        return None
+    owner = study.patient
+    if (owner.patient_id, owner.issuer_of_patient_id) == ident.patient_key:
+        return None
+    patient = s.scalar(select(Patient).where(Patient.patient_id == ident.patient_key[0],
+                                             Patient.issuer_of_patient_id == ident.patient_key[1]))
+    hops = 0
+    while patient is not None and patient.merged_into_pk is not None and hops < 16:
+        patient, hops = s.get(Patient, patient.merged_into_pk), hops + 1
+    if patient is not None and patient.id == owner.id:
+        return None
+    return IdentityConflict("Study Instance UID is filed under another Patient ID")
+
+
+def index_jobs(
+    sessions: sessionmaker[Session],
+    batch: list[Job],
+    *,
+    conflicts: list[tuple[Job, IdentityConflict]] | None = None,
+) -> set[str]:
+    """Create or update the index rows of *batch* in one write transaction; return the study UIDs touched.
+
+    A job that contradicts the index (:func:`_contradiction`) is not indexed: it is appended to
+    *conflicts*, or raised as :class:`IdentityConflict` when no list is given.
+    """
     with write_session(sessions) as s:
         study_uids = {j.identity.study_uid for j in batch}
         series_uids = {j.identity.series_uid for j in batch}
@@ -652,6 +700,12 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
         for job in batch:
             ident = job.identity
             study = studies.get(ident.study_uid)
+            conflict = _contradiction(s, ident, study, series.get(ident.series_uid))
+            if conflict is not None:
+                if conflicts is None:
+                    raise conflict
+                conflicts.append((job, conflict))
+                continue
             if study is None:
                 prow = extract(job.ds, "PATIENT")
                 pkey = job.identity.patient_key
@@ -707,6 +761,8 @@ def index_jobs(sessions: sessionmaker[Session], batch: list[Job]) -> set[str]:
             inst.source_ae = job.source_ae
         s.flush()
         series_ids = {se.id for se in series.values() if se.series_uid in series_uids} | moved_from_series
+        refused = {id(job) for job, _ in conflicts or ()}
+        study_uids = {j.identity.study_uid for j in batch if id(j) not in refused}
         study_ids = {studies[u].id for u in study_uids}
         if moved_from_series:
             study_ids |= set(s.scalars(select(Series.study_pk).where(Series.id.in_(moved_from_series))))

@@ -227,3 +227,29 @@ def test_storescu_sees_the_refusal_and_its_error_comment(archive_process, tmp_pa
     assert f"(0000,0902) LO [{SERIES_CONFLICT}]" in output, output
     fsck = archive_process.cli("archive", "fsck")
     assert "checked 1 instances, 0 problems" in fsck.stdout, fsck.stdout + fsck.stderr
+
+
+def test_contradiction_acknowledged_by_another_process_is_quarantined_not_filed(archive):
+    """Two ingestors on one storage (a server and `archive import` beside it) cannot see each other's
+    pending objects: the second's contradicting object is caught when indexed and kept aside."""
+    from archive_core.index.ingest import Ingestor
+
+    server, importer = archive.ingestor, Ingestor(archive.store, archive.sessions)
+    first = make_ct(patient_id="PAT001")
+    intruder = make_ct(patient_id="PAT009", series_uid=first.SeriesInstanceUID)
+    server.receive(_encoded(first), first, transfer_syntax_uid=ExplicitVRLittleEndian, identity=Identity.of(first))
+    importer.receive(_encoded(intruder), intruder, transfer_syntax_uid=ExplicitVRLittleEndian,
+                     source_ae=None, identity=Identity.of(intruder))
+    server.start(replay=False)
+    assert server.wait_indexed()
+    importer.start(replay=False)
+    try:
+        assert importer.wait_indexed()
+    finally:
+        importer.stop()
+    assert _filed(archive) == {first.SOPInstanceUID: (first.SeriesInstanceUID, first.StudyInstanceUID, "PAT001")}
+    assert [p.name.endswith(f"-{intruder.SOPInstanceUID}.dcm")
+            for p in (archive.store.root / "quarantine").iterdir()] == [True]
+    _nothing_half_written(archive, stored=1)
+    (event,) = _refusals(archive)
+    assert (event.actor, json.loads(event.detail)["via"], event.patient_id) == ("archive", "index", "PAT009")

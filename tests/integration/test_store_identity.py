@@ -253,3 +253,18 @@ def test_contradiction_acknowledged_by_another_process_is_quarantined_not_filed(
     _nothing_half_written(archive, stored=1)
     (event,) = _refusals(archive)
     assert (event.actor, json.loads(event.detail)["via"], event.patient_id) == ("archive", "index", "PAT009")
+
+
+def test_conflicts_are_refused_on_each_database(database_url, instance_path):
+    """The same two refusals with the index on SQLite and on PostgreSQL (one statement, scalar subqueries)."""
+    from tests.helpers import archive_server
+
+    with archive_server(instance_path, DATABASE_URL=database_url) as (archive, running):
+        first = make_ct(patient_id="PAT001")
+        intruder = make_ct(patient_id="PAT009", series_uid=first.SeriesInstanceUID)
+        other = make_ct(patient_id="PAT002", study_uid=first.StudyInstanceUID)
+        assert [s.Status for s in _store(running.port, first)] == [0x0000]
+        statuses = _store(running.port, intruder, other)
+        assert [(s.Status, s.ErrorComment) for s in statuses] == [(0xC409, SERIES_CONFLICT), (0xC409, STUDY_CONFLICT)]
+        assert set(_filed(archive)) == {first.SOPInstanceUID}
+        assert len(_refusals(archive)) == 2

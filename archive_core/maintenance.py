@@ -152,15 +152,22 @@ def _repair(archive: Archive, report: FsckReport) -> None:
             reindexed.append(key)
             report.repaired.append(f"quarantined superseded {key}")
             continue
-        if job.identity.key != key:
+        misplaced = job.identity.key != key
+        if misplaced:
             # Not where its UIDs say it belongs: move it there through the normal path.
-            incoming = store.incoming_dir / f"fsck-{os.getpid()}-{job.identity.sop_instance_uid}.dcm"
-            os.replace(path, incoming)
-            job.path = incoming
-            index_jobs(archive.sessions, [job])
-            store.commit(incoming, job.identity.key)
-        else:
-            index_jobs(archive.sessions, [job])
+            job.path = store.incoming_dir / f"fsck-{os.getpid()}-{job.identity.sop_instance_uid}.dcm"
+            os.replace(path, job.path)
+        conflicts: list = []
+        index_jobs(archive.sessions, [job], conflicts=conflicts)
+        if conflicts:
+            # Its series is another study's, or its study another patient's: never filed, kept for a human.
+            quarantine.mkdir(exist_ok=True)
+            shutil.move(str(job.path), quarantine / key.replace("/", "_"))
+            reindexed.append(key)
+            report.repaired.append(f"quarantined contradicting {key}")
+            continue
+        if misplaced:
+            store.commit(job.path, job.identity.key)
         reindexed.append(key)
         report.repaired.append(f"indexed orphan {key}")
     report.orphan_files = [k for k in report.orphan_files if k not in reindexed]

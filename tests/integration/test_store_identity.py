@@ -268,3 +268,26 @@ def test_conflicts_are_refused_on_each_database(database_url, instance_path):
         assert [(s.Status, s.ErrorComment) for s in statuses] == [(0xC409, SERIES_CONFLICT), (0xC409, STUDY_CONFLICT)]
         assert set(_filed(archive)) == {first.SOPInstanceUID}
         assert len(_refusals(archive)) == 2
+
+
+def test_fsck_repair_does_not_file_a_contradicting_orphan(archive):
+    """An orphan file (say, restored from a backup by hand) whose series is another patient's study's."""
+    import io
+
+    from archive_core.index.ingest import storage_key
+    from archive_core.maintenance import fsck
+
+    first = make_ct(patient_id="PAT001")
+    archive.ingestor.start()
+    archive.ingestor.receive(_encoded(first), first, transfer_syntax_uid=ExplicitVRLittleEndian,
+                             identity=Identity.of(first))
+    assert archive.ingestor.wait_indexed()
+    intruder = make_ct(patient_id="PAT009", series_uid=first.SeriesInstanceUID)
+    buf = io.BytesIO()
+    intruder.save_as(buf, enforce_file_format=True)
+    key = storage_key(intruder.StudyInstanceUID, intruder.SeriesInstanceUID, intruder.SOPInstanceUID)
+    archive.store.put_bytes(key, buf.getvalue())
+    report = fsck(archive, repair=True)
+    assert f"quarantined contradicting {key}" in report.repaired
+    assert set(_filed(archive)) == {first.SOPInstanceUID}
+    assert fsck(archive).problems == 0

@@ -275,3 +275,22 @@ def test_unusable_requests_are_refused(scp, archive, request_ds, action_type, in
     assert int(answer.Status) == status
     with pytest.raises(queue.Empty):
         modality.report(timeout=0.3)
+
+
+def test_push_model_is_accepted_in_the_little_and_big_endian_syntaxes(scp):
+    """One context per transfer syntax the conformance statement lists; a JPEG one is not accepted."""
+    from pydicom.uid import (
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        ImplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+    )
+
+    listed = [ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
+    ae = AE(ae_title="CT_SALLE1")
+    for syntax in [*listed, JPEGBaseline8Bit]:
+        ae.add_requested_context(StorageCommitmentPushModel, syntax)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
+    accepted = sorted(str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts)
+    assoc.release()
+    assert accepted == sorted(listed)

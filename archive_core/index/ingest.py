@@ -424,7 +424,8 @@ class Ingestor:
             ).first()
             hops = 0
             while row is not None and row[1] is not None and hops < 16:
-                row, hops = conn.execute(select(Patient.id, Patient.merged_into_pk).where(Patient.id == row[1])).first(), hops + 1
+                row = conn.execute(select(Patient.id, Patient.merged_into_pk).where(Patient.id == row[1])).first()
+                hops += 1
         return row[0] if row is not None else None
 
     def _hold(self, identity: Identity) -> None:

@@ -933,6 +933,19 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
         ).first()
         return (row[0], row[1]) if row else None
 
+    def visible_studies(self, session: Session, *, patient: tuple[str, str] | None = None,
+                        study_uids: tuple[str, ...] | None = None) -> list[StudySummary]:
+        """Visible studies of one patient (ID, issuer) and/or with these UIDs, in the caller's transaction."""
+        query = (
+            select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
+            .where(Study.deleted_at.is_(None), Patient.deleted_at.is_(None))
+        )
+        if patient is not None:
+            query = query.where(Patient.patient_id == patient[0], Patient.issuer_of_patient_id == patient[1])
+        if study_uids is not None:
+            query = query.where(Study.study_uid.in_(study_uids))
+        return [_summary(st, p) for st, p in session.execute(query.order_by(Study.study_uid)).all()]
+
     def move_study(self, session: Session, study_uid: str, to_patient_id: str, to_issuer: str = "") -> str:
         """File a study under another patient; its stored files are rewritten with that patient's identity.
 

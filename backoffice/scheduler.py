@@ -24,7 +24,7 @@ def journal_backlog_job() -> None:
 
 
 def retention_sweep_job(today=None) -> None:
-    """Daily: move tiers, propose purges, finish approved batches (idempotent; *today* for tests)."""
+    """Daily: move tiers, propose purges, finish interrupted purges (idempotent; *today* for tests)."""
     from backoffice.extensions import facade
     from backoffice.retention.certificate import certificates_dir, render_certificate
     from backoffice.retention.services import sweep, today_paris

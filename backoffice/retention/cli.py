@@ -1,4 +1,4 @@
-"""``flask --app wsgi retention sweep [--dry-run]`` and ``retention purge BATCH_ID``."""
+"""``flask --app wsgi retention sweep [--dry-run]`` and ``retention purge BATCH_ID --as LOGIN``."""
 
 from __future__ import annotations
 
@@ -17,12 +17,13 @@ def retention_cli() -> None: ...
 @click.option("--dry-run", is_flag=True, help="Report what would be moved and proposed; change nothing.")
 @click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help="Run as of this day.")
 def sweep_command(dry_run: bool, today) -> None:
-    """Move tiers, propose a purge batch, finish approved batches (what the scheduler job does)."""
+    """Move tiers, propose a purge batch, finish interrupted purges (what the scheduler job does)."""
     from backoffice.extensions import facade
     from backoffice.retention.certificate import certificates_dir, render_certificate
-    from backoffice.retention.services import sweep, today_paris
+    from backoffice.retention.clock import today as clock_today
+    from backoffice.retention.services import sweep
 
-    day: date = today.date() if today else today_paris()
+    day: date = today.date() if today else clock_today()
     report = sweep(facade(), today=day, dry_run=dry_run, certificates=certificates_dir(), render=render_certificate)
     prefix = "dry run: " if dry_run else ""
     click.echo(f"{prefix}{report.patients} patients as of {day.isoformat()}")
@@ -31,20 +32,50 @@ def sweep_command(dry_run: bool, today) -> None:
     click.echo(f"{prefix}{report.due} patients due for destruction, {report.needs_review} flagged for review")
     if not dry_run:
         click.echo(f"proposed batch: {report.proposed_batch_id or 'none'}")
-        click.echo(f"executed approved batches: {', '.join(map(str, report.executed_batches)) or 'none'}")
+        click.echo(f"finished interrupted purges: {', '.join(map(str, report.executed_batches)) or 'none'}")
 
 
 @retention_cli.command("purge")
 @click.argument("batch_id", type=int)
-def purge_command(batch_id: int) -> None:
+@click.option("--as", "login", required=True,
+              help="The manager who executes (another person than the requester; for the scheduler's batches, "
+                   "than the approver too).")
+@click.option("--today", type=click.DateTime(formats=["%Y-%m-%d"]), default=None, help="Run as of this day.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (the list is still printed).")
+def purge_command(batch_id: int, login: str, today, yes: bool) -> None:
     """Run (or finish, after a crash) an approved batch; refused for a batch not approved."""
+    from sqlalchemy import select
+
+    from backoffice.auth.models import User
     from backoffice.extensions import facade
     from backoffice.retention.certificate import certificates_dir, render_certificate
-    from backoffice.retention.services import RetentionError, run_purge
+    from backoffice.retention.clock import today as clock_today
+    from backoffice.retention.errors import RetentionError
+    from backoffice.retention.services import check_executor, get_batch, item_view, run_purge
 
+    day: date = today.date() if today else clock_today()
     try:
+        with facade().new_session() as s:
+            user = s.scalar(select(User).where(User.login == login))
+            if user is None or user.role != "manager" or not user.active:
+                raise RetentionError("not_a_manager", login=login)
+            batch = get_batch(s, batch_id)
+            if batch.status not in ("approved", "tombstoned", "executed"):
+                raise RetentionError("not_approved")
+            if batch.status == "approved":
+                check_executor(batch, login)
+                click.echo(f"batch {batch.id}: requested by {batch.proposed_by}, approved by {batch.decided_by}")
+                for item in batch.items:  # names, birth dates and exams: what the person confirms
+                    facts = item_view(s, facade(), item, day)["facts"]
+                    click.echo(f"  {facts.get('name') or '?'} (born {facts.get('birth_date') or '?'})")
+                    for st in facts.get("studies") or []:
+                        click.echo(f"    {st['study_date'] or '?'} {'/'.join(st['modalities'])} "
+                                   f"{st['description'] or ''}")
+                if not yes and not click.confirm("Destroy these records for good?", default=False):
+                    click.echo("nothing destroyed", err=True)
+                    sys.exit(1)
         batch = run_purge(facade(), batch_id, certificates=certificates_dir(), render=render_certificate,
-                          actor="cli")
+                          actor=login, today=day)
     except RetentionError as exc:
         click.echo(f"refused: {exc}", err=True)
         sys.exit(1)

@@ -9,7 +9,8 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from archive_core.api import Base, utcnow
 
-# A batch's life: proposed -> approved -> tombstoned -> executed (or rejected while proposed).
+# A batch's life (docs/retention.md): proposed -> approved -> tombstoned -> executed, or rejected while
+# proposed; approved -> proposed again when, at execution, anything it names changed since approval.
 BATCH_STATUSES = ("proposed", "approved", "tombstoned", "executed", "rejected")
 OPEN_STATUSES = ("proposed", "approved", "tombstoned")
 
@@ -58,6 +59,7 @@ class PurgeBatch(Base):
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     decision_reason: Mapped[str | None] = mapped_column(Text)
     tombstoned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    executed_by: Mapped[str | None] = mapped_column(String(64))
     executed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     instances: Mapped[int] = mapped_column(Integer, default=0)
     bytes_destroyed: Mapped[int] = mapped_column(BigInteger, default=0)
@@ -82,5 +84,8 @@ class PurgeItem(Base):
     explanation: Mapped[str] = mapped_column(Text)
     # JSON list of what was tombstoned (study UID, date, modalities, instances, bytes, checksums).
     manifest: Mapped[str] = mapped_column(Text, default="[]")
+    # JSON of what the approver approved (owner, name, birth date, holds, retention, exams); execution
+    # compares today's facts with it. Cleared when the batch is sent back for a new decision.
+    approved_facts: Mapped[str | None] = mapped_column(Text)
 
     batch: Mapped[PurgeBatch] = relationship(back_populates="items")

@@ -11,15 +11,16 @@ from flask_login import current_user
 from flask_babel import gettext as _, lazy_gettext as _l
 from flask_wtf import FlaskForm
 from sqlalchemy import select
-from wtforms import DateField, StringField, TextAreaField
+from wtforms import BooleanField, DateField, HiddenField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
 from backoffice.retention import services
 from backoffice.retention.certificate import certificates_dir, render_certificate
+from backoffice.retention.clock import now_utc, today
+from backoffice.retention.errors import RetentionError
 from backoffice.retention.models import PurgeBatch
-from backoffice.retention.services import RetentionError, today_paris
 
 bp = Blueprint("retention", __name__, url_prefix="/retention")
 MANAGER = ("manager",)
@@ -35,6 +36,8 @@ class HoldForm(FlaskForm):
 class DeathForm(FlaskForm):
     patient_id = StringField(_l("Identifiant patient"), validators=[DataRequired(), Length(max=64)])
     death_date = DateField(_l("Date du décès"), validators=[DataRequired()])
+    # Set only by the confirmation step that follows a date ending retention sooner.
+    confirm_shortening = HiddenField(default="")
 
 
 class ReasonForm(FlaskForm):
@@ -43,6 +46,10 @@ class ReasonForm(FlaskForm):
 
 class ConfirmForm(FlaskForm):
     """Only the CSRF token."""
+
+
+class ExecuteForm(FlaskForm):
+    confirmed = BooleanField(_l("Je confirme la destruction définitive des dossiers et examens listés ci-dessus"))
 
 
 class MoveForm(FlaskForm):
@@ -62,6 +69,20 @@ class DeletionForm(FlaskForm):
     reason = TextAreaField(_l("Motif"), validators=[DataRequired()])
 
 
+@bp.errorhandler(RetentionError)
+def _retention_error(exc: RetentionError):
+    """The area's one page handler: roll back the request's work, say why, go back where the form was."""
+    db().rollback()
+    flash(exc.message(), "error")
+    batch_id = (request.view_args or {}).get("batch_id")
+    if batch_id is not None and db().get(PurgeBatch, batch_id) is not None:
+        return redirect(url_for("retention.batch", batch_id=batch_id))
+    back = request.referrer
+    if back and back.startswith(request.host_url) and request.method == "POST":
+        return redirect(back)
+    return redirect(url_for("retention.index"))
+
+
 def _form_errors(form: FlaskForm) -> None:
     for field, errors in form.errors.items():
         flash(f"{getattr(form, field).label.text if hasattr(form, field) else field} : {', '.join(errors)}", "error")
@@ -73,12 +94,12 @@ def _form_errors(form: FlaskForm) -> None:
 @bp.route("/")
 @roles_required(*MANAGER)
 def index():
-    today = today_paris()
-    answers = services.retention_of(db(), facade(), today=today)
-    due = sorted((p for p in answers if p.decision.due_within(today, 365) and not p.decision.on_hold),
+    day = today()
+    answers = services.retention_of(db(), facade(), today=day)
+    due = sorted((p for p in answers if p.decision.due_within(day, 365) and not p.decision.on_hold),
                  key=lambda p: p.decision.keep_until)
-    counts = {days: sum(1 for p in due if p.decision.keep_until <= today + timedelta(days=days)) for days in (30, 90, 365)}
-    overdue = [p for p in answers if p.decision.purgeable(today)]
+    counts = {days: sum(1 for p in due if p.decision.keep_until <= day + timedelta(days=days)) for days in (30, 90, 365)}
+    overdue = [p for p in answers if p.decision.purgeable(day)]
     review = [p for p in answers if p.decision.needs_review]
     waiting = list(db().scalars(select(PurgeBatch).where(PurgeBatch.status.in_(("proposed", "approved", "tombstoned")))
                                 .order_by(PurgeBatch.id)))
@@ -87,7 +108,7 @@ def index():
     for row in usage:
         tier_totals[row.tier] = tier_totals.get(row.tier, 0) + row.bytes_total
     return render_template(
-        "retention/index.html", today=today, due=due[:PAGE], counts=counts, overdue=len(overdue), review=review[:PAGE],
+        "retention/index.html", today=day, due=due[:PAGE], counts=counts, overdue=len(overdue), review=review[:PAGE],
         holds=services.active_holds(db()), waiting=waiting, usage=usage, tier_totals=tier_totals,
         hold_form=HoldForm(), death_form=DeathForm(),
     )
@@ -102,11 +123,7 @@ def patient():
     patient_id = request.args.get("patient_id", "").strip()
     if not patient_id:
         return redirect(url_for("retention.index"))
-    try:
-        answer = services.patient_retention(db(), facade(), patient_id, today=today_paris())
-    except RetentionError as exc:
-        flash(str(exc), "error")
-        return redirect(url_for("retention.index"))
+    answer = services.patient_retention(db(), facade(), patient_id, today=today())
     facade().audit_now("retention.viewed", actor=current_user.login, patient_id=patient_id)
     return render_template("retention/patient.html", p=answer, hold_form=HoldForm(patient_id=patient_id),
                            death_form=DeathForm(patient_id=patient_id, death_date=answer.death_date),
@@ -126,12 +143,8 @@ def place_hold():
     if not form.validate_on_submit():
         _form_errors(form)
         return redirect(url_for("retention.index"))
-    try:
-        services.place_hold(db(), facade(), form.patient_id.data.strip(), form.reason.data, actor=current_user.login,
-                            today=today_paris())
-    except RetentionError as exc:
-        flash(str(exc), "error")
-        return redirect(url_for("retention.index"))
+    services.place_hold(db(), facade(), form.patient_id.data.strip(), form.reason.data, actor=current_user.login,
+                        today=today(), now=now_utc())
     flash(_("Séquestre posé : rien de ce patient ne sera détruit tant qu'il tient."), "info")
     return _back_to(form.patient_id.data.strip())
 
@@ -142,11 +155,7 @@ def release_hold(hold_id: int):
     form = ConfirmForm()
     if not form.validate_on_submit():
         abort(400)
-    try:
-        hold = services.release_hold(db(), facade(), hold_id, actor=current_user.login)
-    except RetentionError as exc:
-        flash(str(exc), "error")
-        return redirect(url_for("retention.index"))
+    hold = services.release_hold(db(), facade(), hold_id, actor=current_user.login, now=now_utc())
     flash(_("Séquestre levé : sa durée s'ajoute à l'échéance."), "info")
     return _back_to(hold.patient_id)
 
@@ -161,10 +170,18 @@ def record_death():
     patient_id = form.patient_id.data.strip()
     try:
         services.record_death(db(), facade(), patient_id, form.death_date.data, actor=current_user.login,
-                              today=today_paris())
+                              today=today(), confirm_shortening=form.confirm_shortening.data == "yes")
     except RetentionError as exc:
-        flash(str(exc), "error")
-        return redirect(url_for("retention.index"))
+        if exc.key != "shortening_needs_confirmation":
+            raise
+        # The second confirmation: the same date again, with what it changes, before anything is written.
+        db().rollback()
+        answer = services.patient_retention(db(), facade(), patient_id, today=today())
+        return render_template("retention/death_confirm.html", p=answer, error=exc.message(),
+                               death_date=form.death_date.data, before=exc.params["before"],
+                               after=exc.params["after"],
+                               form=DeathForm(formdata=None, patient_id=patient_id,
+                                              death_date=form.death_date.data, confirm_shortening="yes")), 409
     flash(_("Décès enregistré."), "info")
     return _back_to(patient_id)
 
@@ -179,11 +196,17 @@ def _batch_or_404(batch_id: int) -> PurgeBatch:
     return batch
 
 
+def _items(b: PurgeBatch) -> list[dict]:
+    day = today()
+    return [{"item": i, **services.item_view(db(), facade(), i, day)} for i in b.items]
+
+
 @bp.route("/batches/<int:batch_id>")
 @roles_required(*MANAGER)
 def batch(batch_id: int):
     b = _batch_or_404(batch_id)
-    return render_template("retention/batch.html", batch=b, reason_form=ReasonForm(), confirm=ConfirmForm())
+    return render_template("retention/batch.html", batch=b, items=_items(b), reason_form=ReasonForm(),
+                           confirm=ConfirmForm())
 
 
 @bp.route("/batches/<int:batch_id>/approve", methods=["POST"])
@@ -203,33 +226,39 @@ def _decide(batch_id: int, decision: str):
     if not form.validate_on_submit():
         flash(_("Un motif est requis pour décider."), "error")
         return redirect(url_for("retention.batch", batch_id=batch_id))
-    try:
-        services.decide_batch(db(), facade(), batch_id, approve=decision == "approve", reason=form.reason.data,
-                              actor=current_user.login)
-    except RetentionError as exc:
-        flash(str(exc), "error")
-        return redirect(url_for("retention.index"))
+    services.decide_batch(db(), facade(), batch_id, approve=decision == "approve", reason=form.reason.data,
+                          actor=current_user.login, today=today())
     approved = decision == "approve"
-    flash(_("Lot approuvé : la destruction peut être exécutée.") if approved else _("Lot refusé."), "info")
+    flash(_("Lot approuvé : un autre responsable que le demandeur peut maintenant l'exécuter.") if approved
+          else _("Lot refusé."), "info")
     return redirect(url_for("retention.batch", batch_id=batch_id))
 
 
-@bp.route("/batches/<int:batch_id>/execute", methods=["POST"])
+@bp.route("/batches/<int:batch_id>/execute", methods=["GET", "POST"])
 @roles_required(*MANAGER)
 def execute(batch_id: int):
-    form = ConfirmForm()
+    """GET: the confirmation step (who and what will be destroyed, by name); POST: execute."""
+    b = _batch_or_404(batch_id)
+    form = ExecuteForm()
+    if request.method == "GET":
+        if b.status not in ("approved", "tombstoned"):
+            flash(RetentionError("not_approved").message(), "error")
+            return redirect(url_for("retention.batch", batch_id=batch_id))
+        if b.status == "approved":
+            services.check_executor(b, current_user.login)  # said before the confirmation, not after
+        return render_template("retention/execute.html", batch=b, items=_items(b), form=form)
     if not form.validate_on_submit():
         abort(400)
+    if b.status not in ("approved", "tombstoned", "executed"):
+        raise RetentionError("not_approved")
+    if b.status == "approved" and not form.confirmed.data:
+        raise RetentionError("confirmation_required")
     login = current_user.login
     # The purge owns its transactions (tombstones committed before any file goes): release the
-    # request's write lock first; the request itself only read the signed-in user.
+    # request's write lock first; the request itself only read the signed-in user and the batch.
     db().rollback()
-    try:
-        services.run_purge(facade(), batch_id, certificates=certificates_dir(), render=render_certificate, actor=login)
-    except RetentionError as exc:
-        flash(str(exc), "error")
-        return redirect(url_for("retention.batch", batch_id=batch_id) if db().get(PurgeBatch, batch_id)
-                        else url_for("retention.index"))
+    services.run_purge(facade(), batch_id, certificates=certificates_dir(), render=render_certificate, actor=login,
+                       today=today())
     flash(_("Destruction exécutée ; le certificat est disponible."), "info")
     return redirect(url_for("retention.batch", batch_id=batch_id))
 
@@ -268,22 +297,19 @@ def corrections():
             else:
                 flash(_("Action inconnue."), "error")
             return redirect(url_for("retention.corrections"))
-        try:
-            if action == "move":
-                services.move_study(db(), facade(), form.study_uid.data.strip(), form.patient_id.data.strip(),
-                                    form.reason.data, actor=current_user.login)
-                flash(_("Examen rattaché au bon patient."), "info")
-            elif action == "merge":
-                n = services.merge_patients(db(), facade(), form.source.data.strip(), form.target.data.strip(),
-                                            form.reason.data, actor=current_user.login)
-                flash(_("Patients fusionnés (%(count)s examens déplacés).", count=n), "info")
-            else:
-                b = services.request_study_deletion(db(), facade(), form.study_uid.data.strip(), form.reason.data,
-                                                    actor=current_user.login)
-                flash(_("Suppression proposée : elle attend l'approbation d'un responsable."), "info")
-                return redirect(url_for("retention.batch", batch_id=b.id))
-        except RetentionError as exc:
-            flash(str(exc), "error")
+        if action == "move":
+            services.move_study(db(), facade(), form.study_uid.data.strip(), form.patient_id.data.strip(),
+                                form.reason.data, actor=current_user.login)
+            flash(_("Examen rattaché au bon patient."), "info")
+        elif action == "merge":
+            n = services.merge_patients(db(), facade(), form.source.data.strip(), form.target.data.strip(),
+                                        form.reason.data, actor=current_user.login)
+            flash(_("Patients fusionnés (%(count)s examens déplacés).", count=n), "info")
+        else:
+            b = services.request_study_deletion(db(), facade(), form.study_uid.data.strip(), form.reason.data,
+                                                actor=current_user.login)
+            flash(_("Suppression proposée : elle attend l'approbation d'un autre responsable."), "info")
+            return redirect(url_for("retention.batch", batch_id=b.id))
         return redirect(url_for("retention.corrections"))
     return render_template("retention/corrections.html", forms=forms)
 

@@ -57,7 +57,11 @@ def test_unknown_patient_is_a_json_404(client, manager):
 
 def test_recording_a_death_applies_the_death_rule_and_is_audited(app, client, manager, archive_of, tmp_path):
     add_study(archive_of, tmp_path, "PAT-D", "20200101")
+    # 20 years after 2020 -> 10 years after 2021: shorter, so it needs the explicit second confirmation.
     response = client.put("/api/v1/patients/PAT-D/death", json={"date": "2021-03-04"}, headers=manager)
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "shortening_needs_confirmation"
+    response = client.put("/api/v1/patients/PAT-D/death", json={"date": "2021-03-04", "confirm_shortening": True},
+                          headers=manager)
     assert response.status_code == 200
     assert response.get_json()["basis"] == "death_10y"
     assert client.get("/api/v1/patients/PAT-D/retention", headers=manager).get_json()["keep_until"] == "2031-03-04"
@@ -67,7 +71,7 @@ def test_recording_a_death_applies_the_death_rule_and_is_audited(app, client, ma
         assert s.scalar(select(AuditEvent.patient_id).where(AuditEvent.action == "death.recorded")) == "PAT-D"
 
 
-@pytest.mark.parametrize("payload", [{}, {"date": "04/03/2021"}, {"date": "2999-01-01"}])
+@pytest.mark.parametrize("payload", [{}, {"date": "04/03/2021"}, {"date": "2021-03-04", "confirm_shortening": "oui"}])
 def test_a_bad_death_date_is_refused(client, manager, archive_of, tmp_path, payload):
     add_study(archive_of, tmp_path, "PAT-D", "20200101")
     response = client.put("/api/v1/patients/PAT-D/death", json=payload, headers=manager)

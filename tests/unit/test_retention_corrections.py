@@ -13,6 +13,12 @@ def manager(app):
     return bearer(make_user(app, "gerante", "manager"))
 
 
+@pytest.fixture
+def second(app):
+    """Another manager: the one who approves and executes what *manager* requested (four eyes)."""
+    return bearer(make_user(app, "associe", "manager"))
+
+
 def _studies_of(facade, patient_id):
     from archive_core.index.models import Patient, Study
 
@@ -61,7 +67,7 @@ def test_merge_duplicate_patients(client, manager, facade, tmp_path):
     assert c in _studies_of(facade, "DUP-2")
 
 
-def test_a_study_sent_by_mistake_goes_through_approval(client, manager, facade, tmp_path):
+def test_a_study_sent_by_mistake_goes_through_approval(client, manager, second, facade, tmp_path):
     keep = add_study(facade.archive, tmp_path, "P-TEST", "20240101")
     mistake = add_study(facade.archive, tmp_path, "P-TEST", "20240102")
     response = client.post(f"/api/v1/studies/{mistake}/deletion-requests", json={"reason": "examen de test"},
@@ -72,8 +78,8 @@ def test_a_study_sent_by_mistake_goes_through_approval(client, manager, facade, 
     assert client.post(f"/api/v1/retention/batches/{batch_id}/execute", headers=manager).status_code == 409
     assert len(instance_files(facade.archive, mistake)) == 2
     assert client.post(f"/api/v1/retention/batches/{batch_id}/approve", json={"reason": "confirmé"},
-                       headers=manager).status_code == 200
-    assert client.post(f"/api/v1/retention/batches/{batch_id}/execute", headers=manager).get_json()["status"] == "executed"
+                       headers=second).status_code == 200
+    assert client.post(f"/api/v1/retention/batches/{batch_id}/execute", headers=second).get_json()["status"] == "executed"
     assert instance_files(facade.archive, mistake) == []
     assert len(instance_files(facade.archive, keep)) == 2
     assert _studies_of(facade, "P-TEST") == {keep}
@@ -81,13 +87,19 @@ def test_a_study_sent_by_mistake_goes_through_approval(client, manager, facade, 
                        headers=manager).status_code == 404
 
 
-def test_a_study_of_a_patient_on_hold_is_not_destroyed(client, manager, facade, tmp_path):
+def test_a_study_of_a_patient_on_hold_is_not_destroyed(client, manager, second, facade, tmp_path):
     mistake = add_study(facade.archive, tmp_path, "P-HOLD", "20240102")
     batch_id = client.post(f"/api/v1/studies/{mistake}/deletion-requests", json={"reason": "test"},
                            headers=manager).get_json()["id"]
-    client.post(f"/api/v1/retention/batches/{batch_id}/approve", json={"reason": "ok"}, headers=manager)
+    assert client.post(f"/api/v1/retention/batches/{batch_id}/approve", json={"reason": "ok"},
+                       headers=second).status_code == 200
     client.post("/api/v1/retention/holds", json={"patient_id": "P-HOLD", "reason": "litige"}, headers=manager)
-    assert client.post(f"/api/v1/retention/batches/{batch_id}/execute", headers=manager).status_code == 409
+    response = client.post(f"/api/v1/retention/batches/{batch_id}/execute", headers=second)
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "changed_since_approval"
+    # Sent back for a new decision, and a study of a patient on hold cannot be approved again.
+    assert client.get(f"/api/v1/retention/batches/{batch_id}", headers=second).get_json()["status"] == "proposed"
+    response = client.post(f"/api/v1/retention/batches/{batch_id}/approve", json={"reason": "ok"}, headers=second)
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "on_hold"
     assert len(instance_files(facade.archive, mistake)) == 2
 
 

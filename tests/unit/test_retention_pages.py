@@ -66,9 +66,13 @@ def test_page_approval_needs_a_reason(manager_client, facade, scenario):
     assert "à approuver" in manager_client.get("/retention/batches/1").get_data(as_text=True)
 
 
-def test_page_approve_then_execute_gives_a_certificate(manager_client, facade, scenario):
+def test_page_approve_then_execute_gives_a_certificate(app, manager_client, facade, scenario):
     manager_client.post("/retention/batches/1/approve", data={"reason": "vérifié"})
-    manager_client.post("/retention/batches/1/execute", data={})
+    # The scheduler proposed it and gerante approved it: another manager executes, after confirming.
+    _sign_in(manager_client, app, "associe", "manager")
+    page = manager_client.get("/retention/batches/1/execute").get_data(as_text=True)
+    assert "Détruire définitivement" in page
+    manager_client.post("/retention/batches/1/execute", data={"confirmed": "y"})
     assert instance_files(facade.archive, scenario) == []
     pdf = manager_client.get("/retention/batches/1/certificate.pdf")
     assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF")

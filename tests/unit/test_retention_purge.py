@@ -26,6 +26,12 @@ def manager(app):
 
 
 @pytest.fixture
+def executor(app):
+    """A second manager: the scheduler's batches are approved by one person and executed by another."""
+    return bearer(make_user(app, "associe", "manager"))
+
+
+@pytest.fixture
 def patients(archive_of, tmp_path):
     """OLD is due (last visit 2000), MID belongs in the archive tier, NEW stays active."""
     return {
@@ -108,9 +114,9 @@ def test_api_refuses_to_execute_a_batch_not_approved(client, manager, archive_of
     assert len(instance_files(archive_of, patients["OLD"])) == 2
 
 
-def test_cli_refuses_to_purge_a_batch_not_approved(app, runner, archive_of, patients, proposed):
+def test_cli_refuses_to_purge_a_batch_not_approved(app, runner, manager, archive_of, patients, proposed):
     with app.app_context():
-        result = runner.invoke(args=["retention", "purge", "1"])
+        result = runner.invoke(args=["retention", "purge", "1", "--as", "gerante", "--yes"])
     assert result.exit_code == 1 and "refused" in result.output
     assert len(instance_files(archive_of, patients["OLD"])) == 2
 
@@ -142,15 +148,16 @@ def _approve(client, manager, batch_id=1):
     assert response.status_code == 200, response.get_json()
 
 
-def test_approved_batch_is_executed_with_audit_and_certificate(app, client, manager, facade, archive_of, patients,
-                                                               proposed):
+def test_approved_batch_is_executed_with_audit_and_certificate(app, client, manager, executor, facade, archive_of,
+                                                               patients, proposed):
     from archive_core.audit import AuditEvent, verify
 
     _approve(client, manager)
-    response = client.post("/api/v1/retention/batches/1/execute", headers=manager)
+    response = client.post("/api/v1/retention/batches/1/execute", headers=executor)
     assert response.status_code == 200
     body = response.get_json()
     assert body["status"] == "executed" and body["instances"] == 2
+    assert (body["decided_by"], body["executed_by"]) == ("gerante", "associe")
     assert instance_files(archive_of, patients["OLD"]) == []
     assert len(instance_files(archive_of, patients["MID"])) == 2  # nothing else touched
     assert _visible(facade) == {"MID", "NEW"}
@@ -161,10 +168,10 @@ def test_approved_batch_is_executed_with_audit_and_certificate(app, client, mana
         assert verify(s).ok
 
 
-def test_certificate_pdf_says_what_why_who(app, client, manager, facade, patients, proposed):
+def test_certificate_pdf_says_what_why_who(app, client, manager, executor, facade, patients, proposed):
     pdftotext = require_tool("pdftotext")
     _approve(client, manager)
-    client.post("/api/v1/retention/batches/1/execute", headers=manager)
+    client.post("/api/v1/retention/batches/1/execute", headers=executor)
     from backoffice.retention.models import PurgeBatch
 
     with facade.new_session() as s:
@@ -194,7 +201,7 @@ def test_a_crash_between_tombstones_and_files_is_finished_by_a_rerun(app, client
 
     monkeypatch.setattr(type(facade), "delete_tombstoned_files", crash)
     with app.app_context(), pytest.raises(OSError):
-        run_purge(facade, 1, certificates=certificates_dir(), render=render_certificate)
+        run_purge(facade, 1, certificates=certificates_dir(), render=render_certificate, actor="associe", today=TODAY)
     assert _batches(facade)[0][1] == "tombstoned"
     assert _visible(facade) == {"MID", "NEW"}  # tombstones committed with their audit entries
     assert len(instance_files(archive_of, patients["OLD"])) == 2  # files not yet deleted
@@ -206,12 +213,14 @@ def test_a_crash_between_tombstones_and_files_is_finished_by_a_rerun(app, client
     assert len(instance_files(archive_of, patients["MID"])) == 2
 
 
-def test_a_hold_placed_after_approval_wins(client, manager, facade, archive_of, patients, proposed):
+def test_a_hold_placed_after_approval_wins(client, manager, executor, facade, archive_of, patients, proposed):
     _approve(client, manager)
     client.post("/api/v1/retention/holds", json={"patient_id": "OLD", "reason": "enquête"}, headers=manager)
-    assert client.post("/api/v1/retention/batches/1/execute", headers=manager).status_code == 200
+    response = client.post("/api/v1/retention/batches/1/execute", headers=executor)
+    assert response.status_code == 409 and response.get_json()["error"]["code"] == "changed_since_approval"
     assert len(instance_files(archive_of, patients["OLD"])) == 2
     assert "OLD" in _visible(facade)
+    assert _batches(facade) == [(1, "proposed", ["OLD"])]  # sent back for a new decision
 
 
 def test_file_deletion_refuses_rows_not_tombstoned(facade, archive_of, patients):
@@ -223,10 +232,10 @@ def test_file_deletion_refuses_rows_not_tombstoned(facade, archive_of, patients)
     assert len(instance_files(archive_of, patients["OLD"])) == 2
 
 
-def test_a_purged_patient_who_comes_back_is_a_new_record(app, client, manager, facade, archive_of, tmp_path,
+def test_a_purged_patient_who_comes_back_is_a_new_record(app, client, manager, executor, facade, archive_of, tmp_path,
                                                          patients, proposed):
     _approve(client, manager)
-    client.post("/api/v1/retention/batches/1/execute", headers=manager)
+    assert client.post("/api/v1/retention/batches/1/execute", headers=executor).status_code == 200
     add_study(archive_of, tmp_path, "OLD", "20261127")
     body = client.get("/api/v1/patients/OLD/retention", headers=manager).get_json()
     assert body["keep_until"] == "2046-11-27"
@@ -250,9 +259,10 @@ def test_sweep_and_approved_purge_on_both_databases(database_url, instance_path,
             report = services.sweep(facade, today=TODAY, certificates=certificates_dir(), render=render_certificate)
             assert report.proposed_batch_id == 1 and len(report.to_move) == 2
             with facade.new_session(write=True) as s:
-                services.decide_batch(s, facade, 1, approve=True, reason="vérifié", actor="gerante")
+                services.decide_batch(s, facade, 1, approve=True, reason="vérifié", actor="gerante", today=TODAY)
                 s.commit()
-            batch = services.run_purge(facade, 1, certificates=certificates_dir(), render=render_certificate)
+            batch = services.run_purge(facade, 1, certificates=certificates_dir(), render=render_certificate,
+                                       actor="associe", today=TODAY)
         assert batch.status == "executed" and batch.instances == 2
         assert instance_files(facade.archive, old) == []
         assert _visible(facade) == {"MID"}

@@ -50,3 +50,17 @@ def instance_files(archive, study_uid: str) -> list[Path]:
     """Every stored file of a study, in either tier."""
     return [p for store in (archive.store, archive.archive_store) for p in store.objects.rglob("*.dcm")
             if study_uid in str(p)]
+
+
+def sign_in(client, app, login: str, role: str) -> None:
+    """Create a user and make *client* its signed-in browser session (as the login form would)."""
+    from sqlalchemy import select
+
+    from backoffice.auth.models import User
+
+    make_user(app, login, role)
+    with app.extensions["archivage"].new_session() as s:
+        user_id = s.scalar(select(User.id).where(User.login == login))
+    with client.session_transaction() as session:
+        session["_user_id"] = str(user_id)
+        session["_fresh"] = True

@@ -35,6 +35,13 @@ def sweep_command(dry_run: bool, today) -> None:
         click.echo(f"finished interrupted purges: {', '.join(map(str, report.executed_batches)) or 'none'}")
 
 
+def _da(value: str | None) -> str:
+    """DICOM DA (YYYYMMDD) as dd/mm/yyyy, as the pages show it."""
+    if value and len(value) == 8 and value.isdigit():
+        return f"{value[6:]}/{value[4:6]}/{value[:4]}"
+    return "?"
+
+
 @retention_cli.command("purge")
 @click.argument("batch_id", type=int)
 @click.option("--as", "login", required=True,
@@ -67,9 +74,10 @@ def purge_command(batch_id: int, login: str, today, yes: bool) -> None:
                 click.echo(f"batch {batch.id}: requested by {batch.proposed_by}, approved by {batch.decided_by}")
                 for item in batch.items:  # names, birth dates and exams: what the person confirms
                     facts = item_view(s, facade(), item, day)["facts"]
-                    click.echo(f"  {facts.get('name') or '?'} (born {facts.get('birth_date') or '?'})")
+                    name = " ".join(p for p in (facts.get("name") or "?").split("^") if p)
+                    click.echo(f"  {name} (born {_da(facts.get('birth_date'))})")
                     for st in facts.get("studies") or []:
-                        click.echo(f"    {st['study_date'] or '?'} {'/'.join(st['modalities'])} "
+                        click.echo(f"    {_da(st['study_date'])} {'/'.join(st['modalities'])} "
                                    f"{st['description'] or ''}")
                 if not yes and not click.confirm("Destroy these records for good?", default=False):
                     click.echo("nothing destroyed", err=True)

@@ -417,3 +417,55 @@ def test_a_failure_writing_the_certificate_is_finished_by_a_rerun(client, gerant
     body = client.post("/api/v1/retention/batches/1/execute", headers=associe).get_json()
     assert body["status"] == "executed" and body["certificate_sha256"]
     assert _state(facade, two_due) == ([0, 0], False, ["purge.tombstoned"] * 2, ["purge.executed"])
+
+
+def test_openapi_describes_confirmation_and_refusals(client, gerante):
+    spec = client.get("/api/v1/openapi.json", headers=gerante).get_json()["paths"]
+    death = spec["/api/v1/patients/{patient_id}/death"]["put"]
+    assert "confirm_shortening" in death["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    assert "shortening_needs_confirmation" in death["responses"]["409"]["description"]
+    assert "death_before_birth" in death["responses"]["422"]["description"]
+    execute = spec["/api/v1/retention/batches/{batch_id}/execute"]["post"]
+    assert "changed_since_approval" in execute["responses"]["409"]["description"]
+    assert "same_person" in execute["responses"]["409"]["description"]
+    move = spec["/api/v1/studies/{study_uid}/move"]["post"]
+    assert "in_open_batch" in move["responses"]["409"]["description"]
+
+
+def test_send_back_and_four_eyes_on_both_databases(database_url, instance_path, tmp_path):
+    """The same refusals on SQLite and a real PostgreSQL (row locks, the committed send-back)."""
+    from backoffice import create_app
+    from backoffice.migrate import upgrade
+    from backoffice.retention import services
+    from backoffice.retention.certificate import certificates_dir, render_certificate
+    from backoffice.retention.errors import RetentionError
+
+    upgrade(database_url)
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "STORAGE_MIN_FREE_BYTES": 0,
+                      "DATABASE_URL": database_url})
+    facade = app.extensions["archivage"]
+    try:
+        study = add_study(facade.archive, tmp_path, "P-ONE", "20240102")
+        with app.app_context():
+            with facade.new_session(write=True) as s:
+                batch_id = services.request_study_deletion(s, facade, study, "test", actor="gerante").id
+                s.commit()
+            with facade.new_session(write=True) as s, pytest.raises(RetentionError) as refused:
+                services.decide_batch(s, facade, batch_id, approve=True, reason="ok", actor="gerante", today=TODAY)
+            assert refused.value.key == "approver_is_requester"
+            with facade.new_session(write=True) as s:
+                services.decide_batch(s, facade, batch_id, approve=True, reason="ok", actor="associe", today=TODAY)
+                services.place_hold(s, facade, "P-ONE", "litige", actor="associe", today=TODAY, now=NOW)
+                s.commit()
+            run = dict(certificates=certificates_dir(), render=render_certificate, today=TODAY)
+            with pytest.raises(RetentionError) as refused:
+                services.run_purge(facade, batch_id, actor="gerante", **run)
+            assert refused.value.key == "executor_is_requester"
+            with pytest.raises(RetentionError) as refused:
+                services.run_purge(facade, batch_id, actor="associe", **run)
+            assert refused.value.key == "changed_since_approval"
+        with facade.new_session() as s:
+            assert services.get_batch(s, batch_id).status == "proposed"
+        assert len(instance_files(facade.archive, study)) == 2
+    finally:
+        facade.archive.close()

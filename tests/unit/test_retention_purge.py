@@ -184,7 +184,7 @@ def test_certificate_pdf_says_what_why_who(app, client, manager, executor, facad
     assert "OLD" in text and "R1112-7" in text and "20 ans après le dernier passage" in text
     assert "gerante" in text and "échéance légale dépassée" in text
     assert patients["OLD"][:20] in text.replace("\n", "")
-    assert "2 images" in text
+    assert "2 images" in text and "Exécuté par associe" in text
     assert __import__("hashlib").sha256(pdf.read_bytes()).hexdigest() == digest
 
 

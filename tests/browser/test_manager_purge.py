@@ -1,4 +1,4 @@
-"""A manager signs in with a real browser, approves a proposed purge batch, executes it, gets the certificate."""
+"""Two managers with real browsers: one approves the scheduler's batch, the other confirms by name and executes it."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ def test_manager_approves_and_executes_a_batch(app, live_server, chromium, tmp_p
     facade = app.extensions["archivage"]
     old = add_study(facade.archive, tmp_path, "OLD", "20000105")
     add_user(app, "gerante", "manager")
+    add_user(app, "associe", "manager")
     with app.app_context():
         retention_sweep_job(today=date(2026, 11, 28))
 
@@ -31,7 +32,24 @@ def test_manager_approves_and_executes_a_batch(app, live_server, chromium, tmp_p
     page.click("text=Approuver la destruction")
     assert "approuvé" in page.inner_text("#batch-status")
     assert len(instance_files(facade.archive, old)) == 2  # approved is not yet destroyed
-    page.click("text=Exécuter la destruction")
+    # The approver of the scheduler's batch may not execute it: a second person must.
+    page.click("text=Exécuter la destruction…")
+    assert "un autre responsable doit l'exécuter" in page.inner_text("body")
+    page.close()
+
+    page = chromium.new_page(locale="fr-FR")
+    page.set_default_timeout(15000)
+    sign_in(page, live_server, "associe")
+    page.goto(f"{live_server}/retention/batches/1")
+    page.click("text=Exécuter la destruction…")
+    listed = page.inner_text("table.purge-items")
+    assert "DUPONT Jean" in listed and "01/01/1970" in listed and "05/01/2000" in listed  # names, not IDs
+    page.click("text=Détruire définitivement")  # without ticking the box: refused
+    assert "cochez la confirmation" in page.inner_text("body")
+    assert len(instance_files(facade.archive, old)) == 2
+    page.click("text=Exécuter la destruction…")
+    page.check("input[name=confirmed]")
+    page.click("text=Détruire définitivement")
     assert "exécuté" in page.inner_text("#batch-status")
     assert instance_files(facade.archive, old) == []
     href = page.get_attribute("text=Certificat de destruction (PDF)", "href")

@@ -469,3 +469,19 @@ def test_send_back_and_four_eyes_on_both_databases(database_url, instance_path, 
         assert len(instance_files(facade.archive, study)) == 2
     finally:
         facade.archive.close()
+
+
+def test_cli_purge_in_its_own_process_obeys_four_eyes(clocked, client, gerante, facade, instance_path, sweep_batch):
+    """`flask --app wsgi retention purge` as the operator runs it: the approver is refused, a second
+    manager sees the names and confirms at the prompt."""
+    from tests.servers import flask_cli
+
+    assert _approve(client, gerante, 1).status_code == 200
+    make_user(clocked, "associe", "manager")
+    done = flask_cli(instance_path, "retention", "purge", "1", "--as", "gerante", "--today", "2026-06-15", "--yes")
+    assert done.returncode == 1 and "refused" in done.stderr and "gerante" in done.stderr
+    assert len(instance_files(facade.archive, sweep_batch)) == 2
+    done = flask_cli(instance_path, "retention", "purge", "1", "--as", "associe", "--today", "2026-06-15", input="y\n")
+    assert done.returncode == 0, done.stderr
+    assert "Dupont Jean (born 04/03/1965)" in done.stdout and "batch 1 executed: 2 instances" in done.stdout
+    assert instance_files(facade.archive, sweep_batch) == []

@@ -361,10 +361,14 @@ def two_due(clocked, facade, tmp_path):
 
 
 def _state(facade, studies):
+    """Files per study, OLD-A visible, purge audit entries; the audit chain and `archive fsck` clean."""
     from archive_core.audit import verify
+    from archive_core.maintenance import fsck
 
     with facade.new_session() as s:
         assert verify(s).ok
+    report = fsck(facade.archive)
+    assert (report.missing_files, report.orphan_files, report.checksum_mismatches) == ([], [], [])
     return ([len(instance_files(facade.archive, st)) for st in studies], _studies_of(facade, "OLD-A") != set(),
             _actions(facade, "purge.tombstoned"), _actions(facade, "purge.executed"))
 

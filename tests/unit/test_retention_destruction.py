@@ -489,3 +489,14 @@ def test_cli_purge_in_its_own_process_obeys_four_eyes(clocked, client, gerante, 
     assert done.returncode == 0, done.stderr
     assert "Dupont Jean (born 04/03/1965)" in done.stdout and "batch 1 executed: 2 instances" in done.stdout
     assert instance_files(facade.archive, sweep_batch) == []
+
+
+def test_approval_leaves_out_a_record_held_since_the_proposal(client, gerante, associe, facade, two_due):
+    """Bad input: one of two proposed records went on hold before the approval. It is left out (and
+    audited); the other is approved and destroyed; the held one keeps every file."""
+    client.post("/api/v1/retention/holds", json={"patient_id": "OLD-A", "reason": "litige"}, headers=gerante)
+    body = _approve(client, gerante, 1).get_json()
+    assert body["status"] == "approved" and [i["patient_id"] for i in body["items"]] == ["OLD-B"]
+    assert _actions(facade, "purge.skipped") == ["purge.skipped"]
+    assert client.post("/api/v1/retention/batches/1/execute", headers=associe).status_code == 200
+    assert [len(instance_files(facade.archive, st)) for st in two_due] == [2, 0]

@@ -18,16 +18,18 @@ def serve_forever(archive: Archive) -> None:
     # pynetdicom logs every message at INFO: far too much at hundreds of images a second.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     from archive_core.errors import JournalBusy
+    from archive_core.net.tls import TLSConfigError
 
     try:
         running = start_server(archive)
-    except JournalBusy as exc:
+    except (JournalBusy, TLSConfigError) as exc:
         archive.close()
         raise SystemExit(f"cannot start: {exc}") from exc
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    print(f"DICOM archive {archive.settings.DICOM_AE_TITLE} listening on port {running.port}", flush=True)
+    tls_note = f", DICOM TLS on port {running.tls_port}" if running.tls_port else ""
+    print(f"DICOM archive {archive.settings.DICOM_AE_TITLE} listening on port {running.port}{tls_note}", flush=True)
     stop.wait()
     running.stop()
     archive.close()

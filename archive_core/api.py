@@ -455,6 +455,7 @@ class _RadiologyMixin:
         return self._push(peer, instances, progress=progress, cancelled=cancelled)
 
     def _push(self, peer, instances, *, progress=None, cancelled=lambda: False):
+        from archive_core.net import tls
         from archive_core.net.scu import send_instances
 
         settings = self._archive.settings
@@ -462,7 +463,7 @@ class _RadiologyMixin:
             lambda inst: self._archive.store_for(inst.tier).path_of(inst.storage_key), instances,
             host=peer.host, port=peer.port, called_ae=peer.ae_title, calling_ae=settings.DICOM_AE_TITLE,
             loop_delay=settings.DICOM_DUL_LOOP_DELAY, timeout=settings.DICOM_NETWORK_TIMEOUT,
-            progress=progress, cancelled=cancelled,
+            progress=progress, cancelled=cancelled, tls_args=tls.tls_args(settings, peer),
         )
 
     def count_instances(self, study_uids: list[str]) -> int:

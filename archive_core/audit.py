@@ -26,6 +26,8 @@ ACTIONS: dict[str, str] = {
     "study.retrieved": "examen récupéré (web ou DICOM)",
     "dicom.storage_commitment": "engagement de stockage (modalité)",
     "dicom.store.refused": "objet DICOM refusé (UID absent ou d'un autre patient/examen)",
+    "dicom.find": "recherche DICOM (C-FIND)",
+    "dicom.refused": "connexion DICOM refusée",
     "study.printed": "examen imprimé",
     "study.exported": "examen exporté (CD/USB)",
     "retention.viewed": "échéance de conservation consultée",

@@ -30,8 +30,9 @@ class Settings:
     DICOM_AE_TITLE: str = "ARCHIVAGE"
     DICOM_HOST: str = "0.0.0.0"
     DICOM_PORT: int = 11112
-    # Storage from AEs not registered as peers: accepted by default (modalities are many).
-    DICOM_STORE_FROM_UNKNOWN_AES: bool = True
+    # Storage from AEs not registered as peers: refused (0x0124) unless opened; each refusal is
+    # logged with the command that registers the AE (docs/configuration.md says why).
+    DICOM_STORE_FROM_UNKNOWN_AES: bool = False
     # Query/retrieve from AEs not registered as peers: refused unless opened.
     DICOM_QR_FROM_UNKNOWN_AES: bool = False
     # Accept private and unknown SOP classes as storage (pynetdicom's unrestricted storage).
@@ -51,6 +52,13 @@ class Settings:
     # halves the message rate of one association).
     DICOM_DUL_LOOP_DELAY: float = 0.0
     DICOM_MAX_PDU: int = 0  # 0: unlimited, what we advertise to peers that send to us
+    # DICOM TLS: a second listening port (0: none), our certificate and key (PEM, also presented on
+    # our associations to peers registered --tls), the CA that signs peers' certificates.
+    DICOM_TLS_PORT: int = 0
+    DICOM_TLS_CERT: str = ""
+    DICOM_TLS_KEY: str = ""
+    DICOM_TLS_CA: str = ""
+    DICOM_TLS_REQUIRE_CLIENT_CERT: bool = True
     INDEX_BATCH_SIZE: int = 200
     extra: Mapping[str, Any] = field(default_factory=dict)
 

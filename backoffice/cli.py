@@ -138,24 +138,33 @@ def peers_cli() -> None: ...
 @click.argument("ae_title")
 @click.argument("host")
 @click.argument("port", type=int)
+@click.option("--from", "allowed_from", metavar="ADDRESS_OR_CIDR",
+              help="Its associations may also come from this address or network (besides HOST).")
 @click.option("--external", is_flag=True, help="Studies it sends are outside priors, not visits.")
-def peers_add(ae_title: str, host: str, port: int, external: bool) -> None:
+@click.option("--tls", is_flag=True, help="Our associations to it use DICOM TLS; its own must use the TLS port.")
+def peers_add(ae_title: str, host: str, port: int, allowed_from: str | None, external: bool, tls: bool) -> None:
     from archive_core.peers import add_peer
 
     with _facade().new_session(write=True) as s:
         try:
-            peer = add_peer(s, ae_title, host, port, external=external)
+            peer = add_peer(s, ae_title, host, port, external=external, allowed_from=allowed_from, tls=tls)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
         s.commit()
-    click.echo(f"peer {peer.ae_title} at {peer.host}:{peer.port}{' (external)' if peer.external else ''}")
+    flags = ", ".join(_peer_flags(peer))
+    click.echo(f"peer {peer.ae_title} at {peer.host}:{peer.port}" + (f" ({flags})" if flags else ""))
+
+
+def _peer_flags(peer) -> list[str]:
+    return [f for f in (f"from {peer.allowed_from}" if peer.allowed_from else "",
+                        "external" if peer.external else "", "tls" if peer.tls else "") if f]
 
 
 @peers_cli.command("list")
 def peers_list() -> None:
     with _facade().new_session() as s:
         for p in _facade().peers(s):
-            click.echo(f"{p.ae_title}\t{p.host}\t{p.port}{chr(9) + 'external' if p.external else ''}")
+            click.echo("\t".join([p.ae_title, p.host, str(p.port), *_peer_flags(p)]))
 
 
 @peers_cli.command("remove")

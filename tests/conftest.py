@@ -123,7 +123,9 @@ def instance_path(tmp_path) -> Path:
 def settings(instance_path):
     from archive_core.config import Settings
 
-    return Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0)
+    # The tests' modalities are not registered peers: storage from unknown AEs is opened here
+    # (the default refuses it; tests/integration/test_peer_access.py tests the default).
+    return Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_STORE_FROM_UNKNOWN_AES=True)
 
 
 @pytest.fixture

@@ -106,7 +106,9 @@ def archive_server(instance_path: Path, **overrides):
     from archive_core.net.server import start_server
     from backoffice.migrate import upgrade
 
-    settings = Settings(instance_path=instance_path, **{"STORAGE_MIN_FREE_BYTES": 0, **overrides})
+    # Storage from unknown AEs opened as in the ``settings`` fixture (tests/conftest.py).
+    settings = Settings(instance_path=instance_path,
+                        **{"STORAGE_MIN_FREE_BYTES": 0, "DICOM_STORE_FROM_UNKNOWN_AES": True, **overrides})
     upgrade(settings.database_url)
     archive = Archive.open(settings)
     running = start_server(archive, host="127.0.0.1", port=0)

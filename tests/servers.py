@@ -27,8 +27,11 @@ def flask_cli(instance_path: Path, *args: str, env: dict[str, str] | None = None
     )
 
 
-def archive_env(instance_path: Path, port: int | None = None) -> dict[str, str]:
+def archive_env(instance_path: Path, port: int | None = None, *, open_storage: bool = True) -> dict[str, str]:
     env = {"ARCHIVAGE_INSTANCE_PATH": str(instance_path), "ARCHIVAGE_STORAGE_MIN_FREE_BYTES": "0"}
+    if open_storage:
+        # Storage from unknown AEs opened as in the ``settings`` fixture (tests/conftest.py).
+        env["ARCHIVAGE_DICOM_STORE_FROM_UNKNOWN_AES"] = "true"
     if port is not None:
         env["ARCHIVAGE_DICOM_PORT"] = str(port)
     return env
@@ -52,6 +55,27 @@ def echo(port: int, *, ae_title: str = "ECHOSCU", timeout: float = 5) -> int | N
         assoc.release()
 
 
+def _answers(port: int) -> bool:
+    """The server answers an association: C-ECHO success, or a rejection (an unknown AE under the
+    default access rules, ``open_storage=False``)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="ECHOSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
+    if assoc.is_rejected:
+        return True
+    if not assoc.is_established:
+        return False
+    try:
+        status = assoc.send_c_echo()
+        return "Status" in status and status.Status == 0x0000
+    finally:
+        assoc.release()
+
+
 def _listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -65,11 +89,14 @@ class ArchiveProcess:
 
     ``start()`` migrates the instance's database (once) and returns when the server answers
     C-ECHO; ``stop()`` sends SIGTERM; ``kill()`` is a ``kill -9``. It can be started again on the
-    same instance and port (a restart after a crash).
+    same instance and port (a restart after a crash). ``open_storage=False`` keeps the default
+    access rules (storage from unknown AEs refused).
     """
 
-    def __init__(self, instance_path: Path, *, command: list[str] | None = None, env: dict[str, str] | None = None):
+    def __init__(self, instance_path: Path, *, command: list[str] | None = None, env: dict[str, str] | None = None,
+                 open_storage: bool = True):
         self.instance_path = Path(instance_path)
+        self.open_storage = open_storage
         self.port = free_port()
         self.command = command or [sys.executable, "-m", "flask", "--app", "wsgi", "archive", "serve"]
         self.env = env or {}
@@ -78,8 +105,8 @@ class ArchiveProcess:
         self._migrated = False
 
     def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        return flask_cli(self.instance_path, *args, env={**archive_env(self.instance_path, self.port), **self.env},
-                         **kwargs)
+        env = {**archive_env(self.instance_path, self.port, open_storage=self.open_storage), **self.env}
+        return flask_cli(self.instance_path, *args, env=env, **kwargs)
 
     def start(self, timeout: float = 60) -> "ArchiveProcess":
         self.instance_path.mkdir(parents=True, exist_ok=True)
@@ -91,7 +118,8 @@ class ArchiveProcess:
         self.proc = subprocess.Popen(
             self.command,
             cwd=ROOT,
-            env={**os.environ, **archive_env(self.instance_path, self.port), **self.env},
+            env={**os.environ, **archive_env(self.instance_path, self.port, open_storage=self.open_storage),
+                 **self.env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -101,7 +129,7 @@ class ArchiveProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"archive serve exited with {self.proc.returncode}:\n{self.log()}")
             # Probe with a plain socket first: pynetdicom leaks a socket on a refused connection.
-            if _listening(self.port) and echo(self.port, timeout=5) == 0x0000:
+            if _listening(self.port) and _answers(self.port):
                 return self
             time.sleep(0.1)
         self.kill()

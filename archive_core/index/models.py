@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from archive_core.db import Base
@@ -121,3 +121,7 @@ class Peer(Base):
     # Studies sent by an external peer are outside priors, not visits to the practice.
     external: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Where its associations may come from besides HOST: an address or a network (CIDR).
+    allowed_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Our associations to it use DICOM TLS; its own must come in over the TLS port.
+    tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from archive_core.errors import InvalidQuery
 from archive_core.index.keywords import ATTRIBUTES, BY_KEYWORD, COMPUTED_BY_KEYWORD
-from archive_core.index.matching import is_universal, key_condition, text_condition, values_of
+from archive_core.index.matching import has_wildcards, is_universal, key_condition, text_condition, values_of
 from archive_core.index.models import Instance, Patient, Series, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -94,6 +94,21 @@ def _universal_item(item: Dataset) -> bool:
     return True
 
 
+def _check_retrieve_key(keyword: str, value: Any) -> None:
+    """A retrieve names entities by their unique keys (PS3.4 C.4.2.2.1): single value or UID list
+    matching only. A wildcard would make ``PatientID=*`` or ``?*`` a request for every patient."""
+    values = values_of(value)
+    if any(has_wildcards(v) for v in values):
+        raise InvalidQuery(f"no wildcard in a retrieve key ({keyword})")
+    if keyword == "PatientID" and len(values) > 1:
+        raise InvalidQuery("one PatientID per retrieve")
+    if keyword != "PatientID" and any(v and not _UID_CHARS.issuperset(v) for v in values):
+        raise InvalidQuery(f"{keyword} must be UIDs (no range in a retrieve key)")
+
+
+_UID_CHARS = frozenset("0123456789.")
+
+
 def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) -> Query:
     """Check *identifier* against the information model *root* and read its keys.
 
@@ -134,6 +149,8 @@ def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) 
                 continue
             value = _decoded(elem)
             query.keys.append(RequestedKey(tag, keyword, attr.vr if attr else computed.vr if computed else elem.VR))
+            if retrieve and keyword in UNIQUE_KEYS.values():
+                _check_retrieve_key(keyword, value)
             if is_universal(value, elem.VR):
                 continue
             if retrieve:

@@ -18,6 +18,7 @@ from archive_core.config import Settings
 from archive_core.db import read_session, write_session
 from archive_core.errors import ArchiveError, UnknownPeer
 from archive_core.index.ingest import Identity, Ingestor, audit_refusal, parse
+from archive_core.index.matching import has_wildcards
 from archive_core.index.query import (
     PATIENT_ROOT,
     STUDY_ROOT,
@@ -27,7 +28,7 @@ from archive_core.index.query import (
     instances_to_retrieve,
     parse_identifier,
 )
-from archive_core.net import scu, tuning
+from archive_core.net import scu, tls, tuning
 from archive_core.net.encoding import PendingAnswers
 from archive_core.net.status import (
     CANCEL,
@@ -41,15 +42,24 @@ from archive_core.net.status import (
     TOO_MANY_MATCHES,
     status_for,
 )
-from archive_core.peers import PeerInfo, find_peer
+from archive_core.peers import PeerInfo, connects_from, find_peer, register_command
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class AssociationState:
+    # The registered peer this association is, if any (AE title and address both match).
     peer: PeerInfo | None
+    address: str = ""
+    # The AE title is registered but this association may not be that peer's: why (else "").
+    impostor: str = ""
+    # What the operator does to let it in: the one command line that registers it, or advice.
+    remedy: str = ""
+    refusal_recorded: bool = False
     last_seq: int = 0
+    # C-FIND audit events not yet written (one per query; written in batches, see note_find).
+    finds: list[dict] = field(default_factory=list)
     # Study UID -> (Patient ID, instances stored), written to the audit trail when the association ends.
     stored: dict[str, list] = field(default_factory=dict)
 
@@ -71,8 +81,7 @@ class ArchiveContext:
         with self._lock:
             st = self._states.get(key)
         if st is None:
-            with self.sessions() as s:
-                st = AssociationState(peer=find_peer(s, assoc.requestor.ae_title))
+            st = admission(self, assoc.requestor.ae_title, assoc.requestor.address, _over_tls(assoc))
             with self._lock:
                 self._states[key] = st
         return st
@@ -87,6 +96,62 @@ def _failure(code: int, reason: str) -> Dataset:
     status.Status = code
     status.ErrorComment = reason[:64]
     return status
+
+
+# -- who may talk to the archive -------------------------------------------------------------------
+
+
+def _over_tls(assoc) -> bool:
+    return getattr(assoc, "dul", None) is not None and tls.is_tls(assoc)
+
+
+def admission(ctx: ArchiveContext, ae_title: str, address: str, over_tls: bool) -> AssociationState:
+    """Who an association is: a registered peer (AE title and address), an unknown AE, or an impostor."""
+    with ctx.sessions() as s:
+        peer = find_peer(s, ae_title)
+    if peer is None:
+        return AssociationState(peer=None, address=address,
+                                remedy=f"to register it: {register_command(ae_title, address)}")
+    if not connects_from(peer, address):
+        return AssociationState(peer=None, address=address, impostor="registered for another address",
+                                remedy=f"if it is the same AE: {register_command(ae_title, address, peer)}")
+    if peer.tls and not over_tls:
+        return AssociationState(peer=None, address=address, impostor="registered to use DICOM TLS",
+                                remedy="it must connect to the DICOM TLS port")
+    return AssociationState(peer=peer, address=address)
+
+
+def record_refusal(ctx: ArchiveContext, state: AssociationState, ae_title: str, service: str) -> None:
+    """Log (AE title and address) and audit a refusal, with the command that would register the AE; once per association."""
+    if state.refusal_recorded:
+        return
+    state.refusal_recorded = True
+    reason = state.impostor or "not a registered peer"
+    log.warning("%s from AE %s at %s refused (%s); %s", service, ae_title, state.address, reason, state.remedy)
+    try:
+        with write_session(ctx.sessions) as s:
+            audit.record(s, "dicom.refused", actor=ae_title, actor_kind="ae",
+                         detail={"address": state.address, "service": service, "reason": reason,
+                                 "remedy": state.remedy})
+    except Exception:
+        log.exception("cannot audit the refusal of AE %s", ae_title)
+
+
+def handle_requested(event, ctx: ArchiveContext) -> None:
+    """A-ASSOCIATE-RQ: rejected (permanent, calling AE title not recognised, PS3.8 9.3.4) for a
+    registered AE title from an address (or without the TLS) it is not registered for, and for an
+    unknown AE when no service is open to unknown AEs; others go on, each request checked."""
+    assoc = event.assoc
+    ae_title = str(assoc.requestor.primitive.calling_ae_title).strip()
+    state = admission(ctx, ae_title, assoc.requestor.address, _over_tls(assoc))
+    with ctx._lock:
+        ctx._states[id(assoc)] = state
+    settings = ctx.settings
+    stranger = state.peer is None and not (settings.DICOM_STORE_FROM_UNKNOWN_AES or settings.DICOM_QR_FROM_UNKNOWN_AES)
+    if state.impostor or stranger:
+        record_refusal(ctx, state, ae_title, "association")
+        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        assoc.kill()
 
 
 def handle_conn_open(event, ctx: ArchiveContext) -> None:
@@ -110,7 +175,8 @@ def handle_store(event, ctx: ArchiveContext):
     sop_uid = str(request.AffectedSOPInstanceUID or "?")
     ds = None
     try:
-        if state.peer is None and not ctx.settings.DICOM_STORE_FROM_UNKNOWN_AES:
+        if state.peer is None and (state.impostor or not ctx.settings.DICOM_STORE_FROM_UNKNOWN_AES):
+            record_refusal(ctx, state, calling, "C-STORE")
             raise UnknownPeer(f"calling AE {calling} is not registered")
         raw = request.DataSet.getvalue()
         ts = str(event.context.transfer_syntax)
@@ -155,9 +221,11 @@ def handle_acse_sent(event, ctx: ArchiveContext) -> None:
 
 
 def handle_closed(event, ctx: ArchiveContext) -> None:
-    """Write what the association stored to the audit trail (one event per study), then forget it."""
+    """Write what the association stored (one event per study) and its queries to the audit trail, then forget it."""
     state = ctx._states.get(id(event.assoc))
     ctx.forget(event.assoc)
+    if state and state.finds:
+        _write_finds(ctx, state)
     if not state or not state.stored:
         return
     calling = event.assoc.requestor.ae_title
@@ -170,8 +238,49 @@ def handle_closed(event, ctx: ArchiveContext) -> None:
         log.exception("cannot audit what %s stored", calling)
 
 
+# At most this many C-FIND audit events wait in memory for their association to end.
+FIND_AUDIT_BATCH = 50
+
+
+def note_find(ctx: ArchiveContext, assoc, query, answers: int) -> None:
+    """Queue the audit event of one answered C-FIND: who (AE title, address), what (the matching keys
+    and their values: the audit trail is where patient-data access is recorded, never the
+    application log), how many answers. Written when the association ends, or every
+    FIND_AUDIT_BATCH queries: a query costs no write of its own on the answer path."""
+    state = ctx.state(assoc)
+    patient_id = query.conditions.get("PatientID")
+    state.finds.append({
+        "actor": assoc.requestor.ae_title,
+        "patient_id": patient_id if isinstance(patient_id, str) and not has_wildcards(patient_id) else None,
+        "detail": {"address": state.address, "model": query.root, "level": query.level,
+                   "keys": dict(query.conditions), "answers": answers},
+    })
+    if len(state.finds) >= FIND_AUDIT_BATCH:
+        _write_finds(ctx, state)
+
+
+def _write_finds(ctx: ArchiveContext, state: AssociationState) -> None:
+    events, state.finds = state.finds, []
+    try:
+        with write_session(ctx.sessions) as s:
+            for e in events:
+                audit.record(s, "dicom.find", actor=e["actor"], actor_kind="ae", patient_id=e["patient_id"],
+                             detail=e["detail"])
+    except Exception:
+        log.exception("cannot audit %d C-FIND queries", len(events))
+
+
 def may_query(ctx: ArchiveContext, assoc) -> bool:
-    return ctx.state(assoc).peer is not None or ctx.settings.DICOM_QR_FROM_UNKNOWN_AES
+    state = ctx.state(assoc)
+    return state.peer is not None or (ctx.settings.DICOM_QR_FROM_UNKNOWN_AES and not state.impostor)
+
+
+def _refuse_query(ctx: ArchiveContext, assoc, service: str) -> bool:
+    """True (refusal logged and audited) when the calling AE may not query or retrieve."""
+    if may_query(ctx, assoc):
+        return False
+    record_refusal(ctx, ctx.state(assoc), assoc.requestor.ae_title, service)
+    return True
 
 
 # -- query/retrieve ------------------------------------------------------------------------------
@@ -196,8 +305,7 @@ def _see_everything_acknowledged(ctx: ArchiveContext) -> None:
 def handle_find(event, ctx: ArchiveContext):
     """C-FIND: pending answers, one per match; A900 for a bad identifier; FE00 when cancelled."""
     calling = event.assoc.requestor.ae_title
-    if not may_query(ctx, event.assoc):
-        log.warning("C-FIND from unregistered AE %s refused", calling)
+    if _refuse_query(ctx, event.assoc, "C-FIND"):
         yield _failure(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None
         return
     limit = ctx.settings.DICOM_MAX_FIND_RESULTS
@@ -220,22 +328,25 @@ def handle_find(event, ctx: ArchiveContext):
     direct = PendingAnswers.for_event(event, pending) if ctx.settings.DICOM_FAST_FIND_ANSWERS and rows else None
     for n, row in enumerate(rows):
         if event.is_cancelled:
+            note_find(ctx, event.assoc, query, n)
             yield CANCEL, None
             return
         if n == limit:
             log.warning("C-FIND from %s stopped after %d matches", calling, limit)
+            note_find(ctx, event.assoc, query, n)
             yield _failure(TOO_MANY_MATCHES, f"more than {limit} matches: refine the query"), None
             return
         identifier = answer(query, row, ae_title=ctx.settings.DICOM_AE_TITLE)
         if direct is None or not direct.send(identifier):
             yield pending, identifier
+    note_find(ctx, event.assoc, query, len(rows))
 
 
 def _retrieve_plan(event, ctx: ArchiveContext, service: str):
     """(instances, failure status or None) of a C-MOVE or C-GET request, audited per study."""
     calling = event.assoc.requestor.ae_title
     try:
-        if not may_query(ctx, event.assoc):
+        if _refuse_query(ctx, event.assoc, f"C-{service}"):
             raise UnknownPeer(f"calling AE {calling} is not registered")
         query = parse_identifier(event.identifier, QR_ROOTS[str(event.request.AffectedSOPClassUID)], retrieve=True)
         _see_everything_acknowledged(ctx)
@@ -255,7 +366,8 @@ def _retrieve_plan(event, ctx: ArchiveContext, service: str):
             for study_uid in sorted({i.study_uid for i in instances}):
                 count = sum(1 for i in instances if i.study_uid == study_uid)
                 audit.record(s, "study.retrieved", actor=calling, actor_kind="ae", study_uid=study_uid,
-                             detail={"service": f"C-{service}", "instances": count})
+                             detail={"service": f"C-{service}", "instances": count,
+                                     "address": ctx.state(event.assoc).address})
     log.info("C-%s from %s: %d instances", service, calling, len(instances))
     return instances, None
 
@@ -278,6 +390,7 @@ def handle_move(event, ctx: ArchiveContext):
     yield peer.host, peer.port, {
         "contexts": scu.proposed_contexts(instances) or [scu.build_context("1.2.840.10008.1.1")],
         "max_pdu": 0,
+        "tls_args": tls.tls_args(ctx.settings, peer),
         "evt_handlers": [
             (evt.EVT_CONN_OPEN, lambda e: scu.tune_socket(e.assoc, ctx.settings.DICOM_DUL_LOOP_DELAY)),
             (evt.EVT_ACCEPTED, capture.on_accepted),
@@ -314,6 +427,7 @@ __all__ = [
     "handle_acse_sent",
     "handle_closed",
     "handle_conn_open",
+    "handle_requested",
     "handle_echo",
     "handle_find",
     "handle_get",

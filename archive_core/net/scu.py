@@ -155,6 +155,7 @@ def send_instances(
     timeout: float = 60.0,
     progress: Callable[[int, int], None] | None = None,
     cancelled: Callable[[], bool] = lambda: False,
+    tls_args=None,
 ) -> SendResult:
     """Push *instances* to a peer on one association of our own; *progress(sent, failed)* after each.
 
@@ -174,8 +175,9 @@ def send_instances(
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     handlers = [(evt.EVT_CONN_OPEN, lambda event: tune_socket(event.assoc, loop_delay))]
+    # tls_args: (SSLContext, server hostname) for a peer registered --tls (archive_core/net/tls.py).
     assoc = ae.associate(host, port, contexts=proposed_contexts(instances), ae_title=called_ae, max_pdu=0,
-                         evt_handlers=handlers)
+                         evt_handlers=handlers, tls_args=tls_args)
     if not assoc.is_established:
         return _all_failed(instances, f"association with {called_ae} refused or failed")
     try:

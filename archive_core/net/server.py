@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
-from archive_core.net import commitment, encoding, handlers, tuning
+from archive_core.net import commitment, encoding, handlers, tls, tuning
 from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -70,20 +70,33 @@ class RunningServer:
     server: ThreadedAssociationServer
     context: ArchiveContext
     previous_validation_mode: int = 1
+    # The DICOM TLS port's server (DICOM_TLS_PORT), same AE and handlers.
+    tls_server: ThreadedAssociationServer | None = None
 
     @property
     def port(self) -> int:
         return self.server.server_address[1]
 
+    @property
+    def tls_port(self) -> int | None:
+        return self.tls_server.server_address[1] if self.tls_server else None
+
     def stop(self) -> None:
+        if self.tls_server is not None:
+            self.tls_server.shutdown()
         self.server.shutdown()
         self.ae.shutdown()
         pydicom_config.settings.reading_validation_mode = self.previous_validation_mode
 
 
 def start_server(archive: Archive, *, host: str | None = None, port: int | None = None) -> RunningServer:
-    """Replay the journal, start the indexer and listen; returns at once (the server runs in threads)."""
+    """Replay the journal, start the indexer and listen; returns at once (the server runs in threads).
+
+    With DICOM_TLS_PORT set, a second port speaks DICOM TLS (same AE, same services and rules).
+    """
     settings = archive.settings
+    # Before anything starts: TLS settings that cannot work stop the server with a clear message.
+    ssl_context = tls.server_context(settings) if settings.DICOM_TLS_PORT else None
     # Library-wide switch, set once when a server starts: accept private/unknown SOP classes as storage.
     _config.UNRESTRICTED_STORAGE_SERVICE = settings.DICOM_ACCEPT_UNKNOWN_SOP_CLASSES
     # Query identifiers carry patient names: pynetdicom must not write them to the log.
@@ -113,6 +126,7 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     ae = build_ae(archive)
     bound = [
         (evt.EVT_CONN_OPEN, handlers.handle_conn_open, [ctx]),
+        (evt.EVT_REQUESTED, handlers.handle_requested, [ctx]),
         (evt.EVT_C_ECHO, handlers.handle_echo, [ctx]),
         (evt.EVT_C_STORE, handlers.handle_store, [ctx]),
         (evt.EVT_C_FIND, handlers.handle_find, [ctx]),
@@ -126,4 +140,16 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     server = ae.start_server(address, block=False, evt_handlers=bound)
     server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     log.info("DICOM SCP %s listening on %s:%d", settings.DICOM_AE_TITLE, address[0], server.server_address[1])
-    return RunningServer(ae=ae, server=server, context=ctx, previous_validation_mode=previous_validation_mode)
+    tls_server = None
+    if ssl_context is not None:
+        try:
+            tls_server = ae.start_server((address[0], settings.DICOM_TLS_PORT), block=False, evt_handlers=bound,
+                                         ssl_context=ssl_context)
+        except Exception:
+            server.shutdown()
+            raise
+        tls_server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.info("DICOM TLS on %s:%d (client certificate %s)", address[0], tls_server.server_address[1],
+                 "required" if settings.DICOM_TLS_REQUIRE_CLIENT_CERT else "optional")
+    return RunningServer(ae=ae, server=server, context=ctx, previous_validation_mode=previous_validation_mode,
+                         tls_server=tls_server)

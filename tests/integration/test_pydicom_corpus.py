@@ -121,7 +121,8 @@ def corpus_scp(tmp_path_factory):
     from backoffice.migrate import upgrade
 
     settings = Settings(
-        instance_path=tmp_path_factory.mktemp("corpus"), STORAGE_MIN_FREE_BYTES=0, DICOM_DUPLICATE_POLICY="overwrite"
+        instance_path=tmp_path_factory.mktemp("corpus"), STORAGE_MIN_FREE_BYTES=0, DICOM_DUPLICATE_POLICY="overwrite",
+        DICOM_STORE_FROM_UNKNOWN_AES=True,  # the corpus is sent by an unregistered AE
     )
     upgrade(settings.database_url)
     archive = Archive.open(settings)

@@ -214,7 +214,7 @@ def test_cancelled_find_stops_with_fe00(stored, scp):
     class Event:
         """A C-FIND event whose SCU cancels after the first answer."""
 
-        assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title=CALLING))
+        assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title=CALLING, address="127.0.0.1"))
         identifier = _identifier("IMAGE", StudyInstanceUID=STUDY_A, SeriesInstanceUID=STUDY_A + ".1", SOPInstanceUID="")
         request = SimpleNamespace(AffectedSOPClassUID=StudyRootQueryRetrieveInformationModelFind)
         _checks = iter([False, True])

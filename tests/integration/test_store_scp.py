@@ -139,9 +139,13 @@ def test_full_disk_answers_out_of_resources_and_keeps_what_is_stored(scp, archiv
 
 
 def test_unknown_calling_ae_is_refused_when_storage_is_closed_to_strangers(instance_path):
+    """Query/retrieve opened to unknown AEs, storage not: the association is accepted and each
+    C-STORE refused (with both closed, the default, the association itself is rejected:
+    tests/integration/test_peer_access.py)."""
     from archive_core.peers import add_peer
 
-    with archive_server(instance_path, DICOM_STORE_FROM_UNKNOWN_AES=False) as (archive, running):
+    with archive_server(instance_path, DICOM_STORE_FROM_UNKNOWN_AES=False, DICOM_QR_FROM_UNKNOWN_AES=True) as (
+            archive, running):
         with archive.sessions() as s:
             add_peer(s, "KNOWNCT", "127.0.0.1", 104)
             s.commit()

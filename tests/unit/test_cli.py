@@ -116,6 +116,18 @@ def test_peers_add_list_remove(app, runner):
     assert runner.invoke(args=["peers", "list"]).output.splitlines() == ["CT_SALLE1\t192.168.1.21\t4242"]
 
 
+def test_peers_add_from_a_network_and_with_tls(app, runner):
+    """--from takes an address or a network (stored in its canonical form), --tls is shown in the list."""
+    added = runner.invoke(args=["peers", "add", "CT_SALLE1", "192.168.1.20", "104", "--from", "10.0.0.17/24"])
+    assert added.exit_code == 0, added.output
+    assert "from 10.0.0.0/24" in added.output
+    assert runner.invoke(args=["peers", "add", "CHU_PACS", "pacs.chu.example", "11112", "--tls"]).exit_code == 0
+    assert runner.invoke(args=["peers", "list"]).output.splitlines() == [
+        "CHU_PACS\tpacs.chu.example\t11112\ttls",
+        "CT_SALLE1\t192.168.1.20\t104\tfrom 10.0.0.0/24",
+    ]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -126,8 +138,13 @@ def test_peers_add_list_remove(app, runner):
         (["peers", "add", "CT1", "h", "65536"], "between 1 and 65535"),
         (["peers", "add", "CT1", "h", "cent-quatre"], "not a valid integer"),
         (["peers", "remove", "INCONNU"], "no peer INCONNU"),
+        (["peers", "add", "CT1", "h", "104", "--from", "192.168.1.300"], "IP address or a network"),
+        (["peers", "add", "CT1", "h", "104", "--from", "salle-scanner"], "IP address or a network"),
+        (["peers", "add", "CT1", "h", "104", "--from", "10.0.0.0/33"], "IP address or a network"),
+        (["peers", "add", "CT1", "", "104"], "HOST is a host name"),
     ],
-    ids=["ae too long", "ae backslash", "ae blank", "port 0", "port too high", "port not a number", "remove unknown"],
+    ids=["ae too long", "ae backslash", "ae blank", "port 0", "port too high", "port not a number", "remove unknown",
+         "from bad address", "from a name", "from bad prefix", "host blank"],
 )
 def test_peers_refuse_bad_input(app, runner, args, message):
     result = runner.invoke(args=args)

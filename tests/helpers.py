@@ -40,6 +40,14 @@ def tool_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
+def dcmtk(tool: str, *args: str, timeout: float = 120):
+    """Run a DCMTK tool (Nagle off) and return its CompletedProcess (text output)."""
+    import subprocess
+
+    return subprocess.run([require_tool(tool), *args], env=tool_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def associate_ct_modality(port: int, ae_title: str = "MODALITY"):
     """An established association of a CT modality (Verification, CT Image Storage) with our SCP."""
     ae = AE(ae_title=ae_title)

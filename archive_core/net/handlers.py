@@ -385,12 +385,18 @@ def handle_move(event, ctx: ArchiveContext):
         log.warning("C-MOVE from %s to unknown destination %r refused", calling, destination)
         yield None, None  # pynetdicom answers 0xA801, nothing is sent
         return
+    tls_args = tls.tls_args(ctx.settings, peer)
+    refused = scu.tls_refusal(peer.host, peer.port, tls_args, timeout=min(ctx.settings.DICOM_NETWORK_TIMEOUT, 10))
+    if refused:
+        log.warning("C-MOVE from %s: DICOM TLS with %s failed (%s)", calling, destination, refused)
+        yield None, None  # 0xA801, nothing is sent
+        return
     instances, failure = _retrieve_plan(event, ctx, "MOVE")
     capture = scu.Capture()
     yield peer.host, peer.port, {
         "contexts": scu.proposed_contexts(instances) or [scu.build_context("1.2.840.10008.1.1")],
         "max_pdu": 0,
-        "tls_args": tls.tls_args(ctx.settings, peer),
+        "tls_args": tls_args,
         "evt_handlers": [
             (evt.EVT_CONN_OPEN, lambda e: scu.tune_socket(e.assoc, ctx.settings.DICOM_DUL_LOOP_DELAY)),
             (evt.EVT_ACCEPTED, capture.on_accepted),

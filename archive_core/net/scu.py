@@ -170,6 +170,9 @@ def send_instances(
         socket.create_connection((host, port), timeout=min(timeout, 10)).close()
     except OSError as exc:
         return _all_failed(instances, f"{called_ae} unreachable ({exc.strerror or exc})")
+    refused = tls_refusal(host, port, tls_args, timeout=min(timeout, 10))
+    if refused:
+        return _all_failed(instances, f"DICOM TLS with {called_ae} failed ({refused})")
     ae = AE(ae_title=calling_ae)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
@@ -212,6 +215,20 @@ def send_instances(
             assoc.release()
     log.info("sent %d instances to %s (%d failed)", result.sent, called_ae, result.failed)
     return result
+
+
+def tls_refusal(host: str, port: int, tls_args, *, timeout: float) -> str | None:
+    """Why a TLS handshake with the peer fails (its certificate, or no TLS there), or None when it
+    succeeds or *tls_args* is None. pynetdicom leaks the socket of a failed handshake, and says less."""
+    if tls_args is None:
+        return None
+    context, hostname = tls_args
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            with context.wrap_socket(raw, server_hostname=hostname):
+                return None
+    except OSError as exc:  # ssl.SSLError is one
+        return str(getattr(exc, "reason", None) or exc.strerror or exc)
 
 
 def _all_failed(instances: list[StoredInstance], message: str) -> SendResult:

@@ -16,7 +16,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
@@ -25,24 +24,18 @@ from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
-    StudyRootQueryRetrieveInformationModelMove,
 )
 from sqlalchemy import select
 
 from archive_core.audit import AuditEvent
 from archive_core.db import write_session
 from archive_core.peers import add_peer
-from tests.helpers import free_port, make_ct, require_tool, tool_env
+from tests.helpers import dcmtk, free_port, make_ct, require_tool, tool_env
 from tests.servers import ArchiveProcess
 
 STUDY_A = "1.2.826.0.1.3680043.8.498.9101"
 STUDY_B = "1.2.826.0.1.3680043.8.498.9102"
 TIMEOUT_S = 60
-
-
-def _dcmtk(tool: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([require_tool(tool), *args], env=tool_env(), capture_output=True, text=True,
-                          timeout=TIMEOUT_S)
 
 
 def _wait_for(condition, what: str, timeout: float = 10):
@@ -90,17 +83,17 @@ def test_registered_ae_title_from_another_address_is_rejected_audited_and_the_lo
     server = ArchiveProcess(tmp_path / "instance").start()
     try:
         secret = make_ct(patient_id="PAT-SECRET-42", patient_name="Secret^Patient")
-        stored = _dcmtk("storescu", "-aet", "MODALITY", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port),
+        stored = dcmtk("storescu", "-aet", "MODALITY", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port),
                         *_write_files(tmp_path, secret))
         assert stored.returncode == 0, stored.stderr
         assert server.cli("peers", "add", "CT_SALLE1", "192.0.2.10", "104").returncode == 0
 
-        echo = _dcmtk("echoscu", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port))
+        echo = dcmtk("echoscu", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port))
         assert echo.returncode != 0
         assert "Calling AE Title Not Recognized" in echo.stderr + echo.stdout
         out = tmp_path / "got"
         out.mkdir()
-        get = _dcmtk("getscu", "-P", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "-od", str(out),
+        get = dcmtk("getscu", "-P", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "-od", str(out),
                      "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=?*", "127.0.0.1", str(server.port))
         assert get.returncode != 0
         assert list(out.iterdir()) == []
@@ -119,7 +112,7 @@ def test_registered_ae_title_from_another_address_is_rejected_audited_and_the_lo
         # The operator pastes the logged line: the same client is now let in.
         _run_remedy(server, detail["remedy"])
         assert server.cli("peers", "list").stdout.splitlines() == ["CT_SALLE1\t192.0.2.10\t104\tfrom 127.0.0.1/32"]
-        echo = _dcmtk("echoscu", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port))
+        echo = dcmtk("echoscu", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port))
         assert echo.returncode == 0, echo.stderr
     finally:
         server.stop()
@@ -139,9 +132,9 @@ def test_an_unknown_modality_is_refused_by_default_and_the_logged_line_registers
         datasets = [make_ct(patient_id="PAT-NEW-7", patient_name="Nouveau^Patient", InstanceNumber=n)
                     for n in (1, 2)]
         files = _write_files(tmp_path, *datasets)
-        echo = _dcmtk("echoscu", "-aet", "CT_NEUF", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port))
+        echo = dcmtk("echoscu", "-aet", "CT_NEUF", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port))
         assert echo.returncode != 0 and "Calling AE Title Not Recognized" in echo.stderr + echo.stdout
-        refused = _dcmtk("storescu", "-aet", "CT_NEUF", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port), *files)
+        refused = dcmtk("storescu", "-aet", "CT_NEUF", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port), *files)
         assert refused.returncode != 0 and "Calling AE Title Not Recognized" in refused.stderr + refused.stdout
         with sqlite3.connect(db) as c:
             assert c.execute("SELECT count(*) FROM instance").fetchone() == (0,)
@@ -158,7 +151,7 @@ def test_an_unknown_modality_is_refused_by_default_and_the_logged_line_registers
         assert "PAT-NEW-7" not in log and "Nouveau" not in log
 
         _run_remedy(server, rows[0][2]["remedy"])
-        stored = _dcmtk("storescu", "-aet", "CT_NEUF", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port), *files)
+        stored = dcmtk("storescu", "-aet", "CT_NEUF", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port), *files)
         assert stored.returncode == 0, stored.stderr
         uids = {ds.SOPInstanceUID for ds in datasets}
         _wait_for(lambda: {r[0] for r in sqlite3.connect(db).execute("SELECT sop_instance_uid FROM instance")} == uids,
@@ -271,7 +264,7 @@ def test_movescu_with_a_wildcard_patient_id_sends_nothing(two_patients, scp, arc
     proc = subprocess.Popen([storescp, "-aet", "DEST", "-od", str(out), str(port)], env=tool_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        move = _dcmtk("movescu", "-P", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "-aem", "DEST",
+        move = dcmtk("movescu", "-P", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "-aem", "DEST",
                       "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=*", "127.0.0.1", str(scp.port))
         assert move.returncode != 0
         assert "DataSetDoesNotMatchSOPClass" in move.stderr + move.stdout  # 0xA900

@@ -86,6 +86,7 @@ class RunningServer:
             self.tls_server.shutdown()
         self.server.shutdown()
         self.ae.shutdown()
+        self.context.close()  # after the associations: their last audit events are written
         pydicom_config.settings.reading_validation_mode = self.previous_validation_mode
 
 

@@ -326,7 +326,8 @@ def test_a_long_query_session_is_audited_while_it_lasts(two_patients, scp, archi
     try:
         for _ in range(FIND_AUDIT_BATCH):
             list(assoc.send_c_find(_identifier("STUDY", StudyInstanceUID=STUDY_A), StudyRootQueryRetrieveInformationModelFind))
-        assert len(_finds(archive)) == FIND_AUDIT_BATCH  # association still open
+        # The association is still open: the batch is written meanwhile, off the answer path.
+        _wait_for(lambda: len(_finds(archive)) == FIND_AUDIT_BATCH, "the batch of C-FIND audit events")
     finally:
         assoc.release()
 

@@ -48,9 +48,11 @@ def validate_ae_title(ae_title: str) -> str:
 
 
 def validate_network(value: str) -> str:
-    """An IP address or network (CIDR) in its canonical form; ``ValueError`` otherwise."""
+    """An IP address or network (CIDR) in its canonical form (one address: without its /32 or /128);
+    ``ValueError`` otherwise."""
     try:
-        return str(ipaddress.ip_network(value.strip(), strict=False))
+        network = ipaddress.ip_network(value.strip(), strict=False)
+        return str(network.network_address) if network.num_addresses == 1 else str(network)
     except ValueError:
         raise ValueError(f"--from takes an IP address or a network such as 192.168.1.0/24, not {value.strip()!r}") from None
 

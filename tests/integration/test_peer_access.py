@@ -111,7 +111,7 @@ def test_registered_ae_title_from_another_address_is_rejected_audited_and_the_lo
 
         # The operator pastes the logged line: the same client is now let in.
         _run_remedy(server, detail["remedy"])
-        assert server.cli("peers", "list").stdout.splitlines() == ["CT_SALLE1\t192.0.2.10\t104\tfrom 127.0.0.1/32"]
+        assert server.cli("peers", "list").stdout.splitlines() == ["CT_SALLE1\t192.0.2.10\t104\tfrom 127.0.0.1"]
         echo = dcmtk("echoscu", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port))
         assert echo.returncode == 0, echo.stderr
     finally:
@@ -244,11 +244,15 @@ def test_retrieve_keys_with_wildcards_or_ranges_are_refused_and_nothing_is_sent(
     assert received == []
 
 
-def test_exact_retrieve_keys_still_retrieve_exactly_their_entities(two_patients, scp):
+def test_exact_retrieve_keys_still_retrieve_exactly_their_entities(two_patients, scp, archive):
     """The control for the refusals above: the same peer, unique keys, gets what it names and no more."""
     statuses, received = _c_get(scp.port, _identifier("PATIENT", PatientID="PAT1"), PATIENT_GET)
     assert statuses[-1][0] == 0x0000
     assert sorted(received) == [f"{STUDY_A}.1.1", f"{STUDY_A}.1.2"]
+    with archive.sessions() as s:
+        (retrieved,) = s.scalars(select(AuditEvent).where(AuditEvent.action == "study.retrieved")).all()
+    assert (retrieved.actor, retrieved.study_uid) == ("CT_SALLE1", STUDY_A)
+    assert json.loads(retrieved.detail) == {"service": "C-GET", "instances": 2, "address": "127.0.0.1"}
     statuses, received = _c_get(scp.port, _identifier("STUDY", StudyInstanceUID=f"{STUDY_A}\\{STUDY_B}"), STUDY_GET)
     assert statuses[-1][0] == 0x0000 and len(received) == 3  # a UID list is a unique-key match
 

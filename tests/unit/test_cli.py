@@ -122,9 +122,12 @@ def test_peers_add_from_a_network_and_with_tls(app, runner):
     assert added.exit_code == 0, added.output
     assert "from 10.0.0.0/24" in added.output
     assert runner.invoke(args=["peers", "add", "CHU_PACS", "pacs.chu.example", "11112", "--tls"]).exit_code == 0
+    single = runner.invoke(args=["peers", "add", "US_1", "192.168.1.30", "104", "--from", "10.0.0.9/32"])
+    assert "from 10.0.0.9)" in single.output  # one address is shown as an address
     assert runner.invoke(args=["peers", "list"]).output.splitlines() == [
         "CHU_PACS\tpacs.chu.example\t11112\ttls",
         "CT_SALLE1\t192.168.1.20\t104\tfrom 10.0.0.0/24",
+        "US_1\t192.168.1.30\t104\tfrom 10.0.0.9",
     ]
 
 

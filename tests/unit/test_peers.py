@@ -23,6 +23,7 @@ def _peer(host: str, allowed_from: str | None = None) -> PeerInfo:
         ("192.168.1.20", "10.0.0.0/24", "10.0.1.77", False),
         ("192.168.1.20", "10.0.0.0/24", "192.168.1.20", True),  # HOST still counts
         ("192.168.1.20", "10.0.0.9/32", "10.0.0.9", True),
+        ("192.168.1.20", "10.0.0.9", "10.0.0.10", False),
         ("localhost", None, "127.0.0.1", True),  # a host name is resolved
         ("localhost", None, "192.168.1.20", False),
         ("nowhere.invalid", None, "127.0.0.1", False),  # a name that does not resolve lets nobody in

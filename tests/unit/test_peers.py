@@ -70,3 +70,24 @@ def test_peers_registered_before_the_migration_keep_their_host_as_their_only_add
         assert (new.allowed_from, new.tls) == ("10.1.0.0/16", True)
     finally:
         engine.dispose()
+
+
+def test_a_host_name_is_resolved_at_most_once_a_minute(monkeypatch):
+    """Resolution happens on the association path: a slow DNS must not be asked on every association."""
+    import socket
+
+    from archive_core import peers
+
+    calls = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        calls.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.168.1.50", 0))]
+
+    monkeypatch.setattr(peers.socket, "getaddrinfo", getaddrinfo)
+    peer = PeerInfo("ECHO_1", "echo1.cabinet.test", 104, False)
+    assert connects_from(peer, "192.168.1.50") and connects_from(peer, "192.168.1.50")
+    assert calls == ["echo1.cabinet.test"]
+    monkeypatch.setattr(peers, "_RESOLVE_TTL_S", 0.0)  # the minute has passed
+    assert connects_from(peer, "192.168.1.50")
+    assert calls == ["echo1.cabinet.test"] * 2

@@ -78,7 +78,6 @@ class ArchiveContext:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Writes audit events off the answer path (C-FIND batches); drained by close().
     _writer: ThreadPoolExecutor | None = None
-
     _closed: bool = False
 
     def in_background(self, fn, *args) -> None:
@@ -408,13 +407,19 @@ def handle_move(event, ctx: ArchiveContext):
         log.warning("C-MOVE from %s to unknown destination %r refused", calling, destination)
         yield None, None  # pynetdicom answers 0xA801, nothing is sent
         return
-    tls_args = tls.tls_args(ctx.settings, peer)
-    refused = scu.tls_refusal(peer.host, peer.port, tls_args, timeout=min(ctx.settings.DICOM_NETWORK_TIMEOUT, 10))
-    if refused:
-        log.warning("C-MOVE from %s: DICOM TLS with %s failed (%s)", calling, destination, refused)
-        yield None, None  # 0xA801, nothing is sent
-        return
     instances, failure = _retrieve_plan(event, ctx, "MOVE")
+    tls_args = None
+    if failure is None and peer.tls:
+        try:
+            tls_args = tls.tls_args(ctx.settings, peer)
+            refused = scu.tls_refusal(peer.host, peer.port, tls_args,
+                                      timeout=min(ctx.settings.DICOM_NETWORK_TIMEOUT, 10))
+        except tls.TLSConfigError as exc:
+            refused = str(exc)
+        if refused:
+            log.warning("C-MOVE from %s: DICOM TLS with %s failed (%s)", calling, destination, refused)
+            yield None, None  # 0xA801, nothing is sent
+            return
     capture = scu.Capture()
     yield peer.host, peer.port, {
         "contexts": scu.proposed_contexts(instances) or [scu.build_context("1.2.840.10008.1.1")],

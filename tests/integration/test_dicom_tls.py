@@ -285,3 +285,20 @@ def test_archive_serve_refuses_to_start_on_tls_settings_that_cannot_work(tmp_pat
     done = flask_cli(instance, "archive", "serve", env=env, timeout=TIMEOUT_S)
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def test_a_send_to_a_tls_peer_with_an_unreadable_ca_fails_with_the_reason(instance_path):
+    """Bad input: DICOM_TLS_CA names a file that does not exist (no TLS port, so the server starts);
+    a send to a --tls peer is reported failed with the reason, and nothing is attempted in clear."""
+    from archive_core.api import ArchiveFacade
+    from tests.helpers import associate_ct_modality
+
+    with archive_server(instance_path, DICOM_TLS_CA="/nonexistent/practice-ca.crt") as (archive, running):
+        assoc = associate_ct_modality(running.port)
+        assert assoc.send_c_store(make_ct(study_uid=STUDY)).Status == 0x0000
+        assoc.release()
+        with write_session(archive.sessions) as s:
+            add_peer(s, "TLSDEST", "127.0.0.1", free_port(), tls=True)
+        sent = ArchiveFacade(archive).send_studies("TLSDEST", [STUDY])
+    assert (sent.sent, sent.failed) == (0, 1)
+    assert sent.message.startswith("cannot load the DICOM TLS certificate, key or CA")

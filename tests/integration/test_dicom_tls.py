@@ -302,3 +302,18 @@ def test_a_send_to_a_tls_peer_with_an_unreadable_ca_fails_with_the_reason(instan
         sent = ArchiveFacade(archive).send_studies("TLSDEST", [STUDY])
     assert (sent.sent, sent.failed) == (0, 1)
     assert sent.message.startswith("cannot load the DICOM TLS certificate, key or CA")
+
+
+@pytest.mark.parametrize("version, accepted", [("-tls1_1", False), ("-tls1_2", True)])
+def test_the_tls_port_speaks_tls_1_2_or_later(tls_archive, pki, version, accepted):
+    """Bad input: a client offering only TLS 1.1 (``openssl s_client``, its own floor lowered) gets a
+    protocol-version alert; TLS 1.2 with the practice's certificate completes the handshake."""
+    archive, running = tls_archive
+    done = subprocess.run([require_tool("openssl"), "s_client", "-connect", f"127.0.0.1:{running.tls_port}", version,
+                           "-cipher", "DEFAULT@SECLEVEL=0", "-cert", str(pki.workstation_crt), "-key",
+                           str(pki.workstation_key), "-CAfile", str(pki.practice_ca_crt)],
+                          input="", capture_output=True, text=True, timeout=TIMEOUT_S)
+    if accepted:
+        assert "Verify return code: 0 (ok)" in done.stdout and "TLSv1.2" in done.stdout, done.stdout + done.stderr
+    else:
+        assert "alert protocol version" in done.stderr, done.stdout + done.stderr

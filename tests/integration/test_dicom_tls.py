@@ -317,3 +317,14 @@ def test_the_tls_port_speaks_tls_1_2_or_later(tls_archive, pki, version, accepte
         assert "Verify return code: 0 (ok)" in done.stdout and "TLSv1.2" in done.stdout, done.stdout + done.stderr
     else:
         assert "alert protocol version" in done.stderr, done.stdout + done.stderr
+
+
+def test_client_certificates_can_be_made_optional(instance_path, pki):
+    """DICOM_TLS_REQUIRE_CLIENT_CERT false: a client without a certificate is served; one presenting a
+    certificate from another CA (bad input) is still refused."""
+    with archive_server(instance_path, **_tls_settings(pki, DICOM_TLS_REQUIRE_CLIENT_CERT=False)) as (archive, running):
+        with write_session(archive.sessions) as s:
+            add_peer(s, "TLSWS", "127.0.0.1", 104, tls=True)
+        anonymous = _echo_tls(running.tls_port, pki, "+tla", "+cf", str(pki.practice_ca_crt))
+        assert anonymous.returncode == 0, anonymous.stderr
+        assert _echo_tls(running.tls_port, pki, *_client_tls(pki, "stranger")).returncode != 0

@@ -248,6 +248,7 @@ def test_a_send_to_a_tls_peer_that_only_speaks_plain_tcp_fails_rather_than_going
                      "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={STUDY}", "127.0.0.1", str(running.port),
                      timeout=TIMEOUT_S)
         assert move.returncode != 0
+        assert "MoveDestinationUnknown" in move.stderr + move.stdout, move.stderr  # 0xA801
         assert list(out.iterdir()) == []
     finally:
         proc.terminate()

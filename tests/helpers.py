@@ -40,6 +40,19 @@ def tool_env() -> dict[str, str]:
     return {**os.environ, "TCP_NODELAY": "1"}
 
 
+def qr_identifier(level: str, **keys) -> Dataset:
+    """A query/retrieve identifier; wildcard values are not valid CS/DA/UI values, which pydicom warns about."""
+    import warnings
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for keyword, value in keys.items():
+            setattr(ds, keyword, value)
+    return ds
+
+
 def dcmtk(tool: str, *args: str, timeout: float = 120):
     """Run a DCMTK tool (Nagle off) and return its CompletedProcess (text output)."""
     import subprocess

@@ -12,11 +12,9 @@ import shlex
 import sqlite3
 import subprocess
 import time
-import warnings
 from pathlib import Path
 
 import pytest
-from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
     CTImageStorage,
@@ -30,7 +28,7 @@ from sqlalchemy import select
 from archive_core.audit import AuditEvent
 from archive_core.db import write_session
 from archive_core.peers import add_peer
-from tests.helpers import dcmtk, free_port, make_ct, require_tool, tool_env
+from tests.helpers import dcmtk, free_port, make_ct, qr_identifier, require_tool, tool_env
 from tests.servers import ArchiveProcess
 
 STUDY_A = "1.2.826.0.1.3680043.8.498.9101"
@@ -181,17 +179,7 @@ def two_patients(scp, archive):
     return datasets
 
 
-def _identifier(level: str, **keys) -> Dataset:
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for keyword, value in keys.items():
-            setattr(ds, keyword, value)
-    return ds
-
-
-def _c_get(port: int, identifier: Dataset, model) -> tuple[list[tuple[int, str]], list[str]]:
+def _c_get(port: int, identifier, model) -> tuple[list[tuple[int, str]], list[str]]:
     """(final and pending statuses with their Error Comment, SOP Instance UIDs received) of a C-GET by CT_SALLE1."""
     received: list[str] = []
 
@@ -220,18 +208,18 @@ STUDY_GET = StudyRootQueryRetrieveInformationModelGet
     "model, identifier, comment",
     [
         # The reproduced hole: every instance of every patient.
-        (PATIENT_GET, _identifier("PATIENT", PatientID="?*"), "no wildcard in a retrieve key (PatientID)"),
-        (PATIENT_GET, _identifier("PATIENT", PatientID="*"), "no wildcard in a retrieve key (PatientID)"),
-        (PATIENT_GET, _identifier("PATIENT", PatientID="PAT?"), "no wildcard in a retrieve key (PatientID)"),
-        (PATIENT_GET, _identifier("PATIENT", PatientID="PAT1\\PAT2"), "one PatientID per retrieve"),
-        (STUDY_GET, _identifier("STUDY", StudyInstanceUID="1.2.826.*"),
+        (PATIENT_GET, qr_identifier("PATIENT", PatientID="?*"), "no wildcard in a retrieve key (PatientID)"),
+        (PATIENT_GET, qr_identifier("PATIENT", PatientID="*"), "no wildcard in a retrieve key (PatientID)"),
+        (PATIENT_GET, qr_identifier("PATIENT", PatientID="PAT?"), "no wildcard in a retrieve key (PatientID)"),
+        (PATIENT_GET, qr_identifier("PATIENT", PatientID="PAT1\\PAT2"), "one PatientID per retrieve"),
+        (STUDY_GET, qr_identifier("STUDY", StudyInstanceUID="1.2.826.*"),
          "no wildcard in a retrieve key (StudyInstanceUID)"),
-        (STUDY_GET, _identifier("STUDY", StudyInstanceUID=f"{STUDY_A}-{STUDY_B}"),
+        (STUDY_GET, qr_identifier("STUDY", StudyInstanceUID=f"{STUDY_A}-{STUDY_B}"),
          "StudyInstanceUID must be UIDs (no range in a retrieve key)"),
-        (STUDY_GET, _identifier("SERIES", StudyInstanceUID=STUDY_A, SeriesInstanceUID=STUDY_A + ".?"),
+        (STUDY_GET, qr_identifier("SERIES", StudyInstanceUID=STUDY_A, SeriesInstanceUID=STUDY_A + ".?"),
          "no wildcard in a retrieve key (SeriesInstanceUID)"),
         # A unique key the level does not need still may not widen anything.
-        (STUDY_GET, _identifier("STUDY", StudyInstanceUID=STUDY_A, PatientID="*"),
+        (STUDY_GET, qr_identifier("STUDY", StudyInstanceUID=STUDY_A, PatientID="*"),
          "no wildcard in a retrieve key (PatientID)"),
     ],
     ids=["PatientID ?*", "PatientID *", "PatientID PAT?", "PatientID list", "Study UID wildcard", "Study UID range",
@@ -246,14 +234,14 @@ def test_retrieve_keys_with_wildcards_or_ranges_are_refused_and_nothing_is_sent(
 
 def test_exact_retrieve_keys_still_retrieve_exactly_their_entities(two_patients, scp, archive):
     """The control for the refusals above: the same peer, unique keys, gets what it names and no more."""
-    statuses, received = _c_get(scp.port, _identifier("PATIENT", PatientID="PAT1"), PATIENT_GET)
+    statuses, received = _c_get(scp.port, qr_identifier("PATIENT", PatientID="PAT1"), PATIENT_GET)
     assert statuses[-1][0] == 0x0000
     assert sorted(received) == [f"{STUDY_A}.1.1", f"{STUDY_A}.1.2"]
     with archive.sessions() as s:
         (retrieved,) = s.scalars(select(AuditEvent).where(AuditEvent.action == "study.retrieved")).all()
     assert (retrieved.actor, retrieved.study_uid) == ("CT_SALLE1", STUDY_A)
     assert json.loads(retrieved.detail) == {"service": "C-GET", "instances": 2, "address": "127.0.0.1"}
-    statuses, received = _c_get(scp.port, _identifier("STUDY", StudyInstanceUID=f"{STUDY_A}\\{STUDY_B}"), STUDY_GET)
+    statuses, received = _c_get(scp.port, qr_identifier("STUDY", StudyInstanceUID=f"{STUDY_A}\\{STUDY_B}"), STUDY_GET)
     assert statuses[-1][0] == 0x0000 and len(received) == 3  # a UID list is a unique-key match
 
 
@@ -294,9 +282,9 @@ def test_each_c_find_is_audited_with_its_keys_and_answer_count_but_never_logged(
     ae.add_requested_context(PatientRootQueryRetrieveInformationModelFind)
     queries = [
         (StudyRootQueryRetrieveInformationModelFind,
-         _identifier("STUDY", SpecificCharacterSet="ISO_IR 192", PatientName="Dupré*", StudyInstanceUID="")),
-        (PatientRootQueryRetrieveInformationModelFind, _identifier("PATIENT", PatientID="PAT1", PatientName="")),
-        (StudyRootQueryRetrieveInformationModelFind, _identifier("STUDY", StudyDate="20240101-", StudyInstanceUID="")),
+         qr_identifier("STUDY", SpecificCharacterSet="ISO_IR 192", PatientName="Dupré*", StudyInstanceUID="")),
+        (PatientRootQueryRetrieveInformationModelFind, qr_identifier("PATIENT", PatientID="PAT1", PatientName="")),
+        (StudyRootQueryRetrieveInformationModelFind, qr_identifier("STUDY", StudyDate="20240101-", StudyInstanceUID="")),
     ]
     assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
     answers = []
@@ -329,7 +317,7 @@ def test_a_long_query_session_is_audited_while_it_lasts(two_patients, scp, archi
     assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
     try:
         for _ in range(FIND_AUDIT_BATCH):
-            list(assoc.send_c_find(_identifier("STUDY", StudyInstanceUID=STUDY_A), StudyRootQueryRetrieveInformationModelFind))
+            list(assoc.send_c_find(qr_identifier("STUDY", StudyInstanceUID=STUDY_A), StudyRootQueryRetrieveInformationModelFind))
         # The association is still open: the batch is written meanwhile, off the answer path.
         _wait_for(lambda: len(_finds(archive)) == FIND_AUDIT_BATCH, "the batch of C-FIND audit events")
     finally:
@@ -341,7 +329,7 @@ def test_a_refused_query_is_audited_as_a_refusal_not_as_a_search(two_patients, s
     ae = AE(ae_title="STRANGER")
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
-    statuses = [s.Status for s, _ in assoc.send_c_find(_identifier("STUDY", PatientName="*", StudyInstanceUID=""),
+    statuses = [s.Status for s, _ in assoc.send_c_find(qr_identifier("STUDY", PatientName="*", StudyInstanceUID=""),
                                                         StudyRootQueryRetrieveInformationModelFind)]
     assoc.release()
     assert statuses == [0x0124]

@@ -23,6 +23,7 @@ from archive_core.db import read_session, write_session
 from archive_core.errors import InvalidIdentifier, UnknownPeer
 from archive_core.index.models import Instance, Patient, Series, Study
 from archive_core.index.query import StoredInstance
+from archive_core.net import scu, tls
 from archive_core.peers import find_peer
 from archive_core.uids import is_valid_uid, require_uid
 
@@ -167,8 +168,10 @@ def handle_n_action(event, ctx):
     if event.action_type != REQUEST_COMMITMENT:
         return _failure(NO_SUCH_ACTION, "only Action Type 1 (request commitment)"), None
     state = ctx.state(event.assoc)
-    if state.peer is None and not ctx.settings.DICOM_STORE_FROM_UNKNOWN_AES:
-        log.warning("storage commitment from unregistered AE %s refused", calling)
+    if state.peer is None and (state.impostor or not ctx.settings.DICOM_STORE_FROM_UNKNOWN_AES):
+        from archive_core.net.handlers import record_refusal
+
+        record_refusal(ctx, state, calling, "N-ACTION")
         return _failure(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None
     try:
         transaction_uid, references = parse_request(event.action_information)
@@ -242,7 +245,13 @@ def _send_on_new_association(ctx, calling: str, event_type: int, info: Dataset) 
     ae.add_requested_context(STORAGE_COMMITMENT_PUSH)
     # We send the N-EVENT-REPORT: we propose the SCP role for the SOP class (and not the SCU role).
     role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
-    assoc = ae.associate(peer.host, peer.port, ae_title=calling, ext_neg=[role])
+    # A peer registered --tls gets its report over DICOM TLS, never in clear.
+    tls_args = tls.tls_args(ctx.settings, peer)
+    refused = scu.tls_refusal(peer.host, peer.port, tls_args, timeout=min(ctx.settings.DICOM_NETWORK_TIMEOUT, 10))
+    if refused:
+        log.error("storage commitment report: DICOM TLS with %s failed (%s)", calling, refused)
+        return False
+    assoc = ae.associate(peer.host, peer.port, ae_title=calling, ext_neg=[role], tls_args=tls_args)
     if not assoc.is_established:
         log.error("storage commitment report: %s at %s:%d refused the association", calling, peer.host, peer.port)
         return False

@@ -329,3 +329,58 @@ def test_client_certificates_can_be_made_optional(instance_path, pki):
         anonymous = _echo_tls(running.tls_port, pki, "+tla", "+cf", str(pki.practice_ca_crt))
         assert anonymous.returncode == 0, anonymous.stderr
         assert _echo_tls(running.tls_port, pki, *_client_tls(pki, "stranger")).returncode != 0
+
+
+def test_a_storage_commitment_report_to_a_tls_modality_goes_over_tls(tls_archive, pki):
+    """A pynetdicom modality registered --tls stores and asks for commitment over the TLS port, then
+    leaves: the report comes on a new association to its own SCP, which speaks only TLS and requires
+    the practice's certificate."""
+    import queue
+    import ssl
+
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage, StorageCommitmentPushModel
+
+    archive, running = tls_archive
+    reports: queue.Queue = queue.Queue()
+
+    def on_report(event):
+        reports.put((event.event_type, str(event.event_information.TransactionUID)))
+        return 0x0000, None
+
+    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_side.load_cert_chain(pki.workstation_crt, pki.workstation_key)
+    server_side.load_verify_locations(pki.practice_ca_crt)
+    server_side.verify_mode = ssl.CERT_REQUIRED
+    listener = AE(ae_title="TLSWS")
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=False, scp_role=True)
+    port = free_port()
+    server = listener.start_server(("127.0.0.1", port), block=False, ssl_context=server_side,
+                                   evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
+    try:
+        with write_session(archive.sessions) as s:
+            add_peer(s, "TLSWS", "127.0.0.1", port, tls=True)
+        client_side = ssl.create_default_context(cafile=pki.practice_ca_crt)
+        client_side.load_cert_chain(pki.workstation_crt, pki.workstation_key)
+        modality = AE(ae_title="TLSWS")
+        modality.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        modality.add_requested_context(StorageCommitmentPushModel)
+        assoc = modality.associate("127.0.0.1", running.tls_port, ae_title="ARCHIVAGE",
+                                   tls_args=(client_side, "127.0.0.1"))
+        assert assoc.is_established
+        image = make_ct()
+        assert assoc.send_c_store(image).Status == 0x0000
+        request = Dataset()
+        request.TransactionUID = transaction = generate_uid()
+        item = Dataset()
+        item.ReferencedSOPClassUID = image.SOPClassUID
+        item.ReferencedSOPInstanceUID = image.SOPInstanceUID
+        request.ReferencedSOPSequence = [item]
+        status, _ = assoc.send_n_action(request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1")
+        assert status.Status == 0x0000
+        assoc.release()
+        assert reports.get(timeout=30) == (1, transaction)
+    finally:
+        server.shutdown()

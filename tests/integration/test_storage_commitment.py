@@ -174,10 +174,12 @@ def test_an_acknowledged_object_not_yet_indexed_is_not_committed(archive):
 
 
 def test_storage_commitment_is_refused_to_strangers_when_storage_is(instance_path):
-    """DICOM_STORE_FROM_UNKNOWN_AES false: an unregistered AE asking for commitment gets 0x0124."""
+    """DICOM_STORE_FROM_UNKNOWN_AES false: an unregistered AE asking for commitment gets 0x0124
+    (query/retrieve opened to strangers so that its association is accepted at all)."""
     from tests.helpers import archive_server
 
-    with archive_server(instance_path, DICOM_STORE_FROM_UNKNOWN_AES=False) as (_archive, running):
+    with archive_server(instance_path, DICOM_STORE_FROM_UNKNOWN_AES=False, DICOM_QR_FROM_UNKNOWN_AES=True) as (
+            _archive, running):
         modality = Modality("STRANGER")
         assoc = modality.associate(running.port)
         assert _ask(assoc, generate_uid(), [(CT_CLASS, generate_uid())]) == 0x0124

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,8 @@ class ArchiveContext:
     # Writes audit events off the answer path (C-FIND batches); drained by close().
     _writer: ThreadPoolExecutor | None = None
     _closed: bool = False
+    # (AE title, address, reason) -> (when last recorded, refusals not recorded since): see record_refusal.
+    _refusals: dict[tuple[str, str, str], tuple[float, int]] = field(default_factory=dict)
 
     def in_background(self, fn, *args) -> None:
         with self._lock:
@@ -141,18 +144,45 @@ def admission(ctx: ArchiveContext, ae_title: str, address: str, over_tls: bool) 
     return AssociationState(peer=peer, address=address)
 
 
+# Modalities retry a refused send every few seconds: the same AE refused from the same address for
+# the same reason is recorded at most once per this many seconds, the next record counting the others.
+REFUSAL_QUIET_S = 60.0
+_REFUSALS_KEPT = 10000
+
+
+def _worth_recording(ctx: ArchiveContext, key: tuple[str, str, str]) -> int | None:
+    """None to stay quiet; else how many refusals of *key* went unrecorded since the last record."""
+    now = time.monotonic()
+    with ctx._lock:
+        last = ctx._refusals.get(key)
+        if last is not None and now - last[0] < REFUSAL_QUIET_S:
+            ctx._refusals[key] = (last[0], last[1] + 1)
+            return None
+        if len(ctx._refusals) >= _REFUSALS_KEPT:  # many AE titles or addresses: forget the quiet ones
+            for stale in [k for k, (at, _) in ctx._refusals.items() if now - at >= REFUSAL_QUIET_S]:
+                del ctx._refusals[stale]
+        ctx._refusals[key] = (now, 0)
+        return last[1] if last is not None else 0
+
+
 def record_refusal(ctx: ArchiveContext, state: AssociationState, ae_title: str, service: str) -> None:
-    """Log (AE title and address) and audit a refusal, with the command that would register the AE; once per association."""
+    """Log (AE title and address) and audit a refusal, with the command that would register the AE:
+    once per association, and once per REFUSAL_QUIET_S for the same AE, address and reason."""
     if state.refusal_recorded:
         return
     state.refusal_recorded = True
     reason = state.impostor or "not a registered peer"
-    log.warning("%s from AE %s at %s refused (%s); %s", service, ae_title, state.address, reason, state.remedy)
+    unrecorded = _worth_recording(ctx, (ae_title, state.address, reason))
+    if unrecorded is None:
+        return
+    again = f" ({unrecorded} more refusals since the last record)" if unrecorded else ""
+    log.warning("%s from AE %s at %s refused (%s); %s%s", service, ae_title, state.address, reason, state.remedy,
+                again)
     try:
         with write_session(ctx.sessions) as s:
             audit.record(s, "dicom.refused", actor=ae_title, actor_kind="ae",
                          detail={"address": state.address, "service": service, "reason": reason,
-                                 "remedy": state.remedy})
+                                 "remedy": state.remedy, "unrecorded_since_last": unrecorded})
     except Exception:
         log.exception("cannot audit the refusal of AE %s", ae_title)
 

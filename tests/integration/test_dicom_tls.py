@@ -7,6 +7,7 @@ certificate from another CA.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import time
@@ -145,7 +146,8 @@ def test_a_peer_registered_with_tls_is_rejected_on_the_plain_port(tls_archive, p
 
     with archive.sessions() as s:
         (event,) = s.scalars(select(AuditEvent).where(AuditEvent.action == "dicom.refused")).all()
-    assert event.actor == "TLSWS" and "TLS" in event.detail
+    assert event.actor == "TLSWS"
+    assert json.loads(event.detail)["remedy"] == "it must connect to the DICOM TLS port"
 
 
 def _storescp_tls(pki, out: Path) -> tuple[int, subprocess.Popen]:

@@ -123,7 +123,8 @@ def test_an_unknown_modality_is_refused_by_default_and_the_logged_line_registers
     """A practice plugs in a new modality (bad input: an AE title nobody registered) on the default
     settings: its echo test and its send are rejected ("calling AE title not recognised"), nothing
     is stored; the log and the audit trail give, once per association, the one command line that
-    registers it; after it, the same send works."""
+    registers it (once: the send that follows within the minute is counted, not repeated); after it,
+    the same send works."""
     server = ArchiveProcess(tmp_path / "instance", open_storage=False).start()
     try:
         db = server.instance_path / "archivage.sqlite3"
@@ -139,13 +140,13 @@ def test_an_unknown_modality_is_refused_by_default_and_the_logged_line_registers
 
         rows = _wait_for(lambda: [r for r in _audit_rows(db, "dicom.refused") if r[0] == "CT_NEUF"],
                          "the refusals in the audit trail")
-        assert len(rows) == 2  # the echo's association and the send's
-        for _, _, detail in rows:
-            assert (detail["address"], detail["service"]) == ("127.0.0.1", "association")
-            assert detail["remedy"] == "to register it: flask --app wsgi peers add CT_NEUF 127.0.0.1 104"
+        assert len(rows) == 1  # the echo's association; the send's, within the minute, is not repeated
+        _, _, detail = rows[0]
+        assert (detail["address"], detail["service"]) == ("127.0.0.1", "association")
+        assert detail["remedy"] == "to register it: flask --app wsgi peers add CT_NEUF 127.0.0.1 104"
         log = server.log()
         assert log.count("association from AE CT_NEUF at 127.0.0.1 refused (not a registered peer); "
-                         "to register it: flask --app wsgi peers add CT_NEUF 127.0.0.1 104") == 2
+                         "to register it: flask --app wsgi peers add CT_NEUF 127.0.0.1 104") == 1
         assert "PAT-NEW-7" not in log and "Nouveau" not in log
 
         _run_remedy(server, rows[0][2]["remedy"])
@@ -156,6 +157,27 @@ def test_an_unknown_modality_is_refused_by_default_and_the_logged_line_registers
                   "the stored instances")
     finally:
         server.stop()
+
+
+def test_a_modality_retrying_a_refused_send_is_recorded_once_a_minute_with_a_count(instance_path, monkeypatch,
+                                                                                  caplog):
+    """Bad input: an unknown AE that retries every few seconds (as modalities do). Each association is
+    rejected, but the log and the audit trail get one record per minute, counting the others."""
+    from archive_core.net import handlers
+    from tests.helpers import archive_server
+
+    with archive_server(instance_path, DICOM_STORE_FROM_UNKNOWN_AES=False) as (archive, running):
+        for _ in range(4):
+            echo = dcmtk("echoscu", "-aet", "CT_RETRY", "-aec", "ARCHIVAGE", "127.0.0.1", str(running.port))
+            assert echo.returncode != 0
+        monkeypatch.setattr(handlers, "REFUSAL_QUIET_S", 0.0)  # the minute has passed
+        assert dcmtk("echoscu", "-aet", "CT_RETRY", "-aec", "ARCHIVAGE", "127.0.0.1", str(running.port)).returncode
+        with archive.sessions() as s:
+            details = [json.loads(e.detail) for e in s.scalars(
+                select(AuditEvent).where(AuditEvent.action == "dicom.refused").order_by(AuditEvent.id))]
+    assert [d["unrecorded_since_last"] for d in details] == [0, 3]
+    logged = [r.getMessage() for r in caplog.records if "CT_RETRY" in r.getMessage()]
+    assert len(logged) == 2 and logged[1].endswith("(3 more refusals since the last record)")
 
 
 # -- retrieve keys are unique keys --------------------------------------------------------------------

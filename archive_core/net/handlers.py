@@ -289,6 +289,7 @@ def handle_move(event, ctx: ArchiveContext):
 def handle_get(event, ctx: ArchiveContext):
     """C-GET: the sub-operations go over the requesting association, in the contexts it accepted."""
     instances, failure = _retrieve_plan(event, ctx, "GET")
+    scu.use_stored_sender(event.assoc)  # sub-operations send stored bytes as stored
     yield from _sub_operations(event, ctx, instances, failure, lambda: list(event.assoc.accepted_contexts))
 
 

@@ -281,6 +281,7 @@ def handle_move(event, ctx: ArchiveContext):
         "evt_handlers": [
             (evt.EVT_CONN_OPEN, lambda e: scu.tune_socket(e.assoc, ctx.settings.DICOM_DUL_LOOP_DELAY)),
             (evt.EVT_ACCEPTED, capture.on_accepted),
+            (evt.EVT_CONN_CLOSE, scu.close_socket),
         ],
     }
     yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)

@@ -253,9 +253,13 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
     tests/unit/test_sender.py covers the private attributes used).
     """
     raw = getattr(dataset, "_archivage_raw", None)
-    if raw is None:
-        return Association.send_c_store(assoc, dataset, msg_id=msg_id, priority=priority,
-                                         originator_aet=originator_aet, originator_id=originator_id)
+    if raw is None:  # converted (or unsendable): pynetdicom encodes it
+        status = Association.send_c_store(assoc, dataset, msg_id=msg_id, priority=priority,
+                                          originator_aet=originator_aet, originator_id=originator_id)
+        if getattr(assoc, "_archivage_held", False) and assoc.is_established:
+            _wait_resumed(assoc)  # pynetdicom resumed the reactor: hold it again
+            _pause(assoc)
+        return status
     if not assoc.is_established:
         raise RuntimeError("the association is not established")
     ts = UID(dataset.file_meta.TransferSyntaxUID)
@@ -270,21 +274,56 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
     req.DataSet = BytesIO(raw)
     # As pynetdicom does: pause the association's reactor so the response is ours to read (a
     # C-GET's sub-operations run in the reactor's own thread, which is paused while it serves).
-    own_thread = threading.current_thread() is assoc
+    if getattr(assoc, "_archivage_hold", False) and not getattr(assoc, "_archivage_held", False):
+        hold(assoc)
+    paused_here = threading.current_thread() is not assoc and not getattr(assoc, "_archivage_held", False)
+    if paused_here:
+        _pause(assoc)
+    try:
+        assoc.dimse.send_msg(req, context.context_id)
+        rsp = _response(assoc) if getattr(assoc, "_archivage_held", False) else assoc.dimse.get_msg(block=True)[1]
+    finally:
+        if paused_here:
+            assoc._reactor_checkpoint.set()
+            _wait_resumed(assoc)
+    if rsp is None:
+        if assoc.is_established:
+            assoc._handle_no_response()  # DIMSE timeout: pynetdicom aborts
+        return Dataset()
+    return assoc._check_received_status(rsp)
+
+
+def _response(assoc: Association):
+    """The peer's answer while the reactor is held: what the reactor would notice (an A-ABORT, a
+    closed connection) ends the wait, instead of the whole DIMSE timeout."""
+    import queue
+
+    deadline = time.monotonic() + (assoc.dimse_timeout or 1e9)
+    while time.monotonic() < deadline:
+        try:
+            return assoc.dimse.msg_queue.get(timeout=0.05)[1]
+        except queue.Empty:
+            pass
+        if assoc.acse.is_aborted() or not assoc.dul.is_alive():
+            log.warning("association with %s ended while waiting for a C-STORE response", assoc.acceptor.ae_title)
+            assoc._archivage_held = False
+            assoc.is_aborted = True
+            assoc.kill()
+            return None
+    return None
+
+
+def _pause(assoc: Association) -> None:
     assoc._reactor_checkpoint.clear()
     while not assoc._is_paused:
         time.sleep(0.0001)
-    try:
-        assoc.dimse.send_msg(req, context.context_id)
-        _cx, rsp = assoc.dimse.get_msg(block=True)
-    finally:
-        assoc._reactor_checkpoint.set()
-        if not own_thread:
-            _wait_resumed(assoc)
-    if rsp is None:
-        assoc._handle_no_response()
-        return Dataset()
-    return assoc._check_received_status(rsp)
+
+
+def hold(assoc: Association) -> None:
+    """Keep the reactor of our own association paused between C-STOREs (until ``release()``,
+    which resumes it): each C-STORE then skips the wait for the reactor to pause again (about 1 ms)."""
+    _pause(assoc)
+    assoc._archivage_held = True
 
 
 def _wait_resumed(assoc: Association, timeout: float = 1.0) -> None:
@@ -296,9 +335,11 @@ def _wait_resumed(assoc: Association, timeout: float = 1.0) -> None:
         time.sleep(0.00005)
 
 
-def use_stored_sender(assoc: Association) -> None:
+def use_stored_sender(assoc: Association, *, hold_reactor: bool = False) -> None:
     """Make this association's C-STOREs (pynetdicom's C-GET and C-MOVE sub-operations too) go
-    through :func:`send_c_store`; other associations are untouched."""
+    through :func:`send_c_store`; other associations are untouched. *hold_reactor*: an association
+    of ours that only sends C-STOREs until it is released (:func:`hold`, from its first C-STORE)."""
+    assoc._archivage_hold = hold_reactor
     assoc.send_c_store = functools.partial(send_c_store, assoc)
 
 
@@ -312,13 +353,24 @@ class Capture:
     def on_accepted(self, event) -> None:
         self.assoc = event.assoc
         self.contexts = list(event.assoc.accepted_contexts)
-        use_stored_sender(event.assoc)
+        use_stored_sender(event.assoc, hold_reactor=True)
 
 
 def tune_socket(assoc, loop_delay: float) -> None:
     """Nagle off and no idle sleep in the DUL loop (as the server does for its associations)."""
-    tuning.set_nodelay(assoc.dul.socket.socket if assoc.dul.socket else None)
+    raw = assoc.dul.socket.socket if assoc.dul.socket else None
+    tuning.set_nodelay(raw)
     assoc.dul._run_loop_delay = loop_delay
+    # pynetdicom drops the socket of a connection the peer closed without closing it (its shutdown
+    # fails first): kept here, closed by close_socket when the connection ends.
+    assoc._archivage_socket = raw
+
+
+def close_socket(event) -> None:
+    """pynetdicom ``EVT_CONN_CLOSE`` on our own associations: see :func:`tune_socket`."""
+    raw = getattr(event.assoc, "_archivage_socket", None)
+    if raw is not None:
+        raw.close()
 
 
 @dataclass(frozen=True)
@@ -389,13 +441,15 @@ def send_instances(
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    handlers = [(evt.EVT_CONN_OPEN, lambda event: tune_socket(event.assoc, loop_delay))]
+    handlers = [(evt.EVT_CONN_OPEN, lambda event: tune_socket(event.assoc, loop_delay)),
+                (evt.EVT_CONN_CLOSE, close_socket)]
     assoc = ae.associate(host, port, contexts=proposed_contexts(instances), ae_title=called_ae, max_pdu=0,
                          evt_handlers=handlers)
     if not assoc.is_established:
         return _all_failed(instances, f"association with {called_ae} refused or failed")
     try:
         accepted = list(assoc.accepted_contexts)
+        hold(assoc)
         for n, inst in enumerate(instances):
             if cancelled():
                 result.message = "cancelled"
@@ -431,6 +485,8 @@ def send_instances(
     finally:
         if assoc.is_established:
             assoc.release()
+        if getattr(assoc, "_archivage_socket", None) is not None:
+            assoc._archivage_socket.close()  # see tune_socket
     log.info("sent %d instances to %s (%d failed, %d warnings)", result.sent, called_ae, result.failed, result.warning)
     return result
 

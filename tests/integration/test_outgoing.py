@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.request
 import warnings
+from io import BytesIO
 from pathlib import Path
 
 import numpy as np
@@ -334,6 +335,47 @@ def test_movescu_to_storescp_sends_each_object_in_its_stored_syntax(tmp_path, co
         assert assert_same_object(received[uid], path, ts) == "as stored", ts
 
 
+def test_c_get_with_a_context_per_syntax_returns_compressed_objects_as_stored(tmp_path, corpus, qr_archive):
+    """Bad case tried: compressed objects decompressed on C-GET though the requestor accepts their
+    syntax. A pynetdicom requestor proposes, per storage class, the corpus's stored syntaxes each in
+    a context of its own plus one uncompressed context: every object comes back as stored."""
+    from pynetdicom import AE, build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
+    from pydicom.dataset import Dataset
+
+    archive, running, stored, _add = qr_archive
+    received = {}
+
+    def on_store(event):
+        received[str(event.request.AffectedSOPInstanceUID)] = (str(event.context.transfer_syntax),
+                                                               event.request.DataSet.getvalue())
+        return 0x0000
+
+    pairs = {(str(_read(f).SOPClassUID), str(_read(f).file_meta.TransferSyntaxUID)) for f in corpus["files"]}
+    ae = AE(ae_title="GETTER")
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    roles = []
+    for sop_class in sorted({c for c, _ts in pairs}):
+        for ts in sorted(ts for c, ts in pairs if c == sop_class):
+            ae.add_requested_context(sop_class, ts)
+        ae.add_requested_context(sop_class, ["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"])
+        roles.append(build_role(sop_class, scp_role=True))
+    assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE", ext_neg=roles,
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel, identifier.StudyInstanceUID = "STUDY", corpus["study_uid"]
+    try:
+        statuses = [status.Status for status, _ in assoc.send_c_get(identifier, StudyRootQueryRetrieveInformationModelGet)
+                    if status]
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0x0000
+    assert set(received) == set(stored)
+    for uid, (path, ts) in stored.items():
+        assert received[uid] == (ts, dataset_bytes(path)), ts
+
+
 def test_storage_scp_never_picks_implicit_when_explicit_is_proposed(tmp_path, qr_archive):
     """Bad case tried: one context proposing implicit first then explicit (pynetdicom's default
     order) was accepted as Implicit VR. The archive accepts explicit VR and stores the object so."""
@@ -358,3 +400,185 @@ def test_storage_scp_never_picks_implicit_when_explicit_is_proposed(tmp_path, qr
     with archive.sessions() as s:
         assert s.query(Instance.transfer_syntax_uid).filter_by(sop_instance_uid=ds.SOPInstanceUID).scalar() \
             == "1.2.840.10008.1.2.1"
+
+
+# -- Orthanc, both ways ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def orthanc_and_archive(tmp_path):
+    """Our SCP (in this process) and Orthanc, each registered with the other."""
+    from archive_core.peers import add_peer
+    from tests.helpers import archive_server
+    from tests.servers import OrthancProcess
+
+    (tmp_path / "instance-o").mkdir()
+    with archive_server(tmp_path / "instance-o") as (archive, running):
+        orthanc = OrthancProcess(tmp_path / "orthanc", modalities={"ARCHIVAGE": ("127.0.0.1", running.port)})
+        try:
+            with archive.sessions() as s:
+                add_peer(s, "ORTHANC", "127.0.0.1", orthanc.dicom_port)
+                s.commit()
+            yield archive, running, orthanc
+        finally:
+            orthanc.stop()
+
+
+def _orthanc_files(orthanc) -> dict[str, bytes]:
+    """SOP Instance UID -> the file Orthanc stored."""
+    files = {}
+    for instance_id in orthanc.rest("GET", "/instances"):
+        tags = orthanc.rest("GET", f"/instances/{instance_id}/simplified-tags")
+        files[tags["SOPInstanceUID"]] = orthanc.rest("GET", f"/instances/{instance_id}/file", raw=True)
+    return files
+
+
+def test_round_trip_through_orthanc_keeps_every_object(tmp_path, corpus, orthanc_and_archive):
+    """Bad cases tried: objects changed on the way in (implicit chosen) or out (empty, decompressed,
+    new UIDs). Orthanc C-STOREs the corpus into us (we store each in the syntax Orthanc sent, every
+    element equal to Orthanc's), forgets it, then C-MOVEs it back from us: each object arrives in
+    its stored syntax and Orthanc then holds, byte for byte, the dataset we stored.
+
+    Orthanc (DCMTK) re-encodes what it sends (explicit sequence lengths, no trailing padding, OB
+    for encapsulated pixel data), so the way in is compared value by value, the way out byte for byte.
+    """
+    archive, running, orthanc = orthanc_and_archive
+    originals = {}
+    for path in corpus["files"]:
+        answer = orthanc.rest("POST", "/instances", path.read_bytes())
+        originals[str(_read(path).SOPInstanceUID)] = orthanc.rest("GET", f"/instances/{answer['ID']}/file", raw=True)
+    ids = orthanc.rest("GET", "/instances")
+    orthanc.rest("POST", "/modalities/ARCHIVAGE/store", {"Resources": ids, "Synchronous": True})
+    stored = stored_paths(archive, corpus["study_uid"])
+    assert set(stored) == set(originals)
+    for uid, (path, ts) in stored.items():  # in: stored as Orthanc sent it
+        original = _read(BytesIO(originals[uid]))
+        assert ts == str(original.file_meta.TransferSyntaxUID)
+        got = _read(path)
+        assert same_values(got, original), ts
+    for study in orthanc.rest("GET", "/studies"):
+        orthanc.rest("DELETE", f"/studies/{study}")
+    assert orthanc.rest("GET", "/instances") == []
+    orthanc.rest("POST", "/modalities/ARCHIVAGE/move", {
+        "Level": "Study", "Resources": [{"StudyInstanceUID": corpus["study_uid"]}], "TargetAet": "ORTHANC",
+        "Synchronous": True})
+    back = _orthanc_files(orthanc)
+    assert set(back) == set(originals)
+    for uid, data in back.items():  # out: C-MOVE sends each one as stored
+        path, ts = stored[uid]
+        assert str(_read(BytesIO(data)).file_meta.TransferSyntaxUID) == ts
+        assert dataset_bytes_of(data) == dataset_bytes(path), ts
+
+
+def same_values(a, b) -> bool:
+    """Every element of *a* and *b* has the same value (not VR: DCMTK writes encapsulated pixel
+    data as OB where a file had OW), Data Set Trailing Padding aside."""
+    return [(e.tag, e.value) for e in a if e.tag != 0xFFFCFFFC] == [(e.tag, e.value) for e in b if e.tag != 0xFFFCFFFC]
+
+
+def dataset_bytes_of(data: bytes) -> bytes:
+    """The dataset of a file Orthanc stored, without Data Set Trailing Padding (FFFC,FFFC).
+
+    The padding is for files only (PS3.10 7.2): DCMTK, inside Orthanc, leaves it out of what it sends.
+    """
+    import struct
+
+    from archive_core.part10 import dataset_offset
+
+    dataset = data[dataset_offset(data):]
+    at = dataset.rfind(b"\xfc\xff\xfc\xff")
+    if at >= 0:
+        explicit = dataset[at + 4:at + 6] == b"OB"
+        length = struct.unpack_from("<I", dataset, at + (8 if explicit else 4))[0]
+        if at + (12 if explicit else 8) + length == len(dataset):
+            return dataset[:at]
+    return dataset
+
+
+def test_send_job_and_retrieve_to_peer_deliver_to_orthanc_as_stored(tmp_path, corpus, orthanc_and_archive):
+    """Bad case tried: the reported send to Orthanc where every object was refused ("required tags
+    missing") and the job showed no reason. The send path of jobs and the facade's retrieve-to-peer
+    both deliver every object to Orthanc in its stored syntax with every value (Orthanc re-encodes
+    what it stores; the storescp tests compare bytes)."""
+    from archive_core.api import ArchiveFacade
+    from tests.radiology_support import store
+
+    archive, running, orthanc = orthanc_and_archive
+    store(archive, [_read(f) for f in corpus["files"]])
+    stored = stored_paths(archive, corpus["study_uid"])
+    result = ArchiveFacade(archive).send_studies("ORTHANC", [corpus["study_uid"]])
+    assert (result.completed, result.failed, result.warning, result.failures) == (len(stored), 0, 0, [])
+    for uid, data in _orthanc_files(orthanc).items():
+        path, ts = stored[uid]
+        got = _read(BytesIO(data))
+        assert str(got.file_meta.TransferSyntaxUID) == ts and same_values(got, _read(path)), ts
+    for study in orthanc.rest("GET", "/studies"):
+        orthanc.rest("DELETE", f"/studies/{study}")
+    retrieved = ArchiveFacade(archive).retrieve_to_peer([corpus["study_uid"]], "ORTHANC")
+    assert (retrieved.completed, retrieved.failed) == (len(stored), 0)
+    assert set(_orthanc_files(orthanc)) == set(stored)
+
+
+def _run_job(facade, peer, port, study_uid):
+    from archive_core.peers import add_peer
+    from backoffice.radiology.models import SendJob
+    from backoffice.radiology.sending import create_send_job, job_json, run_send_job
+
+    with facade.new_session(write=True) as s:
+        add_peer(s, peer, "127.0.0.1", port)
+        job_id = create_send_job(s, peer, [study_uid], requested_by="dr").id
+        s.commit()
+    run_send_job(facade, job_id)
+    with facade.new_session() as s:
+        return job_json(s, s.get(SendJob, job_id))
+
+
+def test_orthanc_refusing_us_fails_the_job_with_each_instance_listed(tmp_path, facade, corpus, corpus_archive):
+    """Bad case tried: a receiver refusing everything while the job said done. This Orthanc takes
+    stores from its own modalities only and we are not one (it aborts the association at the first
+    C-STORE): the job is failed, sent 0, with the reason, and every instance listed with no status
+    (nothing was answered)."""
+    from tests.servers import OrthancProcess
+
+    orthanc = OrthancProcess(tmp_path / "orthanc-refusing", DicomAlwaysAllowStore=False)
+    try:
+        body = _run_job(facade, "ORTHANC", orthanc.dicom_port, corpus["study_uid"])
+        assert orthanc.rest("GET", "/instances") == []
+    finally:
+        orthanc.stop()
+    assert (body["status"], body["sent"], body["failed"]) == ("failed", 0, len(corpus_archive))
+    assert body["message"] == "association lost"
+    assert {f["sop_instance_uid"] for f in body["failures"]} == set(corpus_archive)
+    assert {f["status"] for f in body["failures"]} == {None}
+
+
+def test_statuses_and_comments_of_a_peer_are_kept_per_instance(tmp_path, facade, corpus, corpus_archive):
+    """Bad cases tried: a refusal (0xA700 "disk full") and a warning (0xB000 "coerced") counted as
+    sent. A workstation (pynetdicom storage SCP) refuses one object, warns on another, stores the
+    rest: the job is failed, sent counts only the successes, and both answers are kept with the
+    peer's own status and Error Comment."""
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+    from pydicom.dataset import Dataset
+
+    uids = sorted(corpus_archive)
+    answers = {uids[0]: (0xA700, "disque plein"), uids[1]: (0xB000, "elements coerced")}
+
+    def on_store(event):
+        status, comment = answers.get(str(event.request.AffectedSOPInstanceUID), (0x0000, ""))
+        answer = Dataset()
+        answer.Status = status
+        if comment:
+            answer.ErrorComment = comment
+        return answer
+
+    ae = AE(ae_title="WS9")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        body = _run_job(facade, "WS9", port, corpus["study_uid"])
+    finally:
+        server.shutdown()
+    assert (body["status"], body["sent"], body["failed"]) == ("failed", len(uids) - 2, 2)
+    assert sorted((f["sop_instance_uid"], f["status"], f["comment"]) for f in body["failures"]) == sorted(
+        (uid, status, comment) for uid, (status, comment) in answers.items())

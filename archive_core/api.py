@@ -456,14 +456,13 @@ class _RadiologyMixin:
 
     def _push(self, peer, instances, *, progress=None, cancelled=lambda: False):
         from archive_core.net import tls
-        from archive_core.net.scu import SendResult, send_instances
+        from archive_core.net.scu import all_failed, send_instances
 
         settings = self._archive.settings
         try:
             tls_args = tls.tls_args(settings, peer)
         except tls.TLSConfigError as exc:  # nothing goes out in clear to a --tls peer
-            return SendResult(failed=len(instances), failed_uids=[i.sop_instance_uid for i in instances],
-                              message=str(exc))
+            return all_failed(instances, str(exc))
         return send_instances(
             lambda inst: self._archive.store_for(inst.tier).path_of(inst.storage_key), instances,
             host=peer.host, port=peer.port, called_ae=peer.ae_title, calling_ae=settings.DICOM_AE_TITLE,

@@ -1,8 +1,9 @@
-"""Real server processes for tests: ``flask --app wsgi archive serve`` started, awaited and stopped."""
+"""Real server processes for tests: ``flask --app wsgi archive serve`` and Debian's Orthanc, started, awaited and stopped."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,3 +154,75 @@ class ArchiveProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
+
+
+class OrthancProcess:
+    """Debian's Orthanc as a child process with its own configuration and storage under *workdir*.
+
+    *modalities* maps an AE title to ``(host, port)`` (Orthanc's DicomModalities); *settings* are
+    added to its configuration (e.g. ``{"DicomAlwaysAllowStore": False}``: only those modalities may
+    store). ``rest()`` calls its REST API.
+    """
+
+    AE_TITLE = "ORTHANC"
+
+    def __init__(self, workdir: Path, *, modalities: dict[str, tuple[str, int]] | None = None, **settings):
+        import json
+
+        from tests.helpers import require_tool
+
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        # Debian installs it in /usr/sbin, which is not on every user's PATH.
+        binary = shutil.which("Orthanc") or shutil.which("Orthanc", path="/usr/sbin") or require_tool("Orthanc")
+        self.dicom_port, self.http_port = free_port(), free_port()
+        config = {
+            "Name": "archivage-tests",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "DicomAet": self.AE_TITLE,
+            "DicomCheckCalledAet": False,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "Plugins": [],
+            "DicomModalities": {ae: [ae, host, port] for ae, (host, port) in (modalities or {}).items()},
+            **settings,
+        }
+        (self.workdir / "orthanc.json").write_text(json.dumps(config, indent=2))
+        self.log_path = self.workdir / "orthanc.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen([binary, str(self.workdir / "orthanc.json")], cwd=self.workdir,
+                                         env={**os.environ, "TCP_NODELAY": "1"}, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                self.rest("GET", "/system")
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise TimeoutError("Orthanc did not start")
+
+    def rest(self, method: str, path: str, body=None, *, raw: bool = False):
+        """Call Orthanc's REST API; JSON in and out (*body* bytes are sent as they are; *raw* returns bytes)."""
+        import json
+        import urllib.request
+
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data, method=method)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            content = response.read()
+        return content if raw else (json.loads(content) if content else None)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)

@@ -1,14 +1,12 @@
-"""Fast DIMSE encoding: stored bytes sent as they are, and flat datasets encoded without pydicom's writer.
+"""Fast DIMSE encoding: flat datasets (command sets, C-FIND answers) encoded without pydicom's writer.
 
-pynetdicom encodes every dataset it sends with pydicom's writer: a retrieve re-serialises each
-stored object and each C-FIND answer and command set costs a full pydicom write. Profiles put that
-at 40 % of the SCP's time per message. :func:`install` routes pynetdicom's ``encode`` through
-:func:`encode`, which
-
-- returns the stored bytes of a :class:`StoredDataset` when the transfer syntax is the stored one
-  (a retrieve then sends exactly what was received, without reading it into a dataset);
-- encodes flat datasets of plain text and binary values (command sets, C-FIND answers) directly;
-- hands everything else to pynetdicom's own encoder, unchanged.
+pynetdicom encodes every dataset it sends with pydicom's writer: each C-FIND answer and command
+set costs a full pydicom write, which profiles put at 40 % of the SCP's time per message.
+:func:`install` routes pynetdicom's ``encode`` through :func:`encode`, which encodes flat datasets
+of plain text and binary values directly and hands everything else to pynetdicom's own encoder.
+It is an optimisation only: the bytes are the ones pynetdicom writes, so a process without it
+(web, scheduler) sends the same messages. Stored objects are not encoded at all: they go out as
+stored through archive_core/net/scu.py's ``send_c_store``, in any process.
 
 tests/unit/test_fast_encoding.py checks the flat encoder byte for byte against pydicom's.
 """
@@ -19,7 +17,7 @@ import struct
 from typing import Callable
 
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID
 from pynetdicom import association as _association
@@ -36,20 +34,6 @@ _LONG_LENGTH = frozenset("OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _BINARY = {"US": "H", "SS": "h", "UL": "I", "SL": "i", "FL": "f", "FD": "d"}
 _SPECIFIC_CHARACTER_SET = 0x00080005
 _CHARSETS = {None: "ascii", "": "ascii", "ISO_IR 6": "ascii", "ISO_IR 192": "utf-8", "ISO_IR 100": "latin-1"}
-
-
-class StoredDataset(Dataset):
-    """A dataset known only by its UIDs and its stored bytes, for sending as stored."""
-
-    @classmethod
-    def of(cls, raw: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> "StoredDataset":
-        ds = cls()
-        ds.SOPClassUID = sop_class_uid
-        ds.SOPInstanceUID = sop_instance_uid
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = transfer_syntax_uid
-        ds._archivage_raw = raw
-        return ds
 
 
 class _NotFlat(Exception):
@@ -94,8 +78,8 @@ def encode_flat(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool) -> by
 
     Raises ``_NotFlat`` for anything else (sequences, bulk data, ambiguous VRs, other character sets).
     """
-    if not is_little_endian:
-        raise _NotFlat
+    if not is_little_endian or hasattr(ds, "_archivage_raw"):
+        raise _NotFlat  # big endian, or a stored object (sent as stored by scu.send_c_store, never encoded)
     encoding = _charset(ds)
     out = bytearray()
     elements = ds._dict
@@ -124,33 +108,13 @@ def encode_flat(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool) -> by
 
 
 def encode(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool, deflated: bool = False) -> bytes | None:
-    """pynetdicom's ``encode``, with the two fast paths described in the module docstring."""
-    raw = getattr(ds, "_archivage_raw", None)
-    if raw is not None:
-        stored = UID(ds.file_meta.TransferSyntaxUID)
-        if (stored.is_implicit_VR, stored.is_little_endian, stored.is_deflated) == (
-            is_implicit_vr,
-            is_little_endian,
-            deflated,
-        ):
-            # pynetdicom only picks another syntax than the stored one for uncompressed data,
-            # and then the flags differ: equal flags mean the stored syntax itself.
-            return raw
-        return _pynetdicom_encode(_decoded(ds, raw, stored), is_implicit_vr, is_little_endian, deflated)
+    """pynetdicom's ``encode``, with the flat fast path described in the module docstring."""
     if not deflated:
         try:
             return encode_flat(ds, is_implicit_vr, is_little_endian)
         except (_NotFlat, UnicodeEncodeError, struct.error, TypeError, ValueError):
             pass
     return _pynetdicom_encode(ds, is_implicit_vr, is_little_endian, deflated)
-
-
-def _decoded(ds: StoredDataset, raw: bytes, stored: UID) -> Dataset:
-    from archive_core.index.ingest import parse
-
-    full = parse(raw, str(stored))
-    full.file_meta = ds.file_meta
-    return full
 
 
 def install() -> None:

@@ -458,6 +458,7 @@ def handle_move(event, ctx: ArchiveContext):
         "evt_handlers": [
             (evt.EVT_CONN_OPEN, lambda e: scu.tune_socket(e.assoc, ctx.settings.DICOM_DUL_LOOP_DELAY)),
             (evt.EVT_ACCEPTED, capture.on_accepted),
+            (evt.EVT_CONN_CLOSE, scu.close_socket),
         ],
     }
     yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)
@@ -466,6 +467,7 @@ def handle_move(event, ctx: ArchiveContext):
 def handle_get(event, ctx: ArchiveContext):
     """C-GET: the sub-operations go over the requesting association, in the contexts it accepted."""
     instances, failure = _retrieve_plan(event, ctx, "GET")
+    scu.use_stored_sender(event.assoc)  # sub-operations send stored bytes as stored
     yield from _sub_operations(event, ctx, instances, failure, lambda: list(event.assoc.accepted_contexts))
 
 

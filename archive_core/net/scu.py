@@ -1,42 +1,98 @@
-"""Our C-STORE SCU: sending stored objects to peers.
+"""Our C-STORE SCU: sending stored objects to peers, as stored or converted without changing them.
 
 Two callers: query/retrieve (:func:`load_for_sending` for the C-MOVE and C-GET sub-operations) and
 :func:`send_instances`, which pushes to a peer on an association of our own (the facade's
-retrieve-to-peer and the back-office's send and prefetch jobs). Query/retrieve sends each instance in its stored transfer syntax when the
-receiving association accepted it for the SOP class; a compressed one the receiver cannot take is
-decompressed (pydicom + pylibjpeg) to explicit or implicit VR little endian; otherwise it is reported
-failed and nothing of it is sent.
+retrieve-to-peer and the back-office's send and prefetch jobs).
+
+Every association that sends stored objects sends them through :func:`send_c_store`, bound to that
+association (:func:`use_stored_sender`): an instance whose stored transfer syntax the receiver
+accepted goes out as the bytes received, never decoded; any other goes through pynetdicom's own
+``send_c_store``. Nothing depends on process-wide patching, so the web, scheduler and archive
+processes send the same bytes. An instance the receiver cannot take in its stored syntax is
+converted (:func:`convert`) to explicit, else implicit, VR little endian, keeping every UID and, for
+a lossy stored syntax, Lossy Image Compression with its ratio and method (as ``dcmdjpeg`` does);
+otherwise it is reported failed and nothing of it is sent.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
+import threading
+import time
 import warnings
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Callable, Iterable
 
 from pydicom import dcmread
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import PresentationContext
 
 from archive_core.index.query import StoredInstance
 from archive_core.net import tuning
-from archive_core.net.encoding import StoredDataset
 from archive_core.part10 import dataset_offset
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+# Lossy transfer syntaxes and the Lossy Image Compression Method (0028,2114) each stands for.
+LOSSY_METHODS = {
+    "1.2.840.10008.1.2.4.50": "ISO_10918_1",  # JPEG baseline
+    "1.2.840.10008.1.2.4.51": "ISO_10918_1",  # JPEG extended
+    "1.2.840.10008.1.2.4.81": "ISO_14495_1",  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.91": "ISO_15444_1",  # JPEG 2000 (lossy unless its codestream is reversible)
+    "1.2.840.10008.1.2.4.93": "ISO_15444_1",  # JPIP JPEG 2000
+    "1.2.840.10008.1.2.4.100": "ISO_13818_2",
+    "1.2.840.10008.1.2.4.101": "ISO_13818_2",
+    "1.2.840.10008.1.2.4.102": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.103": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.104": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.105": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.106": "ISO_14496_10",
+    "1.2.840.10008.1.2.4.107": "ISO_23008_2",
+    "1.2.840.10008.1.2.4.108": "ISO_23008_2",
+}
+_SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+class StoredDataset(Dataset):
+    """A stored object known by its UIDs and its stored bytes, sent as those bytes by :func:`send_c_store`.
+
+    It holds no other element: given to an encoder other than :func:`send_c_store` it must not go
+    out as a two-element object, so pydicom's writer refuses it (``_Unencodable``) and pynetdicom
+    reports that C-STORE failed.
+    """
+
+    @classmethod
+    def of(cls, raw: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> "StoredDataset":
+        ds = cls()
+        ds.SOPClassUID = sop_class_uid
+        ds.SOPInstanceUID = sop_instance_uid
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = transfer_syntax_uid
+        ds._archivage_raw = raw
+        return ds
+
+    def keys(self):  # what pydicom's writer lists the elements to write with
+        raise _Unencodable("a stored object is sent as its stored bytes only")
+
+
+class _Unencodable(TypeError):
+    pass
 
 
 def proposed_contexts(instances: Iterable[StoredInstance]) -> list[PresentationContext]:
     """Contexts to ask a destination for: each stored (SOP class, transfer syntax), and an
-    uncompressed fallback per SOP class for the compressed ones."""
+    uncompressed little endian fallback per SOP class for the other syntaxes."""
     wanted: dict[tuple[str, str], None] = {}
     for inst in instances:
         wanted[(inst.sop_class_uid, inst.transfer_syntax_uid)] = None
@@ -55,13 +111,15 @@ def proposed_contexts(instances: Iterable[StoredInstance]) -> list[PresentationC
 
 
 def transfer_plan(sop_class_uid: str, stored_ts: str, accepted: Iterable[PresentationContext]) -> str | None:
-    """The transfer syntax to send an instance in over *accepted* contexts (ours as SCU), or None."""
+    """The transfer syntax to send an instance in over *accepted* contexts (ours as SCU), or None.
+
+    The stored syntax when accepted; else explicit, then implicit, VR little endian (converted).
+    """
     syntaxes = {str(cx.transfer_syntax[0]) for cx in accepted if cx.abstract_syntax == sop_class_uid and cx.as_scu}
     if stored_ts in syntaxes:
         return stored_ts
-    stored = UID(stored_ts)
     for ts in UNCOMPRESSED:
-        if ts in syntaxes and (stored.is_compressed or stored.is_deflated or stored.is_little_endian):
+        if ts in syntaxes:
             return ts
     return None
 
@@ -80,30 +138,209 @@ def _unsendable(inst: StoredInstance) -> Dataset:
 def load_for_sending(
     path_of: Callable[[StoredInstance], Path], inst: StoredInstance, accepted: list[PresentationContext]
 ) -> Dataset:
-    """The dataset to yield for one sub-operation: as stored, decompressed, or unsendable."""
+    """The dataset to send for one instance: as stored, converted, or unsendable."""
     plan = transfer_plan(inst.sop_class_uid, inst.transfer_syntax_uid, accepted)
     if plan is None:
         log.warning("no accepted context for %s in %s", inst.sop_instance_uid, inst.transfer_syntax_uid)
         return _unsendable(inst)
     try:
+        data = path_of(inst).read_bytes()
         if plan == inst.transfer_syntax_uid:
-            # Sent as stored: the bytes as received, never decoded (see archive_core/net/encoding.py).
-            data = path_of(inst).read_bytes()
             return StoredDataset.of(
                 data[dataset_offset(data):],
                 sop_class_uid=inst.sop_class_uid,
                 sop_instance_uid=inst.sop_instance_uid,
                 transfer_syntax_uid=inst.transfer_syntax_uid,
             )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = dcmread(path_of(inst))
-            if UID(inst.transfer_syntax_uid).is_compressed and UID(plan) in UNCOMPRESSED:
-                ds.decompress()
+        return convert(data, inst.transfer_syntax_uid, plan)
     except Exception as exc:
-        log.error("cannot send %s: %s", inst.sop_instance_uid, exc)
+        log.error("cannot send %s: %s", inst.sop_instance_uid, exc.__class__.__name__)
         return _unsendable(inst)
-    return ds
+
+
+# -- conversions -----------------------------------------------------------------------------------
+
+
+def convert(data: bytes, stored_ts: str, target_ts: str) -> Dataset:
+    """The stored object (Part 10 *data*) as a new dataset to encode in *target_ts* (uncompressed, little endian).
+
+    Every UID is kept (pydicom's ``decompress()`` would make a new SOP Instance UID); a lossy stored
+    syntax is recorded in Lossy Image Compression (0028,2110) "01" with its ratio and method; big
+    endian binary values are swapped.
+    """
+    stored = UID(stored_ts)
+    if UID(target_ts) not in UNCOMPRESSED:
+        raise ValueError(f"cannot convert to {target_ts}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(BytesIO(data), force=True)
+        if stored.is_compressed:
+            compressed_bytes = len(ds.PixelData)
+            lossy = _is_lossy(stored, ds)
+            ds.decompress(generate_instance_uid=False)
+            if lossy:
+                _mark_lossy(ds, stored, compressed_bytes)
+        out = _rebuilt(ds, swap=not stored.is_little_endian)
+    out.file_meta = FileMetaDataset()
+    out.file_meta.TransferSyntaxUID = target_ts
+    return out
+
+
+def _is_lossy(stored: UID, ds: Dataset) -> bool:
+    if str(stored) not in LOSSY_METHODS:
+        return str(ds.get("LossyImageCompression", "")) == "01"
+    if str(stored) == "1.2.840.10008.1.2.4.91":
+        return not _j2k_reversible(ds)
+    return True
+
+
+def _j2k_reversible(ds: Dataset) -> bool:
+    """Whether a JPEG 2000 codestream uses the reversible 5-3 wavelet (its COD marker says so)."""
+    from pydicom.encaps import generate_frames
+
+    try:
+        frame = next(generate_frames(ds.PixelData, number_of_frames=int(ds.get("NumberOfFrames", 1) or 1)))
+    except Exception:
+        return False
+    cod = frame.find(b"\xff\x52")
+    return cod >= 0 and len(frame) > cod + 13 and frame[cod + 13] == 1
+
+
+def _mark_lossy(ds: Dataset, stored: UID, compressed_bytes: int) -> None:
+    # What the object already says is kept; what it lacks is added for this compression, one
+    # ratio and one method (the two are paired value by value).
+    ds.LossyImageCompression = "01"
+    method = LOSSY_METHODS.get(str(stored), "ISO_10918_1")
+    ratio = "LossyImageCompressionRatio" in ds and ds.data_element("LossyImageCompressionRatio").VM
+    methods = "LossyImageCompressionMethod" in ds and ds.data_element("LossyImageCompressionMethod").VM
+    if not ratio and not methods:
+        ds.LossyImageCompressionRatio = f"{len(ds.PixelData) / max(compressed_bytes, 1):.4g}"[:16]
+        ds.LossyImageCompressionMethod = method
+    elif ratio == 1 and not methods:
+        ds.LossyImageCompressionMethod = method
+
+
+def _rebuilt(src: Dataset, *, swap: bool) -> Dataset:
+    """A new dataset with *src*'s elements (and no original encoding), binary values swapped to little endian."""
+    out = Dataset()
+    for elem in src:
+        value = elem.value
+        if elem.VR == "SQ":
+            value = [_rebuilt(item, swap=swap) for item in value]
+        elif swap and elem.VR in _SWAP_WIDTH and isinstance(value, (bytes, bytearray)):
+            value = _swapped(bytes(value), _SWAP_WIDTH[elem.VR])
+        out.add(DataElement(elem.tag, elem.VR, value))
+    return out
+
+
+def _swapped(data: bytes, width: int) -> bytes:
+    import numpy as np
+
+    usable = len(data) - len(data) % width
+    kind = {2: "u2", 4: "u4", 8: "u8"}[width]
+    return np.frombuffer(data[:usable], dtype=">" + kind).astype("<" + kind).tobytes() + data[usable:]
+
+
+# -- sending ---------------------------------------------------------------------------------------
+
+
+def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority: int = 2,
+                 originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
+    """pynetdicom's ``Association.send_c_store``, sending a :class:`StoredDataset` as its stored bytes.
+
+    The stored syntax must be an accepted context of the SOP class (``load_for_sending`` makes
+    sure of it); the steps around the message are pynetdicom's own (pinned in requirements.txt;
+    tests/unit/test_sender.py covers the private attributes used).
+    """
+    raw = getattr(dataset, "_archivage_raw", None)
+    if raw is None:  # converted (or unsendable): pynetdicom encodes it
+        status = Association.send_c_store(assoc, dataset, msg_id=msg_id, priority=priority,
+                                          originator_aet=originator_aet, originator_id=originator_id)
+        if getattr(assoc, "_archivage_held", False) and assoc.is_established:
+            _wait_resumed(assoc)  # pynetdicom resumed the reactor: hold it again
+            _pause(assoc)
+        return status
+    if not assoc.is_established:
+        raise RuntimeError("the association is not established")
+    ts = UID(dataset.file_meta.TransferSyntaxUID)
+    context = assoc._get_valid_context(dataset.SOPClassUID, ts, "scu", allow_conversion=False)
+    req = C_STORE()
+    req.MessageID = msg_id
+    req.Priority = priority
+    req.MoveOriginatorApplicationEntityTitle = originator_aet
+    req.MoveOriginatorMessageID = originator_id
+    req.AffectedSOPClassUID = dataset.SOPClassUID
+    req.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+    req.DataSet = BytesIO(raw)
+    # As pynetdicom does: pause the association's reactor so the response is ours to read (a
+    # C-GET's sub-operations run in the reactor's own thread, which is paused while it serves).
+    if getattr(assoc, "_archivage_hold", False) and not getattr(assoc, "_archivage_held", False):
+        hold(assoc)
+    paused_here = threading.current_thread() is not assoc and not getattr(assoc, "_archivage_held", False)
+    if paused_here:
+        _pause(assoc)
+    try:
+        assoc.dimse.send_msg(req, context.context_id)
+        rsp = _response(assoc) if getattr(assoc, "_archivage_held", False) else assoc.dimse.get_msg(block=True)[1]
+    finally:
+        if paused_here:
+            assoc._reactor_checkpoint.set()
+            _wait_resumed(assoc)
+    if rsp is None:
+        if assoc.is_established:
+            assoc._handle_no_response()  # DIMSE timeout: pynetdicom aborts
+        return Dataset()
+    return assoc._check_received_status(rsp)
+
+
+def _response(assoc: Association):
+    """The peer's answer while the reactor is held: what the reactor would notice (an A-ABORT, a
+    closed connection) ends the wait, instead of the whole DIMSE timeout."""
+    import queue
+
+    deadline = time.monotonic() + (assoc.dimse_timeout or 1e9)
+    while time.monotonic() < deadline:
+        try:
+            return assoc.dimse.msg_queue.get(timeout=0.05)[1]
+        except queue.Empty:
+            pass
+        if assoc.acse.is_aborted() or not assoc.dul.is_alive():
+            log.warning("association with %s ended while waiting for a C-STORE response", assoc.acceptor.ae_title)
+            assoc._archivage_held = False
+            assoc.is_aborted = True
+            assoc.kill()
+            return None
+    return None
+
+
+def _pause(assoc: Association) -> None:
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+
+
+def hold(assoc: Association) -> None:
+    """Keep the reactor of our own association paused between C-STOREs (until ``release()``,
+    which resumes it): each C-STORE then skips the wait for the reactor to pause again (about 1 ms)."""
+    _pause(assoc)
+    assoc._archivage_held = True
+
+
+def _wait_resumed(assoc: Association, timeout: float = 1.0) -> None:
+    # pynetdicom's reactor leaves ``_is_paused`` True until it runs again: a C-STORE sent right
+    # after this one would see that stale True, and the reactor would then take its response
+    # ("unexpected C-STORE service message"). Wait until the reactor has resumed.
+    deadline = time.monotonic() + timeout
+    while assoc._is_paused and assoc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.00005)
+
+
+def use_stored_sender(assoc: Association, *, hold_reactor: bool = False) -> None:
+    """Make this association's C-STOREs (pynetdicom's C-GET and C-MOVE sub-operations too) go
+    through :func:`send_c_store`; other associations are untouched. *hold_reactor*: an association
+    of ours that only sends C-STOREs until it is released (:func:`hold`, from its first C-STORE)."""
+    assoc._archivage_hold = hold_reactor
+    assoc.send_c_store = functools.partial(send_c_store, assoc)
 
 
 @dataclass
@@ -116,31 +353,62 @@ class Capture:
     def on_accepted(self, event) -> None:
         self.assoc = event.assoc
         self.contexts = list(event.assoc.accepted_contexts)
+        use_stored_sender(event.assoc, hold_reactor=True)
 
 
 def tune_socket(assoc, loop_delay: float) -> None:
     """Nagle off and no idle sleep in the DUL loop (as the server does for its associations)."""
-    tuning.set_nodelay(assoc.dul.socket.socket if assoc.dul.socket else None)
+    raw = assoc.dul.socket.socket if assoc.dul.socket else None
+    tuning.set_nodelay(raw)
     assoc.dul._run_loop_delay = loop_delay
+    # pynetdicom drops the socket of a connection the peer closed without closing it (its shutdown
+    # fails first): kept here, closed by close_socket when the connection ends.
+    assoc._archivage_socket = raw
+
+
+def close_socket(event) -> None:
+    """pynetdicom ``EVT_CONN_CLOSE`` on our own associations: see :func:`tune_socket`."""
+    raw = getattr(event.assoc, "_archivage_socket", None)
+    if raw is not None:
+        raw.close()
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One instance a peer did not store as sent: its C-STORE status (None: never answered) and comment."""
+
+    sop_instance_uid: str
+    status: int | None
+    comment: str
 
 
 @dataclass
 class SendResult:
-    """What a push to a peer did (retrieve-to-peer, send jobs, prefetch)."""
+    """What a push to a peer did (retrieve-to-peer, send jobs, prefetch).
+
+    Only status 0x0000 counts as completed. A warning (0xB000, 0xB006, 0xB007) means the peer
+    stored the object but not as sent (coerced or discarded elements): it is counted in
+    ``warning`` and listed in ``failures`` with its status and comment, so a send job with one is
+    not ``done``.
+    """
 
     completed: int = 0
     warning: int = 0
     failed: int = 0
-    failed_uids: list[str] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
     message: str = ""  # why the push stopped early, if it did
 
     @property
+    def failed_uids(self) -> list[str]:
+        return [f.sop_instance_uid for f in self.failures if f.status is None or (f.status & 0xF000) != 0xB000]
+
+    @property
     def sent(self) -> int:
-        return self.completed + self.warning
+        return self.completed
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and not self.message
+        return self.failed == 0 and self.warning == 0 and not self.message
 
 
 def send_instances(
@@ -160,7 +428,7 @@ def send_instances(
     """Push *instances* to a peer on one association of our own; *progress(sent, failed)* after each.
 
     Each instance goes in its stored transfer syntax when accepted (its bytes as stored), else
-    decompressed, else it is counted failed (:func:`load_for_sending`).
+    converted, else it is counted failed (:func:`load_for_sending`).
     """
     result = SendResult()
     if not instances:
@@ -169,51 +437,62 @@ def send_instances(
         # pynetdicom leaks its socket when the connection is refused: find out first, with ours.
         socket.create_connection((host, port), timeout=min(timeout, 10)).close()
     except OSError as exc:
-        return _all_failed(instances, f"{called_ae} unreachable ({exc.strerror or exc})")
+        return all_failed(instances, f"{called_ae} unreachable ({exc.strerror or exc})")
     refused = tls_refusal(host, port, tls_args, timeout=min(timeout, 10))
     if refused:
-        return _all_failed(instances, f"DICOM TLS with {called_ae} failed ({refused})")
+        return all_failed(instances, f"DICOM TLS with {called_ae} failed ({refused})")
     ae = AE(ae_title=calling_ae)
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    handlers = [(evt.EVT_CONN_OPEN, lambda event: tune_socket(event.assoc, loop_delay))]
+    handlers = [(evt.EVT_CONN_OPEN, lambda event: tune_socket(event.assoc, loop_delay)),
+                (evt.EVT_CONN_CLOSE, close_socket)]
     # tls_args: (SSLContext, server hostname) for a peer registered --tls (archive_core/net/tls.py).
     assoc = ae.associate(host, port, contexts=proposed_contexts(instances), ae_title=called_ae, max_pdu=0,
                          evt_handlers=handlers, tls_args=tls_args)
     if not assoc.is_established:
-        return _all_failed(instances, f"association with {called_ae} refused or failed")
+        return all_failed(instances, f"association with {called_ae} refused or failed")
     try:
         accepted = list(assoc.accepted_contexts)
+        hold(assoc)
         for n, inst in enumerate(instances):
             if cancelled():
                 result.message = "cancelled"
                 break
             if not assoc.is_established:
                 result.message = "association lost"
-                rest = instances[n:]
-                result.failed += len(rest)
-                result.failed_uids.extend(i.sop_instance_uid for i in rest)
+                for rest in instances[n:]:
+                    result.failed += 1
+                    result.failures.append(Failure(rest.sop_instance_uid, None, "association lost"))
                 break
             ds = load_for_sending(path_of, inst, accepted)
+            comment = ""
             try:
-                status = assoc.send_c_store(ds).get("Status")
+                answer = send_c_store(assoc, ds)
+                status = answer.get("Status")
+                comment = str(answer.get("ErrorComment", "") or "")
             except Exception as exc:  # no accepted context, network trouble
                 log.warning("C-STORE of %s to %s failed: %s", inst.sop_instance_uid, called_ae, exc)
                 status = None
+                comment = "not sent: no transfer syntax the peer accepts" if isinstance(exc, ValueError) else "not sent"
             if status == 0x0000:
                 result.completed += 1
-            elif status is not None and (status & 0xF000) == 0xB000:
-                result.warning += 1
             else:
-                result.failed += 1
-                result.failed_uids.append(inst.sop_instance_uid)
+                if status is not None and (status & 0xF000) == 0xB000:
+                    result.warning += 1
+                else:
+                    result.failed += 1
+                result.failures.append(Failure(inst.sop_instance_uid, status, comment))
+                log.warning("C-STORE of %s to %s answered %s", inst.sop_instance_uid, called_ae,
+                            "nothing" if status is None else f"0x{status:04X}")
             if progress:
-                progress(result.sent, result.failed)
+                progress(result.sent, result.failed + result.warning)
     finally:
         if assoc.is_established:
             assoc.release()
-    log.info("sent %d instances to %s (%d failed)", result.sent, called_ae, result.failed)
+        if getattr(assoc, "_archivage_socket", None) is not None:
+            assoc._archivage_socket.close()  # see tune_socket
+    log.info("sent %d instances to %s (%d failed, %d warnings)", result.sent, called_ae, result.failed, result.warning)
     return result
 
 
@@ -231,6 +510,7 @@ def tls_refusal(host: str, port: int, tls_args, *, timeout: float) -> str | None
         return str(getattr(exc, "reason", None) or exc.strerror or exc)
 
 
-def _all_failed(instances: list[StoredInstance], message: str) -> SendResult:
+def all_failed(instances: list[StoredInstance], message: str) -> SendResult:
     log.warning("send to peer: %s", message)
-    return SendResult(failed=len(instances), failed_uids=[i.sop_instance_uid for i in instances], message=message)
+    return SendResult(failed=len(instances), message=message,
+                      failures=[Failure(i.sop_instance_uid, None, message) for i in instances])

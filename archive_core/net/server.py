@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
-from archive_core.net import commitment, encoding, handlers, tls, tuning
+from archive_core.net import commitment, encoding, handlers, syntaxes, tls, tuning
 from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -112,7 +112,7 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     if pynetdicom_log.level == logging.NOTSET:
         pynetdicom_log.setLevel(logging.WARNING)
     tuning.install()
-    encoding.install()
+    encoding.install()  # an optimisation only: flat datasets encoded faster, same bytes
     # Values are stored as received and checked where it matters (the identifying UIDs); pydicom's
     # per-element regular expressions would run on every element of every message. Restored on stop.
     previous_validation_mode = pydicom_config.settings.reading_validation_mode
@@ -128,6 +128,9 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     bound = [
         (evt.EVT_CONN_OPEN, handlers.handle_conn_open, [ctx]),
         (evt.EVT_REQUESTED, handlers.handle_requested, [ctx]),
+        # Transfer syntaxes accepted in the requestor's order, never implicit over explicit
+        # (ALL_TRANSFER_SYNTAXES starts with Implicit VR): archive_core/net/syntaxes.py.
+        (evt.EVT_REQUESTED, syntaxes.handle_requested),
         (evt.EVT_C_ECHO, handlers.handle_echo, [ctx]),
         (evt.EVT_C_STORE, handlers.handle_store, [ctx]),
         (evt.EVT_C_FIND, handlers.handle_find, [ctx]),

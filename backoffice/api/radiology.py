@@ -8,7 +8,7 @@ from pathlib import Path
 from flask import Response, current_app, jsonify, request, url_for
 
 from archive_core.api import NotFound
-from backoffice.api import ApiError, api_route, current_api_user
+from backoffice.api import ApiError, api_route, current_api_user, json_body
 from backoffice.extensions import db, facade
 
 PAGE_SIZE = 100  # lists answer up to 100 items, with a "next" link when there are more
@@ -212,3 +212,59 @@ def study_key_image(study_uid: str):
         raise ApiError(409, "conflict", str(exc)) from None
     return jsonify({"position": key.position + 1, "sop_instance_uid": sop_uid, "frame": key.frame,
                     "window_center": key.window_center, "window_width": key.window_width}), 201
+
+
+SEND_JOB_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "peer": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "running", "done", "failed"]},
+        "sent": {"type": "integer", "description": "instances the peer answered success (0x0000)"},
+        "failed": {"type": "integer", "description": "instances answered anything else (warnings included)"},
+        "message": {"type": "string"},
+        "failures": {"type": "array", "items": {"type": "object", "properties": {
+            "sop_instance_uid": {"type": "string"},
+            "status": {"type": ["integer", "null"], "description": "the peer's C-STORE status; null: no answer"},
+            "comment": {"type": "string", "description": "the peer's Error Comment, or why nothing was sent"}}}},
+    },
+}
+
+
+@api_route("/studies/<study_uid>/send", methods=("POST",), roles=("radiologist",),
+           summary="Send the study to a registered workstation (a background send job)",
+           request_body={"type": "object", "required": ["peer"], "properties": {"peer": {"type": "string"}}},
+           responses={"202": {"description": "job queued", "content": {"application/json": {"schema": {
+               "type": "object", "properties": {"id": {"type": "integer"}, "status": {"type": "string"}}}}}},
+               "400": {"description": "unknown peer"}, "404": {"description": "no such study"}})
+def study_send(study_uid: str):
+    from backoffice.radiology.sending import create_send_job, start_in_background
+
+    detail = _detail(study_uid)
+    peer = facade().find_peer(db(), str(json_body().get("peer", "")))
+    if peer is None:
+        raise ApiError(400, "unknown_peer", "peer must be a registered AE title")
+    user = current_api_user().login
+    job = create_send_job(db(), peer.ae_title, [study_uid], requested_by=user,
+                          total=facade().count_instances([study_uid]))
+    facade().audit(db(), "study.send.request", actor=user, patient_id=detail.study.patient_id, study_uid=study_uid,
+                   detail={"peer": peer.ae_title, "job": job.id, "via": "api"})
+    response = jsonify({"id": job.id, "status": job.status})
+    response.status_code = 202
+    job_id, the_facade = job.id, facade()
+    # Started once the request has committed the job, so that the job's thread sees it.
+    response.call_on_close(lambda: start_in_background(the_facade, job_id))
+    return response
+
+
+@api_route("/send-jobs/<int:job_id>", roles=("radiologist",), summary="A send job: progress and each failure",
+           responses={"200": {"description": "the job", "content": {"application/json": {"schema": SEND_JOB_SCHEMA}}},
+                      "404": {"description": "no such job"}})
+def send_job(job_id: int):
+    from backoffice.radiology.models import SendJob
+    from backoffice.radiology.sending import job_json
+
+    job = db().get(SendJob, job_id)
+    if job is None:
+        raise ApiError(404, "not_found", "no such send job")
+    return jsonify(job_json(db(), job))

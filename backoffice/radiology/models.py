@@ -81,11 +81,24 @@ class SendJob(Base):
     reason: Mapped[str] = mapped_column(String(16), default="manual")  # manual | prefetch
     # A prefetch runs once per (new study, workstation): the study that triggered it.
     trigger_study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending|running|done|failed
+    # queued | running | done (every C-STORE answered 0x0000) | failed
+    status: Mapped[str] = mapped_column(String(16), default="queued")
     total: Mapped[int] = mapped_column(Integer, default=0)
-    sent: Mapped[int] = mapped_column(Integer, default=0)
-    failed: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)  # answered success (0x0000)
+    failed: Mapped[int] = mapped_column(Integer, default=0)  # anything else, warnings included
     message: Mapped[str] = mapped_column(Text, default="")
     requested_by: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SendFailure(Base):
+    """One instance of a send job that the workstation did not store as sent: its answer, kept as given."""
+
+    __tablename__ = "radiology_send_failure"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("radiology_send_job.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    status: Mapped[int | None] = mapped_column(Integer)  # the C-STORE status; None when nothing answered
+    comment: Mapped[str] = mapped_column(Text, default="")  # the peer's Error Comment, or why nothing was sent

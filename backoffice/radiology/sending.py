@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveFacade, UnknownPeer, escape_like, utcnow
-from backoffice.radiology.models import SendJob
+from backoffice.radiology.models import SendFailure, SendJob
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_SECONDS = 0.5
@@ -30,7 +30,7 @@ def create_send_job(
     trigger_study_uid: str | None = None,
     total: int = 0,
 ) -> SendJob:
-    job = SendJob(peer_ae_title=peer_ae_title, study_uids="\\".join(study_uids), reason=reason, status="pending",
+    job = SendJob(peer_ae_title=peer_ae_title, study_uids="\\".join(study_uids), reason=reason, status="queued",
                   requested_by=requested_by, trigger_study_uid=trigger_study_uid, total=total)
     session.add(job)
     session.flush()
@@ -53,7 +53,12 @@ def _update(facade: ArchiveFacade, job_id: int, **values: Any) -> None:
 
 
 def run_send_job(facade: ArchiveFacade, job_id: int) -> SendJob:
-    """Run a pending job to its end (in the caller's thread); progress is committed as it goes."""
+    """Run a queued job to its end (in the caller's thread); progress is committed as it goes.
+
+    The job is ``done`` only when every instance was answered success (0x0000); a warning
+    (0xB000, 0xB006, 0xB007: stored, but not as sent) or a failure counts in ``failed`` and is kept
+    with the peer's status and Error Comment (:class:`SendFailure`), and the job ends ``failed``.
+    """
     with facade.new_session() as s:
         job = s.get(SendJob, job_id)
         study_uids = job.study_uids.split("\\")
@@ -75,12 +80,17 @@ def run_send_job(facade: ArchiveFacade, job_id: int) -> SendJob:
         log.exception("send job %d failed", job_id)
         _update(facade, job_id, status="failed", message=f"erreur : {exc}", finished_at=utcnow())
     else:
-        _update(facade, job_id, status="done" if result.ok else "failed", sent=result.sent, failed=result.failed,
-                message=result.message, finished_at=utcnow())
+        with _committed(facade) as s:
+            job = s.get(SendJob, job_id)
+            job.status = "done" if result.ok else "failed"
+            job.sent, job.failed = result.sent, result.failed + result.warning
+            job.message, job.finished_at = result.message, utcnow()
+            s.add_all(SendFailure(job_id=job_id, sop_instance_uid=f.sop_instance_uid, status=f.status,
+                                  comment=f.comment[:1024]) for f in result.failures)
         for uid in study_uids:
             facade.audit_now("study.send", actor=actor, actor_kind="user" if actor != "prefetch" else "system",
                              study_uid=uid, detail={"peer": peer, "job": job_id, "sent": result.sent,
-                                                    "failed": result.failed})
+                                                    "failed": result.failed + result.warning})
     with facade.new_session() as s:
         job = s.get(SendJob, job_id)
         s.expunge(job)
@@ -91,6 +101,18 @@ def start_in_background(facade: ArchiveFacade, job_id: int) -> threading.Thread:
     thread = threading.Thread(target=run_send_job, args=(facade, job_id), name=f"send-job-{job_id}", daemon=True)
     thread.start()
     return thread
+
+
+def failures_of(session: Session, job_id: int) -> list[SendFailure]:
+    return list(session.scalars(select(SendFailure).where(SendFailure.job_id == job_id).order_by(SendFailure.id)))
+
+
+def job_json(session: Session, job: SendJob) -> dict:
+    """A job as the JSON API and the study page's progress poll show it (DESIGN.md public contract)."""
+    return {"id": job.id, "peer": job.peer_ae_title, "status": job.status, "total": job.total, "sent": job.sent,
+            "failed": job.failed, "message": job.message,
+            "failures": [{"sop_instance_uid": f.sop_instance_uid, "status": f.status, "comment": f.comment}
+                         for f in failures_of(session, job.id)]}
 
 
 def jobs_for(session: Session, study_uid: str, limit: int = 10) -> list[SendJob]:

@@ -26,7 +26,7 @@ from archive_core.render import PRESETS, RenderError, RenderParams
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
 from backoffice.radiology import services
-from backoffice.radiology.sending import jobs_for
+from backoffice.radiology.sending import failures_of, jobs_for
 
 bp = Blueprint("radiology", __name__, url_prefix="/radiology")
 share_bp = Blueprint("share", __name__, url_prefix="/share")
@@ -200,7 +200,9 @@ def study(study_uid: str):
         share_form=ShareForm(),
         new_share=session.pop("new_share", None),
         peers=_peers() if current_user.role == "radiologist" else [],
-        send_jobs=jobs_for(s, study_uid) if current_user.role == "radiologist" else [],
+        send_jobs=(jobs := jobs_for(s, study_uid) if current_user.role == "radiologist" else []),
+        send_failures={job.id: failures_of(s, job.id) for job in jobs if job.failed},
+        job_statuses={code: str(label) for code, label in JOB_STATUSES.items()},
         layouts=(1, 2, 4, 6),
     )
 
@@ -323,6 +325,10 @@ def media(study_uid: str):
 # -- send to a workstation -------------------------------------------------------------------------
 
 
+# How a send job's status reads on the page (the JSON keeps the codes of the public contract).
+JOB_STATUSES = {"queued": _l("en attente"), "running": _l("envoi en cours"), "done": _l("terminé"), "failed": _l("échec")}
+
+
 @bp.route("/studies/<study_uid>/send", methods=["POST"])
 @roles_required("radiologist")
 def send(study_uid: str):
@@ -353,12 +359,12 @@ def send(study_uid: str):
 @roles_required("radiologist")
 def send_job(job_id: int):
     from backoffice.radiology.models import SendJob
+    from backoffice.radiology.sending import job_json
 
     job = db().get(SendJob, job_id)
     if job is None:
         abort(404)
-    return jsonify({"id": job.id, "peer": job.peer_ae_title, "status": job.status, "total": job.total,
-                    "sent": job.sent, "failed": job.failed, "message": job.message})
+    return jsonify(job_json(db(), job))
 
 
 # -- viewer ----------------------------------------------------------------------------------------

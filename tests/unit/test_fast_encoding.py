@@ -9,7 +9,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pynetdicom.dsutils import encode as pydicom_encode
 
-from archive_core.net.encoding import StoredDataset, encode, encode_flat
+from archive_core.net.encoding import encode, encode_flat
 
 ascii_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\"), max_size=20)
 french_text = st.text(alphabet="abcdeéèêàçôùÉÀ ^'-", max_size=20)
@@ -63,20 +63,3 @@ def test_what_is_not_flat_goes_to_pydicom():
     with pytest.raises(Exception):
         encode_flat(ds, False, True)  # a sequence and a multi-byte character set: not flat
     assert encode(ds, False, True) == pydicom_encode(ds, False, True)
-
-
-def test_stored_dataset_is_sent_as_its_bytes_in_its_own_syntax_only():
-    from tests.helpers import make_ct
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filewriter import write_dataset
-
-    source = make_ct()
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_dataset(buf, source)
-    raw = buf.getvalue()
-    stored = StoredDataset.of(raw, sop_class_uid=source.SOPClassUID, sop_instance_uid=source.SOPInstanceUID,
-                              transfer_syntax_uid="1.2.840.10008.1.2.1")
-    assert encode(stored, False, True) == raw  # explicit VR little endian: as stored
-    implicit = encode(stored, True, True)  # implicit VR: decoded and re-encoded by pydicom
-    assert implicit != raw and implicit == pydicom_encode(source, True, True)

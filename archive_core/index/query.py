@@ -306,6 +306,7 @@ def _rows(
         stmt = stmt.offset(offset)
     # A Core execution on the session's connection: no ORM result machinery per row. yield_per reads
     # the rows in batches (a server-side cursor on PostgreSQL; SQLite's cursor is lazy anyway).
+    session.flush()  # what session.execute would autoflush (nothing, in a read-only session)
     result = session.connection().execute(stmt, execution_options={"yield_per": _CHUNK})
     try:
         keys = list(result.keys())

@@ -6,13 +6,13 @@ the whole patient table. A ``varchar_pattern_ops`` index serves the prefix whate
 collation. SQLite matches with ``GLOB``, which ix_patient_patient_name_search already serves.
 
 Revision ID: 0310_qr_prefix
-Revises: 0300_qr
+Revises: 0910_find
 """
 from alembic import op
 
 
 revision = "0310_qr_prefix"
-down_revision = "0300_qr"
+down_revision = "0910_find"
 branch_labels = None
 depends_on = None
 

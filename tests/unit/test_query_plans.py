@@ -1,7 +1,7 @@
 """C-FIND matching reads the index, not whole tables, on SQLite and PostgreSQL (EXPLAIN of the real statement).
 
 A selective PatientName wildcard (``AUB*``) on a PostgreSQL database whose collation is not "C"
-read every patient before migration 0310 added a ``varchar_pattern_ops`` index; SQLite's GLOB
+read every patient before migration 0920 added a ``varchar_pattern_ops`` index; SQLite's GLOB
 uses the plain index. The statement checked is the one the C-FIND handler runs (captured from
 the engine), on an index of 5,000 patients with statistics gathered.
 """

@@ -5,13 +5,13 @@ PostgreSQL uses a B-tree for ``LIKE 'DUP%'`` only under the "C" collation; under
 the whole patient table. A ``varchar_pattern_ops`` index serves the prefix whatever the
 collation. SQLite matches with ``GLOB``, which ix_patient_patient_name_search already serves.
 
-Revision ID: 0310_qr_prefix
+Revision ID: 0920_qr_prefix
 Revises: 0910_find
 """
 from alembic import op
 
 
-revision = "0310_qr_prefix"
+revision = "0920_qr_prefix"
 down_revision = "0910_find"
 branch_labels = None
 depends_on = None

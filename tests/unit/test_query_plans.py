@@ -1,9 +1,10 @@
 """C-FIND matching reads the index, not whole tables, on SQLite and PostgreSQL (EXPLAIN of the real statement).
 
-A selective PatientName wildcard (``AUB*``) on a PostgreSQL database whose collation is not "C"
-read every patient before migration 0920 added a ``varchar_pattern_ops`` index; SQLite's GLOB
-uses the plain index. The statement checked is the one the C-FIND handler runs (captured from
-the engine), on an index of 5,000 patients with statistics gathered.
+A PatientName wildcard (``AUB*``) is matched in the three name groups. Before migration 0920 it
+read every study on SQLite (no index on the phonetic group) and every patient on a PostgreSQL
+database whose collation is not "C" (no ``varchar_pattern_ops`` index). The statement checked
+is the one the C-FIND handler runs (captured from the engine), on an index of 5,000 patients
+with statistics gathered.
 """
 
 from __future__ import annotations
@@ -69,19 +70,20 @@ def _plan(engine, **keys) -> tuple[str, int]:
     return plan, matches
 
 
-def _reads_every_patient(plan: str) -> bool:
-    return "Seq Scan on patient" in plan or "SCAN patient" in plan
+def _reads_a_whole_table(plan: str, tables=("patient", "study")) -> bool:
+    return any(f"{scan} {table}" in plan for scan in ("Seq Scan on", "SCAN") for table in tables)
 
 
 def test_a_selective_patient_name_wildcard_reads_the_name_index(engine):
     plan, matches = _plan(engine, PatientName="AUBERT12*")
     assert matches == 11  # Aubert12, Aubert120..Aubert129
-    assert not _reads_every_patient(plan), plan
+    assert not _reads_a_whole_table(plan), plan
 
 
 def test_an_exact_patient_id_and_a_date_range_read_their_indexes(engine):
     plan, matches = _plan(engine, PatientID="P00123")
-    assert matches == 1 and not _reads_every_patient(plan), plan
+    assert matches == 1 and not _reads_a_whole_table(plan), plan
     plan, matches = _plan(engine, StudyDate="20240301-20240331")
     assert matches == 417  # n % 12 == 2 among 5,000
-    assert "Seq Scan on study" not in plan and "SCAN study" not in plan, plan
+    # The studies through the date index (PostgreSQL may then hash the patients: a fair choice for 417 rows).
+    assert not _reads_a_whole_table(plan, ("study",)), plan

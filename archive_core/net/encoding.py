@@ -71,7 +71,10 @@ def _charset(ds: Dataset) -> str:
 def _text_bytes(vr: str, value, encoding: str) -> bytes:
     if value is None or value == "":
         return b""
-    if isinstance(value, (list, tuple, MultiValue)):
+    cls = type(value)
+    if cls is str or cls is int:  # most values: no isinstance against MultiValue's ABC
+        text = value if cls is str else str(value)
+    elif isinstance(value, (list, tuple, MultiValue)):
         text = "\\".join("" if v is None else str(v) for v in value)
     elif isinstance(value, (bytes, bytearray)):
         raise _NotFlat

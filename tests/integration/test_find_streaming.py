@@ -83,7 +83,7 @@ class _Event:
     """A C-FIND event as pynetdicom hands it to the handler; the SCU cancels at the *cancel_at*-th check."""
 
     def __init__(self, identifier: Dataset, cancel_at: int | None = None) -> None:
-        self.assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title=CALLING))
+        self.assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title=CALLING, address="127.0.0.1"))
         self.identifier = identifier
         self.request = SimpleNamespace(AffectedSOPClassUID=StudyRootQueryRetrieveInformationModelFind)
         self.checks = 0

@@ -240,7 +240,8 @@ class PendingAnswers:
             return None
 
     def send(self, identifier: Dataset) -> bool:
-        """Send one answer; False when it must go (with all later ones) through pynetdicom instead."""
+        """Queue one answer (see :meth:`send_encoded`); False when it must go (with all later ones) through
+        pynetdicom instead."""
         if not self._usable:
             return False
         data = encode(identifier, *self._flags)

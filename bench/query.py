@@ -124,7 +124,8 @@ def index_directly(database_url: str, files: list[Path], batch: int = 100) -> No
     sessions = session_factory(engine)
     try:
         for start in range(0, len(files), batch):
-            index_jobs(sessions, [job_from_file(p, seq=start + k + 1) for k, p in enumerate(files[start:start + batch])])
+            chunk = files[start:start + batch]
+            index_jobs(sessions, [job_from_file(p, seq=start + k + 1) for k, p in enumerate(chunk)])
     finally:
         engine.dispose()
 

@@ -122,8 +122,8 @@ def test_every_match_comes_back_in_index_order_across_cursor_batches(server):
     assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
     assert assoc.is_established
     try:
-        responses = [(s.Status, i) for s, i in assoc.send_c_find(
-            _identifier(SOPClassesInStudy="", NumberOfStudyRelatedInstances=""), StudyRootQueryRetrieveInformationModelFind)]
+        identifier = _identifier(SOPClassesInStudy="", NumberOfStudyRelatedInstances="")
+        responses = [(s.Status, i) for s, i in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind)]
     finally:
         assoc.release()
     assert [s for s, _ in responses] == [0xFF00] * 1_400 + [0x0000]

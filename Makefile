@@ -25,6 +25,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py --vs-orthanc
+	$(BIN)/python bench/query.py --vs-orthanc --studies 100000
 	$(BIN)/python bench/viewer.py
 
 # After changing interface strings: extract them and merge into translations/*/messages.po,

@@ -1,30 +1,37 @@
-"""Query benchmark: C-FIND latency of the archive (findscu --repeat on one association), optionally vs Orthanc.
+"""Query benchmark: C-FIND end to end (one ``findscu`` process and association per run), optionally vs Orthanc.
 
-Usage: python bench/query.py [--vs-orthanc] [--studies 1000] [--per-study 7] [--repeat 50]
+Usage: python bench/query.py [--vs-orthanc] [--studies 1000] [--per-study 1] [--runs 10] [--fill index|store]
 
-A synthetic set (default 1,000 studies of 7 small images, two studies per patient, names over
-the alphabet, dates over 2020-2025) is stored into each target with storescu; then each query
-runs with ``findscu --repeat N`` and with ``--repeat 1``: the per-query latency is the
-difference divided by N-1 (process start and association set-up cancel out).
+A synthetic set (two studies per patient, one patient in ten named A..., dates over 2020-2025) is
+written once. Orthanc receives it with storescu (C-STORE, two associations); the archive's index is
+filled through its own indexing layer (``index_jobs``, what the journal's indexer runs) unless
+``--fill store`` sends it with storescu too (slow past a few thousand studies). Both servers then
+run side by side and each query is run ``--runs`` times on each, alternating between them, one
+``findscu`` process (association set-up and release included) per run; the median wall time is
+reported. ``no match`` measures what a query costs besides its answers.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from _common import LOCALHOST, store
+from _common import LOCALHOST, REPO, store
 from _qr import ORTHANC, OURS, run_tool, scu_args, target_server
 
+A_SURNAMES = ["Andre", "Arnaud", "Aubert"]
 SURNAMES = [
-    "Andre", "Arnaud", "Aubert", "Bernard", "Blanc", "Bonnet", "Brun", "Chevalier", "Clement", "David",
+    "Bernard", "Blanc", "Bonnet", "Brun", "Chevalier", "Clement", "David",
     "Dubois", "Dupont", "Durand", "Fabre", "Faure", "Fontaine", "Fournier", "Garnier", "Gauthier", "Girard",
     "Guerin", "Henry", "Lambert", "Laurent", "Lefebvre", "Leroy", "Martin", "Masson", "Mercier", "Michel",
     "Morel", "Moreau", "Muller", "Nicolas", "Perrin", "Petit", "Richard", "Robert", "Roussel", "Roux",
@@ -33,12 +40,21 @@ SURNAMES = [
 GIVEN = ["Jean", "Marie", "Luc", "Anne", "Paul", "Zoé", "Hélène", "Louis", "Claire", "Marc"]
 MODALITIES = ["CT", "MR", "CR", "US", "MG"]
 
+
+def surname(patient: int) -> str:
+    # One patient in ten has a name in A: PatientName=A* matches a tenth of the studies.
+    if patient % 10 == 0:
+        return A_SURNAMES[patient // 10 % len(A_SURNAMES)]
+    return SURNAMES[patient % len(SURNAMES)]
+
+
 def queries(studies: int) -> dict[str, list[str]]:
     patient = min(123, max(studies // 2 - 1, 0))
     return {
+        "no match": ["-k", "PatientID=NOBODY"],
         "exact PatientID": ["-k", f"PatientID=BQ{patient:06d}"],
         "PatientName=A*": ["-k", "PatientName=A*"],
-        "StudyDate range": ["-k", "StudyDate=20230101-20230331"],
+        "StudyDate month": ["-k", "StudyDate=20230301-20230331"],
     }
 
 
@@ -46,9 +62,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vs-orthanc", action="store_true", help="also measure Debian's Orthanc")
     parser.add_argument("--studies", type=int, default=1000)
-    parser.add_argument("--per-study", type=int, default=7)
-    parser.add_argument("--repeat", type=int, default=50, help="queries per measurement (default 50)")
-    parser.add_argument("--timeout", type=float, default=1800.0)
+    parser.add_argument("--per-study", type=int, default=1)
+    parser.add_argument("--runs", type=int, default=10, help="findscu runs per query (median reported)")
+    parser.add_argument("--fill", choices=("index", "store"), default="index",
+                        help="how the archive is filled: its indexing layer (default) or C-STORE")
+    parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--workdir", type=Path)
     return parser.parse_args(argv)
 
@@ -70,7 +88,7 @@ def generate(studies: int, per_study: int, directory: Path) -> list[Path]:
             ds.SOPInstanceUID = generate_uid()
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
             ds.PatientID = f"BQ{patient:06d}"
-            ds.PatientName = f"{SURNAMES[patient % len(SURNAMES)]}^{GIVEN[patient % len(GIVEN)]}"
+            ds.PatientName = f"{surname(patient)}^{GIVEN[patient % len(GIVEN)]}"
             ds.PatientBirthDate = "19700101"
             ds.PatientSex = "F" if patient % 2 else "M"
             ds.StudyDate = str(date).replace("-", "")
@@ -89,14 +107,31 @@ def generate(studies: int, per_study: int, directory: Path) -> list[Path]:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            path = directory / f"{n:06d}-{i}.dcm"
+            path = directory / f"{n // 1000:03d}" / f"{n:06d}-{i}.dcm"
+            path.parent.mkdir(exist_ok=True)
             ds.save_as(path, enforce_file_format=True)
             files.append(path)
     return files
 
 
-def findscu(server, keys: list[str], repeat: int, *, timeout_s: float, outdir: Path | None = None):
-    args = [*scu_args(server), "-S", "--repeat", str(repeat), "-k", "QueryRetrieveLevel=STUDY",
+def index_directly(database_url: str, files: list[Path], batch: int = 100) -> None:
+    """Fill the archive's index as its journal indexer would, without the network and the journal."""
+    sys.path.insert(0, str(REPO))
+    from archive_core.db import make_engine, session_factory
+    from archive_core.index.ingest import index_jobs, job_from_file
+
+    engine = make_engine(database_url)
+    sessions = session_factory(engine)
+    try:
+        for start in range(0, len(files), batch):
+            chunk = files[start:start + batch]
+            index_jobs(sessions, [job_from_file(p, seq=start + k + 1) for k, p in enumerate(chunk)])
+    finally:
+        engine.dispose()
+
+
+def findscu(server, keys: list[str], *, timeout_s: float, outdir: Path | None = None):
+    args = [*scu_args(server), "-S", "-k", "QueryRetrieveLevel=STUDY",
             "-k", "StudyInstanceUID", "-k", "PatientName", "-k", "PatientID", "-k", "StudyDate",
             "-k", "ModalitiesInStudy", "-k", "NumberOfStudyRelatedInstances", *keys]
     if outdir is not None:
@@ -105,23 +140,41 @@ def findscu(server, keys: list[str], repeat: int, *, timeout_s: float, outdir: P
     return run_tool("findscu", [*args, LOCALHOST, str(server.port)], timeout_s=timeout_s)
 
 
-def measure(target: str, files: list[Path], args: argparse.Namespace, root: Path) -> dict[str, tuple[float, int]]:
-    with tempfile.TemporaryDirectory(prefix=f"{target}-", dir=root) as tmp:
-        workdir = Path(tmp)
-        with target_server(target, workdir, {}) as server:
-            load_s = store(server, files, associations=2, workdir=workdir, timeout_s=args.timeout)
-            print(f"{target}: loaded {len(files)} instances in {load_s:.1f} s", flush=True)
-            results = {}
-            for label, keys in queries(args.studies).items():
-                answers = workdir / label.replace(" ", "_")
-                findscu(server, keys, 1, timeout_s=args.timeout, outdir=answers)
-                matches = len(list(answers.glob("rsp*.dcm")))
-                one = min(findscu(server, keys, 1, timeout_s=args.timeout).elapsed_s for _ in range(3))
-                many = findscu(server, keys, args.repeat, timeout_s=args.timeout).elapsed_s
-                per_query_ms = max(many - one, 0.0) / (args.repeat - 1) * 1000
-                results[label] = (per_query_ms, matches)
-                print(f"  {label:<18} {per_query_ms:7.1f} ms/query  ({matches} matches)", flush=True)
-            return results
+def fill(target: str, server, files: list[Path], workdir: Path, args: argparse.Namespace) -> str:
+    started = time.perf_counter()
+    if target == OURS and args.fill == "index":
+        index_directly(f"sqlite:///{workdir / 'instance' / 'archivage.sqlite3'}", files)
+        how = "through its indexing layer"
+    else:
+        store(server, files, associations=2, workdir=workdir, timeout_s=args.timeout)
+        how = "with storescu (2 associations)"
+    return f"{len(files)} instances {how} in {time.perf_counter() - started:.1f} s"
+
+
+def measure(targets: list[str], files: list[Path], args: argparse.Namespace, root: Path):
+    """{target: {query: (median ms, matches)}}: every target up at once, runs alternating between them."""
+    results: dict[str, dict[str, tuple[float, int]]] = {t: {} for t in targets}
+    with ExitStack() as stack:
+        servers = {}
+        for target in targets:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f"{target}-", dir=root)))
+            servers[target] = stack.enter_context(target_server(target, workdir, {}))
+            print(f"{target}: filled {fill(target, servers[target], files, workdir, args)}", flush=True)
+        for label, keys in queries(args.studies).items():
+            times: dict[str, list[float]] = {t: [] for t in targets}
+            matches = {}
+            for target, server in servers.items():
+                answers = root / f"{target}-{label.replace(' ', '_').replace('*', '')}"
+                findscu(server, keys, timeout_s=args.timeout, outdir=answers)  # also warms the caches
+                matches[target] = len(list(answers.glob("rsp*.dcm")))
+            for _ in range(args.runs):
+                for target, server in servers.items():
+                    times[target].append(findscu(server, keys, timeout_s=args.timeout).elapsed_s * 1000)
+            for target in targets:
+                results[target][label] = (statistics.median(times[target]), matches[target])
+                print(f"  {target:<10} {label:<16} {results[target][label][0]:8.1f} ms per findscu run "
+                      f"(min {min(times[target]):.1f}; {matches[target]} matches)", flush=True)
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,13 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="archivage-bench-q-", dir=args.workdir) as tmp:
         root = Path(tmp)
         files = generate(args.studies, args.per_study, root / "data")
-        print(f"{args.studies} studies, {len(files)} instances; {args.repeat} queries per measurement")
+        print(f"{args.studies} studies, {len(files)} instances; median of {args.runs} findscu runs per query")
         targets = [OURS, *([ORTHANC] if args.vs_orthanc else [])]
-        results = {target: measure(target, files, args, root) for target in targets}
-    print("\nSummary (ms per query, one association; lower is better)")
+        results = measure(targets, files, args, root)
+    print("\nSummary (ms per findscu run: process, association, query, release; lower is better)")
     for label in queries(args.studies):
         cells = [f"{t} {results[t][label][0]:.1f} ms ({results[t][label][1]})" for t in targets]
-        line = f"{label:<18} " + " | ".join(cells)
+        line = f"{label:<16} " + " | ".join(cells)
         if ORTHANC in results:
             ratio = results[OURS][label][0] / max(results[ORTHANC][label][0], 1e-6)
             line += f" | ours/Orthanc {ratio:.2f} (target <= 1)"

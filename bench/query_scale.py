@@ -3,8 +3,9 @@
 Usage: python bench/query_scale.py [--sizes 1000,10000,100000] [--repeat 20]
 
 Rows are inserted directly (two studies per patient, one series each) into a migrated SQLite
-database; each query of bench/query.py is then run through archive_core.index.query (parse,
-SQL, answers built) and timed, median of --repeat runs.
+database; each query of bench/query.py is then run through the path of the C-FIND handler
+(parse, rows streamed from the cursor, each answer encoded from its row) and timed, median of
+--repeat runs.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from sqlalchemy import insert  # noqa: E402
 from archive_core.db import make_engine, session_factory  # noqa: E402
 from archive_core.index.matching import fold_person_name, normalize_time  # noqa: E402
 from archive_core.index.models import Patient, Series, Study  # noqa: E402
-from archive_core.index.query import STUDY_ROOT, answer, find, parse_identifier  # noqa: E402
+from archive_core.index.query import STUDY_ROOT, answer_elements, parse_identifier, stream  # noqa: E402
+from archive_core.net.encoding import encode_elements  # noqa: E402
 
 SURNAMES = ["Andre", "Bernard", "Dubois", "Dupont", "Martin", "Moreau", "Petit", "Roux", "Simon", "Aubert",
             "Arnaud", "Blanc", "Faure", "Girard", "Lambert", "Leroy", "Mercier", "Morel", "Perrin", "Robert"]
@@ -91,8 +93,8 @@ def main() -> int:
                     started = time.perf_counter()
                     query = parse_identifier(ident, STUDY_ROOT)
                     with sessions() as s:
-                        rows = find(s, query, limit=10001)
-                    answers = [answer(query, row, ae_title="ARCHIVAGE") for row in rows]
+                        answers = [encode_elements(answer_elements(query, row, ae_title="ARCHIVAGE"), False, True)
+                                   for row in stream(s, query, limit=10001)]
                     times.append(time.perf_counter() - started)
                     matches = len(answers)
                 cells.append(f"{statistics.median(times) * 1000:8.1f} ms ({matches:5d})")

@@ -26,7 +26,7 @@ class Patient(Base):
     patient_name_search: Mapped[str | None] = mapped_column(String(324), index=True)
     # Ideographic and phonetic component groups (NFC, upper case), matched on their own.
     patient_name_ideographic: Mapped[str | None] = mapped_column(String(324), index=True)
-    patient_name_phonetic: Mapped[str | None] = mapped_column(String(324))
+    patient_name_phonetic: Mapped[str | None] = mapped_column(String(324), index=True)
     patient_birth_date: Mapped[str | None] = mapped_column(String(8))
     patient_sex: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

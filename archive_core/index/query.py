@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from pydicom import config
 from pydicom.dataelem import DataElement
@@ -56,6 +56,8 @@ class Query:
     conditions: dict[str, Any] = field(default_factory=dict)
     # Optional keys given a value we do not match on: answers are sent with status 0xFF01.
     unmatched_keys: list[str] = field(default_factory=list)
+    # How answers are laid out (answer_elements), worked out at the first answer.
+    _answer_plan: Any = field(default=None, repr=False, compare=False)
 
     @property
     def depth(self) -> int:
@@ -232,11 +234,34 @@ def find(
 
     One SQL statement joins the levels above; computed keys come from the counters ingest
     maintains (SOP classes in study: one more statement per 500 studies). *extra* conditions
-    (SQLAlchemy clauses) narrow the match further (the facade's free-text search).
+    (SQLAlchemy clauses) narrow the match further (the facade's free-text search). Every row
+    carries every attribute of its level and above; :func:`stream` reads only the requested keys.
     """
+    return list(_rows(session, query, limit=limit, offset=offset, extra=extra, requested_only=False))
+
+
+def stream(session: Session, query: Query, *, limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The matches of *query* like :func:`find`, read from the cursor as they are consumed.
+
+    Only the requested keys are selected, and nothing is built for a row before it is asked
+    for: a C-FIND sends its first answers while later rows are still in the database, and
+    stopping early (cancel, too many matches) reads no further. The session's transaction
+    stays open until the iterator is exhausted or closed; close it (``contextlib.closing``) when
+    stopping early, before the session ends.
+    """
+    return _rows(session, query, limit=limit, requested_only=True)
+
+
+def _rows(
+    session: Session, query: Query, *, limit: int | None, offset: int = 0, extra: Iterable = (),
+    requested_only: bool,
+) -> Iterator[dict[str, Any]]:
     depth = query.depth
+    wanted = {k.keyword for k in query.keys} if requested_only else None
     columns = [
-        getattr(MODELS[a.level], a.column).label(a.keyword) for a in ATTRIBUTES if LEVELS.index(a.level) <= depth
+        getattr(MODELS[a.level], a.column).label(a.keyword)
+        for a in ATTRIBUTES
+        if LEVELS.index(a.level) <= depth and (wanted is None or a.keyword in wanted)
     ]
     if depth >= 1:
         columns += [
@@ -248,6 +273,9 @@ def find(
         ]
     if depth >= 2:
         columns.append(Series.num_instances.label("NumberOfSeriesRelatedInstances"))
+    if wanted is not None:
+        needed = wanted | ({"_study_pk"} if "SOPClassesInStudy" in wanted else set())
+        columns = [c for c in columns if c.key in needed] or [MODELS[query.level].id.label("_pk")]
     counts = None
     if any(query.wants(k) for k in _PATIENT_COUNTS):
         counts = (
@@ -276,12 +304,22 @@ def find(
         stmt = stmt.limit(limit)
     if offset:
         stmt = stmt.offset(offset)
-    rows = [dict(r._mapping) for r in session.execute(stmt)]
-    if depth >= 1 and query.wants("SOPClassesInStudy") and rows:
-        classes = sop_classes_of(session, {r["_study_pk"] for r in rows})
-        for row in rows:
-            row["SOPClassesInStudy"] = classes.get(row["_study_pk"], [])
-    return rows
+    # A Core execution on the session's connection: no ORM result machinery per row. yield_per reads
+    # the rows in batches (a server-side cursor on PostgreSQL; SQLite's cursor is lazy anyway).
+    session.flush()  # what session.execute would autoflush (nothing, in a read-only session)
+    result = session.connection().execute(stmt, execution_options={"yield_per": _CHUNK})
+    try:
+        keys = list(result.keys())
+        with_classes = depth >= 1 and query.wants("SOPClassesInStudy")
+        for batch in result.partitions():
+            rows = [dict(zip(keys, r)) for r in batch]
+            if with_classes:
+                classes = sop_classes_of(session, {r["_study_pk"] for r in rows})
+                for row in rows:
+                    row["SOPClassesInStudy"] = classes.get(row["_study_pk"], [])
+            yield from rows
+    finally:
+        result.close()  # a server-side cursor left early (cancel, limit) is closed before its transaction ends
 
 
 def sop_classes_of(session: Session, study_pks: Iterable[int]) -> dict[int, list[str]]:
@@ -336,6 +374,48 @@ def _value(keyword: str, row: dict[str, Any], ae_title: str) -> Any:
     if keyword == "ModalitiesInStudy":
         return [m for m in (value or "").split("\\") if m] or None
     return value
+
+
+def answer_elements(query: Query, row: dict[str, Any], *, ae_title: str) -> list[tuple[int, str, Any]] | None:
+    """What :func:`answer` holds for *row*, as (tag, VR, value) triples in ascending tag order, without
+    building a Dataset (the C-FIND answer loop encodes them directly); None when the answer has a
+    sequence, which only :func:`answer` builds."""
+    plan = query._answer_plan
+    if plan is None:
+        plan = query._answer_plan = _AnswerPlan.of(query)
+    if plan.has_sequence:
+        return None
+    elements = []
+    non_ascii = False
+    for tag, vr, keyword in plan.keys:
+        value = _value(keyword, row, ae_title) if keyword else None
+        if isinstance(value, str) and not value.isascii():
+            non_ascii = True
+        elements.append((tag, vr, value if value not in (None, "") else None))
+    elements.insert(plan.level_at, (0x00080052, "CS", query.level))
+    if non_ascii:
+        elements.insert(plan.charset_at, (0x00080005, "CS", "ISO_IR 192"))
+    return elements
+
+
+@dataclass(frozen=True)
+class _AnswerPlan:
+    """The requested keys of a query in tag order, and where (0008,0005) and (0008,0052) go among them."""
+
+    keys: tuple[tuple[int, str, str], ...]
+    charset_at: int
+    level_at: int
+    has_sequence: bool
+
+    @classmethod
+    def of(cls, query: Query) -> "_AnswerPlan":
+        keys = tuple(sorted((int(k.tag), k.vr, k.keyword) for k in query.keys))
+        return cls(
+            keys=keys,
+            charset_at=sum(1 for tag, _, _ in keys if tag < 0x00080005),
+            level_at=sum(1 for tag, _, _ in keys if tag < 0x00080052),
+            has_sequence=query.has_sequence_keys,
+        )
 
 
 def answer(query: Query, row: dict[str, Any], *, ae_title: str) -> Dataset:

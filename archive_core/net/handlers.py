@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,9 +27,10 @@ from archive_core.index.query import (
     STUDY_ROOT,
     StoredInstance,
     answer,
-    find,
+    answer_elements,
     instances_to_retrieve,
     parse_identifier,
+    stream,
 )
 from archive_core.net import scu, tls, tuning
 from archive_core.net.encoding import PendingAnswers
@@ -355,7 +357,11 @@ def _see_everything_acknowledged(ctx: ArchiveContext) -> None:
 
 
 def handle_find(event, ctx: ArchiveContext):
-    """C-FIND: pending answers, one per match; A900 for a bad identifier; FE00 when cancelled."""
+    """C-FIND: pending answers, one per match; A900 for a bad identifier; FE00 when cancelled.
+
+    Answers are built and sent as rows come from the database cursor: the first ones reach the
+    peer before the last rows are read, and a cancel stops the reading.
+    """
     calling = event.assoc.requestor.ae_title
     if _refuse_query(ctx, event.assoc, "C-FIND"):
         yield _failure(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None
@@ -364,8 +370,6 @@ def handle_find(event, ctx: ArchiveContext):
     try:
         query = parse_identifier(event.identifier, QR_ROOTS[str(event.request.AffectedSOPClassUID)])
         _see_everything_acknowledged(ctx)
-        with read_session(ctx.sessions) as s:
-            rows = find(s, query, limit=limit + 1)
     except ArchiveError as exc:
         code = status_for(exc, FIND_STATUS)
         log.warning("C-FIND from %s answered 0x%04X: %s", calling, code, exc)
@@ -375,23 +379,49 @@ def handle_find(event, ctx: ArchiveContext):
         log.exception("C-FIND from %s failed", calling)
         yield _failure(0xC000, f"processing failure: {exc.__class__.__name__}"), None
         return
-    log.info("C-FIND %s level from %s: %d matches", query.level, calling, min(len(rows), limit))
     pending = PENDING_UNMATCHED_KEYS if query.unmatched_keys else PENDING
-    direct = PendingAnswers.for_event(event, pending) if ctx.settings.DICOM_FAST_FIND_ANSWERS and rows else None
-    for n, row in enumerate(rows):
-        if event.is_cancelled:
-            note_find(ctx, event.assoc, query, n)
-            yield CANCEL, None
-            return
-        if n == limit:
-            log.warning("C-FIND from %s stopped after %d matches", calling, limit)
-            note_find(ctx, event.assoc, query, n)
-            yield _failure(TOO_MANY_MATCHES, f"more than {limit} matches: refine the query"), None
-            return
-        identifier = answer(query, row, ae_title=ctx.settings.DICOM_AE_TITLE)
-        if direct is None or not direct.send(identifier):
-            yield pending, identifier
-    note_find(ctx, event.assoc, query, len(rows))
+    ae_title = ctx.settings.DICOM_AE_TITLE
+    fast = ctx.settings.DICOM_FAST_FIND_ANSWERS
+    direct = None
+    sent = 0
+    final, cancelled, failed = None, False, False
+    with read_session(ctx.sessions) as s, closing(stream(s, query, limit=limit + 1)) as rows:
+        try:
+            for row in rows:
+                if event.is_cancelled:
+                    final, cancelled = CANCEL, True
+                    break
+                if sent == limit:
+                    log.warning("C-FIND from %s stopped after %d matches", calling, limit)
+                    final = _failure(TOO_MANY_MATCHES, f"more than {limit} matches: refine the query")
+                    break
+                sent += 1
+                if fast and direct is None:
+                    direct = PendingAnswers.for_event(event, pending)
+                    fast = direct is not None
+                identifier = None
+                if direct is not None:
+                    elements = answer_elements(query, row, ae_title=ae_title)
+                    data = direct.encode(elements) if elements is not None else None
+                    if data is not None and direct.send_encoded(data):
+                        continue
+                    identifier = answer(query, row, ae_title=ae_title)
+                    if direct.send(identifier):
+                        continue
+                    direct.flush()
+                    direct, fast = None, False  # pynetdicom's path for this answer and the rest
+                yield pending, identifier if identifier is not None else answer(query, row, ae_title=ae_title)
+        except Exception as exc:
+            log.exception("C-FIND from %s failed after %d answers", calling, sent)
+            final, failed = _failure(0xC000, f"processing failure: {exc.__class__.__name__}"), True
+    if direct is not None:
+        with suppress(OSError):  # a broken connection: pynetdicom's final response finds it too
+            direct.flush()  # the answers queued so far go out before the final response
+    log.info("C-FIND %s level from %s: %d answers%s", query.level, calling, sent, " (cancelled)" if cancelled else "")
+    if sent or not failed:  # a query that failed before any answer gave nothing to audit
+        note_find(ctx, event.assoc, query, sent)
+    if final is not None:
+        yield final, None
 
 
 def _retrieve_plan(event, ctx: ArchiveContext, service: str):

@@ -143,6 +143,7 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     address = (host if host is not None else settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
     server = ae.start_server(address, block=False, evt_handlers=bound)
     server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    server.contexts = tuning.SupportedContexts(server.contexts)
     log.info("DICOM SCP %s listening on %s:%d", settings.DICOM_AE_TITLE, address[0], server.server_address[1])
     tls_server = None
     if ssl_context is not None:

@@ -73,6 +73,41 @@ def test_accepted_associations_wait_instead_of_sleeping_and_have_nagle_off(scp):
         assoc.release()
 
 
+def test_each_association_gets_its_own_supported_contexts_without_a_deep_copy(scp):
+    """pynetdicom deep-copies the server's supported contexts for every association it accepts
+    (every storage class with every transfer syntax: tens of milliseconds). The server's list copies
+    itself cheaply instead; each association must still negotiate from contexts of its own, equal to
+    the server's (bad outcome tried: one association's negotiation changing the next one's contexts)."""
+    import copy
+
+    from pynetdicom import transport
+    from pynetdicom.sop_class import CTImageStorage
+
+    from archive_core.net import tuning
+
+    assert "deepcopy(self.server.contexts)" in inspect.getsource(transport.RequestHandler._create_association)
+    assert isinstance(scp.server.contexts, tuning.SupportedContexts)
+    twins = copy.deepcopy(scp.server.contexts)
+    assert len(twins) == len(scp.server.contexts) > 150
+    for twin, context in zip(twins, scp.server.contexts):
+        assert twin is not context and twin._transfer_syntax is not context._transfer_syntax
+        assert (twin.abstract_syntax, twin.transfer_syntax, twin.scu_role, twin.scp_role) == (
+            context.abstract_syntax, context.transfer_syntax, context.scu_role, context.scp_role)
+    twins[0]._transfer_syntax.clear()
+    assert scp.server.contexts[0].transfer_syntax
+    for title in ("FIRST", "SECOND"):
+        ae = AE(ae_title=title)
+        ae.add_requested_context(Verification)
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
+        assert assoc.is_established
+        try:
+            assert len(assoc.accepted_contexts) == 2
+            assert assoc.send_c_echo().Status == 0x0000
+        finally:
+            assoc.release()
+
+
 def test_listening_socket_has_nagle_off(scp):
     assert scp.server.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 

@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 from archive_core.errors import InvalidQuery
 from archive_core.index.ingest import Identity, Job, index_jobs
 from archive_core.index.query import PATIENT_ROOT, STUDY_ROOT, answer, find, instances_to_retrieve, parse_identifier
-from tests.helpers import make_ct
+from tests.helpers import make_ct, qr_identifier
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.11"
 
@@ -76,19 +76,8 @@ def sessions(database_url, tmp_path):
     engine.dispose()
 
 
-def identifier(level: str, **keys) -> Dataset:
-    """A query identifier; wildcard values are not valid CS/DA values, which pydicom warns about."""
-    ds = Dataset()
-    ds.QueryRetrieveLevel = level
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for keyword, value in keys.items():
-            setattr(ds, keyword, value)
-    return ds
-
-
 def matched(sessions, root: str, level: str, unique: str, **keys) -> set[str]:
-    ident = identifier(level, **{unique: ""}, **keys) if unique not in keys else identifier(level, **keys)
+    ident = qr_identifier(level, **{unique: ""}, **keys) if unique not in keys else qr_identifier(level, **keys)
     with sessions() as s:
         return {row[unique] for row in find(s, parse_identifier(ident, root))}
 
@@ -167,7 +156,7 @@ def test_patient_level_matching_returns_each_patient_once(sessions):
     got = matched(sessions, PATIENT_ROOT, "PATIENT", "PatientID", PatientName="O*")
     assert got == {"PAT_3"}
     with sessions() as s:
-        rows = find(s, parse_identifier(identifier("PATIENT", PatientID="", PatientName="*"), PATIENT_ROOT))
+        rows = find(s, parse_identifier(qr_identifier("PATIENT", PatientID="", PatientName="*"), PATIENT_ROOT))
     assert sorted(r["PatientID"] for r in rows) == sorted({v[0] for v in STUDIES.values()})
 
 
@@ -200,11 +189,11 @@ IDENTIFIER_ERRORS = [
 @pytest.mark.parametrize("root, level, keys", IDENTIFIER_ERRORS)
 def test_identifier_errors(root, level, keys):
     with pytest.raises(InvalidQuery):
-        parse_identifier(identifier(level, **keys), root)
+        parse_identifier(qr_identifier(level, **keys), root)
 
 
 def test_answer_has_every_requested_key_and_computed_counts(sessions):
-    ident = identifier(
+    ident = qr_identifier(
         "STUDY", StudyInstanceUID=S("S4"), PatientName="", StudyDescription="", ModalitiesInStudy="",
         SOPClassesInStudy="", NumberOfStudyRelatedSeries="", NumberOfStudyRelatedInstances="",
         NumberOfPatientRelatedStudies="", NumberOfPatientRelatedInstances="", PerformingPhysicianName="",
@@ -224,7 +213,7 @@ def test_answer_has_every_requested_key_and_computed_counts(sessions):
 
 
 def test_answer_in_utf8_when_the_name_is_not_ascii(sessions):
-    query = parse_identifier(identifier("STUDY", StudyInstanceUID=S("S2"), PatientName=""), STUDY_ROOT)
+    query = parse_identifier(qr_identifier("STUDY", StudyInstanceUID=S("S2"), PatientName=""), STUDY_ROOT)
     with sessions() as s:
         (row,) = find(s, query)
     ds = answer(query, row, ae_title="ARCHIVAGE")
@@ -233,10 +222,10 @@ def test_answer_in_utf8_when_the_name_is_not_ascii(sessions):
 
 
 def test_limit_and_retrieve_lists(sessions):
-    query = parse_identifier(identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT)
+    query = parse_identifier(qr_identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT)
     with sessions() as s:
         assert len(find(s, query, limit=3)) == 3
-        both = identifier("STUDY", StudyInstanceUID=f"{S('S1')}\\{S('S4')}")
+        both = qr_identifier("STUDY", StudyInstanceUID=f"{S('S1')}\\{S('S4')}")
         move = parse_identifier(both, STUDY_ROOT, retrieve=True)
         got = instances_to_retrieve(s, move)
     assert {i.sop_instance_uid for i in got} == {
@@ -244,7 +233,7 @@ def test_limit_and_retrieve_lists(sessions):
         sop_uid("S4", "SR", 1), sop_uid("S4", "SR", 2),
     }
     with pytest.raises(InvalidQuery):
-        parse_identifier(identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT, retrieve=True)
+        parse_identifier(qr_identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT, retrieve=True)
 
 
 def test_tombstoned_rows_are_invisible_to_queries_and_retrieves(sessions):
@@ -262,7 +251,7 @@ def test_tombstoned_rows_are_invisible_to_queries_and_retrieves(sessions):
     visible = matched(sessions, STUDY_ROOT, "STUDY", "StudyInstanceUID", PatientID="PAT*")
     assert visible == {S(k) for k in ("S1", "S2", "S3", "S4")}
     with sessions() as s:
-        move = parse_identifier(identifier("STUDY", StudyInstanceUID=S("S4")), STUDY_ROOT, retrieve=True)
+        move = parse_identifier(qr_identifier("STUDY", StudyInstanceUID=S("S4")), STUDY_ROOT, retrieve=True)
         assert sop_uid("S4", "SR", 1) not in {i.sop_instance_uid for i in instances_to_retrieve(s, move)}
 
 
@@ -277,7 +266,7 @@ def test_query_identifier_is_decoded_with_its_character_set(sessions, charset, n
     from pydicom.filewriter import write_dataset
     from pynetdicom.dsutils import decode
 
-    ident = identifier("STUDY", StudyInstanceUID="")
+    ident = qr_identifier("STUDY", StudyInstanceUID="")
     ident.SpecificCharacterSet = charset
     ident.PatientName = name
     buf = DicomBytesIO()
@@ -333,7 +322,7 @@ PN_GROUP_CASES = [
 
 @pytest.mark.parametrize("name, expected", PN_GROUP_CASES, ids=[c[0] for c in PN_GROUP_CASES])
 def test_person_name_groups_are_matched_each_on_its_own(japanese, name, expected):
-    ident = identifier("STUDY", StudyInstanceUID="", PatientName=name)
+    ident = qr_identifier("STUDY", StudyInstanceUID="", PatientName=name)
     ident.SpecificCharacterSet = "ISO_IR 192"
     with japanese() as s:
         got = {r["StudyInstanceUID"] for r in find(s, parse_identifier(ident, STUDY_ROOT))}
@@ -347,7 +336,7 @@ def test_acr_nema_dates_are_indexed_as_dicom_dates(japanese):
         assert S("J7") in got, value
     assert matched(japanese, STUDY_ROOT, "STUDY", "StudyInstanceUID", StudyDate="19970424-19970425") == {
         S("J7"), S("J8")}
-    query = parse_identifier(identifier("STUDY", StudyInstanceUID=S("J7"), StudyDate=""), STUDY_ROOT)
+    query = parse_identifier(qr_identifier("STUDY", StudyInstanceUID=S("J7"), StudyDate=""), STUDY_ROOT)
     with japanese() as s:
         (row,) = find(s, query)
     assert answer(query, row, ae_title="ARCHIVAGE").StudyDate == "19970424"
@@ -363,7 +352,7 @@ def test_acr_nema_dates_are_indexed_as_dicom_dates(japanese):
 ])
 def test_a_date_key_that_is_no_date_or_range_is_an_identifier_error(value, says):
     with pytest.raises(InvalidQuery, match=says):
-        parse_identifier(identifier("STUDY", StudyInstanceUID="", StudyDate=value), STUDY_ROOT)
+        parse_identifier(qr_identifier("STUDY", StudyInstanceUID="", StudyDate=value), STUDY_ROOT)
 
 
 def test_a_sequence_key_with_an_empty_item_is_universal_matching(sessions):
@@ -371,7 +360,7 @@ def test_a_sequence_key_with_an_empty_item_is_universal_matching(sessions):
     item = Dataset()
     item.CodeValue = ""
     item.CodingSchemeDesignator = ""
-    ident = identifier("STUDY", StudyInstanceUID=S("S1"))
+    ident = qr_identifier("STUDY", StudyInstanceUID=S("S1"))
     ident.ProcedureCodeSequence = [item]
     query = parse_identifier(ident, STUDY_ROOT)
     assert query.unmatched_keys == []  # pending answers are 0xFF00
@@ -391,7 +380,7 @@ def test_rows_columns_and_frames_come_back_at_image_level(sessions):
     ds.Columns = 24
     ds.NumberOfFrames = 3
     index_jobs(sessions, [Job(0, Path("unused"), Identity.of(ds), ds, "0" * 64, 1, "1.2.840.10008.1.2.1", None, None)])
-    ident = identifier("IMAGE", StudyInstanceUID=S("M10"), SeriesInstanceUID=series_uid("M10", "CT"),
+    ident = qr_identifier("IMAGE", StudyInstanceUID=S("M10"), SeriesInstanceUID=series_uid("M10", "CT"),
                        SOPInstanceUID="", Rows="", Columns="", NumberOfFrames="")
     query = parse_identifier(ident, STUDY_ROOT)
     with sessions() as s:
@@ -411,7 +400,7 @@ def test_wildcards_outside_their_vrs(sessions):
     from pydicom.filewriter import write_dataset
     from pynetdicom.dsutils import decode
 
-    ident = identifier("SERIES", StudyInstanceUID=S("S1"), SeriesInstanceUID="")
+    ident = qr_identifier("SERIES", StudyInstanceUID=S("S1"), SeriesInstanceUID="")
     buf = DicomBytesIO()
     buf.is_little_endian, buf.is_implicit_VR = True, True
     write_dataset(buf, ident)

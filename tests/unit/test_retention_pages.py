@@ -6,26 +6,13 @@ from datetime import date
 
 import pytest
 
-from tests.retention_support import add_study, instance_files, make_user
-
-
-def _sign_in(client, app, login, role):
-    from sqlalchemy import select
-
-    from backoffice.auth.models import User
-
-    make_user(app, login, role)
-    with app.extensions["archivage"].new_session() as s:
-        user_id = s.scalar(select(User.id).where(User.login == login))
-    with client.session_transaction() as session:
-        session["_user_id"] = str(user_id)
-        session["_fresh"] = True
+from tests.retention_support import add_study, instance_files, sign_in
 
 
 @pytest.fixture
 def manager_client(app, client):
     app.config["WTF_CSRF_ENABLED"] = False
-    _sign_in(client, app, "gerante", "manager")
+    sign_in(client, app, "gerante", "manager")
     return client
 
 
@@ -69,7 +56,7 @@ def test_page_approval_needs_a_reason(manager_client, facade, scenario):
 def test_page_approve_then_execute_gives_a_certificate(app, manager_client, facade, scenario):
     manager_client.post("/retention/batches/1/approve", data={"reason": "vérifié"})
     # The scheduler proposed it and gerante approved it: another manager executes, after confirming.
-    _sign_in(manager_client, app, "associe", "manager")
+    sign_in(manager_client, app, "associe", "manager")
     page = manager_client.get("/retention/batches/1/execute").get_data(as_text=True)
     assert "Détruire définitivement" in page
     manager_client.post("/retention/batches/1/execute", data={"confirmed": "y"})
@@ -105,6 +92,6 @@ def test_corrections_page_requests_a_deletion(manager_client, facade, tmp_path):
 
 
 def test_admin_reads_the_audit_but_not_retention(app, client):
-    _sign_in(client, app, "root", "admin")
+    sign_in(client, app, "root", "admin")
     assert client.get("/retention/audit").status_code == 200
     assert client.get("/retention/").status_code == 403

@@ -103,9 +103,29 @@ def read_settings(instance_path: Path) -> dict[str, Any]:
     return values
 
 
+def private_files() -> None:
+    """From now on this process creates files 0600 and folders 0700 (the instance is the service user's).
+
+    Called once when each process role starts (web, archive, scheduler, PDF worker): patient data, the
+    database and the render cache are never readable by other accounts of the machine.
+    """
+    os.umask(0o077)
+
+
 def ensure_instance(instance_path: Path) -> None:
-    """Create the instance folder and, on first run, a ``config.py`` holding a generated secret key."""
-    instance_path.mkdir(parents=True, exist_ok=True)
+    """Create the instance folder (0700) and, on first run, a ``config.py`` holding a generated secret key.
+
+    An instance made before files were private is tightened: the folder and the files directly in it
+    (database, config) lose every group and other permission.
+    """
+    instance_path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in (instance_path, *instance_path.iterdir()):
+        try:
+            mode = path.stat().st_mode & 0o777
+            if mode & 0o077 and path.owner() == _current_user():
+                path.chmod(mode & 0o700)
+        except (OSError, KeyError):
+            pass  # not ours, or gone: nothing to tighten
     config_file = instance_path / "config.py"
     if not config_file.exists():
         fd = os.open(config_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -114,3 +134,9 @@ def ensure_instance(instance_path: Path) -> None:
                 "# Archivage instance settings (generated on first run; see docs/configuration.md).\n"
                 f"SECRET_KEY = {secrets.token_hex(32)!r}\n"
             )
+
+
+def _current_user() -> str:
+    import pwd
+
+    return pwd.getpwuid(os.geteuid()).pw_name

@@ -218,9 +218,11 @@ class RenderCache:
 
     def put(self, sop_instance_uid: str, params: RenderParams, data: bytes, version: str = "") -> None:
         path = self._path(sop_instance_uid, params, version)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{threading.get_ident()}.tmp")
-        tmp.write_bytes(data)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # patient images: the service user's only
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
         os.replace(tmp, path)  # readers see a whole file or none (a cache needs no fsync)
         with self._lock:
             if self._approx_bytes is None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flask import Flask, g
 
-from archive_core.config import Settings, ensure_instance, instance_path_from_env
+from archive_core.config import Settings, ensure_instance, instance_path_from_env, private_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,6 +16,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     instance_path = instance_path_from_env(ROOT / "instance")
     if test_config and "INSTANCE_PATH" in test_config:
         instance_path = Path(test_config["INSTANCE_PATH"]).resolve()
+    private_files()  # every process role builds its app first: the umask is set once, at its start
     ensure_instance(instance_path)
     app = Flask(
         __name__,
@@ -23,6 +24,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         instance_relative_config=True,
         template_folder=str(ROOT / "templates"),
     )
+    from backoffice.errors import DatabaseIntConverter
+
+    app.url_map.converters["int"] = DatabaseIntConverter  # /invoices/99999999999999999999 is a 404, not a 500
     app.config.from_mapping(
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
@@ -30,6 +34,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         WEB_HOST="127.0.0.1",
         WEB_PORT=8000,
         IDLE_TIMEOUT_MINUTES=30,
+        API_TOKEN_LIFETIME_DAYS=90,  # `tokens create` without --days; 0: until revoked
     )
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("ARCHIVAGE")
@@ -46,9 +51,18 @@ def create_app(test_config: dict | None = None) -> Flask:
     from backoffice import extensions
 
     extensions.init_app(app)
+    from backoffice.auth.sessions import DatabaseSessionInterface
+
+    app.session_interface = DatabaseSessionInterface()
     from backoffice import i18n
 
     i18n.init_app(app)
+    from backoffice import security
+
+    security.init_app(app)
+    from backoffice import errors
+
+    errors.init_app(app)
 
     from backoffice.auth import bp as auth_bp
     from backoffice.home import bp as home_bp

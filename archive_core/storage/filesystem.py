@@ -48,7 +48,7 @@ class FilesystemStore(BlobStore):
     def write_incoming(self, name: str, chunks: list[bytes]) -> Path:
         final = self.incoming_dir / name
         tmp = self.incoming_dir / (name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             for chunk in chunks:
                 view = memoryview(chunk)

@@ -127,8 +127,10 @@ def json_body() -> dict[str, Any]:
 def page_args() -> tuple[int, int]:
     """``(after, limit)`` of a keyset-paginated list: the last id already seen and the page size (1..100)."""
     try:
-        after = int(request.args.get("after", 0))
-        limit = min(max(int(request.args.get("limit", PAGE_SIZE)), 1), PAGE_SIZE)
+        from backoffice.errors import db_int
+
+        after = db_int(request.args.get("after", 0))
+        limit = min(max(db_int(request.args.get("limit", PAGE_SIZE)), 1), PAGE_SIZE)
     except ValueError as exc:
         raise ApiError(400, "bad_request", "after and limit must be integers") from exc
     return after, limit

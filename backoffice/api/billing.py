@@ -14,6 +14,7 @@ from backoffice.billing.arrivals import attach_before_issue, sync_from_archive
 from backoffice.billing import services as S
 from backoffice.billing.models import Claim, ExamGroup, Insurer, Invoice
 from backoffice.extensions import db, facade
+from backoffice.errors import db_int
 
 
 DESK = ("front_desk", "manager")
@@ -305,7 +306,7 @@ def invoice_pdf(invoice_id: int):
            parameters=[{"name": "payment_id", "in": "query", "schema": {"type": "integer"}}])
 def receipt_pdf(invoice_id: int):
     invoice = S.get_invoice(db(), invoice_id)
-    payment_id = request.args.get("payment_id", type=int)
+    payment_id = request.args.get("payment_id", type=db_int)
     data = documents.render_receipt(db(), invoice, payment_id)
     facade().audit_now("billing.receipt.printed", actor=current_api_user().login, patient_id=invoice.patient_id,
                        detail={"number": invoice.number})

@@ -10,6 +10,7 @@ from flask import Response, current_app, jsonify, request, url_for
 from archive_core.api import NotFound
 from backoffice.api import ApiError, api_route, current_api_user, json_body
 from backoffice.extensions import db, facade
+from backoffice.errors import db_int
 
 PAGE_SIZE = 100  # lists answer up to 100 items, with a "next" link when there are more
 
@@ -46,7 +47,7 @@ def _detail(study_uid: str):
            parameters=[{"name": "offset", "in": "query", "schema": {"type": "integer", "minimum": 0}}])
 def study_priors(study_uid: str):
     detail = _detail(study_uid)
-    offset = max(request.args.get("offset", 0, type=int), 0)
+    offset = max(request.args.get("offset", 0, type=db_int), 0)
     priors = facade().prior_studies(study_uid)
     page = priors[offset : offset + PAGE_SIZE]
     facade().audit_now("study.priors", actor=current_api_user().login, patient_id=detail.study.patient_id,

@@ -1,11 +1,11 @@
-"""Signing in and out, and the role check every page and API route declares."""
+"""Signing in and out, the role check every page and API route declares, and the admin's user pages."""
 
 from __future__ import annotations
 
 from functools import wraps
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, session, url_for
-from flask_babel import lazy_gettext as _l, lazy_pgettext
+from flask_babel import gettext as _, lazy_gettext as _l, lazy_pgettext
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
@@ -39,23 +39,37 @@ class LoginForm(FlaskForm):
     password = PasswordField(_l("Mot de passe"), validators=[DataRequired()])
 
 
+def _restart_session() -> None:
+    """Empty the session under a new id; the language chosen on the login page outlives it."""
+    from backoffice.auth.sessions import regenerate
+
+    lang = session.get("lang")
+    session.clear()
+    regenerate(session)
+    if lang:
+        session["lang"] = lang
+
+
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    from backoffice.auth.services import AuthError, authenticate
+    from backoffice.auth.services import LoginRefused, authenticate
 
     form = LoginForm()
     if form.validate_on_submit():
         try:
-            user = authenticate(db(), form.login.data, form.password.data)
-        except AuthError as exc:
+            user = authenticate(db(), form.login.data, form.password.data, address=request.remote_addr or "")
+        except LoginRefused as exc:
             facade().audit(db(), "login.failed", actor=form.login.data[:64], detail={"ip": request.remote_addr})
-            db().commit()  # a 401 is not committed by the request: the failure count must persist
-            flash(str(exc), "error")
-            return render_template("auth/login.html", form=form), 401
-        lang = session.get("lang")  # the language chosen on the login page outlives the session reset
-        session.clear()
-        if lang:
-            session["lang"] = lang
+            db().commit()  # a refused sign-in is not committed by the request: the failure count must persist
+            # One message whatever happened (unknown login, wrong password, disabled, backoff): it never
+            # tells whether the login exists.
+            flash(_("Identifiant ou mot de passe incorrect. Après plusieurs essais, patientez quelques "
+                    "instants avant de réessayer."), "error")
+            response = render_template("auth/login.html", form=form), 401
+            if exc.retry_after_s:
+                return response[0], 429, {"Retry-After": str(exc.retry_after_s)}
+            return response
+        _restart_session()
         login_user(user)
         session.permanent = True
         facade().audit(db(), "login", actor=user.login, detail={"ip": request.remote_addr})
@@ -66,17 +80,15 @@ def login():
 @bp.route("/logout", methods=["POST"])
 @login_required
 def logout():
-    """Any signed-in user."""
+    """Any signed-in user; the session's row is deleted, so a copy of the cookie is worth nothing."""
     facade().audit(db(), "logout", actor=current_user.login)
     logout_user()
-    lang = session.get("lang")
-    session.clear()
-    if lang:
-        session["lang"] = lang
+    _restart_session()
     return redirect(url_for("auth.login"))
 
 
 logout.allowed_roles = ("front_desk", "radiologist", "manager", "admin")
 
+from backoffice.auth import admin  # noqa: E402,F401  (the admin's user pages, on this blueprint)
 
 __all__ = ["bp", "roles_required", "api"]

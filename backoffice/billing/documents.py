@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from backoffice.billing import services
 from backoffice.billing.models import CreditNote, Invoice, InvoiceDocument, Payment
+from backoffice.pdf import html_to_pdf
 
 log = logging.getLogger(__name__)
 _WORKER_LOCK = threading.Lock()
@@ -64,14 +65,12 @@ def practice_identity() -> dict[str, str]:
 
 def documents_dir() -> Path:
     path = Path(current_app.instance_path) / "documents"
-    path.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 
 def _pdf(html: str) -> bytes:
-    from weasyprint import HTML
-
-    return HTML(string=html, base_url=current_app.instance_path).write_pdf()
+    return html_to_pdf(html)
 
 
 def _render_html(template: str, **context) -> str:
@@ -133,7 +132,7 @@ def invoice_pdf(new_session, invoice_id: int) -> bytes:
         data = render_invoice(s, invoice)
     digest = hashlib.sha256(data).hexdigest()
     folder = documents_dir() / "invoices" / series
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{number}-{digest[:12]}.pdf"
     _write_atomically(path, data)
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from datetime import date, datetime, time, timedelta, timezone
 
@@ -11,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from backoffice.billing.models import CreditNote, Invoice, Payment
 from backoffice.billing.services import PARIS, paris_day
+from backoffice.spreadsheet import SafeWriter, safe_cell
 
 FEC_COLUMNS = ["JournalCode", "JournalLib", "EcritureNum", "EcritureDate", "CompteNum", "CompteLib", "CompAuxNum",
                "CompAuxLib", "PieceRef", "PieceDate", "EcritureLib", "Debit", "Credit", "EcritureLet", "DateLet",
@@ -34,7 +34,7 @@ def _euros(cents: int) -> str:
 def invoices_csv(session: Session, start: date, end: date) -> str:
     lo, hi = utc_bounds(start, end)
     out = io.StringIO()
-    writer = csv.writer(out, delimiter=";")
+    writer = SafeWriter(out, delimiter=";")
     writer.writerow(["type", "numero", "date", "patient_id", "groupe", "total_cents", "mutuelle_cents", "patient_cents",
                      "mutuelle", "facture_id", "mode", "paiement_id"])
     for inv in session.scalars(select(Invoice).where(Invoice.issued_at >= lo, Invoice.issued_at < hi)
@@ -98,5 +98,5 @@ def fec(session: Session, start: date, end: date) -> str:
     out = io.StringIO()
     out.write("\t".join(FEC_COLUMNS) + "\r\n")
     for line in lines:
-        out.write("\t".join(value.replace("\t", " ") for value in line) + "\r\n")
+        out.write("\t".join(safe_cell(value.replace("\t", " ").replace("\r", " ").replace("\n", " ")) for value in line) + "\r\n")
     return out.getvalue()

@@ -32,6 +32,7 @@ from backoffice.billing.models import (
 )
 from backoffice.extensions import db, facade
 from backoffice.i18n import locale_name
+from backoffice.errors import db_int
 
 bp = Blueprint("billing", __name__, url_prefix="/billing", cli_group="billing")
 
@@ -130,7 +131,7 @@ def today():
     """The day's exam groups with their state; patient search by ID or name."""
     day = S.parse_date(request.args["date"], "date") if request.args.get("date") else S.paris_today()
     query_text = (request.args.get("q") or "").strip()
-    after = request.args.get("after", 0, type=int)
+    after = request.args.get("after", 0, type=db_int)
     if query_text:
         groups = list(db().scalars(
             select(ExamGroup).where(or_(ExamGroup.patient_id == query_text,
@@ -226,7 +227,7 @@ def issue(group_id: int):
 @roles_required(*DESK)
 def invoices():
     """Every invoice, newest first, 100 a page (keyset pagination on the primary key)."""
-    before = request.args.get("before", type=int)
+    before = request.args.get("before", type=db_int)
     patient_id = (request.args.get("patient_id") or "").strip()
     query = select(Invoice)
     if before:
@@ -287,7 +288,7 @@ def invoice_pdf(invoice_id: int):
 @roles_required(*DESK)
 def receipt_pdf(invoice_id: int):
     inv = db().get(Invoice, invoice_id) or abort(404)
-    data = documents.render_receipt(db(), inv, request.args.get("payment_id", type=int))
+    data = documents.render_receipt(db(), inv, request.args.get("payment_id", type=db_int))
     facade().audit_now("billing.receipt.printed", actor=current_user.login, patient_id=inv.patient_id)
     return Response(data, mimetype="application/pdf",
                     headers={"Content-Disposition": f'attachment; filename="recu-{inv.number}.pdf"'})

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from archive_core.api import ArchiveFacade, StudyDetail
 from archive_core.render import RenderError, RenderParams
 from backoffice.radiology import services
+from backoffice.pdf import html_to_pdf
 
 LAYOUTS = (1, 2, 4, 6)
 DEFAULT_IMAGES = 6
@@ -41,8 +42,6 @@ def chosen_images(session: Session, facade: ArchiveFacade, detail: StudyDetail) 
 
 
 def build_reproduction(session: Session, facade: ArchiveFacade, study_uid: str, *, per_page: int = 4) -> bytes:
-    from weasyprint import HTML
-
     if per_page not in LAYOUTS:
         raise services.RadiologyError(f"images par page : {', '.join(map(str, LAYOUTS))}")
     detail = facade.study_detail(study_uid)
@@ -69,4 +68,4 @@ def build_reproduction(session: Session, facade: ArchiveFacade, study_uid: str, 
         pages=pages,
         per_page=per_page,
     )
-    return HTML(string=html).write_pdf()
+    return html_to_pdf(html)

@@ -109,8 +109,7 @@ def image_response(sop_instance_uid: str, params: RenderParams) -> Response:
     except RenderError as exc:
         abort(422, str(exc))
     response = Response(data, mimetype=params.content_type)
-    # Patient data: the browser may keep it for this session only, never a shared cache.
-    response.headers["Cache-Control"] = "private, max-age=3600"
+    # Patient data on shared desk PCs: never kept (the edge sets Cache-Control: no-store on every response).
     return response
 
 

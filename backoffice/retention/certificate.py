@@ -8,6 +8,7 @@ from pathlib import Path
 from flask import current_app, render_template
 
 from backoffice.retention.models import PurgeBatch
+from backoffice.pdf import html_to_pdf
 
 BASIS_FR = {
     "last_visit_20y": "CSP art. R1112-7 : 20 ans après le dernier passage",
@@ -23,11 +24,9 @@ def certificates_dir() -> Path:
 
 
 def render_certificate(batch: PurgeBatch) -> bytes:
-    from weasyprint import HTML
-
     items = [
         {"item": item, "basis": BASIS_FR.get(item.basis, item.basis), "studies": json.loads(item.manifest)}
         for item in batch.items
     ]
     html = render_template("retention/certificate.html", batch=batch, items=items)
-    return HTML(string=html).write_pdf()
+    return html_to_pdf(html)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from datetime import date, datetime, time, timedelta, timezone
 
@@ -346,13 +345,14 @@ def _audit_query():
 @roles_required(*AUDITORS)
 def audit():
     from archive_core.audit import ACTIONS
+    from backoffice.spreadsheet import SafeWriter
 
     query = _audit_query()
     if request.args.get("format") == "csv":
         facade().audit_now("audit.exported", actor=current_user.login,
                            detail={k: v for k, v in request.args.items() if k != "format"})
         out = io.StringIO()
-        writer = csv.writer(out, delimiter=";")
+        writer = SafeWriter(out, delimiter=";")  # actor names come from failed logins: formulas neutralised
         writer.writerow(["id", "date (UTC)", "acteur", "type", "action", "patient", "examen", "détail", "empreinte"])
         for e in db().scalars(query.execution_options(yield_per=1000)):
             writer.writerow([e.id, e.at, e.actor, e.actor_kind, e.action, e.patient_id or "", e.study_uid or "",

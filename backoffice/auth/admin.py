@@ -1,0 +1,123 @@
+"""The admin's pages: users (create, disable, enable, new password, role) and their API tokens."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from flask import abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _
+from flask_login import current_user
+from sqlalchemy import func, select
+
+from backoffice.auth import bp, roles_required
+from backoffice.auth.models import ROLES, User, WebSession
+from backoffice.auth import services as A
+from backoffice.extensions import db, facade
+
+ROLE_LABELS = {"front_desk": "accueil", "radiologist": "radiologue", "manager": "gestionnaire", "admin": "administrateur"}
+
+
+def _user(user_id: int) -> User:
+    user = db().get(User, user_id)
+    if user is None:
+        abort(404)
+    return user
+
+
+def _audit(action: str, user: User, **detail) -> None:
+    facade().audit(db(), action, actor=current_user.login, detail={"login": user.login, **detail})
+
+
+@bp.route("/admin/users")
+@roles_required("admin")
+def users():
+    now = datetime.now(timezone.utc)
+    sessions = dict(db().execute(select(WebSession.user_pk, func.count()).where(WebSession.expires_at > now)
+                                 .group_by(WebSession.user_pk)).all())
+    rows = list(db().scalars(select(User).order_by(User.login)))
+    tokens = {u.id: A.list_tokens(db(), u.login) for u in rows}
+    return render_template("auth/users.html", users=rows, sessions=sessions, tokens=tokens, roles=ROLES,
+                           role_labels={r: _(label) for r, label in ROLE_LABELS.items()}, now=now)
+
+
+def _form_password() -> str:
+    return request.form.get("password") or ""
+
+
+@bp.route("/admin/users", methods=["POST"])
+@roles_required("admin")
+def create_user():
+    login = (request.form.get("login") or "").strip()
+    role = request.form.get("role") or ""
+    try:
+        user = A.create_user(db(), login, role=role, password=_form_password())
+    except A.AuthError:
+        flash(_("Utilisateur non créé : identifiant déjà pris ou vide, rôle inconnu, ou mot de passe de moins "
+                "de %(n)s caractères.", n=A.MIN_PASSWORD_LENGTH), "error")
+        return redirect(url_for("auth.users"))
+    facade().audit(db(), "user.created", actor=current_user.login, detail={"login": user.login, "role": role})
+    flash(_("Utilisateur %(login)s créé.", login=user.login), "info")
+    return redirect(url_for("auth.users"))
+
+
+@bp.route("/admin/users/<int:user_id>/disable", methods=["POST"])
+@roles_required("admin")
+def disable_user(user_id: int):
+    user = _user(user_id)
+    if user.id == current_user.id:
+        flash(_("Vous ne pouvez pas désactiver votre propre compte."), "error")
+        return redirect(url_for("auth.users"))
+    A.set_active(db(), user.login, False)
+    _audit("user.disabled", user)
+    flash(_("%(login)s est désactivé : ses sessions et ses jetons ne fonctionnent plus.", login=user.login), "info")
+    return redirect(url_for("auth.users"))
+
+
+@bp.route("/admin/users/<int:user_id>/enable", methods=["POST"])
+@roles_required("admin")
+def enable_user(user_id: int):
+    user = _user(user_id)
+    A.set_active(db(), user.login, True)
+    _audit("user.enabled", user)
+    flash(_("%(login)s est réactivé.", login=user.login), "info")
+    return redirect(url_for("auth.users"))
+
+
+@bp.route("/admin/users/<int:user_id>/password", methods=["POST"])
+@roles_required("admin")
+def set_password(user_id: int):
+    user = _user(user_id)
+    try:
+        A.set_password(db(), user.login, _form_password())
+    except A.AuthError:
+        flash(_("Mot de passe refusé : au moins %(n)s caractères.", n=A.MIN_PASSWORD_LENGTH), "error")
+        return redirect(url_for("auth.users"))
+    _audit("user.password_changed", user)
+    flash(_("Mot de passe de %(login)s changé ; ses sessions sont fermées.", login=user.login), "info")
+    return redirect(url_for("auth.users"))
+
+
+@bp.route("/admin/users/<int:user_id>/role", methods=["POST"])
+@roles_required("admin")
+def set_role(user_id: int):
+    user = _user(user_id)
+    role = request.form.get("role") or ""
+    if role not in ROLES or user.id == current_user.id:
+        flash(_("Rôle non changé."), "error")
+        return redirect(url_for("auth.users"))
+    A.set_role(db(), user.login, role)
+    _audit("user.role_changed", user, role=role)
+    flash(_("%(login)s a maintenant le rôle %(role)s.", login=user.login, role=_(ROLE_LABELS[role])), "info")
+    return redirect(url_for("auth.users"))
+
+
+@bp.route("/admin/tokens/<int:token_id>/revoke", methods=["POST"])
+@roles_required("admin")
+def revoke_token(token_id: int):
+    try:
+        info = A.revoke_token(db(), token_id)
+    except A.AuthError:
+        abort(404)
+    facade().audit(db(), "token.revoked", actor=current_user.login, detail={"login": info.login, "token_id": info.id})
+    flash(_("Jeton n° %(id)s révoqué.", id=info.id), "info")
+    return redirect(url_for("auth.users"))

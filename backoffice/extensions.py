@@ -34,6 +34,9 @@ def init_app(app: Flask) -> None:
         session: Session | None = g.get("db")
         if session is not None and response.status_code < 400:
             session.commit()
+        elif session is not None:
+            # Undone now rather than at teardown: the write lock must be free before the session is saved.
+            session.rollback()
         return response
 
     from backoffice.auth import models  # noqa: F401  (user loader registration)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from flask import abort, flash, redirect, render_template, request, url_for
-from flask_babel import gettext as _
+from flask_babel import gettext as _, lazy_gettext as _l
 from flask_login import current_user
 from sqlalchemy import func, select
 
@@ -14,7 +14,8 @@ from backoffice.auth.models import ROLES, User, WebSession
 from backoffice.auth import services as A
 from backoffice.extensions import db, facade
 
-ROLE_LABELS = {"front_desk": "accueil", "radiologist": "radiologue", "manager": "gestionnaire", "admin": "administrateur"}
+ROLE_LABELS = {"front_desk": _l("accueil"), "radiologist": _l("radiologue"), "manager": _l("gestionnaire"),
+               "admin": _l("administrateur")}
 
 
 def _user(user_id: int) -> User:
@@ -37,7 +38,7 @@ def users():
     rows = list(db().scalars(select(User).order_by(User.login)))
     tokens = {u.id: A.list_tokens(db(), u.login) for u in rows}
     return render_template("auth/users.html", users=rows, sessions=sessions, tokens=tokens, roles=ROLES,
-                           role_labels={r: _(label) for r, label in ROLE_LABELS.items()}, now=now)
+                           role_labels={r: str(label) for r, label in ROLE_LABELS.items()}, now=now)
 
 
 def _form_password() -> str:
@@ -107,7 +108,7 @@ def set_role(user_id: int):
         return redirect(url_for("auth.users"))
     A.set_role(db(), user.login, role)
     _audit("user.role_changed", user, role=role)
-    flash(_("%(login)s a maintenant le rôle %(role)s.", login=user.login, role=_(ROLE_LABELS[role])), "info")
+    flash(_("%(login)s a maintenant le rôle %(role)s.", login=user.login, role=str(ROLE_LABELS[role])), "info")
     return redirect(url_for("auth.users"))
 
 

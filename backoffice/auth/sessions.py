@@ -68,12 +68,6 @@ class DatabaseSessionInterface(SessionInterface):
         now = datetime.now(timezone.utc)
         with self._facade(app).new_session() as s:
             row = s.get(WebSession, _sha(sid))
-            if row is None and sid == old_sid:
-                # Ended on the server while this request ran (logout elsewhere, account disabled, new
-                # password): it stays ended.
-                s.rollback()
-                response.delete_cookie(name, domain=domain, path=path)
-                return
             if row is None:
                 return DatabaseSession()
             expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)

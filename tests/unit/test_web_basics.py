@@ -50,15 +50,6 @@ def test_login_form_without_csrf_token_is_refused(client, desk_user):
     assert client.get("/").status_code == 302  # not signed in
 
 
-def test_five_failures_lock_the_account(client, desk_user):
-    for _ in range(5):
-        client.post("/login", data={"login": "accueil", "password": "nope nope nope", "csrf_token": _csrf(client)})
-    response = client.post("/login", data={"login": "accueil", "password": "correct horse battery",
-                                           "csrf_token": _csrf(client)})
-    assert response.status_code == 401
-    assert "verrouillé" in response.get_data(as_text=True)
-
-
 def test_openapi_lists_paths_for_a_token_holder(app, client):
     from backoffice.auth.services import create_token, create_user
 

@@ -302,3 +302,80 @@ def test_a_bad_date_on_the_desk_page_is_a_400_with_a_message(client, users):
     response = client.get("/billing/?date=bad")
     assert response.status_code == 400
     assert "date" in response.get_data(as_text=True).lower()
+
+
+# -- the instance folder is the service user's ------------------------------------------------------
+
+
+_RENDER_AND_PRINT = """
+from archive_core.render import RenderParams
+from backoffice.billing import documents, services as S
+from wsgi import app
+
+facade = app.extensions["archivage"]
+with app.app_context():
+    with facade.new_session(write=True) as s:
+        group = S.create_exam_group(s, patient_id="PERM-1", visit_date=S.paris_today(), exam_group="radiologie",
+                                    created_by="t", patient_name="Martin^Paul")
+        invoice_id = S.issue_invoice(s, group.id, issued_by="t").id
+        s.commit()
+    documents.invoice_pdf(facade.new_session, invoice_id)
+import sys
+sop_uid = sys.argv[1]
+facade.render_instance(sop_uid, RenderParams(size=64))
+facade.archive.close()
+"""
+
+
+def test_instance_files_are_private_to_the_service_user(tmp_path):
+    """Before: the SQLite database and the render cache were 0644 (readable by every account of the machine).
+    The commands run with a permissive umask (022), as from a login shell; what they create must still be
+    0600 files in 0700 folders: database, config, storage, render cache, invoice documents."""
+    import os
+    import stat
+    import subprocess
+    import sys
+
+    from pydicom.uid import generate_uid
+
+    from tests.radiology_support import ct_slice
+    from tests.servers import archive_env
+
+    instance = tmp_path / "instance-perm"
+    env = {**os.environ, **archive_env(instance)}
+
+    def run(*args, stdin=None):
+        result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, input=stdin, timeout=300,
+                                preexec_fn=lambda: os.umask(0o022))
+        assert result.returncode == 0, result.stderr
+        return result
+
+    flask = [sys.executable, "-m", "flask", "--app", "wsgi"]
+    run(*flask, "db", "upgrade")
+    run(*flask, "users", "create", "radio", "--role", "radiologist", "--password-stdin", stdin=PASSWORD_LINE)
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    ds = ct_slice(generate_uid(), generate_uid(), 1, patient_id="PERM-1")
+    ds.save_as(incoming / "ct.dcm", enforce_file_format=True)
+    run(*flask, "archive", "import", str(incoming))
+    run(sys.executable, "-c", _RENDER_AND_PRINT, str(ds.SOPInstanceUID))
+
+    seen = {"files": 0, "dirs": 0, "pdf": 0, "sqlite": 0, "render": 0, "dcm": 0}
+    loose = []
+    for path in [instance, *instance.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if path.is_symlink():
+            continue
+        kind = "dirs" if path.is_dir() else "files"
+        seen[kind] += 1
+        seen["pdf"] += path.suffix == ".pdf"
+        seen["sqlite"] += path.name.startswith("archivage.sqlite3")
+        seen["render"] += "render" in str(path.relative_to(instance)) and kind == "files"
+        seen["dcm"] += kind == "files" and "storage" in str(path.relative_to(instance))
+        if mode & 0o077:
+            loose.append((str(path.relative_to(instance)), oct(mode)))
+    assert loose == []
+    assert seen["pdf"] and seen["sqlite"] and seen["render"] and seen["dcm"], seen
+
+
+PASSWORD_LINE = "correct horse battery\n"

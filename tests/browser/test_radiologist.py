@@ -27,13 +27,17 @@ def page(chromium):
 
 
 def _images_loaded(page, count):
+    # Functions, not expressions: the pages' CSP has no 'unsafe-eval', which a string expression needs.
     page.wait_for_function(
-        "Array.from(document.querySelectorAll('img.frame'))"
-        f".filter(i => i.complete && i.naturalWidth > 0).length >= {count}")
+        "(count) => Array.from(document.querySelectorAll('img.frame'))"
+        ".filter(i => i.complete && i.naturalWidth > 0).length >= count", arg=count)
 
 
 def test_radiologist_reads_compares_and_prints(live, page):
     base, history = live
+    # Every inline script and style of these pages must run under the Content-Security-Policy.
+    refused = []
+    page.on("console", lambda message: "Content Security Policy" in message.text and refused.append(message.text))
     sign_in(page, base, "dr_rad")
     page.goto(base + "/radiology/?patient=martin")
     page.click(f"a[href='/radiology/studies/{history.current}']")
@@ -55,14 +59,14 @@ def test_radiologist_reads_compares_and_prints(live, page):
     _images_loaded(page, 2)
     first_src = current.locator("img.frame").get_attribute("src")
     page.keyboard.press("1")  # first preset
-    page.wait_for_function("document.querySelector('section.pane.active img.frame').src.includes('wc=')")
+    page.wait_for_function("() => document.querySelector('section.pane.active img.frame').src.includes('wc=')")
     assert current.locator("img.frame").get_attribute("src") != first_src
     # the prior pane scrolls on its own
     page.keyboard.press("ArrowRight")
     assert page.locator("section.pane[data-pane=prior]").get_attribute("class").endswith("active")
     page.keyboard.press("ArrowLeft")
     current.locator("button.key").click()
-    page.wait_for_function("document.querySelector('.key-status').textContent.includes('choisie')")
+    page.wait_for_function("() => document.querySelector('.key-status').textContent.includes('choisie')")
 
     # print: the reproduction carries the chosen image
     page.goto(base + f"/radiology/studies/{history.current}")
@@ -70,3 +74,4 @@ def test_radiologist_reads_compares_and_prints(live, page):
     response = page.request.get(base + f"/radiology/studies/{history.current}/reproduction.pdf?per_page=1")
     assert response.ok and response.headers["content-type"] == "application/pdf"
     assert response.body().startswith(b"%PDF")
+    assert refused == []

@@ -29,13 +29,28 @@ def content_security_policy(nonce: str) -> str:
     ))
 
 
+# Chromium shows a PDF through an internal <embed> governed by the PDF response's own object-src and
+# default-src (crbug.com/271452): a PDF gets only the clickjacking guard. Other non-HTML answers (images,
+# JSON, archives, CSV) load nothing themselves.
+PDF_POLICY = "frame-ancestors 'self'"
+DATA_POLICY = "default-src 'none'; frame-ancestors 'none'"
+
+
+def policy_for(mimetype: str) -> str:
+    if mimetype == "text/html":
+        return content_security_policy(csp_nonce())
+    if mimetype == "application/pdf":
+        return PDF_POLICY
+    return DATA_POLICY
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["csp_nonce"] = csp_nonce
 
     @app.after_request
     def _security_headers(response):
         headers = response.headers
-        headers.setdefault("Content-Security-Policy", content_security_policy(csp_nonce()))
+        headers.setdefault("Content-Security-Policy", policy_for(response.mimetype))
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("Referrer-Policy", "same-origin")
         headers.setdefault("X-Frame-Options", "DENY")  # frame-ancestors for browsers without CSP level 2

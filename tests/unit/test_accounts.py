@@ -107,10 +107,10 @@ def test_unknown_and_known_logins_take_about_as_long(client, people):
     assert 1 / 3 < unknown / known < 3, (unknown, known)
 
 
-def test_backoff_grows_with_failures_and_ends_on_its_own(app, people):
+def test_backoff_grows_with_failures_and_ends_on_its_own(db_app):
     """No hard lock: after three free failures from one place, each failure doubles the wait (the right
-    password is refused during the wait, accepted after it)."""
-    with app.extensions["archivage"].new_session(write=True) as s:
+    password is refused during the wait, accepted after it). On SQLite and PostgreSQL."""
+    with db_app.extensions["archivage"].new_session(write=True) as s:
         now = T0
         waits = []
         for n in range(1, 8):

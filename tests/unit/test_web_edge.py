@@ -225,7 +225,10 @@ def test_documents_fetch_no_url_and_read_no_file(tmp_path, listener):
 
 
 def test_a_report_with_markup_renders_without_any_request(app, client, users, history, listener):
-    """The reproduction carries the report text: `<img src="http://127.0.0.1:PORT/">` in it makes no request."""
+    """The reproduction carries the report text: `<img src="http://127.0.0.1:PORT/">` in it makes no request.
+
+    End to end through the page; Jinja's escaping already keeps this markup inert, so this guards the whole
+    path, while test_documents_fetch_no_url_and_read_no_file proves the fetcher itself refuses."""
     from backoffice.radiology import services as R
 
     port, hits = listener
@@ -297,10 +300,14 @@ def test_bad_input_on_every_get_route_answers_4xx_never_500(app, client, users, 
 
 
 def test_a_receipt_for_another_invoices_payment_is_a_404(client, users, billed):
+    """Before: the page raised NotFound unhandled (500)."""
     sign_in(client, users["front_desk"][0])
     response = client.get(f"/billing/invoices/{billed['invoices'][1]}/receipt.pdf?payment_id={billed['payment']}")
     assert response.status_code == 404
     assert "paiement" in response.get_data(as_text=True).lower()
+    api = client.get(f"/api/v1/invoices/{billed['invoices'][1]}/receipt.pdf?payment_id={billed['payment']}",
+                     headers={"Authorization": f"Bearer {users['front_desk'][1]}"})
+    assert api.status_code == 404 and api.get_json()["error"]["code"] == "not_found"
 
 
 def test_a_bad_date_on_the_desk_page_is_a_400_with_a_message(client, users):

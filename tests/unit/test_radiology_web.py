@@ -170,7 +170,7 @@ def test_media_zip_holds_a_pdi_file_set(client, users, history, facade, tmp_path
     assert studies == {history.current, history.prior_mr_chest}
     images = [r for r in dicomdir.DirectoryRecordSequence if r.DirectoryRecordType == "IMAGE"]
     assert len(images) == 5
-    first = pydicom.dcmread(tmp_path / "cd" / pydicom.fileset.Path(*images[0].ReferencedFileID))
+    first = pydicom.dcmread(tmp_path.joinpath("cd", *images[0].ReferencedFileID))
     assert first.SOPInstanceUID == images[0].ReferencedSOPInstanceUIDInFile
     assert "study.media" in audit_actions(facade, history.current)
 

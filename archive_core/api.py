@@ -916,11 +916,13 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
         """The registered peer of that AE title, if any."""
         return _peers.find_peer(session, ae_title)
 
-    def move_patient_to_archive(self, patient_pk: int) -> TierMove:
-        """Copy, verify, switch and drop: the patient's files now live in the archive tier (owns its transactions)."""
+    def move_patient_to_archive(self, patient_pk: int, *, actor: str = "scheduler",
+                                actor_kind: str = "system") -> TierMove:
+        """Copy and verify, then switch the index and audit ``tier.moved`` in one transaction, then drop the
+        active copies: the patient's files now live in the archive tier (owns its transactions)."""
         from archive_core.tiers import move_patient_to_archive
 
-        return move_patient_to_archive(self._archive, patient_pk)
+        return move_patient_to_archive(self._archive, patient_pk, actor=actor, actor_kind=actor_kind)
 
     def read_instance(self, sop_instance_uid: str) -> bytes:
         """The stored Part 10 file of an instance, whichever tier holds it."""

@@ -219,6 +219,8 @@ def archive_fsck(repair: bool, no_checksums: bool) -> None:
         click.echo(f"checksum mismatch: {key}")
     if report.journal_pending:
         click.echo(f"journal entries not yet indexed: {report.journal_pending}")
+    for location in report.pending_changes:
+        click.echo(f"pending (interrupted correction or tier move; --repair finishes it): {location}")
     click.echo(f"checked {report.checked} instances, {report.problems} problems")
     sys.exit(1 if report.problems else 0)
 

@@ -249,3 +249,28 @@ def test_a_process_killed_mid_operation_leaves_all_or_nothing(tmp_path, operatio
         assert verify.returncode == 0 and "intact" in verify.stdout, verify.stdout
     finally:
         archive.close()
+
+
+def test_a_handled_error_turned_into_a_redirect_commits_nothing(web):
+    """Bad input: a view writes (an audit event), then raises an error its handler turns into a flash and a
+    302; before, the request's end hook committed the half-done work because the status was below 400."""
+    from flask import redirect
+
+    from backoffice.extensions import db, facade
+
+    class Refused(Exception):
+        pass
+
+    web.config["WTF_CSRF_ENABLED"] = False
+
+    @web.route("/half-done", methods=["POST"])
+    def half_done():
+        facade().audit(db(), "hold.placed", actor="gerante", patient_id="P-A", detail={"reason": "x"})
+        raise Refused()
+
+    web.register_error_handler(Refused, lambda exc: redirect("/"))
+    assert web.test_client().post("/half-done").status_code == 302
+    from archive_core.audit import AuditEvent
+
+    with web.extensions["archivage"].new_session() as s:
+        assert s.scalar(select(AuditEvent.id).where(AuditEvent.action == "hold.placed")) is None

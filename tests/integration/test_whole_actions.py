@@ -81,9 +81,17 @@ def _arrange(archive, tmp_path) -> tuple[str, int]:
 
 
 @pytest.fixture
-def web(app):
+def web(database_url, instance_path):
+    """The web app on SQLite and on PostgreSQL."""
+    from backoffice import create_app
+    from backoffice.migrate import upgrade
+
+    upgrade(database_url)
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "DATABASE_URL": database_url,
+                      "STORAGE_MIN_FREE_BYTES": 0})
     app.config["PROPAGATE_EXCEPTIONS"] = False  # a 500 as in production, not an exception in the test
-    return app
+    yield app
+    app.extensions["archivage"].archive.close()
 
 
 def _run(operation: str, app, client, headers, study: str, pk: int) -> int | None:
@@ -156,8 +164,7 @@ def _unhook() -> None:
 @pytest.mark.parametrize("operation", OPERATIONS)
 @pytest.mark.parametrize("failure", [_storage_full_on_second_write, _database_error_at_audit,
                                      _database_error_at_commit], ids=["storage-full", "db-error-audit", "db-error-commit"])
-def test_a_failure_in_the_web_or_scheduler_process_leaves_nothing(web, tmp_path, monkeypatch, runner, operation,
-                                                                  failure):
+def test_a_failure_in_the_web_or_scheduler_process_leaves_nothing(web, tmp_path, monkeypatch, operation, failure):
     """Bad input: storage full at the second file, the audit insert failing, the commit failing."""
     archive = web.extensions["archivage"].archive
     headers = bearer(make_user(web, "gerante", "manager"))
@@ -171,6 +178,7 @@ def test_a_failure_in_the_web_or_scheduler_process_leaves_nothing(web, tmp_path,
     assert outcome not in (200, None), outcome
     _assert_all_or_nothing(operation, _state(archive, study), done=False)
     assert not list((Path(web.instance_path) / "pending-files").glob("*"))
+    runner = web.test_cli_runner()
     fsck = runner.invoke(args=["archive", "fsck"])
     assert fsck.exit_code == 0 and "0 problems" in fsck.output, fsck.output
     assert runner.invoke(args=["audit", "verify"]).exit_code == 0

@@ -226,7 +226,8 @@ def checkpoint(session: Session, key_path: Path, log_path: Path, *, reason: str 
         logged = _read_log_lines(handle)
         known = set(session.scalars(select(AuditCheckpoint.id)))
         for line in logged:  # lines whose commit a crash prevented: restore them if they are signed
-            if isinstance(line, dict) and line.get("id") not in known and hmac.compare_digest(_mac(key, line), line["mac"]):
+            if (isinstance(line, dict) and line.get("id") not in known
+                    and hmac.compare_digest(_mac(key, line), str(line["mac"]))):
                 session.add(AuditCheckpoint(**{k: line[k] for k in _FIELDS}))
                 known.add(line["id"])
         session.flush()

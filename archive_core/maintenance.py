@@ -77,7 +77,8 @@ def _check(archive: Archive, *, verify_checksums: bool, repair: bool = False) ->
     store = archive.store
     report = FsckReport(journal_pending=len(store.incoming()))
     if repair:
-        report.repaired.extend(f"finished an interrupted file change: deleted {loc}" for loc in filechanges.resolve(archive))
+        report.repaired.extend(f"finished an interrupted file change: deleted {loc}"
+                               for loc in filechanges.resolve(archive))
     if repair and report.journal_pending:
         archive.ingestor.replay(discard_unfinished=False)
         report.repaired.append(f"replayed {report.journal_pending} journal entries")

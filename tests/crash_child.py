@@ -50,8 +50,8 @@ def main() -> None:
     else:
         headers = {"Authorization": f"Bearer {args[2]}"}
         if operation == "move":
-            response = app.test_client().post(f"/api/v1/studies/{args[0]}/move",
-                                              json={"patient_id": args[1], "reason": "erreur d'accueil"}, headers=headers)
+            response = app.test_client().post(f"/api/v1/studies/{args[0]}/move", headers=headers,
+                                              json={"patient_id": args[1], "reason": "erreur d'accueil"})
         else:
             response = app.test_client().post(f"/api/v1/patients/{args[0]}/merge",
                                               json={"into_patient_id": args[1], "reason": "doublon"}, headers=headers)

@@ -227,3 +227,43 @@ def test_a_crash_between_the_log_and_the_commit_is_repaired_by_the_next_checkpoi
     assert facade.audit_checkpoint() == 2
     code, output = verify(trail)
     assert code == 0, output
+
+
+def test_the_scheduler_process_signs_the_head_on_start(tmp_path):
+    """`flask --app wsgi scheduler run` as a child process writes the first checkpoint (job audit_checkpoint),
+    and `audit verify` run as a command then vouches for the events; without the job there is no log."""
+    import subprocess
+    import sys
+    import time
+
+    from archive_core.archive import Archive
+    from archive_core.audit import record
+    from archive_core.config import Settings
+    from archive_core.db import write_session
+    from backoffice.migrate import upgrade
+    from tests.servers import ROOT, archive_env, flask_cli
+
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    settings = Settings(instance_path=instance)
+    upgrade(settings.database_url)
+    archive = Archive.open(settings)
+    with write_session(archive.sessions) as s:
+        for n in range(3):
+            record(s, "hold.placed", actor="gerante", patient_id=f"P{n}")
+    archive.close()
+    log = instance / "audit-checkpoints.log"
+    child = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "scheduler", "run"], cwd=ROOT,
+                             env={**os.environ, **archive_env(instance)}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (log.exists() and log.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        child.terminate()
+        child.wait(timeout=30)
+    line = json.loads(log.read_text().splitlines()[0])
+    assert (line["reason"], line["event_count"], line["last_event_id"]) == ("periodic", 3, 3)
+    result = flask_cli(instance, "audit", "verify")
+    assert result.returncode == 0 and "3 events, 1 signed checkpoints" in result.stdout, result.stdout

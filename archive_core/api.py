@@ -784,6 +784,24 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
         with write_session(self._archive.sessions) as s:
             _audit.record(s, action, actor=actor, actor_kind=actor_kind, **fields)
 
+    def audit_checkpoint(self, *, reason: str = "periodic", force: bool = False) -> int | None:
+        """Sign the audit chain's head (key and log outside the database); the checkpoint's number, or
+        None when nothing was appended since the last one (idempotent: a job may run it at any time)."""
+        settings = self._archive.settings
+        with write_session(self._archive.sessions) as s:
+            row = _audit.checkpoint(s, settings.audit_signing_key_file, settings.audit_checkpoint_log,
+                                    reason=reason, force=force)
+            return row.id if row is not None else None
+
+    def audit_verify(self) -> "_audit.ChainReport":
+        """The audit chain held against every signed checkpoint (see :func:`archive_core.audit.verify`)."""
+        settings = self._archive.settings
+        with self._archive.sessions() as s:
+            try:
+                return _audit.verify(s, settings.audit_signing_key_file, settings.audit_checkpoint_log)
+            finally:
+                s.rollback()
+
     def stats(self) -> ArchiveStats:
         with self._archive.sessions() as s:
             return ArchiveStats(
@@ -898,11 +916,13 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
         """The registered peer of that AE title, if any."""
         return _peers.find_peer(session, ae_title)
 
-    def move_patient_to_archive(self, patient_pk: int) -> TierMove:
-        """Copy, verify, switch and drop: the patient's files now live in the archive tier (owns its transactions)."""
+    def move_patient_to_archive(self, patient_pk: int, *, actor: str = "scheduler",
+                                actor_kind: str = "system") -> TierMove:
+        """Copy and verify, then switch the index and audit ``tier.moved`` in one transaction, then drop the
+        active copies: the patient's files now live in the archive tier (owns its transactions)."""
         from archive_core.tiers import move_patient_to_archive
 
-        return move_patient_to_archive(self._archive, patient_pk)
+        return move_patient_to_archive(self._archive, patient_pk, actor=actor, actor_kind=actor_kind)
 
     def read_instance(self, sop_instance_uid: str) -> bytes:
         """The stored Part 10 file of an instance, whichever tier holds it."""

@@ -60,6 +60,11 @@ class Settings:
     DICOM_TLS_CA: str = ""
     DICOM_TLS_REQUIRE_CLIENT_CERT: bool = True
     INDEX_BATCH_SIZE: int = 200
+    # The key that signs audit checkpoints and the log they are appended to: keep them outside the
+    # database (ideally another volume); relative paths are under the instance folder.
+    AUDIT_SIGNING_KEY_FILE: str = "audit-signing.key"
+    AUDIT_CHECKPOINT_LOG: str = "audit-checkpoints.log"
+    AUDIT_CHECKPOINT_MINUTES: int = 10
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
@@ -73,6 +78,14 @@ class Settings:
     @property
     def archive_tier_storage_url(self) -> str:
         return self.ARCHIVE_TIER_STORAGE_URL or f"file://{self.instance_path / 'storage-archive'}"
+
+    @property
+    def audit_signing_key_file(self) -> Path:
+        return self.instance_path / Path(self.AUDIT_SIGNING_KEY_FILE).expanduser()
+
+    @property
+    def audit_checkpoint_log(self) -> Path:
+        return self.instance_path / Path(self.AUDIT_CHECKPOINT_LOG).expanduser()
 
     @classmethod
     def from_mapping(cls, instance_path: Path, values: Mapping[str, Any]) -> "Settings":

@@ -4,10 +4,12 @@ The index says which patient a study belongs to, and the stored files must say t
 handed out later (C-MOVE/C-GET, a CD, the viewer) carries its own Patient module. So a move or a
 merge rewrites each file's Patient module from the target patient into a *new* file (its own key,
 written durably), keeps the replaced values in the file's Original Attributes Sequence (PS3.3
-C.12.1.1.9, reason CORRECT), and points the index row at it in the caller's transaction. The old
-file goes once that transaction commits; if it rolls back, the new file goes instead. A crash in
-between leaves an unreferenced file that ``archive fsck`` reports (and ``--repair`` quarantines
-as superseded): never a row whose file says another patient.
+C.12.1.1.9, reason CORRECT), and points the index row at it in the caller's transaction. Each
+(old key, new key) pair is recorded durably before the new file is written
+(:mod:`archive_core.filechanges`). The old file goes once that transaction commits; if it rolls
+back, the new file goes instead. A process killed in between leaves an intent that ``archive fsck``
+lists as pending and ``--repair`` finishes from the committed index: never a row whose file says
+another patient, never a file left over.
 
 Deleting a study sent by mistake is not here: it goes through a tombstone and an approved purge
 (archive_core.purge).
@@ -27,6 +29,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session
 
+from archive_core import filechanges
 from archive_core.archive import Archive
 from archive_core.errors import ArchiveError, NotFound
 from archive_core.index.ingest import storage_key
@@ -45,7 +48,7 @@ PATIENT_MODULE = {
     "PatientSex": "patient_sex",
 }
 MODIFYING_SYSTEM = "ARCHIVAGE"
-_PENDING = "archivage.rewritten_files"  # session.info key: files to drop after commit / rollback
+_PENDING = "archivage.rewritten_files"  # session.info key: the intent whose files go after commit / rollback
 _ARCHIVE = "archivage.archive"
 
 
@@ -108,7 +111,7 @@ def rewrite_patient_module(session: Session, archive: Archive, study_pks: list[i
         select(Instance).join(Series, Instance.series_pk == Series.id)
         .where(Series.study_pk.in_(study_pks), Instance.deleted_at.is_(None)).order_by(Instance.id)
     ).all() if study_pks else []
-    pending = _pending(session, archive)
+    intent = _intent(session, archive)
     files = 0
     previous: dict[str, str] = {}
     for inst in rows:
@@ -127,8 +130,8 @@ def rewrite_patient_module(session: Session, archive: Archive, study_pks: list[i
         ).one()
         canonical = storage_key(study_uid, series_uid, inst.sop_instance_uid)
         new_key = f"{canonical[:-len('.dcm')]}.{checksum[:16]}.dcm"
+        intent.add((inst.tier, old_key), (inst.tier, new_key))
         store.put_bytes(new_key, new_data)
-        pending.append((inst.tier, old_key, new_key))
         inst.storage_key, inst.checksum_sha256, inst.size_bytes = new_key, checksum, len(new_data)
         files += 1
     session.flush()
@@ -183,34 +186,28 @@ def patient_module_rewritten(data: bytes, identity: dict[str, str], *,
     return out.getvalue(), replaced
 
 
-def _pending(session: Session, archive: Archive) -> list[tuple[str, str, str]]:
-    """The session's list of (tier, old key, new key); hooks drop the right files when it ends."""
+def _intent(session: Session, archive: Archive) -> filechanges.Intent:
+    """The session's intent (one per transaction); hooks drop the right files when the transaction ends."""
     session.info[_ARCHIVE] = archive
-    if _PENDING not in session.info:
-        session.info[_PENDING] = []
-        event.listen(session, "after_commit", _drop_replaced)
-        event.listen(session, "after_rollback", _drop_unused)
+    if session.info.get(_PENDING) is None:
+        session.info[_PENDING] = filechanges.Intent.begin(archive, "correction")
+        if not event.contains(session, "after_commit", _drop_replaced):
+            event.listen(session, "after_commit", _drop_replaced)
+            event.listen(session, "after_rollback", _drop_unused)
     return session.info[_PENDING]
 
 
-def _drop(session: Session, which: int) -> None:
-    pending = session.info.get(_PENDING)
+def _drop(session: Session, committed: bool) -> None:
+    intent = session.info.pop(_PENDING, None)
     archive = session.info.get(_ARCHIVE)
-    if not pending or archive is None:
+    if intent is None or archive is None:
         return
-    done = list(pending)
-    pending.clear()
-    for tier, old_key, new_key in done:
-        key = (old_key, new_key)[which]
-        try:
-            archive.store_for(tier).delete(key)
-        except OSError:
-            log.exception("could not delete %s after a correction; fsck will report it", key)
+    intent.finish(archive, committed=committed)
 
 
 def _drop_replaced(session: Session) -> None:
-    _drop(session, 0)
+    _drop(session, True)
 
 
 def _drop_unused(session: Session) -> None:
-    _drop(session, 1)
+    _drop(session, False)

@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 
 from sqlalchemy import delete, select
 
+from archive_core import filechanges
 from archive_core.archive import Archive
 from archive_core.db import write_session
 from archive_core.errors import ArchiveError, JournalBusy
@@ -37,6 +38,9 @@ class FsckReport:
     checksum_mismatches: list[str] = field(default_factory=list)
     journal_pending: int = 0
     repaired: list[str] = field(default_factory=list)
+    # Files an interrupted correction or tier move left, with the intent that says which side goes
+    # (archive_core.filechanges): not problems; --repair, the next tier move or correction finish them.
+    pending_changes: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> int:
@@ -72,6 +76,9 @@ def fsck(archive: Archive, *, repair: bool = False, verify_checksums: bool = Tru
 def _check(archive: Archive, *, verify_checksums: bool, repair: bool = False) -> FsckReport:
     store = archive.store
     report = FsckReport(journal_pending=len(store.incoming()))
+    if repair:
+        report.repaired.extend(f"finished an interrupted file change: deleted {loc}"
+                               for loc in filechanges.resolve(archive))
     if repair and report.journal_pending:
         archive.ingestor.replay(discard_unfinished=False)
         report.repaired.append(f"replayed {report.journal_pending} journal entries")
@@ -94,10 +101,17 @@ def _check(archive: Archive, *, verify_checksums: bool, repair: bool = False) ->
             report.missing_files.append(key)
         elif verify_checksums and file_checksum(path) != checksum:
             report.checksum_mismatches.append(key)
-    report.orphan_files = sorted(k for k in store.keys() if k not in indexed_keys)
+    intended = filechanges.pending_locations(archive)
+    report.orphan_files = sorted(k for k in store.keys() if k not in indexed_keys and ("active", k) not in intended)
     # Archive-tier files no visible row points at (reported only: repair handles the active store).
     report.orphan_files += sorted(
-        f"archive:{k}" for k in archive.archive_store.keys() if k not in archived_keys and k not in tombstoned
+        f"archive:{k}" for k in archive.archive_store.keys()
+        if k not in archived_keys and k not in tombstoned and ("archive", k) not in intended
+    )
+    # A file of an interrupted operation that no row uses: pending, not a problem.
+    report.pending_changes = sorted(
+        f"{tier}:{k}" for tier, k in intended
+        if archive.store_for(tier).exists(k) and k not in (archived_keys if tier == "archive" else indexed_keys)
     )
     if repair:
         _repair(archive, report)

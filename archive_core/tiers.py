@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from archive_core import filechanges
 from archive_core.archive import Archive
 from archive_core.db import write_session
 from archive_core.errors import ArchiveError
@@ -35,12 +36,20 @@ def _patient_instances(patient_pk: int, tier: str):
     )
 
 
-def move_patient_to_archive(archive: Archive, patient_pk: int) -> TierMove:
-    """Copy, fsync and verify each active file in the archive tier, switch the index, then drop the active copy.
+def move_patient_to_archive(archive: Archive, patient_pk: int, *, actor: str = "scheduler",
+                            actor_kind: str = "system") -> TierMove:
+    """Copy, fsync and verify each active file in the archive tier, then switch the index and write the
+    ``tier.moved`` audit event in one transaction, then drop the active copies.
 
-    Rerunnable: a crash before the index switch leaves the active copy served (the archive copy
-    is rewritten next time); a crash after it leaves an active copy that the next run removes.
+    All or nothing: each (active, archive) pair is recorded before its copy is written
+    (:mod:`archive_core.filechanges`); a failure before the commit (storage full, a copy that does not
+    verify, a database error) deletes the copies made, a process killed before the commit leaves an
+    intent that the next run or ``archive fsck --repair`` resolves from the committed index. A crash
+    after the commit leaves active copies that the next run removes.
     """
+    from archive_core import audit
+
+    filechanges.resolve(archive)  # whatever a killed run left, before starting
     active, archived = archive.store, archive.archive_store
     with archive.sessions() as s:
         if s.get(Patient, patient_pk) is None:
@@ -48,21 +57,31 @@ def move_patient_to_archive(archive: Archive, patient_pk: int) -> TierMove:
         rows = s.execute(_patient_instances(patient_pk, "active")).all()
     moved_ids: list[int] = []
     moved_bytes = 0
-    for inst_id, key, checksum, size in rows:
-        source = active.path_of(key)
-        if not source.is_file():
-            log.error("tier move: active file of %s is missing; left for fsck", key)
-            continue
-        copy = archived.put_file(key, source)
-        if file_checksum(copy) != checksum:
-            archived.delete(key)
-            raise TierCopyMismatch(f"archive-tier copy of {key} does not match its checksum")
-        moved_ids.append(inst_id)
-        moved_bytes += size
-    if moved_ids:
-        with write_session(archive.sessions) as s:
-            s.execute(update(Instance).where(Instance.id.in_(moved_ids), Instance.tier == "active").values(tier="archive"))
-    # Drop active copies of everything the index now serves from the archive tier.
+    intent = filechanges.Intent.begin(archive, "tier")
+    committed = False
+    try:
+        for inst_id, key, checksum, size in rows:
+            source = active.path_of(key)
+            if not source.is_file():
+                log.error("tier move: active file of %s is missing; left for fsck", key)
+                continue
+            intent.add(("active", key), ("archive", key))
+            copy = archived.put_file(key, source)
+            if file_checksum(copy) != checksum:
+                raise TierCopyMismatch(f"archive-tier copy of {key} does not match its checksum")
+            moved_ids.append(inst_id)
+            moved_bytes += size
+        if moved_ids:
+            with write_session(archive.sessions) as s:
+                s.execute(update(Instance).where(Instance.id.in_(moved_ids), Instance.tier == "active")
+                          .values(tier="archive"))
+                patient_id = s.scalar(select(Patient.patient_id).where(Patient.id == patient_pk))
+                audit.record(s, "tier.moved", actor=actor, actor_kind=actor_kind, patient_id=patient_id,
+                             detail={"instances": len(moved_ids), "bytes": moved_bytes, "to": "archive"})
+        committed = True
+    finally:
+        intent.finish(archive, committed=committed)
+    # Drop active copies of everything the index now serves from the archive tier (a crash after a commit).
     with archive.sessions() as s:
         done = s.execute(_patient_instances(patient_pk, "archive")).all()
     for _id, key, _checksum, _size in done:

@@ -313,6 +313,8 @@ def archive_fsck(repair: bool, no_checksums: bool) -> None:
         click.echo(f"checksum mismatch: {key}")
     if report.journal_pending:
         click.echo(f"journal entries not yet indexed: {report.journal_pending}")
+    for location in report.pending_changes:
+        click.echo(f"pending (interrupted correction or tier move; --repair finishes it): {location}")
     click.echo(f"checked {report.checked} instances, {report.problems} problems")
     sys.exit(1 if report.problems else 0)
 
@@ -341,17 +343,28 @@ def archive_import(path: Path, external: bool) -> None:
 def audit_cli() -> None: ...
 
 
-@audit_cli.command("verify", help="Check the hash chain; exit 1 at the first broken link.")
+@audit_cli.command("verify", help="Check the hash chain against the signed checkpoints; exit 1 on any problem.")
 def audit_verify() -> None:
-    from archive_core.audit import verify
-
-    with _facade().new_session() as s:
-        report = verify(s)
+    report = _facade().audit_verify()
     if report.ok:
-        click.echo(f"audit chain intact: {report.checked} events")
+        click.echo(f"audit chain intact: {report.checked} events, {report.checkpoints} signed checkpoints "
+                   f"(anchored up to event {report.anchored_up_to})")
+        for note in report.notes:
+            click.echo(f"note: {note}")
         return
-    click.echo(f"audit chain broken at event {report.first_bad_id} (after {report.checked} good events)")
+    if report.first_bad_id is not None:
+        click.echo(f"audit chain broken at event {report.first_bad_id} (after {report.checked} good events)")
+    else:
+        click.echo(f"audit checkpoints broken ({report.checked} events in the chain)")
+    for problem in report.problems:
+        click.echo(f"- {problem}")
     sys.exit(1)
+
+
+@audit_cli.command("checkpoint", help="Sign the chain's head now (the scheduler does it periodically).")
+def audit_checkpoint() -> None:
+    number = _facade().audit_checkpoint(reason="manual")
+    click.echo(f"audit checkpoint {number} written" if number else "audit checkpoint: nothing new since the last one")
 
 
 # -- processes --------------------------------------------------------------------------------

@@ -28,6 +28,20 @@ def init_app(app: Flask) -> None:
             session.rollback()  # whatever the request did not commit (it failed) is undone
             session.close()
 
+    handle_user_exception = app.handle_user_exception
+
+    def _roll_back_then_handle(exc: Exception):
+        # A view that raised commits none of its work, even when a handler turns the error into a
+        # message and a redirect (a 3xx the commit below would otherwise let through): the request's
+        # session is rolled back (its after-rollback hooks drop files written for it) before any
+        # handler runs. This app's own method, not a process-wide patch.
+        session: Session | None = g.get("db")
+        if session is not None:
+            session.rollback()
+        return handle_user_exception(exc)
+
+    app.handle_user_exception = _roll_back_then_handle
+
     @app.after_request
     def _commit(response):
         # The one place a request commits: after the view succeeded, before the response leaves.

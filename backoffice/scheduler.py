@@ -32,6 +32,13 @@ def retention_sweep_job(today=None) -> None:
     sweep(facade(), today=today or today_paris(), certificates=certificates_dir(), render=render_certificate)
 
 
+def audit_checkpoint_job() -> None:
+    """Sign the audit chain's head (idempotent: nothing is written when no event was appended since)."""
+    from backoffice.extensions import facade
+
+    facade().audit_checkpoint(reason="periodic")
+
+
 def acquire_lock(instance_path: Path):
     """The deployment-wide scheduler lock; None when another scheduler holds it."""
     handle = open(instance_path / "scheduler.lock", "w")
@@ -74,6 +81,10 @@ def run_scheduler(app: Flask) -> None:
 
     scheduler.add_job(in_app(prefetch_job), "interval", minutes=2, id="radiology_prefetch", name="radiology_prefetch",
                       replace_existing=True)
+    # The audit chain's head, signed with the key kept outside the database (docs/operations.md).
+    minutes = int(app.config.get("AUDIT_CHECKPOINT_MINUTES", 10))
+    scheduler.add_job(in_app(audit_checkpoint_job), "interval", minutes=minutes, id="audit_checkpoint",
+                      name="audit_checkpoint", replace_existing=True, next_run_time=datetime.now(timezone.utc))
     log.info("scheduler started")
     try:
         scheduler.start()

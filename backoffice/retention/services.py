@@ -536,11 +536,9 @@ def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certific
     if dry_run:
         return report
     for p in movers:
-        moved = facade.move_patient_to_archive(p.record.patient_pk)
+        # The move writes its tier.moved audit event in the transaction that switches the index.
+        moved = facade.move_patient_to_archive(p.record.patient_pk, actor="scheduler", actor_kind="system")
         report.moved_instances += moved.instances
-        if moved.instances:
-            facade.audit_now("tier.moved", actor="scheduler", actor_kind="system", patient_id=p.record.patient_id,
-                             detail={"instances": moved.instances, "bytes": moved.bytes_moved, "to": "archive"})
     with facade.new_session(write=True) as s:
         batch = propose_batch(s, facade, today=today)
         report.proposed_batch_id = batch.id if batch else None

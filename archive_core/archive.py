@@ -37,6 +37,7 @@ class Archive:
             sessions,
             duplicate_policy=settings.DICOM_DUPLICATE_POLICY,
             batch_size=settings.INDEX_BATCH_SIZE,
+            max_object_bytes=settings.DICOM_MAX_OBJECT_BYTES,
         )
         archive_store = open_store(settings.archive_tier_storage_url)
         assert isinstance(archive_store, FilesystemStore)

@@ -42,8 +42,17 @@ class Settings:
     DICOM_DUPLICATE_POLICY: str = "keep_first"
     # Below this many free bytes on the storage volume, C-STORE answers 0xA700.
     STORAGE_MIN_FREE_BYTES: int = 1024**3
-    DICOM_MAX_ASSOCIATIONS: int = 20
-    DICOM_NETWORK_TIMEOUT: int = 60
+    # Associations at once, in all and from one calling address; more are refused with an
+    # A-ASSOCIATE-RJ (transient, local limit exceeded). Connections still silent do not count.
+    DICOM_MAX_ASSOCIATIONS: int = 40
+    DICOM_MAX_ASSOCIATIONS_PER_ADDRESS: int = 10
+    # Seconds a new connection may stay silent before its A-ASSOCIATE-RQ; then it is closed.
+    DICOM_ACSE_TIMEOUT: float = 10
+    # Seconds an association may stay idle (nothing received, no operation running) before it is
+    # aborted; also how long DIMSE exchanges and outgoing associations wait for a peer.
+    DICOM_NETWORK_TIMEOUT: int = 30
+    # Largest dataset a C-STORE may carry (bytes; 0: no limit); larger ones answer 0xA700.
+    DICOM_MAX_OBJECT_BYTES: int = 4 * 1024**3
     DICOM_MAX_FIND_RESULTS: int = 10000
     # C-FIND pending answers sent one PDU each, the command set encoded once per query
     # (archive_core/net/encoding.py PendingAnswers); false: pynetdicom's own path for every answer.
@@ -51,7 +60,9 @@ class Settings:
     # pynetdicom's DUL polls the socket and sleeps this long when idle (its default, 1 ms,
     # halves the message rate of one association).
     DICOM_DUL_LOOP_DELAY: float = 0.0
-    DICOM_MAX_PDU: int = 0  # 0: unlimited, what we advertise to peers that send to us
+    # The largest PDU we accept, what we advertise to peers that send to us (0: unlimited). Bounded,
+    # so that what an association holds in memory does not grow with the size of the objects.
+    DICOM_MAX_PDU: int = 1024 * 1024
     # DICOM TLS: a second listening port (0: none), our certificate and key (PEM, also presented on
     # our associations to peers registered --tls), the CA that signs peers' certificates.
     DICOM_TLS_PORT: int = 0

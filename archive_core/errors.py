@@ -51,3 +51,7 @@ class IdentityConflict(ArchiveError):
     The message names the conflicting UID in ASCII (it is sent as the C-STORE Error Comment) and
     never a patient's name or ID.
     """
+
+
+class ObjectTooLarge(ArchiveError):
+    """A received object is larger than the configured maximum (``DICOM_MAX_OBJECT_BYTES``)."""

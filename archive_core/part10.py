@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import io
 import struct
-
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
 
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -14,19 +10,41 @@ PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
 def file_header(*, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, source_ae: str | None) -> bytes:
-    """Preamble, prefix and file meta information group for an object stored as received."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax_uid
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    """Preamble, prefix and file meta information group for an object stored as received.
+
+    Encoded here rather than by pydicom's writer (a third of a millisecond per object, on the
+    acknowledgement's path): the same bytes, which tests/unit/test_part10.py checks against it.
+    """
+    elements = [
+        _element(0x0001, b"OB", b"\x00\x01"),
+        _element(0x0002, b"UI", _uid(sop_class_uid)),
+        _element(0x0003, b"UI", _uid(sop_instance_uid)),
+        _element(0x0010, b"UI", _uid(transfer_syntax_uid)),
+        _element(0x0012, b"UI", _uid(IMPLEMENTATION_CLASS_UID)),
+        _element(0x0013, b"SH", _text(IMPLEMENTATION_VERSION_NAME)),
+    ]
     if source_ae:
-        meta.SourceApplicationEntityTitle = source_ae
-    buf = io.BytesIO()
-    buf.write(PREAMBLE)
-    write_file_meta_info(buf, meta, enforce_standard=True)  # type: ignore[arg-type]
-    return buf.getvalue()
+        elements.append(_element(0x0016, b"AE", _text(source_ae)))
+    body = b"".join(elements)
+    return PREAMBLE + _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+def _uid(value: str) -> bytes:
+    data = str(value).encode("ascii")
+    return data + b"\x00" if len(data) % 2 else data
+
+
+def _text(value: str) -> bytes:
+    # AE and SH are ASCII in practice; another byte from a peer must not fail the store.
+    data = str(value).encode("latin-1", "replace")
+    return data + b" " if len(data) % 2 else data
+
+
+def _element(element: int, vr: bytes, value: bytes) -> bytes:
+    # Group 0002 is always explicit VR little endian.
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
 
 
 def dataset_offset(data: bytes) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import queue
 import threading
 import time
@@ -25,10 +26,18 @@ from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_core.db import write_session
-from archive_core.errors import DuplicateConflict, IdentityConflict, InvalidDataset, InvalidIdentifier, JournalBusy
+from archive_core.errors import (
+    DuplicateConflict,
+    IdentityConflict,
+    InvalidDataset,
+    InvalidIdentifier,
+    JournalBusy,
+    ObjectTooLarge,
+)
 from archive_core.index.keywords import extract, patient_key
 from archive_core.index.models import Instance, Patient, Peer, Series, Study
 from archive_core.part10 import dataset_offset, file_header
+from archive_core.storage.base import FileRange
 from archive_core.storage.filesystem import FilesystemStore
 from archive_core.uids import clean_uid, require_uid
 
@@ -200,23 +209,56 @@ def audit_refusal(
         log.exception("cannot audit the refusal of %s from %s", clean_uid(sop_instance_uid) or "?", actor)
 
 
-def parse(dataset_bytes: bytes, transfer_syntax_uid: str) -> Dataset:
-    """Decode a dataset received in *transfer_syntax_uid* (values stay raw until read)."""
+# Values larger than this stay on disk when a dataset is parsed from a file (pixel data, mostly):
+# indexing reads only the identifying attributes.
+_DEFER_BYTES = 64 * 1024
+# The file meta group of a Part 10 file is a few hundred bytes; this much is read to find its end.
+_META_PROBE_BYTES = 64 * 1024
+
+
+def dataset_in_file(path: Path) -> FileRange:
+    """The dataset of the Part 10 file at *path* (pynetdicom's chunked receive) as a range of it."""
+    with open(path, "rb") as f:
+        head = f.read(_META_PROBE_BYTES)
+        size = os.fstat(f.fileno()).st_size
+    offset = dataset_offset(head)
+    return FileRange(Path(path), offset, size - offset)
+
+
+def dataset_size(data: bytes | FileRange) -> int:
+    return data.size if isinstance(data, FileRange) else len(data)
+
+
+def parse(data: bytes | FileRange, transfer_syntax_uid: str) -> Dataset:
+    """Decode a dataset received in *transfer_syntax_uid* (values stay raw until read).
+
+    A dataset still on disk (:class:`FileRange`) is read with its large values left there, so
+    memory does not grow with the object's size.
+    """
     from pydicom.filereader import read_dataset
     from pydicom.uid import UID
 
     ts = UID(transfer_syntax_uid)
+    if isinstance(data, FileRange) and ts.is_deflated:
+        data = data.read_bytes()  # inflating needs the whole stream; bounded by the maximum object size
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if ts.is_deflated:
-                import zlib
+            if isinstance(data, FileRange):
+                with open(data.path, "rb") as f:
+                    f.seek(data.offset)
+                    ds = read_dataset(f, ts.is_implicit_VR, ts.is_little_endian, defer_size=_DEFER_BYTES)
+                end = data.offset + data.size  # element positions count from the start of the file
+            else:
+                if ts.is_deflated:
+                    import zlib
 
-                dataset_bytes = zlib.decompress(dataset_bytes, -zlib.MAX_WBITS)
-            ds = read_dataset(io.BytesIO(dataset_bytes), ts.is_implicit_VR, ts.is_little_endian)
+                    data = zlib.decompress(data, -zlib.MAX_WBITS)
+                ds = read_dataset(io.BytesIO(data), ts.is_implicit_VR, ts.is_little_endian)
+                end = len(data)
     except Exception as exc:
         raise InvalidDataset(f"cannot parse dataset: {exc}") from exc
-    _require_whole_elements(ds, len(dataset_bytes))
+    _require_whole_elements(ds, end)
     return ds
 
 
@@ -233,6 +275,14 @@ def _require_whole_elements(ds: Dataset, size: int) -> None:
     # Only raw (not yet decoded) elements know where they were read; sequences are decoded at once.
     if hasattr(last, "value_tell") and last.length != 0xFFFFFFFF and last.value_tell + last.length < size:
         raise InvalidDataset(f"dataset ends inside an element header ({size - last.value_tell - last.length} bytes)")
+
+
+def _starts_with(data: bytes | FileRange, header: bytes) -> bool:
+    """*data* is a file the store may adopt, and what precedes its dataset is exactly *header*."""
+    if not isinstance(data, FileRange) or not data.owned or data.offset != len(header):
+        return False
+    with open(data.path, "rb") as f:
+        return f.read(len(header)) == header
 
 
 def read_part10(path: Path) -> tuple[Dataset, bytes, str, str | None]:
@@ -274,6 +324,8 @@ class Ingestor:
         ``keep_first`` or ``overwrite`` (see the conformance statement).
     batch_size : int
         Most journal entries indexed in one transaction.
+    max_object_bytes : int
+        Largest dataset accepted, in bytes (0: no limit).
     """
 
     def __init__(
@@ -285,6 +337,7 @@ class Ingestor:
         batch_size: int = 200,
         coalesce_seconds: float = 0.05,
         on_indexed: Callable[[set[str]], None] | None = None,
+        max_object_bytes: int = 0,
     ) -> None:
         if duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate policy must be one of {DUPLICATE_POLICIES}")
@@ -294,6 +347,7 @@ class Ingestor:
         self.duplicate_policy = duplicate_policy
         self.batch_size = batch_size
         self.on_indexed = on_indexed
+        self.max_object_bytes = max_object_bytes
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._last_seq = 0
         # SOP Instance UID -> (checksum, journal sequence) of what is acknowledged but not yet indexed
@@ -314,9 +368,15 @@ class Ingestor:
 
     # -- receiving -------------------------------------------------------------------------
 
+    def check_size(self, data: bytes | FileRange) -> None:
+        """Raise :class:`ObjectTooLarge` for a dataset over the configured maximum."""
+        size = dataset_size(data)
+        if self.max_object_bytes and size > self.max_object_bytes:
+            raise ObjectTooLarge(f"object of {size} bytes, over the limit of {self.max_object_bytes}")
+
     def receive(
         self,
-        dataset_bytes: bytes,
+        dataset: bytes | FileRange,
         ds: Dataset,
         *,
         transfer_syntax_uid: str,
@@ -324,18 +384,22 @@ class Ingestor:
         source_ae: str | None = None,
         external: bool | None = None,
     ) -> Outcome:
-        """Make *dataset_bytes* durable in the journal and queue it for indexing.
+        """Make *dataset* durable in the journal and queue it for indexing.
 
-        Raises :class:`StorageFull` below the floor, :class:`DuplicateConflict` for a different
-        object under a stored SOP Instance UID (policy ``keep_first``) and :class:`IdentityConflict`
-        for an object whose series belongs to another study or whose study belongs to another
-        patient; nothing is written then. The check and the claim happen under one lock, against
-        the index and everything acknowledged but not yet indexed: two associations cannot both
-        be acknowledged with contradicting objects. Every ingest path (C-STORE, import, STOW)
-        comes through here.
+        *dataset* is the dataset's bytes, or where they lie on disk (a chunked receive): then the
+        file is renamed or copied into the journal, never read into memory whole.
+
+        Raises :class:`ObjectTooLarge` over the maximum size, :class:`StorageFull` below the floor,
+        :class:`DuplicateConflict` for a different object under a stored SOP Instance UID (policy
+        ``keep_first``) and :class:`IdentityConflict` for an object whose series belongs to another
+        study or whose study belongs to another patient; nothing is written then. The check and the
+        claim happen under one lock, against the index and everything acknowledged but not yet
+        indexed: two associations cannot both be acknowledged with contradicting objects. Every
+        ingest path (C-STORE, import, STOW) comes through here.
         """
+        self.check_size(dataset)
         self.store.check_space()
-        checksum = hashlib.sha256(dataset_bytes).hexdigest()
+        checksum = dataset.sha256() if isinstance(dataset, FileRange) else hashlib.sha256(dataset).hexdigest()
         uid = identity.sop_instance_uid
         with self._lock:
             pending = self._pending.get(uid)
@@ -360,7 +424,12 @@ class Ingestor:
             )
             # "external" (an import of outside priors) is known only here: the entry's name keeps it for a replay.
             suffix = EXTERNAL_SUFFIX if external else ".dcm"
-            path = self.store.write_incoming(f"{time.time_ns():020d}-{seq:09d}-{uid}{suffix}", [header, dataset_bytes])
+            name = f"{time.time_ns():020d}-{seq:09d}-{uid}{suffix}"
+            if _starts_with(dataset, header):
+                # Received straight into the journal's folder behind this very header: renamed, not copied.
+                path = self.store.adopt_incoming(name, dataset.path)
+            else:
+                path = self.store.write_incoming(name, [header, dataset])
         except BaseException:
             with self._lock:
                 if self._pending.get(uid) == (checksum, seq):
@@ -369,7 +438,7 @@ class Ingestor:
             self._mark_done([seq])
             raise
         self._queue.put(
-            Job(seq, path, identity, ds, checksum, len(header) + len(dataset_bytes), transfer_syntax_uid, source_ae,
+            Job(seq, path, identity, ds, checksum, len(header) + dataset_size(dataset), transfer_syntax_uid, source_ae,
                 external, held=True)
         )
         return Outcome(seq=seq)

@@ -32,7 +32,7 @@ from archive_core.index.query import (
     parse_identifier,
     stream,
 )
-from archive_core.net import scu, tls, tuning
+from archive_core.net import chunked, scu, tls, tuning
 from archive_core.net.encoding import PendingAnswers
 from archive_core.net.status import (
     CANCEL,
@@ -230,7 +230,8 @@ def handle_store(event, ctx: ArchiveContext):
         if state.peer is None and (state.impostor or not ctx.settings.DICOM_STORE_FROM_UNKNOWN_AES):
             record_refusal(ctx, state, calling, "C-STORE")
             raise UnknownPeer(f"calling AE {calling} is not registered")
-        raw = request.DataSet.getvalue()
+        raw = chunked.received_dataset(event)
+        ctx.ingestor.check_size(raw)
         ts = str(event.context.transfer_syntax)
         ds = parse(raw, ts)
         identity = Identity.of(ds, sop_class_uid=request.AffectedSOPClassUID, sop_instance_uid=request.AffectedSOPInstanceUID)

@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
-from archive_core.net import commitment, encoding, handlers, syntaxes, tls, tuning
+from archive_core.net import chunked, commitment, encoding, handlers, limits, syntaxes, tls, tuning
 from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -50,7 +50,10 @@ def build_ae(archive: Archive) -> AE:
     ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
     ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
     ae.maximum_pdu_size = settings.DICOM_MAX_PDU
-    ae.maximum_associations = settings.DICOM_MAX_ASSOCIATIONS
+    # pynetdicom's count includes connections that have not asked yet (silent ones): our own
+    # limits (archive_core/net/limits.py) count associations that asked, so its count is kept out of the way.
+    ae.maximum_associations = 1_000_000
+    ae.acse_timeout = settings.DICOM_ACSE_TIMEOUT
     ae.network_timeout = settings.DICOM_NETWORK_TIMEOUT
     ae.dimse_timeout = settings.DICOM_NETWORK_TIMEOUT
     ae.require_called_aet = False
@@ -108,6 +111,10 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
     # deployment is kept.
     # ... nor format every PDU and DIMSE message for its debug log (standard notification handlers).
     _config.LOG_HANDLER_LEVEL = "none"
+    # Incoming datasets go to a temporary file of the journal's folder as their fragments arrive
+    # (memory stays flat whatever the object's size), on our accepted associations only; the
+    # ingestor renames that file into the journal.
+    chunked.install()
     pynetdicom_log = logging.getLogger("pynetdicom")
     if pynetdicom_log.level == logging.NOTSET:
         pynetdicom_log.setLevel(logging.WARNING)
@@ -125,20 +132,29 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
         path_of=lambda inst: archive.store_for(inst.tier).path_of(inst.storage_key),
     )
     ae = build_ae(archive)
+    admission = limits.AssociationLimits(
+        total=settings.DICOM_MAX_ASSOCIATIONS, per_address=settings.DICOM_MAX_ASSOCIATIONS_PER_ADDRESS
+    )
+    # An operation's end counts as activity for the idle timeout (see limits.keeping_alive).
+    alive = limits.keeping_alive
     bound = [
         (evt.EVT_CONN_OPEN, handlers.handle_conn_open, [ctx]),
+        (evt.EVT_CONN_OPEN, chunked.on_conn_open, [archive.store.incoming_dir, settings.DICOM_MAX_OBJECT_BYTES]),
+        # Who may associate first (a refusal there is final), then how many may at once.
         (evt.EVT_REQUESTED, handlers.handle_requested, [ctx]),
+        (evt.EVT_REQUESTED, admission.on_requested),
         # Transfer syntaxes accepted in the requestor's order, never implicit over explicit
         # (ALL_TRANSFER_SYNTAXES starts with Implicit VR): archive_core/net/syntaxes.py.
         (evt.EVT_REQUESTED, syntaxes.handle_requested),
         (evt.EVT_C_ECHO, handlers.handle_echo, [ctx]),
-        (evt.EVT_C_STORE, handlers.handle_store, [ctx]),
-        (evt.EVT_C_FIND, handlers.handle_find, [ctx]),
-        (evt.EVT_C_MOVE, handlers.handle_move, [ctx]),
-        (evt.EVT_C_GET, handlers.handle_get, [ctx]),
+        (evt.EVT_C_STORE, alive(handlers.handle_store), [ctx]),
+        (evt.EVT_C_FIND, alive(handlers.handle_find), [ctx]),
+        (evt.EVT_C_MOVE, alive(handlers.handle_move), [ctx]),
+        (evt.EVT_C_GET, alive(handlers.handle_get), [ctx]),
         (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
         (evt.EVT_ACSE_SENT, handlers.handle_acse_sent, [ctx]),
         (evt.EVT_CONN_CLOSE, handlers.handle_closed, [ctx]),
+        (evt.EVT_CONN_CLOSE, chunked.on_conn_close),
     ]
     address = (host if host is not None else settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
     server = ae.start_server(address, block=False, evt_handlers=bound)

@@ -8,6 +8,7 @@ from archive_core.errors import (
     InvalidDataset,
     InvalidIdentifier,
     InvalidQuery,
+    ObjectTooLarge,
     StorageFull,
     TooManyMatches,
     UnknownPeer,
@@ -33,6 +34,7 @@ TOO_MANY_MATCHES = 0xA700
 STORE_STATUS: dict[type[Exception], int] = {
     StorageFull: 0xA700,
     IdentityConflict: IDENTITY_CONFLICT,
+    ObjectTooLarge: 0xA700,
     InvalidIdentifier: 0xA900,
     InvalidDataset: 0xC000,
     DuplicateConflict: DUPLICATE_KEPT_FIRST,

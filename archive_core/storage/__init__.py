@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from archive_core.storage.base import BlobStore
+from archive_core.storage.base import BlobStore, FileRange
 from archive_core.storage.filesystem import FilesystemStore
 
-__all__ = ["BlobStore", "FilesystemStore", "open_store"]
+__all__ = ["BlobStore", "FileRange", "FilesystemStore", "open_store"]
 
 
 def open_store(url: str, *, min_free_bytes: int = 0) -> BlobStore:

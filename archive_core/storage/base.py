@@ -3,8 +3,45 @@
 from __future__ import annotations
 
 import abc
+import hashlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Union
+
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileRange:
+    """*size* bytes of the file at *path* from *offset*: data that arrived on disk, never held in memory."""
+
+    path: Path
+    offset: int
+    size: int
+    # The file is a temporary file of the journal's folder that already starts with the entry's
+    # header: the store may take it (rename) instead of copying it (FilesystemStore.adopt_incoming).
+    owned: bool = False
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            remaining = self.size
+            while remaining:
+                block = f.read(min(_CHUNK, remaining))
+                if not block:
+                    raise EOFError(f"{self.path.name} ended {remaining} bytes early")
+                digest.update(block)
+                remaining -= len(block)
+        return digest.hexdigest()
+
+    def read_bytes(self) -> bytes:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.size)
+
+
+Chunk = Union[bytes, FileRange]
 
 
 class BlobStore(abc.ABC):
@@ -15,8 +52,8 @@ class BlobStore(abc.ABC):
     """
 
     @abc.abstractmethod
-    def write_incoming(self, name: str, chunks: list[bytes]) -> Path:
-        """Write *chunks* durably as journal entry *name*; return its path."""
+    def write_incoming(self, name: str, chunks: list[Chunk]) -> Path:
+        """Write *chunks* (bytes, or ranges of files on disk) durably as journal entry *name*; return its path."""
 
     @abc.abstractmethod
     def incoming(self) -> list[Path]:

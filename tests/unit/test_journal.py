@@ -107,3 +107,99 @@ def test_identical_duplicate_of_a_pending_object_waits_for_its_indexing(archive)
     assert ds.SOPInstanceUID in _uids(archive)
     _, after = _receive(archive, ds)
     assert after.duplicate and after.seq == 0  # indexed: nothing to wait for
+
+
+def test_a_dataset_received_on_disk_is_stored_byte_for_byte(archive, tmp_path):
+    """A chunked receive: the dataset lies in pynetdicom's temporary Part 10 file, not in memory.
+
+    The journal entry (then the stored object) holds our header and exactly the received bytes;
+    the file that arrived is left to its owner (pynetdicom deletes it).
+    """
+    from archive_core.index.ingest import dataset_in_file
+    from archive_core.part10 import dataset_offset
+
+    ds = make_ct(rows=512)
+    received = tmp_path / "pynetdicom-temp.dcm"
+    ds.save_as(received, enforce_file_format=True)
+    data = dataset_in_file(received)
+    outcome = archive.ingestor.receive(data, parse(data, ExplicitVRLittleEndian),
+                                       transfer_syntax_uid=ExplicitVRLittleEndian, identity=Identity.of(ds), source_ae="CT1")
+    archive.ingestor.start(replay=False)
+    assert archive.ingestor.wait_indexed(outcome.seq, timeout=30)
+    stored = archive.store.read_bytes(Identity.of(ds).key)
+    sent = received.read_bytes()
+    assert stored[dataset_offset(stored):] == sent[dataset_offset(sent):]
+    assert b"CT1" in stored[:dataset_offset(stored)]  # our file meta, with the source AE
+    assert received.exists()
+
+
+def test_a_received_file_shorter_than_announced_leaves_nothing_in_the_journal(archive, tmp_path):
+    """Bad input: the file on disk ends before the range being copied (it was cut short)."""
+    import pytest
+
+    from archive_core.storage import FileRange
+
+    source = tmp_path / "short.bin"
+    source.write_bytes(b"x" * 1000)
+    with pytest.raises(EOFError):
+        archive.store.write_incoming("1-1-1.2.3.dcm", [b"header", FileRange(source, 0, 5000)])
+    assert list(archive.store.incoming_dir.iterdir()) == []
+
+
+def test_a_dataset_received_into_the_journal_folder_is_renamed_not_copied(archive):
+    """The SCP's chunked receive (archive_core/net/chunked.py): pynetdicom writes its own header,
+    then fragments each followed by a flush, into a ReceiveFile; the file starts with our header
+    and becomes the journal entry, then the stored object, by renames only (same inode)."""
+    import os
+
+    from pydicom.filebase import DicomBytesIO as _Buf
+
+    from archive_core.index.ingest import Identity as _Identity
+    from archive_core.net.chunked import ReceiveFile
+    from archive_core.part10 import PREAMBLE, dataset_offset, file_header
+
+    ds = make_ct(rows=256)
+    buf = _Buf()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    raw = buf.getvalue()
+    ident = _Identity.of(ds)
+    header = file_header(sop_class_uid=ident.sop_class_uid, sop_instance_uid=ident.sop_instance_uid,
+                         transfer_syntax_uid=ExplicitVRLittleEndian, source_ae="CT1")
+    received = ReceiveFile(archive.store.incoming_dir, header, max_bytes=0)
+    for piece in (b"\x00" * 128, b"DICM", b"pynetdicom's own file meta"):  # dropped
+        received.write(piece)
+    for start in range(0, len(raw), 16384):
+        received.write(raw[start:start + 16384])
+        received.file.flush()
+    inode = os.stat(received.name).st_ino
+    outcome = archive.ingestor.receive(received.dataset(), parse(received.dataset(), ExplicitVRLittleEndian),
+                                       transfer_syntax_uid=ExplicitVRLittleEndian, identity=ident, source_ae="CT1")
+    received.close()
+    archive.ingestor.start(replay=False)
+    assert archive.ingestor.wait_indexed(outcome.seq, timeout=30)
+    stored_path = archive.store.path_of(ident.key)
+    stored = stored_path.read_bytes()
+    assert stored == header + raw and stored[:132] == PREAMBLE and dataset_offset(stored) == len(header)
+    assert os.stat(stored_path).st_ino == inode
+    assert list(archive.store.incoming_dir.iterdir()) == []
+
+
+def test_a_received_dataset_over_the_limit_is_refused_and_its_file_emptied(archive):
+    """Bad input: fragments past max_bytes; the file stops growing and the dataset is refused."""
+    import os
+
+    import pytest
+
+    from archive_core.errors import ObjectTooLarge
+    from archive_core.net.chunked import ReceiveFile
+
+    received = ReceiveFile(archive.store.incoming_dir, b"H" * 10, max_bytes=1000)
+    received.write(b"pynetdicom header")
+    for _ in range(5):
+        received.write(b"x" * 400)
+        received.file.flush()
+    assert os.path.getsize(received.name) == 0
+    with pytest.raises(ObjectTooLarge):
+        received.dataset()
+    received.close()

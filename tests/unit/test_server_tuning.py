@@ -138,3 +138,48 @@ def test_a_non_zero_dul_loop_delay_turns_the_tuning_off(instance_path, delay):
         assoc.release()
         running.stop()
         archive.close()
+
+
+def test_the_private_details_the_edge_relies_on_are_there():
+    """archive_core/net/chunked.py and limits.py: what they rely on in the pinned pynetdicom."""
+    from pynetdicom import dimse_messages
+    from pynetdicom.dul import DULServiceProvider
+    from pynetdicom.service_class import StorageServiceClass
+
+    # The chunked receive reads the switch through the module's own _config, at each C-STORE-RQ.
+    assert "_config.STORE_RECV_CHUNKED_DATASET" in inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
+    # Its temporary file: created by the module's NamedTemporaryFile once the command set is decoded;
+    # the header written first, then each dataset fragment followed by a flush (chunked.ReceiveFile).
+    decode = inspect.getsource(dimse_messages.DIMSEMessage.decode_msg)
+    assert "NamedTemporaryFile(delete=False" in decode
+    assert "write_file_meta_info(\n                            self._data_set_file," in decode
+    assert "create_file_meta(" in decode
+    assert "self._data_set_file.write(data[1:])\n                    self._data_set_file.file.flush()" in decode
+    assert "primitive._dataset_file = self._data_set_file" in inspect.getsource(dimse_messages.DIMSEMessage)
+    # ... and deletes the temporary file once the handler has answered.
+    assert "os.unlink(req._dataset_file.name)" in inspect.getsource(StorageServiceClass.SCP)
+    # The idle timer the handlers restart.
+    assert "self._idle_timer = Timer(" in inspect.getsource(DULServiceProvider)
+    # pynetdicom's own association count includes connections that have not asked yet.
+    assert "tt for tt in self.assoc.ae.active_associations if tt.is_acceptor" in inspect.getsource(
+        pynetdicom.acse.ACSE._negotiate_as_acceptor)
+
+
+def test_the_chunked_receive_applies_to_the_servers_associations_only(scp):
+    """Other pynetdicom users in the process keep their datasets in memory (the switch stays off)."""
+    import threading
+
+    from pynetdicom import _config, dimse_messages
+
+    from archive_core.net import chunked
+
+    assert chunked.is_installed()
+    assert _config.STORE_RECV_CHUNKED_DATASET is False
+    assert dimse_messages._config.STORE_RECV_CHUNKED_DATASET is False
+    marked = threading.Thread(target=lambda: None)
+    setattr(marked, chunked._MARK, True)
+    seen = []
+    marked.run = lambda: seen.append(dimse_messages._config.STORE_RECV_CHUNKED_DATASET)
+    marked.start()
+    marked.join()
+    assert seen == [True]

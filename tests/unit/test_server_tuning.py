@@ -46,8 +46,17 @@ def test_the_private_details_the_tuning_replaces_are_there():
 
 
 def _served(scp, title: str):
-    (assoc,) = [a for a in scp.ae.active_associations if a.is_established and a.requestor.ae_title == title]
-    return assoc
+    # pynetdicom's acceptor marks itself established just after sending the A-ASSOCIATE-AC: the
+    # requestor may see its association established a moment before.
+    import time
+
+    deadline = time.monotonic() + 5
+    while True:
+        served = [a for a in scp.ae.active_associations if a.is_established and a.requestor.ae_title == title]
+        if served or time.monotonic() > deadline:
+            (assoc,) = served
+            return assoc
+        time.sleep(0.01)
 
 
 def test_accepted_associations_wait_instead_of_sleeping_and_have_nagle_off(scp):

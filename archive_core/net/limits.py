@@ -46,7 +46,8 @@ class AssociationLimits:
             if len(live) >= self.total:
                 reason = f"{len(live)} associations open (DICOM_MAX_ASSOCIATIONS={self.total})"
             elif from_address >= self.per_address:
-                reason = f"{from_address} associations open from {address} (DICOM_MAX_ASSOCIATIONS_PER_ADDRESS={self.per_address})"
+                reason = (f"{from_address} associations open from {address} "
+                          f"(DICOM_MAX_ASSOCIATIONS_PER_ADDRESS={self.per_address})")
             else:
                 self._admitted.add(assoc)
                 return

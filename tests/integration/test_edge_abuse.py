@@ -253,7 +253,8 @@ def test_a_c_move_longer_than_the_idle_timeout_keeps_its_association(tmp_path):
             query.QueryRetrieveLevel = "STUDY"
             query.StudyInstanceUID = study_uid
             started = time.monotonic()
-            statuses = [int(st.Status) for st, _ in assoc.send_c_move(query, "SLOWWS", StudyRootQueryRetrieveInformationModelMove)]
+            responses = assoc.send_c_move(query, "SLOWWS", StudyRootQueryRetrieveInformationModelMove)
+            statuses = [int(st.Status) for st, _ in responses]
             assert statuses[-1] == 0x0000 and time.monotonic() - started > 3
             time.sleep(0.3)  # the server's reactor looks at its idle timer right after the move
             assert assoc.is_established

@@ -123,7 +123,8 @@ def test_a_dataset_received_on_disk_is_stored_byte_for_byte(archive, tmp_path):
     ds.save_as(received, enforce_file_format=True)
     data = dataset_in_file(received)
     outcome = archive.ingestor.receive(data, parse(data, ExplicitVRLittleEndian),
-                                       transfer_syntax_uid=ExplicitVRLittleEndian, identity=Identity.of(ds), source_ae="CT1")
+                                       transfer_syntax_uid=ExplicitVRLittleEndian, identity=Identity.of(ds),
+                                       source_ae="CT1")
     archive.ingestor.start(replay=False)
     assert archive.ingestor.wait_indexed(outcome.seq, timeout=30)
     stored = archive.store.read_bytes(Identity.of(ds).key)

@@ -85,7 +85,7 @@ def test_full_tiers_payant_the_desk_collects_nothing_and_the_claim_settles_it(ap
     _sign_in(client, people["front_desk"]["id"])
     page = client.get(f"/billing/invoices/{invoice['id']}").get_data(as_text=True)
     assert 'id="amount"' not in page and "Rien à encaisser" in page
-    assert re.search(r'id="patient-balance">0,00', page) and re.search(r'id="insurer-balance">4,00', page)
+    assert re.search(r'id="balance">0,00', page) and re.search(r'id="insurer-balance">4,00', page)
     response = client.post(f"/billing/invoices/{invoice['id']}/payments", data={"amount": "4,00", "method": "card"},
                            follow_redirects=True)
     assert "dépasse le reste dû par le patient" in response.get_data(as_text=True)
@@ -127,7 +127,7 @@ def test_without_tiers_payant_the_patient_pays_all_and_gets_a_receipted_invoice(
     assert (invoice["patient_balance_cents"], invoice["insurer_balance_cents"]) == (FEE, 0)
     _sign_in(client, people["front_desk"]["id"])
     page = client.get(f"/billing/invoices/{invoice['id']}").get_data(as_text=True)
-    assert 'id="insurer-balance"' not in page and re.search(r'id="patient-balance">4,00', page)
+    assert 'id="insurer-balance"' not in page and re.search(r'id="balance">4,00', page)
     assert 'value="4,00"' in page  # the form collects the whole fee
     # Bad input: asking for the receipted invoice before anything was paid.
     early = client.get(f"/api/v1/invoices/{invoice['id']}/receipted-invoice.pdf", headers=desk)
@@ -371,3 +371,110 @@ def test_credit_note_numbers_are_their_own_continuous_series(database_url):
                 (400, "credited", FEE)
     finally:
         engine.dispose()
+
+
+# -- one operation each, audited, committed only by the request ----------------------------------
+
+
+def _counts(app):
+    from sqlalchemy import func, select, text
+
+    from backoffice.billing.models import Claim, CreditNote, Invoice, NumberCounter
+
+    with app.extensions["archivage"].new_session() as s:
+        return {
+            "invoices": s.scalar(select(func.count(Invoice.id))),
+            "credit_notes": s.scalar(select(func.count(CreditNote.id))),
+            "payments": s.scalar(select(func.count(Payment.id))),
+            "closings": s.scalar(select(func.count(Closing.id))),
+            "claims": sorted(s.scalars(select(Claim.status))),
+            "counters": sorted(s.execute(select(NumberCounter.series, NumberCounter.last_value)).all()),
+            "audit": s.scalar(text("SELECT count(*) FROM audit_event")),
+        }
+
+
+ACTIONS = {
+    "issue": ("billing.invoice.issued", lambda c, h, ids: c.post("/api/v1/invoices", headers=h,
+                                                                 json={"exam_group_id": ids["group"]})),
+    "payment": ("billing.payment", lambda c, h, ids: c.post(f"/api/v1/invoices/{ids['invoice']}/payments",
+                                                            headers=h, json={"amount_cents": 100, "method": "cash"})),
+    "credit_note": ("billing.credit_note.issued", lambda c, h, ids: c.post(
+        f"/api/v1/invoices/{ids['invoice']}/credit-notes", headers=h, json={"reason": "r", "amount_cents": 100})),
+    "claim": ("billing.claim.settled", lambda c, h, ids: c.post(f"/api/v1/claims/{ids['claim']}/settle",
+                                                                headers=h, json={"paid": True})),
+    "closing": ("billing.closing", lambda c, h, ids: c.post("/api/v1/closings", headers=h, json={
+        "kind": "day", "period": S.paris_today().isoformat(), "counted_cash_cents": 0, "counted_cheque_cents": 0})),
+}
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+def test_an_operation_that_fails_at_its_audit_step_leaves_nothing(app, client, people, monkeypatch, action):
+    """Injected failure: the audit trail cannot be written (disk full) in the middle of an issue,
+    payment, credit note, claim settlement or closing. Nothing of it stays: no number taken, no
+    journal entry, the claim still open; the same request then succeeds and is audited."""
+    manager = people["manager"]["headers"]
+    invoice = _insured_invoice(client, people, coverage_bp=5_000, third_party=True, patient_id="F1")
+    group = _insured_invoice(client, people, coverage_bp=0, third_party=False, patient_id="F2", issue=False)
+    ids = {"invoice": invoice["id"], "group": group["id"], "claim": _claim_of(client, people, invoice["id"])["id"]}
+    event, call = ACTIONS[action]
+    before = _counts(app)
+    facade = app.extensions["archivage"]
+
+    def events():
+        from sqlalchemy import text
+
+        with facade.new_session() as s:
+            return s.execute(text("SELECT count(*) FROM audit_event WHERE action = :a"), {"a": event}).scalar()
+
+    events_before = events()
+    real_audit = facade.audit
+
+    def failing_audit(session, name, **kw):
+        if name == event:
+            raise OSError(28, "No space left on device")
+        return real_audit(session, name, **kw)
+
+    monkeypatch.setattr(facade, "audit", failing_audit)
+    with pytest.raises(OSError):
+        call(client, manager, ids)
+    assert _counts(app) == before
+    monkeypatch.setattr(facade, "audit", real_audit)
+    response = call(client, manager, ids)
+    assert response.status_code in (200, 201), response.get_json()
+    after = _counts(app)
+    assert after != before and after["audit"] > before["audit"]
+    assert events() == events_before + 1
+    with facade.new_session() as s:
+        assert S.verify_journal(s).ok
+
+
+def test_page_and_api_share_one_operation_with_its_audit_event(app, client, people):
+    """Before, the page's credit note and every refund wrote no audit event, and issuing was
+    written twice. The page and the API now leave the same trail."""
+    from sqlalchemy import text
+
+    desk = people["front_desk"]["headers"]
+    _sign_in(client, people["front_desk"]["id"])
+    by_api = _insured_invoice(client, people, coverage_bp=0, third_party=False, patient_id="AU1")
+    group = _insured_invoice(client, people, coverage_bp=0, third_party=False, patient_id="AU2", issue=False)
+    url = client.post(f"/billing/groups/{group['id']}/invoice", data={}).headers["Location"]
+    by_page = int(url.rstrip("/").split("/")[-1])
+    client.post(f"/api/v1/invoices/{by_api['id']}/payments", headers=desk, json={"amount_cents": 400,
+                                                                                  "method": "cash"})
+    client.post(f"/billing/invoices/{by_page}/payments", data={"amount": "4,00", "method": "cash"})
+    note = client.post(f"/api/v1/invoices/{by_api['id']}/credit-notes", headers=desk,
+                       json={"reason": "annulation"}).get_json()
+    client.post(f"/api/v1/credit-notes/{note['id']}/refunds", headers=desk, json={"amount_cents": 400,
+                                                                                  "method": "cash"})
+    client.post(f"/billing/invoices/{by_page}/credit-note", data={"reason": "annulation"})
+    page = client.get(f"/billing/invoices/{by_page}").get_data(as_text=True)
+    page_note = int(re.search(r'name="credit_note_id" value="(\d+)"', page).group(1))
+    client.post(f"/billing/invoices/{by_page}/refunds", data={"credit_note_id": page_note, "amount": "4,00",
+                                                               "method": "cash"})
+    with app.extensions["archivage"].new_session() as s:
+        rows = s.execute(text("SELECT action, patient_id FROM audit_event WHERE action LIKE 'billing.%' "
+                              "AND action NOT LIKE '%viewed' AND action NOT LIKE 'billing.membership%' "
+                              "AND action NOT LIKE 'billing.exam_group%' ORDER BY id")).all()
+    trail = {patient: [a for a, p in rows if p == patient] for patient in ("AU1", "AU2")}
+    assert trail["AU1"] == trail["AU2"] == ["billing.invoice.issued", "billing.payment",
+                                            "billing.credit_note.issued", "billing.refund"]

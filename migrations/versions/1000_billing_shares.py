@@ -31,7 +31,26 @@ def _triggers(create: bool, table: str) -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {table}_no_{verb.lower()}")
 
 
+def _foreign_keys(on: bool) -> None:
+    # SQLite rebuilds billing_credit_note (copy, drop, rename) and refunds in billing_payment refer
+    # to it: the drop would fail with foreign keys on (deferring them does not help: the implicit
+    # delete counts as a violation). The pragma only changes outside a transaction, hence the
+    # autocommit block; the references are checked again before they are switched back on.
+    if op.get_bind().dialect.name != "sqlite":
+        return
+    with op.get_context().autocommit_block():
+        raw = op.get_bind().connection.dbapi_connection
+        if raw.in_transaction:  # archive_core.db emits its own BEGIN, even in autocommit mode
+            raw.execute("COMMIT")
+        if on:
+            broken = raw.execute("PRAGMA foreign_key_check").fetchall()
+            if broken:
+                raise RuntimeError(f"foreign keys broken by the rebuild: {broken[:5]}")
+        raw.execute(f"PRAGMA foreign_keys = {'ON' if on else 'OFF'}")
+
+
 def upgrade() -> None:
+    _foreign_keys(False)
     _triggers(False, "billing_credit_note")
     _triggers(False, "billing_closing")
     with op.batch_alter_table("billing_credit_note", schema=None) as batch_op:
@@ -56,9 +75,11 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("cheque_difference_cents", sa.Integer(), nullable=True))
     _triggers(True, "billing_credit_note")
     _triggers(True, "billing_closing")
+    _foreign_keys(True)
 
 
 def downgrade() -> None:
+    _foreign_keys(False)
     _triggers(False, "billing_credit_note")
     _triggers(False, "billing_closing")
     with op.batch_alter_table("billing_closing", schema=None) as batch_op:
@@ -72,3 +93,4 @@ def downgrade() -> None:
         batch_op.create_unique_constraint("uq_billing_credit_note_invoice_id", ["invoice_id"])
     _triggers(True, "billing_credit_note")
     _triggers(True, "billing_closing")
+    _foreign_keys(True)

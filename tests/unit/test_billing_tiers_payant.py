@@ -478,3 +478,58 @@ def test_page_and_api_share_one_operation_with_its_audit_event(app, client, peop
     trail = {patient: [a for a, p in rows if p == patient] for patient in ("AU1", "AU2")}
     assert trail["AU1"] == trail["AU2"] == ["billing.invoice.issued", "billing.payment",
                                             "billing.credit_note.issued", "billing.refund"]
+
+
+def test_the_migration_keeps_earlier_credit_notes_and_their_immutability(database_url):
+    """A database with a full credit note on a tiers-payant invoice (made before partial credit
+    notes existed) upgrades: its split is filled in (the claim's part on the insurer), a second
+    credit note on the same invoice is allowed by the schema, and UPDATE is still refused."""
+    from sqlalchemy import text
+
+    from archive_core.db import make_engine
+    from backoffice.migrate import upgrade
+
+    upgrade(database_url, "0400_billing")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as c:
+            c.execute(text("INSERT INTO billing_exam_group (id, patient_id, visit_date, exam_group, consent, "
+                           "created_by, created_at) VALUES (1, 'M1', '2026-03-10', 'echographie', 'accepted', 't', "
+                           "'2026-03-10 09:00:00')"))
+            c.execute(text("INSERT INTO billing_insurer (id, name, amc_number, coverage_bp, flat_cents, "
+                           "third_party_payment, created_at) VALUES (1, 'M', 'A', 5000, 0, true, "
+                           "'2026-03-10 09:00:00')"))
+            c.execute(text("INSERT INTO billing_invoice (id, number, series, sequence, group_id, issued_at, issued_by, "
+                           "patient_id, visit_date, exam_group, exam_group_label, total_cents, insurer_cents, "
+                           "patient_cents, insurer_id, third_party_payment) VALUES (1, '2026-000001', '2026', 1, 1, "
+                           "'2026-03-10 09:00:00', 't', 'M1', '2026-03-10', 'echographie', 'Écho', 400, 150, 250, "
+                           "1, true)"))
+            c.execute(text("INSERT INTO billing_claim (id, invoice_id, insurer_id, amount_cents, status) "
+                           "VALUES (1, 1, 1, 150, 'cancelled')"))
+            c.execute(text("INSERT INTO billing_credit_note (id, number, series, sequence, invoice_id, reason, "
+                           "total_cents, issued_at, issued_by) VALUES (1, 'AV-2026-000001', 'AV-2026', 1, 1, 'r', "
+                           "-400, '2026-03-11 09:00:00', 't')"))
+            # A refund tied to the credit note: the table rebuilt on SQLite keeps what refers to it.
+            c.execute(text("INSERT INTO billing_payment (id, invoice_id, amount_cents, method, payer, credit_note_id, "
+                           "received_at, received_by, paris_day, prev_hash, hash) VALUES (1, 1, 250, 'cash', "
+                           "'patient', NULL, '2026-03-10 09:30:00', 't', '2026-03-10', 'x', 'y'), (2, 1, -250, "
+                           "'cash', 'patient', 1, '2026-03-11 09:30:00', 't', '2026-03-11', 'y', 'z')"))
+        upgrade(database_url)
+        with engine.begin() as c:
+            assert c.execute(text("SELECT patient_cents, insurer_cents FROM billing_credit_note")).one() == (-250, -150)
+            assert c.execute(text("SELECT count(*) FROM billing_payment WHERE credit_note_id = 1")).scalar() == 1
+            c.execute(text("INSERT INTO billing_credit_note (id, number, series, sequence, invoice_id, reason, "
+                           "total_cents, patient_cents, insurer_cents, issued_at, issued_by) VALUES (2, "
+                           "'AV-2026-000002', 'AV-2026', 2, 1, 'r', -1, -1, 0, '2026-03-11 09:00:00', 't')"))
+        with pytest.raises(Exception, match="append-only"):
+            with engine.begin() as c:
+                c.execute(text("UPDATE billing_credit_note SET reason = 'changed' WHERE id = 1"))
+        with pytest.raises(Exception, match="append-only"):
+            with engine.begin() as c:
+                c.execute(text("DELETE FROM billing_closing"))
+                c.execute(text("INSERT INTO billing_closing (kind, period, totals_json, total_cents, payment_count, "
+                               "last_payment_hash, signed_by, signed_at) VALUES ('day', '2026-03-10', '{}', 0, 0, "
+                               "'0', 't', '2026-03-10 19:00:00')"))
+                c.execute(text("UPDATE billing_closing SET counted_cash_cents = 5"))
+    finally:
+        engine.dispose()

@@ -299,14 +299,18 @@ def credit_note_pdf(note_id: int):
 
 
 @api_route("/credit-notes/<int:note_id>/refunds", methods=("POST",), roles=DESK,
-           summary="Refund money paid on a credited invoice",
-           request_body={"type": "object", "required": ["amount_cents", "method"]},
+           summary="Refund what the patient (default) or the insurer paid beyond what remains owed after a credit note",
+           request_body={"type": "object", "required": ["amount_cents", "method"],
+                         "properties": {"amount_cents": {"type": "integer"},
+                                        "method": {"enum": ["cash", "card", "cheque", "transfer"]},
+                                        "payer": {"enum": ["patient", "insurer"]}}},
            responses={"201": {"description": "Created"}})
 def refund(note_id: int):
     body = json_body()
-    payment, _invoice = operations.refund(note_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
-                                          actor=current_api_user().login)
-    return jsonify({"id": payment.id, "amount_cents": payment.amount_cents, "method": payment.method}), 201
+    payment, invoice = operations.refund(note_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
+                                         payer=body.get("payer", "patient"), actor=current_api_user().login)
+    return jsonify({"id": payment.id, "amount_cents": payment.amount_cents, "method": payment.method,
+                    "payer": payment.payer, "invoice": _invoice_json(invoice)}), 201
 
 
 def _pdf_response(data: bytes, filename: str) -> Response:

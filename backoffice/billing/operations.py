@@ -53,13 +53,16 @@ def issue_credit_note(invoice_id: int, *, reason: str, actor: str,
     return note, invoice
 
 
-def refund(credit_note_id: int, *, amount_cents: int, method: str, actor: str) -> tuple[Payment, Invoice]:
-    """Give the patient back what was paid beyond what remains owed after a credit note."""
+def refund(credit_note_id: int, *, amount_cents: int, method: str, actor: str,
+           payer: str = "patient") -> tuple[Payment, Invoice]:
+    """Give back what the patient (or the insurer) paid beyond what remains owed after a credit note."""
     session = db()
-    payment = S.refund(session, credit_note_id, amount_cents=amount_cents, method=method, refunded_by=actor)
+    payment = S.refund(session, credit_note_id, amount_cents=amount_cents, method=method, refunded_by=actor,
+                       payer=payer)
     invoice = S.get_invoice(session, payment.invoice_id)
     facade().audit(session, "billing.refund", actor=actor, patient_id=invoice.patient_id,
-                   detail={"number": invoice.number, "payment_id": payment.id, "amount_cents": payment.amount_cents})
+                   detail={"number": invoice.number, "payment_id": payment.id, "amount_cents": payment.amount_cents,
+                           "payer": payment.payer})
     return payment, invoice
 
 

@@ -581,6 +581,10 @@ class InvoiceState:
         return self.insurer_balance_cents
 
     @property
+    def insurer_refund_due_cents(self) -> int:
+        return self.refund_due_cents - self.patient_refund_due_cents
+
+    @property
     def creditable_cents(self) -> int:
         return self.total_cents - self.credited_cents
 
@@ -805,19 +809,24 @@ def pay(session: Session, invoice_id: int, *, amount_cents: int, method: str,
     return payment, _state(invoice, {**paid, "patient": paid.get("patient", 0) + amount_cents}, credit, claim)
 
 
-def refund(session: Session, credit_note_id: int, *, amount_cents: int, method: str, refunded_by: str) -> Payment:
-    """Give the patient back money paid beyond what remains owed after a credit note (a negative entry)."""
+def refund(session: Session, credit_note_id: int, *, amount_cents: int, method: str, refunded_by: str,
+           payer: str = "patient") -> Payment:
+    """Give back what *payer* (the patient, or the insurer under tiers payant) paid beyond what it
+    owes after a credit note: a negative journal entry tied to the credit note."""
     note = session.get(CreditNote, credit_note_id)
     if note is None:
         raise NotFound("no such credit note")
+    if payer not in ("patient", "insurer"):
+        raise Invalid("payer must be patient or insurer")
     _check_amount(amount_cents, method)
     _lock_journal(session)
     state = invoice_state(session, get_invoice(session, note.invoice_id))
-    if amount_cents > state.patient_refund_due_cents:
-        raise Conflict(f"refund refused: only {format_euros(state.patient_refund_due_cents)} was paid by the "
-                       "patient beyond what remains owed, and not refunded", code="over_refund")
+    due = state.patient_refund_due_cents if payer == "patient" else state.insurer_refund_due_cents
+    if amount_cents > due:
+        raise Conflict(f"refund refused: only {format_euros(due)} was paid by the {payer} beyond what remains "
+                       "owed, and not refunded", code="over_refund")
     return _append_payment(session, locked=True, invoice_id=note.invoice_id, amount_cents=-amount_cents,
-                           method=method, payer="patient", credit_note_id=note.id, received_by=refunded_by)
+                           method=method, payer=payer, credit_note_id=note.id, received_by=refunded_by)
 
 
 @dataclass(frozen=True)

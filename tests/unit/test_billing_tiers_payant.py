@@ -100,6 +100,29 @@ def test_full_tiers_payant_the_desk_collects_nothing_and_the_claim_settles_it(ap
     assert (after["insurer_balance_cents"], after["patient_balance_cents"], after["status"]) == (0, 0, "paid")
 
 
+def test_a_credit_note_after_the_insurer_paid_is_refunded_to_the_insurer(client, people):
+    """100 % tiers payant, the claim paid, then the invoice cancelled: the 4,00 go back to the
+    insurer, not to the patient (who paid nothing: refunding them is the bad input)."""
+    desk = people["front_desk"]["headers"]
+    invoice = _insured_invoice(client, people, coverage_bp=10_000, third_party=True, patient_id="RI1")
+    claim = _claim_of(client, people, invoice["id"])
+    client.post(f"/api/v1/claims/{claim['id']}/settle", headers=people["manager"]["headers"], json={"paid": True})
+    note = client.post(f"/api/v1/invoices/{invoice['id']}/credit-notes", headers=desk,
+                       json={"reason": "examen non réalisé"}).get_json()
+    assert (note["patient_cents"], note["insurer_cents"]) == (0, -FEE)
+    state = client.get(f"/api/v1/invoices/{invoice['id']}", headers=desk).get_json()
+    assert (state["status"], state["balance_cents"], state["refund_due_cents"]) == ("credited", 0, FEE)
+    _sign_in(client, people["front_desk"]["id"])
+    page = client.get(f"/billing/invoices/{invoice['id']}").get_data(as_text=True)
+    assert re.search(r'id="insurer-refund-due">4,00', page) and 'id="refund-form"' not in page
+    to_patient = client.post(f"/api/v1/credit-notes/{note['id']}/refunds", headers=desk,
+                             json={"amount_cents": FEE, "method": "transfer"})
+    assert to_patient.status_code == 409 and to_patient.get_json()["error"]["code"] == "over_refund"
+    done = client.post(f"/api/v1/credit-notes/{note['id']}/refunds", headers=desk,
+                       json={"amount_cents": FEE, "method": "transfer", "payer": "insurer"})
+    assert done.status_code == 201 and done.get_json()["invoice"]["refund_due_cents"] == 0
+
+
 def test_rejected_claim_moves_the_insurer_part_to_the_patient(client, people):
     """50 % tiers payant, the patient pays their half, the insurer rejects: the other half is the patient's."""
     desk = people["front_desk"]["headers"]
@@ -170,6 +193,18 @@ def test_fec_books_each_receivable_on_whoever_owes_it(client, people):
     assert tp_sale == {"411000": ("2,00", "0,00"), "411100": ("2,00", "0,00"), "706000": ("0,00", "4,00")}
     moved = {r[4]: (r[11], r[12]) for r in rows if r[0] == "OD" and r[8] == tp["number"]}
     assert moved == {"411000": ("2,00", "0,00"), "411100": ("0,00", "2,00")}
+    # A credit note of 3,00 on a third tiers-payant invoice: 2,00 off the patient, 1,00 off the insurer.
+    third = _insured_invoice(client, people, coverage_bp=5_000, third_party=True, patient_id="TP3")
+    note = client.post(f"/api/v1/invoices/{third['id']}/credit-notes", headers=people["front_desk"]["headers"],
+                       json={"reason": "geste", "amount_cents": 300}).get_json()
+    assert (note["patient_cents"], note["insurer_cents"]) == (-200, -100)
+    rows = _fec_rows(client, people)
+    credit = {r[4]: (r[11], r[12]) for r in rows if r[8] == note["number"]}
+    assert credit == {"706000": ("3,00", "0,00"), "411000": ("0,00", "2,00"), "411100": ("0,00", "1,00")}
+    entries: dict[str, int] = {}
+    for r in rows:  # every entry balances
+        entries[r[2]] = entries.get(r[2], 0) + int(r[11].replace(",", "")) - int(r[12].replace(",", ""))
+    assert set(entries.values()) == {0}
 
 
 def test_a_study_moves_only_between_groups_of_the_same_patient(app, client, people):
@@ -283,7 +318,8 @@ def hypothesis_engine(tmp_path_factory):
     engine.dispose()
 
 
-OPERATIONS = st.lists(st.tuples(st.sampled_from(["pay", "credit", "refund", "settle_paid", "settle_rejected"]),
+OPERATIONS = st.lists(st.tuples(st.sampled_from(["pay", "credit", "refund", "refund_insurer", "settle_paid",
+                                                 "settle_rejected"]),
                                 st.integers(1, 600)), max_size=8)
 
 
@@ -313,10 +349,11 @@ def test_balances_add_up_after_any_sequence(hypothesis_engine, fee, coverage, fl
                     S.record_payment(s, invoice.id, amount_cents=amount, method="cash", received_by="t")
                 elif op == "credit":
                     S.issue_credit_note(s, invoice.id, reason="r", issued_by="t", amount_cents=amount)
-                elif op == "refund":
+                elif op.startswith("refund"):
                     notes = S.credit_notes_of(s, invoice.id)
                     if notes:
-                        S.refund(s, notes[-1].id, amount_cents=amount, method="cash", refunded_by="t")
+                        S.refund(s, notes[-1].id, amount_cents=amount, method="cash", refunded_by="t",
+                                 payer="insurer" if op == "refund_insurer" else "patient")
                 elif claim is not None:
                     S.settle_claim(s, claim.id, paid=op == "settle_paid", by="t")
             except S.BillingError:

@@ -1,14 +1,14 @@
 """billing: partial credit notes (several per invoice, each split between patient and insurer),
 counted cash and cheques at day closing
 
-Revision ID: 1000_billing_shares
+Revision ID: 1020_billing_shares
 Revises: 0400_billing
 """
 from alembic import op
 import sqlalchemy as sa
 
 
-revision = "1000_billing_shares"
+revision = "1020_billing_shares"
 down_revision = "0400_billing"
 branch_labels = None
 depends_on = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, g
 from flask_login import LoginManager
 from flask_wtf import CSRFProtect
@@ -23,6 +25,7 @@ def init_app(app: Flask) -> None:
 
     @app.teardown_appcontext
     def _close_session(exc: BaseException | None) -> None:
+        g.pop("after_commit", None)
         session: Session | None = g.pop("db", None)
         if session is not None:
             session.rollback()  # whatever the request did not commit (it failed) is undone
@@ -36,6 +39,7 @@ def init_app(app: Flask) -> None:
         # session is rolled back (its after-rollback hooks drop files written for it) before any
         # handler runs. This app's own method, not a process-wide patch.
         session: Session | None = g.get("db")
+        g.pop("after_commit", None)
         if session is not None:
             session.rollback()
         return handle_user_exception(exc)
@@ -48,12 +52,30 @@ def init_app(app: Flask) -> None:
         session: Session | None = g.get("db")
         if session is not None and response.status_code < 400:
             session.commit()
+            for hook in g.pop("after_commit", []):
+                try:
+                    hook()
+                except Exception:  # the request's work is committed: log, never undo it
+                    logging.getLogger(__name__).exception("after-commit work failed")
         elif session is not None:
             # Undone now rather than at teardown: the write lock must be free before the session is saved.
+            g.pop("after_commit", None)
             session.rollback()
         return response
 
     from backoffice.auth import models  # noqa: F401  (user loader registration)
+
+
+def after_commit(hook) -> None:
+    """Run *hook* once the request's transaction has committed (PDF rendering, jobs); dropped on rollback."""
+    g.setdefault("after_commit", []).append(hook)
+
+
+def rollback() -> None:
+    """Undo the request's work so far (a handled domain error) and forget its after-commit work."""
+    g.pop("after_commit", None)
+    if "db" in g:
+        g.db.rollback()
 
 
 def facade() -> "api.ArchiveFacade":

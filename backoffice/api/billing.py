@@ -9,10 +9,10 @@ from flask import Response, jsonify, request
 from sqlalchemy import select
 
 from backoffice.api import ApiError, api_route, bp, current_api_user, json_body, page, page_args
-from backoffice.billing import documents
-from backoffice.billing.arrivals import attach_before_issue, sync_from_archive
+from backoffice.billing import documents, operations
+from backoffice.billing.arrivals import sync_from_archive
 from backoffice.billing import services as S
-from backoffice.billing.models import Claim, ExamGroup, Insurer, Invoice
+from backoffice.billing.models import Claim, CreditNote, ExamGroup, Insurer, Invoice
 from backoffice.extensions import db, facade
 from backoffice.errors import db_int
 
@@ -188,9 +188,13 @@ def _invoice_json(invoice: Invoice, state: S.InvoiceState | None = None) -> dict
         "total_cents": invoice.total_cents, "insurer_cents": invoice.insurer_cents,
         "patient_cents": invoice.patient_cents, "insurer_id": invoice.insurer_id,
         "third_party_payment": invoice.third_party_payment, "paid_cents": state.paid_cents,
-        "balance_cents": state.balance_cents, "patient_due_cents": state.patient_due_cents,
-        "insurer_due_cents": state.insurer_due_cents, "status": state.status,
-        "credit_note_id": state.credit_note_id,
+        "balance_cents": state.balance_cents,
+        "patient_balance_cents": state.patient_balance_cents, "insurer_balance_cents": state.insurer_balance_cents,
+        "patient_paid_cents": state.patient_paid_cents, "insurer_paid_cents": state.insurer_paid_cents,
+        "credited_cents": state.credited_cents, "refund_due_cents": state.refund_due_cents,
+        # former names of the two balances
+        "patient_due_cents": state.patient_balance_cents, "insurer_due_cents": state.insurer_balance_cents,
+        "status": state.status, "claim_status": state.claim_status, "credit_note_id": state.credit_note_id,
     }
 
 
@@ -200,18 +204,13 @@ def _invoice_json(invoice: Invoice, state: S.InvoiceState | None = None) -> dict
            responses={"201": {"description": "Created"}})
 def issue_invoice():
     body = json_body()
-    session = db()  # a POST: its transaction took the write lock up front (numbering)
-    group_id = _int_field(body, "exam_group_id")
-    group = attach_before_issue(group_id)  # noqa: F841 -- held: issue_invoice finds it without a query
-    invoice = S.issue_invoice(session, group_id, issued_by=current_api_user().login,
-                              payer_name=body.get("payer_name"))
-    facade().audit(session, "billing.invoice.issued", actor=current_api_user().login,
-                   patient_id=invoice.patient_id, detail={"number": invoice.number})
-    payload = _invoice_json(invoice, S.issued_state(invoice))
-    # Commit now: the numbering lock is released before the slow part (the PDF).
-    session.commit()
-    documents.render_after_issue(invoice.id)
-    return jsonify(payload), 201
+    payer_name = body.get("payer_name")
+    if payer_name is not None and not isinstance(payer_name, str):
+        raise ApiError(400, "bad_request", "payer_name must be a string")
+    # The request commits at its end (the numbering lock is released then); the PDF follows the commit.
+    invoice, state = operations.issue_invoice(_int_field(body, "exam_group_id"), actor=current_api_user().login,
+                                              payer_name=payer_name)
+    return jsonify(_invoice_json(invoice, state)), 201
 
 
 @api_route("/invoices", roles=DESK, summary="Invoices, newest first (optionally of one patient)",
@@ -250,41 +249,68 @@ def get_invoice(invoice_id: int):
                                         "method": {"enum": ["cash", "card", "cheque", "transfer"]}}},
            responses={"201": {"description": "Created"}})
 def record_payment(invoice_id: int):
+    """The desk collects the patient's part; more than the patient owes answers 409 ``overpayment``."""
     body = json_body()
-    invoice = S.get_invoice(db(), invoice_id)  # held here: the service's own read is then free
-    payment, after = S.pay(db(), invoice_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
-                           received_by=current_api_user().login)
-    facade().audit(db(), "billing.payment", actor=current_api_user().login, patient_id=invoice.patient_id,
-                   detail={"number": invoice.number, "payment_id": payment.id})
+    payment, after, invoice = operations.record_payment(invoice_id, amount_cents=body.get("amount_cents"),
+                                                        method=body.get("method"), actor=current_api_user().login)
     state = _invoice_json(invoice, after)
     return jsonify({"id": payment.id, "invoice_id": invoice.id, "amount_cents": payment.amount_cents,
                     "method": payment.method, "received_at": _utc_iso(payment.received_at),
-                    "balance_cents": state["balance_cents"], "status": state["status"], "invoice": state}), 201
+                    "balance_cents": state["balance_cents"], "patient_balance_cents": state["patient_balance_cents"],
+                    "insurer_balance_cents": state["insurer_balance_cents"], "status": state["status"],
+                    "invoice": state}), 201
+
+
+def _note_json(note: CreditNote) -> dict:
+    return {"id": note.id, "number": note.number, "total_cents": note.total_cents,
+            "patient_cents": note.patient_cents, "insurer_cents": note.insurer_cents, "invoice_id": note.invoice_id,
+            "reason": note.reason, "issued_at": _utc_iso(note.issued_at)}
 
 
 @api_route("/invoices/<int:invoice_id>/credit-notes", methods=("POST",), roles=DESK,
-           summary="Cancel an invoice with a credit note (its own series, negative total)",
-           request_body={"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string"}}},
+           summary="A credit note for all (no amount) or part of what remains creditable (own series, negative total)",
+           request_body={"type": "object", "required": ["reason"],
+                         "properties": {"reason": {"type": "string"}, "amount_cents": {"type": "integer"}}},
            responses={"201": {"description": "Created"}})
 def issue_credit_note(invoice_id: int):
     body = json_body()
-    note = S.issue_credit_note(db(), invoice_id, reason=body.get("reason"), issued_by=current_api_user().login)
-    invoice = S.get_invoice(db(), invoice_id)
-    facade().audit(db(), "billing.credit_note.issued", actor=current_api_user().login,
-                   patient_id=invoice.patient_id, detail={"number": note.number, "invoice": invoice.number})
-    return jsonify({"id": note.id, "number": note.number, "total_cents": note.total_cents,
-                    "invoice_id": invoice.id, "reason": note.reason}), 201
+    note, _invoice = operations.issue_credit_note(invoice_id, reason=body.get("reason"),
+                                                  amount_cents=body.get("amount_cents"),
+                                                  actor=current_api_user().login)
+    return jsonify(_note_json(note)), 201
+
+
+@api_route("/invoices/<int:invoice_id>/credit-notes", roles=DESK, summary="The credit notes of an invoice")
+def list_credit_notes(invoice_id: int):
+    S.get_invoice(db(), invoice_id)
+    return jsonify({"items": [_note_json(n) for n in S.credit_notes_of(db(), invoice_id)]})
+
+
+@api_route("/credit-notes/<int:note_id>/credit-note.pdf", roles=DESK, summary="The credit note as issued (stored)")
+def credit_note_pdf(note_id: int):
+    note = db().get(CreditNote, note_id)
+    if note is None:
+        raise S.NotFound("no such credit note")
+    invoice = S.get_invoice(db(), note.invoice_id)
+    data = documents.credit_note_pdf(facade().new_session, note.id)
+    facade().audit_now("billing.credit_note.printed", actor=current_api_user().login, patient_id=invoice.patient_id,
+                       detail={"number": note.number})
+    return _pdf_response(data, f"avoir-{note.number}.pdf")
 
 
 @api_route("/credit-notes/<int:note_id>/refunds", methods=("POST",), roles=DESK,
-           summary="Refund money paid on a credited invoice",
-           request_body={"type": "object", "required": ["amount_cents", "method"]},
+           summary="Refund what the patient (default) or the insurer paid beyond what remains owed after a credit note",
+           request_body={"type": "object", "required": ["amount_cents", "method"],
+                         "properties": {"amount_cents": {"type": "integer"},
+                                        "method": {"enum": ["cash", "card", "cheque", "transfer"]},
+                                        "payer": {"enum": ["patient", "insurer"]}}},
            responses={"201": {"description": "Created"}})
 def refund(note_id: int):
     body = json_body()
-    payment = S.refund(db(), note_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
-                       refunded_by=current_api_user().login)
-    return jsonify({"id": payment.id, "amount_cents": payment.amount_cents, "method": payment.method}), 201
+    payment, invoice = operations.refund(note_id, amount_cents=body.get("amount_cents"), method=body.get("method"),
+                                         payer=body.get("payer", "patient"), actor=current_api_user().login)
+    return jsonify({"id": payment.id, "amount_cents": payment.amount_cents, "method": payment.method,
+                    "payer": payment.payer, "invoice": _invoice_json(invoice)}), 201
 
 
 def _pdf_response(data: bytes, filename: str) -> Response:
@@ -313,6 +339,16 @@ def receipt_pdf(invoice_id: int):
     return _pdf_response(data, f"recu-{invoice.number}.pdf")
 
 
+@api_route("/invoices/<int:invoice_id>/receipted-invoice.pdf", roles=DESK,
+           summary="The receipted invoice (facture acquittée) once the patient paid their part; 409 before")
+def receipted_invoice_pdf(invoice_id: int):
+    invoice = S.get_invoice(db(), invoice_id)
+    data = documents.render_receipted_invoice(db(), invoice)
+    facade().audit_now("billing.receipted_invoice.printed", actor=current_api_user().login,
+                       patient_id=invoice.patient_id, detail={"number": invoice.number})
+    return _pdf_response(data, f"facture-acquittee-{invoice.number}.pdf")
+
+
 # -- claims and closings (manager) ---------------------------------------------------------------
 
 
@@ -338,14 +374,18 @@ def settle_claim(claim_id: int):
     body = json_body()
     if not isinstance(body.get("paid"), bool):
         raise ApiError(400, "bad_request", "paid must be true or false")
-    claim = S.settle_claim(db(), claim_id, paid=body["paid"], by=current_api_user().login, reason=body.get("reason"))
-    return jsonify({"id": claim.id, "status": claim.status})
+    claim = operations.settle_claim(claim_id, paid=body["paid"], actor=current_api_user().login,
+                                    reason=body.get("reason"))
+    return jsonify({"id": claim.id, "status": claim.status,
+                    "invoice": _invoice_json(S.get_invoice(db(), claim.invoice_id))})
 
 
 @api_route("/closings", methods=("POST",), roles=DESK,
            summary="Close a day (front desk, manager), a month or a year (manager)",
            request_body={"type": "object", "required": ["kind", "period"],
-                         "properties": {"kind": {"enum": ["day", "month", "year"]}, "period": {"type": "string"}}},
+                         "properties": {"kind": {"enum": ["day", "month", "year"]}, "period": {"type": "string"},
+                                        "counted_cash_cents": {"type": "integer"},
+                                        "counted_cheque_cents": {"type": "integer"}}},
            responses={"201": {"description": "Created"}})
 def close_period():
     body = json_body()
@@ -354,10 +394,22 @@ def close_period():
         raise ApiError(400, "bad_request", "kind must be day, month or year")
     if kind != "day" and current_api_user().role != "manager":
         raise ApiError(403, "forbidden", "only a manager closes months and years")
-    closing = S.close_period(db(), kind, str(body.get("period", "")), signed_by=current_api_user().login)
+    closing = operations.close_period(kind, str(body.get("period", "")), actor=current_api_user().login,
+                                      counted_cash_cents=body.get("counted_cash_cents"),
+                                      counted_cheque_cents=body.get("counted_cheque_cents"))
     return jsonify({"id": closing.id, "kind": closing.kind, "period": closing.period,
                     "total_cents": closing.total_cents, "payment_count": closing.payment_count,
+                    "counted_cash_cents": closing.counted_cash_cents,
+                    "counted_cheque_cents": closing.counted_cheque_cents,
+                    "cash_difference_cents": closing.cash_difference_cents,
+                    "cheque_difference_cents": closing.cheque_difference_cents,
                     "signed_by": closing.signed_by}), 201
+
+
+@api_route("/closings/<int:closing_id>/report.pdf", roles=DESK, summary="The Z report of a closing (PDF)")
+def closing_report(closing_id: int):
+    closing = S.get_closing(db(), closing_id)
+    return _pdf_response(documents.render_closing_report(db(), closing), f"cloture-{closing.period}.pdf")
 
 
 

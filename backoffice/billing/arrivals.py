@@ -30,8 +30,9 @@ def sync_from_archive(*, visit_date: date | None, patient_id: str | None) -> Non
         except IntegrityError:  # another request attached them at the same moment (PostgreSQL)
             if attempt == 2:
                 raise
-    # End the request's read transaction: its snapshot predates what was just attached.
-    db().commit()
+    # End the request's read transaction (a GET: nothing of its own to keep) so that its next read
+    # sees what was just attached; rolling back, not committing: only the request's end commits.
+    db().rollback()
 
 
 def attach_before_issue(group_id: int) -> ExamGroup | None:

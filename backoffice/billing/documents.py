@@ -111,45 +111,76 @@ def read_document(document: InvoiceDocument) -> bytes:
     return data
 
 
-def _stored(session: Session, invoice_id: int) -> InvoiceDocument | None:
-    return session.scalar(select(InvoiceDocument).where(InvoiceDocument.kind == "invoice",
-                                                        InvoiceDocument.ref_id == invoice_id))
+def _stored(session: Session, ref_id: int, kind: str = "invoice") -> InvoiceDocument | None:
+    return session.scalar(select(InvoiceDocument).where(InvoiceDocument.kind == kind,
+                                                        InvoiceDocument.ref_id == ref_id))
 
 
 def invoice_pdf(new_session, invoice_id: int) -> bytes:
-    """The invoice as issued: the stored PDF, or rendered and stored now (once) if not yet done.
+    """The invoice as issued: the stored PDF, or rendered and stored now (once) if not yet done."""
+
+    def render(s: Session):
+        invoice = services.get_invoice(s, invoice_id)
+        return invoice.series, invoice.number, render_invoice(s, invoice)
+
+    return _stored_pdf(new_session, "invoice", invoice_id, "invoices", render)
+
+
+def credit_note_pdf(new_session, note_id: int) -> bytes:
+    """The credit note as issued (stored like invoices: every reprint serves the same bytes)."""
+
+    def render(s: Session):
+        note = s.get(CreditNote, note_id)
+        if note is None:
+            raise services.NotFound("no such credit note")
+        invoice = services.get_invoice(s, note.invoice_id)
+        html = _render_html("billing/credit_note_pdf.html", note=note, invoice=invoice, **_helpers())
+        return note.series, note.number, _pdf(html)
+
+    return _stored_pdf(new_session, "credit_note", note_id, "credit_notes", render)
+
+
+def _stored_pdf(new_session, kind: str, ref_id: int, folder_name: str, render) -> bytes:
+    """The stored PDF of (*kind*, *ref_id*), or rendered by *render* and stored now (once).
 
     Rendering happens in a read transaction; only the short insert of its record takes the write
     lock. If two renders race, the first record wins and the loser's file is removed, so every
     print serves the same bytes.
     """
     with new_session() as s:
-        document = _stored(s, invoice_id)
+        document = _stored(s, ref_id, kind)
         if document is not None:
             return read_document(document)
-        invoice = services.get_invoice(s, invoice_id)
-        number, series = invoice.number, invoice.series
-        data = render_invoice(s, invoice)
+        series, number, data = render(s)
     digest = hashlib.sha256(data).hexdigest()
-    folder = documents_dir() / "invoices" / series
+    folder = documents_dir() / folder_name / series
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = folder / f"{number}-{digest[:12]}.pdf"
     _write_atomically(path, data)
     try:
         with new_session(write=True) as s:
-            document = _stored(s, invoice_id)
+            document = _stored(s, ref_id, kind)
             if document is None:
-                s.add(InvoiceDocument(kind="invoice", ref_id=invoice_id, sha256=digest,
+                s.add(InvoiceDocument(kind=kind, ref_id=ref_id, sha256=digest,
                                       path=str(path.relative_to(documents_dir()))))
                 s.commit()
                 return data
     except IntegrityError:  # PostgreSQL: another render committed first
         document = None
     with new_session() as s:
-        document = document or _stored(s, invoice_id)
+        document = document or _stored(s, ref_id, kind)
         if document is not None and document.path != str(path.relative_to(documents_dir())):
             path.unlink(missing_ok=True)
         return read_document(document)
+
+
+def render_credit_note_after_issue(note_id: int) -> None:
+    """Store a just-issued credit note's PDF after commit; a failure is logged (rendered on first print)."""
+    app = current_app._get_current_object()
+    try:
+        credit_note_pdf(app.extensions["archivage"].new_session, note_id)
+    except Exception:
+        log.exception("rendering credit note %s failed; it will be rendered on first print", note_id)
 
 
 def render_after_issue(invoice_id: int) -> None:
@@ -208,8 +239,34 @@ def render_receipt(session: Session, invoice: Invoice, payment_id: int | None = 
         if not payments:
             raise services.NotFound("no such payment on this invoice")
     state = services.invoice_state(session, invoice)
-    credit = session.scalar(select(CreditNote).where(CreditNote.invoice_id == invoice.id))
+    credits = services.credit_notes_of(session, invoice.id)
     html = _render_html("billing/receipt_pdf.html", invoice=invoice, payments=payments, state=state,
-                           credit=credit, now=services.utcnow(), status_label=STATUS_LABELS[state.status],
+                           credits=credits, now=services.utcnow(), status_label=STATUS_LABELS[state.status],
                            **_helpers())
+    return _pdf(html)
+
+
+def render_receipted_invoice(session: Session, invoice: Invoice) -> bytes:
+    """The facture acquittée: the invoice, "Acquittée le …" and the patient's payments, for the
+    patient to claim reimbursement from the mutual insurer. Only once the patient owes nothing."""
+    state = services.invoice_state(session, invoice)
+    payments = list(session.scalars(select(Payment).where(Payment.invoice_id == invoice.id).order_by(Payment.id)))
+    if state.status == "credited" or state.patient_balance_cents > 0 or state.patient_paid_cents <= 0:
+        raise services.Conflict("a receipted invoice is issued once the patient has paid their part in full",
+                                code="not_paid")
+    settled_on = max(p.received_at for p in payments if p.payer == "patient" and p.amount_cents > 0)
+    html = _render_html("billing/receipted_invoice_pdf.html", invoice=invoice, payments=payments, state=state,
+                        credits=services.credit_notes_of(session, invoice.id), settled_on=settled_on,
+                        now=services.utcnow(), **_helpers())
+    return _pdf(html)
+
+
+def render_closing_report(session: Session, closing) -> bytes:
+    """The Z report of a closing: totals per method, the drawer counted and its difference, the entries."""
+    import json
+
+    rows = services.period_payments(session, closing.kind, closing.period)
+    html = _render_html("billing/closing_pdf.html", closing=closing, totals=json.loads(closing.totals_json),
+                        expected=json.loads(closing.expected_json) if closing.expected_json else {},
+                        rows=rows, now=services.utcnow(), **_helpers())
     return _pdf(html)

@@ -8,7 +8,7 @@ from datetime import date, datetime, time, timedelta, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backoffice.billing.models import CreditNote, Invoice, Payment
+from backoffice.billing.models import Claim, CreditNote, Invoice, Payment
 from backoffice.billing.services import PARIS, paris_day
 from backoffice.spreadsheet import SafeWriter, safe_cell
 
@@ -52,11 +52,19 @@ def invoices_csv(session: Session, start: date, end: date) -> str:
     return out.getvalue()
 
 
+def _patient(inv: Invoice, debit: int, credit: int) -> tuple:
+    return ("411000", "Clients", inv.patient_id, inv.patient_name or inv.patient_id, debit, credit)
+
+
+def _insurer(inv: Invoice, debit: int, credit: int) -> tuple:
+    return ("411100", "Mutuelles", f"AMC{inv.insurer_id}", inv.insurer_name or "", debit, credit)
+
+
 def fec(session: Session, start: date, end: date) -> str:
     """Fichier des écritures comptables (article A47 A-1 du LPF): tab-separated, one line per entry line."""
     lo, hi = utc_bounds(start, end)
     lines: list[list[str]] = []
-    counters = {"VE": 0, "BQ": 0}
+    counters = {"VE": 0, "BQ": 0, "OD": 0}
 
     def entry(journal: str, label: str, when: date, piece: str, text: str,
               rows: list[tuple[str, str, str, str, int, int]]) -> None:
@@ -71,9 +79,12 @@ def fec(session: Session, start: date, end: date) -> str:
     for inv in session.scalars(select(Invoice).where(Invoice.issued_at >= lo, Invoice.issued_at < hi)
                                .order_by(Invoice.id)):
         invoices[inv.id] = inv
-        rows = [("411000", "Clients", inv.patient_id, inv.patient_name or inv.patient_id, inv.patient_cents, 0)]
-        if inv.insurer_cents:
-            rows.append(("411100", "Mutuelles", f"AMC{inv.insurer_id}", inv.insurer_name or "", inv.insurer_cents, 0))
+        # The receivable is booked on whoever owes it: the insurer only under tiers payant (its claim),
+        # otherwise the patient owes the whole fee (and claims reimbursement from the insurer).
+        if inv.third_party_payment:
+            rows = [_patient(inv, inv.patient_cents, 0), _insurer(inv, inv.insurer_cents, 0)]
+        else:
+            rows = [_patient(inv, inv.total_cents, 0)]
         rows.append(("706000", "Prestations de services", "", "", 0, inv.total_cents))
         entry("VE", "Ventes", paris_day(inv.issued_at), inv.number, f"Archivage {inv.exam_group_label}",
               [r for r in rows if r[4] or r[5]])
@@ -81,19 +92,28 @@ def fec(session: Session, start: date, end: date) -> str:
                                 .order_by(CreditNote.id)):
         inv = invoices.get(note.invoice_id) or session.get(Invoice, note.invoice_id)
         entry("VE", "Ventes", paris_day(note.issued_at), note.number, f"Avoir sur {inv.number}",
-              [("706000", "Prestations de services", "", "", -note.total_cents, 0),
-               ("411000", "Clients", inv.patient_id, inv.patient_name or inv.patient_id, 0, -note.total_cents)])
+              [r for r in [("706000", "Prestations de services", "", "", -note.total_cents, 0),
+                           _patient(inv, 0, -note.patient_cents), _insurer(inv, 0, -note.insurer_cents)]
+               if r[4] or r[5]])
+    # A rejected claim: what the insurer owed becomes the patient's (moved between the two accounts).
+    for claim in session.scalars(select(Claim).where(Claim.status == "rejected", Claim.settled_at >= lo,
+                                                     Claim.settled_at < hi).order_by(Claim.id)):
+        inv = invoices.get(claim.invoice_id) or session.get(Invoice, claim.invoice_id)
+        moved = claim.amount_cents + sum(n.insurer_cents for n in session.scalars(
+            select(CreditNote).where(CreditNote.invoice_id == inv.id, CreditNote.issued_at <= claim.settled_at)))
+        if moved > 0:
+            entry("OD", "Opérations diverses", paris_day(claim.settled_at), inv.number,
+                  f"Tiers payant rejeté {inv.number}", [_patient(inv, moved, 0), _insurer(inv, 0, moved)])
     for pay in session.scalars(select(Payment).where(Payment.paris_day >= start, Payment.paris_day <= end)
                                .order_by(Payment.id)):
         inv = invoices.get(pay.invoice_id) or session.get(Invoice, pay.invoice_id)
         account, account_label = CASH_ACCOUNTS[pay.method]
-        client = ("411100", "Mutuelles", f"AMC{inv.insurer_id}", inv.insurer_name or "") if pay.payer == "insurer" \
-            else ("411000", "Clients", inv.patient_id, inv.patient_name or inv.patient_id)
+        client = _insurer if pay.payer == "insurer" else _patient
         amount = abs(pay.amount_cents)
         if pay.amount_cents > 0:
-            rows = [(account, account_label, "", "", amount, 0), (*client, 0, amount)]
+            rows = [(account, account_label, "", "", amount, 0), client(inv, 0, amount)]
         else:
-            rows = [(*client, amount, 0), (account, account_label, "", "", 0, amount)]
+            rows = [client(inv, amount, 0), (account, account_label, "", "", 0, amount)]
         entry("BQ", "Encaissements", pay.paris_day, inv.number, f"Règlement {pay.method} {inv.number}", rows)
     out = io.StringIO()
     out.write("\t".join(FEC_COLUMNS) + "\r\n")

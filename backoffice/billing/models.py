@@ -221,7 +221,11 @@ class InvoiceStudy(Base):
 
 
 class CreditNote(Base):
-    """Cancels an invoice in full; its own series, a negative total."""
+    """Cancels all or part of an invoice; its own series, a negative total split between the parties.
+
+    ``patient_cents + insurer_cents == total_cents`` (both <= 0): what it takes off the patient's
+    and off the insurer's part, fixed when it is issued (the patient's part first).
+    """
 
     __tablename__ = "billing_credit_note"
     __table_args__ = (UniqueConstraint("series", "sequence"), CheckConstraint("total_cents < 0", name="negative"))
@@ -230,9 +234,11 @@ class CreditNote(Base):
     number: Mapped[str] = mapped_column(String(32), unique=True)
     series: Mapped[str] = mapped_column(String(16))
     sequence: Mapped[int] = mapped_column(Integer)
-    invoice_id: Mapped[int] = mapped_column(ForeignKey("billing_invoice.id"), unique=True)
+    invoice_id: Mapped[int] = mapped_column(ForeignKey("billing_invoice.id"), index=True)
     reason: Mapped[str] = mapped_column(Text)
     total_cents: Mapped[int] = mapped_column(Integer)
+    patient_cents: Mapped[int] = mapped_column(Integer)
+    insurer_cents: Mapped[int] = mapped_column(Integer)
     issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     issued_by: Mapped[str] = mapped_column(String(64))
 
@@ -306,6 +312,12 @@ class Closing(Base):
     last_payment_hash: Mapped[str] = mapped_column(String(64))
     signed_by: Mapped[str] = mapped_column(String(64))
     signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Day closings: what the desk counted in the drawer, and the difference with the journal.
+    expected_json: Mapped[str | None] = mapped_column(Text)  # {"cash": 450, "cheque": 0} expected in the drawer
+    counted_cash_cents: Mapped[int | None] = mapped_column(Integer)
+    counted_cheque_cents: Mapped[int | None] = mapped_column(Integer)
+    cash_difference_cents: Mapped[int | None] = mapped_column(Integer)  # counted - expected
+    cheque_difference_cents: Mapped[int | None] = mapped_column(Integer)
 
 
 class InvoiceDocument(Base):

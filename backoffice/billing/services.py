@@ -278,6 +278,10 @@ def move_study(session: Session, study_uid: str, *, group_id: int) -> ExamGroupS
     target = session.get(ExamGroup, group_id)
     if link is None or target is None:
         raise NotFound("no such study or exam group")
+    source = session.get(ExamGroup, link.group_id)
+    if source.patient_id != target.patient_id:
+        raise Conflict("a study moves only between exam groups of the same patient (correct the patient's "
+                       "identity in the archive first)", code="other_patient")
     for gid in (link.group_id, target.id):
         if invoice_of_group(session, gid) is not None:
             raise Conflict("an invoiced exam group keeps its studies (issue a credit note first)")
@@ -424,15 +428,19 @@ def membership_for(session: Session, patient_id: str, on: date) -> Membership | 
 
 
 def insurer_used_cents(session: Session, patient_id: str, insurer_id: int, year: int) -> int:
-    """What *insurer* already covered for this beneficiary in the calendar year of the visits (credited excluded)."""
-    credited = select(CreditNote.invoice_id)
-    return session.scalar(
-        select(func.coalesce(func.sum(Invoice.insurer_cents), 0)).where(
-            Invoice.patient_id == patient_id, Invoice.insurer_id == insurer_id,
-            Invoice.visit_date >= date(year, 1, 1), Invoice.visit_date <= date(year, 12, 31),
-            Invoice.id.not_in(credited),
-        )
-    ) or 0
+    """What *insurer* already covered for this beneficiary in the calendar year of the visits
+    (what credit notes took off its part given back)."""
+    in_year = (Invoice.patient_id == patient_id, Invoice.insurer_id == insurer_id,
+               Invoice.visit_date >= date(year, 1, 1), Invoice.visit_date <= date(year, 12, 31))
+    fully_credited = (select(CreditNote.invoice_id).join(Invoice, Invoice.id == CreditNote.invoice_id)
+                      .where(*in_year).group_by(CreditNote.invoice_id, Invoice.total_cents)
+                      .having(-func.sum(CreditNote.total_cents) >= Invoice.total_cents))
+    covered = session.scalar(select(func.coalesce(func.sum(Invoice.insurer_cents), 0))
+                             .where(*in_year, Invoice.id.not_in(fully_credited))) or 0
+    credited = session.scalar(
+        select(func.coalesce(func.sum(CreditNote.insurer_cents), 0)).join(Invoice, Invoice.id == CreditNote.invoice_id)
+        .where(*in_year, Invoice.id.not_in(fully_credited))) or 0
+    return int(covered) + int(credited)
 
 
 # -- numbering ----------------------------------------------------------------------------------
@@ -537,16 +545,48 @@ def issue_invoice(session: Session, group_id: int, *, issued_by: str, payer_name
 
 @dataclass(frozen=True)
 class InvoiceState:
+    """What an invoice stands at, per party (DESIGN.md: ``balance = patient_balance + insurer_balance``).
+
+    The insurer owes its claim (tiers payant only) less what credit notes took off its part; a
+    rejected claim owes nothing more and its amount becomes the patient's. The patient owes the
+    rest. Each party's balance is what it owes less what it paid, never below zero: money paid
+    beyond what a party owes (after a credit note) is ``refund_due``.
+    """
+
     total_cents: int
     insurer_cents: int
     patient_cents: int
     paid_cents: int  # net of refunds
-    balance_cents: int  # what remains to be paid by anyone
-    patient_due_cents: int
-    insurer_due_cents: int
+    balance_cents: int  # what remains to be paid by anyone = patient_balance + insurer_balance
+    patient_balance_cents: int  # what the desk collects
+    insurer_balance_cents: int  # what the insurer's claim settles (0 without tiers payant)
     status: str  # issued | partially_paid | paid | credited
-    credit_note_id: int | None
+    credit_note_id: int | None  # the latest credit note
     claim_status: str | None
+    credited_cents: int = 0  # positive: what credit notes took off
+    refund_due_cents: int = 0  # paid beyond what is owed (after credit notes), to give back
+    patient_refund_due_cents: int = 0
+    patient_owed_cents: int = 0  # the patient's part now (after credit notes and a rejected claim)
+    insurer_owed_cents: int = 0
+    patient_paid_cents: int = 0
+    insurer_paid_cents: int = 0
+
+    # Former names, kept for callers and the API.
+    @property
+    def patient_due_cents(self) -> int:
+        return self.patient_balance_cents
+
+    @property
+    def insurer_due_cents(self) -> int:
+        return self.insurer_balance_cents
+
+    @property
+    def insurer_refund_due_cents(self) -> int:
+        return self.refund_due_cents - self.patient_refund_due_cents
+
+    @property
+    def creditable_cents(self) -> int:
+        return self.total_cents - self.credited_cents
 
 
 def invoice_state(session: Session, invoice: Invoice) -> InvoiceState:
@@ -559,48 +599,70 @@ def invoice_states(session: Session, invoices: list[Invoice]) -> dict[int, Invoi
     if not ids:
         return {}
     paid_by, credits, claims = _state_inputs(session, ids)
-    return {i.id: _state(i, paid_by.get(i.id, {}), credits.get(i.id), claims.get(i.id)) for i in invoices}
+    return {i.id: _state(i, paid_by.get(i.id, {}), credits.get(i.id, []), claims.get(i.id)) for i in invoices}
 
 
 def _state_inputs(session: Session, ids: list[int]):
-    """Per invoice id: paid per payer (net of refunds), the credit note, the claim."""
+    """Per invoice id: paid per payer (net of refunds), its credit notes, the claim."""
     paid_by: dict[int, dict[str, int]] = {}
     for invoice_id, payer, total in session.execute(
         select(Payment.invoice_id, Payment.payer, func.sum(Payment.amount_cents))
         .where(Payment.invoice_id.in_(ids)).group_by(Payment.invoice_id, Payment.payer)
     ):
         paid_by.setdefault(invoice_id, {})[payer] = int(total)
-    credits = {c.invoice_id: c for c in session.scalars(select(CreditNote).where(CreditNote.invoice_id.in_(ids)))}
+    credits: dict[int, list[CreditNote]] = {}
+    for note in session.scalars(select(CreditNote).where(CreditNote.invoice_id.in_(ids)).order_by(CreditNote.id)):
+        credits.setdefault(note.invoice_id, []).append(note)
     claims = {c.invoice_id: c for c in session.scalars(select(Claim).where(Claim.invoice_id.in_(ids)))}
     return paid_by, credits, claims
 
 
 def issued_state(invoice: Invoice) -> InvoiceState:
     """The state of an invoice issued in this very transaction: nothing paid or credited yet."""
-    return _state(invoice, {}, None, "to_send" if invoice.third_party_payment else None)
+    return _state(invoice, {}, [], "to_send" if invoice.third_party_payment else None)
 
 
-def _state(invoice: Invoice, paid_by: dict[str, int], credit: CreditNote | None,
+def _state(invoice: Invoice, paid_by: dict[str, int], credits: list[CreditNote] | CreditNote | None,
            claim: Claim | str | None) -> InvoiceState:
+    if isinstance(credits, CreditNote):
+        credits = [credits]
+    credits = credits or []
     claim_status = claim.status if isinstance(claim, Claim) else claim
-    paid = sum(paid_by.values())
-    owed = invoice.total_cents + (credit.total_cents if credit else 0)
-    balance = owed - paid
-    if credit is not None:
-        patient_due, insurer_due, status = balance, 0, "credited"
+    claim_amount = claim.amount_cents if isinstance(claim, Claim) else (invoice.insurer_cents if claim else 0)
+    credited = -sum(n.total_cents for n in credits)
+    insurer_credited = -sum(n.insurer_cents for n in credits)
+    patient_paid, insurer_paid = paid_by.get("patient", 0), paid_by.get("insurer", 0)
+    owed = invoice.total_cents - credited
+    if claim_status is None:
+        insurer_owed = 0  # no tiers payant: the patient pays all and claims reimbursement himself
+    elif claim_status == "rejected":
+        insurer_owed = insurer_paid  # the insurer owes nothing more: its amount moved to the patient
     else:
-        insurer_expected = invoice.insurer_cents if claim_status is not None and claim_status != "rejected" else 0
-        insurer_due = max(insurer_expected - paid_by.get("insurer", 0), 0)
-        patient_due = balance - insurer_due
-        status = "paid" if balance <= 0 else ("partially_paid" if paid > 0 else "issued")
-    return InvoiceState(invoice.total_cents, invoice.insurer_cents, invoice.patient_cents, paid, balance,
-                        patient_due, insurer_due, status, credit.id if credit else None, claim_status)
+        insurer_owed = claim_amount - insurer_credited
+    patient_owed = owed - insurer_owed
+    patient_net, insurer_net = patient_owed - patient_paid, insurer_owed - insurer_paid
+    patient_balance, insurer_balance = max(patient_net, 0), max(insurer_net, 0)
+    balance = patient_balance + insurer_balance
+    refund_due = max(-patient_net, 0) + max(-insurer_net, 0)
+    paid = patient_paid + insurer_paid
+    if owed <= 0:
+        status = "credited"
+    elif balance == 0:
+        status = "paid"
+    else:
+        status = "partially_paid" if paid > 0 else "issued"
+    return InvoiceState(
+        invoice.total_cents, invoice.insurer_cents, invoice.patient_cents, paid, balance, patient_balance,
+        insurer_balance, status, credits[-1].id if credits else None, claim_status, credited_cents=credited,
+        refund_due_cents=refund_due, patient_refund_due_cents=max(-patient_net, 0), patient_owed_cents=patient_owed,
+        insurer_owed_cents=insurer_owed, patient_paid_cents=patient_paid, insurer_paid_cents=insurer_paid,
+    )
 
 
 def patient_balance_cents(session: Session, patient_id: str) -> int:
     """What the patient still owes over all their invoices (insurer shares awaited excluded)."""
     invoices = list(session.scalars(select(Invoice).where(Invoice.patient_id == patient_id)))
-    return sum(max(state.patient_due_cents, 0) for state in invoice_states(session, invoices).values())
+    return sum(state.patient_balance_cents for state in invoice_states(session, invoices).values())
 
 
 def get_invoice(session: Session, invoice_id: int) -> Invoice:
@@ -610,26 +672,48 @@ def get_invoice(session: Session, invoice_id: int) -> Invoice:
     return invoice
 
 
-def issue_credit_note(session: Session, invoice_id: int, *, reason: str, issued_by: str) -> CreditNote:
-    """Cancel an issued invoice in full (the invoice itself never changes)."""
+def issue_credit_note(session: Session, invoice_id: int, *, reason: str, issued_by: str,
+                      amount_cents: int | None = None) -> CreditNote:
+    """Cancel all (no amount) or part of an issued invoice; the invoice itself never changes.
+
+    At most what remains creditable. It takes off the patient's part first, then the insurer's;
+    an open claim whose part is fully credited is cancelled.
+    """
     if not isinstance(reason, str) or not reason.strip():
         raise Invalid("a reason is required")
     invoice = get_invoice(session, invoice_id)
-    if session.scalar(select(CreditNote).where(CreditNote.invoice_id == invoice.id)) is not None:
+    _lock_journal(session)
+    paid_by, credits, claims = _state_inputs(session, [invoice.id])
+    claim = claims.get(invoice.id)
+    state = _state(invoice, paid_by.get(invoice.id, {}), credits.get(invoice.id, []), claim)
+    if state.creditable_cents <= 0:
         raise Conflict("this invoice is already credited", code="already_credited")
+    if amount_cents is None:
+        amount_cents = state.creditable_cents
+    if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
+        raise Invalid("amount_cents must be a positive whole number of cents")
+    if amount_cents > state.creditable_cents:
+        raise Conflict(f"credit note refused: {format_euros(amount_cents)} is more than the "
+                       f"{format_euros(state.creditable_cents)} that remain creditable on this invoice",
+                       code="over_credit")
+    patient_part = min(amount_cents, max(state.patient_owed_cents, 0))
+    insurer_part = amount_cents - patient_part
     year = paris_day(utcnow()).year
     series = f"AV-{year}"
     sequence = next_number(session, series)
     note = CreditNote(number=f"AV-{year}-{sequence:06d}", series=series, sequence=sequence, invoice_id=invoice.id,
-                      reason=reason.strip()[:2000], total_cents=-invoice.total_cents, issued_at=utcnow(),
-                      issued_by=issued_by)
+                      reason=reason.strip()[:2000], total_cents=-amount_cents, patient_cents=-patient_part,
+                      insurer_cents=-insurer_part, issued_at=utcnow(), issued_by=issued_by)
     session.add(note)
-    claim = session.scalar(select(Claim).where(Claim.invoice_id == invoice.id))
-    if claim is not None and claim.status in ("to_send", "sent"):
+    if claim is not None and claim.status in ("to_send", "sent") and insurer_part >= state.insurer_owed_cents:
         claim.status = "cancelled"
         claim.settled_at = utcnow()
     session.flush()
     return note
+
+
+def credit_notes_of(session: Session, invoice_id: int) -> list[CreditNote]:
+    return list(session.scalars(select(CreditNote).where(CreditNote.invoice_id == invoice_id).order_by(CreditNote.id)))
 
 
 # -- payments: the hash-chained journal ---------------------------------------------------------
@@ -650,12 +734,30 @@ def _lock_journal(session: Session) -> None:
         session.execute(text(f"SELECT pg_advisory_xact_lock({PAYMENT_LOCK_KEY})"))
 
 
-def _append_payment(session: Session, *, locked: bool = False, **fields) -> Payment:
+def _open_day(session: Session, day: date) -> date:
+    """*day*, or the first day after it that is not closed."""
+    closed = set(session.scalars(select(Closing.period).where(Closing.kind == "day",
+                                                               Closing.period >= day.isoformat())))
+    while day.isoformat() in closed:
+        day = date.fromordinal(day.toordinal() + 1)
+    return day
+
+
+def _append_payment(session: Session, *, locked: bool = False, roll_over_closed_day: bool = False,
+                    **fields) -> Payment:
+    """Append to the journal on today's business day.
+
+    The desk cannot take money on a closed day (its drawer was counted). An insurer's transfer
+    that arrives after the day was closed (*roll_over_closed_day*) is booked on the next open day:
+    a closed day never changes.
+    """
     if not locked:
         _lock_journal(session)
     now = utcnow()
     day = paris_day(now)
-    if session.scalar(select(Closing.id).where(Closing.kind == "day", Closing.period == day.isoformat())):
+    if roll_over_closed_day:
+        day = _open_day(session, day)
+    elif session.scalar(select(Closing.id).where(Closing.kind == "day", Closing.period == day.isoformat())):
         raise Conflict(f"the day {day.isoformat()} is closed: no further payment can be recorded",
                        code="day_closed")
     prev = session.scalar(select(Payment.hash).order_by(Payment.id.desc()).limit(1)) or GENESIS
@@ -666,56 +768,65 @@ def _append_payment(session: Session, *, locked: bool = False, **fields) -> Paym
     return payment
 
 
-def record_payment(session: Session, invoice_id: int, *, amount_cents: int, method: str, received_by: str,
-                   payer: str = "patient") -> Payment:
-    """A (partial) payment; more than what remains due is refused."""
-    return pay(session, invoice_id, amount_cents=amount_cents, method=method, received_by=received_by,
-               payer=payer)[0]
+def record_payment(session: Session, invoice_id: int, *, amount_cents: int, method: str, received_by: str) -> Payment:
+    """A (partial) payment of the patient's part at the desk; more than the patient owes is refused."""
+    return pay(session, invoice_id, amount_cents=amount_cents, method=method, received_by=received_by)[0]
 
 
-def pay(session: Session, invoice_id: int, *, amount_cents: int, method: str, received_by: str,
-        payer: str = "patient") -> tuple[Payment, InvoiceState]:
+def _check_amount(amount_cents, method: str) -> None:
+    if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
+        raise Invalid("amount_cents must be a positive whole number of cents")
+    if method not in PAYMENT_METHODS:
+        raise Invalid(f"method must be one of {', '.join(PAYMENT_METHODS)}")
+
+
+def pay(session: Session, invoice_id: int, *, amount_cents: int, method: str,
+        received_by: str) -> tuple[Payment, InvoiceState]:
     """:func:`record_payment`, also returning the invoice's state after it.
 
+    The desk collects the patient's part only: under tiers payant the insurer's part is settled
+    by its claim (:func:`settle_claim`), never at the desk, so it cannot be collected twice.
     The journal's lock is taken before the balance is read, so no other payment can slip in
     between the overpayment check and the entry (nor between the entry and the state returned).
     """
-    if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
-        raise Invalid("amount_cents must be a positive whole number of cents")
-    if method not in PAYMENT_METHODS:
-        raise Invalid(f"method must be one of {', '.join(PAYMENT_METHODS)}")
+    _check_amount(amount_cents, method)
     invoice = get_invoice(session, invoice_id)
     _lock_journal(session)
     paid_by, credits, claims = _state_inputs(session, [invoice.id])
-    paid, credit, claim = paid_by.get(invoice.id, {}), credits.get(invoice.id), claims.get(invoice.id)
+    paid, credit, claim = paid_by.get(invoice.id, {}), credits.get(invoice.id, []), claims.get(invoice.id)
     state = _state(invoice, paid, credit, claim)
     if state.status == "credited":
         raise Conflict("this invoice is credited: it takes no payment", code="credited")
-    due = state.balance_cents if payer == "patient" else state.insurer_due_cents
-    if amount_cents > due:
+    if amount_cents > state.patient_balance_cents:
+        insurer = (f" (the {format_euros(state.insurer_balance_cents)} of the insurer's part are settled by its "
+                   "tiers-payant claim, not at the desk)") if state.insurer_balance_cents else ""
         raise Conflict(
-            f"overpayment refused: {format_euros(amount_cents)} is more than the {format_euros(max(due, 0))} "
-            "still due on this invoice", code="overpayment")
+            f"overpayment refused: {format_euros(amount_cents)} is more than the "
+            f"{format_euros(state.patient_balance_cents)} the patient still owes on this invoice{insurer}",
+            code="overpayment")
     payment = _append_payment(session, locked=True, invoice_id=invoice.id, amount_cents=amount_cents, method=method,
-                              payer=payer, received_by=received_by)
-    return payment, _state(invoice, {**paid, payer: paid.get(payer, 0) + amount_cents}, credit, claim)
+                              payer="patient", received_by=received_by)
+    return payment, _state(invoice, {**paid, "patient": paid.get("patient", 0) + amount_cents}, credit, claim)
 
 
-def refund(session: Session, credit_note_id: int, *, amount_cents: int, method: str, refunded_by: str) -> Payment:
-    """Give money back after a credit note: a negative journal entry tied to it."""
+def refund(session: Session, credit_note_id: int, *, amount_cents: int, method: str, refunded_by: str,
+           payer: str = "patient") -> Payment:
+    """Give back what *payer* (the patient, or the insurer under tiers payant) paid beyond what it
+    owes after a credit note: a negative journal entry tied to the credit note."""
     note = session.get(CreditNote, credit_note_id)
     if note is None:
         raise NotFound("no such credit note")
-    if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
-        raise Invalid("amount_cents must be a positive whole number of cents")
-    if method not in PAYMENT_METHODS:
-        raise Invalid(f"method must be one of {', '.join(PAYMENT_METHODS)}")
+    if payer not in ("patient", "insurer"):
+        raise Invalid("payer must be patient or insurer")
+    _check_amount(amount_cents, method)
+    _lock_journal(session)
     state = invoice_state(session, get_invoice(session, note.invoice_id))
-    if amount_cents > -state.balance_cents:
-        raise Conflict(f"refund refused: only {format_euros(max(-state.balance_cents, 0))} was paid and not refunded",
-                       code="over_refund")
-    return _append_payment(session, invoice_id=note.invoice_id, amount_cents=-amount_cents, method=method,
-                           payer="patient", credit_note_id=note.id, received_by=refunded_by)
+    due = state.patient_refund_due_cents if payer == "patient" else state.insurer_refund_due_cents
+    if amount_cents > due:
+        raise Conflict(f"refund refused: only {format_euros(due)} was paid by the {payer} beyond what remains "
+                       "owed, and not refunded", code="over_refund")
+    return _append_payment(session, locked=True, invoice_id=note.invoice_id, amount_cents=-amount_cents,
+                           method=method, payer=payer, credit_note_id=note.id, received_by=refunded_by)
 
 
 @dataclass(frozen=True)
@@ -794,10 +905,34 @@ def period_totals(session: Session, kind: str, period: str) -> dict:
     return _period_totals(session, kind, period)
 
 
-def close_period(session: Session, kind: str, period: str, *, signed_by: str) -> Closing:
-    """Close a day (then no more payments that day), a month (all its days closed) or a year."""
+def period_payments(session: Session, kind: str, period: str) -> list[tuple[Payment, Invoice]]:
+    """The journal entries of a period with their invoices (the Z report lists them)."""
+    start, end = _period_bounds(kind, period)
+    return list(session.execute(
+        select(Payment, Invoice).join(Invoice, Invoice.id == Payment.invoice_id)
+        .where(Payment.paris_day >= start, Payment.paris_day <= end).order_by(Payment.id)).all())
+
+
+def get_closing(session: Session, closing_id: int) -> Closing:
+    closing = session.get(Closing, closing_id)
+    if closing is None:
+        raise NotFound("no such closing")
+    return closing
+
+
+def close_period(session: Session, kind: str, period: str, *, signed_by: str,
+                 counted_cash_cents: int | None = None, counted_cheque_cents: int | None = None) -> Closing:
+    """Close a day (then no more payments that day), a month (all its days closed) or a year.
+
+    A day's closing records what the desk counted in the drawer (cash, cheques) and the difference
+    with what the journal expects (counted − expected; positive: more in the drawer).
+    """
     if kind not in ("day", "month", "year"):
         raise Invalid("kind must be day, month or year")
+    if kind != "day" and (counted_cash_cents is not None or counted_cheque_cents is not None):
+        raise Invalid("cash and cheques are counted at day closings only")
+    _check_int("counted_cash_cents", counted_cash_cents, optional=True)
+    _check_int("counted_cheque_cents", counted_cheque_cents, optional=True)
     start, end = _period_bounds(kind, period)
     today = paris_today()
     if start > today:
@@ -824,6 +959,15 @@ def close_period(session: Session, kind: str, period: str, *, signed_by: str) ->
     closing = Closing(kind=kind, period=period, totals_json=json.dumps(totals["by_method"], sort_keys=True),
                       total_cents=totals["total"], payment_count=totals["count"],
                       last_payment_hash=totals["last_hash"], signed_by=signed_by, signed_at=utcnow())
+    if kind == "day":
+        expected = {"cash": totals["by_method"].get("cash", 0), "cheque": totals["by_method"].get("cheque", 0)}
+        closing.expected_json = json.dumps(expected, sort_keys=True)
+        if counted_cash_cents is not None:
+            closing.counted_cash_cents = counted_cash_cents
+            closing.cash_difference_cents = counted_cash_cents - expected["cash"]
+        if counted_cheque_cents is not None:
+            closing.counted_cheque_cents = counted_cheque_cents
+            closing.cheque_difference_cents = counted_cheque_cents - expected["cheque"]
     session.add(closing)
     session.flush()
     return closing
@@ -841,15 +985,21 @@ def send_claims(session: Session, insurer_id: int) -> list[Claim]:
 
 
 def settle_claim(session: Session, claim_id: int, *, paid: bool, by: str, reason: str | None = None) -> Claim:
-    """Paid: the insurer's transfer enters the journal. Rejected: the amount becomes the patient's."""
+    """Paid: the insurer's transfer (what it still owes) enters the journal, on the day it arrives
+    (the next open day if today is closed). Rejected: what the insurer owed becomes the patient's."""
     claim = session.get(Claim, claim_id)
     if claim is None:
         raise NotFound("no such claim")
     if claim.status not in ("to_send", "sent"):
-        raise Conflict(f"this claim is already {claim.status}")
+        raise Conflict(f"this claim is already {claim.status}", code="claim_settled")
     if paid:
-        record_payment(session, claim.invoice_id, amount_cents=claim.amount_cents, method="transfer",
-                       received_by=by, payer="insurer")
+        _lock_journal(session)
+        invoice = get_invoice(session, claim.invoice_id)
+        state = invoice_state(session, invoice)
+        if state.insurer_balance_cents > 0:
+            _append_payment(session, locked=True, roll_over_closed_day=True, invoice_id=invoice.id,
+                            amount_cents=state.insurer_balance_cents, method="transfer", payer="insurer",
+                            received_by=by)
         claim.status = "paid"
     else:
         claim.status, claim.rejection_reason = "rejected", (reason or "")[:2000]

@@ -15,12 +15,13 @@ from sqlalchemy.orm import selectinload
 
 from archive_core.api import escape_like
 from backoffice.auth import roles_required
-from backoffice.billing import documents, exports
-from backoffice.billing.arrivals import attach_before_issue, sync_from_archive
+from backoffice.billing import documents, exports, operations
+from backoffice.billing.arrivals import sync_from_archive
 from backoffice.billing import services as S
 from backoffice.billing.models import (
     Claim,
     Closing,
+    CreditNote,
     ExamGroup,
     ExamGroupMapping,
     Insurer,
@@ -30,7 +31,7 @@ from backoffice.billing.models import (
     RemittanceItem,
     Tariff,
 )
-from backoffice.extensions import db, facade
+from backoffice.extensions import db, facade, rollback
 from backoffice.i18n import locale_name
 from backoffice.errors import db_int
 
@@ -44,6 +45,8 @@ STATE_LABELS = {"to_ask": _l("à demander"), "accepted": _l("accepté"), "refuse
 # The pages' labels follow the interface language; the PDFs keep documents' French ones.
 INVOICE_STATUS = {"issued": _l("émise"), "partially_paid": _l("partiellement payée"), "paid": _l("payée"),
                   "credited": _l("annulée par avoir")}
+CLAIM_LABELS = {"to_send": _l("à envoyer"), "sent": _l("envoyée"), "paid": _l("payée"), "rejected": _l("rejetée"),
+                "cancelled": _l("annulée")}
 METHOD_LABELS = {"cash": _l("espèces"), "card": _l("carte bancaire"), "cheque": _l("chèque"),
                  "transfer": _l("virement")}
 
@@ -70,7 +73,13 @@ def _person(value: str | None) -> str:
 
 # The pages speak French; the API keeps the services' (English) messages.
 FRENCH_ERRORS = {
-    "overpayment": _l("Paiement refusé : le montant dépasse le reste dû sur cette facture."),
+    "overpayment": _l("Paiement refusé : le montant dépasse le reste dû par le patient sur cette facture "
+                      "(la part de la mutuelle en tiers payant est réglée par la mutuelle, pas à l'accueil)."),
+    "over_credit": _l("Avoir refusé : le montant dépasse ce qui reste à annuler sur cette facture."),
+    "over_refund": _l("Remboursement refusé : le montant dépasse ce que le patient a payé en trop."),
+    "other_patient": _l("Un examen ne peut être déplacé que vers un groupe d'examens du même patient."),
+    "not_paid": _l("La facture acquittée est délivrée quand le patient a réglé toute sa part."),
+    "claim_settled": _l("Cette demande de tiers payant est déjà réglée."),
     "consent_refused": _l("Le patient a refusé le forfait : ce groupe d'examens ne peut pas être facturé."),
     "already_invoiced": _l("Ce groupe d'examens est déjà facturé."),
     "no_fee": _l("Rien à facturer : l'archivage de ce groupe est pris en charge par l'Assurance maladie."),
@@ -92,7 +101,7 @@ def domain_errors(back: str):
             try:
                 return view(*args, **kwargs)
             except S.BillingError as exc:
-                db().rollback()
+                rollback()
                 flash(str(FRENCH_ERRORS.get(exc.code, exc.message)), "error")
                 return redirect(_same_site(request.referrer) or url_for(back))
 
@@ -201,7 +210,8 @@ def consent(group_id: int):
 @roles_required(*DESK)
 @domain_errors("billing.today")
 def move_study(group_id: int):
-    S.move_study(db(), request.form.get("study_uid", ""), group_id=_int("target_group_id"))
+    operations.move_study(request.form.get("study_uid", ""), group_id=_int("target_group_id"),
+                          actor=current_user.login)
     flash(_("Examen déplacé."), "info")
     return redirect(url_for("billing.group", group_id=group_id))
 
@@ -210,17 +220,11 @@ def move_study(group_id: int):
 @roles_required(*DESK)
 @domain_errors("billing.today")
 def issue(group_id: int):
-    session = db()
-    attach_before_issue(group_id)
-    invoice = S.issue_invoice(session, group_id, issued_by=current_user.login,
-                              payer_name=(request.form.get("payer_name") or "").strip() or None)
-    facade().audit(session, "billing.invoice.issued", actor=current_user.login, patient_id=invoice.patient_id,
-                   detail={"number": invoice.number})
-    invoice_id = invoice.id
-    session.commit()  # the number is taken; the PDF is rendered outside the lock
-    documents.render_after_issue(invoice_id)
+    # The request commits at its end; the PDF is rendered after that commit, outside the numbering lock.
+    invoice, _state = operations.issue_invoice(group_id, actor=current_user.login,
+                                               payer_name=(request.form.get("payer_name") or "").strip() or None)
     flash(_("Facture %(number)s émise.", number=invoice.number), "info")
-    return redirect(url_for("billing.invoice", invoice_id=invoice_id))
+    return redirect(url_for("billing.invoice", invoice_id=invoice.id))
 
 
 @bp.route("/invoices")
@@ -248,19 +252,15 @@ def invoice(invoice_id: int):
     facade().audit_now("billing.invoice.viewed", actor=current_user.login, patient_id=inv.patient_id,
                        detail={"number": inv.number})
     return render_template("billing/invoice.html", inv=inv, state=S.invoice_state(db(), inv), methods=METHOD_LABELS,
-                           status=INVOICE_STATUS)
+                           status=INVOICE_STATUS, credits=S.credit_notes_of(db(), inv.id), claim_labels=CLAIM_LABELS)
 
 
 @bp.route("/invoices/<int:invoice_id>/payments", methods=["POST"])
 @roles_required(*DESK)
 @domain_errors("billing.today")
 def pay(invoice_id: int):
-    method = request.form.get("method", "")
-    payment = S.record_payment(db(), invoice_id, amount_cents=_cents("amount"), method=method,
-                               received_by=current_user.login)
-    inv = db().get(Invoice, invoice_id)
-    facade().audit(db(), "billing.payment", actor=current_user.login, patient_id=inv.patient_id,
-                   detail={"number": inv.number, "payment_id": payment.id})
+    payment, _state, _inv = operations.record_payment(invoice_id, amount_cents=_cents("amount"),
+                                                      method=request.form.get("method", ""), actor=current_user.login)
     flash(_("Paiement de %(amount)s enregistré.", amount=_euros(payment.amount_cents)), "info")
     return redirect(url_for("billing.invoice", invoice_id=invoice_id))
 
@@ -269,9 +269,55 @@ def pay(invoice_id: int):
 @roles_required(*DESK)
 @domain_errors("billing.today")
 def credit_note(invoice_id: int):
-    note = S.issue_credit_note(db(), invoice_id, reason=request.form.get("reason", ""), issued_by=current_user.login)
+    """All of what remains creditable, or the amount typed (a partial credit note)."""
+    amount = _cents("amount") if (request.form.get("amount") or "").strip() else None
+    note, _inv = operations.issue_credit_note(invoice_id, reason=request.form.get("reason", ""), amount_cents=amount,
+                                              actor=current_user.login)
     flash(_("Avoir %(number)s émis.", number=note.number), "info")
     return redirect(url_for("billing.invoice", invoice_id=invoice_id))
+
+
+@bp.route("/invoices/<int:invoice_id>/refunds", methods=["POST"])
+@roles_required(*DESK)
+@domain_errors("billing.today")
+def refund(invoice_id: int):
+    """Give the patient back what they paid beyond what remains owed after a credit note."""
+    note = db().get(CreditNote, _int("credit_note_id"))
+    if note is None or note.invoice_id != invoice_id:
+        raise S.NotFound(_("Avoir introuvable sur cette facture."))
+    payment, _inv = operations.refund(note.id, amount_cents=_cents("amount"), method=request.form.get("method", ""),
+                                      actor=current_user.login)
+    flash(_("Remboursement de %(amount)s enregistré.", amount=_euros(-payment.amount_cents)), "info")
+    return redirect(url_for("billing.invoice", invoice_id=invoice_id))
+
+
+@bp.route("/credit-notes/<int:note_id>/credit-note.pdf")
+@roles_required(*DESK)
+def credit_note_pdf(note_id: int):
+    note = db().get(CreditNote, note_id) or abort(404)
+    inv = db().get(Invoice, note.invoice_id)
+    data = documents.credit_note_pdf(facade().new_session, note.id)
+    facade().audit_now("billing.credit_note.printed", actor=current_user.login, patient_id=inv.patient_id,
+                       detail={"number": note.number})
+    return Response(data, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="avoir-{note.number}.pdf"',
+                             "Cache-Control": "no-store"})
+
+
+@bp.route("/invoices/<int:invoice_id>/receipted.pdf")
+@roles_required(*DESK)
+def receipted_pdf(invoice_id: int):
+    """The facture acquittée the patient sends to the mutual insurer (409 until the patient paid)."""
+    inv = db().get(Invoice, invoice_id) or abort(404)
+    try:
+        data = documents.render_receipted_invoice(db(), inv)
+    except S.Conflict as exc:
+        return Response(str(FRENCH_ERRORS.get(exc.code, exc.message)), status=409, mimetype="text/plain")
+    facade().audit_now("billing.receipted_invoice.printed", actor=current_user.login, patient_id=inv.patient_id,
+                       detail={"number": inv.number})
+    return Response(data, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="facture-acquittee-{inv.number}.pdf"',
+                             "Cache-Control": "no-store"})
 
 
 @bp.route("/invoices/<int:invoice_id>/invoice.pdf")
@@ -302,12 +348,29 @@ def closing():
     day = S.paris_today()
     if request.method == "POST":
         day_text = request.form.get("day") or day.isoformat()
-        S.close_period(db(), "day", day_text, signed_by=current_user.login)
+        closing = operations.close_period("day", day_text, actor=current_user.login,
+                                          counted_cash_cents=_cents("counted_cash"),
+                                          counted_cheque_cents=_cents("counted_cheque"))
         flash(_("Journée du %(day)s clôturée.", day=day_text), "info")
+        for label, difference in ((_("espèces"), closing.cash_difference_cents),
+                                  (_("chèques"), closing.cheque_difference_cents)):
+            if difference:
+                flash(_("Écart de caisse (%(what)s) : %(amount)s.", what=label, amount=_euros(difference)), "error")
         return redirect(url_for("billing.closing"))
     totals = S.period_totals(db(), "day", day.isoformat())
     closed = db().scalar(select(Closing).where(Closing.kind == "day", Closing.period == day.isoformat()))
     return render_template("billing/closing.html", day=day, totals=totals, closed=closed, methods=METHOD_LABELS)
+
+
+@bp.route("/closings/<int:closing_id>/report.pdf")
+@roles_required(*DESK)
+def closing_report(closing_id: int):
+    """The printable Z report of a closing."""
+    closing = db().get(Closing, closing_id) or abort(404)
+    data = documents.render_closing_report(db(), closing)
+    return Response(data, mimetype="application/pdf",
+                    headers={"Content-Disposition": f'inline; filename="cloture-{closing.period}.pdf"',
+                             "Cache-Control": "no-store"})
 
 
 @bp.route("/remittance", methods=["POST"])
@@ -416,8 +479,8 @@ def claims():
             sent = S.send_claims(db(), _int("send_insurer"))
             flash(_("%(count)s demande(s) envoyée(s).", count=len(sent)), "info")
         else:
-            S.settle_claim(db(), _int("claim_id"), paid=request.form.get("paid") == "1", by=current_user.login,
-                           reason=request.form.get("reason"))
+            operations.settle_claim(_int("claim_id"), paid=request.form.get("paid") == "1", actor=current_user.login,
+                                    reason=request.form.get("reason"))
             flash(_("Demande mise à jour."), "info")
         return redirect(url_for("billing.claims"))
     open_claims = list(db().scalars(select(Claim).where(Claim.status.in_(("to_send", "sent")))
@@ -433,7 +496,7 @@ def claims():
 def closings():
     if request.method == "POST":
         kind = request.form.get("kind", "")
-        S.close_period(db(), kind, request.form.get("period", ""), signed_by=current_user.login)
+        operations.close_period(kind, request.form.get("period", ""), actor=current_user.login)
         flash(_("Clôture enregistrée."), "info")
         return redirect(url_for("billing.closings"))
     rows = list(db().scalars(select(Closing).order_by(Closing.id.desc()).limit(200)))

@@ -195,7 +195,7 @@ def test_receipt_names_invoice_amount_method_and_remaining_due(client, desk):
     text = " ".join(subprocess.run([pdftotext, "-", "-"], input=pdf, capture_output=True, check=True)
                     .stdout.decode().split())
     assert invoice["number"] in text and "carte bancaire" in text
-    assert "1,50" in text and "Reste dû 2,50" in text.replace("\u202f", " ").replace("\xa0", " ")
+    assert "1,50" in text and "Reste dû par le patient 2,50" in text.replace("\u202f", " ").replace("\xa0", " ")
 
 
 def test_an_invoice_lists_the_studies_that_arrived_even_if_nobody_listed_them(app, client, desk, tmp_path):

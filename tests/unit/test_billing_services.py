@@ -208,7 +208,8 @@ def test_refund_after_credit_note(sqlite_session):
     invoice = S.issue_invoice(s, _group(s).id, issued_by="desk")
     S.record_payment(s, invoice.id, amount_cents=400, method="cash", received_by="desk")
     note = S.issue_credit_note(s, invoice.id, reason="annulation", issued_by="desk")
-    assert S.invoice_state(s, invoice).balance_cents == -400
+    after_credit = S.invoice_state(s, invoice)
+    assert (after_credit.balance_cents, after_credit.refund_due_cents, after_credit.status) == (0, 400, "credited")
     with pytest.raises(S.Conflict):
         S.refund(s, note.id, amount_cents=401, method="cash", refunded_by="desk")
     S.refund(s, note.id, amount_cents=400, method="cash", refunded_by="desk")

@@ -84,6 +84,9 @@ def close_period(kind: str, period: str, *, actor: str, counted_cash_cents: int 
                    detail={"kind": kind, "period": period, "total_cents": closing.total_cents,
                            "cash_difference_cents": closing.cash_difference_cents,
                            "cheque_difference_cents": closing.cheque_difference_cents})
+    # A closing is a moment the practice relies on later: the audit head, with this closing in it,
+    # is signed as soon as it is committed (docs/operations.md, checkpoints).
+    after_commit(lambda: facade().audit_checkpoint(reason="closing"))
     return closing
 
 

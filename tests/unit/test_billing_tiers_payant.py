@@ -288,6 +288,13 @@ def test_day_closing_counts_the_drawer_and_prints_a_z_report(app, client, people
         assert (closing.counted_cash_cents, closing.cash_difference_cents, closing.cheque_difference_cents) == \
             (200, -200, 0)
         closing_id = closing.id
+        # The closing signed the audit head it belongs to (a checkpoint outside the database too).
+        from archive_core.audit import AuditCheckpoint, AuditEvent
+
+        signed = s.query(AuditCheckpoint).filter_by(reason="closing").one()
+        last_closing_event = s.query(AuditEvent).filter_by(action="billing.closing").one()
+        assert signed.last_event_id >= last_closing_event.id
+    assert app.extensions["archivage"].audit_verify().ok
     text = _text(client.get(f"/billing/closings/{closing_id}/report.pdf").data)
     assert "Rapport de clôture (Z)" in text and cash["number"] in text
     assert re.search(r"Espèces 4,00 € 2,00 € -2,00 €", text), text

@@ -17,7 +17,9 @@ from archive_core.archive import Archive
 from archive_core.config import Settings
 from archive_core.db import Base, write_session
 from archive_core.errors import ArchiveError, JournalBusy, NotFound, UnknownPeer
+from archive_core.index import patient_search as _patient_search
 from archive_core.index.models import Instance, Patient, Series, Study, utcnow
+from archive_core.index.patient_search import PatientMatch, PatientSearchPage
 from archive_core.peers import PeerInfo
 from archive_core.purge import TombstoneResult
 from archive_core.tiers import TierMove
@@ -26,6 +28,7 @@ __all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsa
 # The domain errors the back-office maps at its edges, so that it needs no other core module.
 __all__ += ["ArchiveError", "JournalBusy", "NotFound", "UnknownPeer"]
 __all__ += ["PeerInfo", "escape_like"]
+__all__ += ["PatientMatch", "PatientSearchPage"]
 
 
 @dataclass(frozen=True)
@@ -223,19 +226,13 @@ class _RadiologyMixin:
         limit: int = 50,
         offset: int = 0,
     ) -> StudyPage:
-        """Studies newest first; *patient* matches the start of a name (any of its parts) or a whole ID."""
+        """Studies newest first; *patient* is what the patient search understands (see search_patients)."""
         q = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(Study.deleted_at.is_(None))
         patient = patient.strip()
         if patient:
-            start = escape_like(patient.upper())
-            # Patients first (a small table), then their studies through the patient_pk index.
-            matching = select(Patient.id).where(
-                Patient.deleted_at.is_(None),
-                (Patient.patient_id == patient)
-                | func.upper(Patient.patient_name).like(start + "%", escape="\\")
-                | func.upper(Patient.patient_name).like("%^" + start + "%", escape="\\")
-            )
-            q = q.where(Study.patient_pk.in_(matching))
+            # The one patient search (accents, word order, hyphens, birth date, ID): patients
+            # first (a small table), then their studies through the patient_pk index.
+            q = q.where(Study.patient_pk.in_(_patient_search.matching_patient_pks(patient)))
         if date_from:
             q = q.where(Study.study_date >= _dicom_date(date_from))
         if date_to:
@@ -847,6 +844,11 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
         with self._archive.sessions() as s:
             rows = s.execute(query.order_by(Study.id).limit(limit)).all()
             return [_summary(st, p) for st, p in rows]
+
+    def search_patients(self, session: Session, text: str, limit: int = 100, offset: int = 0) -> PatientSearchPage:
+        """The one patient search of every page and the API: name words in any order, case and
+        accents, partial words, birth date (``12/03/1961`` or ISO), patient ID; best first."""
+        return _patient_search.search(session, text, limit=limit, offset=offset)
 
     # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 

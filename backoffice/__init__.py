@@ -76,6 +76,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     from backoffice.billing.views import bp as billing_bp
 
     app.register_blueprint(billing_bp)
+    from backoffice.patients.views import bp as patients_bp
+
+    app.register_blueprint(patients_bp)
 
     from backoffice.api import register_api
 

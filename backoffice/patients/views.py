@@ -1,0 +1,90 @@
+"""The patient search page and the patient page (front desk, manager, radiologist)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask_babel import gettext as _, lazy_gettext as _l
+from flask_login import current_user
+from flask_wtf import FlaskForm
+from wtforms import BooleanField, StringField
+
+from backoffice.auth import roles_required
+from backoffice.extensions import db, facade
+from backoffice.patients import nir as nir_rules
+from backoffice.patients import services
+from backoffice.retention.clock import today
+
+bp = Blueprint("patients", __name__, url_prefix="/patients")
+READERS = ("front_desk", "manager", "radiologist")
+IDENTITY_EDITORS = ("front_desk", "manager")
+PAGE_SIZE = 50
+NIR_ERRORS = {
+    "length": _l("Le NIR compte 15 caractères : 13 puis une clé de 2 chiffres."),
+    "form": _l("Le NIR ne contient que des chiffres (2A ou 2B pour la Corse)."),
+    "key": _l("La clé du NIR ne correspond pas : vérifiez le numéro."),
+}
+
+
+class InsForm(FlaskForm):
+    nir = StringField(_l("NIR (15 caractères, clé comprise)"))
+    qualified = BooleanField(_l("Identité qualifiée (vérifiée par le téléservice INSi et une pièce d'identité)"))
+
+
+@bp.app_template_filter("nir")
+def _nir(value: str | None) -> str:
+    return nir_rules.formatted(value) if value else "—"
+
+
+@bp.route("/")
+@roles_required(*READERS)
+def search():
+    """One box: name (any order, with or without accents), birth date or patient ID."""
+    q = (request.args.get("q") or "").strip()
+    page = max(request.args.get("page", 1, type=int) or 1, 1)
+    results = None
+    if q:
+        results = facade().search_patients(db(), q, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+        facade().audit_now("patient.search", actor=current_user.login,
+                           detail={"results": len(results.items), "page": page})
+    return render_template("patients/search.html", q=q, results=results, page=page)
+
+
+@bp.route("/<path:patient_id>")
+@roles_required(*READERS)
+def patient(patient_id: str):
+    try:
+        file = services.patient_file(db(), facade(), patient_id, today=today())
+    except services.UnknownPatient:
+        abort(404)
+    facade().audit_now("patient.viewed", actor=current_user.login, patient_id=patient_id)
+    from backoffice.billing import services as billing
+    from backoffice.billing.views import STATE_LABELS
+
+    return render_template("patients/patient.html", f=file, today=today(), states=STATE_LABELS,
+                           labels=billing.exam_group_labels(db()),
+                           ins_form=InsForm(nir=file.ins.nir if file.ins else "",
+                                            qualified=file.ins.qualified if file.ins else False),
+                           can_edit=current_user.role in IDENTITY_EDITORS)
+
+
+@bp.route("/<path:patient_id>/ins", methods=["POST"])
+@roles_required(*IDENTITY_EDITORS)
+def record_ins(patient_id: str):
+    form = InsForm()
+    if not form.validate_on_submit():
+        abort(400)
+    try:
+        services.patient_file(db(), facade(), patient_id, today=today())
+    except services.UnknownPatient:
+        abort(404)
+    try:
+        row = services.record_ins(db(), patient_id, form.nir.data or "", qualified=bool(form.qualified.data),
+                                  recorded_by=current_user.login)
+    except nir_rules.InvalidNir as exc:
+        db().rollback()
+        flash(str(NIR_ERRORS[exc.reason]), "error")
+        return redirect(url_for("patients.patient", patient_id=patient_id))
+    facade().audit(db(), "patient.ins.recorded", actor=current_user.login, patient_id=patient_id,
+                   detail={"qualified": row.qualified})
+    flash(_("INS enregistré."), "info")
+    return redirect(url_for("patients.patient", patient_id=patient_id))

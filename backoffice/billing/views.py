@@ -184,7 +184,16 @@ def checkin():
                        detail={"exam_group_id": group.id})
         flash(_("Groupe d'examens créé."), "info")
         return redirect(url_for("billing.group", group_id=group.id))
-    return render_template("billing/checkin.html", labels=labels, today=S.paris_today())
+    # Look the patient up first (the archive's one patient search), then fill the form from the choice.
+    q = (request.args.get("q") or "").strip()
+    patients = facade().search_patients(db(), q, limit=20).items if q else ()
+    chosen_id = (request.args.get("patient_id") or "").strip()
+    chosen = next((m for m in (facade().search_patients(db(), chosen_id, limit=1).items if chosen_id else ())
+                   if m.patient_id == chosen_id), None)
+    if q or chosen:
+        facade().audit_now("patient.search", actor=current_user.login, detail={"results": len(patients)})
+    return render_template("billing/checkin.html", labels=labels, today=S.paris_today(), q=q, patients=patients,
+                           chosen=chosen)
 
 
 @bp.route("/groups/<int:group_id>")

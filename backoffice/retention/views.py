@@ -122,7 +122,19 @@ def patient():
     patient_id = request.args.get("patient_id", "").strip()
     if not patient_id:
         return redirect(url_for("retention.index"))
-    answer = services.patient_retention(db(), facade(), patient_id, today=today())
+    try:
+        answer = services.patient_retention(db(), facade(), patient_id, today=today())
+    except RetentionError as exc:
+        if exc.key != "patient_not_found":
+            raise
+        # Not an ID: a name or a birth date, looked up with the archive's one patient search.
+        matches = facade().search_patients(db(), patient_id, limit=50).items
+        facade().audit_now("patient.search", actor=current_user.login, detail={"results": len(matches)})
+        if len(matches) == 1:
+            return redirect(url_for("retention.patient", patient_id=matches[0].patient_id))
+        if not matches:
+            raise
+        return render_template("retention/choose_patient.html", q=patient_id, patients=matches)
     facade().audit_now("retention.viewed", actor=current_user.login, patient_id=patient_id)
     return render_template("retention/patient.html", p=answer, hold_form=HoldForm(patient_id=patient_id),
                            death_form=DeathForm(patient_id=patient_id, death_date=answer.death_date),

@@ -165,3 +165,23 @@ def test_api_patient_search_pages_with_a_next_link(app, client, patients):
     assert [i["patient_id"] for i in second["items"]] == ["PAT004"] and "next" not in second
     spec = client.get("/api/v1/openapi.json", headers=bearer(token)).get_json()
     assert "get" in spec["paths"]["/api/v1/patients"]
+
+
+def test_the_retention_lookup_takes_a_name(app, client, patients):
+    """Before: the manager's lookup took an ID only ("lefevre" -> patient not found)."""
+    sign_in(client, app, "gerante", "manager")
+    one = client.get("/retention/patient", query_string={"patient_id": "lefevre"})
+    assert one.status_code == 302 and one.headers["Location"].endswith("/retention/patient?patient_id=PAT002")
+    several = client.get("/retention/patient", query_string={"patient_id": "jean"}).get_data(as_text=True)
+    assert "DUPRÉ Jean" in several and "MOREAU Jean-François" in several
+    assert "/retention/patient?patient_id=PAT004" in several
+
+
+def test_check_in_looks_the_patient_up_and_fills_the_form(app, client, patients):
+    """Before: check-in had no lookup; the desk retyped the ID and name (and made typos)."""
+    sign_in(client, app, "accueil", "front_desk")
+    found = client.get("/billing/checkin", query_string={"q": "Lefevre marie"}).get_data(as_text=True)
+    assert "LEFÈVRE Marie" in found and "/billing/checkin?patient_id=PAT002" in found
+    form = client.get("/billing/checkin", query_string={"patient_id": "PAT002"}).get_data(as_text=True)
+    assert 'name="patient_id" required maxlength="64" value="PAT002"' in form
+    assert 'value="1975-12-24"' in form

@@ -232,7 +232,8 @@ class _RadiologyMixin:
         if patient:
             # The one patient search (accents, word order, hyphens, birth date, ID): patients
             # first (a small table), then their studies through the patient_pk index.
-            q = q.where(Study.patient_pk.in_(_patient_search.matching_patient_pks(patient)))
+            dialect = self._archive.engine.dialect.name
+            q = q.where(Study.patient_pk.in_(_patient_search.matching_patient_pks(patient, dialect)))
         if date_from:
             q = q.where(Study.study_date >= _dicom_date(date_from))
         if date_to:

@@ -27,7 +27,7 @@ class Patient(Base):
     # Ideographic and phonetic component groups (NFC, upper case), matched on their own.
     patient_name_ideographic: Mapped[str | None] = mapped_column(String(324), index=True)
     patient_name_phonetic: Mapped[str | None] = mapped_column(String(324), index=True)
-    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8), index=True)  # the patient search
     patient_sex: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # Tombstone (retention purge, merge): set rows are invisible; every query filters deleted_at IS NULL.
@@ -35,6 +35,17 @@ class Patient(Base):
     merged_into_pk: Mapped[int | None] = mapped_column(Integer)
 
     studies: Mapped[list["Study"]] = relationship(back_populates="patient")
+    # The words of the folded name, for the patient search (kept in step by patient_search.py).
+    name_tokens: Mapped[list["PatientNameToken"]] = relationship(cascade="all, delete-orphan")
+
+
+class PatientNameToken(Base):
+    """One word of a patient's folded name (``DUPRE^JEAN-FRANCOIS``: DUPRE, JEAN, FRANCOIS)."""
+
+    __tablename__ = "patient_name_token"
+
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patient.id", ondelete="CASCADE"), primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
 
 
 class Study(Base):
@@ -125,3 +136,7 @@ class Peer(Base):
     allowed_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Our associations to it use DICOM TLS; its own must come in over the TLS port.
     tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+# The patient search keeps PatientNameToken in step on every flush, in whichever process writes.
+from archive_core.index import patient_search as _patient_search  # noqa: E402,F401

@@ -12,6 +12,11 @@ filled by the index from the same :func:`~archive_core.index.matching.fold_text`
   ISO 8601 (``1961-03-12``), alone or with name words;
 - a patient ID (exact, or its start).
 
+Speed: each typed word is looked up in ``patient_name_token`` (the words of every folded name,
+indexed; a prefix range on SQLite with GLOB, on PostgreSQL with LIKE and a ``varchar_pattern_ops``
+index), so a search reads the matching patients only, not the whole table. The table is kept in
+step with ``patient_name_search`` by an ORM flush hook below, in whichever process writes patients.
+
 Ranking: exact patient ID, then exact name (either order), then family name equal to a word
 typed, then family name starting with it, then any other match; ties by name then ID.
 """
@@ -22,18 +27,16 @@ import re
 from dataclasses import dataclass
 from datetime import date
 
-from sqlalchemy import and_, case, func, literal, or_, select
+from sqlalchemy import case, event, inspect, literal, or_, select, union
 from sqlalchemy.orm import Session
 
-from archive_core.index.matching import fold_text
-from archive_core.index.models import Patient
+from archive_core.index.matching import fold_text, wildcard_match
+from archive_core.index.models import Patient, PatientNameToken
 
 MAX_WORDS = 8  # a desk types two or three; more only make the query longer
 _WORD_SPLIT = re.compile(r"[^0-9A-Z]+")
 _DATE_FR = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{4})$")
 _DATE_ISO = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
-# What separates the words of a stored (folded) name: components, spaces, hyphens, apostrophes.
-_SEPARATORS = ("^", " ", "-", "'", ",", ".")
 
 
 @dataclass(frozen=True)
@@ -116,28 +119,56 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
 
 
-def _word_start(column, word: str):
-    """*word* starts some word of the folded name in *column*."""
-    w = _escape(word)
-    return or_(column.like(w + "%", escape="\\"),
-               *(column.like("%" + _escape(sep) + w + "%", escape="\\") for sep in _SEPARATORS))
+def name_tokens(folded: str | None) -> set[str]:
+    """The words of a folded name's alphabetic group: ``DUPRE^JEAN-FRANCOIS`` -> {DUPRE, JEAN, FRANCOIS}."""
+    if not folded:
+        return set()
+    return {w[:64] for w in _WORD_SPLIT.split(folded.split("=")[0]) if w}
 
 
-def _match_conditions(parsed: ParsedQuery, *, id_prefix: bool = False) -> list:
-    """Any of these finds a patient: the exact ID; every name word and the birth date; the ID's start."""
-    col = Patient.patient_name_search
-    matches = [Patient.patient_id == parsed.text]
-    name_and_date = []
+@event.listens_for(Session, "before_flush")
+def _keep_tokens_in_step(session: Session, _context, _instances) -> None:
+    """Rewrite the name words of every patient whose folded name is new or changed in this flush."""
+    for obj in list(session.new) + list(session.dirty):
+        if not isinstance(obj, Patient):
+            continue
+        state = inspect(obj)
+        if not state.pending and not state.attrs.patient_name_search.history.has_changes():
+            continue
+        wanted = name_tokens(obj.patient_name_search)
+        have = {t.token for t in obj.name_tokens}
+        if wanted == have:
+            continue
+        obj.name_tokens[:] = [t for t in obj.name_tokens if t.token in wanted] + [
+            PatientNameToken(token=w) for w in sorted(wanted - have)]
+
+
+def _word_start(word: str, dialect: str):
+    """The patients with a name word starting with *word* (an indexed prefix lookup in the word table)."""
+    return select(PatientNameToken.patient_pk).where(wildcard_match(PatientNameToken.token, word + "*", dialect))
+
+
+def _candidates(parsed: ParsedQuery, dialect: str, *, id_prefix: bool = False):
+    """The primary keys of the patients *parsed* finds: the exact ID; or every name word and the birth
+    date; or the ID's start. A union of indexed lookups (an OR in one WHERE would read every patient)."""
+    parts = [select(Patient.id).where(Patient.patient_id == parsed.text)]
+    born = select(Patient.id).where(Patient.patient_birth_date == parsed.birth_date) if parsed.birth_date else None
     if parsed.words:
-        name_and_date.extend(_word_start(col, w) for w in parsed.words)
-    if parsed.birth_date:
-        name_and_date.append(Patient.patient_birth_date == parsed.birth_date)
-    if name_and_date:
-        matches.append(and_(*name_and_date))
-    if id_prefix and " " not in parsed.text and len(parsed.text) >= 2:
-        # substr, not LIKE: SQLite's LIKE ignores case, PostgreSQL's does not; IDs are exact on both.
-        matches.append(func.substr(Patient.patient_id, 1, len(parsed.text)) == parsed.text)
-    return matches
+        # The first word's patients, narrowed by each other word (and the birth date): flat, so
+        # that SQLite takes it inside the UNION (it refuses a parenthesised INTERSECT there).
+        both = _word_start(parsed.words[0], dialect)
+        for word in parsed.words[1:]:
+            both = both.where(PatientNameToken.patient_pk.in_(_word_start(word, dialect)))
+        if born is not None:
+            both = both.where(PatientNameToken.patient_pk.in_(born))
+        parts.append(both)
+    elif born is not None:
+        parts.append(born)
+    text = parsed.text
+    if id_prefix and len(text) >= 2 and not any(c in text for c in " *?[\\"):
+        # GLOB on SQLite, LIKE on PostgreSQL: case-sensitive on both, as IDs are; indexed prefixes.
+        parts.append(select(Patient.id).where(wildcard_match(Patient.patient_id, text + "*", dialect)))
+    return union(*parts)
 
 
 def search(session: Session, text: str, *, limit: int = 100, offset: int = 0) -> PatientSearchPage:
@@ -149,7 +180,7 @@ def search(session: Session, text: str, *, limit: int = 100, offset: int = 0) ->
     raw = parsed.text
     words = parsed.words
 
-    matches = _match_conditions(parsed, id_prefix=True)
+    candidates = _candidates(parsed, session.get_bind().dialect.name, id_prefix=True)
 
     rank_cases = [(Patient.patient_id == raw, 0)]
     if words:
@@ -172,7 +203,7 @@ def search(session: Session, text: str, *, limit: int = 100, offset: int = 0) ->
 
     query = (
         select(Patient, rank)
-        .where(Patient.deleted_at.is_(None), or_(*matches))
+        .where(Patient.id.in_(candidates), Patient.deleted_at.is_(None))
         .order_by(rank, col, Patient.patient_id, Patient.id)
         .limit(limit + 1)
         .offset(max(offset, 0))
@@ -199,6 +230,7 @@ def _iso(dicom_date: str | None) -> str | None:
     return None
 
 
-def matching_patient_pks(text: str):
+def matching_patient_pks(text: str, dialect: str):
     """A subquery of the primary keys of the patients *text* finds (for filters on other tables)."""
-    return select(Patient.id).where(Patient.deleted_at.is_(None), or_(*_match_conditions(parse_query(text))))
+    return select(Patient.id).where(Patient.id.in_(_candidates(parse_query(text), dialect)),
+                                    Patient.deleted_at.is_(None))

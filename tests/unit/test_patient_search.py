@@ -122,3 +122,15 @@ def test_human_name_and_birth_dates_alone():
     assert human_name("Dupré^Zoé") == "DUPRÉ Zoé"
     assert human_name(None) == ""
     assert parse_birth_date("29/02/2023") is None and parse_birth_date("29/02/2024") == "20240229"
+
+
+def test_a_renamed_patient_is_found_by_the_new_name_only(facade):
+    """The name words follow the index: a later object with a corrected name (newest wins) replaces
+    the old words, in the process that indexes it (no separate rebuild)."""
+    ds = make_ct(patient_id="PAT007", patient_name="ROUX^Paul", charset="ISO_IR 192",
+                 study_uid="1.2.826.0.1.3680043.8.498.72.1", series_uid="1.2.826.0.1.3680043.8.498.72.1.1",
+                 sop_uid="1.2.826.0.1.3680043.8.498.72.1.1.1", PatientBirthDate="19660303")
+    index_jobs(facade.archive.sessions,
+               [Job(99, Path("unused"), Identity.of(ds), ds, "0" * 64, 100, "1.2.840.10008.1.2.1", None, None)])
+    assert "PAT007" not in _ids(facade, "jean francois")
+    assert "PAT007" in _ids(facade, "paul roux")

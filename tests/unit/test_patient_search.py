@@ -134,3 +134,24 @@ def test_a_renamed_patient_is_found_by_the_new_name_only(facade):
                [Job(99, Path("unused"), Identity.of(ds), ds, "0" * 64, 100, "1.2.840.10008.1.2.1", None, None)])
     assert "PAT007" not in _ids(facade, "jean francois")
     assert "PAT007" in _ids(facade, "paul roux")
+
+
+def test_the_migration_fills_the_word_table_for_patients_indexed_before_it(database_url):
+    """Patients indexed before migration 0930 (no words yet) are found by the search after it."""
+    from sqlalchemy import text
+
+    from archive_core.db import make_engine, session_factory
+    from backoffice.migrate import upgrade
+
+    upgrade(database_url, "0920_qr_prefix")
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO patient (patient_id, issuer_of_patient_id, patient_name, patient_name_search, "
+                          "patient_birth_date, created_at) VALUES ('OLD1', '', 'LEFÈVRE^Marie-Hélène', "
+                          "'LEFEVRE^MARIE-HELENE', '19751224', CURRENT_TIMESTAMP)"))
+    upgrade(database_url)
+    with session_factory(engine)() as s:
+        from archive_core.index.patient_search import search
+
+        assert [m.patient_id for m in search(s, "helene lefevre").items] == ["OLD1"]
+    engine.dispose()

@@ -47,6 +47,8 @@ ACTIONS: dict[str, str] = {
     "user.password_changed": "mot de passe changé",
     "user.role_changed": "rôle changé",
     "patient.viewed": "dossier patient consulté",
+    "patient.search": "recherche de patient",
+    "patient.ins.recorded": "INS du patient enregistré",
     "study.retrieved": "examen récupéré (web ou DICOM)",
     "dicom.storage_commitment": "engagement de stockage (modalité)",
     "dicom.store.refused": "objet DICOM refusé (UID absent ou d'un autre patient/examen)",

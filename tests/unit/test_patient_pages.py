@@ -71,6 +71,8 @@ def test_the_study_browser_finds_the_patient(app, client, patients, typed, expec
     page = client.get("/radiology/", query_string={"patient": typed}).get_data(as_text=True)
     assert patients[expected] in page
     assert patients["PAT005"] not in page
+    study = client.get(f"/radiology/studies/{patients[expected]}").get_data(as_text=True)
+    assert f'href="/patients/{expected}"' in study  # the study page leads to the patient page
 
 
 def test_the_patient_search_page_ranks_and_links_to_the_patient_page(app, client, patients):
@@ -185,3 +187,27 @@ def test_check_in_looks_the_patient_up_and_fills_the_form(app, client, patients)
     form = client.get("/billing/checkin", query_string={"patient_id": "PAT002"}).get_data(as_text=True)
     assert 'name="patient_id" required maxlength="64" value="PAT002"' in form
     assert 'value="1975-12-24"' in form
+
+
+@pytest.mark.parametrize("role", ["radiologist", "manager"])
+def test_every_reading_role_sees_the_patient_page(app, client, patients, role):
+    """The radiologist gets the studies with their viewer links and no billing links; the manager the
+    billing links and the retention management link; nobody gets a 500 on a patient without images."""
+    sign_in(client, app, f"u_{role}", role)
+    page = client.get("/patients/PAT003").get_data(as_text=True)
+    assert "MARTIN Lucas" in page or "MARTIN LUCAS" in page
+    assert ("/radiology/studies/" in page) == (role == "radiologist")
+    assert ("/retention/patient?patient_id=PAT003" in page) == (role == "manager")
+    assert "/billing/" not in page or role == "manager"
+
+
+def test_a_patient_checked_in_before_any_image_has_a_page(app, client, patients):
+    from backoffice.billing import services as S
+
+    with app.extensions["archivage"].new_session(write=True) as s:
+        S.create_exam_group(s, patient_id="NEW1", visit_date=date(2026, 6, 15), exam_group="radiologie",
+                            created_by="t", patient_name="NOUVEAU^Paul", patient_birth_date="20000101")
+        s.commit()
+    sign_in(client, app, "accueil", "front_desk")
+    page = client.get("/patients/NEW1").get_data(as_text=True)
+    assert "NOUVEAU" in page and "01/01/2000" in page and "Aucune image archivée" in page

@@ -27,7 +27,8 @@ NIR_ERRORS = {
 
 class InsForm(FlaskForm):
     nir = StringField(_l("NIR (15 caractères, clé comprise)"))
-    qualified = BooleanField(_l("Identité qualifiée (vérifiée par le téléservice INSi et une pièce d'identité)"))
+    qualified = BooleanField(
+        _l("Identité qualifiée (vérifiée par le téléservice INSi et une pièce d'identité)"))
 
 
 @bp.app_template_filter("nir")

@@ -84,7 +84,7 @@ def patient_file(session: Session, facade: ArchiveFacade, patient_id: str, *, to
     by_group: dict[int, list[Invoice]] = {}
     for inv in invoices:
         by_group.setdefault(inv.group_id, []).append(inv)
-    insurer_due = sum(max(getattr(st, "insurer_due_cents", 0) or 0, 0) for st in invoice_states.values())
+    insurer_due = sum(max(st.insurer_balance_cents, 0) for st in invoice_states.values())
     study_rows = []
     for st in reversed(studies):  # newest first
         signed = radiology.signed_report(session, st.study_uid) is not None

@@ -16,7 +16,7 @@ from archive_core import peers as _peers
 from archive_core.archive import Archive
 from archive_core.config import Settings
 from archive_core.db import Base, write_session
-from archive_core.errors import ArchiveError, JournalBusy, NotFound, UnknownPeer
+from archive_core.errors import ArchiveError, BlobMissing, InvalidQuery, JournalBusy, NotFound, UnknownPeer
 from archive_core.index import patient_search as _patient_search
 from archive_core.index.models import Instance, Patient, Series, Study, utcnow
 from archive_core.index.patient_search import PatientMatch, PatientSearchPage
@@ -26,7 +26,7 @@ from archive_core.tiers import TierMove
 
 __all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
 # The domain errors the back-office maps at its edges, so that it needs no other core module.
-__all__ += ["ArchiveError", "JournalBusy", "NotFound", "UnknownPeer"]
+__all__ += ["ArchiveError", "BlobMissing", "InvalidQuery", "JournalBusy", "NotFound", "UnknownPeer"]
 __all__ += ["PeerInfo", "escape_like"]
 __all__ += ["PatientMatch", "PatientSearchPage"]
 
@@ -748,7 +748,73 @@ class StorageUsage:
     bytes_total: int
 
 
-class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin):
+class _DicomwebMixin:
+    """DICOMweb (PS3.18) for the web edge: the core work is in :mod:`archive_core.dicomweb`."""
+
+    _archive: Archive
+
+    def qido_search(self, resource: str, params, *, base_url: str, study_uid: str | None = None,
+                    series_uid: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+        """The QIDO-RS answer (DICOM JSON objects) and the match keys ignored; InvalidQuery for bad parameters."""
+        from archive_core import dicomweb
+
+        request = dicomweb.parse_qido(resource, params, study_uid=study_uid, series_uid=series_uid)
+        with self._archive.sessions() as s:
+            rows = find(s, request.query, limit=request.limit, offset=request.offset)
+        return [dicomweb.qido_answer(request, row, base_url) for row in rows], request.ignored
+
+    def stored_instances(self, study_uid: str, series_uid: str | None = None,
+                         sop_instance_uid: str | None = None) -> list:
+        """The stored instances a WADO-RS URL names, in study/series/instance order; NotFound when none."""
+        from archive_core import dicomweb
+
+        query = dicomweb.retrieve_query(study_uid, series_uid, sop_instance_uid)
+        with self._archive.sessions() as s:
+            found = instances_to_retrieve(s, query)
+        if not found:
+            raise NotFound("no such study, series or instance")
+        return found
+
+    def open_stored(self, stored) -> "io.BufferedIOBase":
+        """The stored file of *stored* (from :meth:`stored_instances`), open for reading."""
+        store = self._archive.store_for(stored.tier)
+        if not store.exists(stored.storage_key):
+            raise BlobMissing(f"file of {stored.sop_instance_uid} missing in the {stored.tier} tier")
+        return store.open(stored.storage_key)
+
+    def instance_metadata(self, found: list, *, base_url: str) -> list[dict[str, Any]]:
+        """The DICOM JSON (PS3.18 F.2) of each stored instance, bulk data as BulkDataURIs under *base_url*."""
+        from archive_core import dicomweb
+
+        answers = []
+        for stored in found:
+            with self.open_stored(stored) as f:
+                answers.append(dicomweb.metadata(f, stored, base_url))
+        return answers
+
+    def bulk_value(self, stored, tag: str) -> bytes:
+        from archive_core import dicomweb
+
+        with self.open_stored(stored) as f:
+            return dicomweb.bulk_value(f, tag)
+
+    def converted_instance(self, stored, target_ts: str) -> bytes:
+        """The Part 10 file of *stored* converted to an uncompressed *target_ts*, UIDs kept (the DIMSE
+        sender's conversion); ValueError when *target_ts* is not one we convert to."""
+        from pydicom import dcmwrite
+
+        from archive_core.net.scu import convert
+
+        with self.open_stored(stored) as f:
+            ds = convert(f.read(), stored.transfer_syntax_uid, target_ts)
+        ds.file_meta.MediaStorageSOPClassUID = stored.sop_class_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = stored.sop_instance_uid
+        out = io.BytesIO()
+        dcmwrite(out, ds, enforce_file_format=True)
+        return out.getvalue()
+
+
+class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
     """One object per process; sessions it hands out are owned by the caller (the edge commits)."""
 
     def __init__(self, archive: Archive) -> None:

@@ -111,13 +111,14 @@ def _check_retrieve_key(keyword: str, value: Any) -> None:
 _UID_CHARS = frozenset("0123456789.")
 
 
-def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) -> Query:
+def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False, relational: bool = False) -> Query:
     """Check *identifier* against the information model *root* and read its keys.
 
     The identifier is decoded with its own Specific Character Set. Raises :class:`InvalidQuery`
     for a missing or unknown level, a key below the level, or a unique key missing above it.
     For a retrieve (C-MOVE, C-GET), the unique key of the level is required too and only unique
-    keys are matched (PS3.4 C.4.2.2.1).
+    keys are matched (PS3.4 C.4.2.2.1). A *relational* query (QIDO-RS ``/series``, ``/instances``)
+    needs no unique key above its level.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -166,7 +167,7 @@ def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False) 
             else:
                 query.unmatched_keys.append(keyword or str(tag))
     first = LEVELS.index(PATIENT_ROOT if root == PATIENT_ROOT else STUDY_ROOT)
-    required = LEVELS[first : query.depth + (1 if retrieve else 0)]
+    required = [] if relational else LEVELS[first : query.depth + (1 if retrieve else 0)]
     for needed in required:
         if UNIQUE_KEYS[needed] not in query.conditions:
             where = f"above the {level} level" if needed != level else f"to retrieve at the {level} level"
@@ -348,6 +349,7 @@ class StoredInstance:
     storage_key: str
     study_uid: str
     tier: str = "active"
+    series_uid: str = ""
 
 
 def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance]:
@@ -357,7 +359,7 @@ def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance
         session,
         deep,
         [Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.storage_key,
-         Study.study_uid, Instance.tier],
+         Study.study_uid, Instance.tier, Series.series_uid],
     ).order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
     return [StoredInstance(*row) for row in session.execute(stmt)]
 

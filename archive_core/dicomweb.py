@@ -1,0 +1,239 @@
+"""DICOMweb (PS3.18) without the web: QIDO-RS parameters to a C-FIND :class:`Query`, answers in the
+DICOM JSON model (PS3.18 F.2), and the stored instances a WADO-RS request names.
+
+The matching is C-FIND's (:mod:`archive_core.index.query`): one implementation of PN, dates, ranges,
+wildcards and UID lists. The web edge (``backoffice/dicomweb``) reaches this through the facade.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from pydicom import config
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+
+from archive_core.errors import InvalidQuery
+from archive_core.index.keywords import ATTRIBUTES, COMPUTED
+from archive_core.index.query import LEVELS, STUDY_ROOT, Query, parse_identifier
+
+# QIDO resource -> query level.
+LEVEL_OF = {"studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}
+
+# The attributes answered without includefield (PS3.18 Tables 10.6.3-3 to -5, those the index holds).
+_STUDY_DEFAULT = ("StudyDate", "StudyTime", "AccessionNumber", "InstanceAvailability", "ModalitiesInStudy",
+                  "ReferringPhysicianName", "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                  "StudyInstanceUID", "StudyID", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances")
+_SERIES_DEFAULT = ("Modality", "SeriesDescription", "SeriesNumber", "SeriesInstanceUID",
+                   "NumberOfSeriesRelatedInstances")
+_INSTANCE_DEFAULT = ("SOPClassUID", "SOPInstanceUID", "InstanceAvailability", "InstanceNumber", "Rows", "Columns",
+                     "NumberOfFrames")
+# Parameters that are not attributes.
+_CONTROL = {"includefield", "limit", "offset", "fuzzymatching"}
+MAX_LIMIT = 10_000
+_PIXEL_TAGS = (0x7FE00008, 0x7FE00009, 0x7FE00010)  # Float, Double Float, Pixel Data
+
+
+@dataclass
+class QidoRequest:
+    query: Query
+    limit: int | None
+    offset: int
+    ignored: list[str]  # match keys given a value the index does not match on (a Warning header says so)
+    study_uid: str | None = None
+    series_uid: str | None = None
+
+
+def _tag_of(name: str) -> int:
+    """A QIDO attribute name: a keyword (``PatientName``) or eight hex digits (``00100010``)."""
+    name = name.strip()
+    if len(name) == 8 and all(c in "0123456789abcdefABCDEF" for c in name):
+        tag = int(name, 16)
+        if keyword_for_tag(tag):
+            return tag
+    else:
+        tag = tag_for_keyword(name)
+        if tag is not None:
+            return tag
+    raise InvalidQuery(f"unknown attribute {name!r}")
+
+
+def _levels_down_to(level: str, *, relational: bool, scope: str) -> list[str]:
+    """The levels whose attributes an answer at *level* carries: its own, and those above it
+    that the URL does not already fix (PS3.18 10.6.3.3.1)."""
+    depth = LEVELS.index(level)
+    top = {"STUDY": 1, "SERIES": 2, "IMAGE": 3}[scope] if not relational else 1
+    return [LEVELS[i] for i in range(max(top, 1), depth + 1)]
+
+
+def _default_keys(level: str, levels: list[str]) -> list[str]:
+    keys: list[str] = []
+    if "STUDY" in levels:
+        keys += _STUDY_DEFAULT
+    if "SERIES" in levels:
+        keys += _SERIES_DEFAULT
+    if "IMAGE" in levels:
+        keys += _INSTANCE_DEFAULT
+    return keys
+
+
+def _all_keys(level: str) -> list[str]:
+    depth = LEVELS.index(level)
+    keys = [a.keyword for a in ATTRIBUTES if LEVELS.index(a.level) <= depth]
+    keys += [c.keyword for c in COMPUTED if c.level == "ANY" or (c.level != "PATIENT"
+                                                                 and LEVELS.index(c.level) <= depth)]
+    return [k for k in keys if k != "RetrieveAETitle"]
+
+
+def parse_qido(resource: str, params: Iterable[tuple[str, str]], *, study_uid: str | None = None,
+               series_uid: str | None = None) -> QidoRequest:
+    """Read a QIDO-RS query string (as (name, value) pairs, names repeated) into a C-FIND query.
+
+    Raises :class:`InvalidQuery` (a 400) for an unknown attribute, a malformed value or range,
+    a bad ``limit``/``offset``/``fuzzymatching``, or a key below the level searched.
+    """
+    level = LEVEL_OF[resource]
+    scope = "IMAGE" if series_uid else "SERIES" if study_uid else "STUDY"
+    relational = scope == "STUDY"
+    levels = _levels_down_to(level, relational=relational, scope=scope)
+    include: list[str] = []
+    matches: list[tuple[int, str]] = []
+    limit: int | None = None
+    offset = 0
+    for name, value in params:
+        key = name.strip()
+        low = key.lower()
+        if low == "includefield":
+            for field in value.split(","):
+                if field.strip().lower() == "all":
+                    include += _all_keys(level)
+                elif field.strip():
+                    include.append(keyword_for_tag(_tag_of(field)) or field.strip())
+        elif low in ("limit", "offset"):
+            try:
+                number = int(value)
+            except ValueError:
+                raise InvalidQuery(f"{low} must be a whole number, not {value!r}") from None
+            if number < 0:
+                raise InvalidQuery(f"{low} must not be negative")
+            if low == "limit":
+                limit = min(number, MAX_LIMIT)
+            else:
+                offset = number
+        elif low == "fuzzymatching":
+            if value.strip().lower() not in ("true", "false"):
+                raise InvalidQuery("fuzzymatching must be true or false")
+            # true is accepted too: person names already match case- and accent-insensitively.
+        else:
+            matches.append((_tag_of(key), value))
+    identifier = Dataset()
+    keywords = _default_keys(level, levels) + include
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for keyword in keywords:
+            tag = tag_for_keyword(keyword)
+            if tag is not None and tag not in identifier:
+                identifier[tag] = DataElement(tag, dictionary_VR(tag), None, validation_mode=config.IGNORE)
+        for tag, value in matches:
+            vr = dictionary_VR(tag)
+            if vr == "SQ":
+                raise InvalidQuery(f"{keyword_for_tag(tag)}: no matching on sequences")
+            if vr == "UI":
+                value = "\\".join(v.strip() for v in value.replace("\\", ",").split(","))
+            identifier[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+        for tag, value in ((0x0020000D, study_uid), (0x0020000E, series_uid)):
+            if value:
+                identifier[tag] = DataElement(tag, "UI", value, validation_mode=config.IGNORE)
+        identifier.QueryRetrieveLevel = level
+    query = parse_identifier(identifier, STUDY_ROOT, relational=True)
+    return QidoRequest(query=query, limit=limit, offset=offset, ignored=list(query.unmatched_keys),
+                       study_uid=study_uid, series_uid=series_uid)
+
+
+def _json_value(keyword: str, row: dict[str, Any]) -> Any:
+    if keyword == "InstanceAvailability":
+        return "ONLINE"
+    value = row.get(keyword)
+    if keyword == "ModalitiesInStudy":
+        return [m for m in (value or "").split("\\") if m] or None
+    return value
+
+
+def qido_answer(request: QidoRequest, row: dict[str, Any], base_url: str) -> dict[str, Any]:
+    """One match in the DICOM JSON model: every requested attribute, empty ones as ``{"vr": ..}``,
+    and the Retrieve URL (0008,1190) of the entity on this server."""
+    ds = Dataset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key in request.query.keys:
+            if key.vr == "SQ" or key.keyword == "RetrieveAETitle":
+                continue
+            value = _json_value(key.keyword, row) if key.keyword else None
+            ds[key.tag] = DataElement(key.tag, key.vr, value if value not in (None, "") else None,
+                                      validation_mode=config.IGNORE)
+        url = f"{base_url}/studies/{row.get('StudyInstanceUID') or request.study_uid}"
+        if request.query.depth >= 2:
+            url += f"/series/{row.get('SeriesInstanceUID') or request.series_uid}"
+        if request.query.depth >= 3:
+            url += f"/instances/{row.get('SOPInstanceUID')}"
+        ds[0x00081190] = DataElement(0x00081190, "UR", url, validation_mode=config.IGNORE)
+        return ds.to_json_dict()
+
+
+def retrieve_query(study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None) -> Query:
+    """The retrieve query of a WADO-RS URL (the unique keys down to the level named)."""
+    conditions = {"StudyInstanceUID": study_uid}
+    level = "STUDY"
+    if series_uid:
+        conditions["SeriesInstanceUID"] = series_uid
+        level = "SERIES"
+    if sop_instance_uid:
+        conditions["SOPInstanceUID"] = sop_instance_uid
+        level = "IMAGE"
+    for value in conditions.values():
+        if not value or not set(value) <= set("0123456789.") or len(value) > 64:
+            raise InvalidQuery(f"not a UID: {value[:80]!r}")
+    return Query(root=STUDY_ROOT, level=level, conditions=conditions)
+
+
+def metadata(fileobj, stored, base_url: str) -> dict[str, Any]:
+    """The DICOM JSON of a stored instance without its bulk data: binary values over 1 KiB, and pixel
+    data of any size, are a BulkDataURI on this server."""
+    from pydicom import dcmread
+
+    url = f"{base_url}/studies/{stored.study_uid}/series/{stored.series_uid}/instances/{stored.sop_instance_uid}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(fileobj, defer_size=1024)
+
+        def bulk(elem) -> str:
+            return f"{url}/bulkdata/{int(elem.tag):08X}"
+
+        pixels = {tag: ds[tag].VR for tag in _PIXEL_TAGS if tag in ds}
+        for tag in pixels:  # pixel data is bulk data whatever its size
+            del ds[tag]
+        answer = ds.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=bulk)
+        for tag, vr in pixels.items():
+            answer[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{url}/bulkdata/{tag:08X}"}
+        return answer
+
+
+def bulk_value(fileobj, tag: str) -> bytes:
+    """The raw value of the top-level element *tag* (eight hex digits) of a stored instance."""
+    from pydicom import dcmread
+
+    if len(tag) != 8 or not all(c in "0123456789abcdefABCDEF" for c in tag):
+        raise InvalidQuery(f"not a tag: {tag[:16]!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(fileobj, defer_size=1024)
+        value = ds[int(tag, 16)].value
+    if not isinstance(value, (bytes, bytearray)):
+        raise KeyError(tag)
+    return bytes(value)
+
+
+__all__ = ["LEVEL_OF", "QidoRequest", "parse_qido", "qido_answer", "retrieve_query", "metadata", "bulk_value"]

@@ -1,0 +1,277 @@
+"""DICOMweb (PS3.18) under ``/dicom-web``: QIDO-RS searches and WADO-RS retrieval.
+
+Who may call it: bearer tokens (the ``/api/v1`` tokens) and signed-in sessions of the
+radiologist and manager roles (:data:`ROLES`). Without credentials the answer is 401 (a viewer is
+no browser to redirect to a login page). Every request is one audit event, whatever it returns.
+The work is in :mod:`archive_core.dicomweb`, reached through the facade.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from functools import wraps
+
+from flask import Blueprint, Response, g, jsonify, request
+from flask_login import current_user
+
+from archive_core.api import BlobMissing, InvalidQuery, NotFound
+from backoffice.extensions import csrf, db, facade
+
+bp = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
+# Bearer calls carry no cookie a browser would add on its own: no CSRF token (as /api/v1).
+csrf.exempt(bp)
+
+# Radiologists read images; managers audit and answer patients' requests for copies. The front
+# desk prints reports and CDs from the back-office pages and does not need a viewer's access.
+ROLES = ("radiologist", "manager")
+DICOM_JSON = "application/dicom+json"
+_CHUNK = 256 * 1024
+UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+class DicomwebError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def _error(status: int, code: str, message: str):
+    response = jsonify({"error": {"code": code, "message": message}})
+    response.status_code = status
+    return response
+
+
+@bp.errorhandler(DicomwebError)
+def _dicomweb_error(exc: DicomwebError):
+    code = {400: "bad_request", 404: "not_found", 406: "not_acceptable", 413: "too_large", 415: "unsupported"}
+    return _error(exc.status, code.get(exc.status, "error"), exc.message)
+
+
+def _caller():
+    """The user a request comes from: a bearer token, else the signed-in session; None if neither."""
+    from backoffice.auth.services import user_for_token
+
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return user_for_token(db(), token.strip())
+    if current_user.is_authenticated:
+        return current_user
+    return None
+
+
+def dicomweb_route(rule: str, action: str, **options):
+    """A DICOMweb route: credentials (401/403), then the view; one audit event per request."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapped(**kwargs):
+            user = _caller()
+            if user is None:
+                response = _error(401, "unauthorized", "a bearer token or a signed-in session is required")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="dicom-web"'
+                return response
+            if user.role not in ROLES:
+                return _error(403, "forbidden", f"role {user.role} has no DICOMweb access")
+            g.dicomweb_detail = {}
+            try:
+                response = view(**kwargs)
+            except DicomwebError as exc:
+                g.dicomweb_detail["status"] = exc.status
+                raise
+            finally:
+                detail = {"path": request.path, **g.dicomweb_detail}
+                facade().audit_now(action, actor=user.login, study_uid=kwargs.get("study"), detail=detail)
+            return response
+
+        wrapped.allowed_roles = ROLES  # read by the route-walking test
+        bp.add_url_rule(rule, view.__name__, wrapped, **options)
+        return wrapped
+
+    return decorate
+
+
+def _base_url() -> str:
+    """Where clients reach /dicom-web (Retrieve URLs, BulkDataURIs): DICOMWEB_BASE_URL when set (behind a
+    proxy, or for clients that send a Host header without the port), else from the request."""
+    from flask import current_app
+
+    return (current_app.config.get("DICOMWEB_BASE_URL") or request.url_root.rstrip("/") + bp.url_prefix).rstrip("/")
+
+
+# -- QIDO-RS ----------------------------------------------------------------------------------------
+
+
+def _search(resource: str, study: str | None = None, series: str | None = None):
+    accept = request.headers.get("Accept", "")
+    if accept and not any(t in accept for t in (DICOM_JSON, "application/json", "*/*")):
+        raise DicomwebError(406, f"QIDO-RS answers {DICOM_JSON}, not {accept}")
+    try:
+        answers, ignored = facade().qido_search(resource, list(request.args.items(multi=True)),
+                                                base_url=_base_url(),
+                                                study_uid=study, series_uid=series)
+    except InvalidQuery as exc:
+        raise DicomwebError(400, str(exc)) from None
+    g.dicomweb_detail.update(query=request.query_string.decode("ascii", "replace")[:500], matches=len(answers))
+    response = Response(json.dumps(answers), mimetype=DICOM_JSON)
+    if ignored:
+        response.headers["Warning"] = f'299 archivage "these match keys were ignored: {", ".join(ignored)}"'
+    return response
+
+
+@dicomweb_route("/studies", "dicomweb.search", methods=["GET"])
+def search_studies():
+    return _search("studies")
+
+
+@dicomweb_route("/series", "dicomweb.search", methods=["GET"])
+def search_series():
+    return _search("series")
+
+
+@dicomweb_route("/instances", "dicomweb.search", methods=["GET"])
+def search_instances():
+    return _search("instances")
+
+
+@dicomweb_route("/studies/<study>/series", "dicomweb.search", methods=["GET"])
+def search_study_series(study: str):
+    return _search("series", study)
+
+
+@dicomweb_route("/studies/<study>/instances", "dicomweb.search", methods=["GET"])
+def search_study_instances(study: str):
+    return _search("instances", study)
+
+
+@dicomweb_route("/studies/<study>/series/<series>/instances", "dicomweb.search", methods=["GET"])
+def search_series_instances(study: str, series: str):
+    return _search("instances", study, series)
+
+
+# -- WADO-RS ----------------------------------------------------------------------------------------
+
+
+def _accepted_syntax() -> str | None:
+    """The transfer syntax the Accept header asks for: None (or ``*``) means as stored.
+
+    Raises 406 when the header accepts neither ``multipart/related; type="application/dicom"`` nor a
+    wildcard.
+    """
+    accept = request.headers.get("Accept", "").strip()
+    if not accept or accept.startswith("*/*"):
+        return None
+    wanted: list[str | None] = []
+    for media_range in accept.split(","):
+        parts = [p.strip() for p in media_range.split(";")]
+        params = {k.strip().lower(): v.strip().strip('"') for k, _, v in (p.partition("=") for p in parts[1:])}
+        kind = parts[0].lower()
+        if kind in ("multipart/related", "multipart/*", "*/*") and params.get("type", "application/dicom") in (
+                "application/dicom", "application/*", "*/*"):
+            ts = params.get("transfer-syntax")
+            wanted.append(None if ts in (None, "*") else ts)
+    if not wanted:
+        raise DicomwebError(406, 'WADO-RS retrieval answers multipart/related; type="application/dicom"')
+    return None if None in wanted else wanted[0]
+
+
+def _stored(study: str, series: str | None = None, instance: str | None = None) -> list:
+    try:
+        return facade().stored_instances(study, series, instance)
+    except InvalidQuery as exc:
+        raise DicomwebError(400, str(exc)) from None
+    except NotFound:
+        raise DicomwebError(404, "no such study, series or instance") from None
+
+
+def _multipart(found: list, target_ts: str | None):
+    """The instances as one multipart/related body, streamed: one file open at a time, read in chunks."""
+    archive = facade()
+    boundary = secrets.token_hex(16)
+
+    def parts():
+        for stored in found:
+            ts = target_ts or stored.transfer_syntax_uid
+            yield (f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={ts}\r\n\r\n").encode()
+            if ts == stored.transfer_syntax_uid:
+                with archive.open_stored(stored) as f:
+                    while chunk := f.read(_CHUNK):
+                        yield chunk
+            else:
+                yield archive.converted_instance(stored, ts)
+            yield b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    return Response(parts(), content_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+
+def _retrieve(study: str, series: str | None = None, instance: str | None = None):
+    target = _accepted_syntax()
+    found = _stored(study, series, instance)
+    if target is not None and target not in UNCOMPRESSED and any(s.transfer_syntax_uid != target for s in found):
+        raise DicomwebError(406, f"cannot convert to {target}: stored syntax, explicit or implicit VR little endian")
+    for stored in found:  # a missing file is known before the first byte is sent
+        try:
+            facade().open_stored(stored).close()
+        except BlobMissing:
+            raise DicomwebError(404, f"the file of {stored.sop_instance_uid} is missing") from None
+    g.dicomweb_detail.update(instances=len(found), transfer_syntax=target or "stored")
+    return _multipart(found, target)
+
+
+@dicomweb_route("/studies/<study>", "dicomweb.retrieve", methods=["GET"])
+def retrieve_study(study: str):
+    return _retrieve(study)
+
+
+@dicomweb_route("/studies/<study>/series/<series>", "dicomweb.retrieve", methods=["GET"])
+def retrieve_series(study: str, series: str):
+    return _retrieve(study, series)
+
+
+@dicomweb_route("/studies/<study>/series/<series>/instances/<instance>", "dicomweb.retrieve", methods=["GET"])
+def retrieve_instance(study: str, series: str, instance: str):
+    return _retrieve(study, series, instance)
+
+
+def _metadata(study: str, series: str | None = None, instance: str | None = None):
+    found = _stored(study, series, instance)
+    base = _base_url()
+    try:
+        answers = facade().instance_metadata(found, base_url=base)
+    except BlobMissing as exc:
+        raise DicomwebError(404, str(exc)) from None
+    g.dicomweb_detail.update(instances=len(found))
+    return Response(json.dumps(answers), mimetype=DICOM_JSON)
+
+
+@dicomweb_route("/studies/<study>/series/<series>/instances/<instance>/bulkdata/<tag>", "dicomweb.retrieve",
+                methods=["GET"])
+def instance_bulkdata(study: str, series: str, instance: str, tag: str):
+    """A bulk data value the metadata points to (BulkDataURI), as one application/octet-stream part."""
+    found = _stored(study, series, instance)
+    try:
+        value = facade().bulk_value(found[0], tag)
+    except (InvalidQuery, KeyError):
+        raise DicomwebError(404, f"no bulk data {tag[:16]!r} in this instance") from None
+    boundary = secrets.token_hex(16)
+    body = (f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n").encode() + value + (
+        f"\r\n--{boundary}--\r\n").encode()
+    g.dicomweb_detail.update(instances=1, tag=tag[:16])
+    return Response(body, content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+
+
+@dicomweb_route("/studies/<study>/metadata", "dicomweb.metadata", methods=["GET"])
+def study_metadata(study: str):
+    return _metadata(study)
+
+
+@dicomweb_route("/studies/<study>/series/<series>/metadata", "dicomweb.metadata", methods=["GET"])
+def series_metadata(study: str, series: str):
+    return _metadata(study, series)
+
+
+@dicomweb_route("/studies/<study>/series/<series>/instances/<instance>/metadata", "dicomweb.metadata",
+                methods=["GET"])
+def instance_metadata(study: str, series: str, instance: str):
+    return _metadata(study, series, instance)

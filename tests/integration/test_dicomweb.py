@@ -1,0 +1,233 @@
+"""DICOMweb through a client nobody here wrote (``dicomweb-client``) against a real ``flask web`` process.
+
+Images go in by C-STORE (pynetdicom) into the archive; the web process serves the same instance.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from io import BytesIO
+
+import pytest
+import requests
+from pydicom import dcmread
+from dicomweb_client.api import DICOMwebClient
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage
+
+from tests.helpers import ROOT, archive_server, free_port, make_ct
+
+
+@pytest.fixture
+def web(tmp_path):
+    """An archive holding two studies (stored by C-STORE), and ``flask --app wsgi web`` on it."""
+    from archive_core.db import make_engine, session_factory
+    from backoffice.auth.services import create_token, create_user
+
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    study_a, study_b, series_a = generate_uid(), generate_uid(), generate_uid()
+    datasets = [
+        make_ct(patient_id="PAT001", patient_name="Dupont^Jean", study_uid=study_a, series_uid=series_a,
+                study_date="20240115", InstanceNumber=1),
+        make_ct(patient_id="PAT001", patient_name="Dupont^Jean", study_uid=study_a, series_uid=series_a,
+                study_date="20240115", InstanceNumber=2),
+        make_ct(patient_id="PAT002", patient_name="Martin^Éloïse", study_uid=study_b, study_date="20230610",
+                modality="MR"),
+    ]
+    stored: dict[str, bytes] = {}
+    with archive_server(instance) as (archive, running):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
+        assert assoc.is_established
+        for ds in datasets:
+            assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        assert archive.ingestor.wait_indexed()
+        from archive_core.tiers import read_instance
+
+        for ds in datasets:
+            stored[ds.SOPInstanceUID] = read_instance(archive, ds.SOPInstanceUID)
+        database_url = archive.settings.database_url
+    engine = make_engine(database_url)
+    with session_factory(engine)() as s:
+        create_user(s, "dr", role="radiologist", password="correct horse battery")
+        create_user(s, "desk", role="front_desk", password="correct horse battery")
+        token = create_token(s, "dr")
+        desk_token = create_token(s, "desk")
+        s.commit()
+    engine.dispose()
+    port = free_port()
+    # dicomweb-client sends a Host header without the port: the public URL is set, as behind a proxy.
+    env = {**os.environ, "ARCHIVAGE_INSTANCE_PATH": str(instance), "ARCHIVAGE_STORAGE_MIN_FREE_BYTES": "0",
+           "ARCHIVAGE_DICOMWEB_BASE_URL": f"http://127.0.0.1:{port}/dicom-web",
+           "TCP_NODELAY": "1"}
+    log = (tmp_path / "web.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "web", "--host", "127.0.0.1",
+                                "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/dicom-web"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            requests.get(f"{url}/studies", timeout=5)
+            break
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            log.close()
+            pytest.fail(f"web server did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
+        time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
+    client = DICOMwebClient(url, headers={"Authorization": f"Bearer {token}"})
+    yield {"client": client, "url": url, "token": token, "desk_token": desk_token, "datasets": datasets,
+           "stored": stored, "study_a": study_a, "study_b": study_b, "series_a": series_a, "instance": instance}
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=20)
+    log.close()
+
+
+def _values(answers, tag):
+    return sorted(a[tag]["Value"][0] if "Value" in a.get(tag, {}) else None for a in answers)
+
+
+def test_qido_searches_match_like_c_find(web):
+    """Studies by person name (wildcard, accents folded), date range, modality, UID list; series and
+    instances at every level; includefield, limit/offset; the JSON model's PN and number forms."""
+    client = web["client"]
+    everything = client.search_for_studies()
+    assert _values(everything, "0020000D") == sorted([web["study_a"], web["study_b"]])
+    one = client.search_for_studies(search_filters={"PatientName": "martin^elo*"}, fuzzymatching=False)
+    assert [a["0020000D"]["Value"][0] for a in one] == [web["study_b"]]
+    assert one[0]["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Martin^Éloïse"}]}
+    assert one[0]["00201208"] == {"vr": "IS", "Value": [1]}
+    by_date = client.search_for_studies(search_filters={"StudyDate": "20240101-"})
+    assert [a["0020000D"]["Value"][0] for a in by_date] == [web["study_a"]]
+    by_modality = client.search_for_studies(search_filters={"ModalitiesInStudy": "MR"})
+    assert [a["0020000D"]["Value"][0] for a in by_modality] == [web["study_b"]]
+    uid_list = client.search_for_studies(search_filters={"StudyInstanceUID": f"{web['study_a']},{web['study_b']}"})
+    assert len(uid_list) == 2
+    assert len(client.search_for_studies(limit=1)) == 1
+    assert len(client.search_for_studies(limit=1, offset=1)) == 1
+    assert client.search_for_studies(limit=1)[0] != client.search_for_studies(limit=1, offset=1)[0]
+    # includefield: an attribute not answered by default.
+    with_field = client.search_for_studies(fields=["StudyDescription"], search_filters={"PatientID": "PAT001"})
+    assert "00081030" in with_field[0] and "00081030" not in everything[0]
+
+    series = client.search_for_series(web["study_a"])
+    assert [s["0020000E"]["Value"][0] for s in series] == [web["series_a"]]
+    assert series[0]["00201209"]["Value"] == [2]
+    all_series = client.search_for_series(search_filters={"Modality": "MR"})
+    assert len(all_series) == 1 and all_series[0]["0020000D"]["Value"] == [web["study_b"]]  # study attrs too
+    instances = client.search_for_instances(web["study_a"], web["series_a"])
+    assert sorted(i["00080018"]["Value"][0] for i in instances) == sorted(
+        d.SOPInstanceUID for d in web["datasets"][:2])
+    assert len(client.search_for_instances()) == 3
+    assert len(client.search_for_instances(search_filters={"InstanceNumber": "2"})) == 1
+    assert client.search_for_studies(search_filters={"PatientName": "nobody*"}) == []
+
+
+@pytest.mark.parametrize("query", ["StudyDate=2024-13-45", "limit=-1", "limit=ten", "fuzzymatching=maybe",
+                                   "NoSuchAttribute=1", "includefield=NoSuchAttribute", "SOPInstanceUID=1.2"])
+def test_qido_invalid_parameters_are_400(web, query):
+    """Bad input: a malformed date, bad limit, unknown attributes, an instance key in a study search."""
+    response = requests.get(f"{web['url']}/studies?{query}", headers={"Authorization": f"Bearer {web['token']}"})
+    assert response.status_code == 400
+    assert response.json()["error"]["message"]
+
+
+def test_access_needs_a_token_of_a_reading_role(web):
+    """No credentials: 401 (no redirect to a login page); a wrong token 401; a front-desk token 403."""
+    for headers in ({}, {"Authorization": "Bearer not-a-token"}):
+        response = requests.get(f"{web['url']}/studies", headers=headers, allow_redirects=False)
+        assert response.status_code == 401
+    response = requests.get(f"{web['url']}/studies", headers={"Authorization": f"Bearer {web['desk_token']}"})
+    assert response.status_code == 403
+
+
+def test_wado_rs_returns_the_stored_bytes(web):
+    """retrieve_instance / retrieve_study: the objects as sent by C-STORE, same syntax and values;
+    the instance part is byte-identical to the file the archive stored."""
+    client = web["client"]
+    first = web["datasets"][0]
+    got = client.retrieve_instance(web["study_a"], web["series_a"], first.SOPInstanceUID)
+    assert got.SOPInstanceUID == first.SOPInstanceUID
+    assert got.PixelData == first.PixelData and got.PatientName == first.PatientName
+    raw = requests.get(f"{web['url']}/studies/{web['study_a']}/series/{web['series_a']}/instances/"
+                       f"{first.SOPInstanceUID}", headers={"Authorization": f"Bearer {web['token']}",
+                                                            "Accept": 'multipart/related; type="application/dicom"'})
+    boundary = raw.headers["Content-Type"].split("boundary=")[1]
+    part = raw.content.split(f"--{boundary}".encode())[1]
+    body = part.split(b"\r\n\r\n", 1)[1][: -len(b"\r\n")]
+    assert raw.headers["Content-Type"].startswith('multipart/related; type="application/dicom"')
+    assert body == web["stored"][first.SOPInstanceUID]  # the stored file, byte for byte
+    study = client.retrieve_study(web["study_a"])
+    assert sorted(d.SOPInstanceUID for d in study) == sorted(d.SOPInstanceUID for d in web["datasets"][:2])
+
+
+def test_wado_rs_metadata_has_bulk_data_uris(web):
+    """retrieve_instance_metadata: the attributes as JSON, the pixel data only as a BulkDataURI that answers."""
+    client = web["client"]
+    first = web["datasets"][0]
+    meta = client.retrieve_instance_metadata(web["study_a"], web["series_a"], first.SOPInstanceUID)
+    assert meta["00100020"]["Value"] == ["PAT001"]
+    assert "InlineBinary" not in meta["7FE00010"]
+    uri = meta["7FE00010"]["BulkDataURI"]
+    bulk = client.retrieve_bulkdata(uri)
+    assert bulk == [first.PixelData]
+    series_meta = client.retrieve_series_metadata(web["study_a"], web["series_a"])
+    assert len(series_meta) == 2
+
+
+def test_wado_rs_unknown_uids_are_404_and_bad_accept_406(web):
+    """Bad input: an unknown study, a malformed UID, an Accept of a syntax we cannot convert to."""
+    auth = {"Authorization": f"Bearer {web['token']}"}
+    assert requests.get(f"{web['url']}/studies/1.2.3.4.5", headers=auth).status_code == 404
+    assert requests.get(f"{web['url']}/studies/not-a-uid/metadata", headers=auth).status_code == 400
+    jpeg = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+    response = requests.get(f"{web['url']}/studies/{web['study_a']}", headers={**auth, "Accept": jpeg})
+    assert response.status_code == 406
+
+
+def test_wado_rs_converts_to_implicit_vr_keeping_uids(web):
+    """A requested uncompressed syntax other than the stored one: converted, every UID kept."""
+    auth = {"Authorization": f"Bearer {web['token']}"}
+    implicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'
+    first = web["datasets"][0]
+    raw = requests.get(f"{web['url']}/studies/{web['study_a']}/series/{web['series_a']}/instances/"
+                       f"{first.SOPInstanceUID}", headers={**auth, "Accept": implicit})
+    assert raw.status_code == 200
+    boundary = raw.headers["Content-Type"].split("boundary=")[1]
+    head, body = raw.content.split(f"--{boundary}".encode())[1].split(b"\r\n\r\n", 1)
+    assert b"transfer-syntax=1.2.840.10008.1.2\r\n" in head + b"\r\n"
+    got = dcmread(BytesIO(body[: -len(b"\r\n")]))
+    assert got.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert got.SOPInstanceUID == first.SOPInstanceUID and got.StudyInstanceUID == first.StudyInstanceUID
+    assert got.PixelData == first.PixelData
+
+
+def test_every_request_is_audited_once(web):
+    """One audit event per request (a study retrieval of two instances is one event), with the caller."""
+    from archive_core.audit import AuditEvent
+    from archive_core.config import Settings
+    from archive_core.db import make_engine, session_factory
+    from sqlalchemy import select
+
+    client = web["client"]
+    client.search_for_studies()
+    client.retrieve_study(web["study_a"])
+    engine = make_engine(Settings(instance_path=web["instance"]).database_url)
+    with session_factory(engine)() as s:
+        events = s.execute(select(AuditEvent.action, AuditEvent.actor, AuditEvent.study_uid)
+                           .where(AuditEvent.action.like("dicomweb.%")).order_by(AuditEvent.id)).all()
+    engine.dispose()
+    assert [(e.action, e.actor) for e in events] == [("dicomweb.search", "dr"), ("dicomweb.retrieve", "dr")]
+    assert events[1].study_uid == web["study_a"]

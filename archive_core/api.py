@@ -798,6 +798,27 @@ class _DicomwebMixin:
         with self.open_stored(stored) as f:
             return dicomweb.bulk_value(f, tag)
 
+    def instance_frames(self, stored, frame_list: str, *, keep_encoding: bool) -> tuple[list[bytes], str]:
+        """Frames ``1,3,..`` of a stored image (:func:`archive_core.dicomweb.frames`); InvalidQuery for a bad list."""
+        from archive_core import dicomweb
+
+        numbers = dicomweb.parse_frame_list(frame_list)
+        with self.open_stored(stored) as f:
+            return dicomweb.frames(f, numbers, keep_encoding=keep_encoding)
+
+    def render_frame(self, sop_instance_uid: str, frame: int, *, window: tuple[float, float] | None,
+                     viewport: int | None, quality: int, fmt: str) -> bytes:
+        """Frame *frame* (from 1) rendered at full size or to fit *viewport*; InvalidQuery for bad parameters."""
+        from archive_core.render import MAX_SIZE, RenderError, RenderParams
+
+        try:
+            params = RenderParams(frame=frame - 1, window_center=window[0] if window else None,
+                                  window_width=window[1] if window else None,
+                                  size=min(viewport or MAX_SIZE, MAX_SIZE), fmt=fmt, quality=quality)
+            return self.render_instance(sop_instance_uid, params)
+        except RenderError as exc:
+            raise InvalidQuery(str(exc)) from None
+
     def converted_instance(self, stored, target_ts: str) -> bytes:
         """The Part 10 file of *stored* converted to an uncompressed *target_ts*, UIDs kept (the DIMSE
         sender's conversion); ValueError when *target_ts* is not one we convert to."""

@@ -236,4 +236,52 @@ def bulk_value(fileobj, tag: str) -> bytes:
     return bytes(value)
 
 
-__all__ = ["LEVEL_OF", "QidoRequest", "parse_qido", "qido_answer", "retrieve_query", "metadata", "bulk_value"]
+def parse_frame_list(text: str) -> list[int]:
+    """``1,3,5`` -> [1, 3, 5] (frame numbers start at 1); InvalidQuery otherwise."""
+    try:
+        numbers = [int(n) for n in text.split(",")]
+    except ValueError:
+        raise InvalidQuery(f"not a frame list: {text[:40]!r}") from None
+    if not numbers or any(n < 1 for n in numbers) or len(numbers) > 10_000:
+        raise InvalidQuery("frame numbers start at 1")
+    return numbers
+
+
+def frames(fileobj, numbers: list[int], *, keep_encoding: bool) -> tuple[list[bytes], str]:
+    """The pixel data of frames *numbers* of a stored image, and the transfer syntax they are in.
+
+    Uncompressed objects give their native frame bytes (little endian). Compressed ones give their
+    encoded frames when *keep_encoding*, else frames decoded to native bytes (explicit VR little
+    endian). KeyError when the object has no pixel data; IndexError for a frame it does not have.
+    """
+    from pydicom import dcmread
+    from pydicom.encaps import generate_frames
+    from pydicom.pixels import pixel_array
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = dcmread(fileobj)
+        if "PixelData" not in ds:
+            raise KeyError("PixelData")
+        ts = ds.file_meta.TransferSyntaxUID
+        count = int(ds.get("NumberOfFrames") or 1)
+        if any(n > count for n in numbers):
+            raise IndexError(f"the object has {count} frame(s)")
+        if not ts.is_compressed:
+            if not ts.is_little_endian:
+                keep_encoding = False  # big endian: decoded below to little endian
+            else:
+                size = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.BitsAllocated) // 8
+                data = ds.PixelData
+                return [bytes(data[(n - 1) * size : n * size]) for n in numbers], str(ts)
+        if keep_encoding and ts.is_compressed:
+            encoded = list(generate_frames(ds.PixelData, number_of_frames=count))
+            return [encoded[n - 1] for n in numbers], str(ts)
+        decoded = []
+        for n in numbers:
+            array = pixel_array(ds, index=n - 1, raw=True)
+            decoded.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
+        return decoded, "1.2.840.10008.1.2.1"
+
+
+__all__ = ["LEVEL_OF", "QidoRequest", "parse_qido", "qido_answer", "retrieve_query", "metadata", "bulk_value", "parse_frame_list", "frames"]

@@ -261,6 +261,81 @@ def instance_bulkdata(study: str, series: str, instance: str, tag: str):
     return Response(body, content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
 
 
+def _frames_keep_encoding() -> bool:
+    """Compressed frames go out as stored when Accept allows it (``transfer-syntax=*``, or a type other
+    than application/octet-stream); else they are decoded to native little endian bytes."""
+    accept = request.headers.get("Accept", "").lower().replace(" ", "")
+    if not accept or "transfer-syntax=*" in accept:
+        return True
+    return "application/octet-stream" not in accept or "transfer-syntax=1.2.840.10008.1.2.4" in accept
+
+
+@dicomweb_route("/studies/<study>/series/<series>/instances/<instance>/frames/<frame_list>", "dicomweb.retrieve",
+                methods=["GET"])
+def instance_frames(study: str, series: str, instance: str, frame_list: str):
+    """Frames as ``multipart/related; type="application/octet-stream"``, one part per frame."""
+    found = _stored(study, series, instance)
+    try:
+        data, ts = facade().instance_frames(found[0], frame_list, keep_encoding=_frames_keep_encoding())
+    except InvalidQuery as exc:
+        raise DicomwebError(400, str(exc)) from None
+    except KeyError:
+        raise DicomwebError(404, "this instance has no pixel data") from None
+    except IndexError as exc:
+        raise DicomwebError(404, str(exc)) from None
+    except BlobMissing as exc:
+        raise DicomwebError(404, str(exc)) from None
+    boundary = secrets.token_hex(16)
+    body = b"".join(
+        f"--{boundary}\r\nContent-Type: application/octet-stream; transfer-syntax={ts}\r\n\r\n".encode()
+        + frame + b"\r\n" for frame in data) + f"--{boundary}--\r\n".encode()
+    g.dicomweb_detail.update(instances=1, frames=len(data))
+    return Response(body, content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
+
+
+def _rendered(instance: str, frame: int = 1):
+    """A frame as JPEG (default) or PNG; ``window=center,width[,linear]``, ``viewport=w,h``, ``quality``."""
+    accept = request.headers.get("Accept", "")
+    fmt = "png" if "image/png" in accept and "image/jpeg" not in accept else "jpeg"
+    try:
+        window = None
+        if request.args.get("window"):
+            parts = request.args["window"].split(",")
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].strip().lower() != "linear"):
+                raise ValueError("window is center,width[,linear]")
+            window = (float(parts[0]), float(parts[1]))
+        viewport = None
+        if request.args.get("viewport"):
+            parts = request.args["viewport"].split(",")
+            if len(parts) < 2:
+                raise ValueError("viewport is width,height")
+            viewport = max(int(parts[0]), int(parts[1]))
+        quality = int(request.args.get("quality", 90))
+        if not 1 <= quality <= 100:
+            raise ValueError("quality is 1 to 100")
+        image = facade().render_frame(instance, frame, window=window, viewport=viewport, quality=quality, fmt=fmt)
+    except (ValueError, InvalidQuery) as exc:
+        raise DicomwebError(400, str(exc)) from None
+    except NotFound:
+        raise DicomwebError(404, "no such instance") from None
+    g.dicomweb_detail.update(instances=1, rendered=fmt)
+    return Response(image, mimetype=f"image/{fmt}")
+
+
+@dicomweb_route("/studies/<study>/series/<series>/instances/<instance>/rendered", "dicomweb.retrieve",
+                methods=["GET"])
+def instance_rendered(study: str, series: str, instance: str):
+    _stored(study, series, instance)
+    return _rendered(instance)
+
+
+@dicomweb_route("/studies/<study>/series/<series>/instances/<instance>/frames/<int:frame>/rendered",
+                "dicomweb.retrieve", methods=["GET"])
+def frame_rendered(study: str, series: str, instance: str, frame: int):
+    _stored(study, series, instance)
+    return _rendered(instance, frame)
+
+
 @dicomweb_route("/studies/<study>/metadata", "dicomweb.metadata", methods=["GET"])
 def study_metadata(study: str):
     return _metadata(study)

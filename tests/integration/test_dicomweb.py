@@ -148,7 +148,7 @@ def test_access_needs_a_token_of_a_reading_role(web):
     """No credentials: 401 (no redirect to a login page); a wrong token 401; a front-desk token 403."""
     for headers in ({}, {"Authorization": "Bearer not-a-token"}):
         response = requests.get(f"{web['url']}/studies", headers=headers, allow_redirects=False)
-        assert response.status_code == 401
+        assert response.status_code == 401 and response.headers["WWW-Authenticate"].startswith("Bearer")
     response = requests.get(f"{web['url']}/studies", headers={"Authorization": f"Bearer {web['desk_token']}"})
     assert response.status_code == 403
 
@@ -231,3 +231,34 @@ def test_every_request_is_audited_once(web):
     engine.dispose()
     assert [(e.action, e.actor) for e in events] == [("dicomweb.search", "dr"), ("dicomweb.retrieve", "dr")]
     assert events[1].study_uid == web["study_a"]
+
+
+def test_wado_rs_frames_and_rendered(web):
+    """retrieve_instance_frames gives the native pixel bytes; a frame the image lacks is 404;
+    /rendered answers PNG/JPEG at the image's size and the window parameter changes the pixels."""
+    from PIL import Image
+
+    client = web["client"]
+    first = web["datasets"][0]
+    uids = (web["study_a"], web["series_a"], first.SOPInstanceUID)
+    assert client.retrieve_instance_frames(*uids, frame_numbers=[1]) == [first.PixelData]
+    auth = {"Authorization": f"Bearer {web['token']}"}
+    base = f"{web['url']}/studies/{uids[0]}/series/{uids[1]}/instances/{uids[2]}"
+    assert requests.get(f"{base}/frames/2", headers=auth).status_code == 404  # a one-frame image
+    assert requests.get(f"{base}/frames/0,x", headers=auth).status_code == 400
+    png = client.retrieve_instance_rendered(*uids, media_types=("image/png",))
+    image = Image.open(BytesIO(png))
+    assert image.format == "PNG" and image.size == (16, 16)
+    narrow = client.retrieve_instance_rendered(*uids, media_types=("image/png",), params={"window": "100,50"})
+    assert Image.open(BytesIO(narrow)).tobytes() != image.tobytes()
+    jpeg = requests.get(f"{base}/rendered", headers={**auth, "Accept": "image/jpeg"})
+    assert jpeg.headers["Content-Type"] == "image/jpeg" and Image.open(BytesIO(jpeg.content)).format == "JPEG"
+    assert requests.get(f"{base}/rendered?window=abc", headers=auth).status_code == 400
+
+
+def test_qido_says_which_keys_it_ignored(web):
+    """A match key the index does not hold (BitsAllocated) is not silently applied: a Warning header names it."""
+    response = requests.get(f"{web['url']}/instances?BitsAllocated=8",
+                            headers={"Authorization": f"Bearer {web['token']}"})
+    assert response.status_code == 200 and len(response.json()) == 3
+    assert "BitsAllocated" in response.headers["Warning"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 from dataclasses import dataclass
 from datetime import date as _date
 from datetime import datetime
@@ -748,6 +749,9 @@ class StorageUsage:
     bytes_total: int
 
 
+_INDEXER_START = threading.Lock()
+
+
 class _DicomwebMixin:
     """DICOMweb (PS3.18) for the web edge: the core work is in :mod:`archive_core.dicomweb`."""
 
@@ -818,6 +822,21 @@ class _DicomwebMixin:
             return self.render_instance(sop_instance_uid, params)
         except RenderError as exc:
             raise InvalidQuery(str(exc)) from None
+
+    def stow(self, body: bytes, content_type: str, *, study_uid: str | None, actor: str,
+             base_url: str) -> tuple[int, dict[str, Any], list[str]]:
+        """STOW-RS: (HTTP status, PS3.18 response, failure reasons). InvalidQuery for a malformed request
+        (nothing stored); objects go through the C-STORE ingest path and are indexed on return."""
+        from archive_core import dicomweb
+
+        parts = dicomweb.split_multipart(body, content_type)
+        with _INDEXER_START:
+            if not self._archive.ingestor.running:
+                self._archive.ingestor.start(replay=False)  # as ``archive import``: the journal is the server's
+        result = dicomweb.stow(self._archive, [content for _headers, content in parts], study_uid=study_uid,
+                               actor=actor)
+        status = 200 if not result.failed else 202 if result.stored else 409
+        return status, dicomweb.stow_response(result, base_url, study_uid), [f[3] for f in result.failed]
 
     def converted_instance(self, stored, target_ts: str) -> bytes:
         """The Part 10 file of *stored* converted to an uncompressed *target_ts*, UIDs kept (the DIMSE

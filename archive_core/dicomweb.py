@@ -284,4 +284,141 @@ def frames(fileobj, numbers: list[int], *, keep_encoding: bool) -> tuple[list[by
         return decoded, "1.2.840.10008.1.2.1"
 
 
-__all__ = ["LEVEL_OF", "QidoRequest", "parse_qido", "qido_answer", "retrieve_query", "metadata", "bulk_value", "parse_frame_list", "frames"]
+# -- STOW-RS --------------------------------------------------------------------------------------
+
+
+def split_multipart(body: bytes, content_type: str) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a ``multipart/related`` body as (lower-cased headers, content).
+
+    Raises :class:`InvalidQuery` for another media type, a missing boundary, a part without its
+    blank line after the headers, or a body without its closing delimiter: a malformed request
+    stores nothing.
+    """
+    kind, *params = [p.strip() for p in content_type.split(";")]
+    if kind.lower() != "multipart/related":
+        raise InvalidQuery(f"STOW-RS takes multipart/related, not {kind or 'nothing'}")
+    options = {k.strip().lower(): v.strip().strip('"') for k, _, v in (p.partition("=") for p in params)}
+    if options.get("type", "application/dicom").lower() != "application/dicom":
+        raise InvalidQuery(f"STOW-RS takes parts of type application/dicom, not {options['type']}")
+    boundary = options.get("boundary")
+    if not boundary:
+        raise InvalidQuery("multipart/related without a boundary")
+    delimiter = b"--" + boundary.encode("latin-1")
+    start = body.find(delimiter)
+    end = body.rfind(delimiter + b"--")
+    if start < 0 or end < 0 or end < start:
+        raise InvalidQuery("malformed multipart body: no opening or closing boundary")
+    parts = []
+    for chunk in body[start + len(delimiter) : end].split(b"\r\n" + delimiter):
+        if chunk.startswith(b"\r\n"):
+            chunk = chunk[2:]
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            if head.startswith(b"\r\n") or not head:
+                head, content = b"", head[2:]
+            else:
+                raise InvalidQuery("malformed multipart body: a part without headers")
+        headers = {}
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip():
+                headers[name.strip().lower()] = value.strip()
+        part_type = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+        if part_type != "application/dicom":
+            raise InvalidQuery(f"a part of type {part_type}: only application/dicom is stored")
+        parts.append((headers, content))
+    if not parts:
+        raise InvalidQuery("no part in the body")
+    return parts
+
+
+@dataclass
+class StowResult:
+    stored: list[tuple[str, str]]  # (SOP Class UID, SOP Instance UID)
+    failed: list[tuple[str, str, int, str]]  # (class, instance, failure reason, why)
+    study_uids: set[str]
+
+
+def stow(archive, parts: list[bytes], *, study_uid: str | None, actor: str) -> StowResult:
+    """Store Part 10 *parts* through the ingest path of C-STORE (journal, identity rules, duplicate
+    policy, refusals audited), and wait until they are indexed (visible to C-FIND when this returns)."""
+    import io
+
+    from pydicom import dcmread
+
+    from archive_core.errors import ArchiveError, InvalidDataset, InvalidIdentifier
+    from archive_core.index.ingest import Identity, audit_refusal
+    from archive_core.net.status import STORE_STATUS, status_for
+    from archive_core.part10 import dataset_offset
+
+    result = StowResult([], [], set())
+    last = 0
+    for data in parts:
+        ds = None
+        meta: Any = {}
+        try:
+            if len(data) >= 132 and data[128:132] == b"DICM":
+                offset = dataset_offset(data)
+            elif data[:2] == b"\x02\x00":  # the file meta without the preamble (dicomweb-client sends that)
+                offset = dataset_offset(bytes(132 - 4) + b"DICM" + data[:65536]) - 132
+            else:
+                raise InvalidDataset("not a DICOM file (no file meta information)")
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    ds = dcmread(io.BytesIO(data), force=True)
+                    meta = ds.file_meta
+                    ts = str(meta.get("TransferSyntaxUID", "") or "")
+            except Exception as exc:
+                raise InvalidDataset(f"unreadable: {exc.__class__.__name__}") from None
+            if not ts:
+                raise InvalidDataset("no Transfer Syntax UID in the file meta")
+            identity = Identity.of(ds, sop_class_uid=meta.get("MediaStorageSOPClassUID"),
+                                   sop_instance_uid=meta.get("MediaStorageSOPInstanceUID"))
+            if study_uid and identity.study_uid != study_uid:
+                raise InvalidIdentifier("the object belongs to another study than the one in the URL")
+            outcome = archive.ingestor.receive(data[offset:], ds, transfer_syntax_uid=ts,
+                                               identity=identity, source_ae=None)
+        except ArchiveError as exc:
+            audit_refusal(archive.sessions, exc, ds, actor=actor, actor_kind="user", via="STOW-RS")
+            result.failed.append((str(meta.get("MediaStorageSOPClassUID", "") or ""),
+                                  str(meta.get("MediaStorageSOPInstanceUID", "") or ""),
+                                  status_for(exc, STORE_STATUS), str(exc)))
+            continue
+        last = max(last, outcome.seq)
+        result.stored.append((identity.sop_class_uid, identity.sop_instance_uid))
+        result.study_uids.add(identity.study_uid)
+    archive.ingestor.wait_indexed(last)
+    return result
+
+
+def stow_response(result: StowResult, base_url: str, study_uid: str | None) -> dict[str, Any]:
+    """The PS3.18 store response: Retrieve URL, ReferencedSOPSequence, FailedSOPSequence."""
+    from pydicom.sequence import Sequence
+
+    ds = Dataset()
+    studies = {study_uid} if study_uid else result.study_uids
+    if len(studies) == 1:
+        ds.RetrieveURL = f"{base_url}/studies/{next(iter(studies))}"
+    if result.failed:
+        items = []
+        for sop_class, sop_uid, reason, _why in result.failed:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class or None
+            item.ReferencedSOPInstanceUID = sop_uid or None
+            item.FailureReason = reason
+            items.append(item)
+        ds.FailedSOPSequence = Sequence(items)
+    if result.stored:
+        items = []
+        for sop_class, sop_uid in result.stored:
+            item = Dataset()
+            item.ReferencedSOPClassUID = sop_class
+            item.ReferencedSOPInstanceUID = sop_uid
+            items.append(item)
+        ds.ReferencedSOPSequence = Sequence(items)
+    return ds.to_json_dict()
+
+
+__all__ = ["LEVEL_OF", "QidoRequest", "parse_qido", "qido_answer", "retrieve_query", "metadata", "bulk_value", "parse_frame_list", "frames", "split_multipart", "stow",
+           "stow_response"]

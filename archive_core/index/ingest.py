@@ -537,6 +537,11 @@ class Ingestor:
         """Started with a replay: this process is the journal's owner until :meth:`stop`."""
         return self._owns_journal
 
+    @property
+    def running(self) -> bool:
+        """The background indexer is started."""
+        return self._thread is not None
+
     def stop(self, timeout: float = 30.0) -> None:
         if self._thread is not None:
             self._queue.put(None)

@@ -12,7 +12,7 @@ import json
 import secrets
 from functools import wraps
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from flask_login import current_user
 
 from archive_core.api import BlobMissing, InvalidQuery, NotFound
@@ -44,18 +44,24 @@ def _error(status: int, code: str, message: str):
 
 @bp.errorhandler(DicomwebError)
 def _dicomweb_error(exc: DicomwebError):
-    code = {400: "bad_request", 404: "not_found", 406: "not_acceptable", 413: "too_large", 415: "unsupported"}
+    code = {400: "bad_request", 404: "not_found", 406: "not_acceptable", 411: "length_required", 413: "too_large",
+            415: "unsupported_media_type"}
     return _error(exc.status, code.get(exc.status, "error"), exc.message)
 
 
 def _caller():
-    """The user a request comes from: a bearer token, else the signed-in session; None if neither."""
+    """The user a request comes from: a bearer token, else the signed-in session; None if neither.
+
+    A session's POST (STOW-RS from a page) carries the CSRF token like any form; bearer calls need none.
+    """
     from backoffice.auth.services import user_for_token
 
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return user_for_token(db(), token.strip())
     if current_user.is_authenticated:
+        if request.method not in ("GET", "HEAD", "OPTIONS") and current_app.config.get("WTF_CSRF_ENABLED", True):
+            csrf.protect()
         return current_user
     return None
 
@@ -74,6 +80,10 @@ def dicomweb_route(rule: str, action: str, **options):
             if user.role not in ROLES:
                 return _error(403, "forbidden", f"role {user.role} has no DICOMweb access")
             g.dicomweb_detail = {}
+            g.dicomweb_user = user.login
+            # The request's session (which read the token) holds SQLite's write lock on a POST: end its
+            # transaction, or the audit event and the indexer a STOW waits for could never write.
+            db().commit()
             try:
                 response = view(**kwargs)
             except DicomwebError as exc:
@@ -85,7 +95,8 @@ def dicomweb_route(rule: str, action: str, **options):
             return response
 
         wrapped.allowed_roles = ROLES  # read by the route-walking test
-        bp.add_url_rule(rule, view.__name__, wrapped, **options)
+        options.setdefault("endpoint", view.__name__)
+        bp.add_url_rule(rule, view_func=wrapped, **options)
         return wrapped
 
     return decorate
@@ -94,8 +105,6 @@ def dicomweb_route(rule: str, action: str, **options):
 def _base_url() -> str:
     """Where clients reach /dicom-web (Retrieve URLs, BulkDataURIs): DICOMWEB_BASE_URL when set (behind a
     proxy, or for clients that send a Host header without the port), else from the request."""
-    from flask import current_app
-
     return (current_app.config.get("DICOMWEB_BASE_URL") or request.url_root.rstrip("/") + bp.url_prefix).rstrip("/")
 
 
@@ -147,6 +156,49 @@ def search_study_instances(study: str):
 @dicomweb_route("/studies/<study>/series/<series>/instances", "dicomweb.search", methods=["GET"])
 def search_series_instances(study: str, series: str):
     return _search("instances", study, series)
+
+
+# -- STOW-RS ----------------------------------------------------------------------------------------
+
+DEFAULT_MAX_STOW_BYTES = 512 * 1024**2
+
+
+def _store(study: str | None = None):
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.split(";")[0].strip().lower() != "multipart/related":
+        raise DicomwebError(415, f'STOW-RS takes multipart/related; type="application/dicom", not {content_type[:80]!r}')
+    limit = int(current_app.config.get("DICOMWEB_MAX_STOW_BYTES", DEFAULT_MAX_STOW_BYTES))
+    length = request.content_length
+    if length is None:
+        raise DicomwebError(411, "STOW-RS needs a Content-Length")
+    if length > limit:
+        raise DicomwebError(413, f"the body is {length} bytes; at most {limit} are taken (DICOMWEB_MAX_STOW_BYTES)")
+    body = request.get_data(cache=False)
+    if len(body) != length:
+        raise DicomwebError(400, "the body is shorter than its Content-Length")
+    if study is not None and not (set(study) <= set("0123456789.") and 0 < len(study) <= 64):
+        raise DicomwebError(400, f"not a UID: {study[:80]!r}")
+    try:
+        status, answer, reasons = facade().stow(body, content_type, study_uid=study,
+                                                actor=g.dicomweb_user, base_url=_base_url())
+    except InvalidQuery as exc:
+        raise DicomwebError(400, str(exc)) from None
+    g.dicomweb_detail.update(stored=len(answer.get("00081199", {}).get("Value", [])),
+                             failed=len(answer.get("00081198", {}).get("Value", [])), status=status)
+    response = Response(json.dumps(answer), status=status, mimetype=DICOM_JSON)
+    if reasons:
+        response.headers["Warning"] = "299 archivage " + json.dumps("; ".join(sorted(set(reasons)))[:500])
+    return response
+
+
+@dicomweb_route("/studies", "dicomweb.store", methods=["POST"], endpoint="store_instances")
+def store_instances():
+    return _store()
+
+
+@dicomweb_route("/studies/<study>", "dicomweb.store", methods=["POST"], endpoint="store_study_instances")
+def store_study_instances(study: str):
+    return _store(study)
 
 
 # -- WADO-RS ----------------------------------------------------------------------------------------

@@ -22,6 +22,9 @@ from pynetdicom.sop_class import CTImageStorage
 from tests.helpers import ROOT, archive_server, free_port, make_ct
 
 
+STOW_LIMIT = 300_000
+
+
 @pytest.fixture
 def web(tmp_path):
     """An archive holding two studies (stored by C-STORE), and ``flask --app wsgi web`` on it."""
@@ -66,6 +69,7 @@ def web(tmp_path):
     # dicomweb-client sends a Host header without the port: the public URL is set, as behind a proxy.
     env = {**os.environ, "ARCHIVAGE_INSTANCE_PATH": str(instance), "ARCHIVAGE_STORAGE_MIN_FREE_BYTES": "0",
            "ARCHIVAGE_DICOMWEB_BASE_URL": f"http://127.0.0.1:{port}/dicom-web",
+           "ARCHIVAGE_DICOMWEB_MAX_STOW_BYTES": str(STOW_LIMIT),
            "TCP_NODELAY": "1"}
     log = (tmp_path / "web.log").open("wb")
     process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "web", "--host", "127.0.0.1",
@@ -262,3 +266,90 @@ def test_qido_says_which_keys_it_ignored(web):
                             headers={"Authorization": f"Bearer {web['token']}"})
     assert response.status_code == 200 and len(response.json()) == 3
     assert "BitsAllocated" in response.headers["Warning"]
+
+
+def _c_find_studies(instance, **keys):
+    """C-FIND (pynetdicom) at the STUDY level against the archive's DICOM server on the same instance."""
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
+
+    from tests.helpers import qr_identifier
+
+    with archive_server(instance, DICOM_QR_FROM_UNKNOWN_AES=True) as (_archive, running):
+        ae = AE(ae_title="VIEWER")
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
+        assert assoc.is_established
+        responses = list(assoc.send_c_find(qr_identifier("STUDY", StudyInstanceUID="", **keys),
+                                           StudyRootQueryRetrieveInformationModelFind))
+        assoc.release()
+    assert responses[-1][0].Status == 0x0000
+    answers = [ident for status, ident in responses[:-1]]
+    return sorted(str(a.StudyInstanceUID) for a in answers)
+
+
+def _count_instances(web):
+    return len(web["client"].search_for_instances())
+
+
+def test_stow_rs_stores_through_the_c_store_path(web):
+    """store_instances: a new study is stored, answered in ReferencedSOPSequence, and C-FIND finds it;
+    a second object naming an existing study under another patient is refused with its FailureReason
+    (the C-STORE identity rule), and the response is 202."""
+    client = web["client"]
+    new_study = generate_uid()
+    fresh = [make_ct(patient_id="PAT777", patient_name="Nouveau^Patient", study_uid=new_study, study_date="20240301")]
+    answer = client.store_instances(fresh)
+    assert [i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence] == [fresh[0].SOPInstanceUID]
+    assert "FailedSOPSequence" not in answer
+    assert _c_find_studies(web["instance"], PatientID="PAT777") == [new_study]
+    stored = client.retrieve_instance(new_study, fresh[0].SeriesInstanceUID, fresh[0].SOPInstanceUID)
+    assert stored.PixelData == fresh[0].PixelData
+
+    intruder = make_ct(patient_id="PAT999", study_uid=web["study_a"])  # study A belongs to PAT001
+    another = make_ct(patient_id="PAT778", study_uid=generate_uid())
+    body, content_type = _multipart([intruder, another])
+    response = requests.post(f"{web['url']}/studies", data=body, headers={
+        "Authorization": f"Bearer {web['token']}", "Content-Type": content_type})
+    assert response.status_code == 202
+    failed = response.json()["00081198"]["Value"]
+    assert [f["00081155"]["Value"][0] for f in failed] == [intruder.SOPInstanceUID]
+    assert failed[0]["00081197"]["Value"][0] != 0
+    assert "another Patient ID" in response.headers["Warning"]
+    assert _c_find_studies(web["instance"], PatientID="PAT999") == []
+
+
+def _multipart(datasets, boundary="b0undary"):
+    parts = []
+    for ds in datasets:
+        out = BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        parts.append(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + out.getvalue() + b"\r\n")
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def test_stow_rs_bad_requests_store_nothing(web):
+    """Bad input: a body cut before its closing boundary (400), JSON instead of multipart (415), a body over
+    DICOMWEB_MAX_STOW_BYTES (413), a part that is no DICOM file (409, FailedSOPSequence), an object of another
+    study than the URL's (409): the archive holds the same instances afterwards."""
+    auth = {"Authorization": f"Bearer {web['token']}"}
+    before = _count_instances(web)
+    body, content_type = _multipart([make_ct(patient_id="PAT555")])
+    cut = body[: -len(b"--b0undary--\r\n")]
+    response = requests.post(f"{web['url']}/studies", data=cut, headers={**auth, "Content-Type": content_type})
+    assert response.status_code == 400 and "boundary" in response.json()["error"]["message"]
+    response = requests.post(f"{web['url']}/studies", json={"a": 1}, headers=auth)
+    assert response.status_code == 415
+    big, big_type = _multipart([make_ct(patient_id="PAT556", rows=512)])
+    assert len(big) > STOW_LIMIT
+    response = requests.post(f"{web['url']}/studies", data=big, headers={**auth, "Content-Type": big_type})
+    assert response.status_code == 413
+    junk = b"--x\r\nContent-Type: application/dicom\r\n\r\nnot dicom at all\r\n--x--\r\n"
+    response = requests.post(f"{web['url']}/studies", data=junk,
+                             headers={**auth, "Content-Type": 'multipart/related; type="application/dicom"; boundary=x'})
+    assert response.status_code == 409 and response.json()["00081198"]["Value"][0]["00081197"]["Value"][0] == 0xC000
+    response = requests.post(f"{web['url']}/studies/{web['study_b']}", data=body,
+                             headers={**auth, "Content-Type": content_type})
+    assert response.status_code == 409
+    assert _count_instances(web) == before
+    assert _c_find_studies(web["instance"], PatientID="PAT55*") == []

@@ -80,9 +80,10 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(patients_bp)
 
-    from backoffice.dicomweb import bp as dicomweb_bp
+    from backoffice.dicomweb import bp as dicomweb_bp, wado_bp
 
     app.register_blueprint(dicomweb_bp)
+    app.register_blueprint(wado_bp)
     from backoffice.api import register_api
 
     register_api(app)

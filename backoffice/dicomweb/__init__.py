@@ -19,6 +19,7 @@ from archive_core.api import BlobMissing, InvalidQuery, NotFound
 from backoffice.extensions import csrf, db, facade
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
+wado_bp = Blueprint("wado", __name__)  # WADO-URI (PS3.18 chapter 9) for older viewers: GET /wado
 # Bearer calls carry no cookie a browser would add on its own: no CSRF token (as /api/v1).
 csrf.exempt(bp)
 
@@ -42,6 +43,7 @@ def _error(status: int, code: str, message: str):
     return response
 
 
+@wado_bp.errorhandler(DicomwebError)
 @bp.errorhandler(DicomwebError)
 def _dicomweb_error(exc: DicomwebError):
     code = {400: "bad_request", 404: "not_found", 406: "not_acceptable", 411: "length_required", 413: "too_large",
@@ -66,7 +68,7 @@ def _caller():
     return None
 
 
-def dicomweb_route(rule: str, action: str, **options):
+def dicomweb_route(rule: str, action: str, *, blueprint: Blueprint = bp, **options):
     """A DICOMweb route: credentials (401/403), then the view; one audit event per request."""
 
     def decorate(view):
@@ -91,12 +93,13 @@ def dicomweb_route(rule: str, action: str, **options):
                 raise
             finally:
                 detail = {"path": request.path, **g.dicomweb_detail}
-                facade().audit_now(action, actor=user.login, study_uid=kwargs.get("study"), detail=detail)
+                study = kwargs.get("study") or (request.args.get("studyUID") if blueprint is wado_bp else None)
+                facade().audit_now(action, actor=user.login, study_uid=study, detail=detail)
             return response
 
         wrapped.allowed_roles = ROLES  # read by the route-walking test
         options.setdefault("endpoint", view.__name__)
-        bp.add_url_rule(rule, view_func=wrapped, **options)
+        blueprint.add_url_rule(rule, view_func=wrapped, **options)
         return wrapped
 
     return decorate
@@ -402,3 +405,47 @@ def series_metadata(study: str, series: str):
                 methods=["GET"])
 def instance_metadata(study: str, series: str, instance: str):
     return _metadata(study, series, instance)
+
+
+# -- WADO-URI ---------------------------------------------------------------------------------------
+
+
+@dicomweb_route("/wado", "dicomweb.retrieve", blueprint=wado_bp, methods=["GET"])
+def wado_uri():
+    """``requestType=WADO&studyUID&seriesUID&objectUID``; ``contentType`` application/dicom (the stored
+    file, or ``transferSyntax`` converted when uncompressed) or image/jpeg (default) / image/png with
+    ``windowCenter``/``windowWidth``, ``rows``/``columns``, ``frameNumber``."""
+    args = request.args
+    if args.get("requestType") != "WADO":
+        raise DicomwebError(400, "requestType must be WADO")
+    missing = [k for k in ("studyUID", "seriesUID", "objectUID") if not args.get(k)]
+    if missing:
+        raise DicomwebError(400, f"missing {', '.join(missing)}")
+    study, series, instance = args["studyUID"], args["seriesUID"], args["objectUID"]
+    content_type = (args.get("contentType") or "image/jpeg").split(",")[0].strip().lower()
+    found = _stored(study, series, instance)
+    g.dicomweb_detail.update(instances=1, content_type=content_type)
+    if content_type == "application/dicom":
+        stored = found[0]
+        target = args.get("transferSyntax") or stored.transfer_syntax_uid
+        if target == stored.transfer_syntax_uid:
+            with facade().open_stored(stored) as f:
+                data = f.read()
+        elif target in UNCOMPRESSED:
+            data = facade().converted_instance(stored, target)
+        else:
+            raise DicomwebError(406, f"cannot convert to {target}: stored syntax, explicit or implicit VR little endian")
+        return Response(data, mimetype="application/dicom")
+    if content_type not in ("image/jpeg", "image/png"):
+        raise DicomwebError(406, f"contentType {content_type} is not served: application/dicom, image/jpeg, image/png")
+    try:
+        window = None
+        if args.get("windowCenter") or args.get("windowWidth"):
+            window = (float(args["windowCenter"]), float(args["windowWidth"]))
+        viewport = max(int(args.get("rows") or 0), int(args.get("columns") or 0)) or None
+        frame = int(args.get("frameNumber") or 1)
+        image = facade().render_frame(instance, frame, window=window, viewport=viewport, quality=90,
+                                      fmt=content_type.split("/")[1])
+    except (ValueError, KeyError, InvalidQuery) as exc:
+        raise DicomwebError(400, f"bad rendering parameters: {exc}") from None
+    return Response(image, mimetype=content_type)

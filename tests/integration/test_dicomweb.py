@@ -353,3 +353,22 @@ def test_stow_rs_bad_requests_store_nothing(web):
     assert response.status_code == 409
     assert _count_instances(web) == before
     assert _c_find_studies(web["instance"], PatientID="PAT55*") == []
+
+
+def test_wado_uri_for_older_viewers(web):
+    """GET /wado: the stored file byte for byte (contentType=application/dicom), a JPEG by default;
+    bad input: a missing objectUID (400), another requestType (400), an unknown object (404), no token (401)."""
+    first = web["datasets"][0]
+    auth = {"Authorization": f"Bearer {web['token']}"}
+    wado = web["url"].replace("/dicom-web", "/wado")
+    uids = {"requestType": "WADO", "studyUID": web["study_a"], "seriesUID": web["series_a"],
+            "objectUID": first.SOPInstanceUID}
+    response = requests.get(wado, params={**uids, "contentType": "application/dicom"}, headers=auth)
+    assert response.status_code == 200 and response.headers["Content-Type"] == "application/dicom"
+    assert response.content == web["stored"][first.SOPInstanceUID]
+    jpeg = requests.get(wado, params=uids, headers=auth)
+    assert jpeg.headers["Content-Type"] == "image/jpeg" and jpeg.content[:2] == b"\xff\xd8"
+    assert requests.get(wado, params={**uids, "objectUID": ""}, headers=auth).status_code == 400
+    assert requests.get(wado, params={**uids, "requestType": "OTHER"}, headers=auth).status_code == 400
+    assert requests.get(wado, params={**uids, "objectUID": "1.2.3.4"}, headers=auth).status_code == 404
+    assert requests.get(wado, params=uids).status_code == 401

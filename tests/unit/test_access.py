@@ -47,7 +47,7 @@ def test_without_login_pages_redirect_and_api_answers_json_401(app, client):
     app.config["WTF_CSRF_ENABLED"] = False
     for rule, path, method in _routes(app):
         response = client.open(path, method=method)
-        if path.startswith(("/api/", "/dicom-web/")):  # no browser to redirect: 401
+        if path.startswith(("/api/", "/dicom-web/", "/wado")):  # no browser to redirect: 401
             assert response.status_code == 401, (method, path)
             assert response.get_json()["error"]["code"] == "unauthorized"
         else:

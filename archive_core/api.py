@@ -802,13 +802,13 @@ class _DicomwebMixin:
         with self.open_stored(stored) as f:
             return dicomweb.bulk_value(f, tag)
 
-    def instance_frames(self, stored, frame_list: str, *, keep_encoding: bool) -> tuple[list[bytes], str]:
+    def instance_frames(self, stored, frame_list: str, *, syntaxes: frozenset[str]) -> tuple[list[bytes], str]:
         """Frames ``1,3,..`` of a stored image (:func:`archive_core.dicomweb.frames`); InvalidQuery for a bad list."""
         from archive_core import dicomweb
 
         numbers = dicomweb.parse_frame_list(frame_list)
         with self.open_stored(stored) as f:
-            return dicomweb.frames(f, numbers, keep_encoding=keep_encoding)
+            return dicomweb.frames(f, numbers, syntaxes=syntaxes)
 
     def render_frame(self, sop_instance_uid: str, frame: int, *, window: tuple[float, float] | None,
                      viewport: int | None, quality: int, fmt: str) -> bytes:

@@ -247,12 +247,12 @@ def parse_frame_list(text: str) -> list[int]:
     return numbers
 
 
-def frames(fileobj, numbers: list[int], *, keep_encoding: bool) -> tuple[list[bytes], str]:
+def frames(fileobj, numbers: list[int], *, syntaxes: frozenset[str]) -> tuple[list[bytes], str]:
     """The pixel data of frames *numbers* of a stored image, and the transfer syntax they are in.
 
     Uncompressed objects give their native frame bytes (little endian). Compressed ones give their
-    encoded frames when *keep_encoding*, else frames decoded to native bytes (explicit VR little
-    endian). KeyError when the object has no pixel data; IndexError for a frame it does not have.
+    encoded frames when their syntax is among *syntaxes* (``*``: any), else frames decoded to native
+    bytes (explicit VR little endian). KeyError when the object has no pixel data; IndexError for a frame it does not have.
     """
     from pydicom import dcmread
     from pydicom.encaps import generate_frames
@@ -264,6 +264,7 @@ def frames(fileobj, numbers: list[int], *, keep_encoding: bool) -> tuple[list[by
         if "PixelData" not in ds:
             raise KeyError("PixelData")
         ts = ds.file_meta.TransferSyntaxUID
+        keep_encoding = "*" in syntaxes or str(ts) in syntaxes
         count = int(ds.get("NumberOfFrames") or 1)
         if any(n > count for n in numbers):
             raise IndexError(f"the object has {count} frame(s)")

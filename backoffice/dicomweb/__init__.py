@@ -316,13 +316,23 @@ def instance_bulkdata(study: str, series: str, instance: str, tag: str):
     return Response(body, content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
 
 
-def _frames_keep_encoding() -> bool:
-    """Compressed frames go out as stored when Accept allows it (``transfer-syntax=*``, or a type other
-    than application/octet-stream); else they are decoded to native little endian bytes."""
-    accept = request.headers.get("Accept", "").lower().replace(" ", "")
-    if not accept or "transfer-syntax=*" in accept:
-        return True
-    return "application/octet-stream" not in accept or "transfer-syntax=1.2.840.10008.1.2.4" in accept
+def _frame_syntaxes() -> frozenset[str]:
+    """The transfer syntaxes frames may go out in, from Accept: ``*`` (any: as stored) when there is no
+    Accept, a wildcard, ``transfer-syntax=*`` or a type other than application/octet-stream;
+    application/octet-stream without a transfer-syntax is explicit VR little endian (PS3.18 8.7.3.5)."""
+    accept = request.headers.get("Accept", "").strip()
+    if not accept:
+        return frozenset({"*"})
+    syntaxes = set()
+    for media_range in accept.split(","):
+        parts = [p.strip() for p in media_range.split(";")]
+        params = {k.strip().lower(): v.strip().strip('"') for k, _, v in (p.partition("=") for p in parts[1:])}
+        kind = params.get("type", parts[0]).lower() if parts[0].lower().startswith("multipart/") else parts[0].lower()
+        if kind != "application/octet-stream":
+            syntaxes.add("*")
+        else:
+            syntaxes.add(params.get("transfer-syntax", "1.2.840.10008.1.2.1"))
+    return frozenset(syntaxes)
 
 
 @dicomweb_route("/studies/<study>/series/<series>/instances/<instance>/frames/<frame_list>", "dicomweb.retrieve",
@@ -331,7 +341,7 @@ def instance_frames(study: str, series: str, instance: str, frame_list: str):
     """Frames as ``multipart/related; type="application/octet-stream"``, one part per frame."""
     found = _stored(study, series, instance)
     try:
-        data, ts = facade().instance_frames(found[0], frame_list, keep_encoding=_frames_keep_encoding())
+        data, ts = facade().instance_frames(found[0], frame_list, syntaxes=_frame_syntaxes())
     except InvalidQuery as exc:
         raise DicomwebError(400, str(exc)) from None
     except KeyError:

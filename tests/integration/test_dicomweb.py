@@ -372,3 +372,47 @@ def test_wado_uri_for_older_viewers(web):
     assert requests.get(wado, params={**uids, "requestType": "OTHER"}, headers=auth).status_code == 400
     assert requests.get(wado, params={**uids, "objectUID": "1.2.3.4"}, headers=auth).status_code == 404
     assert requests.get(wado, params=uids).status_code == 401
+
+
+def test_compressed_objects_frames_and_conversion(web):
+    """An RLE Lossless CT stored by C-STORE: WADO-RS gives it back in RLE, unchanged; frames asked as
+    explicit VR little endian octet-streams are decoded to the original pixels; with transfer-syntax=*
+    they are the stored RLE frame; asked in implicit VR, the instance is decompressed keeping its UIDs."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import RLELossless
+
+    from archive_core.tiers import read_instance
+
+    ds = make_ct(patient_id="PAT300", study_uid=generate_uid())
+    native = ds.PixelData
+    ds.compress(RLELossless)
+    with archive_server(web["instance"]) as (archive, running):
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage, RLELossless)
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
+        assert assoc.is_established and assoc.send_c_store(ds).Status == 0
+        assoc.release()
+        assert archive.ingestor.wait_indexed()
+        stored = read_instance(archive, ds.SOPInstanceUID)
+    auth = {"Authorization": f"Bearer {web['token']}"}
+    base = f"{web['url']}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+    def parts(response):
+        boundary = response.headers["Content-Type"].split("boundary=")[1]
+        return [p.split(b"\r\n\r\n", 1) for p in response.content.split(f"--{boundary}".encode())[1:-1]]
+
+    whole = requests.get(base, headers=auth)
+    assert whole.headers.get("Transfer-Encoding") == "chunked"  # streamed, not built in memory
+    [(head, body)] = parts(whole)
+    assert b"transfer-syntax=" + RLELossless.encode() in head and body[:-2] == stored
+    octet = 'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.1'
+    [(head, body)] = parts(requests.get(f"{base}/frames/1", headers={**auth, "Accept": octet}))
+    assert body[:-2] == native
+    anything = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    [(head, body)] = parts(requests.get(f"{base}/frames/1", headers={**auth, "Accept": anything}))
+    assert body[:-2] == next(generate_frames(ds.PixelData, number_of_frames=1))
+    implicit = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2'
+    [(head, body)] = parts(requests.get(base, headers={**auth, "Accept": implicit}))
+    converted = dcmread(BytesIO(body[:-2]))
+    assert converted.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
+    assert converted.SOPInstanceUID == ds.SOPInstanceUID and converted.PixelData == native

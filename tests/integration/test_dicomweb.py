@@ -416,3 +416,34 @@ def test_compressed_objects_frames_and_conversion(web):
     converted = dcmread(BytesIO(body[:-2]))
     assert converted.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2"
     assert converted.SOPInstanceUID == ds.SOPInstanceUID and converted.PixelData == native
+
+
+def test_orthanc_dicomweb_plugin_queries_and_retrieves_from_us(web, tmp_path):
+    """Orthanc's DICOMweb plugin (Debian orthanc-dicomweb) with us as a remote DICOMweb server: its QIDO
+    finds our studies by patient, and its retrieve pulls a study over WADO-RS into Orthanc, byte-identical
+    in pixel data and UIDs."""
+    from tests.helpers import require_tool
+    from tests.servers import OrthancProcess
+
+    plugin = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+    if not os.path.exists(plugin):
+        require_tool("orthanc-dicomweb-plugin")  # fails in CI, skips elsewhere (as every missing tool)
+    orthanc = OrthancProcess(tmp_path / "orthanc", Plugins=[plugin], DicomWeb={
+        "Enable": True, "Servers": {"archivage": {"Url": web["url"] + "/",
+                                                  "HttpHeaders": {"Authorization": f"Bearer {web['token']}"}}}})
+    try:
+        found = orthanc.rest("POST", "/dicom-web/servers/archivage/qido",
+                             {"Uri": "/studies", "Arguments": {"PatientID": "PAT001"}})
+        # Orthanc hands the answer back in its own JSON form: {"0020000D": {"Name", "Type", "Value": "..."}}.
+        assert [s["0020000D"]["Value"] for s in found] == [web["study_a"]]
+        orthanc.rest("POST", "/dicom-web/servers/archivage/retrieve",
+                     {"Resources": [{"Study": web["study_a"]}]})
+        instances = orthanc.rest("GET", "/instances?expand")
+        uids = sorted(i["MainDicomTags"]["SOPInstanceUID"] for i in instances)
+        assert uids == sorted(d.SOPInstanceUID for d in web["datasets"][:2])
+        first = web["datasets"][0]
+        orthanc_id = next(i["ID"] for i in instances if i["MainDicomTags"]["SOPInstanceUID"] == first.SOPInstanceUID)
+        copy = dcmread(BytesIO(orthanc.rest("GET", f"/instances/{orthanc_id}/file", raw=True)))
+        assert copy.PixelData == first.PixelData and copy.StudyInstanceUID == web["study_a"]
+    finally:
+        orthanc.stop()

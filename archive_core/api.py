@@ -803,7 +803,7 @@ class _DicomwebMixin:
             return dicomweb.bulk_value(f, tag)
 
     def instance_frames(self, stored, frame_list: str, *, syntaxes: frozenset[str]) -> tuple[list[bytes], str]:
-        """Frames ``1,3,..`` of a stored image (:func:`archive_core.dicomweb.frames`); InvalidQuery for a bad list."""
+        """Frames ``1,3,..`` of a stored image (:func:`archive_core.dicomweb.frames`); InvalidQuery: a bad list."""
         from archive_core import dicomweb
 
         numbers = dicomweb.parse_frame_list(frame_list)

@@ -252,7 +252,8 @@ def frames(fileobj, numbers: list[int], *, syntaxes: frozenset[str]) -> tuple[li
 
     Uncompressed objects give their native frame bytes (little endian). Compressed ones give their
     encoded frames when their syntax is among *syntaxes* (``*``: any), else frames decoded to native
-    bytes (explicit VR little endian). KeyError when the object has no pixel data; IndexError for a frame it does not have.
+    bytes (explicit VR little endian). KeyError when the object has no pixel data; IndexError for a
+    frame it does not have.
     """
     from pydicom import dcmread
     from pydicom.encaps import generate_frames
@@ -421,5 +422,5 @@ def stow_response(result: StowResult, base_url: str, study_uid: str | None) -> d
     return ds.to_json_dict()
 
 
-__all__ = ["LEVEL_OF", "QidoRequest", "parse_qido", "qido_answer", "retrieve_query", "metadata", "bulk_value", "parse_frame_list", "frames", "split_multipart", "stow",
-           "stow_response"]
+__all__ = ["LEVEL_OF", "QidoRequest", "StowResult", "bulk_value", "frames", "metadata", "parse_frame_list",
+           "parse_qido", "qido_answer", "retrieve_query", "split_multipart", "stow", "stow_response"]

@@ -169,7 +169,8 @@ DEFAULT_MAX_STOW_BYTES = 512 * 1024**2
 def _store(study: str | None = None):
     content_type = request.headers.get("Content-Type", "")
     if content_type.split(";")[0].strip().lower() != "multipart/related":
-        raise DicomwebError(415, f'STOW-RS takes multipart/related; type="application/dicom", not {content_type[:80]!r}')
+        raise DicomwebError(415, 'STOW-RS takes multipart/related; type="application/dicom", '
+                                 f"not {content_type[:80]!r}")
     limit = int(current_app.config.get("DICOMWEB_MAX_STOW_BYTES", DEFAULT_MAX_STOW_BYTES))
     length = request.content_length
     if length is None:
@@ -444,7 +445,8 @@ def wado_uri():
         elif target in UNCOMPRESSED:
             data = facade().converted_instance(stored, target)
         else:
-            raise DicomwebError(406, f"cannot convert to {target}: stored syntax, explicit or implicit VR little endian")
+            raise DicomwebError(406, f"cannot convert to {target}: stored syntax, explicit or implicit VR "
+                                     "little endian")
         return Response(data, mimetype="application/dicom")
     if content_type not in ("image/jpeg", "image/png"):
         raise DicomwebError(406, f"contentType {content_type} is not served: application/dicom, image/jpeg, image/png")

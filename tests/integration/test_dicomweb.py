@@ -5,6 +5,7 @@ Images go in by C-STORE (pynetdicom) into the archive; the web process serves th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -316,6 +317,23 @@ def test_stow_rs_stores_through_the_c_store_path(web):
     assert failed[0]["00081197"]["Value"][0] != 0
     assert "another Patient ID" in response.headers["Warning"]
     assert _c_find_studies(web["instance"], PatientID="PAT999") == []
+    refusals = [detail for action, detail in _audit(web) if action == "dicom.store.refused"]
+    assert [(d["via"], d["sop_instance_uid"]) for d in refusals] == [("STOW-RS", intruder.SOPInstanceUID)]
+
+
+def _audit(web):
+    """(action, detail) of every audit event, oldest first."""
+    from sqlalchemy import select
+
+    from archive_core.audit import AuditEvent
+    from archive_core.config import Settings
+    from archive_core.db import make_engine, session_factory
+
+    engine = make_engine(Settings(instance_path=web["instance"]).database_url)
+    with session_factory(engine)() as s:
+        events = s.execute(select(AuditEvent.action, AuditEvent.detail).order_by(AuditEvent.id)).all()
+    engine.dispose()
+    return [(e.action, json.loads(e.detail or "{}")) for e in events]
 
 
 def _multipart(datasets, boundary="b0undary"):
@@ -346,7 +364,8 @@ def test_stow_rs_bad_requests_store_nothing(web):
     assert response.status_code == 413
     junk = b"--x\r\nContent-Type: application/dicom\r\n\r\nnot dicom at all\r\n--x--\r\n"
     response = requests.post(f"{web['url']}/studies", data=junk,
-                             headers={**auth, "Content-Type": 'multipart/related; type="application/dicom"; boundary=x'})
+                             headers={**auth,
+                                      "Content-Type": 'multipart/related; type="application/dicom"; boundary=x'})
     assert response.status_code == 409 and response.json()["00081198"]["Value"][0]["00081197"]["Value"][0] == 0xC000
     response = requests.post(f"{web['url']}/studies/{web['study_b']}", data=body,
                              headers={**auth, "Content-Type": content_type})

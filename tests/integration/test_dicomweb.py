@@ -138,6 +138,13 @@ def test_qido_searches_match_like_c_find(web):
     assert len(client.search_for_instances()) == 3
     assert len(client.search_for_instances(search_filters={"InstanceNumber": "2"})) == 1
     assert client.search_for_studies(search_filters={"PatientName": "nobody*"}) == []
+    # includefield=all and a match key given by its tag, as some viewers send them.
+    response = requests.get(f"{web['url']}/studies?includefield=all&00100020=PAT002",
+                            headers={"Authorization": f"Bearer {web['token']}"})
+    [only] = response.json()
+    assert response.headers["Content-Type"] == "application/dicom+json"
+    assert only["00081030"] == {"vr": "LO"} and only["00080061"]["Value"] == ["MR"]  # description empty, modalities
+    assert only["00100020"]["Value"] == ["PAT002"]
 
 
 @pytest.mark.parametrize("query", ["StudyDate=2024-13-45", "limit=-1", "limit=ten", "fuzzymatching=maybe",
@@ -349,7 +356,8 @@ def _multipart(datasets, boundary="b0undary"):
 def test_stow_rs_bad_requests_store_nothing(web):
     """Bad input: a body cut before its closing boundary (400), JSON instead of multipart (415), a body over
     DICOMWEB_MAX_STOW_BYTES (413), a part that is no DICOM file (409, FailedSOPSequence), an object of another
-    study than the URL's (409): the archive holds the same instances afterwards."""
+    study than the URL's (409), the large body again sent chunked (413): the archive holds the same
+    instances afterwards."""
     auth = {"Authorization": f"Bearer {web['token']}"}
     before = _count_instances(web)
     body, content_type = _multipart([make_ct(patient_id="PAT555")])
@@ -370,6 +378,8 @@ def test_stow_rs_bad_requests_store_nothing(web):
     response = requests.post(f"{web['url']}/studies/{web['study_b']}", data=body,
                              headers={**auth, "Content-Type": content_type})
     assert response.status_code == 409
+    chunked = requests.post(f"{web['url']}/studies", data=iter([big]), headers={**auth, "Content-Type": big_type})
+    assert chunked.status_code == 413  # sent chunked, without a Content-Length: the limit holds all the same
     assert _count_instances(web) == before
     assert _c_find_studies(web["instance"], PatientID="PAT55*") == []
 

@@ -18,7 +18,7 @@ from pydicom.dataset import Dataset
 
 from archive_core.errors import InvalidQuery
 from archive_core.index.keywords import ATTRIBUTES, COMPUTED
-from archive_core.index.query import LEVELS, STUDY_ROOT, Query, parse_identifier
+from archive_core.index.query import LEVELS, STUDY_ROOT, Query, answer_value, parse_identifier
 
 # QIDO resource -> query level.
 LEVEL_OF = {"studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}
@@ -153,15 +153,6 @@ def parse_qido(resource: str, params: Iterable[tuple[str, str]], *, study_uid: s
                        study_uid=study_uid, series_uid=series_uid)
 
 
-def _json_value(keyword: str, row: dict[str, Any]) -> Any:
-    if keyword == "InstanceAvailability":
-        return "ONLINE"
-    value = row.get(keyword)
-    if keyword == "ModalitiesInStudy":
-        return [m for m in (value or "").split("\\") if m] or None
-    return value
-
-
 def qido_answer(request: QidoRequest, row: dict[str, Any], base_url: str) -> dict[str, Any]:
     """One match in the DICOM JSON model: every requested attribute, empty ones as ``{"vr": ..}``,
     and the Retrieve URL (0008,1190) of the entity on this server."""
@@ -171,7 +162,7 @@ def qido_answer(request: QidoRequest, row: dict[str, Any], base_url: str) -> dic
         for key in request.query.keys:
             if key.vr == "SQ" or key.keyword == "RetrieveAETitle":
                 continue
-            value = _json_value(key.keyword, row) if key.keyword else None
+            value = answer_value(key.keyword, row, ae_title="") if key.keyword else None
             ds[key.tag] = DataElement(key.tag, key.vr, value if value not in (None, "") else None,
                                       validation_mode=config.IGNORE)
         url = f"{base_url}/studies/{row.get('StudyInstanceUID') or request.study_uid}"

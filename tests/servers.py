@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from tests.helpers import ROOT, free_port
@@ -83,6 +84,30 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+@contextmanager
+def web_process(env: dict[str, str], log_path: Path, *, port: int | None = None, timeout: float = 60):
+    """``flask --app wsgi web`` as a child process (no DICOM server in it) with *env* on 127.0.0.1;
+    yields its base URL once it accepts connections, and stops it on exit (SIGTERM, then kill)."""
+    port = port or free_port()
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "web", "--host", "127.0.0.1",
+                                    "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while not _listening(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"web server did not start: {Path(log_path).read_text()[-2000:]}")
+            time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
 
 
 class ArchiveProcess:

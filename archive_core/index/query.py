@@ -367,7 +367,8 @@ def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance
 # -- answers --------------------------------------------------------------------------------------
 
 
-def _value(keyword: str, row: dict[str, Any], ae_title: str) -> Any:
+def answer_value(keyword: str, row: dict[str, Any], ae_title: str) -> Any:
+    """The value an answer gives *keyword* from an index row (computed keys included); C-FIND and QIDO-RS."""
     if keyword == "RetrieveAETitle":
         return ae_title
     if keyword == "InstanceAvailability":
@@ -390,7 +391,7 @@ def answer_elements(query: Query, row: dict[str, Any], *, ae_title: str) -> list
     elements = []
     non_ascii = False
     for tag, vr, keyword in plan.keys:
-        value = _value(keyword, row, ae_title) if keyword else None
+        value = answer_value(keyword, row, ae_title) if keyword else None
         if isinstance(value, str) and not value.isascii():
             non_ascii = True
         elements.append((tag, vr, value if value not in (None, "") else None))
@@ -435,7 +436,7 @@ def answer(query: Query, row: dict[str, Any], *, ae_title: str) -> Dataset:
         if key.vr == "SQ":
             ds.add_new(key.tag, "SQ", Sequence())
             continue
-        value = _value(key.keyword, row, ae_title) if key.keyword else None
+        value = answer_value(key.keyword, row, ae_title) if key.keyword else None
         if isinstance(value, str) and not value.isascii():
             non_ascii = True
         ds[key.tag] = DataElement(key.tag, key.vr, value if value not in (None, "") else None,

@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from datetime import date
 
 import pytest
 
-from tests.helpers import ROOT, free_port
+from tests.servers import web_process
 
 ISSUERS = 20
 
@@ -48,34 +45,10 @@ def server(database_url, tmp_path):
                                       created_by="desk").id for n in range(ISSUERS)]
         s.commit()
     engine.dispose()
-    port = free_port()
     env = {**os.environ, "ARCHIVAGE_INSTANCE_PATH": str(instance), "ARCHIVAGE_DATABASE_URL": database_url,
            "ARCHIVAGE_STORAGE_MIN_FREE_BYTES": "0"}
-    log = (tmp_path / "web.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "web", "--host", "127.0.0.1",
-                                "--port", str(port)], cwd=ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}/api/v1"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if _call("GET", f"{base}/openapi.json", token)[0] == 200:
-                break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.close()
-            pytest.fail(f"web server did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
-        time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
-    yield base, token, groups, tmp_path / "web.log"
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=20)
-    log.close()
+    with web_process(env, tmp_path / "web.log") as url:
+        yield f"{url}/api/v1", token, groups, tmp_path / "web.log"
 
 
 def test_twenty_simultaneous_issuers_get_consecutive_numbers(server):

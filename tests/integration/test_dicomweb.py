@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import time
 from io import BytesIO
 
 import pytest
@@ -20,7 +17,8 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.helpers import ROOT, archive_server, free_port, make_ct
+from tests.helpers import archive_server, free_port, make_ct
+from tests.servers import web_process
 
 
 STOW_LIMIT = 300_000
@@ -72,32 +70,11 @@ def web(tmp_path):
            "ARCHIVAGE_DICOMWEB_BASE_URL": f"http://127.0.0.1:{port}/dicom-web",
            "ARCHIVAGE_DICOMWEB_MAX_STOW_BYTES": str(STOW_LIMIT),
            "TCP_NODELAY": "1"}
-    log = (tmp_path / "web.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "web", "--host", "127.0.0.1",
-                                "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/dicom-web"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            requests.get(f"{url}/studies", timeout=5)
-            break
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            log.close()
-            pytest.fail(f"web server did not start: {(tmp_path / 'web.log').read_text()[-2000:]}")
-        time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
-    client = DICOMwebClient(url, headers={"Authorization": f"Bearer {token}"})
-    yield {"client": client, "url": url, "token": token, "desk_token": desk_token, "datasets": datasets,
-           "stored": stored, "study_a": study_a, "study_b": study_b, "series_a": series_a, "instance": instance}
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=20)
-    log.close()
+    with web_process(env, tmp_path / "web.log", port=port) as base:
+        url = f"{base}/dicom-web"
+        client = DICOMwebClient(url, headers={"Authorization": f"Bearer {token}"})
+        yield {"client": client, "url": url, "token": token, "desk_token": desk_token, "datasets": datasets,
+               "stored": stored, "study_a": study_a, "study_b": study_b, "series_a": series_a, "instance": instance}
 
 
 def _values(answers, tag):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.request
 import warnings
@@ -24,8 +23,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from tests.helpers import ROOT, free_port, require_tool, tool_env
+from tests.helpers import free_port, require_tool, tool_env
 from tests.servers import archive_env, flask_cli
+from tests.servers import web_process as started_web
 
 SOURCES = {  # pydicom test file -> what it stands for
     "CT_small.dcm": "explicit VR little endian",
@@ -168,17 +168,8 @@ def web_process(tmp_path, corpus):
                      input="correct horse battery staple\n")
     assert done.returncode == 0, done.stderr
     token = flask_cli(instance, "tokens", "create", "dr").stdout.strip().splitlines()[-1]
-    port = free_port()
-    log = open(tmp_path / "web.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "web", "--port", str(port)], cwd=ROOT,
-                            env={**os.environ, **archive_env(instance)}, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    try:
-        _wait_port(port, 60)
-        yield {"instance": instance, "url": f"http://127.0.0.1:{port}", "token": token, "proc": proc}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    with started_web({**os.environ, **archive_env(instance)}, tmp_path / "web.log") as url:
+        yield {"instance": instance, "url": url, "token": token}
 
 
 def _web_send(web, ae_title, host_port, study_uid, timeout=60):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import threading
 from dataclasses import dataclass
 from datetime import date as _date
@@ -896,6 +897,21 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
             row = _audit.checkpoint(s, settings.audit_signing_key_file, settings.audit_checkpoint_log,
                                     reason=reason, force=force)
             return row.id if row is not None else None
+
+    def audit_details(self, session: Session, action_prefix: str) -> list[tuple[int, dict[str, Any]]]:
+        """(event id, detail) of the audit events whose action starts with *action_prefix*, oldest first
+        (``billing verify`` holds the billing records against what these events recorded)."""
+        rows = session.execute(select(_audit.AuditEvent.id, _audit.AuditEvent.detail)
+                               .where(_audit.AuditEvent.action.startswith(action_prefix, autoescape=True))
+                               .order_by(_audit.AuditEvent.id)).all()
+        out = []
+        for event_id, detail in rows:
+            try:
+                parsed = json.loads(detail or "{}")
+            except ValueError:
+                parsed = {}
+            out.append((event_id, parsed if isinstance(parsed, dict) else {}))
+        return out
 
     def audit_verify(self) -> "_audit.ChainReport":
         """The audit chain held against every signed checkpoint (see :func:`archive_core.audit.verify`)."""

@@ -1,6 +1,8 @@
 """Billing operations as the desk performs them, one function each, called by the pages AND the API.
 
-Each runs inside the request's transaction, writes its audit event in that same transaction, and
+Each runs inside the request's transaction, writes its audit event in that same transaction (with
+the payment journal's head, and an issued document's content hash: ``billing verify`` holds the
+billing tables against them), and
 never commits: the request commits once at its end (``backoffice/extensions.py``), and what must
 follow the commit (rendering a PDF) is registered with ``after_commit``. A domain error raised
 here is rolled back by the edge (page: flashed message; API: JSON 4xx).
@@ -22,7 +24,9 @@ def issue_invoice(group_id: int, *, actor: str, payer_name: str | None = None) -
     invoice = S.issue_invoice(session, group_id, issued_by=actor, payer_name=payer_name or None)
     facade().audit(session, "billing.invoice.issued", actor=actor, patient_id=invoice.patient_id,
                    detail={"number": invoice.number, "total_cents": invoice.total_cents,
-                           "insurer_cents": invoice.insurer_cents, "third_party_payment": invoice.third_party_payment})
+                           "insurer_cents": invoice.insurer_cents, "third_party_payment": invoice.third_party_payment,
+                           "document": "invoice", "sha256": S.invoice_digest(session, invoice),
+                           "journal": S.journal_head(session)})
     invoice_id = invoice.id
     after_commit(lambda: documents.render_after_issue(invoice_id))
     return invoice, S.issued_state(invoice)
@@ -36,7 +40,7 @@ def record_payment(invoice_id: int, *, amount_cents: int, method: str,
     payment, state = S.pay(session, invoice_id, amount_cents=amount_cents, method=method, received_by=actor)
     facade().audit(session, "billing.payment", actor=actor, patient_id=invoice.patient_id,
                    detail={"number": invoice.number, "payment_id": payment.id, "amount_cents": payment.amount_cents,
-                           "method": payment.method})
+                           "method": payment.method, "journal": S.journal_head(session)})
     return payment, state, invoice
 
 
@@ -47,7 +51,9 @@ def issue_credit_note(invoice_id: int, *, reason: str, actor: str,
     note = S.issue_credit_note(session, invoice_id, reason=reason, issued_by=actor, amount_cents=amount_cents)
     invoice = S.get_invoice(session, invoice_id)
     facade().audit(session, "billing.credit_note.issued", actor=actor, patient_id=invoice.patient_id,
-                   detail={"number": note.number, "invoice": invoice.number, "total_cents": note.total_cents})
+                   detail={"number": note.number, "invoice": invoice.number, "total_cents": note.total_cents,
+                           "document": "credit_note", "sha256": S.credit_note_digest(note),
+                           "journal": S.journal_head(session)})
     note_id = note.id
     after_commit(lambda: documents.render_credit_note_after_issue(note_id))
     return note, invoice
@@ -62,7 +68,7 @@ def refund(credit_note_id: int, *, amount_cents: int, method: str, actor: str,
     invoice = S.get_invoice(session, payment.invoice_id)
     facade().audit(session, "billing.refund", actor=actor, patient_id=invoice.patient_id,
                    detail={"number": invoice.number, "payment_id": payment.id, "amount_cents": payment.amount_cents,
-                           "payer": payment.payer})
+                           "payer": payment.payer, "journal": S.journal_head(session)})
     return payment, invoice
 
 
@@ -72,7 +78,8 @@ def settle_claim(claim_id: int, *, paid: bool, actor: str, reason: str | None = 
     claim = S.settle_claim(session, claim_id, paid=paid, by=actor, reason=reason)
     invoice = S.get_invoice(session, claim.invoice_id)
     facade().audit(session, "billing.claim.settled", actor=actor, patient_id=invoice.patient_id,
-                   detail={"number": invoice.number, "claim_id": claim.id, "status": claim.status})
+                   detail={"number": invoice.number, "claim_id": claim.id, "status": claim.status,
+                           "journal": S.journal_head(session)})
     return claim
 
 
@@ -83,7 +90,8 @@ def close_period(kind: str, period: str, *, actor: str, counted_cash_cents: int 
     facade().audit(db(), "billing.closing", actor=actor,
                    detail={"kind": kind, "period": period, "total_cents": closing.total_cents,
                            "cash_difference_cents": closing.cash_difference_cents,
-                           "cheque_difference_cents": closing.cheque_difference_cents})
+                           "cheque_difference_cents": closing.cheque_difference_cents,
+                           "journal": S.journal_head(db())})
     # A closing is a moment the practice relies on later: the audit head, with this closing in it,
     # is signed as soon as it is committed (docs/operations.md, checkpoints).
     after_commit(lambda: facade().audit_checkpoint(reason="closing"))

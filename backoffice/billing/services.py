@@ -841,6 +841,93 @@ class JournalReport:
         return self.first_bad_id is None and self.first_bad_closing is None
 
 
+# -- anchors: what the audit trail recorded of the billing records -------------------------------
+#
+# Each billing operation writes an audit event (backoffice/billing/operations.py) in the same
+# transaction. That event carries the payment journal's head after the operation, and an issued
+# invoice's or credit note's content hash. The audit trail is hash-chained and its head is signed
+# with a key kept outside the database (archive_core/audit.py checkpoints), so someone who edits
+# billing rows AND recomputes the payment chain still disagrees with what the audit trail recorded.
+
+_INVOICE_FIELDS = ("number", "series", "sequence", "group_id", "issued_at", "issued_by", "patient_id",
+                   "patient_name", "patient_birth_date", "patient_address", "payer_name", "visit_date",
+                   "exam_group", "exam_group_label", "total_cents", "insurer_cents", "patient_cents",
+                   "insurer_id", "insurer_name", "member_number", "third_party_payment")
+_CREDIT_NOTE_FIELDS = ("number", "series", "sequence", "invoice_id", "reason", "total_cents", "patient_cents",
+                       "insurer_cents", "issued_at", "issued_by")
+
+
+def _plain(value):
+    if isinstance(value, datetime):
+        at = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return at.astimezone(timezone.utc).isoformat(timespec="microseconds")
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def invoice_digest(session: Session, invoice: Invoice) -> str:
+    """SHA-256 of what an issued invoice says: its fields and its lines (recorded in its audit event)."""
+    lines = session.execute(select(InvoiceLine.label, InvoiceLine.amount_cents)
+                            .where(InvoiceLine.invoice_id == invoice.id).order_by(InvoiceLine.id)).all()
+    payload = [[_plain(getattr(invoice, f)) for f in _INVOICE_FIELDS], [list(line) for line in lines]]
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def credit_note_digest(note: CreditNote) -> str:
+    """SHA-256 of what an issued credit note says (recorded in its audit event)."""
+    payload = [_plain(getattr(note, f)) for f in _CREDIT_NOTE_FIELDS]
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def journal_head(session: Session) -> dict:
+    """The payment journal's head: how many entries, the last one's id and hash."""
+    last = session.execute(select(Payment.id, Payment.hash).order_by(Payment.id.desc()).limit(1)).first()
+    count = session.scalar(select(func.count(Payment.id))) or 0
+    return {"count": int(count), "last_id": last[0] if last else 0, "hash": last[1] if last else GENESIS}
+
+
+def check_anchors(session: Session, anchors: Iterable[tuple[int, dict]]) -> list[str]:
+    """Hold the billing records against what the audit trail recorded of them.
+
+    *anchors*: (audit event id, detail) of the billing audit events. Returns one sentence per
+    problem: an invoice or credit note changed or gone since it was issued, a journal head that
+    the journal no longer reaches (deleted entries, truncation) or no longer matches (rewritten).
+    """
+    problems: list[str] = []
+    invoices = {i.number: i for i in session.scalars(select(Invoice))}
+    notes = {n.number: n for n in session.scalars(select(CreditNote))}
+    hashes = dict(session.execute(select(Payment.id, Payment.hash)).all())
+    ids = sorted(hashes)
+    for event_id, detail in anchors:
+        kind = detail.get("document")
+        digest = detail.get("sha256")
+        if kind in ("invoice", "credit_note") and digest:
+            rows = invoices if kind == "invoice" else notes
+            row = rows.get(detail.get("number"))
+            label = "invoice" if kind == "invoice" else "credit note"
+            if row is None:
+                problems.append(f"{label} {detail.get('number')} is missing (issued in audit event {event_id})")
+            elif digest != (invoice_digest(session, row) if kind == "invoice" else credit_note_digest(row)):
+                problems.append(f"{label} {row.number} was changed after it was issued "
+                                f"(differs from audit event {event_id})")
+        head = detail.get("journal")
+        if isinstance(head, dict) and head.get("last_id"):
+            last_id, count = int(head["last_id"]), int(head.get("count", 0))
+            if last_id not in hashes:
+                problems.append(f"payment journal entry {last_id} is missing: the journal was truncated or "
+                                f"entries deleted (audit event {event_id} recorded {count} entries up to it)")
+            elif hashes[last_id] != head.get("hash"):
+                problems.append(f"payment journal rewritten: entry {last_id} no longer has the hash recorded in "
+                                f"audit event {event_id}")
+            else:
+                reached = sum(1 for i in ids if i <= last_id)
+                if reached != count:
+                    problems.append(f"payment journal has {reached} entries up to {last_id}, audit event "
+                                    f"{event_id} recorded {count}: entries were deleted or inserted")
+    return problems
+
+
 def verify_journal(session: Session) -> JournalReport:
     """Recompute the payment chain, then check each closing still matches the journal."""
     prev, checked, bad = GENESIS, 0, None

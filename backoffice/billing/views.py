@@ -552,17 +552,29 @@ def export_fec():
 # -- command line --------------------------------------------------------------------------------
 
 
-@bp.cli.command("verify", help="Check the payment journal's hash chain and the closings; exit 1 if broken.")
+@bp.cli.command("verify", help="Check the payment journal's hash chain, the closings, and the invoices, credit notes "
+                "and journal heads recorded in the signed audit trail; exit 1 if anything is wrong.")
 def verify_command() -> None:
     with facade().new_session() as s:
         report = S.verify_journal(s)
-    if report.ok:
-        click.echo(f"payment journal intact: {report.checked} entries, {report.closings_checked} closings")
-        return
+        problems = S.check_anchors(s, facade().audit_details(s, "billing."))
+        s.rollback()
+    # The anchors are only as good as the audit trail that holds them: its chain and signed checkpoints.
+    audit = facade().audit_verify()
     if report.first_bad_id is not None:
-        click.echo(f"payment journal broken at entry {report.first_bad_id} (after {report.checked} good entries)")
-    else:
-        click.echo(f"closing {report.first_bad_closing} no longer matches the journal")
+        problems.insert(0, f"payment journal broken at entry {report.first_bad_id} "
+                           f"(after {report.checked} good entries)")
+    elif report.first_bad_closing is not None:
+        problems.insert(0, f"closing {report.first_bad_closing} no longer matches the journal")
+    if not audit.ok:
+        problems.append("the audit trail that records the billing journal's heads is broken: "
+                        + "; ".join(audit.problems or (f"event {audit.first_bad_id}",)) + " (see audit verify)")
+    if not problems:
+        click.echo(f"payment journal intact: {report.checked} entries, {report.closings_checked} closings; "
+                   "invoices, credit notes and journal heads match the audit trail")
+        return
+    for problem in problems:
+        click.echo(problem)
     raise SystemExit(1)
 
 

@@ -24,7 +24,7 @@ from wtforms.validators import NumberRange, Optional
 from archive_core.api import NotFound
 from archive_core.render import PRESETS, RenderError, RenderParams
 from backoffice.auth import roles_required
-from backoffice.extensions import db, facade
+from backoffice.extensions import db, facade, rollback
 from backoffice.radiology import services
 from backoffice.radiology.sending import failures_of, jobs_for
 
@@ -218,6 +218,7 @@ def save_report(study_uid: str):
                                     amendment_reason=form.amendment_reason.data or "",
                                     **{f: getattr(form, f).data or "" for f in services.REPORT_FIELDS})
     except services.RadiologyError as exc:
+        rollback()  # a handled error commits nothing the service had already written
         flash(str(exc), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))
     facade().audit(db(), "report.draft", actor=current_user.login, patient_id=detail.study.patient_id,
@@ -235,6 +236,7 @@ def sign_report(study_uid: str):
     try:
         report = services.sign_report(db(), study_uid, signed_by=current_user.login)
     except services.RadiologyError as exc:
+        rollback()  # a handled error commits nothing the service had already written
         flash(str(exc), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))
     facade().audit(db(), "report.sign", actor=current_user.login, patient_id=detail.study.patient_id,

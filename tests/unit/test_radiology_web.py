@@ -209,6 +209,28 @@ def test_report_draft_sign_then_amend_through_pages(client, users, history, faca
     assert audit_actions(facade, history.current).count("report.sign") == 2
 
 
+def test_a_report_error_handled_by_the_page_commits_nothing(client, users, history, facade, monkeypatch):
+    """Bad case tried: the signing service has already changed the draft when it refuses (a domain
+    error the page turns into a message and a redirect): the change must not be committed."""
+    from backoffice.radiology import services
+
+    sign_in(client, users, "radiologist")
+    page = f"/radiology/studies/{history.current}"
+    token = csrf(client, page)
+    client.post(f"{page}/report", data={"csrf_token": token, "findings": "Nodule de 4 mm."})
+
+    def half_done(session, study_uid, *, signed_by):
+        services.current_draft(session, study_uid).findings = "écrit à moitié"
+        session.flush()
+        raise services.RadiologyError("refusé après écriture")
+
+    monkeypatch.setattr(services, "sign_report", half_done)
+    answer = client.post(f"{page}/report/sign", data={"csrf_token": token}, follow_redirects=True)
+    assert "refusé après écriture" in answer.get_data(as_text=True)
+    with facade.new_session() as s:
+        assert [r.findings for r in services.reports_of(s, history.current)] == ["Nodule de 4 mm."]
+
+
 def test_front_desk_cannot_write_reports(client, users, history):
     sign_in(client, users, "front_desk")
     page = f"/radiology/studies/{history.current}"

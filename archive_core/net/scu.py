@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import socket
+import ssl
+import struct
 import threading
 import time
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
@@ -67,13 +71,16 @@ _SWAP_WIDTH = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 class StoredDataset(Dataset):
     """A stored object known by its UIDs and its stored bytes, sent as those bytes by :func:`send_c_store`.
 
+    The bytes are either in memory (*raw*) or, as :func:`load_for_sending` makes them, a
+    :class:`StoredFile` read in PDU-sized chunks while it is sent: a large object is never held whole.
     It holds no other element: given to an encoder other than :func:`send_c_store` it must not go
     out as a two-element object, so pydicom's writer refuses it (``_Unencodable``) and pynetdicom
     reports that C-STORE failed.
     """
 
     @classmethod
-    def of(cls, raw: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> "StoredDataset":
+    def of(cls, raw: "bytes | StoredFile", *, sop_class_uid: str, sop_instance_uid: str,
+           transfer_syntax_uid: str) -> "StoredDataset":
         ds = cls()
         ds.SOPClassUID = sop_class_uid
         ds.SOPInstanceUID = sop_instance_uid
@@ -84,6 +91,36 @@ class StoredDataset(Dataset):
 
     def keys(self):  # what pydicom's writer lists the elements to write with
         raise _Unencodable("a stored object is sent as its stored bytes only")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """Where a stored object's dataset is: its file, the dataset's offset in it, its length."""
+
+    path: Path
+    offset: int
+    length: int
+
+    @classmethod
+    def open(cls, path: Path) -> "StoredFile":
+        """The dataset of a stored Part 10 file (after its meta group), the file's bytes asked of the
+        kernel ahead of sending (``posix_fadvise``: the disk reads while the previous object goes out)."""
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+            offset = dataset_offset(head)
+            if offset >= len(head) == _HEAD_BYTES:  # a meta group longer than the head: walk the whole file
+                f.seek(0)
+                offset = dataset_offset(f.read())
+            size = os.fstat(f.fileno()).st_size
+            if hasattr(os, "posix_fadvise"):
+                with suppress(OSError):
+                    os.posix_fadvise(f.fileno(), offset, 0, os.POSIX_FADV_WILLNEED)
+        if size <= offset:
+            raise ValueError(f"{path.name}: no dataset after the file meta information")
+        return cls(path, offset, size - offset)
+
+
+_HEAD_BYTES = 4096
 
 
 class _Unencodable(TypeError):
@@ -144,15 +181,15 @@ def load_for_sending(
         log.warning("no accepted context for %s in %s", inst.sop_instance_uid, inst.transfer_syntax_uid)
         return _unsendable(inst)
     try:
-        data = path_of(inst).read_bytes()
+        path = path_of(inst)
         if plan == inst.transfer_syntax_uid:
             return StoredDataset.of(
-                data[dataset_offset(data):],
+                StoredFile.open(path),
                 sop_class_uid=inst.sop_class_uid,
                 sop_instance_uid=inst.sop_instance_uid,
                 transfer_syntax_uid=inst.transfer_syntax_uid,
             )
-        return convert(data, inst.transfer_syntax_uid, plan)
+        return convert(path.read_bytes(), inst.transfer_syntax_uid, plan)
     except Exception as exc:
         log.error("cannot send %s: %s", inst.sop_instance_uid, exc.__class__.__name__)
         return _unsendable(inst)
@@ -249,8 +286,11 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
     """pynetdicom's ``Association.send_c_store``, sending a :class:`StoredDataset` as its stored bytes.
 
     The stored syntax must be an accepted context of the SOP class (``load_for_sending`` makes
-    sure of it); the steps around the message are pynetdicom's own (pinned in requirements.txt;
-    tests/unit/test_sender.py covers the private attributes used).
+    sure of it). The request is framed here straight into P-DATA-TF PDUs and written to the
+    association's socket by the calling thread (:class:`Wire`); the response is pynetdicom's,
+    awaited before the next request (no asynchronous operations are negotiated). The steps around
+    the message are pynetdicom's own (pinned in requirements.txt; tests/unit/test_sender.py covers
+    the private attributes used).
     """
     raw = getattr(dataset, "_archivage_raw", None)
     if raw is None:  # converted (or unsendable): pynetdicom encodes it
@@ -264,14 +304,8 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
         raise RuntimeError("the association is not established")
     ts = UID(dataset.file_meta.TransferSyntaxUID)
     context = assoc._get_valid_context(dataset.SOPClassUID, ts, "scu", allow_conversion=False)
-    req = C_STORE()
-    req.MessageID = msg_id
-    req.Priority = priority
-    req.MoveOriginatorApplicationEntityTitle = originator_aet
-    req.MoveOriginatorMessageID = originator_id
-    req.AffectedSOPClassUID = dataset.SOPClassUID
-    req.AffectedSOPInstanceUID = dataset.SOPInstanceUID
-    req.DataSet = BytesIO(raw)
+    command = store_command(msg_id, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), priority,
+                            originator_aet, originator_id)
     # As pynetdicom does: pause the association's reactor so the response is ours to read (a
     # C-GET's sub-operations run in the reactor's own thread, which is paused while it serves).
     if getattr(assoc, "_archivage_hold", False) and not getattr(assoc, "_archivage_held", False):
@@ -280,7 +314,12 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
     if paused_here:
         _pause(assoc)
     try:
-        assoc.dimse.send_msg(req, context.context_id)
+        try:
+            Wire.of(assoc).send(context.context_id, command, raw)
+        except ConnectionError as exc:  # the peer closed or aborted while we wrote: no response will come
+            log.warning("association with %s lost while sending %s: %s", _peer(assoc), dataset.SOPInstanceUID, exc)
+            _lost(assoc)
+            return Dataset()
         rsp = _response(assoc) if getattr(assoc, "_archivage_held", False) else assoc.dimse.get_msg(block=True)[1]
     finally:
         if paused_here:
@@ -291,6 +330,173 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
             assoc._handle_no_response()  # DIMSE timeout: pynetdicom aborts
         return Dataset()
     return assoc._check_received_status(rsp)
+
+
+# -- framing stored bytes into P-DATA-TF PDUs ---------------------------------------------------------
+
+_GROUP_LENGTH = struct.pack("<HHI", 0x0000, 0x0000, 4)
+_MESSAGE_ID = struct.pack("<HHI", 0x0000, 0x0110, 2)
+_PLACEHOLDER_UID = "1.2"
+_INSTANCE_UID = struct.pack("<HHI", 0x0000, 0x1000, 4) + b"1.2\x00"
+
+
+@functools.lru_cache(maxsize=256)
+def _command_template(sop_class_uid: str, priority: int, originator_aet: str | None,
+                      originator_id: int | None) -> tuple[bytes, bytes, bytes]:
+    """A C-STORE-RQ command set encoded once by pynetdicom's own message class, cut around the two
+    values that change per message (Message ID, Affected SOP Instance UID): (before the Message ID,
+    between the two, after the UID). The group length is recomputed per message."""
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dsutils import encode
+
+    req = C_STORE()
+    req.MessageID = 0
+    req.Priority = priority
+    req.MoveOriginatorApplicationEntityTitle = originator_aet
+    req.MoveOriginatorMessageID = originator_id
+    req.AffectedSOPClassUID = sop_class_uid
+    req.AffectedSOPInstanceUID = _PLACEHOLDER_UID
+    req.DataSet = BytesIO(b"\x00\x00")  # "a data set follows"
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    body = encode(message.command_set, True, True)[len(_GROUP_LENGTH) + 4:]
+    mid = body.index(_MESSAGE_ID) + len(_MESSAGE_ID)
+    uid = body.index(_INSTANCE_UID)
+    return body[:mid], body[mid + 2:uid], body[uid + len(_INSTANCE_UID):]
+
+
+def store_command(msg_id: int, sop_class_uid: str, sop_instance_uid: str, priority: int = 2,
+                  originator_aet: str | None = None, originator_id: int | None = None) -> bytes:
+    """The encoded command set (implicit VR little endian) of a C-STORE-RQ, as pynetdicom encodes it."""
+    head, middle, tail = _command_template(sop_class_uid, priority, originator_aet, originator_id)
+    uid = sop_instance_uid.encode("ascii")
+    if len(uid) % 2:
+        uid += b"\x00"
+    body = b"".join((head, struct.pack("<H", msg_id), middle, struct.pack("<HHI", 0x0000, 0x1000, len(uid)), uid,
+                     tail))
+    return _GROUP_LENGTH + struct.pack("<I", len(body)) + body
+
+
+_WRITE_BYTES = 1 << 20  # about this much is read from the file and written per system call
+_UNLIMITED_FRAGMENT = 1 << 20  # PDV size when the peer sets no maximum PDU length
+_PDU_HEADER = struct.Struct(">BBIIBB")  # PDU type, reserved, PDU length, PDV item length, context, control
+
+
+def frame(context_id: int, data: memoryview, fragment: int, command: bool, last: bool, out: bytearray) -> None:
+    """Append *data* to *out* as P-DATA-TF PDUs of one PDV each, at most *fragment* bytes of value per
+    PDV (the peer's maximum PDU length less 6, as pynetdicom fragments); *last*: the final PDV of
+    the command set or data set has the last-fragment bit."""
+    more, final = (0x01, 0x03) if command else (0x00, 0x02)
+    size = len(data)
+    for start in range(0, size, fragment):
+        piece = data[start:start + fragment]
+        flag = final if last and start + fragment >= size else more
+        out += _PDU_HEADER.pack(0x04, 0x00, len(piece) + 6, len(piece) + 2, context_id, flag)
+        out += piece
+
+
+class Wire:
+    """Writes C-STORE requests of one association straight to its socket, framed at the peer's
+    maximum PDU length: the stored file is read in chunks of about 1 MiB into a buffer and each
+    chunk goes out in one write, with no hand-off to pynetdicom's DUL thread.
+
+    pynetdicom's DUL thread still reads the peer's PDUs (the C-STORE responses, an A-ABORT, a
+    C-CANCEL) and writes its own (C-GET pending responses, A-RELEASE): every write of it, and
+    every read on a TLS socket (an SSL connection is not safe for a read and a write at once),
+    takes this association's lock, as a whole message of ours does. Messages are never interleaved
+    and pynetdicom's queued PDUs go out before ours.
+    """
+
+    def __init__(self, assoc: Association) -> None:
+        sock = assoc.dul.socket
+        if sock is None or sock.socket is None:
+            raise ConnectionError("the connection is closed")
+        self._assoc = assoc
+        self._sock = sock
+        self._raw = sock.socket
+        self._lock = threading.Lock()
+        max_pdu = assoc.dimse.maximum_pdu_size or 0
+        self.fragment = max_pdu - 6 if max_pdu else _UNLIMITED_FRAGMENT
+        lock, send, recv = self._lock, sock.send, sock.recv
+
+        def locked_send(data: bytes) -> None:
+            with lock:
+                send(data)
+
+        sock.send = locked_send  # this association's socket object only
+        if isinstance(self._raw, ssl.SSLSocket):
+            def locked_recv(nr_bytes: int) -> bytearray:
+                with lock:
+                    return recv(nr_bytes)
+
+            sock.recv = locked_recv
+
+    @classmethod
+    def of(cls, assoc: Association) -> "Wire":
+        wire = getattr(assoc, "_archivage_wire", None)
+        if wire is None or wire._sock is not assoc.dul.socket:
+            wire = assoc._archivage_wire = cls(assoc)
+        return wire
+
+    def send(self, context_id: int, command: bytes, data: "bytes | StoredFile") -> None:
+        """Write one C-STORE-RQ: its *command* set then the dataset (bytes, or a stored file read as it goes)."""
+        source = open(data.path, "rb") if isinstance(data, StoredFile) else None  # fails before any byte is sent
+        try:
+            length = data.length if source is not None else len(data)
+            if length == 0:
+                raise ValueError("empty dataset")
+            if source is not None:
+                source.seek(data.offset)
+                # Whole fragments per read: every PDV but the last is full, as pynetdicom fragments.
+                buffer = memoryview(bytearray(min(length, max(1, _WRITE_BYTES // self.fragment) * self.fragment)))
+            else:
+                buffer = memoryview(data)
+            out = bytearray()
+            frame(context_id, memoryview(command), self.fragment, True, True, out)
+            self._wait_for_pynetdicom()
+            with self._lock:
+                self._write(out, source, buffer, length, context_id)
+        finally:
+            if source is not None:
+                source.close()
+
+    def _write(self, out: bytearray, source, buffer: memoryview, length: int, context_id: int) -> None:
+        sent = 0
+        written = False
+        try:
+            while sent < length:
+                if source is None:
+                    chunk = buffer[sent:sent + max(1, _WRITE_BYTES // self.fragment) * self.fragment]
+                else:
+                    size = source.readinto(buffer[:min(length - sent, len(buffer))])
+                    if not size:
+                        raise OSError("the stored file is shorter than when it was opened")
+                    chunk = buffer[:size]
+                sent += len(chunk)
+                frame(context_id, chunk, self.fragment, False, sent >= length, out)
+                written = True
+                self._raw.sendall(out)
+                out.clear()
+        except BaseException as exc:
+            if not written:
+                raise
+            self._broken()  # part of a message may be on the wire: the connection cannot carry another
+            if isinstance(exc, OSError):
+                raise ConnectionError(str(exc)) from exc
+            raise
+
+    def _broken(self) -> None:
+        log.warning("connection to %s dropped in the middle of a C-STORE", _peer(self._assoc))
+        with suppress(OSError):
+            self._raw.shutdown(socket.SHUT_RDWR)
+        self._sock.event_queue.put("Evt17")  # transport closed, as pynetdicom reports a failed send
+
+    def _wait_for_pynetdicom(self, timeout: float = 5.0) -> None:
+        # What pynetdicom queued before (a C-GET pending response) goes out first.
+        pending = self._assoc.dul.to_provider_queue.queue
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.0001)
 
 
 def _response(assoc: Association):
@@ -306,11 +512,22 @@ def _response(assoc: Association):
             pass
         if assoc.acse.is_aborted() or not assoc.dul.is_alive():
             log.warning("association with %s ended while waiting for a C-STORE response", assoc.acceptor.ae_title)
-            assoc._archivage_held = False
-            assoc.is_aborted = True
-            assoc.kill()
+            _lost(assoc)
             return None
     return None
+
+
+def _lost(assoc: Association) -> None:
+    # The reactor is held or busy in this thread: mark the association ended ourselves (pynetdicom's
+    # reactor would) so that callers stop sending on it.
+    assoc._archivage_held = False
+    assoc.is_aborted = True
+    assoc.is_established = False
+    assoc.kill()
+
+
+def _peer(assoc: Association) -> str:
+    return assoc.acceptor.ae_title if assoc.is_requestor else assoc.requestor.ae_title
 
 
 def _pause(assoc: Association) -> None:

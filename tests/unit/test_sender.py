@@ -193,3 +193,117 @@ def test_the_pynetdicom_internals_the_sender_uses_exist():
     Association.__init__(assoc, __import__("pynetdicom").AE(), "requestor")
     assert hasattr(assoc, "_reactor_checkpoint") and hasattr(assoc, "_is_paused")
     assert hasattr(assoc.dimse, "msg_queue") and callable(assoc.acse.is_aborted)
+
+
+def _pynetdicom_pdus(context_id: int, command_fields: dict, dataset: bytes, max_pdu: int) -> bytes:
+    """The P-DATA-TF PDUs pynetdicom writes for a C-STORE-RQ (its own message class and fragmentation)."""
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+
+    req = C_STORE()
+    for name, value in command_fields.items():
+        setattr(req, name, value)
+    req.DataSet = BytesIO(dataset)
+    message = C_STORE_RQ()
+    message.primitive_to_message(req)
+    out = bytearray()
+    for primitive in message.encode_msg(context_id, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        out += pdu.encode()
+    return bytes(out)
+
+
+@pytest.mark.parametrize("msg_id, instance_uid, originator", [
+    (1, "1.2.3.4", (None, None)),
+    (65535, "1.2.826.0.1.3680043.8.498.12345678901234567890123456789012345678", ("MOVESCU", 7)),
+    (300, "1.23", ("A", 65535)),  # odd and even UID lengths, one-character AE title
+])
+def test_the_patched_command_set_is_the_one_pynetdicom_encodes(msg_id, instance_uid, originator):
+    """Bad cases tried: a Message ID or UID left from the template, a UID of odd length without its
+    padding, a group length not recomputed: the command set must be pynetdicom's, byte for byte."""
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    aet, originator_id = originator
+    for sop_class in ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.481.3"):
+        req = C_STORE()
+        req.MessageID, req.Priority = msg_id, 2
+        req.AffectedSOPClassUID, req.AffectedSOPInstanceUID = sop_class, instance_uid
+        req.MoveOriginatorApplicationEntityTitle, req.MoveOriginatorMessageID = aet, originator_id
+        req.DataSet = BytesIO(b"\x00\x00")
+        message = C_STORE_RQ()
+        message.primitive_to_message(req)
+        expected = encode(message.command_set, True, True)
+        assert scu.store_command(msg_id, sop_class, instance_uid, 2, aet, originator_id) == expected
+
+
+class _FakeSocket:
+    """pynetdicom's AssociationSocket as the Wire uses it, over one end of a socket pair."""
+
+    def __init__(self, raw):
+        import queue
+
+        self.socket = raw
+        self.event_queue = queue.Queue()
+
+    def send(self, data):
+        self.socket.sendall(data)
+
+    def recv(self, n):
+        return self.socket.recv(n)
+
+
+def _fake_assoc(raw, max_pdu: int):
+    import queue
+    from types import SimpleNamespace
+
+    dul = SimpleNamespace(socket=_FakeSocket(raw), to_provider_queue=queue.Queue())
+    return SimpleNamespace(dul=dul, dimse=SimpleNamespace(maximum_pdu_size=max_pdu),
+                           acceptor=SimpleNamespace(ae_title="PEER"))
+
+
+@pytest.mark.parametrize("max_pdu, size", [(16384, 3 * (1 << 20) + 4321), (4096, 70_000), (0, 50_000)])
+def test_a_stored_file_goes_out_framed_as_pynetdicom_frames_it(tmp_path, max_pdu, size):
+    """A stored Part 10 file, streamed in 1 MiB reads, is sent as exactly the PDUs pynetdicom would
+    write for its dataset: the peer's maximum PDU length honoured in every PDU, the last-fragment bit
+    on the final PDV only (bad cases tried: a chunk boundary taken for the end of the data set, the
+    meta group sent as data, a PDU over the maximum)."""
+    import socket
+    import threading
+
+    ds = __import__("tests.helpers", fromlist=["make_ct"]).make_ct()
+    ds.PixelData = bytes(np.random.default_rng(1).integers(0, 256, size - size % 2, dtype=np.uint8))
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    stored = scu.StoredFile.open(path)
+    assert data[stored.offset:stored.offset + 2] == b"\x08\x00"  # the dataset's first group, not the meta group
+    assert stored.offset + stored.length == len(data)
+
+    ours, theirs = socket.socketpair()
+    received = bytearray()
+
+    def read():
+        while chunk := theirs.recv(1 << 20):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    wire = scu.Wire(_fake_assoc(ours, max_pdu))
+    command = scu.store_command(5, ds.SOPClassUID, ds.SOPInstanceUID)
+    wire.send(3, command, stored)
+    ours.shutdown(socket.SHUT_WR)
+    reader.join(30)
+    ours.close()
+    theirs.close()
+    fields = {"MessageID": 5, "Priority": 2, "AffectedSOPClassUID": ds.SOPClassUID,
+              "AffectedSOPInstanceUID": ds.SOPInstanceUID}
+    assert bytes(received) == _pynetdicom_pdus(3, fields, data[stored.offset:], max_pdu)
+    pos = 0
+    while pos < len(received) and max_pdu:
+        length = int.from_bytes(received[pos + 2:pos + 6], "big")
+        assert length <= max_pdu
+        pos += 6 + length

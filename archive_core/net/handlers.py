@@ -482,6 +482,7 @@ def handle_move(event, ctx: ArchiveContext):
             yield None, None  # 0xA801, nothing is sent
             return
     capture = scu.Capture()
+    scu.frame_pending_responses(event.assoc)
     yield peer.host, peer.port, {
         "contexts": scu.proposed_contexts(instances) or [scu.build_context("1.2.840.10008.1.1")],
         "max_pdu": 0,
@@ -499,6 +500,7 @@ def handle_get(event, ctx: ArchiveContext):
     """C-GET: the sub-operations go over the requesting association, in the contexts it accepted."""
     instances, failure = _retrieve_plan(event, ctx, "GET")
     scu.use_stored_sender(event.assoc)  # sub-operations send stored bytes as stored
+    scu.frame_pending_responses(event.assoc)
     yield from _sub_operations(event, ctx, instances, failure, lambda: list(event.assoc.accepted_contexts))
 
 

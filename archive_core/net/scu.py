@@ -95,29 +95,25 @@ class StoredDataset(Dataset):
 
 @dataclass(frozen=True)
 class StoredFile:
-    """Where a stored object's dataset is: its file, the dataset's offset in it, its length."""
+    """A stored Part 10 file whose dataset (what follows its meta group) is to be sent.
+
+    It is opened once, by the sender (:meth:`Wire.send`), which reads it in chunks as it writes.
+    """
 
     path: Path
-    offset: int
-    length: int
 
-    @classmethod
-    def open(cls, path: Path) -> "StoredFile":
-        """The dataset of a stored Part 10 file (after its meta group), the file's bytes asked of the
-        kernel ahead of sending (``posix_fadvise``: the disk reads while the previous object goes out)."""
-        with open(path, "rb") as f:
-            head = f.read(_HEAD_BYTES)
-            offset = dataset_offset(head)
-            if offset >= len(head) == _HEAD_BYTES:  # a meta group longer than the head: walk the whole file
-                f.seek(0)
-                offset = dataset_offset(f.read())
-            size = os.fstat(f.fileno()).st_size
-            if hasattr(os, "posix_fadvise"):
-                with suppress(OSError):
-                    os.posix_fadvise(f.fileno(), offset, 0, os.POSIX_FADV_WILLNEED)
+    def dataset(self, f) -> int:
+        """The dataset's length in the open file *f*, left positioned at the dataset's start."""
+        head = f.read(_HEAD_BYTES)
+        offset = dataset_offset(head)
+        if offset >= len(head) == _HEAD_BYTES:  # a meta group longer than the head: walk the whole file
+            f.seek(0)
+            offset = dataset_offset(f.read())
+        size = os.fstat(f.fileno()).st_size
         if size <= offset:
-            raise ValueError(f"{path.name}: no dataset after the file meta information")
-        return cls(path, offset, size - offset)
+            raise ValueError(f"{self.path.name}: no dataset after the file meta information")
+        f.seek(offset)
+        return size - offset
 
 
 _HEAD_BYTES = 4096
@@ -184,7 +180,7 @@ def load_for_sending(
         path = path_of(inst)
         if plan == inst.transfer_syntax_uid:
             return StoredDataset.of(
-                StoredFile.open(path),
+                StoredFile(path),
                 sop_class_uid=inst.sop_class_uid,
                 sop_instance_uid=inst.sop_instance_uid,
                 transfer_syntax_uid=inst.transfer_syntax_uid,
@@ -377,6 +373,71 @@ def store_command(msg_id: int, sop_class_uid: str, sop_instance_uid: str, priori
     return _GROUP_LENGTH + struct.pack("<I", len(body)) + body
 
 
+# Implicit VR headers (tag, length 2) of the US values a pending C-MOVE or C-GET response patches.
+_RSP_FIELDS = {name: struct.pack("<HHI", 0x0000, elem, 2) for name, elem in (
+    ("MessageIDBeingRespondedTo", 0x0120), ("NumberOfRemainingSuboperations", 0x1020),
+    ("NumberOfCompletedSuboperations", 0x1021), ("NumberOfFailedSuboperations", 0x1022),
+    ("NumberOfWarningSuboperations", 0x1023))}
+
+
+@functools.lru_cache(maxsize=64)
+def _pending_template(kind: str, sop_class_uid: str) -> tuple[bytes, tuple[tuple[str, int], ...]]:
+    """A pending (0xFF00) C-MOVE-RSP or C-GET-RSP without identifier, encoded once by pynetdicom's
+    own message class, and where each patched US value is in it."""
+    from pynetdicom import dimse_messages, dimse_primitives
+    from pynetdicom.dsutils import encode
+
+    rsp = getattr(dimse_primitives, kind)()
+    rsp.AffectedSOPClassUID = sop_class_uid
+    rsp.Status = 0xFF00
+    for name in _RSP_FIELDS:
+        setattr(rsp, name, 0)
+    message = getattr(dimse_messages, f"{kind}_RSP")()
+    message.primitive_to_message(rsp)
+    command = encode(message.command_set, True, True)
+    return command, tuple((name, command.index(header) + len(header)) for name, header in _RSP_FIELDS.items())
+
+
+def pending_response_command(primitive) -> bytes | None:
+    """The encoded command set of a pending C-MOVE/C-GET response *primitive* (pynetdicom's bytes),
+    or None for any other message (a final response, one with an identifier)."""
+    kind = type(primitive).__name__
+    if kind not in ("C_MOVE", "C_GET") or primitive.Status != 0xFF00 or primitive.Identifier is not None:
+        return None
+    values = [getattr(primitive, name) for name in _RSP_FIELDS]
+    if any(v is None for v in values) or primitive.AffectedSOPClassUID is None:
+        return None
+    template, offsets = _pending_template(kind, str(primitive.AffectedSOPClassUID))
+    command = bytearray(template)
+    for (_, offset), value in zip(offsets, values):
+        struct.pack_into("<H", command, offset, value)
+    return bytes(command)
+
+
+def frame_pending_responses(assoc: Association) -> None:
+    """Make the pending C-MOVE/C-GET responses pynetdicom sends on *assoc* (one per sub-operation)
+    go out as a patched command set written by the calling thread (:meth:`Wire.send_command`): pynetdicom
+    builds a pydicom command set and queues it to its DUL thread for each. Other messages, and
+    everything on other associations, go through pynetdicom as before."""
+    dimse = assoc.dimse
+    if getattr(dimse, "_archivage_framed", False):
+        return
+    send_msg = dimse.send_msg
+
+    def framed_send_msg(primitive, context_id: int) -> None:
+        command = pending_response_command(primitive) if assoc.is_established else None
+        if command is None:
+            send_msg(primitive, context_id)
+            return
+        try:
+            Wire.of(assoc).send_command(context_id, command)
+        except ConnectionError as exc:  # as pynetdicom's DUL does: the closed connection ends the association
+            log.warning("association with %s lost while answering: %s", _peer(assoc), exc)
+
+    dimse.send_msg = framed_send_msg  # this association's DIMSE provider only
+    dimse._archivage_framed = True
+
+
 _WRITE_BYTES = 1 << 20  # about this much is read from the file and written per system call
 _UNLIMITED_FRAGMENT = 1 << 20  # PDV size when the peer sets no maximum PDU length
 _PDU_HEADER = struct.Struct(">BBIIBB")  # PDU type, reserved, PDU length, PDV item length, context, control
@@ -442,11 +503,10 @@ class Wire:
         """Write one C-STORE-RQ: its *command* set then the dataset (bytes, or a stored file read as it goes)."""
         source = open(data.path, "rb") if isinstance(data, StoredFile) else None  # fails before any byte is sent
         try:
-            length = data.length if source is not None else len(data)
+            length = data.dataset(source) if source is not None else len(data)
             if length == 0:
                 raise ValueError("empty dataset")
             if source is not None:
-                source.seek(data.offset)
                 # Whole fragments per read: every PDV but the last is full, as pynetdicom fragments.
                 buffer = memoryview(bytearray(min(length, max(1, _WRITE_BYTES // self.fragment) * self.fragment)))
             else:
@@ -459,6 +519,18 @@ class Wire:
         finally:
             if source is not None:
                 source.close()
+
+    def send_command(self, context_id: int, command: bytes) -> None:
+        """Write one message that has no data set (a pending C-MOVE or C-GET response)."""
+        out = bytearray()
+        frame(context_id, memoryview(command), self.fragment, True, True, out)
+        self._wait_for_pynetdicom()
+        with self._lock:
+            try:
+                self._raw.sendall(out)
+            except OSError as exc:
+                self._broken()
+                raise ConnectionError(str(exc)) from exc
 
     def _write(self, out: bytearray, source, buffer: memoryview, length: int, context_id: int) -> None:
         sent = 0
@@ -578,6 +650,8 @@ def tune_socket(assoc, loop_delay: float) -> None:
     raw = assoc.dul.socket.socket if assoc.dul.socket else None
     tuning.set_nodelay(raw)
     assoc.dul._run_loop_delay = loop_delay
+    if not loop_delay:
+        tuning.tune_requestor(assoc)  # no spinning DUL (where tuning.install() routed pynetdicom's sleeps)
     # pynetdicom drops the socket of a connection the peer closed without closing it (its shutdown
     # fails first): kept here, closed by close_socket when the connection ends.
     assoc._archivage_socket = raw

@@ -279,9 +279,12 @@ def test_a_stored_file_goes_out_framed_as_pynetdicom_frames_it(tmp_path, max_pdu
     path = tmp_path / "big.dcm"
     ds.save_as(path, enforce_file_format=True)
     data = path.read_bytes()
-    stored = scu.StoredFile.open(path)
-    assert data[stored.offset:stored.offset + 2] == b"\x08\x00"  # the dataset's first group, not the meta group
-    assert stored.offset + stored.length == len(data)
+    stored = scu.StoredFile(path)
+    with open(path, "rb") as f:
+        length = stored.dataset(f)
+        offset = f.tell()
+    assert data[offset:offset + 2] == b"\x08\x00"  # the dataset's first group, not the meta group
+    assert offset + length == len(data)
 
     ours, theirs = socket.socketpair()
     received = bytearray()
@@ -301,9 +304,33 @@ def test_a_stored_file_goes_out_framed_as_pynetdicom_frames_it(tmp_path, max_pdu
     theirs.close()
     fields = {"MessageID": 5, "Priority": 2, "AffectedSOPClassUID": ds.SOPClassUID,
               "AffectedSOPInstanceUID": ds.SOPInstanceUID}
-    assert bytes(received) == _pynetdicom_pdus(3, fields, data[stored.offset:], max_pdu)
+    assert bytes(received) == _pynetdicom_pdus(3, fields, data[offset:], max_pdu)
     pos = 0
     while pos < len(received) and max_pdu:
         length = int.from_bytes(received[pos + 2:pos + 6], "big")
         assert length <= max_pdu
         pos += 6 + length
+
+
+@pytest.mark.parametrize("kind", ["C_MOVE", "C_GET"])
+def test_pending_retrieve_responses_are_the_command_sets_pynetdicom_encodes(kind):
+    """Bad cases tried: a count or Message ID Being Responded To left from the template; a final
+    response or one with an identifier framed as pending (it must go through pynetdicom)."""
+    from pynetdicom import dimse_messages, dimse_primitives
+    from pynetdicom.dsutils import encode
+
+    for counts in ((199, 1, 0, 0), (0, 65535, 3, 2), (1000, 77, 65535, 1)):
+        rsp = getattr(dimse_primitives, kind)()
+        rsp.MessageIDBeingRespondedTo = counts[1]
+        rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"
+        rsp.Status = 0xFF00
+        (rsp.NumberOfRemainingSuboperations, rsp.NumberOfCompletedSuboperations,
+         rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations) = counts
+        message = getattr(dimse_messages, f"{kind}_RSP")()
+        message.primitive_to_message(rsp)
+        assert scu.pending_response_command(rsp) == encode(message.command_set, True, True)
+    rsp.Status = 0x0000
+    assert scu.pending_response_command(rsp) is None
+    rsp.Status = 0xFF00
+    rsp.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
+    assert scu.pending_response_command(rsp) is None

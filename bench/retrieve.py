@@ -1,6 +1,6 @@
 """Retrieve benchmark: C-MOVE and C-GET throughput of the archive, vs a bare pynetdicom sender and Orthanc.
 
-Usage: python bench/retrieve.py [--vs-orthanc] [--ct 200] [--ten 20] [--repeat 3]
+Usage: python bench/retrieve.py [--vs-orthanc] [--ct 200] [--ten 20] [--repeat 3] [--memory-gb 2]
 
 Sets: one CT study of --ct images and ten CT studies of --ten images each (512x512x16,
 _common's generator). Each target is loaded with storescu, then: movescu of one study and of the
@@ -8,11 +8,17 @@ ten (one request, a UID list) to a discarding DCMTK storescp (--ignore) register
 getscu --ignore of the same. The baseline is a bare pynetdicom C-STORE sender (one association,
 TCP_NODELAY, no DUL idle sleep, each file read with dcmread) to the same storescp: pynetdicom is
 the ceiling of our retrieval. Medians of --repeat runs, in instances/s.
+
+--memory-gb N (alone with --memory-only): a study of N GB in objects of --object-mb MiB is stored
+in our server, its peak RSS reset (/proc/PID/clear_refs), then the study is retrieved by C-MOVE
+(to the discarding storescp) and by C-GET (getscu --ignore): the peak RSS of the `archive serve`
+process during retrieval is printed (target < 200 MB).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import socket
 import statistics
 import sys
@@ -27,7 +33,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage
 from pydicom.uid import ExplicitVRLittleEndian
 
-from _common import LOCALHOST, ImageSetSpec, free_port, generate_image_set, store
+from _common import LOCALHOST, ImageSetSpec, PeakRss, free_port, generate_image_set, process_tree, store
 from _qr import ORTHANC, OURS, discarding_storescp, run_tool, scu_args, target_server
 
 DEST_AE = "BENCHDEST"
@@ -41,6 +47,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=1800.0)
     parser.add_argument("--workdir", type=Path)
+    parser.add_argument("--memory-gb", type=float, default=0.0, help="peak memory while retrieving a study this large")
+    parser.add_argument("--object-mb", type=int, default=64, help="size of each object of the --memory-gb study")
+    parser.add_argument("--memory-only", action="store_true")
     return parser.parse_args(argv)
 
 
@@ -132,8 +141,43 @@ def measure(target: str, one, ten: list, args, root: Path, dest_port: int) -> di
     return medians
 
 
+def _reset_peak_rss(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+
+
+def memory(args, root: Path) -> None:
+    """Peak RSS of our server while it sends a study of --memory-gb GB (see the module docstring)."""
+    columns = max(1, args.object_mb * (1 << 20) // (2 * 4096))
+    count = max(1, round(args.memory_gb * 1024 / args.object_mb))
+    big = generate_image_set(ImageSetSpec("large 4096 rows", count, 4096, columns, seed=90), root / "data" / "large")
+    total = sum(f.stat().st_size for f in big.files)
+    dest_port = free_port()
+    with tempfile.TemporaryDirectory(prefix="memory-", dir=root) as tmp:
+        workdir = Path(tmp)
+        with target_server(OURS, workdir, {DEST_AE: (LOCALHOST, dest_port)}) as server:
+            store(server, big.files, associations=1, workdir=workdir, timeout_s=args.timeout)
+            keys = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid_list([big])}"]
+            for f in big.files:
+                f.unlink()  # what the page cache holds of them is the server's to read
+            pids = process_tree(server.process.pid)
+            _reset_peak_rss(pids)
+            with PeakRss(server.process.pid) as peak:
+                move = _move(server, workdir, dest_port, keys, args.timeout)
+                get = run_tool("getscu", [*scu_args(server), "-S", "--ignore", *keys, LOCALHOST, str(server.port)],
+                               timeout_s=args.timeout)
+    print(f"memory: study of {count} objects, {total / 1e9:.2f} GB: C-MOVE {total / move.elapsed_s / 1e6:.0f} MB/s,"
+          f" C-GET {total / get.elapsed_s / 1e6:.0f} MB/s; archive serve RSS {peak.startup_bytes / 1e6:.0f} MB before,"
+          f" peak {peak.bytes / 1e6:.0f} MB while retrieving (target < 200 MB)", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.memory_only:
+        with tempfile.TemporaryDirectory(prefix="archivage-bench-m-", dir=args.workdir) as tmp:
+            memory(args, Path(tmp))
+        return 0
     with tempfile.TemporaryDirectory(prefix="archivage-bench-r-", dir=args.workdir) as tmp:
         root = Path(tmp)
         one = generate_image_set(ImageSetSpec("CT 512x512x16", args.ct, 512, 512, seed=11), root / "data" / "one")
@@ -150,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bare pynetdicom sender: {bare:.1f} inst/s", flush=True)
         targets = [OURS, *([ORTHANC] if args.vs_orthanc else [])]
         results = {t: measure(t, one, ten, args, root, dest_port) for t in targets}
+        if args.memory_gb:
+            memory(args, root)
     print(f"\nruns repeated after a dropped connection: {RETRIES['count']}")
     print("Summary (instances/s; ratio to the bare pynetdicom sender, target >= 0.8)")
     for key in results[OURS]:

@@ -26,6 +26,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py --vs-orthanc
 	$(BIN)/python bench/query.py --vs-orthanc --studies 100000
+	$(BIN)/python bench/retrieve.py --vs-orthanc --memory-gb 2
 	$(BIN)/python bench/viewer.py
 
 # After changing interface strings: extract them and merge into translations/*/messages.po,

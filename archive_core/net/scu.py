@@ -106,7 +106,7 @@ class StoredFile:
         """The dataset's length in the open file *f*, left positioned at the dataset's start."""
         head = f.read(_HEAD_BYTES)
         offset = dataset_offset(head)
-        if offset >= len(head) == _HEAD_BYTES:  # a meta group longer than the head: walk the whole file
+        if len(head) == _HEAD_BYTES and offset > _HEAD_BYTES - 8:  # the walk reached the head's end: whole file
             f.seek(0)
             offset = dataset_offset(f.read())
         size = os.fstat(f.fileno()).st_size

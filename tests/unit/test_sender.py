@@ -334,3 +334,28 @@ def test_pending_retrieve_responses_are_the_command_sets_pynetdicom_encodes(kind
     rsp.Status = 0xFF00
     rsp.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
     assert scu.pending_response_command(rsp) is None
+
+
+@pytest.mark.parametrize("meta_end", [4000, 4090, 4094, 4096, 9000])
+def test_the_dataset_is_found_after_a_long_meta_group(tmp_path, meta_end):
+    """Bad case tried: a file meta group (a long Private Information value) ending near the end of
+    the sender's first 4 KiB read, exactly at it, or after it: the dataset must start after the
+    whole group (the meta group of the files we store is a few hundred bytes; other files may differ)."""
+    from tests.helpers import make_ct
+
+    def written(padding: int) -> bytes:
+        ds = make_ct(sop_uid="1.2.826.0.1.3680043.8.498.1", study_uid="1.2.3", series_uid="1.2.3.4")
+        ds.file_meta.PrivateInformationCreatorUID = "1.2.3"
+        ds.file_meta.PrivateInformation = b"x" * padding
+        path = tmp_path / "long-meta.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        return path.read_bytes()
+
+    base = scu.dataset_offset(written(100)) - 100
+    data = written(meta_end - base - (meta_end - base) % 2)
+    expected = scu.dataset_offset(data)
+    assert abs(expected - meta_end) <= 1
+    path = tmp_path / "long-meta.dcm"
+    with open(path, "rb") as f:
+        length = scu.StoredFile(path).dataset(f)
+        assert (f.tell(), length) == (expected, len(data) - expected)

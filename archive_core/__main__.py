@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import threading
+from pathlib import Path
 
 from archive_core.archive import Archive
 from archive_core.config import Settings
@@ -37,13 +38,46 @@ def serve_forever(archive: Archive) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m archive_core")
-    parser.add_argument("command", choices=["serve"])
-    parser.parse_args(argv)
+    parser.add_argument("command", choices=["serve", "backup", "verify-backup", "restore"])
+    parser.add_argument("path", nargs="?", type=Path, help="backup: DEST; verify-backup, restore: SRC")
+    parser.add_argument("--with-signing-key", action="store_true", help="backup: also copy the audit signing key")
+    parser.add_argument("--force", action="store_true", help="restore: over an instance that holds data (moved aside)")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from archive_core.config import private_files
 
     private_files()
-    serve_forever(Archive.open(Settings.load()))
+    if args.command == "serve":
+        serve_forever(Archive.open(Settings.load()))
+        return
+    if args.path is None:
+        parser.error(f"{args.command} needs a folder")
+    raise SystemExit(backup_command(args.command, args.path, with_signing_key=args.with_signing_key,
+                                    force=args.force))
+
+
+def backup_command(command: str, path: Path, *, with_signing_key: bool = False, force: bool = False) -> int:
+    """``python -m archive_core backup|verify-backup|restore``: the exit status (2: engine not supported)."""
+    from archive_core import backup as b
+
+    try:
+        if command == "backup":
+            report = b.backup(Settings.load(), path, with_signing_key=with_signing_key)
+            print(f"backed up {report.objects} objects: {report.copied} copied, {report.removed} removed; "
+                  f"journal entries not yet indexed: {report.journal_pending}")
+        elif command == "verify-backup":
+            checked, problems = b.verify_backup(path)
+            print("\n".join([*problems, f"checked {checked} objects, {len(problems)} problems"]))
+            return 1 if problems else 0
+        else:
+            print("\n".join(b.restore(path, Settings.load().instance_path, force=force)))
+    except b.NotSupported as exc:
+        print(f"error: {exc}")
+        return 2
+    except b.BackupError as exc:
+        print(f"error: {exc}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -319,6 +319,63 @@ def archive_fsck(repair: bool, no_checksums: bool) -> None:
     sys.exit(1 if report.problems else 0)
 
 
+@archive_cli.command("backup")
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--with-signing-key", is_flag=True,
+              help="Also copy the audit signing key (a secret: otherwise keep it aside yourself).")
+@click.option("--journal-wait", default=10.0, show_default=True,
+              help="Seconds to wait for received objects not yet indexed.")
+def archive_backup(dest: Path, with_signing_key: bool, journal_wait: float) -> None:
+    """Write a consistent backup into DEST (objects copied only when new or changed)."""
+    from archive_core.backup import BackupError, NotSupported, backup
+
+    try:
+        report = backup(_archive().settings, dest, with_signing_key=with_signing_key,
+                        journal_wait_seconds=journal_wait)
+    except NotSupported as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if report.journal_pending:
+        click.echo(f"journal entries not yet indexed (not in this backup): {report.journal_pending}")
+    if report.stripped:
+        click.echo(f"settings left out (secrets): {', '.join(report.stripped)}")
+    if not report.signing_key:
+        click.echo("the audit signing key is not in the backup: keep a copy of it elsewhere")
+    click.echo(f"backed up {report.objects} objects: {report.copied} copied ({report.copied_bytes} bytes), "
+               f"{report.removed} removed")
+
+
+@archive_cli.command("verify-backup")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def archive_verify_backup(src: Path) -> None:
+    """Re-hash every object of the backup SRC and check its database; exit 1 naming problems."""
+    from archive_core.backup import verify_backup
+
+    checked, problems = verify_backup(src)
+    for line in problems:
+        click.echo(line)
+    click.echo(f"checked {checked} objects, {len(problems)} problems")
+    sys.exit(1 if problems else 0)
+
+
+@archive_cli.command("restore")
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Restore over an instance that holds data (moved aside, not deleted).")
+def archive_restore(src: Path, force: bool) -> None:
+    """Rebuild this instance from the backup SRC; then run `db upgrade`."""
+    from archive_core.backup import BackupError, restore
+
+    current_app.extensions["archivage"].archive.close()
+    try:
+        notes = restore(src, Path(current_app.instance_path), force=force)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in notes:
+        click.echo(line)
+
+
 @archive_cli.command("import")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--external", is_flag=True, help="Outside priors: not visits to the practice.")

@@ -1,0 +1,384 @@
+"""``archive backup DEST``, ``archive verify-backup SRC``, ``archive restore SRC`` (embedded engines).
+
+A backup folder holds:
+
+- ``database.sqlite3``: a snapshot taken with SQLite's online backup API (consistent while the
+  archive, the web process and the scheduler keep writing);
+- ``objects/<tier>/<storage key>``: every file an index row of that snapshot points at, both tiers;
+- ``manifest.jsonl``: one JSON line per object (key, tier, size, SHA-256 of the whole file, and the
+  index's own dataset checksum), written last;
+- ``instance/``: ``config.py`` without its secrets, the audit checkpoint log, ``documents/``;
+- ``secrets/audit-signing.key`` only when asked (``--with-signing-key``): otherwise the operator keeps
+  that key elsewhere (``audit verify`` needs it after a restore);
+- ``backup.json``: when, what, how many objects were copied, journal entries not yet indexed.
+
+Objects are incremental: one whose copy in the folder has the checksum the index records (SHA-256 of
+the dataset, as ``archive fsck`` computes it) is not read from storage or copied again; a damaged or
+missing copy is copied afresh. The folder mirrors the archive at the time of the
+last backup: copies of objects no longer indexed are removed. PostgreSQL is not supported yet.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sqlalchemy.engine import make_url
+
+from archive_core.config import Settings, read_settings
+from archive_core.part10 import dataset_offset
+from archive_core.storage import open_store
+from archive_core.storage.filesystem import FilesystemStore
+
+FORMAT = 1
+MANIFEST = "manifest.jsonl"
+DATABASE = "database.sqlite3"
+# Names whose assignment in config.py is a secret: never written to a backup.
+SECRET_MARKERS = ("SECRET", "PASSWORD", "TOKEN", "PRIVATE")
+
+
+class BackupError(Exception):
+    """A backup or restore that cannot be done; the message says why."""
+
+
+class NotSupported(BackupError):
+    """The configured engine has no backup yet (PostgreSQL, S3)."""
+
+
+@dataclass
+class BackupReport:
+    objects: int = 0
+    copied: int = 0
+    copied_bytes: int = 0
+    removed: int = 0
+    journal_pending: int = 0
+    stripped: list[str] = field(default_factory=list)
+    signing_key: bool = False
+
+
+def _sqlite_path(url: str) -> Path:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        raise NotSupported(f"backup of a {parsed.get_backend_name()} database is not supported yet: "
+                           "use the engine's own tool (pg_dump) and back up the storage folders")
+    if not parsed.database or parsed.database == ":memory:":
+        raise BackupError("the SQLite database is in memory: nothing to back up")
+    return Path(parsed.database)
+
+
+def _file_store_root(url: str) -> Path:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.scheme not in ("file", ""):
+        raise NotSupported(f"backup of {parsed.scheme}:// storage is not supported yet")
+    return Path(parsed.path or url)
+
+
+def _stores(settings: Settings) -> dict[str, FilesystemStore]:
+    _file_store_root(settings.storage_url), _file_store_root(settings.archive_tier_storage_url)  # refuse S3 early
+    return {"active": open_store(settings.storage_url), "archive": open_store(settings.archive_tier_storage_url)}
+
+
+def _copy_path(root: Path, tier: str, key: str) -> Path:
+    """Where a backup keeps the object *key* of *tier*; a key or tier from a damaged manifest cannot escape."""
+    if tier not in ("active", "archive") or not key or key.startswith("/") or ".." in key.split("/"):
+        raise BackupError(f"invalid object in the manifest: {tier}:{key}")
+    return root / "objects" / tier / key
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _checksums(path: Path) -> tuple[str, str]:
+    """(SHA-256 of the whole file, the index's checksum: SHA-256 of the dataset after the preamble)."""
+    data = path.read_bytes()
+    return hashlib.sha256(data).hexdigest(), hashlib.sha256(memoryview(data)[dataset_offset(data):]).hexdigest()
+
+
+def _copy_hashed(source: Path, target: Path) -> str:
+    """Copy *source* to *target* (through a temporary name, fsynced) and return the copy's SHA-256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    digest = hashlib.sha256()
+    with open(source, "rb") as src, open(tmp, "wb") as dst:
+        for block in iter(lambda: src.read(1 << 20), b""):
+            digest.update(block)
+            dst.write(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(tmp, target)
+    return digest.hexdigest()
+
+
+def strip_secrets(source: str) -> tuple[str, list[str]]:
+    """config.py text without the top-level assignments of secret names; the names removed."""
+    tree = ast.parse(source)
+    lines = source.splitlines(keepends=True)
+    drop: set[int] = set()
+    names: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        else:
+            targets = [node.target] if isinstance(node, ast.AnnAssign) else []
+        found = [t.id for t in targets if isinstance(t, ast.Name) and any(m in t.id.upper() for m in SECRET_MARKERS)]
+        if found:
+            names += found
+            drop.update(range(node.lineno - 1, node.end_lineno))
+    kept = "".join(line for n, line in enumerate(lines) if n not in drop)
+    return kept, names
+
+
+def _read_manifest(path: Path) -> dict[tuple[str, str], dict]:
+    if not path.is_file():
+        return {}
+    entries = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            entries[(entry["tier"], entry["key"])] = entry
+    return entries
+
+
+def _wait_for_journal(settings: Settings, wait_seconds: float) -> int:
+    """Journal entries (received, not yet indexed) left after waiting up to *wait_seconds*."""
+    store = _stores(settings)["active"]
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        pending = store.incoming()
+        if not pending or time.monotonic() >= deadline:
+            return len(pending)
+        time.sleep(0.2)  # the archive indexes in batches; there is no event to wait on across processes
+
+
+def backup(settings: Settings, dest: Path, *, with_signing_key: bool = False,
+           journal_wait_seconds: float = 10) -> BackupReport:
+    """Write or refresh the backup folder *dest* (see the module docstring)."""
+    db_path = _sqlite_path(settings.database_url)
+    stores = _stores(settings)
+    if not db_path.is_file():
+        raise BackupError(f"no database at {db_path}")
+    dest = Path(dest)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    report = BackupReport(journal_pending=_wait_for_journal(settings, journal_wait_seconds))
+
+    # 1. The database snapshot: everything after is taken from it, so the manifest matches it.
+    snapshot_tmp = dest / (DATABASE + ".part")
+    snapshot_tmp.unlink(missing_ok=True)
+    source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(snapshot_tmp)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    snapshot = sqlite3.connect(f"file:{snapshot_tmp}?mode=ro", uri=True)
+    try:
+        rows = snapshot.execute(
+            "SELECT storage_key, tier, size_bytes, checksum_sha256 FROM instance WHERE deleted_at IS NULL"
+        ).fetchall()
+    finally:
+        snapshot.close()
+
+    # 2. The objects, incremental.
+    entries = []
+    for key, tier, size, index_sha in rows:
+        tier = "archive" if tier == "archive" else "active"
+        copy = _copy_path(dest, tier, key)
+        if copy.is_file():
+            whole, dataset = _checksums(copy)
+            if dataset == index_sha:  # the copy already holds this object: not read from storage again
+                entries.append({"key": key, "tier": tier, "size": copy.stat().st_size, "sha256": whole,
+                                "index_sha256": index_sha})
+                continue
+        src = stores[tier].path_of(key)
+        if not src.is_file():  # moved to the other tier since the snapshot: take it from there
+            other = stores["active" if tier == "archive" else "archive"].path_of(key)
+            if not other.is_file():
+                raise BackupError(f"object {tier}:{key} of the index is missing from storage (run archive fsck)")
+            src = other
+        sha = _copy_hashed(src, copy)
+        entries.append({"key": key, "tier": tier, "size": copy.stat().st_size, "sha256": sha,
+                        "index_sha256": index_sha})
+        report.copied += 1
+        report.copied_bytes += entries[-1]["size"]
+    report.objects = len(entries)
+    wanted = {(e["tier"], e["key"]) for e in entries}
+    objects_root = dest / "objects"
+    if objects_root.is_dir():
+        for path in sorted(objects_root.rglob("*")):
+            if path.is_file():
+                tier, key = path.relative_to(objects_root).parts[0], "/".join(path.relative_to(objects_root).parts[1:])
+                if (tier, key) not in wanted:
+                    path.unlink()
+                    report.removed += 1
+
+    # 3. Instance files: config without secrets, the checkpoint log, documents.
+    files = dest / "instance"
+    if files.exists():
+        shutil.rmtree(files)
+    files.mkdir(mode=0o700)
+    config = settings.instance_path / "config.py"
+    if config.is_file():
+        text, report.stripped = strip_secrets(config.read_text())
+        (files / "config.py").write_text(text)
+    if settings.audit_checkpoint_log.is_file():
+        shutil.copy2(settings.audit_checkpoint_log, files / "audit-checkpoints.log")
+    documents = settings.instance_path / "documents"
+    if documents.is_dir():
+        shutil.copytree(documents, files / "documents")
+    secret_dir = dest / "secrets"
+    if secret_dir.exists():
+        shutil.rmtree(secret_dir)
+    if with_signing_key and settings.audit_signing_key_file.is_file():
+        secret_dir.mkdir(mode=0o700)
+        shutil.copy2(settings.audit_signing_key_file, secret_dir / "audit-signing.key")
+        os.chmod(secret_dir / "audit-signing.key", 0o600)
+        report.signing_key = True
+
+    # 4. Commit: the snapshot, then the manifest, then the summary.
+    os.replace(snapshot_tmp, dest / DATABASE)
+    manifest_tmp = dest / (MANIFEST + ".part")
+    manifest_tmp.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
+    os.replace(manifest_tmp, dest / MANIFEST)
+    (dest / "backup.json").write_text(json.dumps({
+        "format": FORMAT,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "objects": report.objects,
+        "copied": report.copied,
+        "journal_pending": report.journal_pending,
+        "stripped_settings": report.stripped,
+        "audit_signing_key": report.signing_key,
+    }, indent=1) + "\n")
+    return report
+
+
+def verify_backup(src: Path) -> tuple[int, list[str]]:
+    """(objects checked, problems): every copy re-hashed against the manifest, the database checked."""
+    src = Path(src)
+    problems: list[str] = []
+    if not (src / "backup.json").is_file() or not (src / MANIFEST).is_file():
+        return 0, [f"{src} is not a finished backup (backup.json or {MANIFEST} missing)"]
+    entries = _read_manifest(src / MANIFEST)
+    for (tier, key), entry in sorted(entries.items()):
+        copy = _copy_path(src, tier, key)
+        if not copy.is_file():
+            problems.append(f"missing object: {tier}:{key}")
+        elif copy.stat().st_size != entry["size"] or _sha256(copy) != entry["sha256"]:
+            problems.append(f"checksum mismatch: {tier}:{key}")
+    db = src / DATABASE
+    if not db.is_file():
+        problems.append(f"missing database copy: {db}")
+    else:
+        try:
+            conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+            try:
+                result = [r[0] for r in conn.execute("PRAGMA integrity_check")]
+                count = conn.execute("SELECT count(*) FROM instance WHERE deleted_at IS NULL").fetchone()[0]
+            finally:
+                conn.close()
+            if result != ["ok"]:
+                problems.append(f"database copy damaged: {'; '.join(result[:5])}")
+            elif count != len(entries):
+                problems.append(f"the database copy indexes {count} objects, the manifest lists {len(entries)}")
+        except sqlite3.DatabaseError as exc:
+            problems.append(f"database copy does not open: {exc}")
+    return len(entries), problems
+
+
+def _holds_data(instance: Path) -> list[Path]:
+    """What in *instance* restoring would replace (a fresh instance holds only a generated config.py)."""
+    found = []
+    for name in ("archivage.sqlite3", "audit-checkpoints.log", "audit-signing.key"):
+        path = instance / name
+        if path.is_file() and path.stat().st_size > 0:
+            found.append(path)
+    for name in ("storage", "storage-archive", "documents"):
+        path = instance / name
+        if path.is_dir() and any(p.is_file() for p in path.rglob("*")):
+            found.append(path)
+    return found
+
+
+def restore(src: Path, instance: Path, *, force: bool = False) -> list[str]:
+    """Rebuild *instance* from the backup *src*; the notes to show. Run ``db upgrade`` afterwards.
+
+    An instance that holds data is refused unless *force*: then what it holds is moved aside, into
+    ``<instance>.before-restore-<time>``, never deleted.
+    """
+    src, instance = Path(src), Path(instance)
+    checked, problems = verify_backup(src)
+    if problems:
+        raise BackupError("the backup does not verify: " + "; ".join(problems[:10]))
+    notes = []
+    existing = _holds_data(instance) if instance.is_dir() else []
+    if existing and not force:
+        raise BackupError(f"{instance} already holds data ({', '.join(p.name for p in existing)}): "
+                          "restore into an empty instance, or pass --force to move it aside")
+    if instance.is_dir() and force:
+        aside = instance.with_name(f"{instance.name}.before-restore-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}")
+        aside.mkdir(mode=0o700)
+        for path in list(instance.iterdir()):
+            shutil.move(str(path), aside / path.name)
+        notes.append(f"the previous contents of {instance} were moved to {aside}")
+    instance.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    files = src / "instance"
+    config_text = (files / "config.py").read_text() if (files / "config.py").is_file() else ""
+    # The backup holds no SECRET_KEY: a new one (open sessions end; nothing stored depends on it).
+    config_text += ("\n# Generated by archive restore (the backup holds no secret).\n"
+                    f"SECRET_KEY = {secrets.token_hex(32)!r}\n")
+    fd = os.open(instance / "config.py", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(config_text)
+    settings = Settings.from_mapping(instance, read_settings(instance))
+    db_path = _sqlite_path(settings.database_url)
+    stores = _stores(settings)
+    if db_path.exists() and db_path.stat().st_size > 0 and not force:
+        raise BackupError(f"a database already exists at {db_path}")
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    source = sqlite3.connect(f"file:{src / DATABASE}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(db_path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    for (tier, key) in _read_manifest(src / MANIFEST):
+        target_path = stores[tier].path_of(key)
+        target_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_copy_path(src, tier, key), target_path)
+    if (files / "audit-checkpoints.log").is_file():
+        settings.audit_checkpoint_log.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(files / "audit-checkpoints.log", settings.audit_checkpoint_log)
+    if (files / "documents").is_dir():
+        shutil.copytree(files / "documents", instance / "documents", dirs_exist_ok=True)
+    key_copy = src / "secrets" / "audit-signing.key"
+    if key_copy.is_file():
+        shutil.copy2(key_copy, settings.audit_signing_key_file)
+        os.chmod(settings.audit_signing_key_file, 0o600)
+    else:
+        notes.append("the backup holds no audit signing key: put the one kept aside at "
+                     f"{settings.audit_signing_key_file} "
+                     "before `audit verify`")
+    notes.append(f"restored {checked} objects into {instance}; now run `flask --app wsgi db upgrade`")
+    return notes

@@ -184,6 +184,17 @@ def share_link_for(session: Session, token: str, *, now: datetime | None = None)
     return link
 
 
+def usable_share_links(session: Session, link_ids, *, now: datetime | None = None) -> list[ShareLink]:
+    """Of *link_ids* (the links a browser session unlocked with their code), those still usable."""
+    now = now or utcnow()
+    ids = [int(i) for i in link_ids]
+    if not ids:
+        return []
+    links = session.scalars(select(ShareLink).where(ShareLink.id.in_(ids)))
+    return [link for link in links if link.revoked_at is None and _aware(link.expires_at) > now
+            and link.failed_codes < SHARE_MAX_FAILED_CODES]
+
+
 def check_share_code(session: Session, link: ShareLink, code: str, *, now: datetime | None = None) -> bool:
     """The one-time code opens the link once (for the browser session that typed it)."""
     if link.code_used_at is None and hmac.compare_digest(link.code_hash, _digest(code.strip())):

@@ -5,8 +5,8 @@ radiologist and manager roles (:data:`ROLES`). Without credentials the answer is
 no browser to redirect to a login page). Every request is one audit event, whatever it returns.
 
 A share link opens DICOMweb too, for its one study: the browser session that unlocked the link with
-its one-time code (``/share/<token>``, the same two factors as the shared viewer) may read that study
-(QIDO-RS answers only it, WADO-RS/WADO-URI of another study are 404 as if unknown, STOW-RS is 403).
+its one-time code (``/share/<token>``, the same two factors as the shared viewer) may read that study,
+and the patient's earlier studies when the link was made "with priors" (QIDO-RS answers only it, WADO-RS/WADO-URI of another study are 404 as if unknown, STOW-RS is 403).
 Once the link is revoked, expired or locked, the session gets 401. Audited as ``share:<link id>``.
 The work is in :mod:`archive_core.dicomweb`, reached through the facade.
 """
@@ -117,7 +117,14 @@ def _caller():
     opened = [i for i, ok in (session.get("share_ok") or {}).items() if ok]
     links = usable_share_links(db(), opened) if opened else []
     if links:
-        return ShareCaller(tuple(sorted(link.id for link in links)), frozenset(link.study_uid for link in links))
+        studies = {link.study_uid for link in links}
+        for link in links:
+            if link.include_priors:  # the same patient's other studies (the link says so)
+                try:
+                    studies |= {p.study_uid for p in facade().prior_studies(link.study_uid)}
+                except NotFound:  # the shared study was deleted: its link reaches nothing else
+                    pass
+        return ShareCaller(tuple(sorted(link.id for link in links)), frozenset(studies))
     return None
 
 

@@ -151,6 +151,7 @@ def create_share_link(
     created_by: str,
     days: int = 7,
     recipient: str = "",
+    include_priors: bool = False,
     now: datetime | None = None,
 ) -> NewShareLink:
     if not 1 <= days <= SHARE_MAX_DAYS:
@@ -159,7 +160,8 @@ def create_share_link(
     token = secrets.token_urlsafe(32)
     code = f"{secrets.randbelow(10**6):06d}"
     link = ShareLink(token_hash=_digest(token), code_hash=_digest(code), study_uid=study_uid, recipient=recipient[:128],
-                     created_by=created_by, created_at=now, expires_at=now + timedelta(days=days))
+                     created_by=created_by, created_at=now, expires_at=now + timedelta(days=days),
+                     include_priors=include_priors)
     session.add(link)
     session.flush()
     return NewShareLink(link, token, code)

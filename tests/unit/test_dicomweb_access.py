@@ -152,3 +152,28 @@ def test_thumbnails_of_study_series_and_instance(client, users, history, facade)
     assert client.get("/dicom-web/studies/1.2.3.999/thumbnail", headers=auth).status_code == 404
     assert client.get(f"{base}/thumbnail?viewport=0,0", headers=auth).status_code == 400
     assert client.get(f"{base}/thumbnail").status_code == 401
+
+
+def test_share_link_with_priors_reads_the_patients_earlier_studies(app, users, history, facade):  # noqa: F811
+    """The radiologist ticks "with earlier studies": the same patient's priors open too; another patient's
+    study stays 404 (tried by QIDO with its PatientID and by WADO-RS)."""
+    import re
+
+    from tests.unit.test_radiology_web import sign_in
+
+    radiologist = app.test_client()
+    sign_in(radiologist, users, "radiologist")
+    page = f"/radiology/studies/{history.current}"
+    assert "Avec les examens antérieurs" in radiologist.get(page).get_data(as_text=True)
+    radiologist.post(f"{page}/share", data={"csrf_token": csrf(radiologist, page), "recipient": "Dr R", "days": 7,
+                                            "include_priors": "y"})
+    html = radiologist.get(page).get_data(as_text=True)
+    url = re.search(r"<code>(http[^<]+)</code>", html).group(1).replace("http://localhost", "")
+    code = re.search(r'class="share-code">(\d{6})<', html).group(1)
+    doctor = app.test_client()
+    doctor.post(url, data={"csrf_token": csrf(doctor, url), "code": code})
+    expected = {history.current, history.prior_ct_chest, history.prior_mr_chest, history.prior_us_abdomen}
+    assert _study_uids(doctor.get("/dicom-web/studies").get_json()) == expected
+    assert doctor.get("/dicom-web/studies?PatientID=OTHER").get_json() == []
+    assert doctor.get(f"/dicom-web/studies/{history.prior_ct_chest}/metadata").status_code == 200
+    assert doctor.get(f"/dicom-web/studies/{history.other_patient}/metadata").status_code == 404

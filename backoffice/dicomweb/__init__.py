@@ -3,6 +3,11 @@
 Who may call it: bearer tokens (the ``/api/v1`` tokens) and signed-in sessions of the
 radiologist and manager roles (:data:`ROLES`). Without credentials the answer is 401 (a viewer is
 no browser to redirect to a login page). Every request is one audit event, whatever it returns.
+
+A share link opens DICOMweb too, for its one study: the browser session that unlocked the link with
+its one-time code (``/share/<token>``, the same two factors as the shared viewer) may read that study,
+and the patient's earlier studies when the link was made "with priors" (QIDO-RS answers only it, WADO-RS/WADO-URI of another study are 404 as if unknown, STOW-RS is 403).
+Once the link is revoked, expired or locked, the session gets 401. Audited as ``share:<link id>``.
 The work is in :mod:`archive_core.dicomweb`, reached through the facade.
 """
 
@@ -10,9 +15,10 @@ from __future__ import annotations
 
 import json
 import secrets
+from dataclasses import dataclass
 from functools import wraps
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request, session
 from flask_login import current_user
 
 from archive_core.api import BlobMissing, InvalidQuery, NotFound
@@ -51,12 +57,55 @@ def _dicomweb_error(exc: DicomwebError):
     return _error(exc.status, code.get(exc.status, "error"), exc.message)
 
 
+@dataclass(frozen=True)
+class ShareCaller:
+    """A browser session that unlocked share links: reads their studies only."""
+
+    link_ids: tuple[int, ...]
+    study_uids: frozenset[str]
+    role = "share_link"
+
+    @property
+    def login(self) -> str:
+        return "share:" + ",".join(str(i) for i in self.link_ids)
+
+
+def _cors_origins() -> set[str]:
+    """DICOMWEB_CORS_ORIGINS: a list (or a comma-separated string) of origins, e.g. a viewer's
+    ``https://viewer.example.fr``; empty by default (no cross-origin access)."""
+    value = current_app.config.get("DICOMWEB_CORS_ORIGINS") or []
+    if isinstance(value, str):
+        value = value.split(",")
+    return {str(v).strip().rstrip("/") for v in value if str(v).strip()}
+
+
+@wado_bp.after_request
+@bp.after_request
+def _cors(response: Response) -> Response:
+    """CORS headers for an allowed Origin, on every answer (errors included, so a viewer can read a 401).
+
+    Preflight OPTIONS is answered by Flask's automatic OPTIONS response, before any credential check.
+    No Allow-Credentials: another origin authenticates with a bearer token, never with our cookies.
+    """
+    origin = request.headers.get("Origin", "").rstrip("/")
+    response.vary.add("Origin")
+    if origin and origin in _cors_origins():
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Accept, Content-Type"
+        response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type, Content-Length"
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
 def _caller():
-    """The user a request comes from: a bearer token, else the signed-in session; None if neither.
+    """The user a request comes from: a bearer token, else the signed-in session, else the share links
+    this browser session unlocked (:class:`ShareCaller`); None if none.
 
     A session's POST (STOW-RS from a page) carries the CSRF token like any form; bearer calls need none.
     """
     from backoffice.auth.services import user_for_token
+    from backoffice.radiology.services import usable_share_links
 
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
@@ -65,6 +114,17 @@ def _caller():
         if request.method not in ("GET", "HEAD", "OPTIONS") and current_app.config.get("WTF_CSRF_ENABLED", True):
             csrf.protect()
         return current_user
+    opened = [i for i, ok in (session.get("share_ok") or {}).items() if ok]
+    links = usable_share_links(db(), opened) if opened else []
+    if links:
+        studies = {link.study_uid for link in links}
+        for link in links:
+            if link.include_priors:  # the same patient's other studies (the link says so)
+                try:
+                    studies |= {p.study_uid for p in facade().prior_studies(link.study_uid)}
+                except NotFound:  # the shared study was deleted: its link reaches nothing else
+                    pass
+        return ShareCaller(tuple(sorted(link.id for link in links)), frozenset(studies))
     return None
 
 
@@ -79,13 +139,26 @@ def dicomweb_route(rule: str, action: str, *, blueprint: Blueprint = bp, **optio
                 response = _error(401, "unauthorized", "a bearer token or a signed-in session is required")
                 response.headers["WWW-Authenticate"] = 'Bearer realm="dicom-web"'
                 return response
-            if user.role not in ROLES:
+            shared = isinstance(user, ShareCaller)
+            if not shared and user.role not in ROLES:
                 return _error(403, "forbidden", f"role {user.role} has no DICOMweb access")
-            g.dicomweb_detail = {}
-            g.dicomweb_user = user.login
             # The request's session (which read the token) holds SQLite's write lock on a POST: end its
             # transaction, or the audit event and the indexer a STOW waits for could never write.
             db().commit()
+            g.dicomweb_detail = {}
+            g.dicomweb_user = user.login
+            g.dicomweb_scope = user.study_uids if shared else None
+            study = kwargs.get("study") or (request.args.get("studyUID") if blueprint is wado_bp else None)
+            refusal = None
+            if shared and action == "dicomweb.store":
+                refusal = _error(403, "forbidden", "a share link reads its study; it stores nothing")
+            elif shared and study is not None and study not in user.study_uids:
+                # As for an unknown study: a share link does not learn what else the archive holds.
+                refusal = _error(404, "not_found", "no such study, series or instance")
+            if refusal is not None:
+                facade().audit_now(action, actor=user.login, actor_kind="share_link", study_uid=None,
+                                   detail={"path": request.path, "status": refusal.status_code})
+                return refusal
             try:
                 response = view(**kwargs)
             except DicomwebError as exc:
@@ -93,8 +166,8 @@ def dicomweb_route(rule: str, action: str, *, blueprint: Blueprint = bp, **optio
                 raise
             finally:
                 detail = {"path": request.path, **g.dicomweb_detail}
-                study = kwargs.get("study") or (request.args.get("studyUID") if blueprint is wado_bp else None)
-                facade().audit_now(action, actor=user.login, study_uid=study, detail=detail)
+                facade().audit_now(action, actor=user.login, actor_kind="share_link" if shared else "user",
+                                   study_uid=study, detail=detail)
             return response
 
         wrapped.allowed_roles = ROLES  # read by the route-walking test
@@ -118,12 +191,19 @@ def _search(resource: str, study: str | None = None, series: str | None = None):
     accept = request.headers.get("Accept", "")
     if accept and not any(t in accept for t in (DICOM_JSON, "application/json", "*/*")):
         raise DicomwebError(406, f"QIDO-RS answers {DICOM_JSON}, not {accept}")
+    params = list(request.args.items(multi=True))
+    scope = g.get("dicomweb_scope")
+    if scope is not None and study is None:
+        # A share link searches its studies only: matched by UID list (the caller's own
+        # StudyInstanceUID, later, narrows it), and every answer checked below.
+        params = [("StudyInstanceUID", "\\".join(sorted(scope)))] + params
     try:
-        answers, ignored = facade().qido_search(resource, list(request.args.items(multi=True)),
-                                                base_url=_base_url(),
+        answers, ignored = facade().qido_search(resource, params, base_url=_base_url(),
                                                 study_uid=study, series_uid=series)
     except InvalidQuery as exc:
         raise DicomwebError(400, str(exc)) from None
+    if scope is not None:
+        answers = [a for a in answers if (a.get("0020000D", {}).get("Value") or [None])[0] in scope]
     g.dicomweb_detail.update(query=request.query_string.decode("ascii", "replace")[:500], matches=len(answers))
     response = Response(json.dumps(answers), mimetype=DICOM_JSON)
     if ignored:
@@ -359,26 +439,35 @@ def instance_frames(study: str, series: str, instance: str, frame_list: str):
     return Response(body, content_type=f'multipart/related; type="application/octet-stream"; boundary={boundary}')
 
 
-def _rendered(instance: str, frame: int = 1):
-    """A frame as JPEG (default) or PNG; ``window=center,width[,linear]``, ``viewport=w,h``, ``quality``."""
+def _render_options(default_viewport: int | None = None):
+    """(fmt, window, viewport, quality) from Accept and ``window=center,width[,linear]``, ``viewport=w,h``,
+    ``quality``; ValueError for a malformed one."""
     accept = request.headers.get("Accept", "")
     fmt = "png" if "image/png" in accept and "image/jpeg" not in accept else "jpeg"
+    window = None
+    if request.args.get("window"):
+        parts = request.args["window"].split(",")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].strip().lower() != "linear"):
+            raise ValueError("window is center,width[,linear]")
+        window = (float(parts[0]), float(parts[1]))
+    viewport = default_viewport
+    if request.args.get("viewport"):
+        parts = request.args["viewport"].split(",")
+        if len(parts) < 2:
+            raise ValueError("viewport is width,height")
+        viewport = max(int(parts[0]), int(parts[1]))
+        if viewport < 1:
+            raise ValueError("viewport is at least 1 pixel")
+    quality = int(request.args.get("quality", 90))
+    if not 1 <= quality <= 100:
+        raise ValueError("quality is 1 to 100")
+    return fmt, window, viewport, quality
+
+
+def _rendered(instance: str, frame: int = 1):
+    """A frame as JPEG (default) or PNG; ``window=center,width[,linear]``, ``viewport=w,h``, ``quality``."""
     try:
-        window = None
-        if request.args.get("window"):
-            parts = request.args["window"].split(",")
-            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].strip().lower() != "linear"):
-                raise ValueError("window is center,width[,linear]")
-            window = (float(parts[0]), float(parts[1]))
-        viewport = None
-        if request.args.get("viewport"):
-            parts = request.args["viewport"].split(",")
-            if len(parts) < 2:
-                raise ValueError("viewport is width,height")
-            viewport = max(int(parts[0]), int(parts[1]))
-        quality = int(request.args.get("quality", 90))
-        if not 1 <= quality <= 100:
-            raise ValueError("quality is 1 to 100")
+        fmt, window, viewport, quality = _render_options()
         image = facade().render_frame(instance, frame, window=window, viewport=viewport, quality=quality, fmt=fmt)
     except (ValueError, InvalidQuery) as exc:
         raise DicomwebError(400, str(exc)) from None
@@ -386,6 +475,49 @@ def _rendered(instance: str, frame: int = 1):
         raise DicomwebError(404, "no such instance") from None
     g.dicomweb_detail.update(instances=1, rendered=fmt)
     return Response(image, mimetype=f"image/{fmt}")
+
+
+THUMBNAIL_SIZE = 128  # pixels on the longest side, unless ``viewport`` asks otherwise
+_THUMBNAIL_TRIES = 10
+
+
+def _thumbnail(found: list):
+    """PS3.18 thumbnail: the first frame of a representative instance, small. Representative: the middle
+    instance of the first series that renders (a CT stack shows its middle slice, not its edge); a series
+    without image (an SR, a PDF) is passed over. 404 when nothing renders."""
+    try:
+        fmt, window, viewport, quality = _render_options(THUMBNAIL_SIZE)
+    except ValueError as exc:
+        raise DicomwebError(400, str(exc)) from None
+    by_series: dict[str, list] = {}
+    for stored in found:
+        by_series.setdefault(stored.series_uid, []).append(stored)
+    candidates = [members[len(members) // 2] for members in by_series.values()][:_THUMBNAIL_TRIES]
+    for stored in candidates:
+        try:
+            image = facade().render_frame(stored.sop_instance_uid, 1, window=window, viewport=viewport,
+                                          quality=quality, fmt=fmt)
+        except (InvalidQuery, NotFound, BlobMissing):
+            continue
+        g.dicomweb_detail.update(instances=1, thumbnail=stored.sop_instance_uid)
+        return Response(image, mimetype=f"image/{fmt}")
+    raise DicomwebError(404, "nothing here renders as an image")
+
+
+@dicomweb_route("/studies/<study>/thumbnail", "dicomweb.retrieve", methods=["GET"])
+def study_thumbnail(study: str):
+    return _thumbnail(_stored(study))
+
+
+@dicomweb_route("/studies/<study>/series/<series>/thumbnail", "dicomweb.retrieve", methods=["GET"])
+def series_thumbnail(study: str, series: str):
+    return _thumbnail(_stored(study, series))
+
+
+@dicomweb_route("/studies/<study>/series/<series>/instances/<instance>/thumbnail", "dicomweb.retrieve",
+                methods=["GET"])
+def instance_thumbnail(study: str, series: str, instance: str):
+    return _thumbnail(_stored(study, series, instance))
 
 
 @dicomweb_route("/studies/<study>/series/<series>/instances/<instance>/rendered", "dicomweb.retrieve",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from archive_core.api import Base, utcnow
@@ -68,6 +68,8 @@ class ShareLink(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     code_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     failed_codes: Mapped[int] = mapped_column(Integer, default=0)
+    # The patient's earlier studies too (DICOMweb access), when the radiologist says so.
+    include_priors: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class SendJob(Base):

@@ -151,6 +151,7 @@ def create_share_link(
     created_by: str,
     days: int = 7,
     recipient: str = "",
+    include_priors: bool = False,
     now: datetime | None = None,
 ) -> NewShareLink:
     if not 1 <= days <= SHARE_MAX_DAYS:
@@ -159,7 +160,8 @@ def create_share_link(
     token = secrets.token_urlsafe(32)
     code = f"{secrets.randbelow(10**6):06d}"
     link = ShareLink(token_hash=_digest(token), code_hash=_digest(code), study_uid=study_uid, recipient=recipient[:128],
-                     created_by=created_by, created_at=now, expires_at=now + timedelta(days=days))
+                     created_by=created_by, created_at=now, expires_at=now + timedelta(days=days),
+                     include_priors=include_priors)
     session.add(link)
     session.flush()
     return NewShareLink(link, token, code)
@@ -182,6 +184,17 @@ def share_link_for(session: Session, token: str, *, now: datetime | None = None)
     if link.failed_codes >= SHARE_MAX_FAILED_CODES:
         raise ShareDenied(_("lien bloqué après trop de codes erronés"))
     return link
+
+
+def usable_share_links(session: Session, link_ids, *, now: datetime | None = None) -> list[ShareLink]:
+    """Of *link_ids* (the links a browser session unlocked with their code), those still usable."""
+    now = now or utcnow()
+    ids = [int(i) for i in link_ids]
+    if not ids:
+        return []
+    links = session.scalars(select(ShareLink).where(ShareLink.id.in_(ids)))
+    return [link for link in links if link.revoked_at is None and _aware(link.expires_at) > now
+            and link.failed_codes < SHARE_MAX_FAILED_CODES]
 
 
 def check_share_code(session: Session, link: ShareLink, code: str, *, now: datetime | None = None) -> bool:

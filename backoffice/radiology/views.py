@@ -17,7 +17,7 @@ from flask_babel import get_locale, gettext as _, lazy_gettext as _l
 from flask_login import current_user
 from flask_wtf import FlaskForm
 from jinja2 import pass_context
-from wtforms import DateField, IntegerField, SelectField, StringField, TextAreaField
+from wtforms import BooleanField, DateField, IntegerField, SelectField, StringField, TextAreaField
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import NumberRange, Optional
 
@@ -173,6 +173,7 @@ class ActionForm(FlaskForm):
 class ShareForm(FlaskForm):
     recipient = StringField(_l("Destinataire (médecin)"))
     days = IntegerField(_l("Durée (jours)"), default=7, validators=[NumberRange(min=1, max=services.SHARE_MAX_DAYS)])
+    include_priors = BooleanField(_l("Avec les examens antérieurs (DICOMweb)"), default=False)
 
 
 @bp.route("/studies/<study_uid>")
@@ -416,9 +417,10 @@ def create_share(study_uid: str):
         flash(_("Durée invalide."), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="share"))
     new = services.create_share_link(db(), study_uid, created_by=current_user.login, days=form.days.data,
-                                     recipient=form.recipient.data or "")
+                                     recipient=form.recipient.data or "", include_priors=bool(form.include_priors.data))
     facade().audit(db(), "share.create", actor=current_user.login, patient_id=detail.study.patient_id,
-                   study_uid=study_uid, detail={"link": new.link.id, "days": form.days.data})
+                   study_uid=study_uid, detail={"link": new.link.id, "days": form.days.data,
+                                                "priors": bool(form.include_priors.data)})
     # Shown once on the next page, never stored in clear.
     session["new_share"] = {"url": url_for("share.open_link", token=new.token, _external=True), "code": new.code}
     return redirect(url_for(".study", study_uid=study_uid, _anchor="share"))

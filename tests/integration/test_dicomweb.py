@@ -62,6 +62,9 @@ def web(tmp_path):
         create_user(s, "desk", role="front_desk", password="correct horse battery")
         token = create_token(s, "dr")
         desk_token = create_token(s, "desk")
+        from backoffice.radiology.services import create_share_link
+
+        share = create_share_link(s, study_a, created_by="dr", days=7)
         s.commit()
     engine.dispose()
     port = free_port()
@@ -69,12 +72,13 @@ def web(tmp_path):
     env = {**os.environ, "ARCHIVAGE_INSTANCE_PATH": str(instance), "ARCHIVAGE_STORAGE_MIN_FREE_BYTES": "0",
            "ARCHIVAGE_DICOMWEB_BASE_URL": f"http://127.0.0.1:{port}/dicom-web",
            "ARCHIVAGE_DICOMWEB_MAX_STOW_BYTES": str(STOW_LIMIT),
+           "ARCHIVAGE_DICOMWEB_CORS_ORIGINS": '["https://viewer.example.fr"]',
            "TCP_NODELAY": "1"}
     with web_process(env, tmp_path / "web.log", port=port) as base:
         url = f"{base}/dicom-web"
         client = DICOMwebClient(url, headers={"Authorization": f"Bearer {token}"})
         yield {"client": client, "url": url, "token": token, "desk_token": desk_token, "datasets": datasets,
-               "stored": stored, "study_a": study_a, "study_b": study_b, "series_a": series_a, "instance": instance}
+               "stored": stored, "share": (share.token, share.code), "study_a": study_a, "study_b": study_b, "series_a": series_a, "instance": instance}
 
 
 def _values(answers, tag):
@@ -453,3 +457,28 @@ def test_orthanc_dicomweb_plugin_queries_and_retrieves_from_us(web, tmp_path):
         assert copy.PixelData == first.PixelData and copy.StudyInstanceUID == web["study_a"]
     finally:
         orthanc.stop()
+
+
+def test_share_link_cors_and_thumbnail_through_the_web_process(web):
+    """A doctor's browser (a requests session) unlocks a share link with its code, then reads study A
+    over DICOMweb and nothing of study B; a viewer origin set by environment gets CORS, another none."""
+    import re
+
+    token, code = web["share"]
+    base = web["url"].removesuffix("/dicom-web")
+    browser = requests.Session()
+    assert browser.get(f"{web['url']}/studies").status_code == 401  # the link's token is not enough
+    page = browser.get(f"{base}/share/{token}").text
+    csrf_token = re.search(r'name="csrf_token"[^>]*?value="([^"]+)"', page).group(1)
+    browser.post(f"{base}/share/{token}", data={"csrf_token": csrf_token, "code": code})
+    studies = browser.get(f"{web['url']}/studies").json()
+    assert [a["0020000D"]["Value"][0] for a in studies] == [web["study_a"]]
+    assert browser.get(f"{web['url']}/studies/{web['study_b']}/metadata").status_code == 404
+    thumbnail = browser.get(f"{web['url']}/studies/{web['study_a']}/thumbnail")
+    assert thumbnail.status_code == 200 and thumbnail.headers["Content-Type"] == "image/jpeg"
+    viewer = {"Origin": "https://viewer.example.fr", "Access-Control-Request-Method": "GET"}
+    preflight = requests.options(f"{web['url']}/studies", headers=viewer)
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://viewer.example.fr"
+    other = requests.options(f"{web['url']}/studies", headers={**viewer, "Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers

@@ -1,0 +1,179 @@
+"""DICOMweb through the Flask test client: share-link access to one study, CORS, thumbnails."""
+
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from archive_core.audit import AuditEvent
+from tests.radiology_support import make_history
+from tests.unit.test_radiology_web import _create_share, csrf, users  # noqa: F401  (fixture)
+
+
+@pytest.fixture
+def history(facade):
+    return make_history(facade.archive)
+
+
+def _unlocked(app, users, history):  # noqa: F811
+    """A referring doctor's browser that opened the share link of history.current with its code."""
+    url, code = _create_share(app.test_client(), users, history)
+    doctor = app.test_client()
+    assert doctor.post(url, data={"csrf_token": csrf(doctor, url), "code": code}).status_code == 302
+    return doctor
+
+
+def _study_uids(answers):
+    return {a["0020000D"]["Value"][0] for a in answers}
+
+
+def test_share_link_reads_its_study_only(app, users, history, facade):  # noqa: F811
+    """Tried: the whole archive's QIDO, another study's QIDO/WADO-RS/metadata/WADO-URI, a STOW."""
+    doctor = _unlocked(app, users, history)
+    # QIDO-RS at every level answers the shared study only, whatever the query asks.
+    assert _study_uids(doctor.get("/dicom-web/studies").get_json()) == {history.current}
+    assert doctor.get(f"/dicom-web/studies?StudyInstanceUID={history.other_patient}").get_json() == []
+    assert doctor.get("/dicom-web/studies?PatientID=OTHER").get_json() == []
+    assert _study_uids(doctor.get("/dicom-web/series").get_json()) == {history.current}
+    assert _study_uids(doctor.get("/dicom-web/instances").get_json()) == {history.current}
+    # WADO-RS of the shared study works.
+    series = facade.study_detail(history.current).series[0]
+    metadata = doctor.get(f"/dicom-web/studies/{history.current}/metadata")
+    assert metadata.status_code == 200 and len(metadata.get_json()) == 4
+    sop = series.first_sop_uid
+    retrieved = doctor.get(f"/dicom-web/studies/{history.current}/series/{series.series_uid}/instances/{sop}")
+    assert retrieved.status_code == 200 and sop.encode() in retrieved.data
+    # Another study (a prior of the same patient, another patient): 404 as if unknown.
+    for other in (history.prior_ct_chest, history.other_patient):
+        assert doctor.get(f"/dicom-web/studies/{other}/metadata").status_code == 404
+        assert doctor.get(f"/dicom-web/studies/{other}").status_code == 404
+        assert doctor.get(f"/dicom-web/studies/{other}/series").status_code == 404
+    other = facade.study_detail(history.other_patient).series[0]
+    wado = (f"/wado?requestType=WADO&studyUID={history.other_patient}&seriesUID={other.series_uid}"
+            f"&objectUID={other.first_sop_uid}")
+    assert doctor.get(wado).status_code == 404
+    # The instance of another study named under the shared study's URL is not found either.
+    assert doctor.get(f"/dicom-web/studies/{history.current}/series/{other.series_uid}/instances/"
+                      f"{other.first_sop_uid}").status_code == 404
+    # A share link stores nothing.
+    stow = doctor.post("/dicom-web/studies", data=b"x", content_type='multipart/related; type="application/dicom"')
+    assert stow.status_code == 403
+    with facade.new_session() as s:
+        events = list(s.scalars(select(AuditEvent).where(AuditEvent.action.like("dicomweb.%"))))
+    assert events and {e.actor_kind for e in events} == {"share_link"}
+    assert all(e.actor.startswith("share:") for e in events)
+    assert any(e.study_uid == history.current for e in events)
+
+
+def test_share_link_without_code_revoked_or_expired_is_401(app, users, history, facade):  # noqa: F811
+    """Tried: the link's URL alone (no code), then the unlocked browser after revocation and after expiry."""
+    from backoffice.radiology.models import ShareLink
+
+    url, _code = _create_share(app.test_client(), users, history)
+    stranger = app.test_client()
+    stranger.get(url)
+    assert stranger.get("/dicom-web/studies").status_code == 401
+    doctor = _unlocked(app, users, history)
+    assert doctor.get("/dicom-web/studies").status_code == 200
+    with facade.new_session(write=True) as s:
+        link = s.scalars(select(ShareLink).order_by(ShareLink.id.desc())).first()
+        link.expires_at = link.created_at + timedelta(seconds=1)  # expired long ago (created in the test)
+        link.created_at -= timedelta(days=30)
+        link.expires_at -= timedelta(days=30)
+        s.commit()
+    assert doctor.get("/dicom-web/studies").status_code == 401
+    assert doctor.get(f"/dicom-web/studies/{history.current}/metadata").status_code == 401
+    doctor2 = _unlocked(app, users, history)
+    with facade.new_session(write=True) as s:
+        from backoffice.radiology import services
+
+        link = s.scalars(select(ShareLink).order_by(ShareLink.id.desc())).first()
+        services.revoke_share_link(s, link.id)
+        s.commit()
+    assert doctor2.get(f"/dicom-web/studies/{history.current}/metadata").status_code == 401
+
+
+@pytest.fixture
+def cors_app(app):
+    app.config["DICOMWEB_CORS_ORIGINS"] = ["https://viewer.example.fr"]
+    yield app
+    app.config.pop("DICOMWEB_CORS_ORIGINS", None)
+
+
+def test_cors_for_the_configured_viewer_origin_only(cors_app, users, history):  # noqa: F811
+    """Tried: a preflight without credentials, a foreign origin, the setting left empty, a page outside
+    DICOMweb."""
+    client = cors_app.test_client()
+    viewer = {"Origin": "https://viewer.example.fr"}
+    preflight = client.options("/dicom-web/studies", headers={
+        **viewer, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"})
+    assert preflight.status_code == 200  # no credentials needed for a preflight
+    assert preflight.headers["Access-Control-Allow-Origin"] == "https://viewer.example.fr"
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Access-Control-Allow-Credentials" not in preflight.headers  # cookies never cross origins
+    answer = client.get("/dicom-web/studies", headers={**viewer, "Authorization": f"Bearer {users['radiologist'][1]}"})
+    assert answer.status_code == 200 and answer.headers["Access-Control-Allow-Origin"] == "https://viewer.example.fr"
+    # A 401 is readable by the viewer too; /wado is covered.
+    assert client.get("/dicom-web/studies", headers=viewer).headers["Access-Control-Allow-Origin"]
+    assert client.options("/wado", headers=viewer).headers["Access-Control-Allow-Origin"]
+    # Another origin gets no CORS header at all, nor do other pages.
+    other = client.options("/dicom-web/studies", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    assert "Access-Control-Allow-Origin" not in client.get("/api/v1/studies", headers=viewer).headers
+    cors_app.config["DICOMWEB_CORS_ORIGINS"] = []
+    assert "Access-Control-Allow-Origin" not in client.options("/dicom-web/studies", headers=viewer).headers
+
+
+def test_thumbnails_of_study_series_and_instance(client, users, history, facade):  # noqa: F811
+    """Tried: an unknown study, a bad viewport; the middle slice stands for a stack (not its first)."""
+    auth = {"Authorization": f"Bearer {users['radiologist'][1]}"}
+    detail = facade.study_detail(history.current)
+    axial = next(se for se in detail.series if se.series_uid and len(facade.series_instances(se.series_uid)) == 3)
+    sops = [i.sop_instance_uid for i in sorted(facade.series_instances(axial.series_uid),
+                                                key=lambda i: i.instance_number or 0)]
+    base = f"/dicom-web/studies/{history.current}/series/{axial.series_uid}"
+    middle = client.get(f"{base}/instances/{sops[1]}/rendered?viewport=16,16", headers=auth).data
+    first = client.get(f"{base}/instances/{sops[0]}/rendered?viewport=16,16", headers=auth).data
+    assert middle != first  # the slices differ, so the choice shows
+    series_thumb = client.get(f"{base}/thumbnail?viewport=16,16", headers=auth)
+    assert series_thumb.status_code == 200 and series_thumb.mimetype == "image/jpeg"
+    assert series_thumb.data == middle
+    assert client.get(f"{base}/instances/{sops[0]}/thumbnail?viewport=16,16", headers=auth).data == first
+    study_thumb = client.get(f"/dicom-web/studies/{history.current}/thumbnail", headers=auth)
+    assert study_thumb.status_code == 200
+    assert max(Image.open(io.BytesIO(study_thumb.data)).size) <= 128
+    png = client.get(f"{base}/thumbnail?viewport=16,16", headers={**auth, "Accept": "image/png"})
+    assert png.mimetype == "image/png" and Image.open(io.BytesIO(png.data)).size == (16, 16)
+    assert client.get("/dicom-web/studies/1.2.3.999/thumbnail", headers=auth).status_code == 404
+    assert client.get(f"{base}/thumbnail?viewport=0,0", headers=auth).status_code == 400
+    assert client.get(f"{base}/thumbnail").status_code == 401
+
+
+def test_share_link_with_priors_reads_the_patients_earlier_studies(app, users, history, facade):  # noqa: F811
+    """The radiologist ticks "with earlier studies": the same patient's priors open too; another patient's
+    study stays 404 (tried by QIDO with its PatientID and by WADO-RS)."""
+    import re
+
+    from tests.unit.test_radiology_web import sign_in
+
+    radiologist = app.test_client()
+    sign_in(radiologist, users, "radiologist")
+    page = f"/radiology/studies/{history.current}"
+    assert "Avec les examens antérieurs" in radiologist.get(page).get_data(as_text=True)
+    radiologist.post(f"{page}/share", data={"csrf_token": csrf(radiologist, page), "recipient": "Dr R", "days": 7,
+                                            "include_priors": "y"})
+    html = radiologist.get(page).get_data(as_text=True)
+    url = re.search(r"<code>(http[^<]+)</code>", html).group(1).replace("http://localhost", "")
+    code = re.search(r'class="share-code">(\d{6})<', html).group(1)
+    doctor = app.test_client()
+    doctor.post(url, data={"csrf_token": csrf(doctor, url), "code": code})
+    expected = {history.current, history.prior_ct_chest, history.prior_mr_chest, history.prior_us_abdomen}
+    assert _study_uids(doctor.get("/dicom-web/studies").get_json()) == expected
+    assert doctor.get("/dicom-web/studies?PatientID=OTHER").get_json() == []
+    assert doctor.get(f"/dicom-web/studies/{history.prior_ct_chest}/metadata").status_code == 200
+    assert doctor.get(f"/dicom-web/studies/{history.other_patient}/metadata").status_code == 404

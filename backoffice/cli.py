@@ -64,7 +64,9 @@ def users_cli() -> None: ...
 @click.argument("login")
 @click.option("--role", required=True, type=click.Choice(["front_desk", "radiologist", "manager", "admin"]))
 @click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
-def users_create(login: str, role: str, password_stdin: bool) -> None:
+@click.option("--full-name", default=None, help="First name and NAME, printed on the reports the user signs.")
+@click.option("--rpps", default=None, help="RPPS number (11 digits) of a radiologist, printed on signed reports.")
+def users_create(login: str, role: str, password_stdin: bool, full_name: str | None, rpps: str | None) -> None:
     """Create a user; without --password-stdin a password is generated and printed once."""
     import secrets
 
@@ -76,7 +78,7 @@ def users_create(login: str, role: str, password_stdin: bool) -> None:
         password = secrets.token_urlsafe(12)
     with _facade().new_session(write=True) as s:
         try:
-            create_user(s, login, role=role, password=password)
+            create_user(s, login, role=role, password=password, full_name=full_name, rpps=rpps)
         except AuthError as exc:
             raise click.ClickException(str(exc)) from exc
         _facade().audit(s, "user.created", actor="cli", actor_kind="system", detail={"login": login, "role": role})

@@ -176,7 +176,8 @@ def study_report_sign(study_uid: str):
 
     detail = _detail(study_uid)
     try:
-        report = services.sign_report(db(), study_uid, signed_by=current_api_user().login)
+        report = services.sign_report(db(), study_uid, signed_by=current_api_user().login,
+                                      signer_name=current_api_user().full_name, signer_rpps=current_api_user().rpps)
     except services.RadiologyError as exc:
         raise ApiError(409, "conflict", str(exc)) from None
     facade().audit(db(), "report.sign", actor=current_api_user().login, patient_id=detail.study.patient_id,

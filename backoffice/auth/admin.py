@@ -51,13 +51,34 @@ def create_user():
     login = (request.form.get("login") or "").strip()
     role = request.form.get("role") or ""
     try:
-        user = A.create_user(db(), login, role=role, password=_form_password())
+        A.check_identity(request.form.get("full_name"), request.form.get("rpps"))
+    except A.AuthError:
+        flash(_("Utilisateur non créé : le numéro RPPS compte 11 chiffres, le nom 200 caractères au plus."), "error")
+        return redirect(url_for("auth.users"))
+    try:
+        user = A.create_user(db(), login, role=role, password=_form_password(),
+                             full_name=request.form.get("full_name"), rpps=request.form.get("rpps"))
     except A.AuthError:
         flash(_("Utilisateur non créé : identifiant déjà pris ou vide, rôle inconnu, ou mot de passe de moins "
                 "de %(n)s caractères.", n=A.MIN_PASSWORD_LENGTH), "error")
         return redirect(url_for("auth.users"))
     facade().audit(db(), "user.created", actor=current_user.login, detail={"login": user.login, "role": role})
     flash(_("Utilisateur %(login)s créé.", login=user.login), "info")
+    return redirect(url_for("auth.users"))
+
+
+@bp.route("/admin/users/<int:user_id>/identity", methods=["POST"])
+@roles_required("admin")
+def set_identity(user_id: int):
+    """Name and RPPS printed on the reports this user signs from now on; reports already signed keep theirs."""
+    user = _user(user_id)
+    try:
+        A.set_identity(db(), user.login, full_name=request.form.get("full_name"), rpps=request.form.get("rpps"))
+    except A.AuthError:
+        flash(_("Identité non changée : le numéro RPPS compte 11 chiffres, le nom 200 caractères au plus."), "error")
+        return redirect(url_for("auth.users"))
+    _audit("user.identity_changed", user)
+    flash(_("Identité de %(login)s enregistrée.", login=user.login), "info")
     return redirect(url_for("auth.users"))
 
 

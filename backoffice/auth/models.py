@@ -22,6 +22,9 @@ class User(Base):
     login: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(String(16))
+    # Identity printed on signed reports (migration 1030): "Prénom NOM" and the 11-digit RPPS number.
+    full_name: Mapped[str | None] = mapped_column(String(200))
+    rpps: Mapped[str | None] = mapped_column(String(11))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

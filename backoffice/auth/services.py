@@ -70,8 +70,33 @@ def get_user(session: Session, login: str) -> User:
     return user
 
 
-def create_user(session: Session, login: str, *, role: str, password: str) -> User:
+def check_identity(full_name: str | None, rpps: str | None) -> tuple[str | None, str | None]:
+    """Clean a full name and an RPPS number as typed; empty means none. Raises AuthError when wrong.
+
+    RPPS: 11 digits (spaces between groups allowed when typed). Only the format is checked: the check-digit
+    rule could not be confirmed from a published source here, so no key is verified.
+    """
+    name = " ".join((full_name or "").split()) or None
+    if name is not None and len(name) > 200:
+        raise AuthError("full name must be at most 200 characters")
+    number = "".join((rpps or "").split()) or None
+    if number is not None and not (len(number) == 11 and number.isascii() and number.isdigit()):
+        raise AuthError("RPPS must be 11 digits")
+    return name, number
+
+
+def set_identity(session: Session, login: str, *, full_name: str | None, rpps: str | None) -> User:
+    """Set the name and RPPS printed on the reports this user signs from now on (signed ones keep theirs)."""
+    user = get_user(session, login)
+    user.full_name, user.rpps = check_identity(full_name, rpps)
+    session.flush()
+    return user
+
+
+def create_user(session: Session, login: str, *, role: str, password: str, full_name: str | None = None,
+                rpps: str | None = None) -> User:
     login = login.strip()
+    full_name, rpps = check_identity(full_name, rpps)
     if role not in ROLES:
         raise AuthError(f"role must be one of {', '.join(ROLES)}")
     if not login or len(login) > 64:
@@ -79,7 +104,7 @@ def create_user(session: Session, login: str, *, role: str, password: str) -> Us
     _check_password(password)
     if session.scalar(select(User).where(User.login == login)):
         raise AuthError(f"user {login} exists")
-    user = User(login=login, role=role, password_hash=_hasher.hash(password))
+    user = User(login=login, role=role, password_hash=_hasher.hash(password), full_name=full_name, rpps=rpps)
     session.add(user)
     session.flush()
     return user

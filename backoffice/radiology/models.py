@@ -33,6 +33,10 @@ class Report(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     signed_by: Mapped[str | None] = mapped_column(String(64))
+    # The signer's full name and RPPS as they were at signing (migration 1030): renaming the account later
+    # does not change a signed report.
+    signer_name: Mapped[str | None] = mapped_column(String(200))
+    signer_rpps: Mapped[str | None] = mapped_column(String(11))
 
 
 class KeyImage(Base):

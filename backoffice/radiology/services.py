@@ -76,7 +76,9 @@ def save_draft(session: Session, study_uid: str, *, author: str, amendment_reaso
     return draft
 
 
-def sign_report(session: Session, study_uid: str, *, signed_by: str) -> Report:
+def sign_report(session: Session, study_uid: str, *, signed_by: str, signer_name: str | None = None,
+                signer_rpps: str | None = None) -> Report:
+    """Sign the draft; the signer's name and RPPS are copied onto the report as they are now."""
     draft = current_draft(session, study_uid)
     if draft is None:
         raise RadiologyError(_("aucun brouillon à signer"))
@@ -85,6 +87,8 @@ def sign_report(session: Session, study_uid: str, *, signed_by: str) -> Report:
     draft.status = "signed"
     draft.signed_at = utcnow()
     draft.signed_by = signed_by
+    draft.signer_name = signer_name
+    draft.signer_rpps = signer_rpps
     session.flush()
     return draft
 

@@ -27,8 +27,11 @@ from backoffice.auth import roles_required
 from backoffice.extensions import db, facade, rollback
 from backoffice.radiology import services
 from backoffice.radiology.sending import failures_of, jobs_for
+from backoffice.radiology.signature import paris_time, signature_line
 
 bp = Blueprint("radiology", __name__, url_prefix="/radiology")
+bp.add_app_template_global(signature_line, "report_signature")
+bp.add_app_template_filter(paris_time, "paris_time")
 share_bp = Blueprint("share", __name__, url_prefix="/share")
 
 READERS = ("radiologist", "front_desk")
@@ -235,7 +238,8 @@ def sign_report(study_uid: str):
     if not ActionForm().validate_on_submit():
         abort(400)
     try:
-        report = services.sign_report(db(), study_uid, signed_by=current_user.login)
+        report = services.sign_report(db(), study_uid, signed_by=current_user.login,
+                                      signer_name=current_user.full_name, signer_rpps=current_user.rpps)
     except services.RadiologyError as exc:
         rollback()  # a handled error commits nothing the service had already written
         flash(str(exc), "error")

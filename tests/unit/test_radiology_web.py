@@ -219,7 +219,7 @@ def test_a_report_error_handled_by_the_page_commits_nothing(client, users, histo
     token = csrf(client, page)
     client.post(f"{page}/report", data={"csrf_token": token, "findings": "Nodule de 4 mm."})
 
-    def half_done(session, study_uid, *, signed_by):
+    def half_done(session, study_uid, *, signed_by, **identity):
         services.current_draft(session, study_uid).findings = "écrit à moitié"
         session.flush()
         raise services.RadiologyError("refusé après écriture")

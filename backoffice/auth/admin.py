@@ -53,7 +53,8 @@ def create_user():
     try:
         A.check_identity(request.form.get("full_name"), request.form.get("rpps"))
     except A.AuthError:
-        flash(_("Utilisateur non créé : le numéro RPPS compte 11 chiffres, le nom 200 caractères au plus."), "error")
+        flash(_("Utilisateur non créé : le numéro RPPS compte 11 chiffres, le nom 200 caractères au plus."),
+              "error")
         return redirect(url_for("auth.users"))
     try:
         user = A.create_user(db(), login, role=role, password=_form_password(),
@@ -75,7 +76,8 @@ def set_identity(user_id: int):
     try:
         A.set_identity(db(), user.login, full_name=request.form.get("full_name"), rpps=request.form.get("rpps"))
     except A.AuthError:
-        flash(_("Identité non changée : le numéro RPPS compte 11 chiffres, le nom 200 caractères au plus."), "error")
+        flash(_("Identité non changée : le numéro RPPS compte 11 chiffres, le nom 200 caractères au plus."),
+              "error")
         return redirect(url_for("auth.users"))
     _audit("user.identity_changed", user)
     flash(_("Identité de %(login)s enregistrée.", login=user.login), "info")

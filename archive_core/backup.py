@@ -65,6 +65,19 @@ class BackupReport:
     signing_key: bool = False
 
 
+def _copy_sqlite(source_path: Path, target_path: Path) -> None:
+    """A consistent copy of a live SQLite database (its online backup API), read-only on the source."""
+    source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(target_path)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+
+
 def _sqlite_path(url: str) -> Path:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -180,15 +193,7 @@ def backup(settings: Settings, dest: Path, *, with_signing_key: bool = False,
     # 1. The database snapshot: everything after is taken from it, so the manifest matches it.
     snapshot_tmp = dest / (DATABASE + ".part")
     snapshot_tmp.unlink(missing_ok=True)
-    source = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        target = sqlite3.connect(snapshot_tmp)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-    finally:
-        source.close()
+    _copy_sqlite(db_path, snapshot_tmp)
     snapshot = sqlite3.connect(f"file:{snapshot_tmp}?mode=ro", uri=True)
     try:
         rows = snapshot.execute(
@@ -354,15 +359,7 @@ def restore(src: Path, instance: Path, *, force: bool = False) -> list[str]:
     if db_path.exists() and db_path.stat().st_size > 0 and not force:
         raise BackupError(f"a database already exists at {db_path}")
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    source = sqlite3.connect(f"file:{src / DATABASE}?mode=ro", uri=True)
-    try:
-        target = sqlite3.connect(db_path)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-    finally:
-        source.close()
+    _copy_sqlite(src / DATABASE, db_path)
     for (tier, key) in _read_manifest(src / MANIFEST):
         target_path = stores[tier].path_of(key)
         target_path.parent.mkdir(parents=True, exist_ok=True)

@@ -529,10 +529,9 @@ def issue_invoice(session: Session, group_id: int, *, issued_by: str, payer_name
         member_number=membership.member_number if membership else None,
         third_party_payment=bool(insurer and insurer.third_party_payment and shares.insurer_cents > 0),
     )
+    invoice.lines = [InvoiceLine(label=f"Archivage des images — {tariff.label}", amount_cents=total)]
     session.add(invoice)
     session.flush()
-    session.add(InvoiceLine(invoice_id=invoice.id, label=f"Archivage des images — {tariff.label}",
-                            amount_cents=total))
     for study in group.studies:
         session.add(InvoiceStudy(invoice_id=invoice.id, study_uid=study.study_uid,
                                  accession_number=study.accession_number, study_date=study.study_date,
@@ -868,9 +867,9 @@ def _plain(value):
 
 def invoice_digest(session: Session, invoice: Invoice) -> str:
     """SHA-256 of what an issued invoice says: its fields and its lines (recorded in its audit event)."""
-    lines = session.execute(select(InvoiceLine.label, InvoiceLine.amount_cents)
-                            .where(InvoiceLine.invoice_id == invoice.id).order_by(InvoiceLine.id)).all()
-    payload = [[_plain(getattr(invoice, f)) for f in _INVOICE_FIELDS], [list(line) for line in lines]]
+    # The lines relationship is ordered by id; an invoice just issued holds them already (no query).
+    lines = [[line.label, line.amount_cents] for line in invoice.lines]
+    payload = [[_plain(getattr(invoice, f)) for f in _INVOICE_FIELDS], lines]
     return hashlib.sha256(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -882,9 +881,11 @@ def credit_note_digest(note: CreditNote) -> str:
 
 def journal_head(session: Session) -> dict:
     """The payment journal's head: how many entries, the last one's id and hash."""
-    last = session.execute(select(Payment.id, Payment.hash).order_by(Payment.id.desc()).limit(1)).first()
-    count = session.scalar(select(func.count(Payment.id))) or 0
-    return {"count": int(count), "last_id": last[0] if last else 0, "hash": last[1] if last else GENESIS}
+    count = select(func.count(Payment.id)).scalar_subquery()
+    last = session.execute(select(Payment.id, Payment.hash, count).order_by(Payment.id.desc()).limit(1)).first()
+    if last is None:
+        return {"count": 0, "last_id": 0, "hash": GENESIS}
+    return {"count": int(last[2]), "last_id": last[0], "hash": last[1]}
 
 
 def check_anchors(session: Session, anchors: Iterable[tuple[int, dict]]) -> list[str]:

@@ -15,8 +15,10 @@ from sqlalchemy import event
 
 # Statements (COMMIT included) of one issue and one payment through the API, PDF excluded; measured
 # at 16 / 13 on PostgreSQL after the checks were made once each (it was 26 / 17). SQLite's BEGINs
-# are statements too; it has no advisory locks.
-BUDGET = {"postgresql": (16, 13), "sqlite": (17, 12)}
+# are statements too; it has no advisory locks. Since `billing verify` holds the payment journal
+# against the audit trail, each billing audit event records the journal's head: one more read per
+# action (one statement: last entry and count together; the invoice digest reads no lines).
+BUDGET = {"postgresql": (17, 14), "sqlite": (18, 13)}
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ The work is in :mod:`archive_core.dicomweb`, reached through the facade.
 
 from __future__ import annotations
 
+import io
 import json
 import secrets
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from functools import wraps
 
 from flask import Blueprint, Response, current_app, g, jsonify, request, session
 from flask_login import current_user
+from werkzeug.exceptions import RequestedRangeNotSatisfiable
+from werkzeug.wsgi import wrap_file
 
 from archive_core.api import BlobMissing, InvalidQuery, NotFound
 from backoffice.extensions import csrf, db, facade
@@ -550,6 +553,38 @@ def instance_metadata(study: str, series: str, instance: str):
     return _metadata(study, series, instance)
 
 
+def _ranges(response: Response, length: int) -> Response:
+    """*response* answering a ``Range: bytes=...`` request (RFC 9110 14): 206 with that part, or 416.
+    A Range in another unit is ignored (the whole object), as RFC 9110 14.2 requires."""
+    if not request.headers.get("Range", "bytes=").strip().lower().startswith("bytes="):
+        response.accept_ranges = "bytes"
+        return response
+    try:
+        response.make_conditional(request.environ, accept_ranges=True, complete_length=length)
+    except RequestedRangeNotSatisfiable:
+        response.close()
+        answer = _error(416, "range_not_satisfiable", f"the object is {length} bytes long")
+        answer.headers["Content-Range"] = f"bytes */{length}"
+        return answer
+    return response
+
+
+def _stored_file(stored) -> Response:
+    """The stored file as application/dicom, streamed in chunks (memory stays flat whatever its size),
+    with byte ranges for a viewer or a download that resumes."""
+    f = facade().open_stored(stored)
+    try:
+        length = f.seek(0, io.SEEK_END)
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    response = Response(wrap_file(request.environ, f, _CHUNK), mimetype="application/dicom",
+                        direct_passthrough=True)
+    response.content_length = length
+    return _ranges(response, length)
+
+
 # -- WADO-URI ---------------------------------------------------------------------------------------
 
 
@@ -572,14 +607,14 @@ def wado_uri():
         stored = found[0]
         target = args.get("transferSyntax") or stored.transfer_syntax_uid
         if target == stored.transfer_syntax_uid:
-            with facade().open_stored(stored) as f:
-                data = f.read()
+            return _stored_file(stored)
         elif target in UNCOMPRESSED:
             data = facade().converted_instance(stored, target)
         else:
             raise DicomwebError(406, f"cannot convert to {target}: stored syntax, explicit or implicit VR "
                                      "little endian")
-        return Response(data, mimetype="application/dicom")
+        response = Response(data, mimetype="application/dicom")
+        return _ranges(response, len(data))
     if content_type not in ("image/jpeg", "image/png"):
         raise DicomwebError(406, f"contentType {content_type} is not served: application/dicom, image/jpeg, image/png")
     try:

@@ -384,6 +384,39 @@ def test_wado_uri_for_older_viewers(web):
     assert requests.get(wado, params=uids).status_code == 401
 
 
+def test_wado_uri_serves_byte_ranges_of_the_stored_file(web):
+    """A viewer or a resumed download asks for part of the file: ``Range: bytes=0-131`` is the preamble
+    and "DICM" (206, Content-Range), a suffix range is the file's end; bad input: a range past the end
+    and a reversed range are 416 with ``Content-Range: bytes */<length>``, and a malformed Range header
+    is ignored (the whole file, 200) as RFC 9110 says."""
+    first = web["datasets"][0]
+    stored = web["stored"][first.SOPInstanceUID]
+    wado = web["url"].replace("/dicom-web", "/wado")
+    params = {"requestType": "WADO", "studyUID": web["study_a"], "seriesUID": web["series_a"],
+              "objectUID": first.SOPInstanceUID, "contentType": "application/dicom"}
+
+    def get(range_header=None):
+        headers = {"Authorization": f"Bearer {web['token']}"}
+        if range_header:
+            headers["Range"] = range_header
+        return requests.get(wado, params=params, headers=headers)
+
+    whole = get()
+    assert whole.status_code == 200 and whole.headers["Accept-Ranges"] == "bytes"
+    assert int(whole.headers["Content-Length"]) == len(stored) and whole.content == stored
+    head = get("bytes=0-131")
+    assert head.status_code == 206 and head.content == stored[:132] and head.content.endswith(b"DICM")
+    assert head.headers["Content-Range"] == f"bytes 0-131/{len(stored)}"
+    tail = get("bytes=-100")
+    assert tail.status_code == 206 and tail.content == stored[-100:]
+    middle = get(f"bytes=1000-{len(stored) - 1}")
+    assert middle.status_code == 206 and middle.content == stored[1000:]
+    for bad in (f"bytes={len(stored) + 10}-", "bytes=500-100"):
+        refused = get(bad)
+        assert refused.status_code == 416, bad
+        assert refused.headers["Content-Range"] == f"bytes */{len(stored)}"
+    assert get("lines=1-2").content == stored
+
 def test_compressed_objects_frames_and_conversion(web):
     """An RLE Lossless CT stored by C-STORE: WADO-RS gives it back in RLE, unchanged; frames asked as
     explicit VR little endian octet-streams are decoded to the original pixels; with transfer-syntax=*

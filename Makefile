@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/query.py --vs-orthanc --studies 100000
 	$(BIN)/python bench/retrieve.py --vs-orthanc --memory-gb 2
 	$(BIN)/python bench/viewer.py
+	$(BIN)/python bench/dicomweb.py
 
 # After changing interface strings: extract them and merge into translations/*/messages.po,
 # then fill the English msgstr (tests/unit/test_i18n.py fails on any left empty).

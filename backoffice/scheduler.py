@@ -1,4 +1,11 @@
-"""The scheduler process: APScheduler 3, one per deployment (a lock file makes a second one exit)."""
+"""The scheduler process: APScheduler 3, one leader per deployment.
+
+Every node may run ``scheduler run``; one of them leads and runs the jobs, the others wait as
+standbys and take over when the leader stops or dies. The leadership is a lock its process holds
+for life: on PostgreSQL a session advisory lock (:data:`SCHEDULER_LOCK_KEY`) on a connection of its
+own, so the nodes of a cluster share it; on SQLite (one machine) ``instance/scheduler.lock``
+(``flock``). The jobs are idempotent, so a take-over that repeats a run does no harm.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import fcntl
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from apscheduler.schedulers.blocking import BlockingScheduler
@@ -39,8 +47,11 @@ def audit_checkpoint_job() -> None:
     facade().audit_checkpoint(reason="periodic")
 
 
+SCHEDULER_LOCK_KEY = 727270600  # PostgreSQL advisory lock of the scheduler's leader (as 7272704xx, 7272705xx)
+
+
 def acquire_lock(instance_path: Path):
-    """The deployment-wide scheduler lock; None when another scheduler holds it."""
+    """The scheduler lock of a SQLite deployment (one machine); None when another scheduler holds it."""
     handle = open(instance_path / "scheduler.lock", "w")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,11 +63,71 @@ def acquire_lock(instance_path: Path):
     return handle
 
 
+class PostgresLeadership:
+    """The leader's session advisory lock, on a connection of its own (a pool would hand it back)."""
+
+    def __init__(self, database_url: str) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        self._engine = create_engine(database_url, poolclass=NullPool)
+        self._connection = None
+
+    def try_acquire(self) -> bool:
+        from sqlalchemy import text
+
+        if self._connection is None:
+            self._connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        if self._connection.execute(text(f"SELECT pg_try_advisory_lock({SCHEDULER_LOCK_KEY})")).scalar():
+            return True
+        self._connection.close()
+        self._connection = None
+        return False
+
+    def still_held(self) -> bool:
+        """False once the lock's connection is gone (a restarted server, a cut network): the lock
+        went with it and another node may lead."""
+        from sqlalchemy import text
+
+        try:
+            return bool(self._connection.execute(text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                f"AND objid = {SCHEDULER_LOCK_KEY} AND granted")).scalar())
+        except Exception:  # the connection is broken: whatever the error, the lock is not ours
+            log.exception("the scheduler lock's connection failed")
+            return False
+
+
+class FileLeadership:
+    def __init__(self, instance_path: Path) -> None:
+        self._path, self._handle = instance_path, None
+
+    def try_acquire(self) -> bool:
+        self._handle = acquire_lock(self._path)
+        return self._handle is not None
+
+    def still_held(self) -> bool:
+        return True  # a flock lasts as long as this process
+
+
+def leadership_for(app: Flask):
+    url = str(app.config.get("DATABASE_URL") or "")
+    return PostgresLeadership(url) if url.startswith("postgresql") else FileLeadership(Path(app.instance_path))
+
+
+def wait_for_leadership(leadership, *, retry_seconds: float, sleep=time.sleep) -> None:
+    """Return once *leadership* is ours; until then this node is a standby and runs no job."""
+    if leadership.try_acquire():
+        return
+    log.info("another scheduler leads; this one waits as a standby (retry every %s s)", retry_seconds)
+    while not leadership.try_acquire():
+        sleep(retry_seconds)
+
+
 def run_scheduler(app: Flask) -> None:
-    lock = acquire_lock(Path(app.instance_path))
-    if lock is None:
-        log.error("another scheduler is running for this instance; exiting")
-        sys.exit(1)
+    leadership = leadership_for(app)
+    wait_for_leadership(leadership, retry_seconds=float(app.config.get("SCHEDULER_STANDBY_SECONDS", 15)))
+    log.info("this scheduler leads (pid %d)", os.getpid())
     scheduler = BlockingScheduler(timezone="Europe/Paris", job_defaults={"coalesce": True, "max_instances": 1})
 
     def in_app(func):
@@ -85,8 +156,20 @@ def run_scheduler(app: Flask) -> None:
     minutes = int(app.config.get("AUDIT_CHECKPOINT_MINUTES", 10))
     scheduler.add_job(in_app(audit_checkpoint_job), "interval", minutes=minutes, id="audit_checkpoint",
                       name="audit_checkpoint", replace_existing=True, next_run_time=datetime.now(timezone.utc))
+    lost = []
+
+    def check_leadership() -> None:
+        if not leadership.still_held():
+            log.error("the scheduler lock was lost; stopping so that one leader works at a time")
+            lost.append(True)
+            scheduler.shutdown(wait=False)
+
+    scheduler.add_job(check_leadership, "interval", seconds=float(app.config.get("SCHEDULER_STANDBY_SECONDS", 15)),
+                      id="leadership", name="leadership", replace_existing=True)
     log.info("scheduler started")
     try:
         scheduler.start()
     except (KeyboardInterrupt, SystemExit):
         pass
+    if lost:
+        sys.exit(3)  # the supervisor (or `serve`) starts it again: a standby if another node leads now

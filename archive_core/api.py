@@ -8,7 +8,8 @@ import threading
 from dataclasses import dataclass
 from datetime import date as _date
 from datetime import datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -824,18 +825,24 @@ class _DicomwebMixin:
         except RenderError as exc:
             raise InvalidQuery(str(exc)) from None
 
-    def stow(self, body: bytes, content_type: str, *, study_uid: str | None, actor: str,
+    def stow(self, stream: BinaryIO, content_type: str, *, study_uid: str | None, actor: str,
              base_url: str) -> tuple[int, dict[str, Any], list[str]]:
-        """STOW-RS: (HTTP status, PS3.18 response, failure reasons). InvalidQuery for a malformed request
-        (nothing stored); objects go through the C-STORE ingest path and are indexed on return."""
+        """STOW-RS: (HTTP status, PS3.18 response, failure reasons). The body is read from *stream*
+        part by part into files under ``instance/spool`` (memory stays flat), which are removed on
+        return. InvalidQuery for a malformed request (nothing stored); objects go through the C-STORE
+        ingest path and are indexed on return."""
+        import tempfile
+
         from archive_core import dicomweb
 
-        parts = dicomweb.split_multipart(body, content_type)
-        with _INDEXER_START:
-            if not self._archive.ingestor.running:
-                self._archive.ingestor.start(replay=False)  # as ``archive import``: the journal is the server's
-        result = dicomweb.stow(self._archive, [content for _headers, content in parts], study_uid=study_uid,
-                               actor=actor)
+        spool = self._archive.settings.instance_path / "spool"
+        spool.mkdir(mode=0o700, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="stow-", dir=spool) as directory:
+            parts = dicomweb.spool_multipart(stream, content_type, Path(directory))
+            with _INDEXER_START:
+                if not self._archive.ingestor.running:
+                    self._archive.ingestor.start(replay=False)  # as ``archive import``: the journal is the server's
+            result = dicomweb.stow(self._archive, parts, study_uid=study_uid, actor=actor)
         status = 200 if not result.failed else 202 if result.stored else 409
         return status, dicomweb.stow_response(result, base_url, study_uid), [f[3] for f in result.failed]
 

@@ -260,13 +260,13 @@ def _store(study: str | None = None):
         raise DicomwebError(411, "STOW-RS needs a Content-Length")
     if length > limit:
         raise DicomwebError(413, f"the body is {length} bytes; at most {limit} are taken (DICOMWEB_MAX_STOW_BYTES)")
-    body = request.get_data(cache=False)
-    if len(body) != length:
-        raise DicomwebError(400, "the body is shorter than its Content-Length")
     if study is not None and not (set(study) <= set("0123456789.") and 0 < len(study) <= 64):
         raise DicomwebError(400, f"not a UID: {study[:80]!r}")
+    # Read as it arrives, part by part into files (memory stays flat); Werkzeug's limited stream
+    # ends at Content-Length, and a body cut short leaves the multipart without its closing
+    # delimiter: a 400 with nothing stored.
     try:
-        status, answer, reasons = facade().stow(body, content_type, study_uid=study,
+        status, answer, reasons = facade().stow(request.stream, content_type, study_uid=study,
                                                 actor=g.dicomweb_user, base_url=_base_url())
     except InvalidQuery as exc:
         raise DicomwebError(400, str(exc)) from None

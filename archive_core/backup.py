@@ -3,7 +3,9 @@
 A backup folder holds:
 
 - ``database.sqlite3``: a snapshot taken with SQLite's online backup API (consistent while the
-  archive, the web process and the scheduler keep writing);
+  archive, the web process and the scheduler keep writing), or on PostgreSQL ``database.pgdump``:
+  ``pg_dump --format=custom`` of a snapshot exported by the transaction that also lists the objects
+  (``pg_export_snapshot``), so the dump and the manifest describe the same moment;
 - ``objects/<tier>/<storage key>``: every file an index row of that snapshot points at, both tiers;
 - ``manifest.jsonl``: one JSON line per object (key, tier, size, SHA-256 of the whole file, and the
   index's own dataset checksum), written last;
@@ -15,7 +17,8 @@ A backup folder holds:
 Objects are incremental: one whose copy in the folder has the checksum the index records (SHA-256 of
 the dataset, as ``archive fsck`` computes it) is not read from storage or copied again; a damaged or
 missing copy is copied afresh. The folder mirrors the archive at the time of the
-last backup: copies of objects no longer indexed are removed. PostgreSQL is not supported yet.
+last backup: copies of objects no longer indexed are removed. Object storage on S3 is not
+supported yet.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -42,6 +46,7 @@ from archive_core.storage.filesystem import FilesystemStore
 FORMAT = 1
 MANIFEST = "manifest.jsonl"
 DATABASE = "database.sqlite3"
+PG_DATABASE = "database.pgdump"
 # Names whose assignment in config.py is a secret: never written to a backup.
 SECRET_MARKERS = ("SECRET", "PASSWORD", "TOKEN", "PRIVATE")
 
@@ -51,7 +56,8 @@ class BackupError(Exception):
 
 
 class NotSupported(BackupError):
-    """The configured engine has no backup yet (PostgreSQL, S3)."""
+    """The configured engine has no backup yet (S3 object storage, a database other than SQLite or
+    PostgreSQL)."""
 
 
 @dataclass
@@ -78,14 +84,110 @@ def _copy_sqlite(source_path: Path, target_path: Path) -> None:
         source.close()
 
 
+def _engine_of(url: str) -> str:
+    name = make_url(url).get_backend_name()
+    if name not in ("sqlite", "postgresql"):
+        raise NotSupported(f"backup of a {name} database is not supported: SQLite and PostgreSQL are")
+    return name
+
+
 def _sqlite_path(url: str) -> Path:
     parsed = make_url(url)
+    _engine_of(url)
     if parsed.get_backend_name() != "sqlite":
-        raise NotSupported(f"backup of a {parsed.get_backend_name()} database is not supported yet: "
-                           "use the engine's own tool (pg_dump) and back up the storage folders")
+        raise BackupError(f"the backup holds a SQLite database; DATABASE_URL names a {parsed.get_backend_name()} one")
     if not parsed.database or parsed.database == ":memory:":
         raise BackupError("the SQLite database is in memory: nothing to back up")
     return Path(parsed.database)
+
+
+def _pg_tool(name: str) -> str:
+    """``pg_dump``/``pg_restore``: on the PATH, else the newest of Debian's /usr/lib/postgresql/*/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
+    if not candidates:
+        raise BackupError(f"{name} not found: install PostgreSQL's client tools (postgresql-client)")
+    return str(candidates[-1])
+
+
+def _libpq_url(url: str) -> str:
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _run_pg(tool: str, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([_pg_tool(tool), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise BackupError(f"{tool} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return done
+
+
+_LIVE_OBJECTS = "SELECT storage_key, tier, size_bytes, checksum_sha256 FROM instance WHERE deleted_at IS NULL"
+
+
+def _snapshot_postgresql(url: str, target: Path) -> list[tuple]:
+    """Dump the database into *target* and list its live objects, both from one snapshot."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.pool import NullPool
+
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        try:
+            conn = engine.connect()
+        except OperationalError as exc:
+            raise BackupError(f"cannot reach the database {make_url(url).render_as_string()}: "
+                              f"{str(exc.orig).strip().splitlines()[0]}") from None
+        with conn:
+            conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+                rows = [tuple(r) for r in conn.execute(text(_LIVE_OBJECTS))]
+                # The snapshot lives as long as this transaction: pg_dump runs inside it.
+                _run_pg("pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
+                        f"--file={target}", _libpq_url(url))
+    finally:
+        engine.dispose()
+    return rows
+
+
+def _snapshot_sqlite(url: str, target: Path) -> list[tuple]:
+    db_path = _sqlite_path(url)
+    if not db_path.is_file():
+        raise BackupError(f"no database at {db_path}")
+    _copy_sqlite(db_path, target)
+    snapshot = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
+    try:
+        return snapshot.execute(_LIVE_OBJECTS).fetchall()
+    finally:
+        snapshot.close()
+
+
+def _restore_postgresql(dump: Path, url: str, *, force: bool) -> list[str]:
+    """Load *dump* into the PostgreSQL database *url*. One that holds tables is refused unless
+    *force*: then its ``public`` schema is renamed aside (``before_restore_<time>``), never dropped."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    notes = []
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as conn:
+            tables = conn.execute(text(
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")).scalar_one()
+            if tables and not force:
+                raise BackupError(f"the database {make_url(url).render_as_string()} already holds {tables} tables: "
+                                  "restore into an empty database, or pass --force to move them aside")
+            if tables:
+                aside = f"before_restore_{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
+                conn.execute(text(f"ALTER SCHEMA public RENAME TO {aside}"))
+                conn.execute(text("CREATE SCHEMA public"))
+                notes.append(f"the database's previous tables were moved to the schema {aside}")
+    finally:
+        engine.dispose()
+    _run_pg("pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--dbname", _libpq_url(url), str(dump))
+    return notes
 
 
 def _file_store_root(url: str) -> Path:
@@ -149,12 +251,25 @@ def strip_secrets(source: str) -> tuple[str, list[str]]:
             targets = node.targets
         else:
             targets = [node.target] if isinstance(node, ast.AnnAssign) else []
-        found = [t.id for t in targets if isinstance(t, ast.Name) and any(m in t.id.upper() for m in SECRET_MARKERS)]
+        found = [t.id for t in targets if isinstance(t, ast.Name) and (
+            any(m in t.id.upper() for m in SECRET_MARKERS) or _holds_password(getattr(node, "value", None)))]
         if found:
             names += found
             drop.update(range(node.lineno - 1, node.end_lineno))
     kept = "".join(line for n, line in enumerate(lines) if n not in drop)
     return kept, names
+
+
+def _holds_password(value) -> bool:
+    """A string literal that is a URL with a password in it (``postgresql://user:secret@host/db``)."""
+    from urllib.parse import urlsplit
+
+    if not (isinstance(value, ast.Constant) and isinstance(value.value, str) and "://" in value.value):
+        return False
+    try:
+        return bool(urlsplit(value.value).password)
+    except ValueError:
+        return False
 
 
 def _read_manifest(path: Path) -> dict[tuple[str, str], dict]:
@@ -182,25 +297,22 @@ def _wait_for_journal(settings: Settings, wait_seconds: float) -> int:
 def backup(settings: Settings, dest: Path, *, with_signing_key: bool = False,
            journal_wait_seconds: float = 10) -> BackupReport:
     """Write or refresh the backup folder *dest* (see the module docstring)."""
-    db_path = _sqlite_path(settings.database_url)
+    engine = _engine_of(settings.database_url)
+    if engine == "sqlite" and not _sqlite_path(settings.database_url).is_file():
+        raise BackupError(f"no database at {_sqlite_path(settings.database_url)}")
     stores = _stores(settings)
-    if not db_path.is_file():
-        raise BackupError(f"no database at {db_path}")
     dest = Path(dest)
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
     report = BackupReport(journal_pending=_wait_for_journal(settings, journal_wait_seconds))
 
     # 1. The database snapshot: everything after is taken from it, so the manifest matches it.
-    snapshot_tmp = dest / (DATABASE + ".part")
+    database_file = DATABASE if engine == "sqlite" else PG_DATABASE
+    snapshot_tmp = dest / (database_file + ".part")
     snapshot_tmp.unlink(missing_ok=True)
-    _copy_sqlite(db_path, snapshot_tmp)
-    snapshot = sqlite3.connect(f"file:{snapshot_tmp}?mode=ro", uri=True)
-    try:
-        rows = snapshot.execute(
-            "SELECT storage_key, tier, size_bytes, checksum_sha256 FROM instance WHERE deleted_at IS NULL"
-        ).fetchall()
-    finally:
-        snapshot.close()
+    if engine == "sqlite":
+        rows = _snapshot_sqlite(settings.database_url, snapshot_tmp)
+    else:
+        rows = _snapshot_postgresql(settings.database_url, snapshot_tmp)
 
     # 2. The objects, incremental.
     entries = []
@@ -259,12 +371,14 @@ def backup(settings: Settings, dest: Path, *, with_signing_key: bool = False,
         report.signing_key = True
 
     # 4. Commit: the snapshot, then the manifest, then the summary.
-    os.replace(snapshot_tmp, dest / DATABASE)
+    os.replace(snapshot_tmp, dest / database_file)
+    (dest / (PG_DATABASE if engine == "sqlite" else DATABASE)).unlink(missing_ok=True)  # the engine changed
     manifest_tmp = dest / (MANIFEST + ".part")
     manifest_tmp.write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
     os.replace(manifest_tmp, dest / MANIFEST)
     (dest / "backup.json").write_text(json.dumps({
         "format": FORMAT,
+        "database": engine,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "objects": report.objects,
         "copied": report.copied,
@@ -289,7 +403,9 @@ def verify_backup(src: Path) -> tuple[int, list[str]]:
         elif copy.stat().st_size != entry["size"] or _sha256(copy) != entry["sha256"]:
             problems.append(f"checksum mismatch: {tier}:{key}")
     db = src / DATABASE
-    if not db.is_file():
+    if (src / PG_DATABASE).is_file():
+        problems += _verify_pg_dump(src / PG_DATABASE, len(entries), src)
+    elif not db.is_file():
         problems.append(f"missing database copy: {db}")
     else:
         try:
@@ -306,6 +422,22 @@ def verify_backup(src: Path) -> tuple[int, list[str]]:
         except sqlite3.DatabaseError as exc:
             problems.append(f"database copy does not open: {exc}")
     return len(entries), problems
+
+
+def _verify_pg_dump(dump: Path, manifest_count: int, src: Path) -> list[str]:
+    """A PostgreSQL dump is checked by pg_restore reading its table of contents (it reads every
+    entry's header), and the manifest against the object count recorded with it."""
+    try:
+        listing = _run_pg("pg_restore", "--list", str(dump)).stdout
+    except BackupError as exc:
+        return [f"database dump does not read: {exc}"]
+    problems = []
+    if "TABLE DATA public instance " not in listing:
+        problems.append("database dump holds no instance table")
+    recorded = json.loads((src / "backup.json").read_text()).get("objects")
+    if recorded != manifest_count:
+        problems.append(f"the backup recorded {recorded} objects, the manifest lists {manifest_count}")
+    return problems
 
 
 def _holds_data(instance: Path) -> list[Path]:
@@ -354,12 +486,18 @@ def restore(src: Path, instance: Path, *, force: bool = False) -> list[str]:
     with os.fdopen(fd, "w") as out:
         out.write(config_text)
     settings = Settings.from_mapping(instance, read_settings(instance))
-    db_path = _sqlite_path(settings.database_url)
     stores = _stores(settings)
-    if db_path.exists() and db_path.stat().st_size > 0 and not force:
-        raise BackupError(f"a database already exists at {db_path}")
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    _copy_sqlite(src / DATABASE, db_path)
+    if (src / PG_DATABASE).is_file():
+        if _engine_of(settings.database_url) != "postgresql":
+            raise BackupError("the backup holds a PostgreSQL dump: set DATABASE_URL (ARCHIVAGE_DATABASE_URL) to "
+                              "the PostgreSQL database to restore into")
+        notes += _restore_postgresql(src / PG_DATABASE, settings.database_url, force=force)
+    else:
+        db_path = _sqlite_path(settings.database_url)
+        if db_path.exists() and db_path.stat().st_size > 0 and not force:
+            raise BackupError(f"a database already exists at {db_path}")
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        _copy_sqlite(src / DATABASE, db_path)
     for (tier, key) in _read_manifest(src / MANIFEST):
         target_path = stores[tier].path_of(key)
         target_path.parent.mkdir(parents=True, exist_ok=True)

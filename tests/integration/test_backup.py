@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pydicom.uid import generate_uid
 
 from tests.helpers import ROOT, associate_ct_modality, dcmtk, make_ct
@@ -31,23 +32,28 @@ def _store(port: int, tmp_path: Path, patients: list[str]) -> dict[str, bytes]:
     return sent
 
 
-def _rows(instance: Path) -> list[tuple[str, str, str]]:
-    conn = sqlite3.connect(instance / "archivage.sqlite3")
+def _rows(instance: Path, database_url: str | None = None) -> list[tuple[str, str, str]]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url or f"sqlite:///{instance / 'archivage.sqlite3'}")
     try:
-        return sorted(conn.execute("SELECT sop_instance_uid, storage_key, tier FROM instance WHERE deleted_at IS NULL"))
+        with engine.connect() as conn:
+            return sorted(tuple(r) for r in conn.execute(text(
+                "SELECT sop_instance_uid, storage_key, tier FROM instance WHERE deleted_at IS NULL")))
     finally:
-        conn.close()
+        engine.dispose()
 
 
-def _objects(instance: Path) -> dict[str, bytes]:
+def _objects(instance: Path, database_url: str | None = None) -> dict[str, bytes]:
     """SOP Instance UID -> the stored file's bytes, read through the archive's own tier reader."""
     from archive_core.archive import Archive
     from archive_core.config import Settings
     from archive_core.tiers import read_instance
 
-    archive = Archive.open(Settings(instance_path=instance, STORAGE_MIN_FREE_BYTES=0))
+    extra = {"DATABASE_URL": database_url} if database_url else {}
+    archive = Archive.open(Settings(instance_path=instance, STORAGE_MIN_FREE_BYTES=0, **extra))
     try:
-        return {uid: read_instance(archive, uid) for uid, _key, _tier in _rows(instance)}
+        return {uid: read_instance(archive, uid) for uid, _key, _tier in _rows(instance, database_url)}
     finally:
         archive.close()
 
@@ -57,7 +63,7 @@ def _documents(instance: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.is_dir() else {}
 
 
-def _desk_day(instance: Path) -> None:
+def _desk_day(instance: Path, database_url: str | None = None) -> None:
     """Invoices, a payment and a credit note written through the billing pages (each audited), one
     patient moved to the archive tier, then a signed audit checkpoint."""
     from archive_core.tiers import move_patient_to_archive
@@ -65,8 +71,9 @@ def _desk_day(instance: Path) -> None:
     from backoffice.billing import services as S
     from tests.retention_support import sign_in
 
+    extra = {"DATABASE_URL": database_url} if database_url else {}
     app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance), "STORAGE_MIN_FREE_BYTES": 0,
-                      "WTF_CSRF_ENABLED": False})
+                      "WTF_CSRF_ENABLED": False, **extra})
     try:
         client = app.test_client()
         sign_in(client, app, "gerante", "manager")
@@ -80,27 +87,46 @@ def _desk_day(instance: Path) -> None:
         assert client.post(f"/billing/invoices/{invoice}/payments",
                            data={"amount": "1,00", "method": "cash"}).status_code == 302
         archive = app.extensions["archivage"].archive
-        conn = sqlite3.connect(instance / "archivage.sqlite3")
-        (patient_pk,) = conn.execute("SELECT id FROM patient WHERE patient_id = 'B2'").fetchone()
-        conn.close()
+        from sqlalchemy import text
+
+        with archive.sessions() as s:
+            patient_pk = s.execute(text("SELECT id FROM patient WHERE patient_id = 'B2'")).scalar_one()
         move_patient_to_archive(archive, patient_pk)
     finally:
         app.extensions["archivage"].archive.close()
     for command in (["audit", "checkpoint"], ["billing", "verify"]):
-        done = flask_cli(instance, *command)
+        done = flask_cli(instance, *command, env=extra and {"ARCHIVAGE_DATABASE_URL": database_url})
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_backup_destroy_restore_drill(archive_process, tmp_path):
-    """The drill: an instance with studies in both tiers, an invoice and a payment, backed up while
-    `archive serve` runs; the instance is destroyed and restored; fsck, audit verify and billing verify
-    are clean and every object reads back byte-identical. Bad input: a second backup over the first
-    (must copy nothing), a restore over an instance holding data (refused without --force)."""
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_backup_destroy_restore_drill(engine, tmp_path, request):
+    """The drill, on SQLite and on a real PostgreSQL: an instance with studies in both tiers, an
+    invoice and a payment, backed up while `archive serve` runs; the instance (and its database) is
+    destroyed and restored; fsck, audit verify and billing verify are clean and every object reads
+    back byte-identical. Bad input: a second backup over the first (must copy nothing), a restore
+    over an instance holding data (refused without --force)."""
+    from tests.servers import ArchiveProcess
+
+    url = request.getfixturevalue("postgres_url") if engine == "postgresql" else None
+    env = {"ARCHIVAGE_DATABASE_URL": url} if url else {}
+    if url:
+        from tests.conftest import _reset_postgres
+
+        _reset_postgres(url)
+    archive_process = ArchiveProcess(tmp_path / "instance-serve", env=env).start()
+    try:
+        _drill(archive_process, tmp_path, url, env)
+    finally:
+        archive_process.stop()
+
+
+def _drill(archive_process, tmp_path: Path, url: str | None, env: dict[str, str]) -> None:
     instance = archive_process.instance_path
     _store(archive_process.port, tmp_path, ["B1", "B2", "B3"])
-    _desk_day(instance)
-    assert {tier for *_, tier in _rows(instance)} == {"active", "archive"}
-    before = _objects(instance)
+    _desk_day(instance, url)
+    assert {tier for *_, tier in _rows(instance, url)} == {"active", "archive"}
+    before = _objects(instance, url)
     assert len(before) == 3
     documents = _documents(instance)
     assert documents  # the invoice PDF
@@ -109,6 +135,7 @@ def test_backup_destroy_restore_drill(archive_process, tmp_path):
     done = archive_process.cli("archive", "backup", str(dest), "--with-signing-key")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "backed up 3 objects: 3 copied" in done.stdout, done.stdout
+    assert (dest / ("database.pgdump" if url else "database.sqlite3")).is_file()
     manifest = [json.loads(line) for line in (dest / "manifest.jsonl").read_text().splitlines()]
     assert sorted(e["tier"] for e in manifest) == ["active", "active", "archive"]
     config = (dest / "instance" / "config.py").read_text()
@@ -121,19 +148,23 @@ def test_backup_destroy_restore_drill(archive_process, tmp_path):
 
     refused = archive_process.cli("archive", "restore", str(dest))
     assert refused.returncode == 1 and "already holds data" in refused.stderr, refused.stdout + refused.stderr
-    assert _objects(instance) == before  # nothing touched
+    assert _objects(instance, url) == before  # nothing touched
 
     archive_process.stop()
     shutil.rmtree(instance)
     instance.mkdir()
-    restored = flask_cli(instance, "archive", "restore", str(dest))
+    if url:
+        from tests.conftest import _reset_postgres
+
+        _reset_postgres(url)  # the database server lost too: an empty database to restore into
+    restored = flask_cli(instance, "archive", "restore", str(dest), env=env)
     assert restored.returncode == 0, restored.stdout + restored.stderr
-    assert flask_cli(instance, "db", "upgrade").returncode == 0
+    assert flask_cli(instance, "db", "upgrade", env=env).returncode == 0
     for command in (["archive", "fsck"], ["audit", "verify"], ["billing", "verify"]):
-        done = flask_cli(instance, *command)
+        done = flask_cli(instance, *command, env=env)
         assert done.returncode == 0, (command, done.stdout + done.stderr)
-    assert "checked 3 instances, 0 problems" in flask_cli(instance, "archive", "fsck").stdout
-    assert _objects(instance) == before
+    assert "checked 3 instances, 0 problems" in flask_cli(instance, "archive", "fsck", env=env).stdout
+    assert _objects(instance, url) == before
     assert _documents(instance) == documents
     # And the restored archive serves them again: a new C-STORE lands next to them.
     archive_process.start()
@@ -191,13 +222,14 @@ def test_verify_backup_names_a_corrupted_and_a_missing_copy(archive_process, tmp
     assert verify.returncode == 1 and "database copy" in verify.stdout, verify.stdout
 
 
-def test_backup_of_a_postgresql_database_says_it_is_not_supported(tmp_path):
-    """Bad input: a PostgreSQL database URL; the command exits 2 with a clear message, writes nothing."""
+def test_backup_of_an_unreachable_postgresql_database_fails_clearly(tmp_path):
+    """Bad input: a PostgreSQL database nobody answers on; the command exits 1 with a clear message
+    and leaves no backup (no manifest, no summary)."""
     instance = tmp_path / "instance"
     instance.mkdir()
     dest = tmp_path / "backup"
-    done = flask_cli(instance, "archive", "backup", str(dest),
+    done = flask_cli(instance, "archive", "backup", str(dest), "--journal-wait", "0",
                      env={"ARCHIVAGE_DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"})
-    assert done.returncode == 2, done.stdout + done.stderr
-    assert "not supported yet" in done.stderr
-    assert not dest.exists()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cannot reach the database" in done.stderr
+    assert not (dest / "manifest.jsonl").exists() and not (dest / "backup.json").exists()

@@ -71,7 +71,8 @@ def handle_worklist_find(event, ctx):
     try:
         with read_session(ctx.sessions) as s:
             query = W.parse_query(event.identifier, s.get_bind().dialect.name)
-            items = W.find(s, query, limit=limit)
+            answers = [W.answer(query, item, ae_title=ctx.settings.DICOM_AE_TITLE)
+                       for item in W.find(s, query, limit=limit)]
     except InvalidQuery as exc:
         log.warning("worklist C-FIND from %s answered 0x%04X: %s", calling, IDENTIFIER_INVALID, exc)
         yield _status(IDENTIFIER_INVALID, str(exc)), None
@@ -82,7 +83,7 @@ def handle_worklist_find(event, ctx):
         return
     pending = PENDING_UNMATCHED_KEYS if query.unmatched else PENDING
     sent, final = 0, None
-    for item in items:
+    for identifier in answers:
         if event.is_cancelled:
             final = CANCEL
             break
@@ -90,7 +91,7 @@ def handle_worklist_find(event, ctx):
             final = _status(TOO_MANY_MATCHES, f"more than {limit} matches: refine the query")
             break
         sent += 1
-        yield pending, W.answer(query, item, ae_title=ctx.settings.DICOM_AE_TITLE)
+        yield pending, identifier
     log.info("worklist C-FIND from %s: %d answers", calling, sent)
     _audit(ctx, "dicom.worklist.find", actor=calling, detail={
         "address": ctx.state(event.assoc).address, "answers": sent, "keys": sorted(query.keys),

@@ -78,6 +78,8 @@ def dicom_person_name(typed: str | None) -> str | None:
     if capitals == 0 or capitals == len(words) and len(words) > 1:
         capitals = 1  # no word in capitals, or all of them: the first is the family name
     family, given = " ".join(words[:capitals]), " ".join(words[capitals:])
+    if given.islower():
+        given = given.title()  # "dupré jean-françois" -> DUPRÉ^Jean-François
     return f"{family.upper()}^{given}" if given else family.upper()
 
 

@@ -69,6 +69,42 @@ def _ident(**sps) -> Dataset:
     return ds
 
 
+@pytest.mark.parametrize("key, value, expected", [
+    ("PatientID", "P1", ["P1"]),
+    ("PatientID", "P?", ["P0", "P1", "P2", "P3"]),
+    ("RequestedProcedureID", "RP2", ["P1"]),
+    ("PatientSex", "M", []),
+    ("PatientBirthDate", "19790101-19801231", ["P0", "P1", "P2", "P3"]),
+    ("PatientBirthDate", "19810101-", []),
+    ("StudyInstanceUID", "uids:0,3", ["P0", "P3"]),
+    ("ScheduledProcedureStepID", "SPS3", ["P2"]),
+    ("ScheduledProcedureStepStatus", "SCHEDULED", ["P0", "P1", "P2", "P3"]),
+    ("ScheduledProcedureStepStatus", "COMPLETED", []),
+])
+def test_every_matching_key(scp, steps, key, value, expected):
+    """Each matching key of docs/conformance.md narrows the answers; bad inputs tried: a sex, a birth-date
+    range and a status nobody has."""
+    ds = Dataset()
+    ds.PatientID = ""
+    step = Dataset()
+    step.ScheduledProcedureStepStatus = ""
+    ds.ScheduledProcedureStepSequence = Sequence([step])
+    if value.startswith("uids:"):
+        value = [steps[int(i)].study_uid for i in value[5:].split(",")]
+    if key.startswith("Scheduled"):
+        setattr(step, key, value)
+    else:
+        setattr(ds, key, value)
+    statuses, answers = _find(scp.port, ds)
+    assert statuses[-1] == 0 and sorted(a.PatientID for a in answers) == expected
+
+
+def test_generated_identifiers(steps):
+    """Study Instance UIDs in 2.25 form, accession numbers YYMMDD + 7 digits, RP/SPS numbering."""
+    assert all(s.study_uid.startswith("2.25.") for s in steps)
+    assert steps[3].accession_number == "2603120000004" and steps[3].step_id == "SPS4"
+
+
 def test_start_time_ranges_match_inside_the_sequence(scp, steps):
     """Start time as a TM range (the morning, the afternoon, an open end). Bad input tried: a time that is
     not one (0xA900)."""

@@ -240,3 +240,25 @@ def test_migration_1100_matches_the_worklist_models(tmp_path):
     engine.dispose()
     ours = [d for d in diff if "worklist" in repr(d)]
     assert ours == []
+
+
+def test_an_exam_group_without_a_modality_of_its_own_is_scheduled_as_ot(app, desk):
+    """``autre`` maps to no modality: the worklist item says OT (a chosen modality would win)."""
+    assert _post(desk, patient_id="P1", patient_name="ROUX Léa", exam_group="autre").status_code == 302
+    assert _post(desk, patient_id="P1", patient_name="ROUX Léa", exam_group="radiologie",
+                 modality="DX").status_code == 302
+    with app.extensions["archivage"].new_session() as s:
+        assert [i.modality for i in s.scalars(select(WorklistItem).order_by(WorklistItem.id))] == ["OT", "DX"]
+
+
+@pytest.mark.parametrize("status, label", [("SCHEDULED", "sur la liste de travail"),
+                                           ("IN PROGRESS", "examen en cours"), ("COMPLETED", "examen terminé"),
+                                           ("DISCONTINUED", "examen interrompu")])
+def test_the_group_page_says_where_the_modality_is(app, desk, status, label):
+    """What MPPS recorded is on the desk's group page, in words."""
+    group_url = _post(desk, patient_id="P1", patient_name="ROUX Léa").headers["Location"]
+    with app.extensions["archivage"].new_session(write=True) as s:
+        s.scalar(select(WorklistItem)).status = status
+        s.commit()
+    page = desk.get(group_url).get_data(as_text=True)
+    assert re.search(r'id="procedure-status">([^<]*)<', page).group(1) == label

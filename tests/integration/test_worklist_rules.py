@@ -16,8 +16,28 @@ from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklis
 from archive_core.api import ArchiveFacade
 from archive_core.db import write_session
 from archive_core.peers import add_peer
+from tests.helpers import archive_server
 
 CONSOLE = "CT_SALLE1"
+
+
+@pytest.fixture
+def server(database_url, tmp_path):
+    """The archive and its DICOM server, on SQLite and on PostgreSQL (the matching is SQL on both)."""
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    with archive_server(instance, DATABASE_URL=database_url) as (archive, running):
+        yield archive, running
+
+
+@pytest.fixture
+def archive(server):
+    return server[0]
+
+
+@pytest.fixture
+def scp(server):
+    return server[1]
 
 
 @pytest.fixture

@@ -21,7 +21,6 @@ from archive_core.db import Base, write_session
 from archive_core.errors import ArchiveError, BlobMissing, InvalidQuery, JournalBusy, NotFound, UnknownPeer
 from archive_core.index import patient_search as _patient_search
 from archive_core.index.models import Instance, Patient, Series, Study, utcnow
-from archive_core.index.matching import fold_text
 from archive_core.index.patient_search import PatientMatch, PatientSearchPage, human_name
 from archive_core.peers import PeerInfo
 from archive_core.purge import TombstoneResult

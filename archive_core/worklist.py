@@ -19,7 +19,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
-from sqlalchemy import DateTime, ForeignKey, Integer, String, and_, select
+from sqlalchemy import DateTime, ForeignKey, String, and_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from archive_core.db import Base

@@ -95,7 +95,8 @@ FRENCH_ERRORS = {
     "name_required": _l("Nouveau patient : saisissez son nom (NOM Prénom)."),
     "patient_id": _l("Saisissez l'identifiant du patient (64 caractères au plus)."),
     "exam_group": _l("Choisissez un groupe d'examens de la liste."),
-    "accession_used": _l("Ce numéro d'accession est déjà utilisé : laissez le champ vide pour qu'il soit attribué."),
+    "accession_used": _l("Ce numéro d'accession est déjà utilisé : laissez le champ vide pour qu'il soit "
+                         "attribué."),
     "scheduled_time": _l("Heure invalide (exemple : 14:30)."),
 }
 

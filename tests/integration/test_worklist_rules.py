@@ -52,8 +52,9 @@ def steps(archive, facade, scp):
         add_peer(s, CONSOLE, "127.0.0.1", 104)
     out = []
     with facade.new_session(write=True) as s:
-        for n, (modality, start) in enumerate([("CT", datetime(2026, 3, 10, 8, 15)), ("CT", datetime(2026, 3, 10, 11, 40)),
-                                               ("CT", datetime(2026, 3, 10, 16, 5)), ("MR", datetime(2026, 3, 12, 9))]):
+        planned = [("CT", datetime(2026, 3, 10, 8, 15)), ("CT", datetime(2026, 3, 10, 11, 40)),
+                   ("CT", datetime(2026, 3, 10, 16, 5)), ("MR", datetime(2026, 3, 12, 9))]
+        for n, (modality, start) in enumerate(planned):
             out.append(facade.schedule_procedure_step(
                 s, patient_id=f"P{n}", patient_name=f"PATIENT{n}^Anne", patient_birth_date="19800101",
                 patient_sex="F", modality=modality, start=start, created_by="test", station_ae_title=CONSOLE))

@@ -263,3 +263,26 @@ def test_an_unscheduled_procedure_is_recorded_without_touching_the_worklist(scp,
     with facade.new_session() as s:
         got = facade.procedure_steps(s, [st.accession_number for st in steps])
     assert {st.status for st in got.values()} == {"SCHEDULED"}
+
+
+def test_open_query_retrieve_does_not_open_the_worklist(tmp_path):
+    """Bad input tried: an unregistered AE on an archive that lets unknown AEs query and retrieve
+    (DICOM_QR_FROM_UNKNOWN_AES true): the worklist and MPPS still answer 0x0124."""
+    (tmp_path / "open").mkdir()
+    with archive_server(tmp_path / "open", DICOM_QR_FROM_UNKNOWN_AES=True) as (archive, running):
+        facade = ArchiveFacade(archive)
+        with facade.new_session(write=True) as s:
+            facade.schedule_procedure_step(s, patient_id="P1", patient_name="ROUX^Léa", patient_birth_date=None,
+                                           patient_sex=None, modality="CT", start=datetime(2026, 3, 10, 9),
+                                           created_by="test")
+            s.commit()
+        assert _find(running.port, _ident(Modality="CT"), aet="INCONNU") == ([0x0124], [])
+        ae = AE(ae_title="INCONNU")
+        ae.add_requested_context(ModalityPerformedProcedureStep)
+        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
+        try:
+            status, _ = assoc.send_n_create(_create_ds(AccessionNumber="X"), ModalityPerformedProcedureStep,
+                                            generate_uid())
+        finally:
+            assoc.release()
+        assert int(status.Status) == 0x0124

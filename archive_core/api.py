@@ -22,16 +22,19 @@ from archive_core.db import Base, write_session
 from archive_core.errors import ArchiveError, BlobMissing, InvalidQuery, JournalBusy, NotFound, UnknownPeer
 from archive_core.index import patient_search as _patient_search
 from archive_core.index.models import Instance, Patient, Series, Study, utcnow
-from archive_core.index.patient_search import PatientMatch, PatientSearchPage
+from archive_core.index.patient_search import PatientMatch, PatientSearchPage, human_name
 from archive_core.peers import PeerInfo
 from archive_core.purge import TombstoneResult
 from archive_core.tiers import TierMove
+from archive_core import worklist as _worklist
+from archive_core.worklist import DuplicateAccession, ScheduledStep, WorklistError
 
 __all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
 # The domain errors the back-office maps at its edges, so that it needs no other core module.
 __all__ += ["ArchiveError", "BlobMissing", "InvalidQuery", "JournalBusy", "NotFound", "UnknownPeer"]
 __all__ += ["PeerInfo", "escape_like"]
 __all__ += ["PatientMatch", "PatientSearchPage"]
+__all__ += ["DuplicateAccession", "ScheduledStep", "WorklistError", "fold_text", "human_name"]
 
 
 @dataclass(frozen=True)
@@ -979,6 +982,33 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
         """The one patient search of every page and the API: name words in any order, case and
         accents, partial words, birth date (``12/03/1961`` or ISO), patient ID; best first."""
         return _patient_search.search(session, text, limit=limit, offset=offset)
+
+    def find_patient(self, session: Session, patient_id: str) -> PatientMatch | None:
+        """The visible patient with exactly this Patient ID (the first by issuer), or None."""
+        if not patient_id:
+            return None
+        return next((m for m in _patient_search.search(session, patient_id, limit=20).items
+                     if m.patient_id == patient_id), None)
+
+    # -- modality worklist ------------------------------------------------------------------------
+
+    def schedule_procedure_step(self, session: Session, *, patient_id: str, patient_name: str | None,
+                                patient_birth_date: str | None, patient_sex: str | None, modality: str,
+                                start: datetime, created_by: str, station_ae_title: str | None = None,
+                                procedure_description: str | None = None,
+                                accession_number: str | None = None) -> ScheduledStep:
+        """A scheduled procedure step (SCHEDULED) the modality's worklist query finds, in the caller's
+        transaction: *patient_name* in DICOM PN form (``DUPRÉ^Jean``), *patient_birth_date* as DA,
+        *start* local wall-clock time. The accession number is generated unless given (then it must be new:
+        :class:`DuplicateAccession`)."""
+        return _worklist.schedule(session, patient_id=patient_id, patient_name=patient_name,
+                                  patient_birth_date=patient_birth_date, patient_sex=patient_sex, modality=modality,
+                                  start=start, created_by=created_by, station_ae_title=station_ae_title,
+                                  procedure_description=procedure_description, accession_number=accession_number)
+
+    def procedure_steps(self, session: Session, accession_numbers: list[str]) -> dict[str, ScheduledStep]:
+        """The worklist items of these accession numbers (status SCHEDULED, IN PROGRESS, COMPLETED, ...)."""
+        return _worklist.steps_by_accession(session, [a for a in accession_numbers if a])
 
     # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 

@@ -32,7 +32,7 @@ from archive_core.index.query import (
     parse_identifier,
     stream,
 )
-from archive_core.net import chunked, scu, tls, tuning
+from archive_core.net import chunked, scu, tls, tuning, worklist
 from archive_core.net.encoding import PendingAnswers
 from archive_core.net.status import (
     CANCEL,
@@ -363,6 +363,9 @@ def handle_find(event, ctx: ArchiveContext):
     Answers are built and sent as rows come from the database cursor: the first ones reach the
     peer before the last rows are read, and a cancel stops the reading.
     """
+    if str(event.request.AffectedSOPClassUID) == worklist.MODALITY_WORKLIST_FIND:
+        yield from worklist.handle_worklist_find(event, ctx)  # its own model and access rule
+        return
     calling = event.assoc.requestor.ae_title
     if _refuse_query(ctx, event.assoc, "C-FIND"):
         yield _failure(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None

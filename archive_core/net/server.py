@@ -20,7 +20,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
-from archive_core.net import chunked, commitment, encoding, handlers, limits, syntaxes, tls, tuning
+from archive_core.net import chunked, commitment, encoding, handlers, limits, syntaxes, tls, tuning, worklist
 from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -64,6 +64,9 @@ def build_ae(archive: Archive) -> AE:
     for uid in QR_SOP_CLASSES:
         ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
     ae.add_supported_context(commitment.STORAGE_COMMITMENT_PUSH)  # N-ACTION in, N-EVENT-REPORT back
+    # The day's scheduled procedure steps (C-FIND) and what the modality performed (N-CREATE/N-SET).
+    ae.add_supported_context(worklist.MODALITY_WORKLIST_FIND, ALL_TRANSFER_SYNTAXES)
+    ae.add_supported_context(worklist.MODALITY_PERFORMED_PROCEDURE_STEP, ALL_TRANSFER_SYNTAXES)
     return ae
 
 
@@ -152,6 +155,8 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
         (evt.EVT_C_MOVE, alive(handlers.handle_move), [ctx]),
         (evt.EVT_C_GET, alive(handlers.handle_get), [ctx]),
         (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
+        (evt.EVT_N_CREATE, alive(worklist.handle_n_create), [ctx]),
+        (evt.EVT_N_SET, alive(worklist.handle_n_set), [ctx]),
         (evt.EVT_ACSE_SENT, handlers.handle_acse_sent, [ctx]),
         (evt.EVT_CONN_CLOSE, handlers.handle_closed, [ctx]),
         (evt.EVT_CONN_CLOSE, chunked.on_conn_close),

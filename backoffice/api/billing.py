@@ -9,7 +9,7 @@ from flask import Response, jsonify, request
 from sqlalchemy import select
 
 from backoffice.api import ApiError, api_route, bp, current_api_user, json_body, page, page_args
-from backoffice.billing import documents, operations
+from backoffice.billing import checkin, documents, operations
 from backoffice.billing.arrivals import sync_from_archive
 from backoffice.billing import services as S
 from backoffice.billing.models import Claim, CreditNote, ExamGroup, Insurer, Invoice
@@ -25,7 +25,11 @@ ERROR_STATUS = {S.NotFound: 404, S.Conflict: 409, S.Invalid: 400}
 @bp.errorhandler(S.BillingError)
 def _billing_error(exc: S.BillingError):
     status = next((code for kind, code in ERROR_STATUS.items() if isinstance(exc, kind)), 400)
-    response = jsonify({"error": {"code": exc.code, "message": exc.message}})
+    error = {"code": exc.code, "message": exc.message}
+    if isinstance(exc, checkin.NearMatch):
+        error["candidates"] = [{"patient_id": c.patient_id, "name": c.name, "birth_date": c.birth_date}
+                               for c in exc.candidates]
+    response = jsonify({"error": error})
     response.status_code = status
     return response
 
@@ -45,8 +49,15 @@ def _int_field(body: dict, name: str) -> int:
 # -- exam groups ---------------------------------------------------------------------------------
 
 
-def _group_json(group: ExamGroup, state: S.GroupState | None = None) -> dict:
+PROCEDURE_STATUS = {"SCHEDULED": "scheduled", "IN PROGRESS": "in_progress", "COMPLETED": "completed",
+                    "DISCONTINUED": "discontinued"}
+
+
+def _group_json(group: ExamGroup, state: S.GroupState | None = None, steps: dict | None = None) -> dict:
     state = state or S.group_state(db(), group)
+    if steps is None:
+        steps = facade().procedure_steps(db(), [group.accession_number or ""])
+    step = steps.get(group.accession_number or "")
     return {
         "id": group.id,
         "patient_id": group.patient_id,
@@ -59,6 +70,8 @@ def _group_json(group: ExamGroup, state: S.GroupState | None = None) -> dict:
         "consent": group.consent,
         "invoice_id": state.invoice_id,
         "state": state.state,
+        # The modality's progress (worklist item and MPPS): null when nothing was scheduled.
+        "procedure_status": PROCEDURE_STATUS.get(step.status) if step else None,
     }
 
 
@@ -81,33 +94,53 @@ def list_exam_groups():
     facade().audit_now("billing.exam_groups.viewed", actor=current_api_user().login, patient_id=patient_id,
                        detail={"date": visit_date.isoformat() if visit_date else None, "count": len(groups)})
     states = S.group_states(db(), groups)
-    return jsonify(page([_group_json(g, states[g.id]) for g in groups], groups[-1].id if groups else None, limit,
+    steps = facade().procedure_steps(db(), [g.accession_number for g in groups if g.accession_number])
+    return jsonify(page([_group_json(g, states[g.id], steps) for g in groups], groups[-1].id if groups else None, limit,
                          more))
 
 
 @api_route(
-    "/exam-groups", methods=("POST",), roles=DESK, summary="Check-in: create an exam group by hand",
+    "/exam-groups", methods=("POST",), roles=DESK,
+    summary="Check-in: the exam group of a patient, day and exam group, and its worklist item",
     request_body={"type": "object", "required": ["patient_id", "exam_group"],
                   "properties": {"patient_id": {"type": "string"}, "visit_date": {"type": "string"},
-                                 "exam_group": {"type": "string"}, "patient_name": {"type": "string"},
-                                 "accession_number": {"type": "string"}}},
-    responses={"201": {"description": "Created"}},
+                                 "exam_group": {"type": "string"},
+                                 "patient_name": {"type": "string", "description": "as typed: NOM Prénom"},
+                                 "patient_birth_date": {"type": "string", "description": "YYYY-MM-DD"},
+                                 "patient_sex": {"type": "string"}, "patient_address": {"type": "string"},
+                                 "accession_number": {"type": "string"}, "modality": {"type": "string"},
+                                 "station_ae_title": {"type": "string"},
+                                 "scheduled_time": {"type": "string", "description": "HH:MM"},
+                                 "confirm_new_patient": {"type": "boolean"}}},
+    responses={"201": {"description": "Created (with its worklist item)"},
+               "200": {"description": "This patient already has this exam group that day: that group"},
+               "409": {"description": "near_match: a known patient has this name; error.candidates lists them"}},
 )
 def create_exam_group():
     body = json_body()
-    patient_id = body.get("patient_id")
-    if not isinstance(patient_id, str):
+    for name in ("patient_id", "patient_name", "patient_birth_date", "patient_sex", "patient_address",
+                 "accession_number", "modality", "station_ae_title", "scheduled_time"):
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise ApiError(400, "bad_request", f"{name} must be a string")
+    if not isinstance(body.get("patient_id"), str):
         raise ApiError(400, "bad_request", "patient_id must be a string")
     visit_date = S.parse_date(body["visit_date"], "visit_date") if body.get("visit_date") else S.paris_today()
-    group = S.create_exam_group(
-        db(), patient_id=patient_id, visit_date=visit_date, exam_group=str(body.get("exam_group", "")),
-        created_by=current_api_user().login, patient_name=body.get("patient_name"),
-        patient_birth_date=body.get("patient_birth_date"), patient_address=body.get("patient_address"),
-        accession_number=body.get("accession_number"),
+    birth = S.parse_date(body["patient_birth_date"], "patient_birth_date").strftime("%Y%m%d") \
+        if body.get("patient_birth_date") else None
+    result = checkin.check_in(
+        patient_id=body["patient_id"], visit_date=visit_date, exam_group=str(body.get("exam_group", "")),
+        actor=current_api_user().login, patient_name=body.get("patient_name"), patient_birth_date=birth,
+        patient_sex=body.get("patient_sex"), patient_address=body.get("patient_address"),
+        accession_number=body.get("accession_number"), modality=body.get("modality"),
+        station_ae_title=body.get("station_ae_title"), start_time=checkin.parse_time(body.get("scheduled_time")),
+        confirm_new_patient=body.get("confirm_new_patient") is True,
     )
-    facade().audit(db(), "billing.exam_group.created", actor=current_api_user().login, patient_id=patient_id,
-                   detail={"exam_group_id": group.id})
-    return jsonify(_group_json(group)), 201
+    group = result.group
+    if result.created:
+        facade().audit(db(), "billing.exam_group.created", actor=current_api_user().login,
+                       patient_id=group.patient_id, detail={"exam_group_id": group.id,
+                                                            "accession_number": group.accession_number})
+    return jsonify({**_group_json(group), "created": result.created}), 201 if result.created else 200
 
 
 @api_route("/exam-groups/<int:group_id>/consent", methods=("POST",), roles=DESK,

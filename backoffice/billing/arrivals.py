@@ -44,4 +44,8 @@ def attach_before_issue(group_id: int) -> ExamGroup | None:
     if group is not None and S.attach_studies(db(), facade().list_studies(
             study_date=group.visit_date.strftime("%Y%m%d"), patient_id=group.patient_id, include_undated=True)):
         db().expire(group)  # its studies (and perhaps its patient name) changed: read them again
+    if group is not None and not group.patient_name:
+        from backoffice.billing.checkin import fill_identity
+
+        fill_identity(group)  # checked in by ID alone before the name was known: the invoice names the patient
     return group  # the caller holding it keeps it in the session's identity map (no second read)

@@ -15,6 +15,7 @@ from sqlalchemy.orm import selectinload
 
 from archive_core.api import escape_like
 from backoffice.auth import roles_required
+from backoffice.billing import checkin as checkin_service
 from backoffice.billing import documents, exports, operations
 from backoffice.billing.arrivals import sync_from_archive
 from backoffice.billing import services as S
@@ -89,6 +90,14 @@ FRENCH_ERRORS = {
     "exists": _l("Cet enregistrement existe déjà."),
     "already_closed": _l("Cette période est déjà clôturée."),
     "nothing_to_remit": _l("Aucun chèque à remettre."),
+    "near_match": _l("Un patient au nom proche est déjà connu : choisissez-le, ou confirmez qu'il s'agit "
+                     "d'un autre patient."),
+    "name_required": _l("Nouveau patient : saisissez son nom (NOM Prénom)."),
+    "patient_id": _l("Saisissez l'identifiant du patient (64 caractères au plus)."),
+    "exam_group": _l("Choisissez un groupe d'examens de la liste."),
+    "accession_used": _l("Ce numéro d'accession est déjà utilisé : laissez le champ vide pour qu'il soit "
+                         "attribué."),
+    "scheduled_time": _l("Heure invalide (exemple : 14:30)."),
 }
 
 
@@ -165,35 +174,73 @@ def today():
                            prev_day=day - timedelta(days=1), next_day=day + timedelta(days=1))
 
 
+SEXES = {"F": _l("Féminin"), "M": _l("Masculin"), "O": _l("Autre")}
+PROCEDURE_LABELS = {"SCHEDULED": _l("sur la liste de travail"), "IN PROGRESS": _l("examen en cours"),
+                    "COMPLETED": _l("examen terminé"), "DISCONTINUED": _l("examen interrompu")}
+
+
+def _checkin_page(*, q: str = "", patients=(), typed=None, near=(), status: int = 200):
+    session = db()
+    labels = S.exam_group_labels(session)
+    today_ = S.paris_today()
+    fees = {code: S.fee_for(session, code, today_) for code in labels}
+    stations = [p for p in facade().peers(session) if not p.external]
+    return render_template("billing/checkin.html", labels=labels, fees=fees, today=today_, q=q, patients=patients,
+                           typed=typed or {}, near=near, sexes=SEXES, modalities=checkin_service.MODALITIES,
+                           stations=stations), status
+
+
 @bp.route("/checkin", methods=["GET", "POST"])
 @roles_required(*DESK)
 @domain_errors("billing.checkin")
 def checkin():
-    labels = S.exam_group_labels(db())
+    """Look the patient up, then check in: the exam group with its fee and consent question, and the
+    worklist item the modality fetches. A near match (a typo of a known patient) is shown, not created."""
     if request.method == "POST":
-        visit = S.parse_date(request.form.get("visit_date") or S.paris_today().isoformat(), "visit_date")
-        group = S.create_exam_group(
-            db(), patient_id=(request.form.get("patient_id") or "").strip(), visit_date=visit,
-            exam_group=request.form.get("exam_group", ""), created_by=current_user.login,
-            patient_name=(request.form.get("patient_name") or "").strip() or None,
-            patient_birth_date=(request.form.get("patient_birth_date") or "").replace("-", "") or None,
-            patient_address=(request.form.get("patient_address") or "").strip() or None,
-            accession_number=(request.form.get("accession_number") or "").strip() or None,
-        )
-        facade().audit(db(), "billing.exam_group.created", actor=current_user.login, patient_id=group.patient_id,
-                       detail={"exam_group_id": group.id})
-        flash(_("Groupe d'examens créé."), "info")
+        form = request.form
+        birth = form.get("patient_birth_date") or ""
+        try:
+            visit = S.parse_date(form.get("visit_date") or S.paris_today().isoformat(), "visit_date")
+            result = checkin_service.check_in(
+                patient_id=form.get("patient_id") or "", visit_date=visit, exam_group=form.get("exam_group", ""),
+                actor=current_user.login, patient_name=(form.get("patient_name") or "").strip() or None,
+                patient_birth_date=S.parse_date(birth, "patient_birth_date").strftime("%Y%m%d") if birth else None,
+                patient_sex=form.get("patient_sex") or None,
+                patient_address=(form.get("patient_address") or "").strip() or None,
+                accession_number=(form.get("accession_number") or "").strip() or None,
+                modality=form.get("modality") or None, station_ae_title=form.get("station_ae_title") or None,
+                start_time=checkin_service.parse_time(form.get("scheduled_time")),
+                confirm_new_patient=form.get("confirm_new_patient") == "1",
+            )
+        except checkin_service.NearMatch as exc:
+            rollback()
+            flash(str(FRENCH_ERRORS["near_match"]), "error")
+            return _checkin_page(typed=form.to_dict(), near=exc.candidates, status=409)
+        except S.BillingError as exc:  # the form comes back as typed, with the reason in French
+            rollback()
+            flash(str(FRENCH_ERRORS.get(exc.code, exc.message)), "error")
+            return _checkin_page(typed=form.to_dict(), status=409 if isinstance(exc, S.Conflict) else 400)
+        group = result.group
+        if result.created:
+            facade().audit(db(), "billing.exam_group.created", actor=current_user.login, patient_id=group.patient_id,
+                           detail={"exam_group_id": group.id, "accession_number": group.accession_number})
+            flash(_("Groupe d'examens créé : accession %(accession)s, sur la liste de travail des appareils.",
+                    accession=group.accession_number), "info")
+        else:
+            flash(_("Ce patient a déjà ce groupe d'examens ce jour-là : le voici."), "info")
         return redirect(url_for("billing.group", group_id=group.id))
     # Look the patient up first (the archive's one patient search), then fill the form from the choice.
     q = (request.args.get("q") or "").strip()
     patients = facade().search_patients(db(), q, limit=20).items if q else ()
     chosen_id = (request.args.get("patient_id") or "").strip()
-    chosen = next((m for m in (facade().search_patients(db(), chosen_id, limit=1).items if chosen_id else ())
-                   if m.patient_id == chosen_id), None)
+    chosen = facade().find_patient(db(), chosen_id) if chosen_id else None
     if q or chosen:
         facade().audit_now("patient.search", actor=current_user.login, detail={"results": len(patients)})
-    return render_template("billing/checkin.html", labels=labels, today=S.paris_today(), q=q, patients=patients,
-                           chosen=chosen)
+    typed = {}
+    if chosen is not None:
+        typed = {"patient_id": chosen.patient_id, "patient_name": chosen.name, "patient_sex": chosen.sex or "",
+                 "patient_birth_date": chosen.birth_date or ""}
+    return _checkin_page(q=q, patients=patients, typed=typed)
 
 
 @bp.route("/groups/<int:group_id>")
@@ -203,8 +250,9 @@ def group(group_id: int):
     facade().audit_now("billing.exam_group.viewed", actor=current_user.login, patient_id=g.patient_id)
     groups = list(db().scalars(select(ExamGroup).where(ExamGroup.patient_id == g.patient_id,
                                                        ExamGroup.visit_date == g.visit_date, ExamGroup.id != g.id)))
+    step = facade().procedure_steps(db(), [g.accession_number or ""]).get(g.accession_number or "")
     return render_template("billing/group.html", g=g, state=S.group_state(db(), g), labels=S.exam_group_labels(db()),
-                           states=STATE_LABELS, siblings=groups,
+                           states=STATE_LABELS, siblings=groups, step=step, procedure_labels=PROCEDURE_LABELS,
                            patient_balance=S.patient_balance_cents(db(), g.patient_id))
 
 

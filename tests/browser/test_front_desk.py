@@ -23,7 +23,7 @@ def test_front_desk_bills_and_prints_a_receipt(app, live_server, chromium, tmp_p
     sign_in(page, live_server, "accueil")
     page.goto(f"{live_server}/billing/checkin")
     page.fill("input[name=patient_id]", "PAT-BROWSER")
-    page.fill("input[name=patient_name]", "Lefèvre^Anne")
+    page.fill("input[name=patient_name]", "LEFÈVRE Anne")
     page.select_option("select[name=exam_group]", "echographie")
     page.click("#checkin-submit")
     expect(page.locator("#state")).to_have_text("à demander")

@@ -1,0 +1,430 @@
+"""The modality worklist: scheduled procedure steps the desk checks in, and what the modality reports.
+
+The back-office creates an item at check-in (through ``ArchiveFacade.schedule_procedure_step``);
+the DICOM server answers Modality Worklist C-FIND queries from it (PS3.4 Annex K) and keeps the
+Modality Performed Procedure Steps (PS3.4 Annex F) a modality sends, which move the item from
+SCHEDULED to IN PROGRESS, then COMPLETED or DISCONTINUED.
+
+Matching (PS3.4 K.6.1.2.2 and C.2.2.2) uses the functions C-FIND uses on the index
+(:mod:`archive_core.index.matching`): the same person-name rule (case and accents ignored,
+components, wildcards), single values, wildcards, date and time ranges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import generate_uid
+from sqlalchemy import DateTime, ForeignKey, String, and_, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from archive_core.db import Base
+from archive_core.errors import ArchiveError, InvalidQuery
+from archive_core.index.matching import fold_person_name, is_universal, key_condition, normalize_time, values_of
+from archive_core.index.models import utcnow
+
+SCHEDULED, IN_PROGRESS, COMPLETED, DISCONTINUED = "SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED"
+FINAL = (COMPLETED, DISCONTINUED)
+# Items a modality sees when its query does not name a status: those still to be done.
+OPEN = (SCHEDULED, IN_PROGRESS)
+
+
+class WorklistError(ArchiveError):
+    """A scheduled or performed procedure step that cannot be recorded as asked."""
+
+
+class DuplicateAccession(WorklistError):
+    pass
+
+
+class DuplicateStep(WorklistError):
+    pass
+
+
+class NoSuchStep(WorklistError):
+    pass
+
+
+class StepFinished(WorklistError):
+    pass
+
+
+class InvalidStep(WorklistError):
+    pass
+
+
+class WorklistItem(Base):
+    """One Scheduled Procedure Step of one Requested Procedure (one accession number)."""
+
+    __tablename__ = "worklist_item"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    accession_number: Mapped[str] = mapped_column(String(16), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    patient_name: Mapped[str | None] = mapped_column(String(324))  # DICOM PN: FAMILY^Given
+    patient_name_search: Mapped[str | None] = mapped_column(String(324), index=True)  # folded, as the index
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    study_uid: Mapped[str] = mapped_column(String(64))
+    requested_procedure_id: Mapped[str] = mapped_column(String(16))
+    requested_procedure_description: Mapped[str | None] = mapped_column(String(64))
+    step_id: Mapped[str] = mapped_column(String(16))
+    step_description: Mapped[str | None] = mapped_column(String(64))
+    modality: Mapped[str] = mapped_column(String(16), index=True)
+    station_ae_title: Mapped[str | None] = mapped_column(String(16), index=True)
+    start_date: Mapped[str] = mapped_column(String(8), index=True)  # DA
+    start_time: Mapped[str] = mapped_column(String(13))  # HHMMSS.ffffff (ranges compare as text)
+    status: Mapped[str] = mapped_column(String(16), index=True, default=SCHEDULED)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PerformedStep(Base):
+    """A Modality Performed Procedure Step SOP instance, as the modality created and set it."""
+
+    __tablename__ = "worklist_performed_step"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("worklist_item.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    performed_by_ae: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+@dataclass(frozen=True)
+class ScheduledStep:
+    """A worklist item as the back-office reads it."""
+
+    accession_number: str
+    patient_id: str
+    study_uid: str
+    modality: str
+    station_ae_title: str | None
+    start: datetime
+    step_id: str
+    status: str
+
+
+def _step(item: WorklistItem) -> ScheduledStep:
+    hhmmss = item.start_time[:6]
+    start = datetime.combine(date(int(item.start_date[:4]), int(item.start_date[4:6]), int(item.start_date[6:])),
+                             time(int(hhmmss[:2]), int(hhmmss[2:4]), int(hhmmss[4:6])))
+    return ScheduledStep(accession_number=item.accession_number, patient_id=item.patient_id,
+                         study_uid=item.study_uid, modality=item.modality, station_ae_title=item.station_ae_title,
+                         start=start, step_id=item.step_id, status=item.status)
+
+
+def _short(value: str | None, size: int, name: str) -> str | None:
+    value = (value or "").strip() or None
+    if value is not None and len(value) > size:
+        raise InvalidStep(f"{name} is longer than {size} characters")
+    return value
+
+
+def schedule(session: Session, *, patient_id: str, patient_name: str | None, patient_birth_date: str | None,
+             patient_sex: str | None, modality: str, start: datetime, created_by: str,
+             station_ae_title: str | None = None, procedure_description: str | None = None,
+             accession_number: str | None = None) -> ScheduledStep:
+    """Create one scheduled procedure step (status SCHEDULED) in the caller's transaction.
+
+    Without *accession_number* one is generated: the start date and the item's number
+    (``YYMMDD`` + 7 digits), unique because the number is. A given one must be new.
+    """
+    patient_id = _short(patient_id, 64, "Patient ID")
+    if not patient_id:
+        raise InvalidStep("Patient ID is required")
+    modality = _short(modality, 16, "Modality")
+    if not modality:
+        raise InvalidStep("Modality is required")
+    accession_number = _short(accession_number, 16, "Accession Number")
+    if accession_number and session.scalar(
+            select(WorklistItem.id).where(WorklistItem.accession_number == accession_number)) is not None:
+        raise DuplicateAccession(f"accession number {accession_number} is already scheduled")
+    item = WorklistItem(
+        accession_number=accession_number or generate_uid(prefix=None)[-16:],  # placeholder, replaced below
+        patient_id=patient_id, patient_name=_short(patient_name, 324, "Patient's Name"),
+        patient_name_search=fold_person_name(patient_name), patient_birth_date=patient_birth_date or None,
+        patient_sex=_short(patient_sex, 16, "Patient's Sex"), study_uid=generate_uid(prefix=None),
+        requested_procedure_id="", step_id="", modality=modality.upper(),
+        station_ae_title=_short(station_ae_title, 16, "Scheduled Station AE Title"),
+        requested_procedure_description=_short(procedure_description, 64, "Requested Procedure Description"),
+        step_description=_short(procedure_description, 64, "Scheduled Procedure Step Description"),
+        start_date=start.strftime("%Y%m%d"), start_time=start.strftime("%H%M%S") + ".000000",
+        status=SCHEDULED, created_by=created_by,
+    )
+    session.add(item)
+    session.flush()
+    if not accession_number:
+        item.accession_number = f"{start:%y%m%d}{item.id:07d}"[-16:]
+    item.requested_procedure_id = f"RP{item.id}"[:16]
+    item.step_id = f"SPS{item.id}"[:16]
+    session.flush()
+    return _step(item)
+
+
+def steps_by_accession(session: Session, accession_numbers: list[str]) -> dict[str, ScheduledStep]:
+    if not accession_numbers:
+        return {}
+    rows = session.scalars(select(WorklistItem).where(WorklistItem.accession_number.in_(accession_numbers)))
+    return {r.accession_number: _step(r) for r in rows}
+
+
+# -- C-FIND on the Modality Worklist Information Model (PS3.4 K) ----------------------------------
+
+SPS = "ScheduledProcedureStepSequence"
+# Keys a modality may match on (PS3.4 Table K.6-1), with their VR and column. Others given a value
+# are not matched on: the answers then carry status 0xFF01 (PS3.4 C.4.1.1.4, K.4.1.1.4).
+TOP_KEYS = {
+    "PatientName": ("PN", WorklistItem.patient_name_search),
+    "PatientID": ("LO", WorklistItem.patient_id),
+    "AccessionNumber": ("SH", WorklistItem.accession_number),
+    "RequestedProcedureID": ("SH", WorklistItem.requested_procedure_id),
+    "StudyInstanceUID": ("UI", WorklistItem.study_uid),
+    "PatientBirthDate": ("DA", WorklistItem.patient_birth_date),
+    "PatientSex": ("CS", WorklistItem.patient_sex),
+}
+SPS_KEYS = {
+    "ScheduledStationAETitle": ("AE", WorklistItem.station_ae_title),
+    "Modality": ("CS", WorklistItem.modality),
+    "ScheduledProcedureStepStartDate": ("DA", WorklistItem.start_date),
+    "ScheduledProcedureStepStartTime": ("TM", WorklistItem.start_time),
+    "ScheduledProcedureStepID": ("SH", WorklistItem.step_id),
+    "ScheduledProcedureStepStatus": ("CS", WorklistItem.status),
+}
+_NOT_KEYS = {0x00080005}  # Specific Character Set
+
+
+@dataclass
+class WorklistQuery:
+    conditions: list[Any]
+    top_requested: list[str]  # keywords (or hex tags) of the top-level return keys, in order
+    sps_requested: list[str] | None  # keys of the sequence item, None when the sequence was not asked
+    unmatched: list[str]
+    # What was matched on, by keyword (for the audit trail; the application log gets counts only).
+    keys: dict[str, str]
+    asked_status: bool
+
+
+def _keyword(elem) -> str:
+    return elem.keyword or f"{int(elem.tag):08X}"
+
+
+def _value(elem) -> Any:
+    value = elem.value
+    if elem.VR == "PN" and value is not None:
+        return str(value)
+    return value
+
+
+def parse_query(identifier: Dataset, dialect: str) -> WorklistQuery:
+    """The matching conditions and the return keys of a worklist query identifier."""
+    conditions: list[Any] = []
+    unmatched: list[str] = []
+    keys: dict[str, str] = {}
+    top: list[str] = []
+    sps: list[str] | None = None
+    asked_status = False
+
+    def match(keyword: str, value, table: dict) -> None:
+        nonlocal asked_status
+        vr, column = table[keyword]
+        if is_universal(value, vr):
+            return
+        if vr == "TM":
+            vals = values_of(value)
+            if len(vals) != 1:
+                raise InvalidQuery("several values are only allowed for UIDs")
+            cond = _time_condition(column, vals[0])
+        else:
+            cond = key_condition(column, column, value, vr, dialect)
+        if cond is not None:
+            conditions.append(cond)
+            keys[keyword] = "\\".join(values_of(value))
+            asked_status = asked_status or keyword == "ScheduledProcedureStepStatus"
+
+    for elem in identifier:
+        if int(elem.tag) in _NOT_KEYS or elem.tag.is_private or elem.tag.element == 0:
+            continue
+        keyword = _keyword(elem)
+        if keyword == SPS:
+            if elem.VR != "SQ":
+                raise InvalidQuery("Scheduled Procedure Step Sequence must be a sequence")
+            items = list(elem.value or [])
+            if len(items) > 1:
+                raise InvalidQuery("Scheduled Procedure Step Sequence takes one item at most")
+            sps = []
+            for sub in (items[0] if items else []):
+                if int(sub.tag) in _NOT_KEYS or sub.tag.is_private:
+                    continue
+                sub_kw = _keyword(sub)
+                sps.append(sub_kw)
+                if sub_kw in SPS_KEYS:
+                    match(sub_kw, _value(sub), SPS_KEYS)
+                elif sub.VR != "SQ" and not is_universal(_value(sub), sub.VR):
+                    unmatched.append(sub_kw)
+            top.append(keyword)
+            continue
+        top.append(keyword)
+        if keyword in TOP_KEYS:
+            match(keyword, _value(elem), TOP_KEYS)
+        elif keyword in SPS_KEYS:
+            # Outside its sequence (some consoles put Modality at the top level): matched all the same.
+            match(keyword, _value(elem), SPS_KEYS)
+        elif elem.VR != "SQ" and not is_universal(_value(elem), elem.VR):
+            unmatched.append(keyword)
+    return WorklistQuery(conditions, top, sps, unmatched, keys, asked_status)
+
+
+def _time_condition(column, value: str):
+    low, dash, high = value.partition("-")
+    low, high = low.strip(), high.strip()
+    if not dash:
+        high = low
+    lo = normalize_time(low) if low else None
+    hi = normalize_time(high, upper=True) if high else None
+    if (low and lo is None) or (high and hi is None):
+        raise InvalidQuery(f"not a time range: {value!r}")
+    parts = [c for c in ((column >= lo) if lo else None, (column <= hi) if hi else None) if c is not None]
+    return and_(*parts) if parts else None
+
+
+def find(session: Session, query: WorklistQuery, *, limit: int) -> list[WorklistItem]:
+    """The matching items, by start date and time (*limit* + 1 at most: the caller sees the overflow)."""
+    stmt = select(WorklistItem).where(*query.conditions)
+    if not query.asked_status:
+        stmt = stmt.where(WorklistItem.status.in_(OPEN))
+    stmt = stmt.order_by(WorklistItem.start_date, WorklistItem.start_time, WorklistItem.id).limit(limit + 1)
+    return list(session.scalars(stmt))
+
+
+def _top_values(item: WorklistItem, ae_title: str) -> dict[str, Any]:
+    return {
+        "PatientName": item.patient_name or "",
+        "PatientID": item.patient_id,
+        "IssuerOfPatientID": "",
+        "PatientBirthDate": item.patient_birth_date or "",
+        "PatientSex": item.patient_sex or "",
+        "AccessionNumber": item.accession_number,
+        "RequestedProcedureID": item.requested_procedure_id,
+        "RequestedProcedureDescription": item.requested_procedure_description or "",
+        "StudyInstanceUID": item.study_uid,
+        "RetrieveAETitle": ae_title,
+    }
+
+
+def _sps_values(item: WorklistItem) -> dict[str, Any]:
+    return {
+        "ScheduledStationAETitle": item.station_ae_title or "",
+        "Modality": item.modality,
+        "ScheduledProcedureStepStartDate": item.start_date,
+        "ScheduledProcedureStepStartTime": item.start_time[:6],
+        "ScheduledProcedureStepID": item.step_id,
+        "ScheduledProcedureStepDescription": item.step_description or "",
+        "ScheduledProcedureStepStatus": item.status,
+    }
+
+
+def _put(ds: Dataset, keyword: str, values: dict[str, Any]) -> None:
+    if keyword in values:
+        setattr(ds, keyword, values[keyword])
+        return
+    try:
+        tag = int(keyword, 16) if not keyword.isalpha() else None
+    except ValueError:
+        tag = None
+    if tag is None:
+        from pydicom.datadict import tag_for_keyword
+
+        tag = tag_for_keyword(keyword)
+    if tag is None:
+        return
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return
+    ds.add_new(tag, vr, Sequence() if vr == "SQ" else None)  # a key we do not hold: returned empty
+
+
+def answer(query: WorklistQuery, item: WorklistItem, *, ae_title: str) -> Dataset:
+    """One pending answer: the requested keys only, the sequence with its requested keys only."""
+    ds = Dataset()
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    top = _top_values(item, ae_title)
+    for keyword in query.top_requested:
+        if keyword == SPS:
+            step = Dataset()
+            values = _sps_values(item)
+            for sub in query.sps_requested or ():
+                _put(step, sub, values)
+            ds.ScheduledProcedureStepSequence = Sequence([step])
+        else:
+            _put(ds, keyword, top)
+    return ds
+
+
+# -- Modality Performed Procedure Step (PS3.4 F.7) ----------------------------------------------
+
+
+def _referenced_item(session: Session, attributes: Dataset) -> WorklistItem | None:
+    """The worklist item an N-CREATE names in its Scheduled Step Attributes Sequence."""
+    for ref in attributes.get("ScheduledStepAttributesSequence", None) or []:
+        accession = str(ref.get("AccessionNumber", "") or "").strip()
+        step_id = str(ref.get("ScheduledProcedureStepID", "") or "").strip()
+        study_uid = str(ref.get("StudyInstanceUID", "") or "").strip()
+        for column, value in ((WorklistItem.accession_number, accession), (WorklistItem.step_id, step_id),
+                              (WorklistItem.study_uid, study_uid)):
+            if value:
+                item = session.scalar(select(WorklistItem).where(column == value).limit(1))
+                if item is not None:
+                    return item
+    return None
+
+
+def _status_of(attributes: Dataset) -> str:
+    return str(attributes.get("PerformedProcedureStepStatus", "") or "").strip().upper()
+
+
+def create_performed(session: Session, sop_instance_uid: str, attributes: Dataset, *,
+                     ae_title: str) -> tuple[PerformedStep, WorklistItem | None]:
+    """N-CREATE: a new performed step IN PROGRESS; its worklist item (if it names one) goes IN PROGRESS."""
+    if _status_of(attributes) != IN_PROGRESS:
+        raise InvalidStep("Performed Procedure Step Status must be IN PROGRESS at N-CREATE")
+    if session.scalar(select(PerformedStep.id).where(PerformedStep.sop_instance_uid == sop_instance_uid)):
+        raise DuplicateStep(f"performed procedure step {sop_instance_uid} already exists")
+    item = _referenced_item(session, attributes)
+    step = PerformedStep(sop_instance_uid=sop_instance_uid, item_id=item.id if item else None, status=IN_PROGRESS,
+                         performed_by_ae=ae_title[:16])
+    session.add(step)
+    if item is not None and item.status not in FINAL:
+        item.status, item.updated_at = IN_PROGRESS, utcnow()
+    session.flush()
+    return step, item
+
+
+def set_performed(session: Session, sop_instance_uid: str, modifications: Dataset) -> tuple[PerformedStep,
+                                                                                               WorklistItem | None]:
+    """N-SET: attributes of a step still IN PROGRESS; COMPLETED or DISCONTINUED also end its item."""
+    step = session.scalar(select(PerformedStep).where(PerformedStep.sop_instance_uid == sop_instance_uid))
+    if step is None:
+        raise NoSuchStep(f"no performed procedure step {sop_instance_uid}")
+    if step.status in FINAL:
+        raise StepFinished(f"performed procedure step is {step.status}: it may no longer be updated")
+    new = _status_of(modifications)
+    if "PerformedProcedureStepStatus" in modifications and new not in (IN_PROGRESS, COMPLETED, DISCONTINUED):
+        raise InvalidStep(f"Performed Procedure Step Status {new!r} is not IN PROGRESS, COMPLETED or DISCONTINUED")
+    item = session.get(WorklistItem, step.item_id) if step.item_id else None
+    if new:
+        step.status, step.updated_at = new, utcnow()
+        if item is not None and new in FINAL:
+            item.status, item.updated_at = new, utcnow()
+    session.flush()
+    return step, item

@@ -31,10 +31,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/dicomweb.py
 
 # After changing interface strings: extract them and merge into translations/*/messages.po,
-# then fill the English msgstr (tests/unit/test_i18n.py fails on any left empty).
+# fill the French msgstr with their msgid (the source language), then fill the English msgstr
+# (tests/unit/test_i18n.py fails on any left empty in either catalog).
 translations: $(STAMP)
 	PYTHONPATH=. $(BIN)/pybabel extract -F babel.cfg -k _l -k lazy_pgettext:1c,2 --no-location --omit-header -w 120 -o $(VENV)/messages.pot .
 	$(BIN)/pybabel update -i $(VENV)/messages.pot -d translations -w 120 --no-fuzzy-matching
+	PYTHONPATH=. $(BIN)/python -m backoffice.i18n
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -35,6 +35,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         WEB_PORT=8000,
         IDLE_TIMEOUT_MINUTES=30,
         API_TOKEN_LIFETIME_DAYS=90,  # `tokens create` without --days; 0: until revoked
+        SESSION_WARNING_SECONDS=120,  # the banner before an idle session ends
+        # A form's CSRF token lives as long as the session it belongs to (the idle timeout ends both), not an
+        # hour: a report typed slowly in an active session is never refused for its token's age.
+        WTF_CSRF_TIME_LIMIT=None,
     )
     app.config.from_pyfile("config.py", silent=True)
     app.config.from_prefixed_env("ARCHIVAGE")
@@ -63,6 +67,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     from backoffice import errors
 
     errors.init_app(app)
+    from backoffice.auth import continuity
+
+    continuity.init_app(app)
 
     from backoffice.auth import bp as auth_bp
     from backoffice.home import bp as home_bp

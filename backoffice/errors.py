@@ -1,14 +1,27 @@
-"""Bad input on a page answers a clear 4xx page, never a 500: domain errors mapped once, at the edge."""
+"""Bad input on a page answers a clear 4xx page, never a 500: domain errors mapped once, at the edge.
+
+Every error a person can meet is answered here in the interface language, in the site's layout: the
+HTTP errors Werkzeug would otherwise show as its own English pages (400, 403, 404, 405, 413, 429,
+500...), a failed CSRF check, and the archive's own errors (``archive_core`` raises English sentences
+for its logs and DICOM peers; :data:`CORE_ERRORS` is the one table from those errors to a status and
+a translated message). Under ``/api/`` and ``/dicom-web/`` the same errors are JSON.
+"""
 
 from __future__ import annotations
 
-from flask import Flask, render_template, request
+import logging
+
+from flask import Flask, jsonify, make_response, render_template, request
+from flask_babel import gettext as _, lazy_gettext as _l
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.routing import IntegerConverter
-from flask_babel import gettext as _
 
-
+from archive_core import errors as core
+from archive_core.render import RenderError
 
 INT64 = 2**63
+log = logging.getLogger(__name__)
 
 
 def db_int(value: str) -> int:
@@ -27,6 +40,57 @@ class DatabaseIntConverter(IntegerConverter):
         super().__init__(map, *args, **kwargs)
 
 
+# What a person reads for each HTTP status: a title and a sentence saying what to do.
+HTTP_MESSAGES = {
+    400: (_l("Demande refusée"),
+          _l("La demande contient une valeur invalide (une date s'écrit AAAA-MM-JJ, un nombre en chiffres).")),
+    401: (_l("Connexion nécessaire"), _l("Connectez-vous pour ouvrir cette page.")),
+    403: (_l("Accès refusé"), _l("Votre rôle ne permet pas d'ouvrir cette page ni de faire cette action.")),
+    404: (_l("Page introuvable"),
+          _l("Introuvable : cet enregistrement (facture, paiement, examen…) n'existe pas à cette adresse.")),
+    405: (_l("Action impossible ici"),
+          _l("Cette adresse ne s'ouvre pas ainsi : revenez à la page précédente et utilisez ses boutons.")),
+    409: (_l("Action impossible"), _l("Impossible dans l'état actuel de cet enregistrement.")),
+    410: (_l("Lien indisponible"), _l("Ce lien n'est plus valable.")),
+    413: (_l("Envoi trop volumineux"), _l("Le fichier ou le formulaire envoyé est trop volumineux.")),
+    415: (_l("Format refusé"), _l("Ce type de fichier n'est pas accepté ici.")),
+    422: (_l("Affichage impossible"), _l("Cet objet ne peut pas être affiché comme une image.")),
+    429: (_l("Trop de demandes"), _l("Trop de demandes à la suite : patientez quelques instants puis réessayez.")),
+    500: (_l("Erreur inattendue"),
+          _l("Une erreur inattendue est survenue ; rien n'a été enregistré. Réessayez, puis prévenez "
+             "l'administrateur si elle se reproduit.")),
+    503: (_l("Service momentanément indisponible"),
+          _l("Le service est momentanément occupé : réessayez dans quelques instants.")),
+    507: (_l("Stockage plein"), _l("Le stockage de l'archive est plein : prévenez l'administrateur.")),
+}
+CSRF_MESSAGE = _l("La page a expiré (jeton de sécurité absent ou périmé) : rechargez-la et recommencez. "
+                  "Ce que vous aviez saisi a été conservé.")
+
+# archive_core's errors, most specific first: (status, message). The core's English sentence goes to the log.
+CORE_ERRORS: dict[type[Exception], tuple[int, object]] = {
+    core.NotFound: (404, _l("Cet examen ou cette image n'existe pas (ou plus) dans l'archive.")),
+    core.InvalidIdentifier: (400, _l("Identifiant DICOM invalide.")),
+    core.InvalidDataset: (400, _l("Ce fichier n'est pas un objet DICOM lisible.")),
+    core.InvalidQuery: (400, _l("Cette recherche n'est pas possible dans l'archive.")),
+    core.TooManyMatches: (400, _l("Trop de résultats : précisez la recherche.")),
+    core.UnknownPeer: (400, _l("Cette station DICOM n'est pas enregistrée.")),
+    core.DuplicateConflict: (409, _l("Un autre objet porte déjà cet identifiant dans l'archive.")),
+    core.IdentityConflict: (409, _l("Cet objet contredit le dossier déjà archivé (autre patient ou autre examen).")),
+    core.ObjectTooLarge: (413, _l("L'objet envoyé dépasse la taille maximale acceptée.")),
+    core.StorageFull: (507, _l("Le stockage de l'archive est plein : prévenez l'administrateur.")),
+    core.JournalBusy: (503, _l("L'archive est occupée par une autre opération : réessayez dans quelques instants.")),
+    core.BlobMissing: (500, _l("Un fichier de l'archive est introuvable : prévenez l'administrateur.")),
+    RenderError: (422, _l("Cet objet ne peut pas être affiché comme une image.")),
+    core.ArchiveError: (500, HTTP_MESSAGES[500][1]),
+}
+
+
+def core_error(exc: Exception) -> tuple[int, str]:
+    """The status and translated message of an archive_core error (its table row)."""
+    status, message = next((row for kind, row in CORE_ERRORS.items() if isinstance(exc, kind)), (500, HTTP_MESSAGES[500][1]))
+    return status, str(message)
+
+
 def _status(exc: Exception) -> int:
     from backoffice.billing import services as billing
 
@@ -34,23 +98,75 @@ def _status(exc: Exception) -> int:
     return next((code for kind, code in table.items() if isinstance(exc, kind)), 400)
 
 
-def error_page(status: int, detail: str = ""):
-    messages = {
-        400: _("La demande contient une valeur invalide (une date s'écrit AAAA-MM-JJ, un nombre en chiffres)."),
-        404: _("Introuvable : cet enregistrement (facture, paiement, examen…) n'existe pas à cette adresse."),
-        409: _("Impossible dans l'état actuel de cet enregistrement."),
-    }
-    return render_template("error.html", status=status, message=messages.get(status, messages[400]),
+def wants_json() -> bool:
+    """API and DICOMweb callers, and the pages' own scripts (fetch), read JSON, not a page."""
+    if request.path.startswith(("/api/", "/dicom-web/", "/wado")):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def error_page(status: int, detail: str = "", message: str | None = None):
+    title, default = HTTP_MESSAGES.get(status, HTTP_MESSAGES[400 if status < 500 else 500])
+    if wants_json():
+        response = jsonify({"error": {"code": _CODES.get(status, "error"), "message": str(message or default)}})
+        response.status_code = status
+        return response
+    return render_template("error.html", status=status, title=title, message=message or default,
                            detail=detail), status
+
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          409: "conflict", 410: "gone", 413: "too_large", 415: "unsupported_media_type", 422: "unprocessable",
+          429: "too_many_requests", 500: "internal_error", 503: "unavailable", 507: "storage_full"}
 
 
 def init_app(app: Flask) -> None:
     from backoffice.billing import services as billing
 
+    def _rollback() -> None:
+        from backoffice.extensions import rollback
+
+        rollback()
+
     @app.errorhandler(billing.BillingError)
     def _billing_error(exc: billing.BillingError):
         # Pages only: the API's blueprint answers its own JSON first.
-        from backoffice.extensions import db
+        from backoffice.billing.errors import message_for
 
-        db().rollback()
-        return error_page(_status(exc), exc.message)
+        _rollback()
+        return error_page(_status(exc), message=message_for(exc))
+
+    @app.errorhandler(core.ArchiveError)
+    def _archive_error(exc: core.ArchiveError):
+        _rollback()
+        status, message = core_error(exc)
+        log.info("archive error answered %s on %s: %s", status, request.path, exc)
+        return error_page(status, message=message)
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(exc: CSRFError):
+        from backoffice.auth.continuity import keep_posted_form
+
+        _rollback()
+        if wants_json():
+            return error_page(400, message=str(CSRF_MESSAGE))
+        # A form posted from a page that outlived its session or its token: what was typed is kept and
+        # shown again, filled, once the person is signed in (nothing is replayed).
+        return keep_posted_form(reason="csrf")
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        if exc.code is None or exc.code < 400:
+            return exc
+        response = make_response(error_page(exc.code))
+        for name in ("Retry-After", "Allow", "WWW-Authenticate"):  # what the exception told the client
+            value = dict(exc.get_headers()).get(name)
+            if value:
+                response.headers[name] = value
+        return response
+
+    @app.errorhandler(InternalServerError)
+    def _internal_error(exc: InternalServerError):
+        _rollback()
+        return error_page(500)

@@ -59,6 +59,26 @@ def compile_catalogs(source: Path, target: Path) -> Path:
     return target
 
 
+def fill_source_catalog(po_path: Path = TRANSLATIONS / "fr" / "LC_MESSAGES" / "messages.po") -> int:
+    """Give every msgid of the source-language (French) catalog its own text as msgstr; returns how many.
+
+    The msgids are the French text, so the French catalog translates each to itself: with every msgstr
+    filled, a string missing from the catalog is seen at once (tests/unit/test_i18n.py), in both languages.
+    """
+    from babel.messages.pofile import read_po, write_po
+
+    with po_path.open("rb") as handle:
+        catalog = read_po(handle, locale="fr")
+    filled = 0
+    for message in catalog:
+        if message.id and not message.string:
+            message.string = message.id
+            filled += 1
+    with po_path.open("wb") as out:
+        write_po(out, catalog, width=120)
+    return filled
+
+
 def extract_dict_values(fileobj, keywords, comment_tags, options):
     """A Babel extraction method: the string values of the module-level dict literals of a file.
 
@@ -118,3 +138,6 @@ def set_language():
     back = request.referrer
     return redirect(back if back and back.startswith(request.host_url) else url_for("home.index"))
 
+
+if __name__ == "__main__":  # `make translations`: python -m backoffice.i18n
+    print(f"{fill_source_catalog()} French msgstr filled")

@@ -183,8 +183,4 @@ def register_api(app) -> None:
         importlib.import_module(f"backoffice.api.{module.name}")
     app.register_blueprint(bp)
 
-    @app.errorhandler(404)
-    def _not_found(exc):
-        if request.path.startswith("/api/"):
-            return error_response(404, "not_found", "no such resource")
-        return exc
+    # Unknown /api/ paths answer JSON from backoffice/errors.py's handler, as every other error does.

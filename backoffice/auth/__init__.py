@@ -40,21 +40,27 @@ class LoginForm(FlaskForm):
 
 
 def _restart_session() -> None:
-    """Empty the session under a new id; the language chosen on the login page outlives it."""
+    """Empty the session under a new id; the language chosen on the login page outlives it, and so does a
+    form posted after the previous session expired (shown again once signed in: auth/continuity.py)."""
+    from backoffice.auth.continuity import KEPT_FORM
     from backoffice.auth.sessions import regenerate
 
-    lang = session.get("lang")
+    kept = {key: session[key] for key in ("lang", KEPT_FORM) if key in session}
     session.clear()
     regenerate(session)
-    if lang:
-        session["lang"] = lang
+    session.update(kept)
 
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     from backoffice.auth.services import LoginRefused, authenticate
 
+    from backoffice.auth.continuity import safe_next
+
     form = LoginForm()
+    if request.method == "GET" and request.args.get("expired"):  # the page's own timer brought the person here
+        flash(_("Votre session a expiré : reconnectez-vous. Ce que vous aviez saisi vous sera présenté de "
+                "nouveau, à vérifier avant de valider."), "error")
     if form.validate_on_submit():
         try:
             user = authenticate(db(), form.login.data, form.password.data, address=request.remote_addr or "")
@@ -73,7 +79,7 @@ def login():
         login_user(user)
         session.permanent = True
         facade().audit(db(), "login", actor=user.login, detail={"ip": request.remote_addr})
-        return redirect(url_for("home.index"))
+        return redirect(safe_next(request.args.get("next")) or url_for("home.index"))
     return render_template("auth/login.html", form=form)
 
 
@@ -90,5 +96,11 @@ def logout():
 logout.allowed_roles = ("front_desk", "radiologist", "manager", "admin")
 
 from backoffice.auth import admin  # noqa: E402,F401  (the admin's user pages, on this blueprint)
+
+
+@bp.app_template_global("role_label")
+def role_label(role: str) -> str:
+    """A role as people say it ("accueil", not ``front_desk``): the one table is admin.ROLE_LABELS."""
+    return str(admin.ROLE_LABELS.get(role, role))
 
 __all__ = ["bp", "roles_required", "api"]

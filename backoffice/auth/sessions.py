@@ -11,7 +11,7 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from flask import Flask, Request, Response
+from flask import Flask, Request, Response, g
 from flask.sessions import SessionInterface, SessionMixin, TaggedJSONSerializer
 from sqlalchemy import delete, select
 from werkzeug.datastructures import CallbackDict
@@ -38,6 +38,7 @@ class DatabaseSession(CallbackDict, SessionMixin):
         self.expires_at = expires_at
         self.modified = False
         self.rotate = False
+        self.expired = False  # the browser sent the id of a session that has ended (idle timeout, sign-out)
 
     def regenerate(self) -> None:
         """A new id at sign-in and sign-out (session fixation): the old id stops existing."""
@@ -48,6 +49,25 @@ class DatabaseSession(CallbackDict, SessionMixin):
 def regenerate(session) -> None:
     if isinstance(session, DatabaseSession):
         session.regenerate()
+
+
+def _ended() -> DatabaseSession:
+    ended = DatabaseSession()
+    ended.expired = True
+    return ended
+
+
+def expiry_after_response(app: Flask, session) -> datetime | None:
+    """When *session* ends, counting the refresh :meth:`DatabaseSessionInterface.save_session` will make."""
+    if not isinstance(session, DatabaseSession) or not session:
+        return None
+    now = datetime.now(timezone.utc)
+    lifetime = app.permanent_session_lifetime
+    if session.expires_at is None or session.modified or session.rotate:
+        return now + lifetime
+    if g.get("session_peek") or session.expires_at - now > lifetime - REFRESH_EVERY:
+        return session.expires_at
+    return now + lifetime
 
 
 def _user_pk(data: dict) -> int | None:
@@ -69,10 +89,10 @@ class DatabaseSessionInterface(SessionInterface):
         with self._facade(app).new_session() as s:
             row = s.get(WebSession, _sha(sid))
             if row is None:
-                return DatabaseSession()
+                return _ended()
             expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
             if expires_at <= now:
-                return DatabaseSession()
+                return _ended()
             try:
                 data = _serializer.loads(row.data)
             except ValueError:
@@ -93,7 +113,8 @@ class DatabaseSessionInterface(SessionInterface):
                                        samesite=self.get_cookie_samesite(app), httponly=self.get_cookie_httponly(app))
             return
         fresh_enough = (session.expires_at is not None and session.expires_at - now > lifetime - REFRESH_EVERY)
-        if old_sid is not None and not session.modified and not session.rotate and fresh_enough:
+        peek = bool(g.get("session_peek"))  # a page's script asking how long is left does not lengthen it
+        if old_sid is not None and not session.modified and not session.rotate and (fresh_enough or peek):
             return
         if session.accessed:
             response.vary.add("Cookie")

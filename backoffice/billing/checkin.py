@@ -160,7 +160,7 @@ def check_in(*, patient_id: str, visit_date: date, exam_group: str, actor: str, 
     session = db()
     patient_id = (patient_id or "").strip()
     if not patient_id or len(patient_id) > 64:
-        raise S.Invalid("patient_id is required (64 characters at most)", code="patient_id")
+        raise S.Invalid("patient_id is required (64 characters at most)", code="patient_required")
     pn = dicom_person_name(patient_name)
     archived, earlier = _known(patient_id)
     if pn and archived and archived.dicom_name and _fold(pn) == _fold(archived.dicom_name):
@@ -172,13 +172,13 @@ def check_in(*, patient_id: str, visit_date: date, exam_group: str, actor: str, 
     sex = patient_sex or (archived.sex if archived else None) or (earlier.patient_sex if earlier else None)
     if archived is None and earlier is None:
         if pn is None:
-            raise S.Invalid("a new patient needs a name", code="name_required")
+            raise S.Invalid("a new patient needs a name", code="patient_name_required")
         if not confirm_new_patient:
             candidates = near_matches(pn, birth, exclude_id=patient_id)
             if candidates:
                 raise NearMatch(candidates)
     if S.tariff_for(session, exam_group, visit_date) is None:
-        raise S.Invalid(f"unknown exam group {exam_group!r}", code="exam_group")
+        raise S.Invalid(f"unknown exam group {exam_group!r}", code="unknown_exam_group")
     existing = session.scalar(select(ExamGroup).where(
         ExamGroup.patient_id == patient_id, ExamGroup.visit_date == visit_date, ExamGroup.exam_group == exam_group))
     if existing is not None:

@@ -50,9 +50,10 @@ PAYMENT_LOCK_KEY = 727270400  # PostgreSQL advisory lock serialising the payment
 class BillingError(Exception):
     code = "billing_error"
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, **params) -> None:
         super().__init__(message)
-        self.message = message
+        self.message = message  # English, for the API and the log; pages use billing/errors.py's table
+        self.params = params  # the data the translated sentence names (a field, periods)
         if code:
             self.code = code
 
@@ -135,14 +136,14 @@ def set_tariff(session: Session, *, exam_group: str, label: str, fee_cents: int,
                national_insurance_paid: bool = False) -> Tariff:
     """A new price from *effective_from*; past invoices keep their snapshot."""
     if not isinstance(fee_cents, int) or isinstance(fee_cents, bool) or not 0 <= fee_cents <= MAX_FEE_CENTS:
-        raise Invalid(f"fee_cents must be an integer between 0 and {MAX_FEE_CENTS}")
+        raise Invalid(f"fee_cents must be an integer between 0 and {MAX_FEE_CENTS}", code="bad_fee")
     if not exam_group.strip():
-        raise Invalid("exam_group is required")
+        raise Invalid("exam_group is required", code="exam_group_required")
     existing = session.scalar(
         select(Tariff).where(Tariff.exam_group == exam_group, Tariff.effective_from == effective_from)
     )
     if existing is not None:
-        raise Conflict("a tariff already starts on that date for that exam group")
+        raise Conflict("a tariff already starts on that date for that exam group", code="tariff_exists")
     tariff = Tariff(exam_group=exam_group, label=label, fee_cents=fee_cents, effective_from=effective_from,
                     national_insurance_paid=national_insurance_paid)
     session.add(tariff)
@@ -191,9 +192,9 @@ def create_exam_group(
 ) -> ExamGroup:
     """Check-in: the desk creates the group before any image exists; studies attach to it later."""
     if not patient_id or len(patient_id) > 64:
-        raise Invalid("patient_id is required (64 characters at most)")
+        raise Invalid("patient_id is required (64 characters at most)", code="patient_required")
     if tariff_for(session, exam_group, visit_date) is None:
-        raise Invalid(f"unknown exam group {exam_group!r}")
+        raise Invalid(f"unknown exam group {exam_group!r}", code="unknown_exam_group")
     existing = session.scalar(
         select(ExamGroup).where(ExamGroup.patient_id == patient_id, ExamGroup.visit_date == visit_date,
                                 ExamGroup.exam_group == exam_group)
@@ -284,7 +285,7 @@ def move_study(session: Session, study_uid: str, *, group_id: int) -> ExamGroupS
                        "identity in the archive first)", code="other_patient")
     for gid in (link.group_id, target.id):
         if invoice_of_group(session, gid) is not None:
-            raise Conflict("an invoiced exam group keeps its studies (issue a credit note first)")
+            raise Conflict("an invoiced exam group keeps its studies (issue a credit note first)", code="invoiced_group")
     link.group_id = target.id
     session.flush()
     return link
@@ -351,12 +352,13 @@ def record_consent(session: Session, group_id: int, *, accepted: bool, recorded_
     *price_shown_cents* is the fee in force for the group (read here when the caller has not).
     """
     if not isinstance(accepted, bool):
-        raise Invalid("accepted must be true or false")
+        raise Invalid("accepted must be true or false", code="bad_consent")
     group = session.get(ExamGroup, group_id)
     if group is None:
         raise NotFound("no such exam group")
     if not accepted and invoice_of_group(session, group.id) is not None:
-        raise Conflict("this exam group is already invoiced: issue a credit note to cancel it")
+        raise Conflict("this exam group is already invoiced: issue a credit note to cancel it",
+                       code="consent_after_invoice")
     if price_shown_cents is None:
         price_shown_cents = fee_for(session, group.exam_group, group.visit_date)
     session.add(Consent(group_id=group.id, accepted=accepted, recorded_by=recorded_by,
@@ -374,21 +376,21 @@ def _check_int(name: str, value, *, low: int = 0, high: int | None = None, optio
         return None
     if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
         bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-        raise Invalid(f"{name} must be an integer {bounds}")
+        raise Invalid(f"{name} must be an integer {bounds}", code="bad_number", field=name)
     return value
 
 
 def create_insurer(session: Session, *, name: str, amc_number: str, coverage_bp: int = 0, flat_cents: int = 0,
                    annual_cap_cents: int | None = None, third_party_payment: bool = False) -> Insurer:
     if not isinstance(name, str) or not name.strip():
-        raise Invalid("name is required")
+        raise Invalid("name is required", code="name_required")
     if not isinstance(amc_number, str) or not amc_number.strip():
-        raise Invalid("amc_number is required")
+        raise Invalid("amc_number is required", code="amc_required")
     _check_int("coverage_bp", coverage_bp, high=money.BP_PER_UNIT)
     _check_int("flat_cents", flat_cents, high=MAX_FEE_CENTS)
     _check_int("annual_cap_cents", annual_cap_cents, optional=True)
     if not isinstance(third_party_payment, bool):
-        raise Invalid("third_party_payment must be true or false")
+        raise Invalid("third_party_payment must be true or false", code="bad_choice", field="third_party_payment")
     if session.scalar(select(Insurer).where(Insurer.amc_number == amc_number.strip())) is not None:
         raise Conflict("an insurer with this AMC number exists", code="exists")
     insurer = Insurer(name=name.strip(), amc_number=amc_number.strip(), coverage_bp=coverage_bp,
@@ -402,13 +404,13 @@ def create_insurer(session: Session, *, name: str, amc_number: str, coverage_bp:
 def add_membership(session: Session, *, patient_id: str, insurer_id: int, member_number: str, valid_from: date,
                    valid_to: date | None = None, payer_name: str | None = None) -> Membership:
     if not patient_id or len(patient_id) > 64:
-        raise Invalid("patient_id is required (64 characters at most)")
+        raise Invalid("patient_id is required (64 characters at most)", code="patient_required")
     if session.get(Insurer, insurer_id) is None:
         raise NotFound("no such insurer")
     if not isinstance(member_number, str) or not member_number.strip():
-        raise Invalid("member_number is required")
+        raise Invalid("member_number is required", code="member_number_required")
     if valid_to is not None and valid_to < valid_from:
-        raise Invalid("valid_to is before valid_from")
+        raise Invalid("valid_to is before valid_from", code="bad_validity")
     membership = Membership(patient_id=patient_id, insurer_id=insurer_id, member_number=member_number.strip(),
                             valid_from=valid_from, valid_to=valid_to, payer_name=payer_name or None)
     session.add(membership)
@@ -679,7 +681,7 @@ def issue_credit_note(session: Session, invoice_id: int, *, reason: str, issued_
     an open claim whose part is fully credited is cancelled.
     """
     if not isinstance(reason, str) or not reason.strip():
-        raise Invalid("a reason is required")
+        raise Invalid("a reason is required", code="reason_required")
     invoice = get_invoice(session, invoice_id)
     _lock_journal(session)
     paid_by, credits, claims = _state_inputs(session, [invoice.id])
@@ -690,7 +692,7 @@ def issue_credit_note(session: Session, invoice_id: int, *, reason: str, issued_
     if amount_cents is None:
         amount_cents = state.creditable_cents
     if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
-        raise Invalid("amount_cents must be a positive whole number of cents")
+        raise Invalid("amount_cents must be a positive whole number of cents", code="bad_amount")
     if amount_cents > state.creditable_cents:
         raise Conflict(f"credit note refused: {format_euros(amount_cents)} is more than the "
                        f"{format_euros(state.creditable_cents)} that remain creditable on this invoice",
@@ -774,9 +776,9 @@ def record_payment(session: Session, invoice_id: int, *, amount_cents: int, meth
 
 def _check_amount(amount_cents, method: str) -> None:
     if not isinstance(amount_cents, int) or isinstance(amount_cents, bool) or amount_cents <= 0:
-        raise Invalid("amount_cents must be a positive whole number of cents")
+        raise Invalid("amount_cents must be a positive whole number of cents", code="bad_amount")
     if method not in PAYMENT_METHODS:
-        raise Invalid(f"method must be one of {', '.join(PAYMENT_METHODS)}")
+        raise Invalid(f"method must be one of {', '.join(PAYMENT_METHODS)}", code="bad_method")
 
 
 def pay(session: Session, invoice_id: int, *, amount_cents: int, method: str,
@@ -816,7 +818,7 @@ def refund(session: Session, credit_note_id: int, *, amount_cents: int, method: 
     if note is None:
         raise NotFound("no such credit note")
     if payer not in ("patient", "insurer"):
-        raise Invalid("payer must be patient or insurer")
+        raise Invalid("payer must be patient or insurer", code="bad_payer")
     _check_amount(amount_cents, method)
     _lock_journal(session)
     state = invoice_state(session, get_invoice(session, note.invoice_id))
@@ -971,7 +973,7 @@ def _period_bounds(kind: str, period: str) -> tuple[date, date]:
             return date(year, 1, 1), date(year, 12, 31)
     except ValueError:
         pass
-    raise Invalid(f"bad {kind} period {period!r}")
+    raise Invalid(f"bad {kind} period {period!r}", code="bad_period")
 
 
 def _period_totals(session: Session, kind: str, period: str) -> dict:
@@ -1016,15 +1018,15 @@ def close_period(session: Session, kind: str, period: str, *, signed_by: str,
     with what the journal expects (counted − expected; positive: more in the drawer).
     """
     if kind not in ("day", "month", "year"):
-        raise Invalid("kind must be day, month or year")
+        raise Invalid("kind must be day, month or year", code="bad_closing_kind")
     if kind != "day" and (counted_cash_cents is not None or counted_cheque_cents is not None):
-        raise Invalid("cash and cheques are counted at day closings only")
+        raise Invalid("cash and cheques are counted at day closings only", code="counted_at_day_only")
     _check_int("counted_cash_cents", counted_cash_cents, optional=True)
     _check_int("counted_cheque_cents", counted_cheque_cents, optional=True)
     start, end = _period_bounds(kind, period)
     today = paris_today()
     if start > today:
-        raise Invalid("a period in the future cannot be closed")
+        raise Invalid("a period in the future cannot be closed", code="future_period")
     if kind != "day" and end >= today:
         raise Conflict(f"the {kind} {period} is not over yet", code="not_over")
     if session.scalar(select(Closing.id).where(Closing.kind == kind, Closing.period == period)):
@@ -1036,13 +1038,15 @@ def close_period(session: Session, kind: str, period: str, *, signed_by: str,
         closed = set(session.scalars(select(Closing.period).where(Closing.kind == "day")))
         open_days = sorted(d.isoformat() for d in days if d.isoformat() not in closed)
         if open_days:
-            raise Conflict(f"close these days first: {', '.join(open_days)}", code="open_days")
+            raise Conflict(f"close these days first: {', '.join(open_days)}", code="open_days",
+                           periods=", ".join(open_days))
     if kind == "year":
         closed = set(session.scalars(select(Closing.period).where(Closing.kind == "month")))
         months = {d.strftime("%Y-%m") for d in session.scalars(
             select(Payment.paris_day).where(Payment.paris_day >= start, Payment.paris_day <= end).distinct())}
         if months - closed:
-            raise Conflict(f"close these months first: {', '.join(sorted(months - closed))}", code="open_months")
+            raise Conflict(f"close these months first: {', '.join(sorted(months - closed))}", code="open_months",
+                           periods=", ".join(sorted(months - closed)))
     totals = _period_totals(session, kind, period)
     closing = Closing(kind=kind, period=period, totals_json=json.dumps(totals["by_method"], sort_keys=True),
                       total_cents=totals["total"], payment_count=totals["count"],
@@ -1127,10 +1131,10 @@ def create_remittance(session: Session, *, created_by: str) -> Remittance:
 
 def parse_date(value, name: str) -> date:
     if not isinstance(value, str):
-        raise Invalid(f"{name} must be a date YYYY-MM-DD")
+        raise Invalid(f"{name} must be a date YYYY-MM-DD", code="bad_date", field=name)
     try:
         return date.fromisoformat(value)
     except ValueError as exc:
-        raise Invalid(f"{name} must be a date YYYY-MM-DD") from exc
+        raise Invalid(f"{name} must be a date YYYY-MM-DD", code="bad_date", field=name) from exc
 
 

@@ -17,6 +17,7 @@ from archive_core.api import escape_like
 from backoffice.auth import roles_required
 from backoffice.billing import checkin as checkin_service
 from backoffice.billing import documents, exports, operations
+from backoffice.billing.errors import message_for
 from backoffice.billing.arrivals import sync_from_archive
 from backoffice.billing import services as S
 from backoffice.billing.models import (
@@ -52,6 +53,27 @@ METHOD_LABELS = {"cash": _l("espèces"), "card": _l("carte bancaire"), "cheque":
                  "transfer": _l("virement")}
 
 
+CLOSING_KINDS = {"day": _l("jour"), "month": _l("mois"), "year": _l("année")}
+
+
+@bp.app_template_filter("method_totals")
+def _method_totals(totals_json: str | None) -> str:
+    """A closing's totals per payment method as the desk reads them: "carte bancaire : 6,50 € · espèces : 3,00 €"."""
+    import json
+
+    try:
+        totals = json.loads(totals_json or "{}")
+    except ValueError:
+        return ""
+    return " · ".join(f"{METHOD_LABELS.get(method, method)} : {_euros(cents)}"
+                      for method, cents in sorted(totals.items()) if isinstance(cents, int))
+
+
+@bp.app_template_filter("closing_kind")
+def _closing_kind(kind: str) -> str:
+    return str(CLOSING_KINDS.get(kind, kind))
+
+
 @bp.app_template_filter("euros")
 def _euros(cents: int | None) -> str:
     return documents.euros(cents or 0, locale=locale_name())
@@ -72,33 +94,7 @@ def _person(value: str | None) -> str:
     return documents.dicom_name(value)
 
 
-# The pages speak French; the API keeps the services' (English) messages.
-FRENCH_ERRORS = {
-    "overpayment": _l("Paiement refusé : le montant dépasse le reste dû par le patient sur cette facture "
-                      "(la part de la mutuelle en tiers payant est réglée par la mutuelle, pas à l'accueil)."),
-    "over_credit": _l("Avoir refusé : le montant dépasse ce qui reste à annuler sur cette facture."),
-    "over_refund": _l("Remboursement refusé : le montant dépasse ce que le patient a payé en trop."),
-    "other_patient": _l("Un examen ne peut être déplacé que vers un groupe d'examens du même patient."),
-    "not_paid": _l("La facture acquittée est délivrée quand le patient a réglé toute sa part."),
-    "claim_settled": _l("Cette demande de tiers payant est déjà réglée."),
-    "consent_refused": _l("Le patient a refusé le forfait : ce groupe d'examens ne peut pas être facturé."),
-    "already_invoiced": _l("Ce groupe d'examens est déjà facturé."),
-    "no_fee": _l("Rien à facturer : l'archivage de ce groupe est pris en charge par l'Assurance maladie."),
-    "day_closed": _l("La journée est clôturée : aucun paiement ne peut plus y être enregistré."),
-    "credited": _l("Cette facture est annulée par un avoir."),
-    "already_credited": _l("Cette facture a déjà un avoir."),
-    "exists": _l("Cet enregistrement existe déjà."),
-    "already_closed": _l("Cette période est déjà clôturée."),
-    "nothing_to_remit": _l("Aucun chèque à remettre."),
-    "near_match": _l("Un patient au nom proche est déjà connu : choisissez-le, ou confirmez qu'il s'agit "
-                     "d'un autre patient."),
-    "name_required": _l("Nouveau patient : saisissez son nom (NOM Prénom)."),
-    "patient_id": _l("Saisissez l'identifiant du patient (64 caractères au plus)."),
-    "exam_group": _l("Choisissez un groupe d'examens de la liste."),
-    "accession_used": _l("Ce numéro d'accession est déjà utilisé : laissez le champ vide pour qu'il soit "
-                         "attribué."),
-    "scheduled_time": _l("Heure invalide (exemple : 14:30)."),
-}
+# The pages speak the desk's language (billing/errors.py); the API keeps the services' (English) messages.
 
 
 def domain_errors(back: str):
@@ -111,7 +107,7 @@ def domain_errors(back: str):
                 return view(*args, **kwargs)
             except S.BillingError as exc:
                 rollback()
-                flash(str(FRENCH_ERRORS.get(exc.code, exc.message)), "error")
+                flash(message_for(exc), "error")
                 return redirect(_same_site(request.referrer) or url_for(back))
 
         return wrapped
@@ -128,7 +124,7 @@ def _int(name: str, default: int | None = None) -> int:
     try:
         return int(request.form.get(name, default if default is not None else ""))
     except ValueError:
-        raise S.Invalid(_("%(name)s doit être un nombre entier", name=name)) from None
+        raise S.Invalid(f"{name} must be an integer", code="bad_number", field=name) from None
 
 
 def _cents(name: str) -> int:
@@ -136,7 +132,7 @@ def _cents(name: str) -> int:
     raw = (request.form.get(name) or "").strip().replace("€", "").replace(" ", "").replace(",", ".")
     whole, _sep, frac = raw.partition(".")
     if not whole.isdigit() or (frac and (not frac.isdigit() or len(frac) > 2)):
-        raise S.Invalid(_("montant invalide (exemple : 4,50)"))
+        raise S.Invalid(f"{name} is not an amount", code="bad_amount")
     return int(whole) * 100 + int((frac + "00")[:2])
 
 
@@ -214,11 +210,11 @@ def checkin():
             )
         except checkin_service.NearMatch as exc:
             rollback()
-            flash(str(FRENCH_ERRORS["near_match"]), "error")
+            flash(message_for(exc), "error")
             return _checkin_page(typed=form.to_dict(), near=exc.candidates, status=409)
         except S.BillingError as exc:  # the form comes back as typed, with the reason in French
             rollback()
-            flash(str(FRENCH_ERRORS.get(exc.code, exc.message)), "error")
+            flash(message_for(exc), "error")
             return _checkin_page(typed=form.to_dict(), status=409 if isinstance(exc, S.Conflict) else 400)
         group = result.group
         if result.created:
@@ -346,7 +342,7 @@ def refund(invoice_id: int):
     """Give the patient back what they paid beyond what remains owed after a credit note."""
     note = db().get(CreditNote, _int("credit_note_id"))
     if note is None or note.invoice_id != invoice_id:
-        raise S.NotFound(_("Avoir introuvable sur cette facture."))
+        raise S.NotFound("no such credit note on this invoice")
     payment, _inv = operations.refund(note.id, amount_cents=_cents("amount"), method=request.form.get("method", ""),
                                       actor=current_user.login)
     flash(_("Remboursement de %(amount)s enregistré.", amount=_euros(-payment.amount_cents)), "info")
@@ -374,7 +370,7 @@ def receipted_pdf(invoice_id: int):
     try:
         data = documents.render_receipted_invoice(db(), inv)
     except S.Conflict as exc:
-        return Response(str(FRENCH_ERRORS.get(exc.code, exc.message)), status=409, mimetype="text/plain")
+        return Response(message_for(exc), status=409, mimetype="text/plain")
     facade().audit_now("billing.receipted_invoice.printed", actor=current_user.login, patient_id=inv.patient_id,
                        detail={"number": inv.number})
     return Response(data, mimetype="application/pdf",
@@ -489,7 +485,7 @@ def mapping():
         else:
             group_code = request.form.get("exam_group", "")
             if group_code not in labels:
-                raise S.Invalid("groupe d'examens inconnu")
+                raise S.Invalid("unknown exam group", code="unknown_exam_group")
             db().add(ExamGroupMapping(modality=request.form.get("modality", "").strip().upper()[:16],
                                       description_contains=(request.form.get("description") or "").strip() or None,
                                       exam_group=group_code))

@@ -202,10 +202,15 @@ def usable_share_links(session: Session, link_ids, *, now: datetime | None = Non
 
 
 def check_share_code(session: Session, link: ShareLink, code: str, *, now: datetime | None = None) -> bool:
-    """The one-time code opens the link once (for the browser session that typed it)."""
-    if link.code_used_at is None and hmac.compare_digest(link.code_hash, _digest(code.strip())):
-        link.code_used_at = now or utcnow()
-        session.flush()
+    """The code opens the link on every device the doctor types it on, for as long as the link lives.
+
+    Guessing stays bounded: each wrong code counts, and :data:`SHARE_MAX_FAILED_CODES` of them lock the link
+    for everyone (:func:`share_link_for` then refuses it). ``code_used_at`` keeps the first opening.
+    """
+    if hmac.compare_digest(link.code_hash, _digest(code.strip())):
+        if link.code_used_at is None:
+            link.code_used_at = now or utcnow()
+            session.flush()
         return True
     link.failed_codes += 1
     session.flush()

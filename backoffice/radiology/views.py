@@ -1,7 +1,7 @@
 """Radiology pages: study browser, study page, viewer and its image endpoint, reports, key images, share links.
 
 The ``share`` blueprint holds the only unauthenticated routes of the application: a referring doctor's
-time-limited, revocable link (secret token in the URL, one-time code typed once per browser session).
+time-limited, revocable link (secret token in the URL, and a code sent apart, typed once on each device).
 """
 
 from __future__ import annotations
@@ -229,6 +229,31 @@ def save_report(study_uid: str):
                    study_uid=study_uid, detail={"version": draft.version})
     flash(_("Brouillon enregistré."), "info")
     return redirect(url_for(".study", study_uid=study_uid, _anchor="report"))
+
+
+@bp.route("/studies/<study_uid>/report/autosave", methods=["POST"])
+@roles_required("radiologist")
+def autosave_report(study_uid: str):
+    """The report editor's draft, saved as it is typed (the page's script posts it every few seconds, with
+    its CSRF token). Answers JSON; the audit trail records the draft once, when it is created, not each
+    keystroke's save."""
+    detail = _study_or_404(study_uid)
+    form = ReportForm()
+    if not form.validate_on_submit():
+        return jsonify({"error": {"code": "bad_request", "message": _("Brouillon non enregistré : rechargez la page.")}}), 400
+    created = services.current_draft(db(), study_uid) is None
+    try:
+        draft = services.save_draft(db(), study_uid, author=current_user.login,
+                                    amendment_reason=form.amendment_reason.data or "",
+                                    **{f: getattr(form, f).data or "" for f in services.REPORT_FIELDS})
+    except services.RadiologyError as exc:
+        rollback()
+        return jsonify({"error": {"code": "conflict", "message": str(exc)}}), 409
+    if created:
+        facade().audit(db(), "report.draft", actor=current_user.login, patient_id=detail.study.patient_id,
+                       study_uid=study_uid, detail={"version": draft.version, "autosave": True})
+    return jsonify({"saved": True, "version": draft.version,
+                    "saved_at": paris_time(draft.updated_at).strftime("%H:%M:%S")})
 
 
 @bp.route("/studies/<study_uid>/report/sign", methods=["POST"])
@@ -459,6 +484,7 @@ class CodeForm(FlaskForm):
 
 @share_bp.route("/<token>", methods=["GET", "POST"])
 def open_link(token: str):
+    """The doctor's page: the code first (once per device), then the patient, the signed report and the images."""
     s = facade().new_session(write=True)
     try:
         try:
@@ -466,7 +492,7 @@ def open_link(token: str):
         except services.ShareDenied as exc:
             return render_template("radiology/share_denied.html", reason=str(exc)), 410
         if session.get("share_ok", {}).get(str(link.id)):
-            return redirect(url_for(".viewer_shared", token=token))
+            return _shared_study_page(s, link, token)
         form = CodeForm()
         if form.validate_on_submit():
             ok = services.check_share_code(s, link, form.code.data or "")
@@ -475,11 +501,27 @@ def open_link(token: str):
             s.commit()
             if ok:
                 session["share_ok"] = {**session.get("share_ok", {}), str(link.id): True}
-                return redirect(url_for(".viewer_shared", token=token))
-            flash(_("Code incorrect ou déjà utilisé."), "error")
+                return redirect(url_for(".open_link", token=token))
+            left = services.SHARE_MAX_FAILED_CODES - link.failed_codes
+            if left <= 0:
+                return render_template("radiology/share_denied.html",
+                                       reason=_("lien bloqué après trop de codes erronés")), 410
+            flash(_("Code incorrect. Encore %(left)s essai(s) avant que le lien ne soit bloqué.", left=left), "error")
         return render_template("radiology/share_code.html", form=form)
     finally:
         s.close()
+
+
+def _shared_study_page(s, link, token: str):
+    detail = _study_or_404(link.study_uid)
+    facade().audit(s, "study.view", actor=f"share:{link.id}", actor_kind="share_link",
+                   patient_id=detail.study.patient_id, study_uid=link.study_uid, detail={"report": True})
+    s.commit()  # this page's own session (the link's), not the request's
+    return render_template(
+        "radiology/shared_study.html", detail=detail, study=detail.study, signed=services.signed_report(s, link.study_uid),
+        key_images=services.key_images(s, link.study_uid), report_labels=ReportForm(meta={"csrf": False}),
+        expires_at=link.expires_at, token=token,
+        image_url=lambda sop, **kw: url_for(".image_shared", token=token, sop_instance_uid=sop, **kw))
 
 
 @share_bp.route("/<token>/viewer")

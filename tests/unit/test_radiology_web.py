@@ -345,8 +345,20 @@ def _create_share(client, users, history):
     return url.replace("http://localhost", ""), code
 
 
-def test_share_link_needs_its_one_time_code(app, users, history, facade):
-    url, code = _create_share(app.test_client(), users, history)
+def test_share_link_shows_the_signed_report_and_works_on_a_second_device(app, users, history, facade):
+    """The doctor's link: the patient's name, the signed report and the images once the code is typed, and the
+    same code on a second device for the life of the link. Bad input tried: no code, a wrong code, a stranger
+    guessing codes until the link locks (brute-force bound), an image of another patient's study."""
+    from backoffice.radiology import services
+
+    client = app.test_client()
+    sign_in(client, users, "radiologist")
+    page = f"/radiology/studies/{history.current}"
+    token = csrf(client, page)
+    client.post(f"{page}/report", data={"csrf_token": token, "findings": "Nodule apical droit de 6 mm.",
+                                        "conclusion": "Contrôle à 3 mois."})
+    client.post(f"{page}/report/sign", data={"csrf_token": token})
+    url, code = _create_share(client, users, history)
     assert history.patient_id not in url and "MARTIN" not in url.upper()
     doctor = app.test_client()
     assert doctor.get(url + "/viewer").status_code == 302  # no code yet
@@ -355,6 +367,11 @@ def test_share_link_needs_its_one_time_code(app, users, history, facade):
     answer = doctor.post(url, data={"csrf_token": token, "code": wrong}, follow_redirects=True)
     assert "Code incorrect" in answer.get_data(as_text=True)
     assert doctor.post(url, data={"csrf_token": token, "code": code}).status_code == 302
+    shared = doctor.get(url).get_data(as_text=True)
+    assert "MARTIN" in shared  # the patient's name
+    assert "Nodule apical droit de 6 mm." in shared and "Contrôle à 3 mois." in shared  # the signed report
+    images = re.findall(r'src="(/share/[^"]+/image[^"]*)"', shared)
+    assert images and doctor.get(images[0].replace("&amp;", "&")).mimetype == "image/jpeg"  # and its images
     viewer = doctor.get(url + "/viewer")
     assert viewer.status_code == 200 and "MARTIN" in viewer.get_data(as_text=True)
     series = facade.study_detail(history.current).series[0]
@@ -362,10 +379,18 @@ def test_share_link_needs_its_one_time_code(app, users, history, facade):
     assert doctor.get(f"{url}/instances/{items[0]['sop_instance_uid']}/image?size=16").mimetype == "image/png"
     other_sop = facade.study_detail(history.other_patient).series[0].first_sop_uid
     assert doctor.get(f"{url}/instances/{other_sop}/image").status_code == 404  # only the shared study
-    # the code was used: another browser cannot reuse it
+    # The doctor's second device: the same code opens the link again.
+    tablet = app.test_client()
+    tablet.post(url, data={"csrf_token": csrf(tablet, url), "code": code})
+    assert "Nodule apical droit de 6 mm." in tablet.get(url).get_data(as_text=True)
+    # A stranger guessing: each wrong code counts; at the limit the link is locked for everyone.
     stranger = app.test_client()
-    stranger.post(url, data={"csrf_token": csrf(stranger, url), "code": code})
-    assert stranger.get(url + "/viewer").status_code == 302
+    guesses = [c for c in (f"{n:06d}" for n in range(1, 20)) if c != code][:services.SHARE_MAX_FAILED_CODES]
+    for guess in guesses:
+        last = stranger.post(url, data={"csrf_token": csrf(stranger, url), "code": guess})
+    assert last.status_code == 410 and "bloqué" in last.get_data(as_text=True)
+    assert stranger.get(url).status_code == 410
+    assert tablet.get(url).status_code == 410
     actions = audit_actions(facade, history.current)
     assert "share.create" in actions and "share.open" in actions and "share.bad_code" in actions
 

@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 FLASK   := $(BIN)/flask --app wsgi
 
-.PHONY: run test bench setup clean translations
+.PHONY: run test bench setup clean translations viewer-bundle
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/retrieve.py --vs-orthanc --memory-gb 2
 	$(BIN)/python bench/viewer.py
 	$(BIN)/python bench/dicomweb.py
+
+# The study viewer's JavaScript (Cornerstone3D): needs Node 20 and npm, and only here. Installs the exact
+# versions of viewer/package-lock.json and writes backoffice/static/vendor/viewer/ with its MANIFEST.json
+# (SHA-256 of each file and of the lockfile), which is committed; `make run`, `make test` and CI need no Node.
+viewer-bundle:
+	cd viewer && npm ci --no-audit --no-fund && node build.mjs
 
 # After changing interface strings: extract them and merge into translations/*/messages.po,
 # fill the French msgstr with their msgid (the source language), then fill the English msgstr

@@ -14,10 +14,14 @@ def csp_nonce() -> str:
     return g.csp_nonce
 
 
-def content_security_policy(nonce: str) -> str:
+def content_security_policy(nonce: str, *, viewer: bool = False) -> str:
+    """The page policy. ``viewer=True`` for the study viewer's page only: Cornerstone3D decodes in web
+    workers started from our own files (``worker-src 'self' blob:``) that compile WebAssembly codecs
+    (``'wasm-unsafe-eval'``, which allows WebAssembly compilation and nothing of JavaScript's eval)."""
     return "; ".join((
         "default-src 'self'",
-        f"script-src 'self' 'nonce-{nonce}'",
+        f"script-src 'self' 'nonce-{nonce}'" + (" 'wasm-unsafe-eval'" if viewer else ""),
+        *(("worker-src 'self' blob:",) if viewer else ()),
         f"style-src 'self' 'nonce-{nonce}'",
         # style="" attributes cannot run code; the pages use a few for layout.
         "style-src-attr 'unsafe-inline'",
@@ -34,6 +38,11 @@ def content_security_policy(nonce: str) -> str:
 # JSON, archives, CSV) load nothing themselves.
 PDF_POLICY = "frame-ancestors 'self'"
 DATA_POLICY = "default-src 'none'; frame-ancestors 'none'"
+# A dedicated worker runs under its own script's response policy: the viewer's decoding worker fetches
+# and compiles its WebAssembly codecs from our origin, and nothing else.
+VIEWER_WORKER_POLICY = ("default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; connect-src 'self'; "
+                        "frame-ancestors 'none'")
+VIEWER_STATIC = "/static/vendor/viewer/"
 
 
 def policy_for(mimetype: str) -> str:
@@ -50,6 +59,8 @@ def init_app(app: Flask) -> None:
     @app.after_request
     def _security_headers(response):
         headers = response.headers
+        if request.path.startswith(VIEWER_STATIC) and request.path.endswith(".js"):
+            headers.setdefault("Content-Security-Policy", VIEWER_WORKER_POLICY)
         headers.setdefault("Content-Security-Policy", policy_for(response.mimetype))
         headers.setdefault("X-Content-Type-Options", "nosniff")
         headers.setdefault("Referrer-Policy", "same-origin")

@@ -1,7 +1,8 @@
 """DICOMweb (PS3.18) under ``/dicom-web``: QIDO-RS searches and WADO-RS retrieval.
 
 Who may call it: bearer tokens (the ``/api/v1`` tokens) and signed-in sessions of the
-radiologist and manager roles (:data:`ROLES`). Without credentials the answer is 401 (a viewer is
+radiologist and manager roles (:data:`ROLES`), and for reading only the front desk's too (:data:`READ_ROLES`: the
+study viewer reads through DICOMweb). Without credentials the answer is 401 (a viewer is
 no browser to redirect to a login page). Every request is one audit event, whatever it returns.
 
 A share link opens DICOMweb too, for its one study: the browser session that unlocked the link with
@@ -33,8 +34,10 @@ wado_bp = Blueprint("wado", __name__)  # WADO-URI (PS3.18 chapter 9) for older v
 csrf.exempt(bp)
 
 # Radiologists read images; managers audit and answer patients' requests for copies. The front
-# desk prints reports and CDs from the back-office pages and does not need a viewer's access.
+# desk opens the study viewer (which reads through DICOMweb) to show a patient an image: it reads,
+# it never stores.
 ROLES = ("radiologist", "manager")
+READ_ROLES = ROLES + ("front_desk",)
 DICOM_JSON = "application/dicom+json"
 _CHUNK = 256 * 1024
 UNCOMPRESSED = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
@@ -134,6 +137,8 @@ def _caller():
 def dicomweb_route(rule: str, action: str, *, blueprint: Blueprint = bp, **options):
     """A DICOMweb route: credentials (401/403), then the view; one audit event per request."""
 
+    roles = ROLES if action == "dicomweb.store" else READ_ROLES
+
     def decorate(view):
         @wraps(view)
         def wrapped(**kwargs):
@@ -143,7 +148,7 @@ def dicomweb_route(rule: str, action: str, *, blueprint: Blueprint = bp, **optio
                 response.headers["WWW-Authenticate"] = 'Bearer realm="dicom-web"'
                 return response
             shared = isinstance(user, ShareCaller)
-            if not shared and user.role not in ROLES:
+            if not shared and user.role not in roles:
                 return _error(403, "forbidden", f"role {user.role} has no DICOMweb access")
             # The request's session (which read the token) holds SQLite's write lock on a POST: end its
             # transaction, or the audit event and the indexer a STOW waits for could never write.
@@ -173,7 +178,7 @@ def dicomweb_route(rule: str, action: str, *, blueprint: Blueprint = bp, **optio
                                    study_uid=study, detail=detail)
             return response
 
-        wrapped.allowed_roles = ROLES  # read by the route-walking test
+        wrapped.allowed_roles = roles  # read by the route-walking test
         options.setdefault("endpoint", view.__name__)
         blueprint.add_url_rule(rule, view_func=wrapped, **options)
         return wrapped

@@ -412,10 +412,20 @@ def viewer(study_uid: str):
             abort(404)
         prior = facade().study_detail(compare)
     _audit_view("study.view", detail, viewer=True, compare=compare)
-    return render_template("radiology/viewer.html", detail=detail, prior=prior, presets=PRESETS,
-                           image_url=url_for(".image", sop_instance_uid="SOP"),
-                           instances_url=url_for(".series_instances", series_uid="SERIES"),
-                           key_image_url=url_for(".add_key_image", study_uid=study_uid), shared=False)
+    return viewer_page(detail, prior, key_image_url=url_for(".add_key_image", study_uid=study_uid), shared=False)
+
+
+def viewer_page(detail, prior, *, key_image_url: str | None, shared: bool) -> Response:
+    """The Cornerstone3D viewer (backoffice/static/vendor/viewer, built from viewer/): it reads the images
+    through /dicom-web with this browser's session (a share link's session reads its one study only).
+    Its page alone may start web workers and compile WebAssembly (the codecs)."""
+    from backoffice.security import content_security_policy, csp_nonce
+
+    response = Response(render_template("radiology/viewer.html", detail=detail, prior=prior, presets=PRESETS,
+                                        dicomweb_url=url_for("dicomweb.search_studies").rsplit("/", 1)[0],
+                                        key_image_url=key_image_url, shared=shared), mimetype="text/html")
+    response.headers["Content-Security-Policy"] = content_security_policy(csp_nonce(), viewer=True)
+    return response
 
 
 @bp.route("/series/<series_uid>/instances.json")
@@ -532,10 +542,7 @@ def viewer_shared(token: str):
     detail = _study_or_404(link.study_uid)
     facade().audit_now("study.view", actor=f"share:{link.id}", actor_kind="share_link",
                        patient_id=detail.study.patient_id, study_uid=link.study_uid, detail={"viewer": True})
-    return render_template("radiology/viewer.html", detail=detail, prior=None, presets=PRESETS, shared=True,
-                           image_url=url_for(".image_shared", token=token, sop_instance_uid="SOP"),
-                           instances_url=url_for(".series_shared", token=token, series_uid="SERIES"),
-                           key_image_url=None)
+    return viewer_page(detail, None, key_image_url=None, shared=True)
 
 
 @share_bp.route("/<token>/series/<series_uid>/instances.json")

@@ -392,3 +392,23 @@ def test_instance_files_are_private_to_the_service_user(tmp_path):
 
 
 PASSWORD_LINE = "correct horse battery\n"
+
+
+def test_only_the_viewer_may_start_workers_and_compile_webassembly(client, users, history):
+    """The viewer's page allows its decoding workers and WebAssembly codecs (worker-src, 'wasm-unsafe-eval');
+    no other page does, and the worker script's own policy lets it fetch from our origin only.
+    Bad configurations: the relaxation applied to every page, or a worker left under default-src 'none'."""
+    sign_in(client, users["radiologist"][0])
+    viewer = client.get(f"/radiology/studies/{history.current}/viewer").headers["Content-Security-Policy"]
+    assert "worker-src 'self' blob:" in viewer and "'wasm-unsafe-eval'" in viewer and "'unsafe-eval'" not in viewer
+    study = client.get(f"/radiology/studies/{history.current}").headers["Content-Security-Policy"]
+    assert "worker-src" not in study and "wasm-unsafe-eval" not in study
+    worker = client.get("/static/vendor/viewer/decodeImageFrameWorker.js")
+    assert worker.status_code == 200 and worker.mimetype == "text/javascript"
+    policy = worker.headers["Content-Security-Policy"]
+    assert "script-src 'self' 'wasm-unsafe-eval'" in policy and "connect-src 'self'" in policy
+    assert "no-store" not in worker.headers.get("Cache-Control", "")  # the 4 MB bundle may be cached
+    worker.close()
+    wasm = client.get("/static/vendor/viewer/libjpegturbowasm_decode.wasm")
+    assert wasm.status_code == 200 and wasm.mimetype == "application/wasm"
+    wasm.close()

@@ -81,6 +81,15 @@ def _default_keys(level: str, levels: list[str]) -> list[str]:
     return keys
 
 
+def _below(keyword: str, level: str) -> bool:
+    """Whether *keyword* is an attribute of a level below *level* (patient attributes are the study's)."""
+    levels = {a.keyword: a.level for a in ATTRIBUTES} | {c.keyword: c.level for c in COMPUTED}
+    key_level = levels.get(keyword)
+    if key_level in (None, "ANY", "PATIENT"):
+        return False
+    return LEVELS.index(key_level) > LEVELS.index(level)
+
+
 def _all_keys(level: str) -> list[str]:
     depth = LEVELS.index(level)
     keys = [a.keyword for a in ATTRIBUTES if LEVELS.index(a.level) <= depth]
@@ -94,13 +103,16 @@ def parse_qido(resource: str, params: Iterable[tuple[str, str]], *, study_uid: s
     """Read a QIDO-RS query string (as (name, value) pairs, names repeated) into a C-FIND query.
 
     Raises :class:`InvalidQuery` (a 400) for an unknown attribute, a malformed value or range,
-    a bad ``limit``/``offset``/``fuzzymatching``, or a key below the level searched.
+    a bad ``limit``/``offset``/``fuzzymatching``, or a match key below the level searched. An
+    ``includefield`` below the level (OHIF's study list asks for Modality, a series attribute) is left
+    out and named in :attr:`QidoRequest.ignored`, as PS3.18 lets an origin server do.
     """
     level = LEVEL_OF[resource]
     scope = "IMAGE" if series_uid else "SERIES" if study_uid else "STUDY"
     relational = scope == "STUDY"
     levels = _levels_down_to(level, relational=relational, scope=scope)
     include: list[str] = []
+    below: list[str] = []
     matches: list[tuple[int, str]] = []
     limit: int | None = None
     offset = 0
@@ -112,7 +124,8 @@ def parse_qido(resource: str, params: Iterable[tuple[str, str]], *, study_uid: s
                 if field.strip().lower() == "all":
                     include += _all_keys(level)
                 elif field.strip():
-                    include.append(keyword_for_tag(_tag_of(field)) or field.strip())
+                    keyword = keyword_for_tag(_tag_of(field)) or field.strip()
+                    (below if _below(keyword, level) else include).append(keyword)
         elif low in ("limit", "offset"):
             try:
                 number = int(value)
@@ -150,7 +163,7 @@ def parse_qido(resource: str, params: Iterable[tuple[str, str]], *, study_uid: s
                 identifier[tag] = DataElement(tag, "UI", value, validation_mode=config.IGNORE)
         identifier.QueryRetrieveLevel = level
     query = parse_identifier(identifier, STUDY_ROOT, relational=True)
-    return QidoRequest(query=query, limit=limit, offset=offset, ignored=list(query.unmatched_keys),
+    return QidoRequest(query=query, limit=limit, offset=offset, ignored=list(query.unmatched_keys) + below,
                        study_uid=study_uid, series_uid=series_uid)
 
 

@@ -1,8 +1,8 @@
 """DICOMweb (PS3.18) under ``/dicom-web``: QIDO-RS searches and WADO-RS retrieval.
 
 Who may call it: bearer tokens (the ``/api/v1`` tokens) and signed-in sessions of the
-radiologist and manager roles (:data:`ROLES`), and for reading only the front desk's too (:data:`READ_ROLES`: the
-study viewer reads through DICOMweb). Without credentials the answer is 401 (a viewer is
+radiologist and manager roles (:data:`ROLES`), and for reading with a signed-in session the front desk's too
+(:data:`READ_ROLES`: the study viewer reads through DICOMweb). Without credentials the answer is 401 (a viewer is
 no browser to redirect to a login page). Every request is one audit event, whatever it returns.
 
 A share link opens DICOMweb too, for its one study: the browser session that unlocked the link with
@@ -34,8 +34,8 @@ wado_bp = Blueprint("wado", __name__)  # WADO-URI (PS3.18 chapter 9) for older v
 csrf.exempt(bp)
 
 # Radiologists read images; managers audit and answer patients' requests for copies. The front
-# desk opens the study viewer (which reads through DICOMweb) to show a patient an image: it reads,
-# it never stores.
+# desk opens the study viewer (which reads through DICOMweb with the page's session) to show a patient
+# an image: it reads, signed in, never with a token, and never stores.
 ROLES = ("radiologist", "manager")
 READ_ROLES = ROLES + ("front_desk",)
 DICOM_JSON = "application/dicom+json"
@@ -148,7 +148,9 @@ def dicomweb_route(rule: str, action: str, *, blueprint: Blueprint = bp, **optio
                 response.headers["WWW-Authenticate"] = 'Bearer realm="dicom-web"'
                 return response
             shared = isinstance(user, ShareCaller)
-            if not shared and user.role not in roles:
+            # The front desk reads through its signed-in session (the viewer page), not with a token.
+            bearer = request.headers.get("Authorization", "").lower().startswith("bearer ")
+            if not shared and user.role not in (ROLES if bearer else roles):
                 return _error(403, "forbidden", f"role {user.role} has no DICOMweb access")
             # The request's session (which read the token) holds SQLite's write lock on a POST: end its
             # transaction, or the audit event and the indexer a STOW waits for could never write.
@@ -215,7 +217,8 @@ def _search(resource: str, study: str | None = None, series: str | None = None):
     g.dicomweb_detail.update(query=request.query_string.decode("ascii", "replace")[:500], matches=len(answers))
     response = Response(json.dumps(answers), mimetype=DICOM_JSON)
     if ignored:
-        response.headers["Warning"] = f'299 archivage "these match keys were ignored: {", ".join(ignored)}"'
+        response.headers["Warning"] = (
+            f'299 archivage "these match keys or include fields were ignored: {", ".join(ignored)}"')
     return response
 
 

@@ -55,7 +55,8 @@ def test_radiologist_reads_compares_and_prints(live, page):
     assert current.locator(".pos").inner_text() == "1 / 5"
     page.keyboard.press("ArrowDown")
     page.keyboard.press("ArrowDown")
-    page.wait_for_function("() => document.querySelector('section.pane[data-pane=current] .pos').textContent === '3 / 5'")
+    page.wait_for_function(
+        "() => document.querySelector('section.pane[data-pane=current] .pos').textContent === '3 / 5'")
     page.keyboard.press("1")  # first preset: lung, -600/1500
     page.wait_for_function("() => document.querySelector('section.pane.active').dataset.ww === '1500'")
     assert current.get_attribute("data-wc") == "-600"

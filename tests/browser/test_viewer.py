@@ -10,12 +10,13 @@ import io
 import re
 
 import numpy as np
+import pydicom
 import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
 
 from tests.browser.conftest import add_user, sign_in
-from tests.helpers import make_ct
+from tests.helpers import make_ct, require_tool
 from tests.radiology_support import store
 
 pytestmark = pytest.mark.browser
@@ -205,3 +206,81 @@ def test_mammograms_hang_by_laterality_and_view_at_full_resolution(app, live_ser
         assert page.locator(f"section.pane[data-pane={pane}]").get_attribute("data-sop") == sop
     size = page.evaluate("() => window.archivageViewer.mammo[0].imageRect()")
     assert (size["cols"], size["rows"]) == (600, 600)
+
+
+@pytest.mark.parametrize("syntax", [("dcmcjpeg", "1.2.840.10008.1.2.4.50"), ("dcmcjpls", "1.2.840.10008.1.2.4.80"),
+                                    ("dcmcjpeg", "1.2.840.10008.1.2.4.70")], ids=["jpeg-baseline", "jpeg-ls",
+                                                                                "jpeg-lossless"])
+def test_compressed_multiframe_decodes_in_the_worker_and_plays_as_cine(app, live_server, page, tmp_path, syntax):
+    """A multi-frame object compressed by DCMTK (JPEG baseline and JPEG-LS go through the WebAssembly codecs
+    in the decoding worker, under the viewer's CSP) shows its first frame as the server renders it, and cine
+    plays the frames. Bad implementations: codecs fetched from a CDN or refused by the CSP (nothing shows),
+    a multi-frame object shown as one image, a cine button that does not move."""
+    import subprocess
+
+    tool, expected_syntax = syntax
+    frames, rows = 6, 96
+    ds = make_ct(rows=rows, modality="US", patient_id="PAT-CINE", SOPClassUID="1.2.840.10008.5.1.4.1.1.7.2",
+                 NumberOfFrames=frames, FrameIncrementPointer=0x00181063, FrameTime=100,
+                 BitsAllocated=8, BitsStored=8, HighBit=7)
+    i, j = np.mgrid[0:rows, 0:rows]
+    ds.PixelData = np.stack([(i + j + 25 * f) % 256 for f in range(frames)]).astype(np.uint8).tobytes()
+    for name in ("RescaleSlope", "RescaleIntercept"):
+        if name in ds:
+            del ds[name]
+    plain, packed = tmp_path / "plain.dcm", tmp_path / "packed.dcm"
+    ds.save_as(plain, enforce_file_format=True)
+    options = ["+eb"] if expected_syntax.endswith(".50") else []  # DCMTK's default: lossless SV1, or JPEG-LS
+    subprocess.run([require_tool(tool), *options, str(plain), str(packed)], check=True, capture_output=True)
+    compressed = pydicom.dcmread(packed)  # lossy JPEG: DCMTK gives the copy a new SOP Instance UID
+    assert compressed.file_meta.TransferSyntaxUID == expected_syntax
+    store(app.extensions["archivage"].archive, [compressed])
+    add_user(app, "dr_cine", "radiologist")
+    sign_in(page, live_server, "dr_cine")
+    page.goto(f"{live_server}/radiology/studies/{ds.StudyInstanceUID}/viewer")
+    _ready(page)
+    current = page.locator("section.pane[data-pane=current]")
+    assert current.get_attribute("data-count") == str(frames)
+    image, shot = _canvas(page)
+    rendered = page.request.get(
+        f"{live_server}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/"
+        f"{compressed.SOPInstanceUID}/frames/1/rendered?window={shot['wc']},{shot['ww']}", headers={"Accept": "image/png"})
+    assert rendered.ok, (rendered.status, rendered.text()[:300])
+    server = np.asarray(Image.open(io.BytesIO(rendered.body())).convert("L").resize((rows, rows)), dtype=float)
+    assert np.abs(_image_region(image, shot["rect"]) - server)[2:-2, 2:-2].mean() < 8
+    page.keyboard.press("c")  # cine at the object's Frame Time (100 ms)
+    seen = set()
+    for _ in range(40):
+        seen.add(current.get_attribute("data-index"))
+        if len(seen) >= 3:
+            break
+        page.wait_for_timeout(100)
+    page.keyboard.press("c")
+    assert len(seen) >= 3, seen
+    assert page.csp_refusals == []
+
+
+def test_toolbar_fits_a_1366_by_768_screen_with_a_long_name(app, live_server, page):
+    """Issue 11: every toolbar control is on screen at 1366×768 and a 300-character description or name
+    does not widen the page (bad layout: a toolbar or pane bar pushing the page sideways)."""
+    import warnings
+
+    study = generate_uid()
+    with warnings.catch_warnings():  # over LO's 64 characters, as some modalities send
+        warnings.simplefilter("ignore")
+        stack = ct_stack(study, 2, 2.5, study_date="20240301", frame_of_reference=generate_uid(),
+                         description="D" * 300)
+    store(app.extensions["archivage"].archive, stack)
+    add_user(app, "dr_" + "x" * 40, "radiologist")
+    sign_in(page, live_server, "dr_" + "x" * 40)
+    page.goto(f"{live_server}/radiology/studies/{study}/viewer")
+    _ready(page)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 1366
+    assert page.evaluate("() => document.documentElement.scrollHeight") <= 768
+    controls = page.locator(".toolbar button, .toolbar select, .toolbar a")
+    assert controls.count() >= 10
+    for k in range(controls.count()):
+        box = controls.nth(k).bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 1366 and box["y"] + box["height"] <= 768
+    stage = page.locator("section.pane[data-pane=current] .stage").bounding_box()
+    assert stage["height"] >= 500  # the image keeps most of the screen

@@ -46,13 +46,17 @@ function view(item) {
   return "";
 }
 
-/** The series' frames, in instance-number order: {imageId, sop, frame (0-based), frames, meta}. */
-async function loadSeries(study, series) {
+async function fetchMetadata(path) {
   const root = new URL(cfg.dicomweb, location.href).href.replace(/\/$/, "");
-  const response = await fetch(`${root}/studies/${study}/series/${series}/metadata`,
+  const response = await fetch(`${root}${path}/metadata`,
     { credentials: "same-origin", headers: { Accept: "application/dicom+json" } });
   if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
-  const instances = (await response.json()).filter((i) => value(i, "7FE00010") || value(i, "00280010"));
+  return { root, instances: await response.json() };
+}
+
+/** The frames of *instances* (DICOM JSON), in instance-number order: {imageId, sop, frame (0-based), frames, meta}. */
+function framesOf(root, study, series, instances) {
+  instances = instances.filter((i) => value(i, "7FE00010") || value(i, "00280010") || i["7FE00010"]);
   instances.sort((a, b) => (Number(first(a, "00200013")) || 0) - (Number(first(b, "00200013")) || 0));
   const items = [];
   for (const meta of instances) {
@@ -65,6 +69,18 @@ async function loadSeries(study, series) {
     }
   }
   return items;
+}
+
+/** The series' frames (one metadata request for the whole series). */
+async function loadSeries(study, series) {
+  const { root, instances } = await fetchMetadata(`/studies/${study}/series/${series}`);
+  return framesOf(root, study, series, instances);
+}
+
+/** The frames of one instance: what the first image needs, long before a 500-image series' metadata. */
+async function loadInstance(study, series, sop) {
+  const { root, instances } = await fetchMetadata(`/studies/${study}/series/${series}/instances/${sop}`);
+  return framesOf(root, study, series, instances);
 }
 
 /** Slice geometry of a stack when every image has a position and all are parallel; else null. */
@@ -112,23 +128,41 @@ class Pane {
     ToolGroupManager.getToolGroup(GROUP).addViewport(this.viewportId, ENGINE);
   }
 
+  /** Show the series: its first image as soon as that instance's metadata is in (the page names it),
+   *  then the whole stack once the series' metadata is. */
   async load(seriesUid, items = null) {
     this.el.dataset.state = "loading";
+    const loading = Symbol("load"); this.loading = loading;
     try {
-      this.items = items || await loadSeries(this.study, seriesUid);
-      this.geometry = geometry(this.items);
-      if (!this.items.length) throw new Error(cfg.strings.noImage);
-      this.index = 0;
-      await this.viewport.setStack(this.items.map((i) => i.imageId), 0);
+      const firstSop = !items && this.series?.selectedOptions[0]?.dataset.first;
+      const whole = items ? Promise.resolve(items) : loadSeries(this.study, seriesUid);
+      if (firstSop) {
+        const head = await loadInstance(this.study, seriesUid, firstSop).catch(() => null);
+        if (head?.length && this.loading === loading) await this.show(head, 0, false);
+      }
+      const all = await whole;
+      if (this.loading !== loading) return;
+      if (!all.length) throw new Error(cfg.strings.noImage);
+      const shown = this.items.length ? this.current.imageId : null;
+      await this.show(all, Math.max(0, all.findIndex((i) => i.imageId === shown)), true);
+    } catch (error) {
+      if (this.loading === loading) this.fail(error);
+    }
+  }
+
+  async show(items, index, complete) {
+    this.items = items;
+    this.geometry = complete ? geometry(items) : null;
+    this.index = index;
+    await this.viewport.setStack(items.map((i) => i.imageId), index);
+    if (complete) {
       toolUtils.stackPrefetch.enable(this.stage);
       this.viewer.relink();
-      this.applyHanging();
-      this.viewport.render();
-      this.el.dataset.state = "ready";
-      this.onNewImage();
-    } catch (error) {
-      this.fail(error);
     }
+    this.applyHanging();
+    this.viewport.render();
+    this.el.dataset.state = complete ? "ready" : "first";
+    this.onNewImage();
   }
 
   fail(error) {

@@ -135,12 +135,12 @@ class Pane {
     const loading = Symbol("load"); this.loading = loading;
     try {
       const firstSop = !items && this.series?.selectedOptions[0]?.dataset.first;
-      const whole = items ? Promise.resolve(items) : loadSeries(this.study, seriesUid);
       if (firstSop) {
         const head = await loadInstance(this.study, seriesUid, firstSop).catch(() => null);
         if (head?.length && this.loading === loading) await this.show(head, 0, false);
       }
-      const all = await whole;
+      // Asked for once the first image is in: on the server it would hold up the first image's requests.
+      const all = items || await loadSeries(this.study, seriesUid);
       if (this.loading !== loading) return;
       if (!all.length) throw new Error(cfg.strings.noImage);
       const shown = this.items.length ? this.current.imageId : null;

@@ -1,9 +1,15 @@
 """Viewer benchmark: first and next image of a 500-image CT over HTTP, and a 6-image paper reproduction.
 
-Usage: python bench/viewer.py [--images 500] [--size 512] [--repeat 20]
+Usage: python bench/viewer.py [--images 500] [--size 512] [--repeat 20] [--browser-repeat 5]
 
 A fresh instance under a temporary folder; the back-office is served by werkzeug in this process
 (threaded) and measured from an HTTP client on loopback: the figures are server render + transfer.
+
+Then the Cornerstone3D viewer in Debian's Chromium (when installed): from the navigation to the first
+frame drawn on the canvas, with a cold browser (a new context: no HTTP cache, the 4.3 MB bundle
+fetched again) and with the bundle in the browser's cache (the same context, a second visit). What
+the viewer fetches before its first frame is timed over HTTP too: the series metadata (500 instances)
+and the first frame by WADO-RS.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ from _common import REPO, ImageSetSpec, free_port, generate_image_set
 
 sys.path.insert(0, str(REPO))
 
-TARGETS_MS = {"first image (cold)": 300, "next image (cold)": 100, "reproduction PDF, 6 images": 1000}
+TARGETS_MS = {"first image (cold)": 300, "next image (cold)": 100, "reproduction PDF, 6 images": 1000,
+              "viewer: first frame, bundle cached": 300}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -38,6 +45,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=500)
     parser.add_argument("--size", type=int, default=512, help="rows and columns of each image")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--browser-repeat", type=int, default=5, help="0: no browser measure")
     args = parser.parse_args()
 
     from archive_core.archive import Archive
@@ -116,6 +124,13 @@ def main() -> int:
             shutil.rmtree(cache, ignore_errors=True)
             results["reproduction PDF, 6 images"].append(
                 fetch(base + f"/radiology/studies/{study_uid}/reproduction.pdf?per_page=6"))
+        series_uid = detail.series[0].series_uid
+        wado = base + f"/dicom-web/studies/{study_uid}/series/{series_uid}"
+        for _ in range(args.repeat):
+            results.setdefault("WADO-RS series metadata", []).append(fetch(wado + "/metadata"))
+            results.setdefault("WADO-RS first frame", []).append(fetch(wado + f"/instances/{sops[0]}/frames/1"))
+        if args.browser_repeat and shutil.which("chromium"):
+            results.update(browser_first_frame(base, study_uid, args.browser_repeat))
         server.shutdown()
 
         print(f"\n{args.images} images {args.size}x{args.size}, {args.repeat} repetitions (ms):")
@@ -130,6 +145,37 @@ def main() -> int:
         return 1 if failed else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def browser_first_frame(base: str, study_uid: str, repeat: int) -> dict[str, list[float]]:
+    """Navigation to the first frame drawn by the Cornerstone3D viewer, cold and with the bundle cached."""
+    from playwright.sync_api import sync_playwright
+
+    args = ["--no-sandbox", "--headless", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync"]
+    shown = "() => document.querySelector('section.pane[data-rendered]') !== null"
+    cold: list[float] = []
+    cached: list[float] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"), args=args, headless=True)
+        try:
+            for _ in range(repeat):
+                context = browser.new_context(viewport={"width": 1366, "height": 768})
+                page = context.new_page()
+                page.goto(base + "/login")
+                page.fill("input[name=login]", "bench")
+                page.fill("input[name=password]", "bench password 1")
+                page.click("button[type=submit]")
+                page.wait_for_load_state()
+                for into in (cold, cached):
+                    t0 = time.perf_counter()
+                    page.goto(base + f"/radiology/studies/{study_uid}/viewer", wait_until="commit")
+                    page.wait_for_function(shown, polling="raf", timeout=60000)
+                    into.append((time.perf_counter() - t0) * 1000)
+                context.close()
+        finally:
+            browser.close()
+    return {"viewer: first frame, cold browser": cold, "viewer: first frame, bundle cached": cached}
 
 
 if __name__ == "__main__":

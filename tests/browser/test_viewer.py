@@ -173,6 +173,7 @@ def test_share_link_opens_the_same_viewer_read_only(app, live_server, studies, p
     page.goto(f"{live_server}/share/{link.token}")
     page.fill("input[name=code]", link.code)
     page.click("button[type=submit]")
+    page.click("#open-shared-viewer")  # from the link's page (patient, report, key images)
     page.wait_for_url(re.compile(r".*/viewer$"))
     _ready(page)
     assert page.locator("[data-action=key]").count() == 0

@@ -468,7 +468,7 @@ class _RadiologyMixin:
         except tls.TLSConfigError as exc:  # nothing goes out in clear to a --tls peer
             return all_failed(instances, str(exc))
         return send_instances(
-            lambda inst: self._archive.store_for(inst.tier).path_of(inst.storage_key), instances,
+            lambda inst: self._archive.store_for(inst.tier).open(inst.storage_key), instances,
             host=peer.host, port=peer.port, called_ae=peer.ae_title, calling_ae=settings.DICOM_AE_TITLE,
             loop_delay=settings.DICOM_DUL_LOOP_DELAY, timeout=settings.DICOM_NETWORK_TIMEOUT,
             progress=progress, cancelled=cancelled, tls_args=tls_args,

@@ -17,8 +17,8 @@ A backup folder holds:
 Objects are incremental: one whose copy in the folder has the checksum the index records (SHA-256 of
 the dataset, as ``archive fsck`` computes it) is not read from storage or copied again; a damaged or
 missing copy is copied afresh. The folder mirrors the archive at the time of the
-last backup: copies of objects no longer indexed are removed. Object storage on S3 is not
-supported yet.
+last backup: copies of objects no longer indexed are removed. Objects are read and written
+through the configured stores (a folder or an S3 bucket), by key.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import BinaryIO
 
 from sqlalchemy.engine import make_url
 
 from archive_core.config import Settings, read_settings
 from archive_core.part10 import dataset_offset
-from archive_core.storage import open_store
-from archive_core.storage.filesystem import FilesystemStore
+from archive_core.storage import BlobStore, open_stores
 
 FORMAT = 1
 MANIFEST = "manifest.jsonl"
@@ -56,8 +56,7 @@ class BackupError(Exception):
 
 
 class NotSupported(BackupError):
-    """The configured engine has no backup yet (S3 object storage, a database other than SQLite or
-    PostgreSQL)."""
+    """The configured engine has no backup yet (a database other than SQLite or PostgreSQL)."""
 
 
 @dataclass
@@ -190,18 +189,10 @@ def _restore_postgresql(dump: Path, url: str, *, force: bool) -> list[str]:
     return notes
 
 
-def _file_store_root(url: str) -> Path:
-    from urllib.parse import urlparse
-
-    parsed = urlparse(url)
-    if parsed.scheme not in ("file", ""):
-        raise NotSupported(f"backup of {parsed.scheme}:// storage is not supported yet")
-    return Path(parsed.path or url)
-
-
-def _stores(settings: Settings) -> dict[str, FilesystemStore]:
-    _file_store_root(settings.storage_url), _file_store_root(settings.archive_tier_storage_url)  # refuse S3 early
-    return {"active": open_store(settings.storage_url), "archive": open_store(settings.archive_tier_storage_url)}
+def _stores(settings: Settings) -> dict[str, BlobStore]:
+    """Both tiers' stores (a folder or an S3 bucket): objects are read and written by key."""
+    active, archive = open_stores(settings)
+    return {"active": active, "archive": archive}
 
 
 def _copy_path(root: Path, tier: str, key: str) -> Path:
@@ -225,12 +216,12 @@ def _checksums(path: Path) -> tuple[str, str]:
     return hashlib.sha256(data).hexdigest(), hashlib.sha256(memoryview(data)[dataset_offset(data):]).hexdigest()
 
 
-def _copy_hashed(source: Path, target: Path) -> str:
-    """Copy *source* to *target* (through a temporary name, fsynced) and return the copy's SHA-256."""
+def _copy_hashed(src: BinaryIO, target: Path) -> str:
+    """Copy the reader *src* to *target* (through a temporary name, fsynced) and return the copy's SHA-256."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".part")
     digest = hashlib.sha256()
-    with open(source, "rb") as src, open(tmp, "wb") as dst:
+    with open(tmp, "wb") as dst:
         for block in iter(lambda: src.read(1 << 20), b""):
             digest.update(block)
             dst.write(block)
@@ -325,13 +316,13 @@ def backup(settings: Settings, dest: Path, *, with_signing_key: bool = False,
                 entries.append({"key": key, "tier": tier, "size": copy.stat().st_size, "sha256": whole,
                                 "index_sha256": index_sha})
                 continue
-        src = stores[tier].path_of(key)
-        if not src.is_file():  # moved to the other tier since the snapshot: take it from there
-            other = stores["active" if tier == "archive" else "archive"].path_of(key)
-            if not other.is_file():
+        holder = stores[tier]
+        if not holder.exists(key):  # moved to the other tier since the snapshot: take it from there
+            holder = stores["active" if tier == "archive" else "archive"]
+            if not holder.exists(key):
                 raise BackupError(f"object {tier}:{key} of the index is missing from storage (run archive fsck)")
-            src = other
-        sha = _copy_hashed(src, copy)
+        with holder.open(key) as src:
+            sha = _copy_hashed(src, copy)
         entries.append({"key": key, "tier": tier, "size": copy.stat().st_size, "sha256": sha,
                         "index_sha256": index_sha})
         report.copied += 1
@@ -499,9 +490,8 @@ def restore(src: Path, instance: Path, *, force: bool = False) -> list[str]:
         db_path.parent.mkdir(parents=True, exist_ok=True)
         _copy_sqlite(src / DATABASE, db_path)
     for (tier, key) in _read_manifest(src / MANIFEST):
-        target_path = stores[tier].path_of(key)
-        target_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(_copy_path(src, tier, key), target_path)
+        with open(_copy_path(src, tier, key), "rb") as f:
+            stores[tier].put(key, f)
     if (files / "audit-checkpoints.log").is_file():
         settings.audit_checkpoint_log.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(files / "audit-checkpoints.log", settings.audit_checkpoint_log)

@@ -25,8 +25,22 @@ class Settings:
     instance_path: Path
     DATABASE_URL: str = ""
     STORAGE_URL: str = ""
-    # The intermediate-archive tier (CNIL: 5 years after the last visit); another folder or volume.
+    # The intermediate-archive tier (CNIL: 5 years after the last visit); another folder or volume,
+    # or another bucket/prefix of the object store.
     ARCHIVE_TIER_STORAGE_URL: str = ""
+    # S3-compatible storage (STORAGE_URL = s3://bucket/prefix): the endpoint of a MinIO or Ceph RGW
+    # (empty: AWS), its region, "path" or "virtual" bucket addressing ("auto": boto3 decides), the
+    # storage class of archive-tier objects (empty: the bucket's default). Credentials: from the
+    # environment only (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE), never these files.
+    S3_ENDPOINT_URL: str = ""
+    S3_REGION: str = ""
+    S3_ADDRESSING_STYLE: str = "auto"
+    ARCHIVE_TIER_S3_STORAGE_CLASS: str = ""
+    # Seconds between two attempts to upload journal entries while the object store is unreachable.
+    S3_RETRY_SECONDS: float = 10.0
+    # The local ingest journal of an s3:// store (relative: under the instance folder); a file://
+    # store keeps its journal in its own folder (incoming/).
+    STORAGE_JOURNAL_PATH: str = "journal"
     DICOM_AE_TITLE: str = "ARCHIVAGE"
     DICOM_HOST: str = "0.0.0.0"
     DICOM_PORT: int = 11112
@@ -40,7 +54,8 @@ class Settings:
     # "keep_first": a different object under a known SOP Instance UID is refused with a warning;
     # "overwrite": it replaces the stored one.
     DICOM_DUPLICATE_POLICY: str = "keep_first"
-    # Below this many free bytes on the storage volume, C-STORE answers 0xA700.
+    # Below this many free bytes on the storage volume (the journal's, for an s3:// store), C-STORE
+    # answers 0xA700.
     STORAGE_MIN_FREE_BYTES: int = 1024**3
     # Associations at once, in all and from one calling address; more are refused with an
     # A-ASSOCIATE-RJ (transient, local limit exceeded). Connections still silent do not count.
@@ -85,6 +100,10 @@ class Settings:
     @property
     def storage_url(self) -> str:
         return self.STORAGE_URL or f"file://{self.instance_path / 'storage'}"
+
+    @property
+    def storage_journal_path(self) -> Path:
+        return self.instance_path / Path(self.STORAGE_JOURNAL_PATH).expanduser()
 
     @property
     def archive_tier_storage_url(self) -> str:

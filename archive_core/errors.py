@@ -55,3 +55,11 @@ class IdentityConflict(ArchiveError):
 
 class ObjectTooLarge(ArchiveError):
     """A received object is larger than the configured maximum (``DICOM_MAX_OBJECT_BYTES``)."""
+
+
+class StorageUnavailable(ArchiveError):
+    """The object store cannot be reached or refuses us (network, credentials, bucket); the journal keeps what was received."""
+
+
+class StorageRefused(StorageUnavailable):
+    """The object store answers but refuses us for good (credentials, no such bucket): a start-up error."""

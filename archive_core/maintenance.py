@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -25,7 +23,8 @@ from archive_core.index.ingest import (
     refresh_counts,
 )
 from archive_core.index.models import Instance
-from archive_core.part10 import dataset_offset
+from archive_core.storage import BlobStore, blob_checksum
+from archive_core.storage.base import dataset_checksum
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +47,9 @@ class FsckReport:
 
 
 def file_checksum(path: Path) -> str:
-    data = path.read_bytes()
-    return hashlib.sha256(memoryview(data)[dataset_offset(data):]).hexdigest()
+    """SHA-256 of the dataset of a local Part 10 file (an import, a journal entry)."""
+    with open(path, "rb") as f:
+        return dataset_checksum(f)
 
 
 def fsck(archive: Archive, *, repair: bool = False, verify_checksums: bool = True) -> FsckReport:
@@ -96,10 +96,10 @@ def _check(archive: Archive, *, verify_checksums: bool, repair: bool = False) ->
     for _id, key, checksum, tier in rows:
         report.checked += 1
         (archived_keys if tier == "archive" else indexed_keys).add(key)
-        path = archive.store_for(tier).path_of(key)
-        if not path.is_file():
+        store_of_tier = archive.store_for(tier)
+        if not store_of_tier.exists(key):
             report.missing_files.append(key)
-        elif verify_checksums and file_checksum(path) != checksum:
+        elif verify_checksums and blob_checksum(store_of_tier, key) != checksum:
             report.checksum_mismatches.append(key)
     intended = filechanges.pending_locations(archive)
     report.orphan_files = sorted(k for k in store.keys() if k not in indexed_keys and ("active", k) not in intended)
@@ -118,19 +118,19 @@ def _check(archive: Archive, *, verify_checksums: bool, repair: bool = False) ->
     return report
 
 
-def _path_in_any_tier(archive: Archive, key: str) -> Path:
-    path = archive.store.path_of(key)
-    return path if path.is_file() else archive.archive_store.path_of(key)
+def _quarantine(store: BlobStore, key: str, quarantine: Path) -> None:
+    """Keep the object of *key* in the local ``quarantine/`` folder for a human, out of *store*."""
+    store.download(key, quarantine / key.replace("/", "_"))
+    store.delete(key)
 
 
 def _repair(archive: Archive, report: FsckReport) -> None:
     store = archive.store
-    quarantine = store.root / "quarantine"
+    quarantine = store.quarantine_dir
     drop = list(report.missing_files)
     for key in report.checksum_mismatches:
-        quarantine.mkdir(exist_ok=True)
-        target = quarantine / key.replace("/", "_")
-        shutil.move(str(_path_in_any_tier(archive, key)), target)
+        holder = store if store.exists(key) else archive.archive_store
+        _quarantine(holder, key, quarantine)
         drop.append(key)
         report.repaired.append(f"quarantined {key}")
     if drop:
@@ -148,10 +148,13 @@ def _repair(archive: Archive, report: FsckReport) -> None:
     for key in report.orphan_files:
         if key.startswith("archive:"):
             continue
-        path = store.path_of(key)
+        # A local copy to read (and, misplaced, to file through the journal's normal path).
+        local = store.incoming_dir / f"fsck-{os.getpid()}-{key.replace('/', '_')}.part.tmp"
+        store.download(key, local)
         try:
-            job = job_from_file(path, seq=0)
+            job = job_from_file(local, seq=0)
         except ArchiveError as exc:
+            local.unlink()
             log.error("orphan file %s cannot be indexed: %s", key, exc)
             continue
         with archive.sessions() as s:
@@ -161,27 +164,32 @@ def _repair(archive: Archive, report: FsckReport) -> None:
         if indexed_key is not None and indexed_key != key:
             # An object overwritten under another study/series whose old file a crash left behind:
             # the index holds the newer one; keep the old for a human, never serve it.
-            quarantine.mkdir(exist_ok=True)
-            shutil.move(str(path), quarantine / key.replace("/", "_"))
+            os.replace(local, quarantine / key.replace("/", "_"))
+            store.delete(key)
             reindexed.append(key)
             report.repaired.append(f"quarantined superseded {key}")
             continue
         misplaced = job.identity.key != key
         if misplaced:
-            # Not where its UIDs say it belongs: move it there through the normal path.
-            job.path = store.incoming_dir / f"fsck-{os.getpid()}-{job.identity.sop_instance_uid}.dcm"
-            os.replace(path, job.path)
+            # Not where its UIDs say it belongs: filed there through the normal path, before the index names it.
+            store.stage(local, job.identity.key)
         conflicts: list = []
         index_jobs(archive.sessions, [job], conflicts=conflicts)
         if conflicts:
             # Its series is another study's, or its study another patient's: never filed, kept for a human.
-            quarantine.mkdir(exist_ok=True)
-            shutil.move(str(job.path), quarantine / key.replace("/", "_"))
+            os.replace(local, quarantine / key.replace("/", "_"))
+            if misplaced and store.stages_uploads:
+                store.delete(job.identity.key)
+            store.delete(key)
             reindexed.append(key)
             report.repaired.append(f"quarantined contradicting {key}")
             continue
         if misplaced:
-            store.commit(job.path, job.identity.key)
+            store.commit(local, job.identity.key)
+            store.sync_committed([job.identity.key])
+            store.delete(key)
+        else:
+            local.unlink()
         reindexed.append(key)
         report.repaired.append(f"indexed orphan {key}")
     report.orphan_files = [k for k in report.orphan_files if k not in reindexed]

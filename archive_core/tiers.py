@@ -12,7 +12,7 @@ from archive_core.archive import Archive
 from archive_core.db import write_session
 from archive_core.errors import ArchiveError
 from archive_core.index.models import Instance, Patient, Series, Study
-from archive_core.maintenance import file_checksum
+from archive_core.storage import blob_checksum
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,13 @@ def move_patient_to_archive(archive: Archive, patient_pk: int, *, actor: str = "
     committed = False
     try:
         for inst_id, key, checksum, size in rows:
-            source = active.path_of(key)
-            if not source.is_file():
+            if not active.exists(key):
                 log.error("tier move: active file of %s is missing; left for fsck", key)
                 continue
             intent.add(("active", key), ("archive", key))
-            copy = archived.put_file(key, source)
-            if file_checksum(copy) != checksum:
+            with active.open(key) as source:  # streamed, in chunks: another folder, bucket or storage class
+                archived.put(key, source)
+            if blob_checksum(archived, key) != checksum:
                 raise TierCopyMismatch(f"archive-tier copy of {key} does not match its checksum")
             moved_ids.append(inst_id)
             moved_bytes += size

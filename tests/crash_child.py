@@ -26,7 +26,7 @@ def main() -> None:
     from backoffice import create_app
 
     if step == "mid-write":
-        for name in ("put_bytes", "put_file"):
+        for name in ("put",):  # put_bytes and put_file write through put
             original = getattr(FilesystemStore, name)
 
             def wrapped(self, *a, _original=original, **k):

@@ -33,12 +33,12 @@ from archive_core.errors import (
     InvalidIdentifier,
     JournalBusy,
     ObjectTooLarge,
+    StorageUnavailable,
 )
 from archive_core.index.keywords import extract, patient_key
 from archive_core.index.models import Instance, Patient, Peer, Series, Study
 from archive_core.part10 import dataset_offset, file_header
-from archive_core.storage.base import FileRange
-from archive_core.storage.filesystem import FilesystemStore
+from archive_core.storage.base import BlobStore, FileRange
 from archive_core.uids import clean_uid, require_uid
 
 log = logging.getLogger(__name__)
@@ -316,7 +316,7 @@ class Ingestor:
 
     Parameters
     ----------
-    store : FilesystemStore
+    store : BlobStore
         Where the journal and the objects live.
     sessions : sessionmaker
         Sessions on the archive database.
@@ -330,7 +330,7 @@ class Ingestor:
 
     def __init__(
         self,
-        store: FilesystemStore,
+        store: BlobStore,
         sessions: sessionmaker[Session],
         *,
         duplicate_policy: str = "keep_first",
@@ -338,6 +338,7 @@ class Ingestor:
         coalesce_seconds: float = 0.05,
         on_indexed: Callable[[set[str]], None] | None = None,
         max_object_bytes: int = 0,
+        retry_seconds: float = 10.0,
     ) -> None:
         if duplicate_policy not in DUPLICATE_POLICIES:
             raise ValueError(f"duplicate policy must be one of {DUPLICATE_POLICIES}")
@@ -365,6 +366,11 @@ class Ingestor:
         self._waiters = 0
         self.coalesce_seconds = coalesce_seconds
         self.failures = 0
+        # Jobs the store could not take (StorageUnavailable: an object store unreachable): acknowledged,
+        # durable in the journal, tried again every *retry_seconds* by the indexer thread.
+        self.retry_seconds = retry_seconds
+        self._deferred: list[Job] = []
+        self._retry_at = 0.0
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -552,7 +558,11 @@ class Ingestor:
             self._owns_journal = False
 
     def wait_indexed(self, seq: int | None = None, timeout: float = 60.0) -> bool:
-        """Block until every entry up to *seq* (default: all acknowledged so far) is indexed."""
+        """Block until every entry up to *seq* (default: all acknowledged so far) is indexed.
+
+        An entry the object store could not take yet counts as done (it waits in the journal, see
+        :meth:`is_pending`): an association's release is not held while the store is away.
+        """
         if seq is None:
             with self._lock:
                 seq = self._last_seq
@@ -573,7 +583,7 @@ class Ingestor:
 
     def _mark_done(self, seqs: Iterable[int]) -> None:
         with self._indexed:
-            self._done_seqs.update(seqs)
+            self._done_seqs.update(seq for seq in seqs if seq > self._indexed_upto)
             while self._indexed_upto + 1 in self._done_seqs:
                 self._indexed_upto += 1
                 self._done_seqs.discard(self._indexed_upto)
@@ -582,7 +592,11 @@ class Ingestor:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=max(0.0, self._retry_at - time.monotonic()) if self._deferred else None)
+            except queue.Empty:
+                self._retry_deferred()
+                continue
             if first is None:
                 break
             batch = [first]
@@ -605,14 +619,40 @@ class Ingestor:
                     break
                 batch.append(job)
             self._index_with_retry(batch)
+            if self._deferred and time.monotonic() >= self._retry_at:
+                self._retry_deferred()
+
+    def _defer(self, batch: list[Job], exc: Exception | None = None) -> None:
+        """Keep *batch* for a later attempt: the store is unreachable (its entries stay in the journal)."""
+        self._deferred.extend(batch)
+        if exc is not None:
+            self._retry_at = time.monotonic() + self.retry_seconds
+            log.error("%s; %d objects wait in the journal, next attempt in %g s", exc, len(self._deferred),
+                      self.retry_seconds)
+        self._mark_done(job.seq for job in batch if job.seq > 0)
+
+    def _retry_deferred(self) -> None:
+        jobs, self._deferred, self._retry_at = self._deferred, [], 0.0
+        for start in range(0, len(jobs), self.batch_size):
+            self._index_with_retry(jobs[start:start + self.batch_size])
+            if self._deferred:  # still unreachable: the rest waits with it
+                self._deferred.extend(jobs[start + self.batch_size:])
+                return
+        log.info("the object store answers again: %d waiting objects stored and indexed", len(jobs))
 
     def _index_with_retry(self, batch: list[Job], attempts: int = 6) -> None:
         # The journal holds every entry until it is indexed, so a retry loses nothing. A concurrent
         # writer (an import, another process) may have created a row we were about to insert.
+        if self._deferred and time.monotonic() < self._retry_at:
+            self._defer(batch)  # the store is away: no batch waits on its timeouts until the next attempt
+            return
         delay = 0.05
         for _attempt in range(attempts):
             try:
                 self.index_batch(batch)
+                return
+            except StorageUnavailable as exc:
+                self._defer(batch, exc)
                 return
             except Exception as exc:  # the indexer thread must outlive any one batch
                 self.failures += 1
@@ -628,9 +668,19 @@ class Ingestor:
         self._mark_done([job.seq])
 
     def index_batch(self, batch: list[Job]) -> None:
-        """Index *batch* in one transaction, then move its files under their keys."""
+        """Stage *batch* in the store (an object store: upload, confirmed), index it in one transaction,
+        then move its files under their keys (the filesystem) or drop its journal entries (confirmed).
+
+        Raises :class:`StorageUnavailable` before indexing anything when the store cannot take them.
+        """
         conflicts: list[tuple[Job, IdentityConflict]] = []
-        touched_studies = index_jobs(self.sessions, batch, conflicts=conflicts)
+        if self.store.stages_uploads:
+            # Never upload what the index will refuse: it would replace the object stored under that key.
+            to_index = [job for job in batch if not self._refused_before_staging(job, conflicts)]
+            self.store.stage_many([(job.path, job.identity.key) for job in to_index])
+        else:
+            to_index = batch
+        touched_studies = index_jobs(self.sessions, to_index, conflicts=conflicts)
         for job, exc in conflicts:
             self._quarantine(job, exc)
         refused = {id(job) for job, _ in conflicts}
@@ -659,15 +709,23 @@ class Ingestor:
             except Exception:
                 log.exception("after-index hook failed")
 
+    def _refused_before_staging(self, job: Job, conflicts: list) -> bool:
+        with self.sessions() as s:
+            ident = job.identity
+            study = s.scalar(select(Study).where(Study.study_uid == ident.study_uid))
+            se = s.scalar(select(Series).where(Series.series_uid == ident.series_uid))
+            conflict = _contradiction(s, ident, study, se)
+        if conflict is not None:
+            conflicts.append((job, conflict))
+        return conflict is not None
+
     def _quarantine(self, job: Job, exc: IdentityConflict) -> None:
         """Keep a journal entry that contradicts the index aside (``quarantine/``) instead of filing it.
 
         Only objects acknowledged by another process (``archive import`` beside a server) or before
         a correction moved their study can get here: this process refuses them before acknowledging.
         """
-        quarantine = self.store.root / "quarantine"
-        quarantine.mkdir(exist_ok=True)
-        job.path.rename(quarantine / job.path.name)
+        job.path.rename(self.store.quarantine_dir / job.path.name)
         log.error("journal entry %s of %s not indexed, moved to quarantine: %s", job.path.name,
                   job.identity.sop_instance_uid, exc)
         audit_refusal(self.sessions, exc, job.ds, actor=job.source_ae or "archive", via="index",
@@ -688,9 +746,7 @@ class Ingestor:
                 job = job_from_file(path, seq=0, external=True if path.name.endswith(EXTERNAL_SUFFIX) else None)
             except Exception as exc:
                 # Only a corrupted disk gets here: a journal entry is fsynced before it is renamed.
-                quarantine = self.store.root / "quarantine"
-                quarantine.mkdir(exist_ok=True)
-                path.rename(quarantine / path.name)
+                path.rename(self.store.quarantine_dir / path.name)
                 log.error("journal entry %s unreadable, moved to quarantine: %s", path.name, exc)
                 continue
             jobs.append(job)

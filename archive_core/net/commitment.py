@@ -107,7 +107,8 @@ def verify(ctx, transaction_uid: str, references: list[tuple[str, str]]) -> Comm
     Objects acknowledged but not yet indexed are waited for first (they are in the journal): the
     report then covers them like any indexed object.
     """
-    from archive_core.maintenance import file_checksum
+    from archive_core.errors import StorageUnavailable
+    from archive_core.storage.base import dataset_checksum
 
     if not ctx.ingestor.wait_indexed(timeout=ctx.settings.DICOM_NETWORK_TIMEOUT):
         log.warning("storage commitment %s: the index is behind; unindexed objects fail", transaction_uid)
@@ -139,9 +140,9 @@ def verify(ctx, transaction_uid: str, references: list[tuple[str, str]]) -> Comm
             result.failed.append((class_uid, instance_uid, CLASS_INSTANCE_CONFLICT))
             continue
         try:
-            intact = file_checksum(ctx.path_of(StoredInstance(instance_uid, stored_class, ts, key, study_uid, tier)))
-            intact = intact == checksum
-        except OSError:
+            with ctx.open_blob(StoredInstance(instance_uid, stored_class, ts, key, study_uid, tier)) as f:
+                intact = dataset_checksum(f) == checksum
+        except (OSError, StorageUnavailable):
             intact = False
         if not intact:
             log.error("storage commitment %s: %s does not match its checksum", transaction_uid, instance_uid)

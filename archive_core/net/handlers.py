@@ -8,8 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -75,8 +74,8 @@ class ArchiveContext:
     settings: Settings
     ingestor: Ingestor
     sessions: sessionmaker[Session]
-    # Where a stored instance's file is (its tier's store); set by the server.
-    path_of: Callable[[StoredInstance], Path] | None = None
+    # Opens a stored instance's object in its tier's store (BlobStore.open); set by the server.
+    open_blob: Callable[[StoredInstance], BinaryIO] | None = None
     _states: dict[int, AssociationState] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # Writes audit events off the answer path (C-FIND batches); drained by close().
@@ -521,7 +520,7 @@ def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):
             return
         if contexts is None:
             contexts = accepted()
-        yield PENDING, scu.load_for_sending(ctx.path_of, inst, contexts)
+        yield PENDING, scu.load_for_sending(ctx.open_blob, inst, contexts)
 
 
 __all__ = [

@@ -28,8 +28,7 @@ import warnings
 from contextlib import suppress
 from dataclasses import dataclass, field
 from io import BytesIO
-from pathlib import Path
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
@@ -97,21 +96,29 @@ class StoredDataset(Dataset):
 class StoredFile:
     """A stored Part 10 file whose dataset (what follows its meta group) is to be sent.
 
-    It is opened once, by the sender (:meth:`Wire.send`), which reads it in chunks as it writes.
+    It is opened once, by the sender (:meth:`Wire.send`), which reads it in chunks as it writes:
+    *opener* is the store's (``BlobStore.open``): the file itself on a filesystem, a streaming
+    ranged GET on an object store; no path, and never the whole object in memory.
     """
 
-    path: Path
+    opener: Callable[[], BinaryIO]
+    name: str = "stored object"
+
+    def open(self) -> BinaryIO:
+        return self.opener()
 
     def dataset(self, f) -> int:
         """The dataset's length in the open file *f*, left positioned at the dataset's start."""
+        # The size first: on an object store the head and the dataset then come from one GET.
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
         head = f.read(_HEAD_BYTES)
         offset = dataset_offset(head)
         if len(head) == _HEAD_BYTES and offset > _HEAD_BYTES - 8:  # the walk reached the head's end: whole file
             f.seek(0)
             offset = dataset_offset(f.read())
-        size = os.fstat(f.fileno()).st_size
         if size <= offset:
-            raise ValueError(f"{self.path.name}: no dataset after the file meta information")
+            raise ValueError(f"{self.name}: no dataset after the file meta information")
         f.seek(offset)
         return size - offset
 
@@ -169,7 +176,7 @@ def _unsendable(inst: StoredInstance) -> Dataset:
 
 
 def load_for_sending(
-    path_of: Callable[[StoredInstance], Path], inst: StoredInstance, accepted: list[PresentationContext]
+    open_blob: Callable[[StoredInstance], BinaryIO], inst: StoredInstance, accepted: list[PresentationContext]
 ) -> Dataset:
     """The dataset to send for one instance: as stored, converted, or unsendable."""
     plan = transfer_plan(inst.sop_class_uid, inst.transfer_syntax_uid, accepted)
@@ -177,15 +184,16 @@ def load_for_sending(
         log.warning("no accepted context for %s in %s", inst.sop_instance_uid, inst.transfer_syntax_uid)
         return _unsendable(inst)
     try:
-        path = path_of(inst)
         if plan == inst.transfer_syntax_uid:
             return StoredDataset.of(
-                StoredFile(path),
+                StoredFile(lambda: open_blob(inst), inst.sop_instance_uid),
                 sop_class_uid=inst.sop_class_uid,
                 sop_instance_uid=inst.sop_instance_uid,
                 transfer_syntax_uid=inst.transfer_syntax_uid,
             )
-        return convert(path.read_bytes(), inst.transfer_syntax_uid, plan)
+        with open_blob(inst) as f:  # a conversion decodes the whole object (pydicom) anyway
+            data = f.read()
+        return convert(data, inst.transfer_syntax_uid, plan)
     except Exception as exc:
         log.error("cannot send %s: %s", inst.sop_instance_uid, exc.__class__.__name__)
         return _unsendable(inst)
@@ -501,7 +509,7 @@ class Wire:
 
     def send(self, context_id: int, command: bytes, data: "bytes | StoredFile") -> None:
         """Write one C-STORE-RQ: its *command* set then the dataset (bytes, or a stored file read as it goes)."""
-        source = open(data.path, "rb") if isinstance(data, StoredFile) else None  # fails before any byte is sent
+        source = data.open() if isinstance(data, StoredFile) else None  # fails before any byte is sent
         try:
             length = data.dataset(source) if source is not None else len(data)
             if length == 0:
@@ -703,7 +711,7 @@ class SendResult:
 
 
 def send_instances(
-    path_of: Callable[[StoredInstance], Path],
+    open_blob: Callable[[StoredInstance], BinaryIO],
     instances: list[StoredInstance],
     *,
     host: str,
@@ -756,7 +764,7 @@ def send_instances(
                     result.failed += 1
                     result.failures.append(Failure(rest.sop_instance_uid, None, "association lost"))
                 break
-            ds = load_for_sending(path_of, inst, accepted)
+            ds = load_for_sending(open_blob, inst, accepted)
             comment = ""
             try:
                 answer = send_c_store(assoc, ds)

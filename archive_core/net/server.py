@@ -132,7 +132,7 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
         settings=settings,
         ingestor=archive.ingestor,
         sessions=archive.sessions,
-        path_of=lambda inst: archive.store_for(inst.tier).path_of(inst.storage_key),
+        open_blob=lambda inst: archive.store_for(inst.tier).open(inst.storage_key),
     )
     ae = build_ae(archive)
     admission = limits.AssociationLimits(

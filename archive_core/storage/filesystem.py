@@ -1,153 +1,50 @@
-"""The filesystem blob store: fsynced temporary files, atomic renames, fsynced directories."""
+"""The filesystem blob store: fsynced temporary files, atomic renames, fsynced directories.
+
+Layout (unchanged since the first release): ``root/objects/<key>``, the journal in ``root/incoming``.
+"""
 
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-import threading
-import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from archive_core.errors import StorageFull
-from archive_core.storage.base import BlobStore, Chunk, FileRange
+from archive_core.storage.base import BlobStat, BlobStore
+from archive_core.storage.journal import LocalJournal, fsync_dir
 
 _KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-/")
+_CHUNK = 1 << 20
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def check_key(key: str) -> str:
+    # Keys come from validated UIDs; this is the last line of defence against a path from the wire.
+    if not key or key.startswith("/") or ".." in key.split("/") or not set(key) <= _KEY_CHARS:
+        raise ValueError(f"invalid storage key: {key!r}")
+    return key
 
 
-def _copy_range(source: FileRange, fd: int) -> None:
-    """Append *source* to *fd* in the kernel (copy_file_range), in 1 MiB reads where it cannot."""
-    with open(source.path, "rb") as src:
-        offset, remaining = source.offset, source.size
-        try:
-            while remaining:
-                copied = os.copy_file_range(src.fileno(), fd, remaining, offset)
-                if copied == 0:
-                    raise EOFError(f"{source.path.name} ended {remaining} bytes early")
-                offset += copied
-                remaining -= copied
-            return
-        except OSError as exc:
-            # Another filesystem on an old kernel, or one that does not support it.
-            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-        src.seek(offset)
-        while remaining:
-            block = src.read(min(1 << 20, remaining))
-            if not block:
-                raise EOFError(f"{source.path.name} ended {remaining} bytes early")
-            view = memoryview(block)
-            while view:
-                view = view[os.write(fd, view):]
-            remaining -= len(block)
-
-
-class FilesystemStore(BlobStore):
+class FilesystemStore(LocalJournal, BlobStore):
     """Blobs as files under ``root/objects``; the journal is ``root/incoming``."""
 
     def __init__(self, root: str | os.PathLike, *, min_free_bytes: int = 0) -> None:
-        self.root = Path(root)
+        self._init_journal(root, min_free_bytes=min_free_bytes)
         self.objects = self.root / "objects"
-        self.incoming_dir = self.root / "incoming"
-        self.min_free_bytes = min_free_bytes
-        for d in (self.objects, self.incoming_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self._space_checked_at = 0.0
-        self._space_lock = threading.Lock()
+        self.objects.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
-        self._journal_lock = None
 
     def _path(self, key: str) -> Path:
-        # Keys come from validated UIDs; this is the last line of defence against a path from the wire.
-        if not key or key.startswith("/") or ".." in key.split("/") or not set(key) <= _KEY_CHARS:
-            raise ValueError(f"invalid storage key: {key!r}")
-        return self.objects / key
+        return self.objects / check_key(key)
 
-    def write_incoming(self, name: str, chunks: list[Chunk]) -> Path:
-        final = self.incoming_dir / name
-        tmp = self.incoming_dir / (name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            for chunk in chunks:
-                if isinstance(chunk, FileRange):
-                    _copy_range(chunk, fd)
-                    continue
-                view = memoryview(chunk)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            os.fsync(fd)
-        except BaseException as exc:
-            # Nothing half-written: the journal never holds a partial entry under its final name.
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFull(str(exc)) from exc
-            raise
-        os.close(fd)
-        os.rename(tmp, final)
-        _fsync_dir(self.incoming_dir)
-        return final
+    def path_of(self, key: str) -> Path:
+        """The file of *key*: for tests and tools that know they hold a filesystem store only.
 
-    def adopt_incoming(self, name: str, received: Path) -> Path:
-        """Make *received*, a complete ``.tmp`` file of the journal's folder, journal entry *name*.
-
-        The same durability as :meth:`write_incoming` without copying: fsync, rename, directory fsync.
+        No archive code calls it (tests/unit/test_storage.py checks): readers go through :meth:`open`.
         """
-        if received.parent != self.incoming_dir or not received.name.endswith(".tmp"):
-            raise ValueError(f"{received} is not a temporary file of the journal")
-        fd = os.open(received, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        final = self.incoming_dir / name
-        os.rename(received, final)
-        _fsync_dir(self.incoming_dir)
-        return final
+        return self._path(key)
 
-    def incoming(self) -> list[Path]:
-        # Listing only: other processes (fsck, the scheduler) look while the server writes.
-        return sorted(self.incoming_dir.glob("*.dcm"))
-
-    def claim_journal(self) -> bool:
-        # An flock: the kernel releases it when the owner dies, even by kill -9.
-        if self._journal_lock is not None:
-            return True
-        handle = open(self.root / "journal.lock", "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            return False
-        self._journal_lock = handle
-        return True
-
-    def release_journal(self) -> None:
-        if self._journal_lock is not None:
-            self._journal_lock.close()
-            self._journal_lock = None
-
-    def discard_unfinished(self) -> int:
-        """Remove leftover ``.tmp`` files: never acknowledged, a crash interrupted their write.
-
-        Only the process that owns the journal may call this, before it receives anything:
-        elsewhere a ``.tmp`` is a write in progress.
-        """
-        count = 0
-        for tmp in self.incoming_dir.glob("*.tmp"):
-            tmp.unlink(missing_ok=True)
-            count += 1
-        return count
+    # -- from the journal ----------------------------------------------------------------------
 
     def commit(self, incoming: Path, key: str) -> None:
         target = self._path(key)
@@ -159,8 +56,8 @@ class FilesystemStore(BlobStore):
     def sync_committed(self, keys: list[str]) -> None:
         """Make a batch of :meth:`commit` renames durable: one fsync per directory touched."""
         for d in {self._path(k).parent for k in keys}:
-            _fsync_dir(d)
-        _fsync_dir(self.incoming_dir)
+            fsync_dir(d)
+        fsync_dir(self.incoming_dir)
 
     def _make_dirs(self, d: Path) -> None:
         missing = []
@@ -170,30 +67,23 @@ class FilesystemStore(BlobStore):
             p = p.parent
         for m in reversed(missing):
             m.mkdir(exist_ok=True)
-            _fsync_dir(m.parent)
+            fsync_dir(m.parent)
         self._known_dirs.add(d)
 
-    def put_file(self, key: str, source: Path) -> Path:
-        """Copy *source* under *key* durably (temporary file, fsync, rename, directory fsync)."""
+    # -- objects -------------------------------------------------------------------------------
 
-        def copy(dst: BinaryIO) -> None:
-            with open(source, "rb") as src:
-                while chunk := src.read(1 << 20):
-                    dst.write(chunk)
-
-        return self._put(key, copy)
-
-    def put_bytes(self, key: str, data: bytes) -> Path:
-        """Write *data* under *key* durably (temporary file, fsync, rename, directory fsync)."""
-        return self._put(key, lambda dst: dst.write(data))
-
-    def _put(self, key: str, fill) -> Path:
+    def put(self, key: str, source: BinaryIO | bytes) -> None:
+        """Write *source* under *key* durably (temporary file, fsync, rename, directory fsync)."""
         target = self._path(key)
         self._make_dirs(target.parent)
         tmp = target.with_name(target.name + ".tmp")
         try:
             with open(tmp, "wb") as dst:
-                fill(dst)
+                if isinstance(source, (bytes, bytearray, memoryview)):
+                    dst.write(source)
+                else:
+                    while chunk := source.read(_CHUNK):
+                        dst.write(chunk)
                 dst.flush()
                 os.fsync(dst.fileno())
         except OSError as exc:
@@ -202,14 +92,17 @@ class FilesystemStore(BlobStore):
                 raise StorageFull(str(exc)) from exc
             raise
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        return target
+        fsync_dir(target.parent)
 
     def open(self, key: str) -> BinaryIO:
         return open(self._path(key), "rb")
 
-    def path_of(self, key: str) -> Path:
-        return self._path(key)
+    def stat(self, key: str) -> BlobStat | None:
+        try:
+            st = os.stat(self._path(key))
+        except FileNotFoundError:
+            return None
+        return BlobStat(key, st.st_size) if not os.path.isdir(self._path(key)) else None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -217,28 +110,21 @@ class FilesystemStore(BlobStore):
     def delete(self, key: str) -> None:
         path = self._path(key)
         path.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def keys(self) -> Iterator[str]:
         for dirpath, _dirs, files in os.walk(self.objects):
             for f in files:
                 yield str(Path(dirpath, f).relative_to(self.objects))
 
-    def free_bytes(self) -> int:
-        st = os.statvfs(self.root)
-        return st.f_bavail * st.f_frsize
+    def download(self, key: str, dest: Path) -> None:
+        import shutil
 
-    def check_space(self) -> None:
-        if not self.min_free_bytes:
-            return
-        # statvfs is cheap but not free; once per 200 ms is plenty at any ingest rate.
-        now = time.monotonic()
-        with self._space_lock:
-            if now - self._space_checked_at < 0.2 and self._space_ok:
-                return
-            self._space_ok = self.free_bytes() >= self.min_free_bytes
-            self._space_checked_at = now
-        if not self._space_ok:
-            raise StorageFull(f"free space below the floor of {self.min_free_bytes} bytes")
-
-    _space_ok = True
+        tmp = dest.with_name(dest.name + ".part")
+        shutil.copyfile(self._path(key), tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)

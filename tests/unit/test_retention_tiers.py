@@ -48,7 +48,7 @@ def test_a_copy_that_does_not_verify_keeps_the_active_copy(archive, facade, tmp_
     from archive_core import tiers
 
     add_study(archive, tmp_path, "PAT-T", "20150101", images=1)
-    monkeypatch.setattr(tiers, "file_checksum", lambda path: "0" * 64)  # the copy reads back wrong
+    monkeypatch.setattr(tiers, "blob_checksum", lambda store, key: "0" * 64)  # the copy reads back wrong
     with pytest.raises(tiers.TierCopyMismatch):
         facade.move_patient_to_archive(_patient_pk(facade, "PAT-T"))
     with archive.sessions() as s:

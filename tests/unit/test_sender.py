@@ -279,7 +279,7 @@ def test_a_stored_file_goes_out_framed_as_pynetdicom_frames_it(tmp_path, max_pdu
     path = tmp_path / "big.dcm"
     ds.save_as(path, enforce_file_format=True)
     data = path.read_bytes()
-    stored = scu.StoredFile(path)
+    stored = scu.StoredFile(lambda: open(path, "rb"))
     with open(path, "rb") as f:
         length = stored.dataset(f)
         offset = f.tell()
@@ -357,5 +357,5 @@ def test_the_dataset_is_found_after_a_long_meta_group(tmp_path, meta_end):
     assert abs(expected - meta_end) <= 1
     path = tmp_path / "long-meta.dcm"
     with open(path, "rb") as f:
-        length = scu.StoredFile(path).dataset(f)
+        length = scu.StoredFile(lambda: open(path, "rb")).dataset(f)
         assert (f.tell(), length) == (expected, len(data) - expected)

@@ -109,6 +109,46 @@ def database_url(request, tmp_path):
     return url
 
 
+# -- storage: a local folder, or an S3-compatible server ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server (a real HTTP endpoint) for the whole session; each test takes its own buckets."""
+    from tests.servers import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def storage_overrides(request) -> dict:
+    """Settings of the storage the test's archive uses: ``{}`` (folders of the instance), or, in a module
+    that runs its tests on both (``pytestmark = STORAGE_BACKENDS``), buckets of the S3 server."""
+    if getattr(request, "param", "filesystem") == "filesystem":
+        return {}
+    return request.getfixturevalue("s3_storage")
+
+
+@pytest.fixture
+def s3_storage(s3_server, monkeypatch) -> dict:
+    """Two fresh buckets (active tier, archive tier) and the settings that point the archive at them;
+    the credentials are in the environment, as in production (this process and its children)."""
+    import uuid
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    name = uuid.uuid4().hex[:12]
+    return {
+        "STORAGE_URL": f"s3://{s3_server.create_bucket('active-' + name)}/objects",
+        "ARCHIVE_TIER_STORAGE_URL": f"s3://{s3_server.create_bucket('archive-' + name)}/archive",
+        "ARCHIVE_TIER_S3_STORAGE_CLASS": "STANDARD_IA",
+        "S3_ENDPOINT_URL": s3_server.url,
+        "S3_ADDRESSING_STYLE": "path",
+    }
+
+
 # -- the archive ---------------------------------------------------------------------------------
 
 
@@ -120,12 +160,13 @@ def instance_path(tmp_path) -> Path:
 
 
 @pytest.fixture
-def settings(instance_path):
+def settings(instance_path, storage_overrides):
     from archive_core.config import Settings
 
     # The tests' modalities are not registered peers: storage from unknown AEs is opened here
     # (the default refuses it; tests/integration/test_peer_access.py tests the default).
-    return Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_STORE_FROM_UNKNOWN_AES=True)
+    return Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_STORE_FROM_UNKNOWN_AES=True,
+                    **storage_overrides)
 
 
 @pytest.fixture
@@ -159,10 +200,11 @@ def scp(archive):
 
 
 @pytest.fixture
-def app(instance_path, migrated):
+def app(instance_path, migrated, storage_overrides):
     from backoffice import create_app
 
-    app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "STORAGE_MIN_FREE_BYTES": 0})
+    app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "STORAGE_MIN_FREE_BYTES": 0,
+                      **storage_overrides})
     yield app
     app.extensions["archivage"].archive.close()
 
@@ -187,7 +229,7 @@ def facade(app):
 
 
 @pytest.fixture
-def archive_process(tmp_path):
+def archive_process(tmp_path, storage_overrides):
     """``flask --app wsgi archive serve`` as a child process on a free port, answering C-ECHO.
 
     Its instance folder is ``tmp_path / "instance-serve"`` (database migrated); ``.cli(...)`` runs
@@ -195,7 +237,8 @@ def archive_process(tmp_path):
     """
     from tests.servers import ArchiveProcess
 
-    server = ArchiveProcess(tmp_path / "instance-serve")
+    server = ArchiveProcess(tmp_path / "instance-serve",
+                            env={f"ARCHIVAGE_{k}": str(v) for k, v in storage_overrides.items()})
     server.start()
     yield server
     server.stop()

@@ -251,3 +251,71 @@ class OrthancProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(30)
+
+
+class S3Server:
+    """moto's S3-compatible HTTP server (``python -m moto.server``) as a child process on 127.0.0.1.
+
+    A real HTTP endpoint: the archive talks to it through boto3 as it would to MinIO or Ceph RGW.
+    ``stop()`` then ``start()`` brings it back on the same port, empty (an outage); ``env`` are the
+    (fake) credentials a client needs; *auth* true makes moto check them (every key is unknown to it).
+    """
+
+    ACCESS_KEY, SECRET_KEY, REGION = "archivage-test", "archivage-test-secret", "us-east-1"
+
+    def __init__(self, workdir: Path, *, auth: bool = False):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.auth = auth
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET_KEY,
+                "AWS_DEFAULT_REGION": self.REGION, "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def start(self, timeout: float = 60) -> None:
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        if self.auth:
+            env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"  # moto checks credentials from the first request
+        log = open(self.workdir / "moto.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     env=env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while not _listening(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start: {(self.workdir / 'moto.log').read_text()[-2000:]}")
+            time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+
+    def client(self):
+        import boto3
+
+        return boto3.session.Session().client(
+            "s3", endpoint_url=self.url, region_name=self.REGION, aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY)
+
+    def create_bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def objects(self, bucket: str, prefix: str = "") -> dict[str, bytes]:
+        """Every object of *bucket* under *prefix*, by its name below the prefix."""
+        client = self.client()
+        found = {}
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", ()):
+                found[obj["Key"][len(prefix):]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        return found

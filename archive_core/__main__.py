@@ -48,7 +48,13 @@ def main(argv: list[str] | None = None) -> None:
 
     private_files()
     if args.command == "serve":
-        serve_forever(Archive.open(Settings.load()))
+        from archive_core.errors import StorageRefused
+
+        try:
+            archive = Archive.open(Settings.load())
+        except StorageRefused as exc:
+            raise SystemExit(f"archivage: storage refused: {exc}") from exc
+        serve_forever(archive)
         return
     if args.path is None:
         parser.error(f"{args.command} needs a folder")

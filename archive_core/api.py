@@ -19,7 +19,15 @@ from archive_core import peers as _peers
 from archive_core.archive import Archive
 from archive_core.config import Settings
 from archive_core.db import Base, write_session
-from archive_core.errors import ArchiveError, BlobMissing, InvalidQuery, JournalBusy, NotFound, UnknownPeer
+from archive_core.errors import (
+    ArchiveError,
+    BlobMissing,
+    InvalidQuery,
+    JournalBusy,
+    NotFound,
+    StorageRefused,
+    UnknownPeer,
+)
 from archive_core.index import patient_search as _patient_search
 from archive_core.index.models import Instance, Patient, Series, Study, utcnow
 from archive_core.index.patient_search import PatientMatch, PatientSearchPage, human_name
@@ -31,7 +39,7 @@ from archive_core.worklist import DuplicateAccession, ScheduledStep, WorklistErr
 
 __all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
 # The domain errors the back-office maps at its edges, so that it needs no other core module.
-__all__ += ["ArchiveError", "BlobMissing", "InvalidQuery", "JournalBusy", "NotFound", "UnknownPeer"]
+__all__ += ["ArchiveError", "BlobMissing", "InvalidQuery", "JournalBusy", "NotFound", "StorageRefused", "UnknownPeer"]
 __all__ += ["PeerInfo", "escape_like"]
 __all__ += ["PatientMatch", "PatientSearchPage"]
 __all__ += ["DuplicateAccession", "ScheduledStep", "WorklistError", "fold_text", "human_name"]

@@ -18,7 +18,10 @@ csrf = CSRFProtect()
 def init_app(app: Flask) -> None:
     from backoffice import archive_settings
 
-    app.extensions["archivage"] = api.ArchiveFacade.open(archive_settings(app))
+    try:
+        app.extensions["archivage"] = api.ArchiveFacade.open(archive_settings(app))
+    except api.StorageRefused as exc:  # wrong credentials, no bucket: no process of the app may start
+        raise SystemExit(f"archivage: storage refused: {exc}") from exc
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
     csrf.init_app(app)

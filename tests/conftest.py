@@ -112,6 +112,12 @@ def database_url(request, tmp_path):
 # -- storage: a local folder, or an S3-compatible server ----------------------------------------------
 
 
+def pytest_generate_tests(metafunc):
+    # tests/helpers.py STORAGE_BACKENDS: each test of the module whose archive stores objects runs twice.
+    if metafunc.definition.get_closest_marker("storage_backends") and "storage_overrides" in metafunc.fixturenames:
+        metafunc.parametrize("storage_overrides", ["filesystem", "s3"], indirect=True)
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """moto's S3 server (a real HTTP endpoint) for the whole session; each test takes its own buckets."""

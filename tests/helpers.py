@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
 # ``pytestmark = STORAGE_BACKENDS``: every test of the module that stores objects runs on a local folder
 # and on an S3-compatible server (moto, started by the tests; tests/conftest.py ``storage_overrides``).
-STORAGE_BACKENDS = pytest.mark.parametrize("storage_overrides", ["filesystem", "s3"], indirect=True)
+STORAGE_BACKENDS = pytest.mark.storage_backends
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 
 

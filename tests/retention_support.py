@@ -46,10 +46,16 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def instance_files(archive, study_uid: str) -> list[Path]:
-    """Every stored file of a study, in either tier."""
-    return [p for store in (archive.store, archive.archive_store) for p in store.objects.rglob("*.dcm")
-            if study_uid in str(p)]
+def instance_files(archive, study_uid: str) -> list[str]:
+    """Every stored object of a study, in either tier (``tier:key``, listed by the store: a folder or a bucket)."""
+    return [f"{tier}:{key}" for tier in ("active", "archive") for key in archive.store_for(tier).keys()
+            if study_uid in key and key.endswith(".dcm")]
+
+
+def read_object(archive, entry: str) -> bytes:
+    """The bytes of one entry of :func:`instance_files`."""
+    tier, key = entry.split(":", 1)
+    return archive.store_for(tier).read_bytes(key)
 
 
 def sign_in(client, app, login: str, role: str) -> None:

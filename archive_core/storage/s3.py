@@ -246,6 +246,7 @@ class _RangedReader(io.RawIOBase):
 
     def __init__(self, store: S3Store, name: str, size: int) -> None:
         self._store, self._name, self._size = store, name, size
+        self.name = f"s3://{store.bucket}/{name}"  # what readers (pydicom) show of the file
         self._pos = 0
         self._body = None
 

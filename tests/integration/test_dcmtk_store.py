@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.helpers import make_ct, require_tool, tool_env
+from tests.helpers import STORAGE_BACKENDS, make_ct, require_tool, tool_env
 
 pytestmark = pytest.mark.dcmtk
 
@@ -31,6 +31,7 @@ def test_echoscu_gets_success(archive_process):
     assert done.returncode == 0, done.stderr
 
 
+@STORAGE_BACKENDS
 def test_storescu_files_are_indexed_and_fsck_is_clean(archive_process, tmp_path):
     study = generate_uid()
     series = generate_uid()

@@ -166,7 +166,7 @@ def test_an_acknowledged_object_not_yet_indexed_is_not_committed(archive):
                              identity=Identity.of(image))
     ctx = ArchiveContext(settings=dataclasses.replace(archive.settings, DICOM_NETWORK_TIMEOUT=0),
                          ingestor=archive.ingestor, sessions=archive.sessions,
-                         path_of=lambda inst: archive.store.path_of(inst.storage_key))
+                         open_blob=lambda inst: archive.store.open(inst.storage_key))
     never_sent = generate_uid()
     result = verify(ctx, generate_uid(), [(CT_CLASS, image.SOPInstanceUID), (CT_CLASS, never_sent)])
     assert result.committed == []

@@ -42,10 +42,12 @@ def _state(archive, study_uid: str) -> dict:
                          .where(Study.study_uid == study_uid)).all()
         all_rows = {(tier, key) for tier, key in s.execute(select(Instance.tier, Instance.storage_key))}
         actions = set(s.scalars(select(AuditEvent.action)))
-    on_file = {str(dcmread(archive.store_for(tier).path_of(key), stop_before_pixels=True).PatientID)
-               for tier, key in rows}
-    disk = {(tier, str(p.relative_to(archive.store_for(tier).objects)))
-            for tier in ("active", "archive") for p in archive.store_for(tier).objects.rglob("*.dcm")}
+    on_file = set()
+    for tier, key in rows:
+        with archive.store_for(tier).open(key) as f:
+            on_file.add(str(dcmread(f, stop_before_pixels=True).PatientID))
+    disk = {(tier, key) for tier in ("active", "archive") for key in archive.store_for(tier).keys()
+            if key.endswith(".dcm")}
     return {"owner": owner, "source_gone": source_gone, "tiers": {t for t, _k in rows}, "on_file": on_file,
             "actions": actions, "disk": disk, "indexed": all_rows}
 

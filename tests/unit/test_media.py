@@ -19,8 +19,11 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, JPEGBaseline8Bit, JPEGLosslessSV1, generate_uid
 
-from tests.helpers import make_ct, require_tool, tool_env
+from tests.helpers import STORAGE_BACKENDS, make_ct, require_tool, tool_env
 from tests.radiology_support import store
+
+# CD/USB media written from a local folder and from an S3-compatible server.
+pytestmark = STORAGE_BACKENDS
 
 PATIENT = "PAT-MEDIA"
 SR_RECORD_KEYS = {

@@ -15,7 +15,7 @@ from PIL import Image
 from archive_core.api import ArchiveFacade
 from archive_core.errors import NotFound
 from archive_core.render import RenderParams
-from tests.helpers import require_tool, tool_env
+from tests.helpers import STORAGE_BACKENDS, require_tool, tool_env
 from tests.radiology_support import make_history
 
 
@@ -75,6 +75,7 @@ def test_study_detail_lists_series_with_counts(facade, history):
     assert detail.body_parts == ("CHEST",) and detail.study.patient_name == "Martin^Élise"
 
 
+@STORAGE_BACKENDS
 def test_render_instance_reads_the_store_and_caches(facade, history, settings):
     series = facade.study_detail(history.current).series[0]
     refs = facade.series_instances(series.series_uid)
@@ -86,6 +87,7 @@ def test_render_instance_reads_the_store_and_caches(facade, history, settings):
     assert facade.render_instance(refs[0].sop_instance_uid, RenderParams(size=16)) == png
 
 
+@STORAGE_BACKENDS
 def test_media_file_set_reads_back(facade, history, tmp_path):
     report = facade.write_media([history.current, history.prior_us_abdomen], tmp_path / "cd",
                                 practice={"PRACTICE_NAME": "Cabinet de radiologie du Parc"})
@@ -128,6 +130,7 @@ def test_the_core_radiology_modules_pull_in_no_web_pieces():
     assert out.stdout.strip() == "[]"
 
 
+@STORAGE_BACKENDS
 def test_tombstoned_studies_disappear_and_archive_tier_images_still_render(facade, history):
     from archive_core.api import utcnow
     from archive_core.index.models import Patient

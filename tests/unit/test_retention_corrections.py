@@ -5,7 +5,11 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from tests.retention_support import add_study, bearer, instance_files, make_user
+from tests.helpers import STORAGE_BACKENDS
+from tests.retention_support import add_study, bearer, instance_files, make_user, read_object
+
+# Corrections rewrite stored objects: on a local folder and on an S3-compatible server.
+pytestmark = STORAGE_BACKENDS
 
 
 @pytest.fixture
@@ -159,20 +163,19 @@ def test_a_moved_study_s_files_carry_the_right_patient(client, manager, facade, 
     # The replaced files are gone, the new ones live in the same tier, and the index agrees with them.
     after = {str(p) for p in instance_files(facade.archive, wrong)}
     assert not before & after and len(after) == 2
-    store = facade.archive.store_for(tier)
-    assert all(p.startswith(str(store.objects)) for p in after)
+    assert all(p.startswith(f"{tier}:") for p in after)
     assert _fsck_problems(facade) == 0
 
 
 def test_a_move_that_rolls_back_leaves_the_files_as_they_were(facade, tmp_path):
     wrong = add_study(facade.archive, tmp_path, "P-WRONG", "20240101")
     add_study(facade.archive, tmp_path, "P-RIGHT", "20200101")
-    before = {p: p.read_bytes() for p in instance_files(facade.archive, wrong)}
+    before = {p: read_object(facade.archive, p) for p in instance_files(facade.archive, wrong)}
     with facade.new_session(write=True) as s:
         facade.move_study(s, wrong, "P-RIGHT")
         assert len(instance_files(facade.archive, wrong)) == 4  # old and new until the outcome is known
         s.rollback()
-    assert {p: p.read_bytes() for p in instance_files(facade.archive, wrong)} == before
+    assert {p: read_object(facade.archive, p) for p in instance_files(facade.archive, wrong)} == before
     assert [f[1] for f in _identity_on_file(facade, wrong)] == ["P-WRONG", "P-WRONG"]
     assert _fsck_problems(facade) == 0
 
@@ -191,11 +194,12 @@ def test_fsck_repair_quarantines_a_file_a_crash_left_behind_after_a_move(client,
 
     wrong = add_study(facade.archive, tmp_path, "P-WRONG", "20240101")
     add_study(facade.archive, tmp_path, "P-RIGHT", "20200101")
-    old = {p: p.read_bytes() for p in instance_files(facade.archive, wrong)}
+    old = {p: read_object(facade.archive, p) for p in instance_files(facade.archive, wrong)}
     assert client.post(f"/api/v1/studies/{wrong}/move", json={"patient_id": "P-RIGHT", "reason": "erreur"},
                        headers=manager).status_code == 200
-    for path, data in old.items():  # as if the process died before deleting the replaced files
-        path.write_bytes(data)
+    for entry, data in old.items():  # as if the process died before deleting the replaced files
+        tier, key = entry.split(":", 1)
+        facade.archive.store_for(tier).put_bytes(key, data)
     assert len(fsck(facade.archive).orphan_files) == 2
     repaired = fsck(facade.archive, repair=True)
     assert sum("superseded" in line for line in repaired.repaired) == 2

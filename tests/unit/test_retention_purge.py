@@ -9,7 +9,7 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from tests.helpers import require_tool
+from tests.helpers import STORAGE_BACKENDS, require_tool
 from tests.retention_support import add_study, bearer, instance_files, make_user
 
 TODAY = date(2026, 11, 28)
@@ -148,6 +148,7 @@ def _approve(client, manager, batch_id=1):
     assert response.status_code == 200, response.get_json()
 
 
+@STORAGE_BACKENDS
 def test_approved_batch_is_executed_with_audit_and_certificate(app, client, manager, executor, facade, archive_of,
                                                                patients, proposed):
     from archive_core.audit import AuditEvent, verify
@@ -188,6 +189,7 @@ def test_certificate_pdf_says_what_why_who(app, client, manager, executor, facad
     assert __import__("hashlib").sha256(pdf.read_bytes()).hexdigest() == digest
 
 
+@STORAGE_BACKENDS
 def test_a_crash_between_tombstones_and_files_is_finished_by_a_rerun(app, client, manager, facade, archive_of,
                                                                      patients, proposed, monkeypatch):
     from backoffice.retention.certificate import certificates_dir, render_certificate

@@ -44,14 +44,14 @@ def _rows(instance: Path, database_url: str | None = None) -> list[tuple[str, st
         engine.dispose()
 
 
-def _objects(instance: Path, database_url: str | None = None) -> dict[str, bytes]:
+def _objects(instance: Path, database_url: str | None = None, storage: dict | None = None) -> dict[str, bytes]:
     """SOP Instance UID -> the stored file's bytes, read through the archive's own tier reader."""
     from archive_core.archive import Archive
     from archive_core.config import Settings
     from archive_core.tiers import read_instance
 
     extra = {"DATABASE_URL": database_url} if database_url else {}
-    archive = Archive.open(Settings(instance_path=instance, STORAGE_MIN_FREE_BYTES=0, **extra))
+    archive = Archive.open(Settings(instance_path=instance, STORAGE_MIN_FREE_BYTES=0, **extra, **(storage or {})))
     try:
         return {uid: read_instance(archive, uid) for uid, _key, _tier in _rows(instance, database_url)}
     finally:
@@ -63,7 +63,7 @@ def _documents(instance: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()} if root.is_dir() else {}
 
 
-def _desk_day(instance: Path, database_url: str | None = None) -> None:
+def _desk_day(instance: Path, database_url: str | None = None, storage: dict | None = None) -> None:
     """Invoices, a payment and a credit note written through the billing pages (each audited), one
     patient moved to the archive tier, then a signed audit checkpoint."""
     from archive_core.tiers import move_patient_to_archive
@@ -73,7 +73,7 @@ def _desk_day(instance: Path, database_url: str | None = None) -> None:
 
     extra = {"DATABASE_URL": database_url} if database_url else {}
     app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance), "STORAGE_MIN_FREE_BYTES": 0,
-                      "WTF_CSRF_ENABLED": False, **extra})
+                      "WTF_CSRF_ENABLED": False, **extra, **(storage or {})})
     try:
         client = app.test_client()
         sign_in(client, app, "gerante", "manager")
@@ -95,13 +95,25 @@ def _desk_day(instance: Path, database_url: str | None = None) -> None:
     finally:
         app.extensions["archivage"].archive.close()
     for command in (["audit", "checkpoint"], ["billing", "verify"]):
-        done = flask_cli(instance, *command, env=extra and {"ARCHIVAGE_DATABASE_URL": database_url})
+        done = flask_cli(instance, *command, env={**({"ARCHIVAGE_DATABASE_URL": database_url} if extra else {}),
+                                                  **{f"ARCHIVAGE_{k}": str(v) for k, v in (storage or {}).items()}})
         assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def _destroy_objects(instance: Path, storage: dict) -> None:
+    """Every stored object of both tiers deleted (on S3 the buckets outlive the instance folder)."""
+    from archive_core.config import Settings
+    from archive_core.storage import open_stores
+
+    for store in open_stores(Settings(instance_path=instance, **storage)):
+        for key in list(store.keys()):
+            store.delete(key)
+
+
+@pytest.mark.parametrize("engine", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres), "sqlite-s3"])
 def test_backup_destroy_restore_drill(engine, tmp_path, request):
-    """The drill, on SQLite and on a real PostgreSQL: an instance with studies in both tiers, an
+    """The drill, on SQLite, on a real PostgreSQL, and on SQLite with the objects in two buckets of an
+    S3-compatible server (moto, started by the tests): an instance with studies in both tiers, an
     invoice and a payment, backed up while `archive serve` runs; the instance (and its database) is
     destroyed and restored; fsck, audit verify and billing verify are clean and every object reads
     back byte-identical. Bad input: a second backup over the first (must copy nothing), a restore
@@ -110,23 +122,25 @@ def test_backup_destroy_restore_drill(engine, tmp_path, request):
 
     url = request.getfixturevalue("postgres_url") if engine == "postgresql" else None
     env = {"ARCHIVAGE_DATABASE_URL": url} if url else {}
+    storage = request.getfixturevalue("s3_storage") if engine == "sqlite-s3" else {}
+    env.update({f"ARCHIVAGE_{k}": str(v) for k, v in storage.items()})
     if url:
         from tests.conftest import _reset_postgres
 
         _reset_postgres(url)
     archive_process = ArchiveProcess(tmp_path / "instance-serve", env=env).start()
     try:
-        _drill(archive_process, tmp_path, url, env)
+        _drill(archive_process, tmp_path, url, env, storage)
     finally:
         archive_process.stop()
 
 
-def _drill(archive_process, tmp_path: Path, url: str | None, env: dict[str, str]) -> None:
+def _drill(archive_process, tmp_path: Path, url: str | None, env: dict[str, str], storage: dict) -> None:
     instance = archive_process.instance_path
     _store(archive_process.port, tmp_path, ["B1", "B2", "B3"])
-    _desk_day(instance, url)
+    _desk_day(instance, url, storage)
     assert {tier for *_, tier in _rows(instance, url)} == {"active", "archive"}
-    before = _objects(instance, url)
+    before = _objects(instance, url, storage)
     assert len(before) == 3
     documents = _documents(instance)
     assert documents  # the invoice PDF
@@ -148,9 +162,10 @@ def _drill(archive_process, tmp_path: Path, url: str | None, env: dict[str, str]
 
     refused = archive_process.cli("archive", "restore", str(dest))
     assert refused.returncode == 1 and "already holds data" in refused.stderr, refused.stdout + refused.stderr
-    assert _objects(instance, url) == before  # nothing touched
+    assert _objects(instance, url, storage) == before  # nothing touched
 
     archive_process.stop()
+    _destroy_objects(instance, storage)
     shutil.rmtree(instance)
     instance.mkdir()
     if url:
@@ -164,7 +179,7 @@ def _drill(archive_process, tmp_path: Path, url: str | None, env: dict[str, str]
         done = flask_cli(instance, *command, env=env)
         assert done.returncode == 0, (command, done.stdout + done.stderr)
     assert "checked 3 instances, 0 problems" in flask_cli(instance, "archive", "fsck", env=env).stdout
-    assert _objects(instance, url) == before
+    assert _objects(instance, url, storage) == before
     assert _documents(instance) == documents
     # And the restored archive serves them again: a new C-STORE lands next to them.
     archive_process.start()

@@ -23,12 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def journal_backlog_job() -> None:
-    """Log the ingest journal's backlog: entries stay there only while the archive is down."""
+    """Log the ingest journal's backlog: entries stay there only while the archive (or its object store) is down."""
     from backoffice.extensions import facade
 
     pending = facade().journal_backlog()
     if pending:
-        log.warning("%d received objects wait in the ingest journal (is the archive running?)", pending)
+        log.warning("%d received objects wait in the ingest journal (is the archive running, its object store "
+                    "reachable?)", pending)
 
 
 def retention_sweep_job(today=None) -> None:

@@ -41,6 +41,11 @@ def _error_code(exc: Exception) -> str:
     return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
 
 
+def _etag_is_md5(answer: dict) -> bool:
+    # With KMS or customer-key encryption the ETag is not the MD5; the server's Content-MD5 check stands.
+    return not (answer.get("SSEKMSKeyId") or answer.get("SSECustomerAlgorithm"))
+
+
 def _is_missing(exc: Exception) -> bool:
     return _error_code(exc) in ("404", "NoSuchKey", "NotFound")
 
@@ -145,7 +150,7 @@ class S3Store(LocalJournal, BlobStore):
                 md5_hex, md5_b64 = _md5(data)
                 answer = self.client.put_object(Bucket=self.bucket, Key=name, Body=data, ContentMD5=md5_b64,
                                                 ContentLength=size, **extra)
-                if answer.get("ETag", "").strip('"') != md5_hex:
+                if _etag_is_md5(answer) and answer.get("ETag", "").strip('"') != md5_hex:
                     raise StorageUnavailable(f"{self.describe()} stored {key} with another ETag than its MD5")
             else:
                 self._put_parts(name, source, size, extra)
@@ -164,7 +169,7 @@ class S3Store(LocalJournal, BlobStore):
                 md5_hex, md5_b64 = _md5(block)
                 answer = self.client.upload_part(Bucket=self.bucket, Key=name, UploadId=upload, PartNumber=number,
                                                  Body=block, ContentMD5=md5_b64, ContentLength=len(block))
-                if answer.get("ETag", "").strip('"') != md5_hex:
+                if _etag_is_md5(answer) and answer.get("ETag", "").strip('"') != md5_hex:
                     raise StorageUnavailable(f"part {number} of {name} stored with another ETag than its MD5")
                 parts.append({"PartNumber": number, "ETag": answer["ETag"]})
                 number += 1

@@ -496,7 +496,11 @@ def handle_move(event, ctx: ArchiveContext):
             (evt.EVT_CONN_CLOSE, scu.close_socket),
         ],
     }
-    yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)
+    try:
+        yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)
+    finally:
+        if capture.assoc is not None:
+            scu.give_back_reads(capture.assoc)  # pynetdicom releases it next
 
 
 def handle_get(event, ctx: ArchiveContext):
@@ -504,7 +508,10 @@ def handle_get(event, ctx: ArchiveContext):
     instances, failure = _retrieve_plan(event, ctx, "GET")
     scu.use_stored_sender(event.assoc)  # sub-operations send stored bytes as stored
     scu.frame_pending_responses(event.assoc)
-    yield from _sub_operations(event, ctx, instances, failure, lambda: list(event.assoc.accepted_contexts))
+    try:
+        yield from _sub_operations(event, ctx, instances, failure, lambda: list(event.assoc.accepted_contexts))
+    finally:
+        scu.give_back_reads(event.assoc)  # pynetdicom sends the final response and reads what follows
 
 
 def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):

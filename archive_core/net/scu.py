@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
@@ -277,25 +278,51 @@ def _swapped(data: bytes, width: int) -> bytes:
 # -- sending ---------------------------------------------------------------------------------------
 
 
+class StoreStatus:
+    """The peer's answer to one C-STORE: its Status and, when it gave them, Error Comment and
+    Offending Element. Read as pynetdicom's status dataset is (``.Status``, ``.get(keyword)``),
+    without building a pydicom dataset per sub-operation."""
+
+    __slots__ = ("Status", "ErrorComment", "OffendingElement")
+
+    def __init__(self, status: int, comment: str | None = None, offending=None) -> None:
+        self.Status = status
+        self.ErrorComment = comment
+        self.OffendingElement = offending
+
+    def get(self, keyword: str, default=None):
+        value = getattr(self, keyword, None) if keyword in self.__slots__ else None
+        return default if value is None else value
+
+    def __contains__(self, keyword: str) -> bool:
+        return self.get(keyword) is not None
+
+    def __repr__(self) -> str:
+        return f"StoreStatus(0x{self.Status:04X}, {self.ErrorComment!r})"
+
+
 def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority: int = 2,
-                 originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
+                 originator_aet: str | None = None, originator_id: int | None = None):
     """pynetdicom's ``Association.send_c_store``, sending a :class:`StoredDataset` as its stored bytes.
 
     The stored syntax must be an accepted context of the SOP class (``load_for_sending`` makes
     sure of it). The request is framed here straight into P-DATA-TF PDUs and written to the
-    association's socket by the calling thread (:class:`Wire`); the response is pynetdicom's,
-    awaited before the next request (no asynchronous operations are negotiated). The steps around
-    the message are pynetdicom's own (pinned in requirements.txt; tests/unit/test_sender.py covers
-    the private attributes used).
+    association's socket by the calling thread (:class:`Wire`); the response is read from the
+    socket by the same thread while the DUL thread is parked (:meth:`Wire.store_response`), or,
+    for anything else than a plain C-STORE-RSP, by pynetdicom (no asynchronous operations are
+    negotiated: each request waits for its response). Returns a :class:`StoreStatus`, or an
+    empty dataset when no answer came. The steps around the message are pynetdicom's own
+    (pinned in requirements.txt; tests/unit/test_sender.py covers the private attributes used).
     """
     raw = getattr(dataset, "_archivage_raw", None)
     if raw is None:  # converted (or unsendable): pynetdicom encodes it
-        status = Association.send_c_store(assoc, dataset, msg_id=msg_id, priority=priority,
+        give_back_reads(assoc)
+        answer = Association.send_c_store(assoc, dataset, msg_id=msg_id, priority=priority,
                                           originator_aet=originator_aet, originator_id=originator_id)
         if getattr(assoc, "_archivage_held", False) and assoc.is_established:
             _wait_resumed(assoc)  # pynetdicom resumed the reactor: hold it again
             _pause(assoc)
-        return status
+        return answer
     if not assoc.is_established:
         raise RuntimeError("the association is not established")
     ts = UID(dataset.file_meta.TransferSyntaxUID)
@@ -310,22 +337,93 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
     if paused_here:
         _pause(assoc)
     try:
+        wire = Wire.of(assoc)
+        reads = wire.take_reads()
         try:
-            Wire.of(assoc).send(context.context_id, command, raw)
+            wire.send(context.context_id, command, raw)
         except ConnectionError as exc:  # the peer closed or aborted while we wrote: no response will come
             log.warning("association with %s lost while sending %s: %s", _peer(assoc), dataset.SOPInstanceUID, exc)
             _lost(assoc)
             return Dataset()
-        rsp = _response(assoc) if getattr(assoc, "_archivage_held", False) else assoc.dimse.get_msg(block=True)[1]
+        answer = wire.store_response(msg_id) if reads else HANDED_BACK
+        if answer is HANDED_BACK:  # pynetdicom's DUL reads (and decodes) the answer
+            if getattr(assoc, "_archivage_held", False) or reads:
+                rsp = _response(assoc)
+            else:
+                rsp = assoc.dimse.get_msg(block=True)[1]
+            answer = _status_of(assoc, rsp) if rsp is not None else None
     finally:
         if paused_here:
+            give_back_reads(assoc)
             assoc._reactor_checkpoint.set()
             _wait_resumed(assoc)
-    if rsp is None:
+    if answer is None:
         if assoc.is_established:
+            give_back_reads(assoc)
             assoc._handle_no_response()  # DIMSE timeout: pynetdicom aborts
         return Dataset()
-    return assoc._check_received_status(rsp)
+    return answer
+
+
+def _status_of(assoc: Association, rsp) -> "StoreStatus | None":
+    # pynetdicom's _check_received_status, without a pydicom dataset.
+    if not rsp.is_valid_response:
+        log.error("invalid %s response from %s", type(rsp).__name__, _peer(assoc))
+        assoc.abort()
+        return None
+    return StoreStatus(rsp.Status, rsp.ErrorComment, rsp.OffendingElement)
+
+
+def give_back_reads(assoc) -> None:
+    """Let pynetdicom's DUL thread read this association's socket again (see :meth:`Wire.take_reads`)."""
+    wire = getattr(assoc, "_archivage_wire", None)
+    if wire is not None:
+        wire.give_back_reads()
+
+
+HANDED_BACK = object()  # Wire.store_response: pynetdicom reads this answer
+
+
+def parse_store_response(pdu: bytes | memoryview):
+    """(Message ID Being Responded To, Status, Error Comment, Offending Element) of a P-DATA-TF PDU
+    (its body, after the 6-byte header) that holds exactly one whole C-STORE-RSP command set and
+    nothing else, or None for any other PDU (a C-CANCEL, a fragmented or malformed message...)."""
+    pdu = memoryview(pdu)
+    if len(pdu) < 6:
+        return None
+    item_length = int.from_bytes(pdu[0:4], "big")
+    if item_length + 4 != len(pdu) or item_length < 2 or pdu[5] != 0x03:  # one PDV: command, last fragment
+        return None
+    command = pdu[6:]
+    fields: dict[int, memoryview] = {}
+    pos, size = 0, len(command)
+    while pos < size:
+        if pos + 8 > size:
+            return None
+        group, element, length = struct.unpack_from("<HHI", command, pos)
+        pos += 8
+        if group != 0x0000 or pos + length > size:
+            return None
+        fields[element] = command[pos:pos + length]
+        pos += length
+    try:
+        if _us(fields[0x0100]) != 0x8001 or _us(fields[0x0800]) != 0x0101:  # C-STORE-RSP, no data set
+            return None
+        msg_id, status = _us(fields[0x0120]), _us(fields[0x0900])
+    except (KeyError, ValueError):
+        return None
+    comment = fields.get(0x0902)
+    offending = fields.get(0x0901)
+    return (msg_id, status,
+            bytes(comment).decode("ascii", "replace").rstrip("\x00 ") if comment is not None else None,
+            [(g << 16) | e for g, e in struct.iter_unpack("<HH", offending[:len(offending) // 4 * 4])]
+            if offending is not None else None)
+
+
+def _us(value: memoryview) -> int:
+    if len(value) != 2:
+        raise ValueError("not a US value")
+    return value[0] | value[1] << 8
 
 
 # -- framing stored bytes into P-DATA-TF PDUs ---------------------------------------------------------
@@ -427,6 +525,7 @@ def frame_pending_responses(assoc: Association) -> None:
     def framed_send_msg(primitive, context_id: int) -> None:
         command = pending_response_command(primitive) if assoc.is_established else None
         if command is None:
+            give_back_reads(assoc)  # a final response: pynetdicom's DUL writes it and reads what follows
             send_msg(primitive, context_id)
             return
         try:
@@ -461,11 +560,20 @@ class Wire:
     maximum PDU length: the stored file is read in chunks of about 1 MiB into a buffer and each
     chunk goes out in one write, with no hand-off to pynetdicom's DUL thread.
 
-    pynetdicom's DUL thread still reads the peer's PDUs (the C-STORE responses, an A-ABORT, a
-    C-CANCEL) and writes its own (C-GET pending responses, A-RELEASE): every write of it, and
-    every read on a TLS socket (an SSL connection is not safe for a read and a write at once),
-    takes this association's lock, as a whole message of ours does. Messages are never interleaved
-    and pynetdicom's queued PDUs go out before ours.
+    The peer's answer to each C-STORE is read by the same thread (:meth:`store_response`) while
+    pynetdicom's DUL thread is parked (:meth:`take_reads`, archive_core/net/tuning.py
+    ``ReadGate``): no hand-off between threads and no pydicom decoding per message. Any other PDU
+    (an A-ABORT, an A-RELEASE-RQ, a C-CANCEL, a fragmented or malformed answer) is given to the
+    DUL as it came, unread from its point of view, and the reads are given back: pynetdicom's
+    state machine then handles it as it always does. The reads are given back too before anything
+    of pynetdicom's is sent or awaited (a final response, A-RELEASE, A-ABORT: ``release``,
+    ``abort`` and ``kill`` of the association do it first, see :func:`use_stored_sender`).
+
+    Otherwise pynetdicom's DUL thread reads the peer's PDUs and writes its own (C-GET pending
+    responses, A-RELEASE): every write of it, and every read on a TLS socket (an SSL connection
+    is not safe for a read and a write at once), takes this association's lock, as a whole
+    message of ours does. Messages are never interleaved and pynetdicom's queued PDUs go out
+    before ours.
     """
 
     def __init__(self, assoc: Association) -> None:
@@ -485,12 +593,25 @@ class Wire:
                 send(data)
 
         sock.send = locked_send  # this association's socket object only
-        if isinstance(self._raw, ssl.SSLSocket):
-            def locked_recv(nr_bytes: int) -> bytearray:
+        tls = isinstance(self._raw, ssl.SSLSocket)
+        self._unread = bytearray()  # a PDU read here and given to the DUL, which reads it first
+        unread = self._unread
+
+        def wire_recv(nr_bytes: int) -> bytearray:
+            if unread:
+                got = unread[:nr_bytes]
+                del unread[:nr_bytes]
+                if len(got) < nr_bytes:
+                    got += wire_recv(nr_bytes - len(got))
+                return got
+            if tls:
                 with lock:
                     return recv(nr_bytes)
+            return recv(nr_bytes)
 
-            sock.recv = locked_recv
+        sock.recv = wire_recv
+        self._gate = getattr(assoc.dul, "_archivage_gate", None)  # None: pynetdicom's DUL always reads
+        self._reads = False
 
     @classmethod
     def of(cls, assoc: Association) -> "Wire":
@@ -519,6 +640,75 @@ class Wire:
         finally:
             if source is not None:
                 source.close()
+
+    def take_reads(self) -> bool:
+        """Read the peer's answers in this thread from now on (True), the DUL thread parked; False
+        when this association's DUL cannot be parked (pynetdicom's own polling, DICOM_DUL_LOOP_DELAY)."""
+        if self._reads:
+            return True
+        if self._gate is None or not self._assoc.is_established or not self._gate.take():
+            return False
+        self._reads = True
+        return True
+
+    def give_back_reads(self) -> None:
+        if self._reads:
+            self._reads = False
+            self._gate.give_back()
+
+    def store_response(self, msg_id: int):
+        """The peer's answer to the C-STORE just sent: a :class:`StoreStatus`; None when none came
+        within the DIMSE timeout; HANDED_BACK when it is pynetdicom's to read (anything other
+        than one P-DATA-TF PDU holding the C-STORE-RSP: the PDU read is given to the DUL)."""
+        timeout = self._assoc.dimse_timeout
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        header = self._recv_exact(6, deadline)
+        if header is None:
+            return None
+        if len(header) < 6:  # the connection closed: the DUL finds it closed too
+            self.give_back_reads()
+            return HANDED_BACK
+        pdu_type, _, length = struct.unpack(">BBI", header)
+        body = self._recv_exact(length, deadline) if pdu_type in (0x04, 0x05, 0x06, 0x07) else b""
+        if body is None:
+            return None
+        parsed = parse_store_response(body) if pdu_type == 0x04 and len(body) == length else None
+        dul = self._assoc.dul
+        with suppress(AttributeError):
+            dul._idle_timer.restart()  # as pynetdicom restarts it on each PDU it reads
+        if parsed is None or parsed[0] != msg_id:
+            self._unread += header
+            self._unread += body
+            dul._read_pdu_data()  # decoded and queued by pynetdicom, as if its thread had read it
+            self.give_back_reads()
+            return HANDED_BACK
+        return StoreStatus(parsed[1], parsed[2], parsed[3])
+
+    def _recv_exact(self, size: int, deadline: float):
+        """*size* bytes from the socket (fewer if it closed), or None (reads given back) at the deadline."""
+        out = bytearray()
+        raw = self._raw
+        pending = getattr(raw, "pending", None)  # an SSL socket's buffered bytes select() cannot see
+        while len(out) < size:
+            if not (pending and pending()):
+                remaining = deadline - time.monotonic()
+                try:
+                    ready = remaining > 0 and select.select([raw], [], [], remaining)[0]
+                except (OSError, ValueError):
+                    ready = True  # recv reports what is wrong
+                if not ready:
+                    self.give_back_reads()
+                    if out:  # half a PDU read: the connection cannot carry another
+                        self._broken()
+                    return None
+            try:
+                chunk = raw.recv(size - len(out))
+            except (OSError, ValueError):
+                chunk = b""
+            if not chunk:
+                return bytes(out)
+            out += chunk
+        return bytes(out)
 
     def send_command(self, context_id: int, command: bytes) -> None:
         """Write one message that has no data set (a pending C-MOVE or C-GET response)."""
@@ -592,6 +782,7 @@ def _response(assoc: Association):
 def _lost(assoc: Association) -> None:
     # The reactor is held or busy in this thread: mark the association ended ourselves (pynetdicom's
     # reactor would) so that callers stop sending on it.
+    give_back_reads(assoc)
     assoc._archivage_held = False
     assoc.is_aborted = True
     assoc.is_established = False
@@ -630,6 +821,22 @@ def use_stored_sender(assoc: Association, *, hold_reactor: bool = False) -> None
     of ours that only sends C-STOREs until it is released (:func:`hold`, from its first C-STORE)."""
     assoc._archivage_hold = hold_reactor
     assoc.send_c_store = functools.partial(send_c_store, assoc)
+    if getattr(assoc, "_archivage_gives_back", False):
+        return
+    assoc._archivage_gives_back = True
+    # Whatever pynetdicom does next needs its DUL thread reading again (see Wire.take_reads):
+    # these are what pynetdicom calls to end an association, from its own code too.
+    for name in ("release", "abort", "kill"):
+        setattr(assoc, name, _giving_back(assoc, getattr(assoc, name)))
+
+
+def _giving_back(assoc, method):
+    @functools.wraps(method)
+    def giving_back(*args, **kwargs):
+        give_back_reads(assoc)
+        return method(*args, **kwargs)
+
+    return giving_back
 
 
 @dataclass
@@ -745,6 +952,7 @@ def send_instances(
         return all_failed(instances, f"association with {called_ae} refused or failed")
     try:
         accepted = list(assoc.accepted_contexts)
+        use_stored_sender(assoc)  # its release and abort give the reads back to pynetdicom first
         hold(assoc)
         for n, inst in enumerate(instances):
             if cancelled():

@@ -79,19 +79,39 @@ class StoredDataset(Dataset):
     reports that C-STORE failed.
     """
 
+    _blank: dict = {}  # the attributes of an empty Dataset, made once (see of)
+
     @classmethod
     def of(cls, raw: "bytes | StoredFile", *, sop_class_uid: str, sop_instance_uid: str,
            transfer_syntax_uid: str) -> "StoredDataset":
-        ds = cls()
-        ds.SOPClassUID = sop_class_uid
-        ds.SOPInstanceUID = sop_instance_uid
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = transfer_syntax_uid
-        ds._archivage_raw = raw
+        # One per C-MOVE/C-GET sub-operation: built without pydicom's __init__ and __setattr__
+        # (each attribute a keyword lookup, about as long as sending the message's command set).
+        if not cls._blank:
+            cls._blank.update(Dataset().__dict__)
+        ds = object.__new__(cls)
+        ds.__dict__.update({k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in cls._blank.items()})
+        ds.__dict__["_archivage_raw"] = raw
+        ds.__dict__["_archivage_uids"] = (sop_class_uid, sop_instance_uid, _StoredMeta(transfer_syntax_uid))
         return ds
+
+    # What pynetdicom and send_c_store read of it; a StoredDataset is never empty.
+    SOPClassUID = property(lambda self: self.__dict__["_archivage_uids"][0])
+    SOPInstanceUID = property(lambda self: self.__dict__["_archivage_uids"][1])
+    file_meta = property(lambda self: self.__dict__["_archivage_uids"][2])
+
+    def __bool__(self) -> bool:
+        return True
 
     def keys(self):  # what pydicom's writer lists the elements to write with
         raise _Unencodable("a stored object is sent as its stored bytes only")
+
+
+@dataclass(frozen=True)
+class _StoredMeta:
+    TransferSyntaxUID: str
+
+    def get(self, keyword: str, default=None):
+        return getattr(self, keyword, default)
 
 
 @dataclass(frozen=True)
@@ -325,10 +345,9 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
         return answer
     if not assoc.is_established:
         raise RuntimeError("the association is not established")
-    ts = UID(dataset.file_meta.TransferSyntaxUID)
-    context = assoc._get_valid_context(dataset.SOPClassUID, ts, "scu", allow_conversion=False)
-    command = store_command(msg_id, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), priority,
-                            originator_aet, originator_id)
+    sop_class = str(dataset.SOPClassUID)
+    context_id = Wire.of(assoc).context_id(sop_class, str(dataset.file_meta.TransferSyntaxUID))
+    command = store_command(msg_id, sop_class, str(dataset.SOPInstanceUID), priority, originator_aet, originator_id)
     # As pynetdicom does: pause the association's reactor so the response is ours to read (a
     # C-GET's sub-operations run in the reactor's own thread, which is paused while it serves).
     if getattr(assoc, "_archivage_hold", False) and not getattr(assoc, "_archivage_held", False):
@@ -340,7 +359,7 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
         wire = Wire.of(assoc)
         reads = wire.take_reads()
         try:
-            wire.send(context.context_id, command, raw)
+            wire.send(context_id, command, raw)
         except ConnectionError as exc:  # the peer closed or aborted while we wrote: no response will come
             log.warning("association with %s lost while sending %s: %s", _peer(assoc), dataset.SOPInstanceUID, exc)
             _lost(assoc)
@@ -555,6 +574,32 @@ def frame(context_id: int, data: memoryview, fragment: int, command: bool, last:
         out += piece
 
 
+def frame_pieces(context_id: int, data: memoryview, fragment: int, last: bool, pieces: list) -> None:
+    """As :func:`frame` for a data set's bytes, appending each PDU's header and the slice of *data*
+    it carries to *pieces* (for one ``sendmsg``) instead of copying them."""
+    size = len(data)
+    for start in range(0, size, fragment):
+        piece = data[start:start + fragment]
+        flag = 0x02 if last and start + fragment >= size else 0x00
+        pieces.append(_PDU_HEADER.pack(0x04, 0x00, len(piece) + 6, len(piece) + 2, context_id, flag))
+        pieces.append(piece)
+
+
+_IOV_MAX = 1024
+
+
+def _sendmsg_all(sock: socket.socket, pieces: list) -> None:
+    """Write every buffer of *pieces* in order, with as few ``sendmsg`` calls as the socket takes."""
+    start = 0
+    while start < len(pieces):
+        sent = sock.sendmsg(pieces[start:start + _IOV_MAX])
+        while start < len(pieces) and sent >= len(pieces[start]):
+            sent -= len(pieces[start])
+            start += 1
+        if sent:
+            pieces[start] = memoryview(pieces[start])[sent:]
+
+
 class Wire:
     """Writes C-STORE requests of one association straight to its socket, framed at the peer's
     maximum PDU length: the stored file is read in chunks of about 1 MiB into a buffer and each
@@ -610,6 +655,10 @@ class Wire:
             return recv(nr_bytes)
 
         sock.recv = wire_recv
+        self._contexts: dict[tuple[str, str], int] = {}
+        self._buffer = bytearray()  # the file chunks read, reused from message to message
+        # A plain socket takes the framed chunk as a list of buffers (sendmsg); TLS gets one copy.
+        self._gather = not tls and hasattr(self._raw, "sendmsg")
         self._gate = getattr(assoc.dul, "_archivage_gate", None)  # None: pynetdicom's DUL always reads
         self._reads = False
 
@@ -629,7 +678,10 @@ class Wire:
                 raise ValueError("empty dataset")
             if source is not None:
                 # Whole fragments per read: every PDV but the last is full, as pynetdicom fragments.
-                buffer = memoryview(bytearray(min(length, max(1, _WRITE_BYTES // self.fragment) * self.fragment)))
+                size = min(length, max(1, _WRITE_BYTES // self.fragment) * self.fragment)
+                if len(self._buffer) < size:
+                    self._buffer = bytearray(size)
+                buffer = memoryview(self._buffer)[:size]
             else:
                 buffer = memoryview(data)
             out = bytearray()
@@ -640,6 +692,16 @@ class Wire:
         finally:
             if source is not None:
                 source.close()
+
+    def context_id(self, sop_class_uid: str, transfer_syntax_uid: str) -> int:
+        """The accepted context to send *sop_class_uid* in *transfer_syntax_uid* (pynetdicom's choice, kept)."""
+        key = (sop_class_uid, transfer_syntax_uid)
+        found = self._contexts.get(key)
+        if found is None:
+            context = self._assoc._get_valid_context(sop_class_uid, UID(transfer_syntax_uid), "scu",
+                                                     allow_conversion=False)
+            found = self._contexts[key] = context.context_id
+        return found
 
     def take_reads(self) -> bool:
         """Read the peer's answers in this thread from now on (True), the DUL thread parked; False
@@ -725,6 +787,7 @@ class Wire:
     def _write(self, out: bytearray, source, buffer: memoryview, length: int, context_id: int) -> None:
         sent = 0
         written = False
+        gather = self._gather
         try:
             while sent < length:
                 if source is None:
@@ -735,10 +798,15 @@ class Wire:
                         raise OSError("the stored file is shorter than when it was opened")
                     chunk = buffer[:size]
                 sent += len(chunk)
-                frame(context_id, chunk, self.fragment, False, sent >= length, out)
                 written = True
-                self._raw.sendall(out)
-                out.clear()
+                if gather:  # the PDU headers and the chunk's slices in one sendmsg: the chunk is not copied
+                    pieces = [out] if out else []
+                    frame_pieces(context_id, chunk, self.fragment, sent >= length, pieces)
+                    _sendmsg_all(self._raw, pieces)
+                else:
+                    frame(context_id, chunk, self.fragment, False, sent >= length, out)
+                    self._raw.sendall(out)
+                out = bytearray()
         except BaseException as exc:
             if not written:
                 raise

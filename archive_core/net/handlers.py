@@ -522,13 +522,19 @@ def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):
         return
     yield len(instances)
     contexts = None
-    for inst in instances:
+    following = None  # the next sub-operation's dataset, made one ahead: its file is read while the peer answers
+    for n, inst in enumerate(instances):
         if event.is_cancelled:
             yield CANCEL, None
             return
         if contexts is None:
             contexts = accepted()
-        yield PENDING, scu.load_for_sending(ctx.path_of, inst, contexts)
+        dataset = following if following is not None else scu.load_for_sending(ctx.path_of, inst, contexts)
+        following = None
+        if n + 1 < len(instances) and isinstance(dataset, scu.StoredDataset):
+            following = scu.load_stored(ctx.path_of, instances[n + 1], contexts)
+            scu.read_next(dataset, following)
+        yield PENDING, dataset
 
 
 __all__ = [

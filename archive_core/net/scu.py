@@ -212,6 +212,28 @@ def load_for_sending(
         return _unsendable(inst)
 
 
+def load_stored(path_of: Callable[[StoredInstance], Path], inst: StoredInstance,
+                accepted: list[PresentationContext]) -> "StoredDataset | None":
+    """What :func:`load_for_sending` gives for an instance that goes out as stored; None for any
+    other (nothing converted or logged here: load_for_sending does it when its turn comes)."""
+    if transfer_plan(inst.sop_class_uid, inst.transfer_syntax_uid, accepted) != inst.transfer_syntax_uid:
+        return None
+    try:
+        path = path_of(inst)
+    except Exception:
+        return None
+    return StoredDataset.of(StoredFile(path), sop_class_uid=inst.sop_class_uid,
+                            sop_instance_uid=inst.sop_instance_uid, transfer_syntax_uid=inst.transfer_syntax_uid)
+
+
+def read_next(dataset: Dataset, following: Dataset | None) -> None:
+    """Name the sub-operation after *dataset*: when that one goes out as stored, its file is opened
+    and its first chunk read while the peer answers *dataset* (:meth:`Wire.read_ahead`)."""
+    nxt = getattr(following, "_archivage_raw", None) if following is not None else None
+    if isinstance(dataset, StoredDataset) and isinstance(nxt, StoredFile):
+        dataset.__dict__["_archivage_next"] = nxt
+
+
 # -- conversions -----------------------------------------------------------------------------------
 
 
@@ -364,6 +386,8 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
             log.warning("association with %s lost while sending %s: %s", _peer(assoc), dataset.SOPInstanceUID, exc)
             _lost(assoc)
             return Dataset()
+        if reads:
+            wire.read_ahead(dataset.__dict__.get("_archivage_next"))
         answer = wire.store_response(msg_id) if reads else HANDED_BACK
         if answer is HANDED_BACK:  # pynetdicom's DUL reads (and decodes) the answer
             if getattr(assoc, "_archivage_held", False) or reads:
@@ -657,6 +681,8 @@ class Wire:
         sock.recv = wire_recv
         self._contexts: dict[tuple[str, str], int] = {}
         self._buffer = bytearray()  # the file chunks read, reused from message to message
+        self._spare = bytearray()  # the next file's first chunk (read_ahead)
+        self._ahead = None  # (StoredFile, open file, dataset length, bytes in _spare)
         # A plain socket takes the framed chunk as a list of buffers (sendmsg); TLS gets one copy.
         self._gather = not tls and hasattr(self._raw, "sendmsg")
         self._gate = getattr(assoc.dul, "_archivage_gate", None)  # None: pynetdicom's DUL always reads
@@ -669,16 +695,28 @@ class Wire:
             wire = assoc._archivage_wire = cls(assoc)
         return wire
 
+    def _chunk_size(self, length: int) -> int:
+        # Whole fragments per read: every PDV but the last is full, as pynetdicom fragments.
+        return min(length, max(1, _WRITE_BYTES // self.fragment) * self.fragment)
+
     def send(self, context_id: int, command: bytes, data: "bytes | StoredFile") -> None:
         """Write one C-STORE-RQ: its *command* set then the dataset (bytes, or a stored file read as it goes)."""
-        source = open(data.path, "rb") if isinstance(data, StoredFile) else None  # fails before any byte is sent
+        ahead, self._ahead = self._ahead, None
+        prefilled = 0
+        if ahead is not None and ahead[0] == data:  # opened and first chunk read while the peer answered
+            _, source, length, prefilled = ahead
+            self._buffer, self._spare = self._spare, self._buffer
+        else:
+            if ahead is not None:
+                ahead[1].close()
+            source = open(data.path, "rb") if isinstance(data, StoredFile) else None  # fails before any byte is sent
         try:
-            length = data.dataset(source) if source is not None else len(data)
+            if not prefilled:
+                length = data.dataset(source) if source is not None else len(data)
             if length == 0:
                 raise ValueError("empty dataset")
             if source is not None:
-                # Whole fragments per read: every PDV but the last is full, as pynetdicom fragments.
-                size = min(length, max(1, _WRITE_BYTES // self.fragment) * self.fragment)
+                size = self._chunk_size(length)
                 if len(self._buffer) < size:
                     self._buffer = bytearray(size)
                 buffer = memoryview(self._buffer)[:size]
@@ -688,10 +726,40 @@ class Wire:
             frame(context_id, memoryview(command), self.fragment, True, True, out)
             self._wait_for_pynetdicom()
             with self._lock:
-                self._write(out, source, buffer, length, context_id)
+                self._write(out, source, buffer, length, context_id, prefilled)
         finally:
             if source is not None:
                 source.close()
+
+    def read_ahead(self, data: "StoredFile | None") -> None:
+        """Open the stored file to send next and read its first chunk, while the peer works on the
+        message just sent (the C-MOVE/C-GET sub-operations name it, see :func:`read_next`). A file
+        that cannot be read here is left for :meth:`send` to report."""
+        self.drop_read_ahead()
+        if not isinstance(data, StoredFile):
+            return
+        try:
+            source = open(data.path, "rb")
+        except OSError:
+            return
+        try:
+            length = data.dataset(source)
+            size = self._chunk_size(length)
+            if len(self._spare) < size:
+                self._spare = bytearray(size)
+            got = source.readinto(memoryview(self._spare)[:size]) if size else 0
+        except (OSError, ValueError):
+            source.close()
+            return
+        if got != size or not size:
+            source.close()
+            return
+        self._ahead = (data, source, length, got)
+
+    def drop_read_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].close()
 
     def context_id(self, sop_class_uid: str, transfer_syntax_uid: str) -> int:
         """The accepted context to send *sop_class_uid* in *transfer_syntax_uid* (pynetdicom's choice, kept)."""
@@ -714,6 +782,7 @@ class Wire:
         return True
 
     def give_back_reads(self) -> None:
+        self.drop_read_ahead()
         if self._reads:
             self._reads = False
             self._gate.give_back()
@@ -784,7 +853,8 @@ class Wire:
                 self._broken()
                 raise ConnectionError(str(exc)) from exc
 
-    def _write(self, out: bytearray, source, buffer: memoryview, length: int, context_id: int) -> None:
+    def _write(self, out: bytearray, source, buffer: memoryview, length: int, context_id: int,
+               prefilled: int = 0) -> None:
         sent = 0
         written = False
         gather = self._gather
@@ -792,6 +862,8 @@ class Wire:
             while sent < length:
                 if source is None:
                     chunk = buffer[sent:sent + max(1, _WRITE_BYTES // self.fragment) * self.fragment]
+                elif prefilled:
+                    chunk, prefilled = buffer[:prefilled], 0
                 else:
                     size = source.readinto(buffer[:min(length - sent, len(buffer))])
                     if not size:

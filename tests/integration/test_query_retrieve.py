@@ -391,12 +391,16 @@ def test_destination_aborting_mid_move_fails_every_sub_operation_left(stored, sc
     assert len(list(good.out.iterdir())) == 2
 
 
-def test_destination_statuses_are_counted_as_it_gave_them(stored, scp, archive):
+@pytest.mark.parametrize("dul_delay", [0.0, 0.001])
+def test_destination_statuses_are_counted_as_it_gave_them(stored, scp, archive, dul_delay):
     """Bad cases tried: a warning (0xB000) counted as completed or as failed, a refusal (0xA700)
     counted as completed. A destination (pynetdicom storage SCP) warns on one object, refuses
     another and stores the third: the final C-MOVE response says 1 completed, 1 warning, 1 failed
-    (0xB000), and lists only the refused object; each pending response counts down."""
+    (0xB000), and lists only the refused object; each pending response counts down. Both ways of
+    reading the answers: by the sending thread (tuned) and by pynetdicom (DICOM_DUL_LOOP_DELAY set)."""
     from pynetdicom import AllStoragePresentationContexts, evt
+
+    scp.context.settings = replace(scp.context.settings, DICOM_DUL_LOOP_DELAY=dul_delay)
 
     answers = {f"{STUDY_A}.1.1": 0xB000, f"{STUDY_A}.1.2": 0xA700}
 
@@ -458,13 +462,17 @@ def test_getscu_receives_the_study_over_its_own_association(stored, scp, archive
         assert dcmread(path) == dcmread(archive.store.path_of(_key(archive, uid)))
 
 
-def test_c_cancel_during_c_get_stops_after_the_object_in_progress(stored, scp):
+@pytest.mark.parametrize("dul_delay", [0.0, 0.001])
+def test_c_cancel_during_c_get_stops_after_the_object_in_progress(stored, scp, dul_delay):
     """Bad case tried: a C-CANCEL that arrives while the archive awaits a C-STORE response (the
     requestor sends it from its C-STORE handler, before its answer) lost or taken for the
     answer. The archive stops after that object: final status 0xFE00 with one completed and two
-    remaining, one object received; the association then still answers a C-ECHO."""
+    remaining, one object received; the association then still answers a C-ECHO. With the
+    answers read by the sending thread (tuned) and by pynetdicom (DICOM_DUL_LOOP_DELAY set)."""
     from pynetdicom import build_role, evt
     from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet, Verification
+
+    scp.context.settings = replace(scp.context.settings, DICOM_DUL_LOOP_DELAY=dul_delay)
 
     received = []
 

@@ -484,8 +484,8 @@ def handle_move(event, ctx: ArchiveContext):
             log.warning("C-MOVE from %s: DICOM TLS with %s failed (%s)", calling, destination, refused)
             yield None, None  # 0xA801, nothing is sent
             return
-    capture = scu.Capture()
-    scu.frame_pending_responses(event.assoc)
+    capture = scu.Capture(requestor=event.assoc)
+    scu.frame_pending_responses(event.assoc, deferred=True)
     yield peer.host, peer.port, {
         "contexts": scu.proposed_contexts(instances) or [scu.build_context("1.2.840.10008.1.1")],
         "max_pdu": 0,
@@ -499,6 +499,7 @@ def handle_move(event, ctx: ArchiveContext):
     try:
         yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)
     finally:
+        scu.flush_pending_responses(event.assoc)
         if capture.assoc is not None:
             scu.give_back_reads(capture.assoc)  # pynetdicom releases it next
 

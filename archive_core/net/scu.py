@@ -359,6 +359,9 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
     raw = getattr(dataset, "_archivage_raw", None)
     if raw is None:  # converted (or unsendable): pynetdicom encodes it
         give_back_reads(assoc)
+        after_send = assoc.__dict__.get("_archivage_after_send")
+        if after_send is not None:
+            after_send()
         answer = Association.send_c_store(assoc, dataset, msg_id=msg_id, priority=priority,
                                           originator_aet=originator_aet, originator_id=originator_id)
         if getattr(assoc, "_archivage_held", False) and assoc.is_established:
@@ -386,6 +389,9 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
             log.warning("association with %s lost while sending %s: %s", _peer(assoc), dataset.SOPInstanceUID, exc)
             _lost(assoc)
             return Dataset()
+        after_send = assoc.__dict__.get("_archivage_after_send")
+        if after_send is not None:
+            after_send()
         if reads:
             wire.read_ahead(dataset.__dict__.get("_archivage_next"))
         answer = wire.store_response(msg_id) if reads else HANDED_BACK
@@ -555,12 +561,18 @@ def pending_response_command(primitive) -> bytes | None:
     return bytes(command)
 
 
-def frame_pending_responses(assoc: Association) -> None:
+def frame_pending_responses(assoc: Association, *, deferred: bool = False) -> None:
     """Make the pending C-MOVE/C-GET responses pynetdicom sends on *assoc* (one per sub-operation)
     go out as a patched command set written by the calling thread (:meth:`Wire.send_command`): pynetdicom
     builds a pydicom command set and queues it to its DUL thread for each. Other messages, and
-    everything on other associations, go through pynetdicom as before."""
+    everything on other associations, go through pynetdicom as before.
+
+    *deferred* (C-MOVE): each pending response is written just after the next C-STORE request has
+    gone to the destination (see :class:`Capture`), so that the requestor's reading it overlaps
+    with the destination's work instead of delaying the next request; any left go before the
+    final response."""
     dimse = assoc.dimse
+    dimse._archivage_deferred = deferred  # for this operation (a C-GET may follow a C-MOVE)
     if getattr(dimse, "_archivage_framed", False):
         return
     send_msg = dimse.send_msg
@@ -568,8 +580,12 @@ def frame_pending_responses(assoc: Association) -> None:
     def framed_send_msg(primitive, context_id: int) -> None:
         command = pending_response_command(primitive) if assoc.is_established else None
         if command is None:
+            flush_pending_responses(assoc)
             give_back_reads(assoc)  # a final response: pynetdicom's DUL writes it and reads what follows
             send_msg(primitive, context_id)
+            return
+        if dimse._archivage_deferred:
+            Wire.of(assoc).defer(context_id, command)
             return
         try:
             Wire.of(assoc).send_command(context_id, command)
@@ -578,6 +594,17 @@ def frame_pending_responses(assoc: Association) -> None:
 
     dimse.send_msg = framed_send_msg  # this association's DIMSE provider only
     dimse._archivage_framed = True
+
+
+def flush_pending_responses(assoc) -> None:
+    """Write the pending responses deferred on *assoc* (see :func:`frame_pending_responses`)."""
+    wire = getattr(assoc, "_archivage_wire", None)
+    if wire is None or not wire.deferred:
+        return
+    try:
+        wire.flush_deferred()
+    except ConnectionError as exc:  # as pynetdicom's DUL does: the closed connection ends the association
+        log.warning("association with %s lost while answering: %s", _peer(assoc), exc)
 
 
 _WRITE_BYTES = 1 << 20  # about this much is read from the file and written per system call
@@ -682,6 +709,7 @@ class Wire:
         self._contexts: dict[tuple[str, str], int] = {}
         self._buffer = bytearray()  # the file chunks read, reused from message to message
         self._spare = bytearray()  # the next file's first chunk (read_ahead)
+        self._deferred = bytearray()  # pending responses framed, not yet written (defer)
         self._ahead = None  # (StoredFile, open file, dataset length, bytes in _spare)
         # A plain socket takes the framed chunk as a list of buffers (sendmsg); TLS gets one copy.
         self._gather = not tls and hasattr(self._raw, "sendmsg")
@@ -841,6 +869,24 @@ class Wire:
             out += chunk
         return bytes(out)
 
+    @property
+    def deferred(self) -> bool:
+        return bool(self._deferred)
+
+    def defer(self, context_id: int, command: bytes) -> None:
+        """Frame a message without data set to be written by :meth:`flush_deferred`."""
+        frame(context_id, memoryview(command), self.fragment, True, True, self._deferred)
+
+    def flush_deferred(self) -> None:
+        out, self._deferred = self._deferred, bytearray()
+        self._wait_for_pynetdicom()
+        with self._lock:
+            try:
+                self._raw.sendall(out)
+            except OSError as exc:
+                self._broken()
+                raise ConnectionError(str(exc)) from exc
+
     def send_command(self, context_id: int, command: bytes) -> None:
         """Write one message that has no data set (a pending C-MOVE or C-GET response)."""
         out = bytearray()
@@ -985,11 +1031,15 @@ class Capture:
 
     assoc: object = None
     contexts: list[PresentationContext] = field(default_factory=list)
+    # The C-MOVE's own association: its deferred pending responses go out after each C-STORE request.
+    requestor: object = None
 
     def on_accepted(self, event) -> None:
         self.assoc = event.assoc
         self.contexts = list(event.assoc.accepted_contexts)
         use_stored_sender(event.assoc, hold_reactor=True)
+        if self.requestor is not None:
+            event.assoc._archivage_after_send = functools.partial(flush_pending_responses, self.requestor)
 
 
 def tune_socket(assoc, loop_delay: float) -> None:

@@ -74,9 +74,10 @@ class StoredDataset(Dataset):
 
     The bytes are either in memory (*raw*) or, as :func:`load_for_sending` makes them, a
     :class:`StoredFile` read in PDU-sized chunks while it is sent: a large object is never held whole.
-    It holds no other element: given to an encoder other than :func:`send_c_store` it must not go
-    out as a two-element object, so pydicom's writer refuses it (``_Unencodable``) and pynetdicom
-    reports that C-STORE failed.
+    Its SOP Class UID, SOP Instance UID and transfer syntax are attributes (read as a dataset's
+    are), not elements: given to an encoder other than :func:`send_c_store` it must not go out as
+    an empty or two-element object, so pydicom's writer refuses it (``_Unencodable``) and
+    pynetdicom reports that C-STORE failed.
     """
 
     _blank: dict = {}  # the attributes of an empty Dataset, made once (see of)

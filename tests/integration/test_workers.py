@@ -104,6 +104,10 @@ def _associate(port: int, ae_title: str = "CT1", *, get: bool = False, attempts:
                              ext_neg=[build_role(CTImageStorage, scp_role=True)] if get else None)
         if not assoc.is_rejected:
             break
+        # pynetdicom leaves a rejected association's socket open (tests/servers.py says so too).
+        leftover = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+        if leftover is not None:
+            leftover.close()
         time.sleep(0.2)  # a released association is counted out when its connection closes, just after
     assert assoc.is_established
     assoc.received = received

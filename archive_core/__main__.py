@@ -19,6 +19,14 @@ def serve_forever(archive: Archive) -> None:
 
     # pynetdicom logs every message at INFO: far too much at hundreds of images a second.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if archive.settings.DICOM_WORKERS > 1:
+        from archive_core.net.workers import serve_with_workers
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        serve_with_workers(archive, stop)
+        return
     from archive_core.errors import JournalBusy
     from archive_core.net.tls import TLSConfigError
 

@@ -56,8 +56,8 @@ class BlobStore(abc.ABC):
         """Write *chunks* (bytes, or ranges of files on disk) durably as journal entry *name*; return its path."""
 
     @abc.abstractmethod
-    def incoming(self) -> list[Path]:
-        """Journal entries not yet committed, oldest first."""
+    def incoming(self, directory: Path | None = None) -> list[Path]:
+        """Journal entries not yet committed (of every journal folder, or of *directory*), oldest first."""
 
     @abc.abstractmethod
     def claim_journal(self) -> bool:
@@ -67,7 +67,7 @@ class BlobStore(abc.ABC):
     def release_journal(self) -> None: ...
 
     @abc.abstractmethod
-    def discard_unfinished(self) -> int:
+    def discard_unfinished(self, directory: Path | None = None) -> int:
         """Remove journal writes a crash interrupted (never acknowledged); the journal's owner only."""
 
     @abc.abstractmethod

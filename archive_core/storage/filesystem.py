@@ -13,6 +13,8 @@ from typing import BinaryIO, Iterator
 from archive_core.errors import StorageFull
 from archive_core.storage.base import BlobStore, Chunk, FileRange
 
+# The journal folder of SCP worker process N (DICOM_WORKERS > 1) is incoming/worker-N.
+WORKER_JOURNAL_PREFIX = "worker-"
 _KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-/")
 
 
@@ -22,6 +24,44 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _GroupSync:
+    """fsync of one directory shared by the writers that renamed into it meanwhile (group commit).
+
+    A writer whose rename happened before a sync *started* is covered by that sync; writers that
+    arrive while one runs wait for it to end and share the next one: with several associations
+    writing at once, one directory fsync serves them all.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0  # tickets handed out (one per rename to cover)
+        self._synced = 0  # every ticket up to this one is durable
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while True:
+                if self._synced >= ticket:
+                    return
+                if not self._running:
+                    self._running, covered = True, self._requested
+                    break
+                self._cond.wait()
+        ok = False
+        try:
+            _fsync_dir(self.path)
+            ok = True
+        finally:
+            with self._cond:
+                self._running = False
+                if ok:
+                    self._synced = max(self._synced, covered)
+                self._cond.notify_all()
 
 
 def _copy_range(source: FileRange, fd: int) -> None:
@@ -54,13 +94,16 @@ def _copy_range(source: FileRange, fd: int) -> None:
 class FilesystemStore(BlobStore):
     """Blobs as files under ``root/objects``; the journal is ``root/incoming``."""
 
-    def __init__(self, root: str | os.PathLike, *, min_free_bytes: int = 0) -> None:
+    def __init__(self, root: str | os.PathLike, *, min_free_bytes: int = 0, journal: str = "") -> None:
         self.root = Path(root)
         self.objects = self.root / "objects"
-        self.incoming_dir = self.root / "incoming"
+        self.journal_root = self.root / "incoming"
+        # An SCP worker process writes to its own journal folder under the journal (``worker-N``).
+        self.incoming_dir = self.journal_root / journal if journal else self.journal_root
         self.min_free_bytes = min_free_bytes
         for d in (self.objects, self.incoming_dir):
             d.mkdir(parents=True, exist_ok=True)
+        self._journal_sync = _GroupSync(self.incoming_dir)
         self._space_checked_at = 0.0
         self._space_lock = threading.Lock()
         self._known_dirs: set[Path] = set()
@@ -95,7 +138,7 @@ class FilesystemStore(BlobStore):
             raise
         os.close(fd)
         os.rename(tmp, final)
-        _fsync_dir(self.incoming_dir)
+        self._journal_sync.sync()
         return final
 
     def adopt_incoming(self, name: str, received: Path) -> Path:
@@ -112,12 +155,18 @@ class FilesystemStore(BlobStore):
             os.close(fd)
         final = self.incoming_dir / name
         os.rename(received, final)
-        _fsync_dir(self.incoming_dir)
+        self._journal_sync.sync()
         return final
 
-    def incoming(self) -> list[Path]:
+    def journals(self) -> list[Path]:
+        """The journal folder and the SCP worker processes' folders under it."""
+        return [self.journal_root, *sorted(p for p in self.journal_root.glob(WORKER_JOURNAL_PREFIX + "*") if p.is_dir())]
+
+    def incoming(self, directory: Path | None = None) -> list[Path]:
+        """Entries of every journal folder (or of *directory* only), oldest first (names start with the time)."""
         # Listing only: other processes (fsck, the scheduler) look while the server writes.
-        return sorted(self.incoming_dir.glob("*.dcm"))
+        folders = [directory] if directory is not None else self.journals()
+        return sorted((p for d in folders for p in d.glob("*.dcm")), key=lambda p: p.name)
 
     def claim_journal(self) -> bool:
         # An flock: the kernel releases it when the owner dies, even by kill -9.
@@ -137,14 +186,15 @@ class FilesystemStore(BlobStore):
             self._journal_lock.close()
             self._journal_lock = None
 
-    def discard_unfinished(self) -> int:
+    def discard_unfinished(self, directory: Path | None = None) -> int:
         """Remove leftover ``.tmp`` files: never acknowledged, a crash interrupted their write.
 
-        Only the process that owns the journal may call this, before it receives anything:
-        elsewhere a ``.tmp`` is a write in progress.
+        Only the process that owns the journal may call this, before it receives anything (or for
+        the folder of a worker process that died, *directory*): elsewhere a ``.tmp`` is a write in progress.
         """
         count = 0
-        for tmp in self.incoming_dir.glob("*.tmp"):
+        folders = [directory] if directory is not None else self.journals()
+        for tmp in (p for d in folders for p in d.glob("*.tmp")):
             tmp.unlink(missing_ok=True)
             count += 1
         return count
@@ -156,11 +206,13 @@ class FilesystemStore(BlobStore):
             self._make_dirs(parent)
         os.replace(incoming, target)
 
-    def sync_committed(self, keys: list[str]) -> None:
-        """Make a batch of :meth:`commit` renames durable: one fsync per directory touched."""
+    def sync_committed(self, keys: list[str], journals: set[Path] | None = None) -> None:
+        """Make a batch of :meth:`commit` renames durable: one fsync per directory touched
+        (*journals*: the journal folders the entries left, by default this store's)."""
         for d in {self._path(k).parent for k in keys}:
             _fsync_dir(d)
-        _fsync_dir(self.incoming_dir)
+        for d in journals or {self.incoming_dir}:
+            _fsync_dir(d)
 
     def _make_dirs(self, d: Path) -> None:
         missing = []

@@ -237,6 +237,20 @@ def test_the_desk_records_and_ends_a_guardian(app, client, patients):
     assert _audits(app, "patient.guardian.ended")[0][:2] == ("accueil", "PAT001")
 
 
+# -- documents -----------------------------------------------------------------------------------------
+
+
+def test_the_paper_reproduction_carries_a_qualified_ins_only(app, client, patients):
+    app.config["WTF_CSRF_ENABLED"] = False
+    sign_in(client, app, "accueil", "front_desk")
+    client.post("/patients/PAT001/ins", data={"nir": NIR, "document": "id_card", "qualified": "y"})
+    client.post("/patients/PAT002/ins", data={"nir": "293032012345617", "document": "id_card"})  # not qualified
+    text = _text(client.get(f"/radiology/studies/{patients['PAT001']}/reproduction.pdf").data)
+    assert f"INS : {NIR_PRINTED} (NIR, OID 1.2.250.1.213.1.4.8), identité qualifiée" in text
+    other = _text(client.get(f"/radiology/studies/{patients['PAT002']}/reproduction.pdf").data)
+    assert "LEFÈVRE" in other and "INS" not in other and "2 93 03 20" not in other
+
+
 def _desk_invoice(app, client, patient_id, *, coverage_bp, third_party):
     """A patient with a mutuelle and the invoice of an échographie (400 cents), through the API."""
     from backoffice.billing import services as S
@@ -255,6 +269,27 @@ def _desk_invoice(app, client, patient_id, *, coverage_bp, third_party):
     assert response.status_code == 201, response.get_json()
     return response.get_json(), desk
 
+
+def test_the_invoice_carries_the_qualified_ins(app, client):
+    """The invoice PDF's patient box prints the INS once the identity is qualified; an unqualified
+    identity (document checked, INSi not consulted) prints none."""
+    from backoffice.billing import services as S
+
+    with app.extensions["archivage"].new_session(write=True) as s:
+        for pid in ("INV1", "INV2"):
+            S.create_exam_group(s, patient_id=pid, visit_date=S.paris_today(), exam_group="radiologie",
+                                created_by="t", patient_name="DURAND^Marie")
+        s.commit()
+    app.config["WTF_CSRF_ENABLED"] = False
+    sign_in(client, app, "accueil", "front_desk")
+    client.post("/patients/INV1/ins", data={"nir": "185052A12345633", "document": "passport", "qualified": "y"})
+    client.post("/patients/INV2/ins", data={"nir": NIR, "document": "passport"})
+    texts = {}
+    for pid in ("INV1", "INV2"):
+        invoice, _desk = _desk_invoice(app, client, pid, coverage_bp=5000, third_party=False)
+        texts[pid] = _text(client.get(f"/billing/invoices/{invoice['id']}/invoice.pdf").data)
+    assert "INS : 1 85 05 2A 123 456 33 (NIR, OID 1.2.250.1.213.1.4.8), identité qualifiée" in texts["INV1"]
+    assert "Identifiant patient : INV2" in texts["INV2"] and "INS" not in texts["INV2"]
 
 
 # -- balance -------------------------------------------------------------------------------------------

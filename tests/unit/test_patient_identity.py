@@ -333,3 +333,40 @@ def test_the_migration_matches_the_patient_models(tmp_path):
     engine.dispose()
     ours = [d for d in diff if any(name in repr(d) for name in ("patient_ins", "patient_guardian"))]
     assert ours == []
+
+
+def test_ins_and_guardians_round_trip_on_sqlite_and_postgresql(database_url):
+    """The upgraded schema on both databases: a corrected NIR (wrong key first: refused, the stored
+    one kept), its check cleared by a record without a document, a guardian ended and kept."""
+    from archive_core.db import make_engine, session_factory, write_session
+    from backoffice.migrate import upgrade
+    from backoffice.patients import services
+    from backoffice.patients.models import PatientGuardian, PatientIns
+    from backoffice.patients.nir import InvalidNir
+
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    factory = session_factory(engine)
+    try:
+        with write_session(factory) as s:
+            services.record_ins(s, "P1", "185052B12345660", qualified=True, document="passport", recorded_by="a")
+            services.add_guardian(s, "P1", name="MARTIN Paul", relationship="tutor", phone="01 23 45 67 89",
+                                  recorded_by="a")
+        with pytest.raises(InvalidNir):
+            with write_session(factory) as s:
+                services.record_ins(s, "P1", "185052B12345661", qualified=False, recorded_by="b")
+        with factory() as s:
+            row = s.scalar(select(PatientIns))
+            assert (row.nir, row.qualified, row.document, row.verified_by) == ("185052B12345660", True, "passport", "a")
+            assert row.verified_at is not None
+        with write_session(factory) as s:
+            services.record_ins(s, "P1", NIR, qualified=False, recorded_by="b")  # corrected, not checked again
+            guardian = services.current_guardians(s, "P1")[0]
+            services.end_guardian(s, "P1", guardian.id, ended_by="b")
+        with factory() as s:
+            row = s.scalar(select(PatientIns))
+            assert (row.nir, row.qualified, row.document, row.verified_at) == (NIR, False, None, None)
+            assert services.current_guardians(s, "P1") == ()
+            assert s.scalar(select(PatientGuardian.ended_by)) == "b"
+    finally:
+        engine.dispose()

@@ -56,12 +56,20 @@ class PatientFile:
     identity: Identity
     ins: PatientIns | None
     guardians: tuple[PatientGuardian, ...]
+    minor: bool  # under 18 on *today* (from the birth date): the page asks for a legal guardian
     memberships: tuple[MembershipRow, ...]
     groups: tuple[GroupRow, ...]
     balance_cents: int
     insurer_due_cents: int
     studies: tuple[StudyRow, ...]
     retention: retention.PatientRetention | None
+
+
+def is_minor(birth_date: str | None, today: date) -> bool:
+    born = billing.dicom_date(birth_date)
+    if born is None:
+        return False
+    return (today.year - born.year - ((today.month, today.day) < (born.month, born.day))) < 18
 
 
 def patient_file(session: Session, facade: ArchiveFacade, patient_id: str, *, today: date) -> PatientFile:
@@ -100,6 +108,7 @@ def patient_file(session: Session, facade: ArchiveFacade, patient_id: str, *, to
         identity=identity,
         ins=session.scalar(select(PatientIns).where(PatientIns.patient_id == patient_id)),
         guardians=current_guardians(session, patient_id),
+        minor=is_minor(identity.birth_date, today),
         memberships=tuple(MembershipRow(m, m.valid_from <= today and (m.valid_to is None or m.valid_to >= today))
                           for m in memberships),
         groups=tuple(GroupRow(g, states[g.id], tuple(by_group.get(g.id, ()))) for g in reversed(groups)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import subprocess
 from html import unescape
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 import pytest
 from sqlalchemy import select
@@ -235,6 +235,33 @@ def test_the_desk_records_and_ends_a_guardian(app, client, patients):
         row = s.get(PatientGuardian, guardian_id)
         assert row.ended_by == "accueil" and row.ended_at is not None  # kept, ended
     assert _audits(app, "patient.guardian.ended")[0][:2] == ("accueil", "PAT001")
+
+
+@pytest.mark.parametrize("birth, minor", [("20080616", True), ("20080615", False), ("19841201", False),
+                                          ("", False), ("2008", False)])
+def test_a_minor_is_told_apart_on_the_day(birth, minor):
+    """Eighteen on 15 June 2026 for a birth on 15 June 2008, not the day before; no or a partial
+    birth date is not taken for a minor."""
+    from backoffice.patients.services import is_minor
+
+    assert is_minor(birth, date(2026, 6, 15)) is minor
+
+
+def test_the_page_asks_for_a_minor_s_guardian(app, client, patients):
+    from backoffice.billing import services as S
+
+    with app.extensions["archivage"].new_session(write=True) as s:
+        S.create_exam_group(s, patient_id="KID1", visit_date=date(2026, 6, 15), exam_group="radiologie",
+                            created_by="t", patient_name="PETIT^Léo", patient_birth_date="20150301")
+        s.commit()
+    app.config["WTF_CSRF_ENABLED"] = False
+    sign_in(client, app, "accueil", "front_desk")
+    assert "Patient mineur : enregistrez son représentant légal." in _page_text(
+        client.get("/patients/KID1").get_data(as_text=True))
+    assert "Patient mineur" not in _page_text(client.get("/patients/PAT001").get_data(as_text=True))
+    page = client.post("/patients/KID1/guardians", data={"name": "PETIT Anne", "relationship": "mother",
+                                                         "phone": "0612345678"}, follow_redirects=True)
+    assert "Patient mineur" not in _page_text(page.get_data(as_text=True))
 
 
 # -- documents -----------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ class PatientFile:
     groups: tuple[GroupRow, ...]
     balance_cents: int
     insurer_due_cents: int
+    patient_refund_cents: int  # paid beyond what the patient owes (after credit notes): to give back
     studies: tuple[StudyRow, ...]
     retention: retention.PatientRetention | None
 
@@ -114,6 +115,7 @@ def patient_file(session: Session, facade: ArchiveFacade, patient_id: str, *, to
         groups=tuple(GroupRow(g, states[g.id], tuple(by_group.get(g.id, ()))) for g in reversed(groups)),
         balance_cents=billing.patient_balance_cents(session, patient_id),
         insurer_due_cents=insurer_due,
+        patient_refund_cents=sum(st.patient_refund_due_cents for st in invoice_states.values()),
         studies=tuple(study_rows),
         retention=kept,
     )

@@ -339,6 +339,21 @@ def test_the_balance_splits_what_the_patient_and_the_mutuelle_owe(app, client):
     assert "€0.60" in english and "€2.40" in english
 
 
+def test_the_balance_shows_what_is_owed_back_to_the_patient(app, client):
+    """No tiers payant: the patient pays the 4,00 €, then the invoice is cancelled by a credit note.
+    The page shows nothing owed either way and 4,00 € to give back to the patient."""
+    invoice, desk = _desk_invoice(app, client, "BAL2", coverage_bp=6000, third_party=False)
+    assert client.post(f"/api/v1/invoices/{invoice['id']}/payments", headers=desk,
+                       json={"amount_cents": 400, "method": "card"}).status_code == 201
+    sign_in(client, app, "accueil", "front_desk")
+    assert "À rembourser au patient" not in _page_text(client.get("/patients/BAL2").get_data(as_text=True))
+    assert client.post(f"/api/v1/invoices/{invoice['id']}/credit-notes", headers=desk,
+                       json={"reason": "examen non réalisé"}).status_code == 201
+    page = _page_text(client.get("/patients/BAL2").get_data(as_text=True))
+    assert "Reste dû par le patient 0,00 €" in page and "Attendu des mutuelles (tiers payant) 0,00 €" in page
+    assert "À rembourser au patient 4,00 €" in page
+
+
 # -- schema --------------------------------------------------------------------------------------------
 
 

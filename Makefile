@@ -24,7 +24,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/ingest.py --vs-orthanc
+	$(BIN)/python bench/ingest.py --vs-orthanc --concurrency 1,4
 	$(BIN)/python bench/query.py --vs-orthanc --studies 100000
 	$(BIN)/python bench/retrieve.py --vs-orthanc --memory-gb 2
 	$(BIN)/python bench/viewer.py

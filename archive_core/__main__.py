@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import signal
 import threading
@@ -18,6 +19,14 @@ def serve_forever(archive: Archive) -> None:
 
     # pynetdicom logs every message at INFO: far too much at hundreds of images a second.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    if archive.settings.DICOM_WORKERS > 1:
+        from archive_core.net.workers import serve_with_workers
+
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+        serve_with_workers(archive, stop)
+        return
     from archive_core.errors import JournalBusy
     from archive_core.net.tls import TLSConfigError
 
@@ -26,6 +35,11 @@ def serve_forever(archive: Archive) -> None:
     except (JournalBusy, TLSConfigError) as exc:
         archive.close()
         raise SystemExit(f"cannot start: {exc}") from exc
+    # pynetdicom's server runs a full gc.collect() every 60 turns of its accept loop (about every 30 s,
+    # more often under many associations): over what startup loaded that holds the GIL for 50-100 ms,
+    # stalling every transfer in progress. What is alive now lives as long as the process: frozen,
+    # those collections only look at what came after.
+    gc.freeze()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -49,6 +49,8 @@ ACTIONS: dict[str, str] = {
     "patient.viewed": "dossier patient consulté",
     "patient.search": "recherche de patient",
     "patient.ins.recorded": "INS du patient enregistré",
+    "patient.guardian.recorded": "représentant légal enregistré",
+    "patient.guardian.ended": "représentant légal retiré",
     "study.retrieved": "examen récupéré (web ou DICOM)",
     "dicom.storage_commitment": "engagement de stockage (modalité)",
     "dicom.store.refused": "objet DICOM refusé (UID absent ou d'un autre patient/examen)",

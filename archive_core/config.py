@@ -85,6 +85,10 @@ class Settings:
     DICOM_TLS_KEY: str = ""
     DICOM_TLS_CA: str = ""
     DICOM_TLS_REQUIRE_CLIENT_CERT: bool = True
+    # SCP processes sharing the DICOM port(s): 1 serves everything in the archive process; N > 1
+    # runs N worker processes (associations spread over the cores) and one indexer in the parent
+    # (archive_core/net/workers.py).
+    DICOM_WORKERS: int = 1
     INDEX_BATCH_SIZE: int = 200
     # The key that signs audit checkpoints and the log they are appended to: keep them outside the
     # database (ideally another volume); relative paths are under the instance folder.

@@ -7,4 +7,4 @@ from backoffice.billing.models import (  # noqa: F401,E402
 )
 from backoffice.retention.models import DeathRecord, LegalHold, PurgeBatch, PurgeItem  # noqa: F401
 from backoffice.radiology.models import KeyImage, Report, SendJob, ShareLink  # noqa: F401
-from backoffice.patients.models import PatientIns  # noqa: F401
+from backoffice.patients.models import PatientGuardian, PatientIns  # noqa: F401

@@ -91,6 +91,19 @@ def process_tree(root_pid: int) -> list[int]:
     return tree
 
 
+def cpu_seconds(root_pid: int) -> float:
+    """User + system CPU time of ``root_pid`` and its live descendants (SCP worker processes)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in process_tree(root_pid):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / ticks
+
+
 def vm_hwm_bytes(pid: int) -> int:
     """Return the RSS high-water mark of one process (0 if it is gone)."""
     try:
@@ -277,12 +290,13 @@ def flask_command(*args: str) -> list[str]:
 
 
 @contextmanager
-def archivage_server(workdir: Path) -> Iterator[Server]:
-    """Run ``flask --app wsgi archive serve`` on a fresh, migrated instance under ``workdir``."""
+def archivage_server(workdir: Path, *, workers: int = 1) -> Iterator[Server]:
+    """Run ``flask --app wsgi archive serve`` on a fresh, migrated instance under ``workdir``
+    (``workers`` > 1: with that many SCP worker processes, DICOM_WORKERS)."""
     instance_path = workdir / "instance"
     instance_path.mkdir()
     port = free_port()
-    env = archivage_env(instance_path, port)
+    env = archivage_env(instance_path, port) | {"ARCHIVAGE_DICOM_WORKERS": str(workers)}
     migrate = subprocess.run(
         flask_command("db", "upgrade"),
         cwd=REPO,

@@ -134,7 +134,7 @@ class Job:
     seq: int
     path: Path
     identity: Identity
-    ds: Dataset
+    ds: Dataset | None
     checksum: str
     size_bytes: int
     transfer_syntax_uid: str
@@ -142,6 +142,16 @@ class Job:
     external: bool | None  # None: decided by the sending peer's registration
     replaced_key: str | None = None  # set by indexing: the overwritten object lived elsewhere
     held: bool = False  # its series and study are in the ingestor's held maps until indexed
+    # The index columns of each level, extracted where the object was received (a worker process
+    # sends them instead of the dataset); None: extracted from ds.
+    rows: dict[str, dict] | None = None
+
+    def row(self, level: str) -> dict:
+        return self.rows[level] if self.rows is not None else extract(self.ds, level)
+
+    def dataset(self) -> Dataset:
+        """The parsed dataset (read again from the journal entry when only its rows travelled)."""
+        return self.ds if self.ds is not None else read_part10(self.path)[0]
 
 
 @dataclass(frozen=True)
@@ -311,6 +321,37 @@ def _guess_transfer_syntax(ds: Dataset) -> str:
     return ExplicitVRLittleEndian if ds.is_little_endian in (True, None) else ExplicitVRBigEndian
 
 
+def write_entry(
+    store: BlobStore,
+    dataset: bytes | FileRange,
+    *,
+    identity: Identity,
+    transfer_syntax_uid: str,
+    source_ae: str | None,
+    external: bool | None,
+    seq: int,
+) -> tuple[Path, int]:
+    """Write a claimed object durably into *store*'s journal: (the entry's path, its size in bytes)."""
+    header = file_header(
+        sop_class_uid=identity.sop_class_uid,
+        sop_instance_uid=identity.sop_instance_uid,
+        transfer_syntax_uid=transfer_syntax_uid,
+        source_ae=source_ae,
+    )
+    # "external" (an import of outside priors) is known only here: the entry's name keeps it for a replay.
+    suffix = EXTERNAL_SUFFIX if external else ".dcm"
+    name = f"{time.time_ns():020d}-{seq:09d}-{identity.sop_instance_uid}{suffix}"
+    if _starts_with(dataset, header):
+        # Received straight into the journal's folder behind this very header: renamed, not copied.
+        path = store.adopt_incoming(name, dataset.path)
+    else:
+        path = store.write_incoming(name, [header, dataset])
+    return path, len(header) + dataset_size(dataset)
+
+
+INDEX_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+
+
 class Ingestor:
     """Receives objects durably and indexes them in the background.
 
@@ -406,6 +447,27 @@ class Ingestor:
         self.check_size(dataset)
         self.store.check_space()
         checksum = dataset.sha256() if isinstance(dataset, FileRange) else hashlib.sha256(dataset).hexdigest()
+        claimed = self.claim(identity, checksum)
+        if claimed.duplicate:
+            return claimed
+        seq = claimed.seq
+        try:
+            path, size = write_entry(self.store, dataset, identity=identity, transfer_syntax_uid=transfer_syntax_uid,
+                                     source_ae=source_ae, external=external, seq=seq)
+        except BaseException:
+            self.abandon(identity, checksum, seq)
+            raise
+        self.enqueue(Job(seq, path, identity, ds, checksum, size, transfer_syntax_uid, source_ae, external, held=True))
+        return Outcome(seq=seq)
+
+    def claim(self, identity: Identity, checksum: str) -> Outcome:
+        """The duplicate and identity checks of :meth:`receive`, and the claim, under one lock.
+
+        Returns the journal sequence the object is to be written under, or (``duplicate``) the
+        sequence of the identical object already acknowledged. The claim is settled by
+        :meth:`enqueue` once the entry is in a journal, or by :meth:`abandon`. SCP worker processes
+        (archive_core/net/workers.py) claim here, in the one process that indexes.
+        """
         uid = identity.sop_instance_uid
         with self._lock:
             pending = self._pending.get(uid)
@@ -421,33 +483,39 @@ class Ingestor:
             seq = self._last_seq
             self._pending[uid] = (checksum, seq)
             self._hold(identity)
-        try:
-            header = file_header(
-                sop_class_uid=identity.sop_class_uid,
-                sop_instance_uid=uid,
-                transfer_syntax_uid=transfer_syntax_uid,
-                source_ae=source_ae,
-            )
-            # "external" (an import of outside priors) is known only here: the entry's name keeps it for a replay.
-            suffix = EXTERNAL_SUFFIX if external else ".dcm"
-            name = f"{time.time_ns():020d}-{seq:09d}-{uid}{suffix}"
-            if _starts_with(dataset, header):
-                # Received straight into the journal's folder behind this very header: renamed, not copied.
-                path = self.store.adopt_incoming(name, dataset.path)
-            else:
-                path = self.store.write_incoming(name, [header, dataset])
-        except BaseException:
-            with self._lock:
-                if self._pending.get(uid) == (checksum, seq):
-                    del self._pending[uid]
-                self._unhold(identity)
-            self._mark_done([seq])
-            raise
-        self._queue.put(
-            Job(seq, path, identity, ds, checksum, len(header) + dataset_size(dataset), transfer_syntax_uid, source_ae,
-                external, held=True)
-        )
         return Outcome(seq=seq)
+
+    def abandon(self, identity: Identity, checksum: str, seq: int, *, done: bool = True) -> None:
+        """Drop the claim *seq* (its journal write failed). *done* false: the sequence was already marked done."""
+        with self._lock:
+            if self._pending.get(identity.sop_instance_uid) == (checksum, seq):
+                del self._pending[identity.sop_instance_uid]
+            self._unhold(identity)
+        if done:
+            self._mark_done([seq])
+
+    def enqueue(self, job: Job) -> None:
+        """Queue a claimed object, now durable in a journal, for indexing."""
+        self._queue.put(job)
+
+    @property
+    def indexed_upto(self) -> int:
+        """Every journal sequence up to this one is indexed."""
+        return self._indexed_upto
+
+    def settle_lost(self, claims: list[tuple[Identity, str, int]], journal: Path, *, upto: int = 0) -> int:
+        """A worker process died holding *claims* (not known to be in its journal *journal*): settle them.
+
+        Its journal is replayed (what it wrote is indexed, acknowledged or not), then the claims it
+        never wrote are dropped. They stay held until then: no other worker can be acknowledged
+        for a contradicting object in between. Returns how many entries were replayed.
+        """
+        self._mark_done(seq for _, _, seq in claims)
+        self.wait_indexed(upto, timeout=3600)  # what the worker queued before it died is indexed first
+        replayed = self.replay(directory=journal)
+        for identity, checksum, seq in claims:
+            self.abandon(identity, checksum, seq, done=False)
+        return replayed
 
     def is_pending(self, sop_instance_uid: str) -> bool:
         """Acknowledged (in the journal) and not yet indexed by this process."""
@@ -690,7 +758,7 @@ class Ingestor:
                 continue
             self.store.commit(job.path, job.identity.key)
             keys.append(job.identity.key)
-        self.store.sync_committed(keys)
+        self.store.sync_committed(keys, journals={job.path.parent for job in batch})
         for job in batch:
             # Policy "overwrite" with other Study/Series UIDs: the old file is no object's any more.
             if job.replaced_key and job.replaced_key not in keys:
@@ -725,23 +793,25 @@ class Ingestor:
         Only objects acknowledged by another process (``archive import`` beside a server) or before
         a correction moved their study can get here: this process refuses them before acknowledging.
         """
+        ds = job.dataset()
         job.path.rename(self.store.quarantine_dir / job.path.name)
         log.error("journal entry %s of %s not indexed, moved to quarantine: %s", job.path.name,
                   job.identity.sop_instance_uid, exc)
-        audit_refusal(self.sessions, exc, job.ds, actor=job.source_ae or "archive", via="index",
+        audit_refusal(self.sessions, exc, ds, actor=job.source_ae or "archive", via="index",
                       actor_kind="ae" if job.source_ae else "system", sop_instance_uid=job.identity.sop_instance_uid)
 
-    def replay(self, *, discard_unfinished: bool = True) -> int:
+    def replay(self, *, discard_unfinished: bool = True, directory: Path | None = None) -> int:
         """Index what the journal holds (after a crash); returns how many entries were replayed.
 
         *discard_unfinished* also removes interrupted writes (``.tmp``): right for the process
         that owns the journal at its start, wrong for a tool running beside a live server.
+        *directory*: only that worker's journal (one that died), else every journal.
         """
         jobs: list[Job] = []
         count = 0
         if discard_unfinished:
-            self.store.discard_unfinished()
-        for path in self.store.incoming():
+            self.store.discard_unfinished(directory)
+        for path in self.store.incoming(directory):
             try:
                 job = job_from_file(path, seq=0, external=True if path.name.endswith(EXTERNAL_SUFFIX) else None)
             except Exception as exc:
@@ -838,7 +908,7 @@ def index_jobs(
                 conflicts.append((job, conflict))
                 continue
             if study is None:
-                prow = extract(job.ds, "PATIENT")
+                prow = job.row("PATIENT")
                 pkey = job.identity.patient_key
                 patient = patients.get(pkey) or s.scalar(
                     select(Patient).where(Patient.patient_id == pkey[0], Patient.issuer_of_patient_id == pkey[1])
@@ -853,7 +923,7 @@ def index_jobs(
                     _update_blank(patient, prow, skip=("patient_id", "issuer_of_patient_id"), newest_wins=True)
                     patient.deleted_at = None  # a purged patient who comes back is a new visit
                 patients[pkey] = patient
-                srow = extract(job.ds, "STUDY")
+                srow = job.row("STUDY")
                 external = job.external if job.external is not None else (job.source_ae or "") in external_aes
                 study = Study(study_uid=ident.study_uid, patient=patient, external=external)
                 _update_blank(study, srow, skip=("study_uid",))
@@ -862,10 +932,10 @@ def index_jobs(
             se = series.get(ident.series_uid)
             if se is None:
                 se = Series(series_uid=ident.series_uid, study=study)
-                _update_blank(se, extract(job.ds, "SERIES"), skip=("series_uid",))
+                _update_blank(se, job.row("SERIES"), skip=("series_uid",))
                 s.add(se)
                 series[ident.series_uid] = se
-            irow = extract(job.ds, "IMAGE")
+            irow = job.row("IMAGE")
             inst = instances.get(ident.sop_instance_uid)
             if inst is None:
                 inst = Instance(sop_instance_uid=ident.sop_instance_uid)

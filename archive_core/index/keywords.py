@@ -7,6 +7,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ def _as_index_value(attr: Attribute, value: Any) -> Any:
     return text[: _MAX_CHARS.get(attr.vr, 64)] or None
 
 
+_TAGS = {a.keyword: tag_for_keyword(a.keyword) for a in ATTRIBUTES}
+
+
 def extract(ds: Dataset, level: str) -> dict[str, Any]:
     """The index columns of *level* read from *ds*, decoded with its Specific Character Set.
 
@@ -114,24 +118,27 @@ def extract(ds: Dataset, level: str) -> dict[str, Any]:
     UID, never by value): an archive stores what it is sent.
     """
     row: dict[str, Any] = {}
-    for attr in BY_LEVEL[level]:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                row[attr.column] = _as_index_value(attr, ds.get(attr.keyword))
-        except Exception as exc:  # pydicom raises many kinds on odd data
-            # The exception's text may quote the value (a PatientName, a PatientID): its kind only.
-            log.warning("cannot index %s of %s: %s", attr.keyword, ds.get("SOPInstanceUID", "?"),
-                        exc.__class__.__name__)
-            row[attr.column] = None
-        if attr.match_column:
-            row[attr.match_column] = _match_value(attr, row[attr.column])
-        if attr.group_columns:
-            from archive_core.index.matching import fold_name_group, name_groups
+    # One warnings scope for the whole row: entering one per attribute cost a tenth of the extraction.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for attr in BY_LEVEL[level]:
+            try:
+                # By tag: the same element as ds.get(keyword), without the keyword lookup.
+                element = ds.get(_TAGS[attr.keyword])
+                row[attr.column] = _as_index_value(attr, element.value if element is not None else None)
+            except Exception as exc:  # pydicom raises many kinds on odd data
+                # The exception's text may quote the value (a PatientName, a PatientID): its kind only.
+                log.warning("cannot index %s of %s: %s", attr.keyword, ds.get("SOPInstanceUID", "?"),
+                            exc.__class__.__name__)
+                row[attr.column] = None
+            if attr.match_column:
+                row[attr.match_column] = _match_value(attr, row[attr.column])
+            if attr.group_columns:
+                from archive_core.index.matching import fold_name_group, name_groups
 
-            _alpha, ideographic, phonetic = name_groups(row[attr.column])
-            row[attr.group_columns[0]] = fold_name_group(ideographic)
-            row[attr.group_columns[1]] = fold_name_group(phonetic)
+                _alpha, ideographic, phonetic = name_groups(row[attr.column])
+                row[attr.group_columns[0]] = fold_name_group(ideographic)
+                row[attr.group_columns[1]] = fold_name_group(phonetic)
     return row
 
 

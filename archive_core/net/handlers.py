@@ -483,8 +483,8 @@ def handle_move(event, ctx: ArchiveContext):
             log.warning("C-MOVE from %s: DICOM TLS with %s failed (%s)", calling, destination, refused)
             yield None, None  # 0xA801, nothing is sent
             return
-    capture = scu.Capture()
-    scu.frame_pending_responses(event.assoc)
+    capture = scu.Capture(requestor=event.assoc)
+    scu.frame_pending_responses(event.assoc, deferred=True)
     yield peer.host, peer.port, {
         "contexts": scu.proposed_contexts(instances) or [scu.build_context("1.2.840.10008.1.1")],
         "max_pdu": 0,
@@ -495,7 +495,12 @@ def handle_move(event, ctx: ArchiveContext):
             (evt.EVT_CONN_CLOSE, scu.close_socket),
         ],
     }
-    yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)
+    try:
+        yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)
+    finally:
+        scu.flush_pending_responses(event.assoc)
+        if capture.assoc is not None:
+            scu.give_back_reads(capture.assoc)  # pynetdicom releases it next
 
 
 def handle_get(event, ctx: ArchiveContext):
@@ -503,7 +508,10 @@ def handle_get(event, ctx: ArchiveContext):
     instances, failure = _retrieve_plan(event, ctx, "GET")
     scu.use_stored_sender(event.assoc)  # sub-operations send stored bytes as stored
     scu.frame_pending_responses(event.assoc)
-    yield from _sub_operations(event, ctx, instances, failure, lambda: list(event.assoc.accepted_contexts))
+    try:
+        yield from _sub_operations(event, ctx, instances, failure, lambda: list(event.assoc.accepted_contexts))
+    finally:
+        scu.give_back_reads(event.assoc)  # pynetdicom sends the final response and reads what follows
 
 
 def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):
@@ -514,13 +522,19 @@ def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):
         return
     yield len(instances)
     contexts = None
-    for inst in instances:
+    following = None  # the next sub-operation's dataset, made one ahead: its file is read while the peer answers
+    for n, inst in enumerate(instances):
         if event.is_cancelled:
             yield CANCEL, None
             return
         if contexts is None:
             contexts = accepted()
-        yield PENDING, scu.load_for_sending(ctx.open_blob, inst, contexts)
+        dataset = following if following is not None else scu.load_for_sending(ctx.open_blob, inst, contexts)
+        following = None
+        if n + 1 < len(instances) and isinstance(dataset, scu.StoredDataset):
+            following = scu.load_stored(ctx.open_blob, instances[n + 1], contexts)
+            scu.read_next(dataset, following)
+        yield PENDING, dataset
 
 
 __all__ = [

@@ -35,20 +35,18 @@ class AssociationLimits:
         self._admitted = {a for a in self._admitted if a.is_alive()}
         return list(self._admitted)
 
+    def refusal(self, address: str, open_from: list[str]) -> str | None:
+        """Why an association from *address* is refused while *open_from* (calling addresses) are open here."""
+        return over_limits(self.total, self.per_address, address, open_from)
+
     def on_requested(self, event) -> None:
         assoc = event.assoc
         if assoc.is_rejected or assoc.is_aborted:
             return  # already refused (who may associate is checked first)
         address = assoc.requestor.address
         with self._lock:
-            live = self._live()
-            from_address = sum(1 for a in live if a.requestor.address == address)
-            if len(live) >= self.total:
-                reason = f"{len(live)} associations open (DICOM_MAX_ASSOCIATIONS={self.total})"
-            elif from_address >= self.per_address:
-                reason = (f"{from_address} associations open from {address} "
-                          f"(DICOM_MAX_ASSOCIATIONS_PER_ADDRESS={self.per_address})")
-            else:
+            reason = self.refusal(address, [a.requestor.address for a in self._live()])
+            if reason is None:
                 self._admitted.add(assoc)
                 return
         calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "").strip()
@@ -56,6 +54,16 @@ class AssociationLimits:
         assoc.acse.send_reject(*LIMIT_REJECTION)
         # As pynetdicom does for its own rejections: wait until the rejection is sent, then end.
         assoc.kill()
+
+
+def over_limits(total: int, per_address: int, address: str, open_from: list[str]) -> str | None:
+    """Why one more association from *address* is refused when *open_from* are open (None: admitted)."""
+    from_address = sum(1 for a in open_from if a == address)
+    if len(open_from) >= total:
+        return f"{len(open_from)} associations open (DICOM_MAX_ASSOCIATIONS={total})"
+    if from_address >= per_address:
+        return f"{from_address} associations open from {address} (DICOM_MAX_ASSOCIATIONS_PER_ADDRESS={per_address})"
+    return None
 
 
 def restart_idle_timer(assoc) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import select
 import socket
 import ssl
 import struct
@@ -72,24 +73,45 @@ class StoredDataset(Dataset):
 
     The bytes are either in memory (*raw*) or, as :func:`load_for_sending` makes them, a
     :class:`StoredFile` read in PDU-sized chunks while it is sent: a large object is never held whole.
-    It holds no other element: given to an encoder other than :func:`send_c_store` it must not go
-    out as a two-element object, so pydicom's writer refuses it (``_Unencodable``) and pynetdicom
-    reports that C-STORE failed.
+    Its SOP Class UID, SOP Instance UID and transfer syntax are attributes (read as a dataset's
+    are), not elements: given to an encoder other than :func:`send_c_store` it must not go out as
+    an empty or two-element object, so pydicom's writer refuses it (``_Unencodable``) and
+    pynetdicom reports that C-STORE failed.
     """
+
+    _blank: dict = {}  # the attributes of an empty Dataset, made once (see of)
 
     @classmethod
     def of(cls, raw: "bytes | StoredFile", *, sop_class_uid: str, sop_instance_uid: str,
            transfer_syntax_uid: str) -> "StoredDataset":
-        ds = cls()
-        ds.SOPClassUID = sop_class_uid
-        ds.SOPInstanceUID = sop_instance_uid
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.TransferSyntaxUID = transfer_syntax_uid
-        ds._archivage_raw = raw
+        # One per C-MOVE/C-GET sub-operation: built without pydicom's __init__ and __setattr__
+        # (each attribute a keyword lookup, about as long as sending the message's command set).
+        if not cls._blank:
+            cls._blank.update(Dataset().__dict__)
+        ds = object.__new__(cls)
+        ds.__dict__.update({k: (v.copy() if isinstance(v, (dict, list)) else v) for k, v in cls._blank.items()})
+        ds.__dict__["_archivage_raw"] = raw
+        ds.__dict__["_archivage_uids"] = (sop_class_uid, sop_instance_uid, _StoredMeta(transfer_syntax_uid))
         return ds
+
+    # What pynetdicom and send_c_store read of it; a StoredDataset is never empty.
+    SOPClassUID = property(lambda self: self.__dict__["_archivage_uids"][0])
+    SOPInstanceUID = property(lambda self: self.__dict__["_archivage_uids"][1])
+    file_meta = property(lambda self: self.__dict__["_archivage_uids"][2])
+
+    def __bool__(self) -> bool:
+        return True
 
     def keys(self):  # what pydicom's writer lists the elements to write with
         raise _Unencodable("a stored object is sent as its stored bytes only")
+
+
+@dataclass(frozen=True)
+class _StoredMeta:
+    TransferSyntaxUID: str
+
+    def get(self, keyword: str, default=None):
+        return getattr(self, keyword, default)
 
 
 @dataclass(frozen=True)
@@ -199,6 +221,25 @@ def load_for_sending(
         return _unsendable(inst)
 
 
+def load_stored(open_blob: Callable[[StoredInstance], BinaryIO], inst: StoredInstance,
+                accepted: list[PresentationContext]) -> "StoredDataset | None":
+    """What :func:`load_for_sending` gives for an instance that goes out as stored; None for any
+    other (nothing converted or logged here: load_for_sending does it when its turn comes)."""
+    if transfer_plan(inst.sop_class_uid, inst.transfer_syntax_uid, accepted) != inst.transfer_syntax_uid:
+        return None
+    return StoredDataset.of(StoredFile(lambda: open_blob(inst), inst.sop_instance_uid),
+                            sop_class_uid=inst.sop_class_uid, sop_instance_uid=inst.sop_instance_uid,
+                            transfer_syntax_uid=inst.transfer_syntax_uid)
+
+
+def read_next(dataset: Dataset, following: Dataset | None) -> None:
+    """Name the sub-operation after *dataset*: when that one goes out as stored, its file is opened
+    and its first chunk read while the peer answers *dataset* (:meth:`Wire.read_ahead`)."""
+    nxt = getattr(following, "_archivage_raw", None) if following is not None else None
+    if isinstance(dataset, StoredDataset) and isinstance(nxt, StoredFile):
+        dataset.__dict__["_archivage_next"] = nxt
+
+
 # -- conversions -----------------------------------------------------------------------------------
 
 
@@ -285,31 +326,59 @@ def _swapped(data: bytes, width: int) -> bytes:
 # -- sending ---------------------------------------------------------------------------------------
 
 
+class StoreStatus:
+    """The peer's answer to one C-STORE: its Status and, when it gave them, Error Comment and
+    Offending Element. Read as pynetdicom's status dataset is (``.Status``, ``.get(keyword)``),
+    without building a pydicom dataset per sub-operation."""
+
+    __slots__ = ("Status", "ErrorComment", "OffendingElement")
+
+    def __init__(self, status: int, comment: str | None = None, offending=None) -> None:
+        self.Status = status
+        self.ErrorComment = comment
+        self.OffendingElement = offending
+
+    def get(self, keyword: str, default=None):
+        value = getattr(self, keyword, None) if keyword in self.__slots__ else None
+        return default if value is None else value
+
+    def __contains__(self, keyword: str) -> bool:
+        return self.get(keyword) is not None
+
+    def __repr__(self) -> str:
+        return f"StoreStatus(0x{self.Status:04X}, {self.ErrorComment!r})"
+
+
 def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority: int = 2,
-                 originator_aet: str | None = None, originator_id: int | None = None) -> Dataset:
+                 originator_aet: str | None = None, originator_id: int | None = None):
     """pynetdicom's ``Association.send_c_store``, sending a :class:`StoredDataset` as its stored bytes.
 
     The stored syntax must be an accepted context of the SOP class (``load_for_sending`` makes
     sure of it). The request is framed here straight into P-DATA-TF PDUs and written to the
-    association's socket by the calling thread (:class:`Wire`); the response is pynetdicom's,
-    awaited before the next request (no asynchronous operations are negotiated). The steps around
-    the message are pynetdicom's own (pinned in requirements.txt; tests/unit/test_sender.py covers
-    the private attributes used).
+    association's socket by the calling thread (:class:`Wire`); the response is read from the
+    socket by the same thread while the DUL thread is parked (:meth:`Wire.store_response`), or,
+    for anything else than a plain C-STORE-RSP, by pynetdicom (no asynchronous operations are
+    negotiated: each request waits for its response). Returns a :class:`StoreStatus`, or an
+    empty dataset when no answer came. The steps around the message are pynetdicom's own
+    (pinned in requirements.txt; tests/unit/test_sender.py covers the private attributes used).
     """
     raw = getattr(dataset, "_archivage_raw", None)
     if raw is None:  # converted (or unsendable): pynetdicom encodes it
-        status = Association.send_c_store(assoc, dataset, msg_id=msg_id, priority=priority,
+        give_back_reads(assoc)
+        after_send = assoc.__dict__.get("_archivage_after_send")
+        if after_send is not None:
+            after_send()
+        answer = Association.send_c_store(assoc, dataset, msg_id=msg_id, priority=priority,
                                           originator_aet=originator_aet, originator_id=originator_id)
         if getattr(assoc, "_archivage_held", False) and assoc.is_established:
             _wait_resumed(assoc)  # pynetdicom resumed the reactor: hold it again
             _pause(assoc)
-        return status
+        return answer
     if not assoc.is_established:
         raise RuntimeError("the association is not established")
-    ts = UID(dataset.file_meta.TransferSyntaxUID)
-    context = assoc._get_valid_context(dataset.SOPClassUID, ts, "scu", allow_conversion=False)
-    command = store_command(msg_id, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), priority,
-                            originator_aet, originator_id)
+    sop_class = str(dataset.SOPClassUID)
+    context_id = Wire.of(assoc).context_id(sop_class, str(dataset.file_meta.TransferSyntaxUID))
+    command = store_command(msg_id, sop_class, str(dataset.SOPInstanceUID), priority, originator_aet, originator_id)
     # As pynetdicom does: pause the association's reactor so the response is ours to read (a
     # C-GET's sub-operations run in the reactor's own thread, which is paused while it serves).
     if getattr(assoc, "_archivage_hold", False) and not getattr(assoc, "_archivage_held", False):
@@ -318,22 +387,98 @@ def send_c_store(assoc: Association, dataset: Dataset, msg_id: int = 1, priority
     if paused_here:
         _pause(assoc)
     try:
+        wire = Wire.of(assoc)
+        reads = wire.take_reads()
         try:
-            Wire.of(assoc).send(context.context_id, command, raw)
+            wire.send(context_id, command, raw)
         except ConnectionError as exc:  # the peer closed or aborted while we wrote: no response will come
             log.warning("association with %s lost while sending %s: %s", _peer(assoc), dataset.SOPInstanceUID, exc)
             _lost(assoc)
             return Dataset()
-        rsp = _response(assoc) if getattr(assoc, "_archivage_held", False) else assoc.dimse.get_msg(block=True)[1]
+        after_send = assoc.__dict__.get("_archivage_after_send")
+        if after_send is not None:
+            after_send()
+        if reads:
+            wire.read_ahead(dataset.__dict__.get("_archivage_next"))
+        answer = wire.store_response(msg_id) if reads else HANDED_BACK
+        if answer is HANDED_BACK:  # pynetdicom's DUL reads (and decodes) the answer
+            if getattr(assoc, "_archivage_held", False) or reads:
+                rsp = _response(assoc)
+            else:
+                rsp = assoc.dimse.get_msg(block=True)[1]
+            answer = _status_of(assoc, rsp) if rsp is not None else None
     finally:
         if paused_here:
+            give_back_reads(assoc)
             assoc._reactor_checkpoint.set()
             _wait_resumed(assoc)
-    if rsp is None:
+    if answer is None:
         if assoc.is_established:
+            give_back_reads(assoc)
             assoc._handle_no_response()  # DIMSE timeout: pynetdicom aborts
         return Dataset()
-    return assoc._check_received_status(rsp)
+    return answer
+
+
+def _status_of(assoc: Association, rsp) -> "StoreStatus | None":
+    # pynetdicom's _check_received_status, without a pydicom dataset.
+    if not rsp.is_valid_response:
+        log.error("invalid %s response from %s", type(rsp).__name__, _peer(assoc))
+        assoc.abort()
+        return None
+    return StoreStatus(rsp.Status, rsp.ErrorComment, rsp.OffendingElement)
+
+
+def give_back_reads(assoc) -> None:
+    """Let pynetdicom's DUL thread read this association's socket again (see :meth:`Wire.take_reads`)."""
+    wire = getattr(assoc, "_archivage_wire", None)
+    if wire is not None:
+        wire.give_back_reads()
+
+
+HANDED_BACK = object()  # Wire.store_response: pynetdicom reads this answer
+
+
+def parse_store_response(pdu: bytes | memoryview):
+    """(Message ID Being Responded To, Status, Error Comment, Offending Element) of a P-DATA-TF PDU
+    (its body, after the 6-byte header) that holds exactly one whole C-STORE-RSP command set and
+    nothing else, or None for any other PDU (a C-CANCEL, a fragmented or malformed message...)."""
+    pdu = memoryview(pdu)
+    if len(pdu) < 6:
+        return None
+    item_length = int.from_bytes(pdu[0:4], "big")
+    if item_length + 4 != len(pdu) or item_length < 2 or pdu[5] != 0x03:  # one PDV: command, last fragment
+        return None
+    command = pdu[6:]
+    fields: dict[int, memoryview] = {}
+    pos, size = 0, len(command)
+    while pos < size:
+        if pos + 8 > size:
+            return None
+        group, element, length = struct.unpack_from("<HHI", command, pos)
+        pos += 8
+        if group != 0x0000 or pos + length > size:
+            return None
+        fields[element] = command[pos:pos + length]
+        pos += length
+    try:
+        if _us(fields[0x0100]) != 0x8001 or _us(fields[0x0800]) != 0x0101:  # C-STORE-RSP, no data set
+            return None
+        msg_id, status = _us(fields[0x0120]), _us(fields[0x0900])
+    except (KeyError, ValueError):
+        return None
+    comment = fields.get(0x0902)
+    offending = fields.get(0x0901)
+    return (msg_id, status,
+            bytes(comment).decode("ascii", "replace").rstrip("\x00 ") if comment is not None else None,
+            [(g << 16) | e for g, e in struct.iter_unpack("<HH", offending[:len(offending) // 4 * 4])]
+            if offending is not None else None)
+
+
+def _us(value: memoryview) -> int:
+    if len(value) != 2:
+        raise ValueError("not a US value")
+    return value[0] | value[1] << 8
 
 
 # -- framing stored bytes into P-DATA-TF PDUs ---------------------------------------------------------
@@ -422,12 +567,18 @@ def pending_response_command(primitive) -> bytes | None:
     return bytes(command)
 
 
-def frame_pending_responses(assoc: Association) -> None:
+def frame_pending_responses(assoc: Association, *, deferred: bool = False) -> None:
     """Make the pending C-MOVE/C-GET responses pynetdicom sends on *assoc* (one per sub-operation)
     go out as a patched command set written by the calling thread (:meth:`Wire.send_command`): pynetdicom
     builds a pydicom command set and queues it to its DUL thread for each. Other messages, and
-    everything on other associations, go through pynetdicom as before."""
+    everything on other associations, go through pynetdicom as before.
+
+    *deferred* (C-MOVE): each pending response is written just after the next C-STORE request has
+    gone to the destination (see :class:`Capture`), so that the requestor's reading it overlaps
+    with the destination's work instead of delaying the next request; any left go before the
+    final response."""
     dimse = assoc.dimse
+    dimse._archivage_deferred = deferred  # for this operation (a C-GET may follow a C-MOVE)
     if getattr(dimse, "_archivage_framed", False):
         return
     send_msg = dimse.send_msg
@@ -435,7 +586,12 @@ def frame_pending_responses(assoc: Association) -> None:
     def framed_send_msg(primitive, context_id: int) -> None:
         command = pending_response_command(primitive) if assoc.is_established else None
         if command is None:
+            flush_pending_responses(assoc)
+            give_back_reads(assoc)  # a final response: pynetdicom's DUL writes it and reads what follows
             send_msg(primitive, context_id)
+            return
+        if dimse._archivage_deferred:
+            Wire.of(assoc).defer(context_id, command)
             return
         try:
             Wire.of(assoc).send_command(context_id, command)
@@ -444,6 +600,17 @@ def frame_pending_responses(assoc: Association) -> None:
 
     dimse.send_msg = framed_send_msg  # this association's DIMSE provider only
     dimse._archivage_framed = True
+
+
+def flush_pending_responses(assoc) -> None:
+    """Write the pending responses deferred on *assoc* (see :func:`frame_pending_responses`)."""
+    wire = getattr(assoc, "_archivage_wire", None)
+    if wire is None or not wire.deferred:
+        return
+    try:
+        wire.flush_deferred()
+    except ConnectionError as exc:  # as pynetdicom's DUL does: the closed connection ends the association
+        log.warning("association with %s lost while answering: %s", _peer(assoc), exc)
 
 
 _WRITE_BYTES = 1 << 20  # about this much is read from the file and written per system call
@@ -464,16 +631,51 @@ def frame(context_id: int, data: memoryview, fragment: int, command: bool, last:
         out += piece
 
 
+def frame_pieces(context_id: int, data: memoryview, fragment: int, last: bool, pieces: list) -> None:
+    """As :func:`frame` for a data set's bytes, appending each PDU's header and the slice of *data*
+    it carries to *pieces* (for one ``sendmsg``) instead of copying them."""
+    size = len(data)
+    for start in range(0, size, fragment):
+        piece = data[start:start + fragment]
+        flag = 0x02 if last and start + fragment >= size else 0x00
+        pieces.append(_PDU_HEADER.pack(0x04, 0x00, len(piece) + 6, len(piece) + 2, context_id, flag))
+        pieces.append(piece)
+
+
+_IOV_MAX = 1024
+
+
+def _sendmsg_all(sock: socket.socket, pieces: list) -> None:
+    """Write every buffer of *pieces* in order, with as few ``sendmsg`` calls as the socket takes."""
+    start = 0
+    while start < len(pieces):
+        sent = sock.sendmsg(pieces[start:start + _IOV_MAX])
+        while start < len(pieces) and sent >= len(pieces[start]):
+            sent -= len(pieces[start])
+            start += 1
+        if sent:
+            pieces[start] = memoryview(pieces[start])[sent:]
+
+
 class Wire:
     """Writes C-STORE requests of one association straight to its socket, framed at the peer's
     maximum PDU length: the stored file is read in chunks of about 1 MiB into a buffer and each
     chunk goes out in one write, with no hand-off to pynetdicom's DUL thread.
 
-    pynetdicom's DUL thread still reads the peer's PDUs (the C-STORE responses, an A-ABORT, a
-    C-CANCEL) and writes its own (C-GET pending responses, A-RELEASE): every write of it, and
-    every read on a TLS socket (an SSL connection is not safe for a read and a write at once),
-    takes this association's lock, as a whole message of ours does. Messages are never interleaved
-    and pynetdicom's queued PDUs go out before ours.
+    The peer's answer to each C-STORE is read by the same thread (:meth:`store_response`) while
+    pynetdicom's DUL thread is parked (:meth:`take_reads`, archive_core/net/tuning.py
+    ``ReadGate``): no hand-off between threads and no pydicom decoding per message. Any other PDU
+    (an A-ABORT, an A-RELEASE-RQ, a C-CANCEL, a fragmented or malformed answer) is given to the
+    DUL as it came, unread from its point of view, and the reads are given back: pynetdicom's
+    state machine then handles it as it always does. The reads are given back too before anything
+    of pynetdicom's is sent or awaited (a final response, A-RELEASE, A-ABORT: ``release``,
+    ``abort`` and ``kill`` of the association do it first, see :func:`use_stored_sender`).
+
+    Otherwise pynetdicom's DUL thread reads the peer's PDUs and writes its own (C-GET pending
+    responses, A-RELEASE): every write of it, and every read on a TLS socket (an SSL connection
+    is not safe for a read and a write at once), takes this association's lock, as a whole
+    message of ours does. Messages are never interleaved and pynetdicom's queued PDUs go out
+    before ours.
     """
 
     def __init__(self, assoc: Association) -> None:
@@ -493,12 +695,32 @@ class Wire:
                 send(data)
 
         sock.send = locked_send  # this association's socket object only
-        if isinstance(self._raw, ssl.SSLSocket):
-            def locked_recv(nr_bytes: int) -> bytearray:
+        tls = isinstance(self._raw, ssl.SSLSocket)
+        self._unread = bytearray()  # a PDU read here and given to the DUL, which reads it first
+        unread = self._unread
+
+        def wire_recv(nr_bytes: int) -> bytearray:
+            if unread:
+                got = unread[:nr_bytes]
+                del unread[:nr_bytes]
+                if len(got) < nr_bytes:
+                    got += wire_recv(nr_bytes - len(got))
+                return got
+            if tls:
                 with lock:
                     return recv(nr_bytes)
+            return recv(nr_bytes)
 
-            sock.recv = locked_recv
+        sock.recv = wire_recv
+        self._contexts: dict[tuple[str, str], int] = {}
+        self._buffer = bytearray()  # the file chunks read, reused from message to message
+        self._spare = bytearray()  # the next file's first chunk (read_ahead)
+        self._deferred = bytearray()  # pending responses framed, not yet written (defer)
+        self._ahead = None  # (StoredFile, open file, dataset length, bytes in _spare)
+        # A plain socket takes the framed chunk as a list of buffers (sendmsg); TLS gets one copy.
+        self._gather = not tls and hasattr(self._raw, "sendmsg")
+        self._gate = getattr(assoc.dul, "_archivage_gate", None)  # None: pynetdicom's DUL always reads
+        self._reads = False
 
     @classmethod
     def of(cls, assoc: Association) -> "Wire":
@@ -507,26 +729,169 @@ class Wire:
             wire = assoc._archivage_wire = cls(assoc)
         return wire
 
+    def _chunk_size(self, length: int) -> int:
+        # Whole fragments per read: every PDV but the last is full, as pynetdicom fragments.
+        return min(length, max(1, _WRITE_BYTES // self.fragment) * self.fragment)
+
     def send(self, context_id: int, command: bytes, data: "bytes | StoredFile") -> None:
         """Write one C-STORE-RQ: its *command* set then the dataset (bytes, or a stored file read as it goes)."""
-        source = data.open() if isinstance(data, StoredFile) else None  # fails before any byte is sent
+        ahead, self._ahead = self._ahead, None
+        prefilled = 0
+        if ahead is not None and ahead[0] is data:  # opened and first chunk read while the peer answered
+            _, source, length, prefilled = ahead
+            self._buffer, self._spare = self._spare, self._buffer
+        else:
+            if ahead is not None:
+                ahead[1].close()
+            source = data.open() if isinstance(data, StoredFile) else None  # fails before any byte is sent
         try:
-            length = data.dataset(source) if source is not None else len(data)
+            if not prefilled:
+                length = data.dataset(source) if source is not None else len(data)
             if length == 0:
                 raise ValueError("empty dataset")
             if source is not None:
-                # Whole fragments per read: every PDV but the last is full, as pynetdicom fragments.
-                buffer = memoryview(bytearray(min(length, max(1, _WRITE_BYTES // self.fragment) * self.fragment)))
+                size = self._chunk_size(length)
+                if len(self._buffer) < size:
+                    self._buffer = bytearray(size)
+                buffer = memoryview(self._buffer)[:size]
             else:
                 buffer = memoryview(data)
             out = bytearray()
             frame(context_id, memoryview(command), self.fragment, True, True, out)
             self._wait_for_pynetdicom()
             with self._lock:
-                self._write(out, source, buffer, length, context_id)
+                self._write(out, source, buffer, length, context_id, prefilled)
         finally:
             if source is not None:
                 source.close()
+
+    def read_ahead(self, data: "StoredFile | None") -> None:
+        """Open the stored file to send next and read its first chunk, while the peer works on the
+        message just sent (the C-MOVE/C-GET sub-operations name it, see :func:`read_next`). A file
+        that cannot be read here is left for :meth:`send` to report."""
+        self.drop_read_ahead()
+        if not isinstance(data, StoredFile):
+            return
+        try:
+            source = data.open()  # the file itself on a folder; a ranged GET's stream on an object store
+        except Exception:  # missing, or the object store away: send() reports it in its turn
+            return
+        try:
+            length = data.dataset(source)
+            size = self._chunk_size(length)
+            if len(self._spare) < size:
+                self._spare = bytearray(size)
+            got = source.readinto(memoryview(self._spare)[:size]) if size else 0
+        except Exception:
+            source.close()
+            return
+        if got != size or not size:
+            source.close()
+            return
+        self._ahead = (data, source, length, got)
+
+    def drop_read_ahead(self) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead[1].close()
+
+    def context_id(self, sop_class_uid: str, transfer_syntax_uid: str) -> int:
+        """The accepted context to send *sop_class_uid* in *transfer_syntax_uid* (pynetdicom's choice, kept)."""
+        key = (sop_class_uid, transfer_syntax_uid)
+        found = self._contexts.get(key)
+        if found is None:
+            context = self._assoc._get_valid_context(sop_class_uid, UID(transfer_syntax_uid), "scu",
+                                                     allow_conversion=False)
+            found = self._contexts[key] = context.context_id
+        return found
+
+    def take_reads(self) -> bool:
+        """Read the peer's answers in this thread from now on (True), the DUL thread parked; False
+        when this association's DUL cannot be parked (pynetdicom's own polling, DICOM_DUL_LOOP_DELAY)."""
+        if self._reads:
+            return True
+        if self._gate is None or not self._assoc.is_established or not self._gate.take():
+            return False
+        self._reads = True
+        return True
+
+    def give_back_reads(self) -> None:
+        self.drop_read_ahead()
+        if self._reads:
+            self._reads = False
+            self._gate.give_back()
+
+    def store_response(self, msg_id: int):
+        """The peer's answer to the C-STORE just sent: a :class:`StoreStatus`; None when none came
+        within the DIMSE timeout; HANDED_BACK when it is pynetdicom's to read (anything other
+        than one P-DATA-TF PDU holding the C-STORE-RSP: the PDU read is given to the DUL)."""
+        timeout = self._assoc.dimse_timeout
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        header = self._recv_exact(6, deadline)
+        if header is None:
+            return None
+        if len(header) < 6:  # the connection closed: the DUL finds it closed too
+            self.give_back_reads()
+            return HANDED_BACK
+        pdu_type, _, length = struct.unpack(">BBI", header)
+        body = self._recv_exact(length, deadline) if pdu_type in (0x04, 0x05, 0x06, 0x07) else b""
+        if body is None:
+            return None
+        parsed = parse_store_response(body) if pdu_type == 0x04 and len(body) == length else None
+        dul = self._assoc.dul
+        with suppress(AttributeError):
+            dul._idle_timer.restart()  # as pynetdicom restarts it on each PDU it reads
+        if parsed is None or parsed[0] != msg_id:
+            self._unread += header
+            self._unread += body
+            dul._read_pdu_data()  # decoded and queued by pynetdicom, as if its thread had read it
+            self.give_back_reads()
+            return HANDED_BACK
+        return StoreStatus(parsed[1], parsed[2], parsed[3])
+
+    def _recv_exact(self, size: int, deadline: float):
+        """*size* bytes from the socket (fewer if it closed), or None (reads given back) at the deadline."""
+        out = bytearray()
+        raw = self._raw
+        pending = getattr(raw, "pending", None)  # an SSL socket's buffered bytes select() cannot see
+        while len(out) < size:
+            if not (pending and pending()):
+                remaining = deadline - time.monotonic()
+                try:
+                    ready = remaining > 0 and select.select([raw], [], [], remaining)[0]
+                except (OSError, ValueError):
+                    ready = True  # recv reports what is wrong
+                if not ready:
+                    self.give_back_reads()
+                    if out:  # half a PDU read: the connection cannot carry another
+                        self._broken()
+                    return None
+            try:
+                chunk = raw.recv(size - len(out))
+            except (OSError, ValueError):
+                chunk = b""
+            if not chunk:
+                return bytes(out)
+            out += chunk
+        return bytes(out)
+
+    @property
+    def deferred(self) -> bool:
+        return bool(self._deferred)
+
+    def defer(self, context_id: int, command: bytes) -> None:
+        """Frame a message without data set to be written by :meth:`flush_deferred`."""
+        frame(context_id, memoryview(command), self.fragment, True, True, self._deferred)
+
+    def flush_deferred(self) -> None:
+        out, self._deferred = self._deferred, bytearray()
+        self._wait_for_pynetdicom()
+        with self._lock:
+            try:
+                self._raw.sendall(out)
+            except OSError as exc:
+                self._broken()
+                raise ConnectionError(str(exc)) from exc
 
     def send_command(self, context_id: int, command: bytes) -> None:
         """Write one message that has no data set (a pending C-MOVE or C-GET response)."""
@@ -540,23 +905,32 @@ class Wire:
                 self._broken()
                 raise ConnectionError(str(exc)) from exc
 
-    def _write(self, out: bytearray, source, buffer: memoryview, length: int, context_id: int) -> None:
+    def _write(self, out: bytearray, source, buffer: memoryview, length: int, context_id: int,
+               prefilled: int = 0) -> None:
         sent = 0
         written = False
+        gather = self._gather
         try:
             while sent < length:
                 if source is None:
                     chunk = buffer[sent:sent + max(1, _WRITE_BYTES // self.fragment) * self.fragment]
+                elif prefilled:
+                    chunk, prefilled = buffer[:prefilled], 0
                 else:
                     size = source.readinto(buffer[:min(length - sent, len(buffer))])
                     if not size:
                         raise OSError("the stored file is shorter than when it was opened")
                     chunk = buffer[:size]
                 sent += len(chunk)
-                frame(context_id, chunk, self.fragment, False, sent >= length, out)
                 written = True
-                self._raw.sendall(out)
-                out.clear()
+                if gather:  # the PDU headers and the chunk's slices in one sendmsg: the chunk is not copied
+                    pieces = [out] if out else []
+                    frame_pieces(context_id, chunk, self.fragment, sent >= length, pieces)
+                    _sendmsg_all(self._raw, pieces)
+                else:
+                    frame(context_id, chunk, self.fragment, False, sent >= length, out)
+                    self._raw.sendall(out)
+                out = bytearray()
         except BaseException as exc:
             if not written:
                 raise
@@ -600,6 +974,7 @@ def _response(assoc: Association):
 def _lost(assoc: Association) -> None:
     # The reactor is held or busy in this thread: mark the association ended ourselves (pynetdicom's
     # reactor would) so that callers stop sending on it.
+    give_back_reads(assoc)
     assoc._archivage_held = False
     assoc.is_aborted = True
     assoc.is_established = False
@@ -638,6 +1013,22 @@ def use_stored_sender(assoc: Association, *, hold_reactor: bool = False) -> None
     of ours that only sends C-STOREs until it is released (:func:`hold`, from its first C-STORE)."""
     assoc._archivage_hold = hold_reactor
     assoc.send_c_store = functools.partial(send_c_store, assoc)
+    if getattr(assoc, "_archivage_gives_back", False):
+        return
+    assoc._archivage_gives_back = True
+    # Whatever pynetdicom does next needs its DUL thread reading again (see Wire.take_reads):
+    # these are what pynetdicom calls to end an association, from its own code too.
+    for name in ("release", "abort", "kill"):
+        setattr(assoc, name, _giving_back(assoc, getattr(assoc, name)))
+
+
+def _giving_back(assoc, method):
+    @functools.wraps(method)
+    def giving_back(*args, **kwargs):
+        give_back_reads(assoc)
+        return method(*args, **kwargs)
+
+    return giving_back
 
 
 @dataclass
@@ -646,11 +1037,15 @@ class Capture:
 
     assoc: object = None
     contexts: list[PresentationContext] = field(default_factory=list)
+    # The C-MOVE's own association: its deferred pending responses go out after each C-STORE request.
+    requestor: object = None
 
     def on_accepted(self, event) -> None:
         self.assoc = event.assoc
         self.contexts = list(event.assoc.accepted_contexts)
         use_stored_sender(event.assoc, hold_reactor=True)
+        if self.requestor is not None:
+            event.assoc._archivage_after_send = functools.partial(flush_pending_responses, self.requestor)
 
 
 def tune_socket(assoc, loop_delay: float) -> None:
@@ -753,6 +1148,7 @@ def send_instances(
         return all_failed(instances, f"association with {called_ae} refused or failed")
     try:
         accepted = list(assoc.accepted_contexts)
+        use_stored_sender(assoc)  # its release and abort give the reads back to pynetdicom first
         hold(assoc)
         for n, inst in enumerate(instances):
             if cancelled():

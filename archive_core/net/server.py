@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from dataclasses import dataclass
 
 from pydicom import config as pydicom_config
@@ -70,6 +71,51 @@ def build_ae(archive: Archive) -> AE:
     return ae
 
 
+class InheritedSocketServer(ThreadedAssociationServer):
+    """Accepts on a listening socket bound by the parent process: SCP worker processes share one port.
+
+    Every worker polls the same socket; the one that accepts first serves the association, the
+    others find nothing to accept (the socket does not block) and go back to waiting.
+    """
+
+    def __init__(self, *args, listening: socket.socket, **kwargs) -> None:
+        self._listening = listening
+        super().__init__(*args, **kwargs)
+
+    def server_bind(self) -> None:
+        self.socket.close()
+        self.socket = self._listening
+        self.socket.settimeout(0)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # the parent listens already
+
+    def server_close(self) -> None:
+        # Not shutdown(): that would stop the listening for the other workers too.
+        self.socket.close()
+
+
+@dataclass
+class Inherited:
+    """What an SCP worker process gets from its parent (archive_core/net/workers.py)."""
+
+    socket: socket.socket
+    tls_socket: socket.socket | None
+    admission: limits.AssociationLimits  # counts the associations of every worker
+
+
+def _serve(ae: AE, address, bound, *, ssl_context=None, listening: socket.socket | None = None):
+    if listening is None:
+        return ae.start_server(address, block=False, evt_handlers=bound, ssl_context=ssl_context)
+    # As AE.start_server(block=False) does, with the inherited socket.
+    server = ae.make_server(address, evt_handlers=bound, ssl_context=ssl_context,
+                            server_class=InheritedSocketServer, listening=listening)
+    threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+    ae._servers.append(server)
+    return server
+
+
 @dataclass
 class RunningServer:
     ae: AE
@@ -96,10 +142,13 @@ class RunningServer:
         pydicom_config.settings.reading_validation_mode = self.previous_validation_mode
 
 
-def start_server(archive: Archive, *, host: str | None = None, port: int | None = None) -> RunningServer:
+def start_server(archive: Archive, *, host: str | None = None, port: int | None = None,
+                 inherited: Inherited | None = None) -> RunningServer:
     """Replay the journal, start the indexer and listen; returns at once (the server runs in threads).
 
     With DICOM_TLS_PORT set, a second port speaks DICOM TLS (same AE, same services and rules).
+    *inherited*: an SCP worker process, serving on its parent's sockets (the archive's ingestor
+    then hands what it receives to the parent's indexer).
     """
     settings = archive.settings
     # Before anything starts: TLS settings that cannot work stop the server with a clear message.
@@ -135,7 +184,7 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
         open_blob=lambda inst: archive.store_for(inst.tier).open(inst.storage_key),
     )
     ae = build_ae(archive)
-    admission = limits.AssociationLimits(
+    admission = inherited.admission if inherited is not None else limits.AssociationLimits(
         total=settings.DICOM_MAX_ASSOCIATIONS, per_address=settings.DICOM_MAX_ASSOCIATIONS_PER_ADDRESS
     )
     # An operation's end counts as activity for the idle timeout (see limits.keeping_alive).
@@ -161,16 +210,18 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
         (evt.EVT_CONN_CLOSE, handlers.handle_closed, [ctx]),
         (evt.EVT_CONN_CLOSE, chunked.on_conn_close),
     ]
+    if inherited is not None:
+        bound.append((evt.EVT_CONN_CLOSE, inherited.admission.on_closed))
     address = (host if host is not None else settings.DICOM_HOST, settings.DICOM_PORT if port is None else port)
-    server = ae.start_server(address, block=False, evt_handlers=bound)
+    server = _serve(ae, address, bound, listening=inherited.socket if inherited else None)
     server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     server.contexts = tuning.SupportedContexts(server.contexts)
     log.info("DICOM SCP %s listening on %s:%d", settings.DICOM_AE_TITLE, address[0], server.server_address[1])
     tls_server = None
     if ssl_context is not None:
         try:
-            tls_server = ae.start_server((address[0], settings.DICOM_TLS_PORT), block=False, evt_handlers=bound,
-                                         ssl_context=ssl_context)
+            tls_server = _serve(ae, (address[0], settings.DICOM_TLS_PORT), bound, ssl_context=ssl_context,
+                                listening=inherited.tls_socket if inherited else None)
         except Exception:
             server.shutdown()
             raise

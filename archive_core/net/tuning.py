@@ -98,10 +98,71 @@ def set_nodelay(sock: socket.socket | None) -> None:
             pass
 
 
-def _dul_wait(raw: socket.socket, wake_fd: int):
-    """The DUL's idle wait: until its socket is readable or something is queued for sending (*wake_fd*)."""
+class ReadGate:
+    """Lends the reads of one association's socket to another thread (the sender of stored objects,
+    archive_core/net/scu.py), which then reads the peer's answers itself: the DUL thread, at its
+    next idle wait, parks until they are given back, and so reads nothing meanwhile.
+
+    Only an idle DUL parks (it has no event left to process), and whatever it read before is
+    already on pynetdicom's queues. :meth:`take` returns once the DUL is parked (False if it did
+    not park within the timeout: the reads stay the DUL's); :meth:`give_back` lets it run on.
+    A killed DUL leaves its park by itself.
+    """
+
+    def __init__(self, dul, wake_fd: int) -> None:
+        self._dul = dul
+        self._wake_fd = wake_fd
+        self._cond = threading.Condition()
+        self._lent = False
+        self._parked = False
+
+    @property
+    def lent(self) -> bool:
+        return self._lent
+
+    def take(self, timeout: float = 1.0) -> bool:
+        with self._cond:
+            if self._lent and self._parked:
+                return True
+            self._lent = True
+            try:
+                os.eventfd_write(self._wake_fd, 1)  # out of its select
+            except OSError:
+                pass
+            if self._cond.wait_for(lambda: self._parked, timeout):
+                return True
+            self._lent = False
+            self._cond.notify_all()
+            return False
+
+    def give_back(self) -> None:
+        with self._cond:
+            if self._lent:
+                self._lent = False
+                self._cond.notify_all()
+
+    def park(self) -> bool:
+        """In the DUL thread: wait here while the reads are lent (True if it waited)."""
+        if not self._lent:
+            return False
+        with self._cond:
+            if not self._lent:
+                return False
+            self._parked = True
+            self._cond.notify_all()
+            while self._lent and not self._dul._kill_thread:
+                self._cond.wait(0.5)
+            self._parked = False
+        return True
+
+
+def _dul_wait(raw: socket.socket, wake_fd: int, gate: ReadGate | None = None):
+    """The DUL's idle wait: until its socket is readable or something is queued for sending (*wake_fd*);
+    parked while *gate* lends its reads."""
 
     def dul_wait(seconds: float) -> bool:
+        if gate is not None and gate.park():
+            return True
         if seconds > _REACTOR_POLL:
             return False
         try:
@@ -126,7 +187,8 @@ def tune_acceptor(assoc) -> None:
     outgoing = _WakingQueue()
     dul.to_provider_queue = outgoing
     if raw is not None:
-        dul._archivage_wait = _dul_wait(raw, outgoing.fd)
+        dul._archivage_gate = ReadGate(dul, outgoing.fd)
+        dul._archivage_wait = _dul_wait(raw, outgoing.fd, dul._archivage_gate)
 
     messages = assoc.dimse.msg_queue
     blocking_get = assoc.dimse.get_msg
@@ -166,7 +228,8 @@ def tune_requestor(assoc) -> None:
 
     outgoing.put = waking_put
     weakref.finalize(outgoing, os.close, wake_fd)
-    dul._archivage_wait = _dul_wait(raw, wake_fd)
+    dul._archivage_gate = ReadGate(dul, wake_fd)
+    dul._archivage_wait = _dul_wait(raw, wake_fd, dul._archivage_gate)
 
 
-__all__ = ["install", "set_nodelay", "SupportedContexts", "tune_acceptor", "tune_requestor", "_time"]
+__all__ = ["install", "ReadGate", "set_nodelay", "SupportedContexts", "tune_acceptor", "tune_requestor", "_time"]

@@ -67,8 +67,10 @@ class BlobStore(abc.ABC):
     (:class:`~archive_core.storage.journal.LocalJournal`); the object half is the backend's.
     """
 
-    #: The local folder of the journal (``incoming/``), its lock and ``quarantine/``.
+    #: The local folder of the journal (``incoming/``), its lock and ``quarantine/``; ``journal_root``
+    #: is ``root/incoming``, ``incoming_dir`` the folder this process writes (``incoming/worker-N`` in a worker).
     root: Path
+    journal_root: Path
     incoming_dir: Path
     quarantine_dir: Path
 
@@ -153,8 +155,8 @@ class BlobStore(abc.ABC):
     def commit(self, incoming: Path, key: str) -> None:
         """The index names *key*: the journal entry *incoming* leaves the journal (moved or dropped)."""
 
-    def sync_committed(self, keys: list[str]) -> None:
-        """Make a batch of :meth:`commit` durable."""
+    def sync_committed(self, keys: list[str], journals: set[Path] | None = None) -> None:
+        """Make a batch of :meth:`commit` durable (*journals*: the journal folders the entries left)."""
 
     # -- the local journal (LocalJournal) ------------------------------------------------------
 
@@ -167,8 +169,8 @@ class BlobStore(abc.ABC):
         """Make *received*, a complete ``.tmp`` file of the journal's folder, journal entry *name* (no copy)."""
 
     @abc.abstractmethod
-    def incoming(self) -> list[Path]:
-        """Journal entries not yet committed, oldest first."""
+    def incoming(self, directory: Path | None = None) -> list[Path]:
+        """Journal entries not yet committed (of every journal folder, or of *directory*), oldest first."""
 
     @abc.abstractmethod
     def claim_journal(self) -> bool:
@@ -178,7 +180,7 @@ class BlobStore(abc.ABC):
     def release_journal(self) -> None: ...
 
     @abc.abstractmethod
-    def discard_unfinished(self) -> int:
+    def discard_unfinished(self, directory: Path | None = None) -> int:
         """Remove journal writes a crash interrupted (never acknowledged); the journal's owner only."""
 
     def check_space(self) -> None:

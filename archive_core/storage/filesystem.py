@@ -12,7 +12,9 @@ from typing import BinaryIO, Iterator
 
 from archive_core.errors import StorageFull
 from archive_core.storage.base import BlobStat, BlobStore
-from archive_core.storage.journal import LocalJournal, fsync_dir
+from archive_core.storage.journal import WORKER_JOURNAL_PREFIX, LocalJournal, fsync_dir
+
+__all__ = ["WORKER_JOURNAL_PREFIX", "FilesystemStore", "check_key"]
 
 _KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ._-/")
 _CHUNK = 1 << 20
@@ -26,10 +28,11 @@ def check_key(key: str) -> str:
 
 
 class FilesystemStore(LocalJournal, BlobStore):
-    """Blobs as files under ``root/objects``; the journal is ``root/incoming``."""
+    """Blobs as files under ``root/objects``; the journal is ``root/incoming`` (*journal*: the folder
+    ``root/incoming/<journal>`` an SCP worker process writes to)."""
 
-    def __init__(self, root: str | os.PathLike, *, min_free_bytes: int = 0) -> None:
-        self._init_journal(root, min_free_bytes=min_free_bytes)
+    def __init__(self, root: str | os.PathLike, *, min_free_bytes: int = 0, journal: str = "") -> None:
+        self._init_journal(root, min_free_bytes=min_free_bytes, journal=journal)
         self.objects = self.root / "objects"
         self.objects.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
@@ -53,11 +56,12 @@ class FilesystemStore(LocalJournal, BlobStore):
             self._make_dirs(parent)
         os.replace(incoming, target)
 
-    def sync_committed(self, keys: list[str]) -> None:
-        """Make a batch of :meth:`commit` renames durable: one fsync per directory touched."""
+    def sync_committed(self, keys: list[str], journals: set[Path] | None = None) -> None:
+        """Make a batch of :meth:`commit` renames durable: one fsync per directory touched
+        (*journals*: the journal folders the entries left, by default this store's)."""
         for d in {self._path(k).parent for k in keys}:
             fsync_dir(d)
-        fsync_dir(self.incoming_dir)
+        self.sync_journals(journals)
 
     def _make_dirs(self, d: Path) -> None:
         missing = []

@@ -17,6 +17,9 @@ from pathlib import Path
 from archive_core.errors import StorageFull
 from archive_core.storage.base import Chunk, FileRange
 
+# The journal folder of SCP worker process N (DICOM_WORKERS > 1) is incoming/worker-N.
+WORKER_JOURNAL_PREFIX = "worker-"
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -24,6 +27,44 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class _GroupSync:
+    """fsync of one directory shared by the writers that renamed into it meanwhile (group commit).
+
+    A writer whose rename happened before a sync *started* is covered by that sync; writers that
+    arrive while one runs wait for it to end and share the next one: with several associations
+    writing at once, one directory fsync serves them all.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cond = threading.Condition()
+        self._requested = 0  # tickets handed out (one per rename to cover)
+        self._synced = 0  # every ticket up to this one is durable
+        self._running = False
+
+    def sync(self) -> None:
+        with self._cond:
+            self._requested += 1
+            ticket = self._requested
+            while True:
+                if self._synced >= ticket:
+                    return
+                if not self._running:
+                    self._running, covered = True, self._requested
+                    break
+                self._cond.wait()
+        ok = False
+        try:
+            fsync_dir(self.path)
+            ok = True
+        finally:
+            with self._cond:
+                self._running = False
+                if ok:
+                    self._synced = max(self._synced, covered)
+                self._cond.notify_all()
 
 
 def _copy_range(source: FileRange, fd: int) -> None:
@@ -54,12 +95,18 @@ def _copy_range(source: FileRange, fd: int) -> None:
 
 
 class LocalJournal:
-    """The journal half of a store: ``root/incoming`` (entries), ``root/journal.lock``, ``root/quarantine``."""
+    """The journal half of a store: ``root/incoming`` (entries), ``root/journal.lock``, ``root/quarantine``.
 
-    def _init_journal(self, root: str | os.PathLike, *, min_free_bytes: int = 0) -> None:
+    *journal* names the folder under ``root/incoming`` an SCP worker process writes to
+    (``worker-N``); the listing, the replay and the clean-up of the owner cover every folder.
+    """
+
+    def _init_journal(self, root: str | os.PathLike, *, min_free_bytes: int = 0, journal: str = "") -> None:
         self.root = Path(root)
-        self.incoming_dir = self.root / "incoming"
+        self.journal_root = self.root / "incoming"
+        self.incoming_dir = self.journal_root / journal if journal else self.journal_root
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        self._journal_sync = _GroupSync(self.incoming_dir)
         self.min_free_bytes = min_free_bytes
         self._space_checked_at = 0.0
         self._space_ok = True
@@ -89,7 +136,7 @@ class LocalJournal:
             raise
         os.close(fd)
         os.rename(tmp, final)
-        fsync_dir(self.incoming_dir)
+        self._journal_sync.sync()
         return final
 
     def adopt_incoming(self, name: str, received: Path) -> Path:
@@ -106,12 +153,18 @@ class LocalJournal:
             os.close(fd)
         final = self.incoming_dir / name
         os.rename(received, final)
-        fsync_dir(self.incoming_dir)
+        self._journal_sync.sync()
         return final
 
-    def incoming(self) -> list[Path]:
+    def journals(self) -> list[Path]:
+        """The journal folder and the SCP worker processes' folders under it."""
+        return [self.journal_root, *sorted(p for p in self.journal_root.glob(WORKER_JOURNAL_PREFIX + "*") if p.is_dir())]
+
+    def incoming(self, directory: Path | None = None) -> list[Path]:
+        """Entries of every journal folder (or of *directory* only), oldest first (names start with the time)."""
         # Listing only: other processes (fsck, the scheduler) look while the server writes.
-        return sorted(self.incoming_dir.glob("*.dcm"))
+        folders = [directory] if directory is not None else self.journals()
+        return sorted((p for d in folders for p in d.glob("*.dcm")), key=lambda p: p.name)
 
     def claim_journal(self) -> bool:
         # An flock: the kernel releases it when the owner dies, even by kill -9.
@@ -131,17 +184,23 @@ class LocalJournal:
             self._journal_lock.close()
             self._journal_lock = None
 
-    def discard_unfinished(self) -> int:
+    def discard_unfinished(self, directory: Path | None = None) -> int:
         """Remove leftover ``.tmp`` files: never acknowledged, a crash interrupted their write.
 
-        Only the process that owns the journal may call this, before it receives anything:
-        elsewhere a ``.tmp`` is a write in progress.
+        Only the process that owns the journal may call this, before it receives anything (or for
+        the folder of a worker process that died, *directory*): elsewhere a ``.tmp`` is a write in progress.
         """
         count = 0
-        for tmp in self.incoming_dir.glob("*.tmp"):
+        folders = [directory] if directory is not None else self.journals()
+        for tmp in (p for d in folders for p in d.glob("*.tmp")):
             tmp.unlink(missing_ok=True)
             count += 1
         return count
+
+    def sync_journals(self, journals: set[Path] | None = None) -> None:
+        """fsync the journal folders entries left (*journals*, by default this store's own)."""
+        for d in journals or {self.incoming_dir}:
+            fsync_dir(d)
 
     @property
     def quarantine_dir(self) -> Path:

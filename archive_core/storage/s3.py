@@ -23,7 +23,7 @@ from typing import BinaryIO, Iterator
 from archive_core.errors import StorageRefused, StorageUnavailable
 from archive_core.storage.base import BlobStat, BlobStore
 from archive_core.storage.filesystem import check_key
-from archive_core.storage.journal import LocalJournal, fsync_dir
+from archive_core.storage.journal import LocalJournal
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class S3Store(LocalJournal, BlobStore):
     """Blobs as objects of *bucket* under *prefix*; the journal in the local folder *journal_root*.
 
     *journal_root* None: a store that only holds objects (the archive tier), whose journal is unused.
+    *journal*: an SCP worker process's folder under the journal (``incoming/worker-N``).
     """
 
     def __init__(
@@ -67,6 +68,7 @@ class S3Store(LocalJournal, BlobStore):
         addressing_style: str = "auto",
         storage_class: str = "",
         min_free_bytes: int = 0,
+        journal: str = "",
         timeout: float = 30.0,
     ) -> None:
         import boto3
@@ -79,7 +81,7 @@ class S3Store(LocalJournal, BlobStore):
         self.endpoint_url = endpoint_url or None
         self.storage_class = storage_class
         if journal_root is not None:
-            self._init_journal(journal_root, min_free_bytes=min_free_bytes)
+            self._init_journal(journal_root, min_free_bytes=min_free_bytes, journal=journal)
         else:
             self.root = None  # type: ignore[assignment]
         config = Config(
@@ -241,8 +243,8 @@ class S3Store(LocalJournal, BlobStore):
         # Staged and confirmed before the index named it: the journal entry can go.
         incoming.unlink(missing_ok=True)
 
-    def sync_committed(self, keys: list[str]) -> None:
-        fsync_dir(self.incoming_dir)
+    def sync_committed(self, keys: list[str], journals: set[Path] | None = None) -> None:
+        self.sync_journals(journals)
 
 
 class _RangedReader(io.RawIOBase):

@@ -83,8 +83,14 @@ def _helpers() -> dict:
             "methods": METHOD_LABELS, "practice": practice_identity(), "dicom_date": services.dicom_date}
 
 
+def _ins(session: Session, invoice: Invoice):
+    from backoffice.patients.printing import printed_ins
+
+    return printed_ins(session, invoice.patient_id)
+
+
 def render_invoice(session: Session, invoice: Invoice) -> bytes:
-    return _pdf(_render_html("billing/invoice_pdf.html", invoice=invoice, **_helpers()))
+    return _pdf(_render_html("billing/invoice_pdf.html", invoice=invoice, ins=_ins(session, invoice), **_helpers()))
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -257,7 +263,7 @@ def render_receipted_invoice(session: Session, invoice: Invoice) -> bytes:
     settled_on = max(p.received_at for p in payments if p.payer == "patient" and p.amount_cents > 0)
     html = _render_html("billing/receipted_invoice_pdf.html", invoice=invoice, payments=payments, state=state,
                         credits=services.credit_notes_of(session, invoice.id), settled_on=settled_on,
-                        now=services.utcnow(), **_helpers())
+                        now=services.utcnow(), ins=_ins(session, invoice), **_helpers())
     return _pdf(html)
 
 

@@ -6,7 +6,8 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_babel import gettext as _, lazy_gettext as _l
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from wtforms import BooleanField, StringField
+from wtforms import BooleanField, SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
@@ -25,10 +26,47 @@ NIR_ERRORS = {
 }
 
 
+DOCUMENT_LABELS = {
+    "id_card": _l("carte nationale d'identité"),
+    "passport": _l("passeport"),
+    "residence_permit": _l("titre de séjour"),
+    "family_record": _l("livret de famille (mineur)"),
+    "birth_certificate": _l("extrait d'acte de naissance (mineur)"),
+}
+RELATIONSHIP_LABELS = {
+    "mother": _l("mère"), "father": _l("père"), "tutor": _l("tuteur ou tutrice"),
+    "curator": _l("curateur ou curatrice"), "other": _l("autre représentant légal"),
+}
+QUALIFY_ERRORS = {
+    "unchecked": _l("Identité non qualifiée : vérifiez d'abord une pièce d'identité et indiquez laquelle."),
+    "document": _l("Pièce d'identité inconnue : choisissez-la dans la liste."),
+}
+GUARDIAN_ERRORS = {
+    "name": _l("Indiquez le nom du représentant légal (200 caractères au plus)."),
+    "relationship": _l("Choisissez le lien du représentant légal avec le patient."),
+    "phone": _l("Numéro de téléphone non reconnu : des chiffres, au moins 6 (espaces, points et + permis)."),
+    "unknown": _l("Ce représentant légal n'est plus enregistré pour ce patient."),
+}
+
+
 class InsForm(FlaskForm):
     nir = StringField(_l("NIR (15 caractères, clé comprise)"))
-    qualified = BooleanField(
-        _l("Identité qualifiée (vérifiée par le téléservice INSi et une pièce d'identité)"))
+    document = SelectField(_l("Pièce d'identité vérifiée"),
+                           choices=[SelectChoice("", _l("aucune pour l'instant"))]
+                           + [SelectChoice(k, label) for k, label in DOCUMENT_LABELS.items()],
+                           validate_choice=False)
+    qualified = BooleanField(_l("INS vérifié par le téléservice INSi (identité qualifiée)"))
+
+
+class GuardianForm(FlaskForm):
+    name = StringField(_l("Nom et prénom"))
+    relationship = SelectField(_l("Lien"), choices=[SelectChoice(k, label) for k, label in RELATIONSHIP_LABELS.items()],
+                               validate_choice=False)
+    phone = StringField(_l("Téléphone"))
+
+
+class EndGuardianForm(FlaskForm):
+    pass
 
 
 @bp.app_template_filter("nir")
@@ -61,11 +99,21 @@ def patient(patient_id: str):
     from backoffice.billing import services as billing
     from backoffice.billing.views import STATE_LABELS
 
+    ins = file.ins
     return render_template("patients/patient.html", f=file, today=today(), states=STATE_LABELS,
                            labels=billing.exam_group_labels(db()),
-                           ins_form=InsForm(nir=file.ins.nir if file.ins else "",
-                                            qualified=file.ins.qualified if file.ins else False),
+                           ins_form=InsForm(nir=ins.nir if ins else "", document=ins.document if ins else "",
+                                            qualified=ins.qualified if ins else False),
+                           guardian_form=GuardianForm(formdata=None), end_form=EndGuardianForm(),
+                           documents=DOCUMENT_LABELS, relationships=RELATIONSHIP_LABELS,
                            can_edit=current_user.role in IDENTITY_EDITORS)
+
+
+def _known(patient_id: str) -> None:
+    try:
+        services.patient_file(db(), facade(), patient_id, today=today())
+    except services.UnknownPatient:
+        abort(404)
 
 
 @bp.route("/<path:patient_id>/ins", methods=["POST"])
@@ -74,18 +122,58 @@ def record_ins(patient_id: str):
     form = InsForm()
     if not form.validate_on_submit():
         abort(400)
-    try:
-        services.patient_file(db(), facade(), patient_id, today=today())
-    except services.UnknownPatient:
-        abort(404)
+    _known(patient_id)
     try:
         row = services.record_ins(db(), patient_id, form.nir.data or "", qualified=bool(form.qualified.data),
-                                  recorded_by=current_user.login)
+                                  document=form.document.data or None, recorded_by=current_user.login)
     except nir_rules.InvalidNir as exc:
         db().rollback()
         flash(str(NIR_ERRORS[exc.reason]), "error")
         return redirect(url_for("patients.patient", patient_id=patient_id))
+    except services.NotQualifiable as exc:
+        db().rollback()
+        flash(str(QUALIFY_ERRORS[exc.reason]), "error")
+        return redirect(url_for("patients.patient", patient_id=patient_id))
     facade().audit(db(), "patient.ins.recorded", actor=current_user.login, patient_id=patient_id,
-                   detail={"qualified": row.qualified})
+                   detail={"qualified": row.qualified, "oid": row.oid, "document": row.document})
     flash(_("INS enregistré."), "info")
+    return redirect(url_for("patients.patient", patient_id=patient_id))
+
+
+@bp.route("/<path:patient_id>/guardians", methods=["POST"])
+@roles_required(*IDENTITY_EDITORS)
+def add_guardian(patient_id: str):
+    form = GuardianForm()
+    if not form.validate_on_submit():
+        abort(400)
+    _known(patient_id)
+    try:
+        row = services.add_guardian(db(), patient_id, name=form.name.data or "",
+                                    relationship=form.relationship.data or "",
+                                    phone=form.phone.data or "", recorded_by=current_user.login)
+    except services.InvalidGuardian as exc:
+        db().rollback()
+        flash(str(GUARDIAN_ERRORS[exc.reason]), "error")
+        return redirect(url_for("patients.patient", patient_id=patient_id))
+    facade().audit(db(), "patient.guardian.recorded", actor=current_user.login, patient_id=patient_id,
+                   detail={"guardian": row.id, "relationship": row.relationship})
+    flash(_("Représentant légal enregistré."), "info")
+    return redirect(url_for("patients.patient", patient_id=patient_id))
+
+
+@bp.route("/<path:patient_id>/guardians/<int:guardian_id>/end", methods=["POST"])
+@roles_required(*IDENTITY_EDITORS)
+def end_guardian(patient_id: str, guardian_id: int):
+    if not EndGuardianForm().validate_on_submit():
+        abort(400)
+    _known(patient_id)
+    try:
+        services.end_guardian(db(), patient_id, guardian_id, ended_by=current_user.login)
+    except services.InvalidGuardian as exc:
+        db().rollback()
+        flash(str(GUARDIAN_ERRORS[exc.reason]), "error")
+        return redirect(url_for("patients.patient", patient_id=patient_id))
+    facade().audit(db(), "patient.guardian.ended", actor=current_user.login, patient_id=patient_id,
+                   detail={"guardian": guardian_id})
+    flash(_("Représentant légal retiré du dossier."), "info")
     return redirect(url_for("patients.patient", patient_id=patient_id))

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from archive_core.api import ArchiveFacade, StudyDetail
 from archive_core.render import RenderError, RenderParams
 from backoffice.radiology import services
+from backoffice.patients.printing import printed_ins
 from backoffice.pdf import html_to_pdf
 
 LAYOUTS = (1, 2, 4, 6)
@@ -64,6 +65,7 @@ def build_reproduction(session: Session, facade: ArchiveFacade, study_uid: str, 
         study=detail.study,
         detail=detail,
         report=services.signed_report(session, study_uid),
+        ins=printed_ins(session, detail.study.patient_id),
         documents=facade.study_documents(study_uid),
         pages=pages,
         per_page=per_page,

@@ -15,6 +15,7 @@ import uuid
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from archive_core.part10 import dataset_offset
 from tests.helpers import dcmtk, free_port, make_ct, require_tool, tool_env
@@ -178,3 +179,62 @@ def test_wrong_credentials_stop_the_archive_at_start_up(tmp_path):
     assert done.returncode != 0
     assert "storage refused" in done.stderr and "refused our credentials" in done.stderr, done.stderr[-2000:]
     assert "s3://pacs/objects/" in done.stderr and "wrong-secret-value" not in done.stdout + done.stderr
+
+
+def test_two_scp_workers_journal_locally_upload_through_the_parent_and_retrieve_from_the_bucket(tmp_path):
+    """DICOM_WORKERS=2 on an s3:// store. Each worker writes its acknowledged objects to its own local
+    journal folder under STORAGE_JOURNAL_PATH (``journal/incoming/worker-N``), never to a folder store.
+    Bad input: the object store is away while both workers store, then one worker is killed with
+    kill -9 holding acknowledged entries. The parent replays that folder; when the store is back every
+    acknowledged object is uploaded from both folders and indexed; a C-GET on each worker then streams
+    the objects back from the bucket, byte-identical."""
+    from tests.integration.test_workers import (
+        WORKERS,
+        _encoded,
+        _one_association_per_worker,
+        _workers,
+        make_query,
+    )
+
+    server = S3Server(tmp_path / "moto")
+    bucket = server.create_bucket("pacs-workers")
+    archive = _archive(tmp_path, server, bucket)
+    archive.env.update(WORKERS)
+    archive.start()
+    journal = archive.instance_path / "journal" / "incoming"
+    try:
+        server.stop()
+        study = generate_uid()
+        sent: dict[str, bytes] = {}
+        by_pid = _one_association_per_worker(archive)
+        for n, assoc in enumerate(by_pid.values()):
+            for i in range(3):
+                ds = make_ct(study_uid=study, InstanceNumber=10 * n + i + 1)
+                assert assoc.send_c_store(ds).Status == 0x0000  # acknowledged from the worker's journal
+                sent[str(ds.SOPInstanceUID)] = _encoded(ds)
+            assoc.release()  # not held while the store is away
+        folders = {p.name: len(list(p.glob("*.dcm"))) for p in journal.glob("worker-*")}
+        assert sorted(folders.values()) == [3, 3], folders
+        assert not (archive.instance_path / "storage" / "incoming").exists()  # no folder store's journal
+
+        victim = next(iter(by_pid))
+        subprocess.run(["kill", "-9", str(victim)], check=True)
+        assert _wait(lambda: "restarted" in archive.log()), archive.log()[-3000:]
+        assert _indexed(archive) == set()  # the store still away: nothing visible, nothing lost
+
+        server.start()
+        server.create_bucket(bucket)
+        assert _wait(lambda: not any(journal.rglob("*.dcm"))), archive.log()[-3000:]
+        assert _indexed(archive) == set(sent)
+        assert _in_bucket(server, bucket) == sent
+
+        assert len(_workers(archive)) == 2
+        for pid, assoc in _one_association_per_worker(archive, get=True).items():
+            statuses = [s.Status for s, _ in assoc.send_c_get(make_query(study),
+                                                               StudyRootQueryRetrieveInformationModelGet)]
+            assert statuses[-1] == 0x0000 and len(assoc.received) == 6, f"C-GET on worker {pid}"
+            assert {str(ds.SOPInstanceUID): _encoded(ds) for ds in assoc.received} == sent
+            assoc.release()
+    finally:
+        archive.stop()
+        server.stop()

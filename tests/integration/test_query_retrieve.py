@@ -349,6 +349,101 @@ def test_partial_failure_lists_the_failed_instances(stored, scp, archive, stores
     assert [r[1].NumberOfRemainingSuboperations for r in responses[:-1]] == [1, 0]
 
 
+@pytest.fixture
+def storescp_with(tmp_path):
+    """A DCMTK storescp started with extra options (bit-preserving, AE DEST): yields its port and folder."""
+    procs = []
+
+    def start(*options: str) -> SimpleNamespace:
+        port = free_port()
+        out = tmp_path / f"received-{port}"
+        out.mkdir()
+        proc = subprocess.Popen([require_tool("storescp"), "-aet", "DEST", "+B", *options, "-od", str(out), str(port)],
+                                env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+        _wait_listening(port, proc)
+        return SimpleNamespace(port=port, out=out)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(TIMEOUT_S)
+
+
+@pytest.mark.parametrize("abort", ["--abort-after", "--abort-during"])
+def test_destination_aborting_mid_move_fails_every_sub_operation_left(stored, scp, archive, storescp_with, abort):
+    """Bad case tried: the destination (storescp) aborts its association on the first C-STORE,
+    before answering it or while receiving it. The archive reads that A-ABORT itself (not after
+    its 30 s DIMSE timeout), counts that sub-operation and the one never sent as failed, lists
+    both in the final response, and serves the next C-MOVE normally."""
+    dest = storescp_with(abort)
+    _register(archive, "DEST", dest.port)
+    started = time.monotonic()
+    responses = _move_statuses(scp.port, "DEST", _identifier("STUDY", StudyInstanceUID=STUDY_B))
+    assert time.monotonic() - started < 20
+    status, final, identifier = responses[-1]
+    assert status == 0xA702  # every sub-operation failed
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations,
+            final.NumberOfWarningSuboperations) == (0, 2, 0)
+    assert sorted(identifier.FailedSOPInstanceUIDList) == [f"{STUDY_B}.1.1", f"{STUDY_B}.1.2"]
+
+    good = storescp_with()
+    _register(archive, "DEST", good.port)
+    responses = _move_statuses(scp.port, "DEST", _identifier("STUDY", StudyInstanceUID=STUDY_B))
+    assert responses[-1][0] == 0x0000
+    assert len(list(good.out.iterdir())) == 2
+
+
+@pytest.mark.parametrize("dul_delay", [0.0, 0.001])
+def test_destination_statuses_are_counted_as_it_gave_them(stored, scp, archive, dul_delay):
+    """Bad cases tried: a warning (0xB000) counted as completed or as failed, a refusal (0xA700)
+    counted as completed. A destination (pynetdicom storage SCP) warns on one object, refuses
+    another and stores the third: the final C-MOVE response says 1 completed, 1 warning, 1 failed
+    (0xB000), and lists only the refused object; each pending response counts down. Both ways of
+    reading the answers: by the sending thread (tuned) and by pynetdicom (DICOM_DUL_LOOP_DELAY set)."""
+    from pynetdicom import AllStoragePresentationContexts, evt
+
+    scp.context.settings = replace(scp.context.settings, DICOM_DUL_LOOP_DELAY=dul_delay)
+
+    answers = {f"{STUDY_A}.1.1": 0xB000, f"{STUDY_A}.1.2": 0xA700}
+
+    def on_store(event):
+        answer = Dataset()
+        answer.Status = answers.get(str(event.request.AffectedSOPInstanceUID), 0x0000)
+        if answer.Status:
+            answer.ErrorComment = "as the test says"
+        return answer
+
+    ae = AE(ae_title="WS9")
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        _register(archive, "WS9", port)
+        responses = _move_statuses(scp.port, "WS9", _identifier("STUDY", StudyInstanceUID=STUDY_A))
+    finally:
+        server.shutdown()
+    status, final, identifier = responses[-1]
+    assert status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfWarningSuboperations,
+            final.NumberOfFailedSuboperations) == (1, 1, 1)
+    assert identifier.FailedSOPInstanceUIDList == f"{STUDY_A}.1.2"
+    assert [r[1].NumberOfRemainingSuboperations for r in responses[:-1]] == [2, 1, 0]
+
+
+def test_destination_with_the_smallest_pdu_gets_the_stored_bytes(stored, scp, archive, storescp_with):
+    """Bad case tried: a destination whose maximum PDU (4096, storescp's least) is far below the
+    object size, so every object goes out in many PDUs: it still receives the stored bytes."""
+    dest = storescp_with("-pdu", "4096")
+    _register(archive, "DEST", dest.port)
+    run = _movescu(scp.port, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={STUDY_B}")
+    assert run.returncode == 0, run.stderr
+    received = {dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in dest.out.iterdir()}
+    assert set(received) == {f"{STUDY_B}.1.1", f"{STUDY_B}.1.2"}
+    for uid, path in received.items():
+        assert _file_dataset_bytes(path) == _stored_dataset_bytes(archive, uid)
+
+
 # -- C-GET ----------------------------------------------------------------------------------------
 
 
@@ -370,6 +465,46 @@ def test_getscu_receives_the_study_over_its_own_association(stored, scp, archive
         # byte identity on the wire is checked through storescp +B in the C-MOVE tests.
         with archive.store.open(_key(archive, uid)) as stored_file:
             assert dcmread(path) == dcmread(stored_file)
+
+
+@pytest.mark.parametrize("dul_delay", [0.0, 0.001])
+def test_c_cancel_during_c_get_stops_after_the_object_in_progress(stored, scp, dul_delay):
+    """Bad case tried: a C-CANCEL that arrives while the archive awaits a C-STORE response (the
+    requestor sends it from its C-STORE handler, before its answer) lost or taken for the
+    answer. The archive stops after that object: final status 0xFE00 with one completed and two
+    remaining, one object received; the association then still answers a C-ECHO. With the
+    answers read by the sending thread (tuned) and by pynetdicom (DICOM_DUL_LOOP_DELAY set)."""
+    from pynetdicom import build_role, evt
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet, Verification
+
+    scp.context.settings = replace(scp.context.settings, DICOM_DUL_LOOP_DELAY=dul_delay)
+
+    received = []
+
+    def on_store(event):
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == 1:
+            event.assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelGet)
+        return 0x0000
+
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(CTImageStorage, [ExplicitVRLittleEndian, RLELossless])
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE", ext_neg=[build_role(CTImageStorage, scp_role=True)],
+                         evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        responses = [(s.Status, s) for s, _ in assoc.send_c_get(
+            _identifier("STUDY", StudyInstanceUID=STUDY_A), StudyRootQueryRetrieveInformationModelGet, msg_id=7)]
+        echo = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    status, final = responses[-1]
+    assert status == 0xFE00
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfRemainingSuboperations) == (1, 2)
+    assert len(received) == 1
+    assert echo.Status == 0x0000
 
 
 def _key(archive, uid: str) -> str:

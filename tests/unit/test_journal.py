@@ -204,3 +204,68 @@ def test_a_received_dataset_over_the_limit_is_refused_and_its_file_emptied(archi
     with pytest.raises(ObjectTooLarge):
         received.dataset()
     received.close()
+
+
+def test_writers_renaming_into_the_journal_at_once_share_its_folder_fsync(tmp_path, monkeypatch):
+    """Group commit of the journal folder: eight writers arrive while one folder fsync runs; they
+    share the next one instead of eight (the first one's rename came before any of theirs, so
+    theirs must wait for a sync that starts after them). A broken implementation either syncs
+    eight times or lets a writer return before any sync covering its rename."""
+    import threading
+    import time
+
+    from archive_core.storage import journal
+
+    started: list[float] = []
+    finished: list[float] = []
+    first_running = threading.Event()
+    release_first = threading.Event()
+
+    def slow_fsync(path):
+        started.append(time.monotonic())
+        if len(started) == 1:
+            first_running.set()
+            release_first.wait(10)
+        finished.append(time.monotonic())
+
+    # The folder fsync replaced by a slow fake, in this test only: what is measured is who waits for whom.
+    monkeypatch.setattr(journal, "fsync_dir", slow_fsync)
+    sync = journal._GroupSync(tmp_path)
+    first = threading.Thread(target=sync.sync)
+    first.start()
+    assert first_running.wait(10)
+    returned: list[float] = []
+    arrivals = []
+    followers = []
+    for _ in range(8):
+        arrivals.append(time.monotonic())
+        t = threading.Thread(target=lambda: (sync.sync(), returned.append(time.monotonic())))
+        t.start()
+        followers.append(t)
+    time.sleep(0.2)
+    assert returned == []  # none may return on the strength of a sync that started before it came
+    release_first.set()
+    for t in [first, *followers]:
+        t.join(10)
+    assert len(started) == 2  # the first writer's sync, and one for the eight that came meanwhile
+    assert started[1] > max(arrivals)
+    assert len(returned) == 8 and min(returned) >= finished[1]
+
+
+def test_the_listing_covers_every_worker_journal_oldest_first(tmp_path):
+    """Entries of SCP worker processes (incoming/worker-N) are journal entries like the others:
+    replayed at start, counted by fsck and backups; a listing of the main folder only would lose them."""
+    from archive_core.storage.filesystem import FilesystemStore
+
+    main = FilesystemStore(tmp_path)
+    one = FilesystemStore(tmp_path, journal="worker-1")
+    two = FilesystemStore(tmp_path, journal="worker-2")
+    names = ["00000000000000000003-000000003-1.2.3.dcm", "00000000000000000001-000000001-1.2.1.dcm",
+             "00000000000000000002-000000002-1.2.2.dcm"]
+    for store, name in zip((main, one, two), names):
+        store.write_incoming(name, [b"entry"])
+    (two.incoming_dir / "receiving-x.tmp").write_bytes(b"half")
+    assert [p.name for p in main.incoming()] == sorted(names)
+    assert [p.name for p in main.incoming(two.incoming_dir)] == [names[2]]
+    assert main.discard_unfinished(one.incoming_dir) == 0
+    assert main.discard_unfinished() == 1

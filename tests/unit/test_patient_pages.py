@@ -115,7 +115,8 @@ def test_ins_is_validated_with_its_key(app, client, patients):
     bad = client.post("/patients/PAT001/ins", data={"nir": "1 84 12 76 451 089 47"}, follow_redirects=True)
     assert "La clé du NIR ne correspond pas" in bad.get_data(as_text=True)
     assert "non renseigné" in bad.get_data(as_text=True)
-    good = client.post("/patients/PAT001/ins", data={"nir": "184127645108946", "qualified": "y"},
+    good = client.post("/patients/PAT001/ins", data={"nir": "184127645108946", "qualified": "y",
+                                                     "document": "id_card"},
                        follow_redirects=True).get_data(as_text=True)
     assert "1 84 12 76 451 089 46" in good and "identité qualifiée" in good
     assert _last_audit(app)[0] in ("patient.viewed", "patient.ins.recorded")

@@ -187,12 +187,15 @@ def test_the_pynetdicom_internals_the_sender_uses_exist():
     """scu.send_c_store follows Association.send_c_store's steps (pynetdicom pinned in requirements.txt)."""
     from pynetdicom.association import Association
 
-    for name in ("_get_valid_context", "_check_received_status", "_handle_no_response", "send_c_store"):
+    for name in ("_get_valid_context", "_handle_no_response", "send_c_store", "release", "abort", "kill"):
         assert callable(getattr(Association, name))
     assoc = Association.__new__(Association)
     Association.__init__(assoc, __import__("pynetdicom").AE(), "requestor")
     assert hasattr(assoc, "_reactor_checkpoint") and hasattr(assoc, "_is_paused")
     assert hasattr(assoc.dimse, "msg_queue") and callable(assoc.acse.is_aborted)
+    # Wire.store_response: the DUL's own PDU reader, its idle timer and its kill flag (tuning.ReadGate).
+    assert callable(assoc.dul._read_pdu_data) and callable(assoc.dul._idle_timer.restart)
+    assert assoc.dul._kill_thread is False
 
 
 def _pynetdicom_pdus(context_id: int, command_fields: dict, dataset: bytes, max_pdu: int) -> bytes:
@@ -334,6 +337,74 @@ def test_pending_retrieve_responses_are_the_command_sets_pynetdicom_encodes(kind
     rsp.Status = 0xFF00
     rsp.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
     assert scu.pending_response_command(rsp) is None
+
+
+def _store_response_pdus(max_pdu: int = 0, **fields) -> list[bytes]:
+    """The P-DATA-TF PDUs (bodies, after the 6-byte header) pynetdicom writes for a C-STORE-RSP."""
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.pdu import P_DATA_TF
+
+    rsp = C_STORE()
+    for name, value in fields.items():
+        setattr(rsp, name, value)
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    pdus = []
+    for primitive in message.encode_msg(1, max_pdu):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(primitive)
+        pdus.append(pdu.encode()[6:])
+    return pdus
+
+
+@pytest.mark.parametrize("status, comment, offending", [
+    (0x0000, None, None),
+    (0xB000, "elements coerced", None),
+    (0xA700, "disque plein", None),  # odd length: padded
+    (0xC000, None, [0x00100020, 0x7FE00010]),
+    (0x0122, "SOP class not supported", None),
+])
+def test_a_store_response_reads_as_pynetdicom_decodes_it(status, comment, offending):
+    """Bad cases tried: a status read from the wrong element or byte order, an Error Comment with
+    its padding, an Offending Element read element-first: the answer must be what pynetdicom
+    decodes from the same PDU (its own encoder made it)."""
+    fields = {"MessageIDBeingRespondedTo": 513, "AffectedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+              "AffectedSOPInstanceUID": "1.2.3.4.5", "Status": status}
+    if comment:
+        fields["ErrorComment"] = comment
+    if offending:
+        fields["OffendingElement"] = offending
+    (pdu,) = _store_response_pdus(**fields)
+    assert scu.parse_store_response(pdu) == (513, status, comment, offending)
+
+
+def test_anything_but_one_whole_store_response_is_left_to_pynetdicom():
+    """Bad cases tried: a C-CANCEL (or any other message) taken for the answer, a response split
+    over several PDUs read from its first fragment, a truncated or garbled PDU: each is None, and
+    the sender then gives the PDU to pynetdicom's DUL as it came."""
+    from pynetdicom.dimse_messages import C_CANCEL_RQ
+    from pynetdicom.dimse_primitives import C_CANCEL
+    from pynetdicom.pdu import P_DATA_TF
+
+    cancel = C_CANCEL()
+    cancel.MessageIDBeingRespondedTo = 7
+    message = C_CANCEL_RQ()
+    message.primitive_to_message(cancel)
+    (primitive,) = message.encode_msg(1, 0)
+    pdu = P_DATA_TF()
+    pdu.from_primitive(primitive)
+    assert scu.parse_store_response(pdu.encode()[6:]) is None
+
+    fields = {"MessageIDBeingRespondedTo": 1, "AffectedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+              "AffectedSOPInstanceUID": "1.2.3.4.5", "Status": 0, "ErrorComment": "x" * 60}
+    fragments = _store_response_pdus(max_pdu=40, **fields)
+    assert len(fragments) > 1
+    assert all(scu.parse_store_response(f) is None for f in fragments)
+    (whole,) = _store_response_pdus(**fields)
+    assert scu.parse_store_response(whole[:-3]) is None  # truncated
+    assert scu.parse_store_response(whole + b"\x00\x00\x00\x02\x01\x03") is None  # a second PDV
+    assert scu.parse_store_response(b"\x00\x00") is None
 
 
 @pytest.mark.parametrize("meta_end", [4000, 4090, 4094, 4096, 9000])

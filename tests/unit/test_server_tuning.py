@@ -192,3 +192,69 @@ def test_the_chunked_receive_applies_to_the_servers_associations_only(scp):
     marked.start()
     marked.join()
     assert seen == [True]
+
+
+def test_a_lent_dul_reads_nothing_until_given_back():
+    """tuning.ReadGate, with a stand-in DUL loop (a thread that reads a socket whenever it is not
+    parked). Bad cases tried: take() returning before the DUL is parked (both would read the
+    same socket), a give_back() followed at once by take() letting the DUL run on, a killed DUL
+    that stays parked."""
+    import os
+    import threading
+    import time
+
+    from archive_core.net.tuning import ReadGate
+
+    ours, theirs = socket.socketpair()
+    read_by_dul: list[bytes] = []
+
+    class StandInDul(threading.Thread):
+        _kill_thread = False
+        turns = 0  # reads it ended
+
+        def run(self) -> None:
+            while not self._kill_thread:
+                if gate.park():
+                    continue
+                ours.settimeout(0.01)
+                try:
+                    data = ours.recv(100)
+                except TimeoutError:
+                    continue
+                finally:
+                    self.turns += 1  # a read that ended: none may end once take() returned
+                read_by_dul.append(data)
+
+    wake = os.eventfd(0, os.EFD_NONBLOCK)
+    dul = StandInDul(daemon=True)
+    gate = ReadGate(dul, wake)
+    dul.start()
+    try:
+        for n in range(50):
+            assert gate.take(timeout=5)
+            if n < 5:
+                turns = dul.turns
+                time.sleep(0.05)
+                assert dul.turns == turns  # parked when take() returned, not a turn later
+            theirs.sendall(b"x")
+            ours.settimeout(5)
+            assert ours.recv(100) == b"x"  # ours to read: the DUL read nothing
+            gate.give_back()
+            assert gate.take(timeout=5)  # at once: still parked, still ours
+            gate.give_back()
+        assert read_by_dul == []
+        theirs.sendall(b"y")
+        deadline = time.monotonic() + 5
+        while not read_by_dul and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling the stand-in's list: it signals nothing
+        assert read_by_dul == [b"y"]  # given back: the DUL reads again
+        assert gate.take(timeout=5)
+        dul._kill_thread = True
+        dul.join(5)
+        assert not dul.is_alive()  # a killed DUL leaves its park by itself
+    finally:
+        dul._kill_thread = True
+        gate.give_back()
+        ours.close()
+        theirs.close()
+        os.close(wake)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import date as _date
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterable
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -1009,6 +1009,15 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
     def procedure_steps(self, session: Session, accession_numbers: list[str]) -> dict[str, ScheduledStep]:
         """The worklist items of these accession numbers (status SCHEDULED, IN PROGRESS, COMPLETED, ...)."""
         return _worklist.steps_by_accession(session, [a for a in accession_numbers if a])
+
+    def patient_names(self, session: Session, patient_ids: Iterable[str]) -> dict[str, str]:
+        """DICOM Patient's Name (``NOM^Prénom``) of each visible patient among *patient_ids* (one query)."""
+        wanted = sorted({p for p in patient_ids if p})
+        if not wanted:
+            return {}
+        rows = session.execute(select(Patient.patient_id, Patient.patient_name)
+                               .where(Patient.patient_id.in_(wanted), Patient.deleted_at.is_(None))).all()
+        return {pid: name for pid, name in rows if name}
 
     # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 

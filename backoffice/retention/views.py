@@ -20,6 +20,7 @@ from backoffice.retention.certificate import certificates_dir, render_certificat
 from backoffice.retention.clock import now_utc, today
 from backoffice.retention.errors import RetentionError
 from backoffice.retention.models import PurgeBatch
+from backoffice.retention.services import PARIS
 
 bp = Blueprint("retention", __name__, url_prefix="/retention")
 MANAGER = ("manager",)
@@ -328,6 +329,11 @@ def corrections():
 # -- audit search -----------------------------------------------------------------------------------------
 
 
+def _paris_day_start(day: date) -> str:
+    """Midnight in Paris of *day*, as the UTC ISO text the audit trail stores and compares."""
+    return datetime.combine(day, time(), tzinfo=PARIS).astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
 def _audit_query():
     from archive_core.audit import AuditEvent
 
@@ -339,24 +345,26 @@ def _audit_query():
         query = query.where(AuditEvent.actor == args["actor"].strip())
     if args.get("action"):
         query = query.where(AuditEvent.action == args["action"])
-    for name, op in (("from", "ge"), ("to", "lt")):
+    for name in ("from", "to"):
         if args.get(name):
             try:
                 day = date.fromisoformat(args[name])
             except ValueError:
                 flash(_("date invalide : %(value)s", value=args[name]), "error")
                 continue
+            # The manager's days are Paris days: "to 01/12" includes the evening of the 1st in Paris.
             if name == "to":
-                day += timedelta(days=1)
-            bound = datetime.combine(day, time(), tzinfo=timezone.utc).isoformat(timespec="microseconds")
-            query = query.where(AuditEvent.at >= bound if op == "ge" else AuditEvent.at < bound)
+                query = query.where(AuditEvent.at < _paris_day_start(day + timedelta(days=1)))
+            else:
+                query = query.where(AuditEvent.at >= _paris_day_start(day))
     return query
 
 
 @bp.route("/audit")
 @roles_required(*AUDITORS)
 def audit():
-    from archive_core.audit import ACTIONS
+    from archive_core.audit import AuditEvent
+    from backoffice.audit_events import event_label, paris_time, readable_detail
     from backoffice.spreadsheet import SafeWriter
 
     query = _audit_query()
@@ -375,4 +383,11 @@ def audit():
         facade().audit_now("patient.viewed", actor=current_user.login, patient_id=request.args["patient_id"].strip(),
                            detail={"page": "audit"})
     events = list(db().scalars(query.limit(PAGE)))
-    return render_template("retention/audit.html", events=events, actions=ACTIONS, args=request.args)
+    # The filter offers the event types the trail holds (never a label that matches nothing), by label.
+    written = db().scalars(select(AuditEvent.action).distinct()).all()
+    actions = sorted(((code, event_label(code)) for code in written), key=lambda pair: pair[1].casefold())
+    # The manager may see names (the log never does); the admin keeps to identifiers.
+    names = facade().patient_names(db(), (e.patient_id for e in events)) if current_user.role == "manager" else {}
+    rows = [{"event": e, "at": paris_time(e.at), "label": event_label(e.action), "detail": readable_detail(e.detail),
+             "name": names.get(e.patient_id or "")} for e in events]
+    return render_template("retention/audit.html", rows=rows, actions=actions, args=request.args)

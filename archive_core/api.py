@@ -743,6 +743,7 @@ class PatientRecord:
     instances_active: int
     instances_archive: int
     bytes_total: int
+    patient_name: str | None = None  # DICOM PN (NOM^Prénom): the manager's lists show names
 
 
 @dataclass(frozen=True)
@@ -1061,6 +1062,7 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
                 instances_active=tiers.get(p.id, {}).get("active", (0, 0))[0],
                 instances_archive=tiers.get(p.id, {}).get("archive", (0, 0))[0],
                 bytes_total=sum(size for _n, size in tiers.get(p.id, {}).values()),
+                patient_name=p.patient_name,
             )
             for p in patients
         ]

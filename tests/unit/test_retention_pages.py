@@ -31,7 +31,7 @@ def test_overview_shows_batches_holds_and_storage(manager_client, scenario):
     html = manager_client.get("/retention/").get_data(as_text=True)
     assert "Lots en attente" in html and "à approuver" in html
     assert "Échéances à venir" in html
-    assert "<td>archive</td><td>2015</td><td>MR</td>" in html.replace("\n", "").replace("      ", "")
+    assert "<td>archive intermédiaire</td><td>2015</td><td>MR</td>" in html.replace("\n", "").replace("      ", "")
 
 
 def test_patient_page_explains_and_places_a_hold(manager_client, scenario):

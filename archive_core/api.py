@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from archive_core import audit as _audit
@@ -1066,6 +1066,31 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
             )
             for p in patients
         ]
+
+    def studies_by_day_and_modalities(self, session: Session, since: str, until: str) -> list[tuple[str, str, int]]:
+        """(Study Date, Modalities in Study as stored, number of studies) of the practice's own visible
+        studies dated *since*..*until* (DICOM DA, inclusive); outside priors are not the practice's work."""
+        rows = session.execute(
+            select(Study.study_date, Study.modalities_in_study, func.count(Study.id))
+            .where(Study.study_date >= since, Study.study_date <= until, Study.deleted_at.is_(None),
+                   Study.external.is_(False))
+            .group_by(Study.study_date, Study.modalities_in_study)
+        ).all()
+        return [(d, m or "", int(n)) for d, m, n in rows]
+
+    def storage_history(self, session: Session, boundaries: list[datetime]) -> tuple[dict[str, int], list[int]]:
+        """Visible bytes per tier today, and for each instant of *boundaries* the bytes received after it
+        (what the store held at that instant is today's total less that, tombstoned data aside)."""
+        per_tier = dict(session.execute(
+            select(Instance.tier, func.coalesce(func.sum(Instance.size_bytes), 0))
+            .where(Instance.deleted_at.is_(None)).group_by(Instance.tier)).all())
+        if not boundaries:
+            return {t: int(b) for t, b in per_tier.items()}, []
+        sums = [func.coalesce(func.sum(case((Instance.received_at >= b, Instance.size_bytes), else_=0)), 0)
+                for b in boundaries]
+        after = session.execute(select(*sums).where(Instance.deleted_at.is_(None),
+                                                    Instance.received_at >= min(boundaries))).one()
+        return {t: int(b) for t, b in per_tier.items()}, [int(a) for a in after]
 
     def storage_usage(self, session: Session) -> list[StorageUsage]:
         """Visible data by tier, study year and modality."""

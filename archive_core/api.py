@@ -1078,6 +1078,17 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
         ).all()
         return [(d, m or "", int(n)) for d, m, n in rows]
 
+    def data_version(self, session: Session) -> tuple:
+        """Changes whenever a study or image arrives, is tombstoned or moves tier (cheap: indexed maxima).
+
+        A figure computed from studies and images may be reused as long as this is unchanged.
+        """
+        return (
+            session.scalar(select(func.max(Study.id))), session.scalar(select(func.max(Study.deleted_at))),
+            session.scalar(select(func.max(Instance.id))), session.scalar(select(func.max(Instance.deleted_at))),
+            session.scalar(select(func.max(_audit.AuditEvent.id)).where(_audit.AuditEvent.action == "tier.moved")),
+        )
+
     def storage_history(self, session: Session, boundaries: list[datetime]) -> tuple[dict[str, int], list[int]]:
         """Visible bytes per tier today, and for each instant of *boundaries* the bytes received after it
         (what the store held at that instant is today's total less that, tombstoned data aside)."""

@@ -38,18 +38,22 @@ def dashboard():
     day = today()
     locale = locale_name()
     french = locale.startswith("fr")
-    money = D.money_per_month(db(), day)
+    memo = current_app.extensions.setdefault("dashboard_memo", D.Memo())
+    billing = (day, D.billing_version(db()))
+    archive = (day, facade().data_version(db()))
+    money = memo.get("money", billing, lambda: D.money_per_month(db(), day))
     month_labels = [format_date(m.month, "MMM yy", locale=locale) for m in money]
-    consent = D.consent_per_group(db(), day)
+    consent = memo.get("consent", billing, lambda: D.consent_per_group(db(), day))
     from backoffice.billing.services import exam_group_labels
 
     group_labels = exam_group_labels(db())
     claims = D.outstanding_claims(db())
 
     weeks = D.week_starts(day)
+    per_day = memo.get("studies", archive, lambda: facade().studies_by_day_and_modalities(
+        db(), weeks[0].strftime("%Y%m%d"), (weeks[-1] + timedelta(days=6)).strftime("%Y%m%d")))
     counts: dict[str, list[int]] = {}
-    for study_date, modalities, n in facade().studies_by_day_and_modalities(
-            db(), weeks[0].strftime("%Y%m%d"), (weeks[-1] + timedelta(days=6)).strftime("%Y%m%d")):
+    for study_date, modalities, n in per_day:
         try:
             week = (date(int(study_date[:4]), int(study_date[4:6]), int(study_date[6:8])) - weeks[0]).days // 7
         except ValueError:
@@ -60,7 +64,8 @@ def dashboard():
 
     starts = D.month_starts(day)
     ends = [D._utc(s) for s in starts[1:]]
-    per_tier, after = facade().storage_history(db(), [*ends, D._utc(day - timedelta(days=D.RATE_DAYS))])
+    per_tier, after = memo.get("storage", archive, lambda: facade().storage_history(
+        db(), [*ends, D._utc(day - timedelta(days=D.RATE_DAYS))]))
     figures = D.storage(per_tier, [*after[:-1], 0], starts, after[-1], today=day,
                         free_bytes=D.disk_free_bytes(Path(current_app.instance_path)))
 

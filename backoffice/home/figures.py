@@ -19,9 +19,43 @@ from sqlalchemy.orm import Session
 from backoffice.billing.models import Claim, CreditNote, ExamGroup, Insurer, Invoice, Payment
 from backoffice.retention.services import PARIS
 
+import threading
+
 MONTHS = 12
 WEEKS = 12
 RATE_DAYS = 90  # the growth rate the fill date extrapolates: the last 90 days
+
+
+class Memo:
+    """The last value of each figure with the data version it was computed for (one per app).
+
+    Invoices, credit notes, payments and consents are append-only and an exam group's consent only
+    changes with a new consent row, so their largest ids say whether anything changed; the archive's
+    :meth:`~archive_core.api.ArchiveFacade.data_version` does the same for studies and images. A figure
+    is computed again as soon as its version (or today) differs, so what the page shows is always exact.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, tuple] = {}
+
+    def get(self, name: str, version: tuple, compute):
+        with self._lock:
+            found = self._values.get(name)
+        if found is not None and found[0] == version:
+            return found[1]
+        value = compute()
+        with self._lock:
+            self._values[name] = (version, value)
+        return value
+
+
+def billing_version(session: Session) -> tuple:
+    """Largest ids of the append-only billing tables the figures read (each an index lookup)."""
+    from backoffice.billing.models import Consent
+
+    return tuple(session.scalar(select(func.max(model.id))) for model in (Invoice, CreditNote, Payment, Consent,
+                                                                         ExamGroup))
 
 
 def month_starts(today: date, count: int = MONTHS) -> list[date]:

@@ -238,3 +238,25 @@ def test_fill_date(free, added, expected):
 def test_only_managers_see_the_dashboard(app, client):
     sign_in(client, app, "accueil", "front_desk")
     assert client.get("/dashboard").status_code == 403
+
+
+def test_figures_follow_new_data_at_once(app, manager, practice, facade, tmp_path, monkeypatch):
+    """The page reuses figures while their data is unchanged: an invoice, a consent, a study or a purge made
+    between two loads must show on the second (bad input tried: a figure cached past a change)."""
+    from backoffice.billing import services as S
+
+    first = manager.get("/dashboard").get_data(as_text=True)
+    assert chart_values(first, "money")[("invoiced", "nov. 26")] == 1100
+    assert "Aucun examen sur la période." in first
+    monkeypatch.setattr(S, "utcnow", lambda: datetime(2026, 11, 27, 15, tzinfo=UTC))
+    with facade.new_session(write=True) as s:
+        group = S.create_exam_group(s, patient_id="P10", visit_date=date(2026, 11, 27), exam_group="scanner",
+                                    created_by="accueil")
+        S.record_consent(s, group.id, accepted=True, recorded_by="accueil")
+        S.issue_invoice(s, group.id, issued_by="accueil")
+        s.commit()
+    add_study(facade.archive, tmp_path, "S10", "20261124", modality="CT")
+    second = manager.get("/dashboard").get_data(as_text=True)
+    assert chart_values(second, "money")[("invoiced", "nov. 26")] == 1100 + 500
+    assert chart_values(second, "consent")[("rate", "Scanner")] == 100
+    assert chart_values(second, "studies")[("CT", "23/11")] == 1

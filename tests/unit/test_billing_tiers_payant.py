@@ -53,11 +53,11 @@ def _insured_invoice(client, people, *, coverage_bp, third_party, patient_id="TP
         "name": f"Mutuelle {patient_id}", "amc_number": f"AMC-{patient_id}", "coverage_bp": coverage_bp,
         "third_party_payment": third_party}).get_json()
     today = S.paris_today().isoformat()
-    assert client.post(f"/api/v1/patients/{patient_id}/memberships", headers=desk, json={
-        "insurer_id": insurer["id"], "member_number": "123", "valid_from": "2000-01-01"}).status_code == 201
     group = client.post("/api/v1/exam-groups", headers=desk, json={
         "patient_id": patient_id, "exam_group": "echographie", "visit_date": today,
         "patient_name": "Durand^Marie"}).get_json()
+    assert client.post(f"/api/v1/patients/{patient_id}/memberships", headers=desk, json={
+        "insurer_id": insurer["id"], "member_number": "123", "valid_from": "2000-01-01"}).status_code == 201
     if not issue:
         return group
     response = client.post("/api/v1/invoices", headers=desk, json={"exam_group_id": group["id"]})
@@ -343,7 +343,8 @@ def test_balances_add_up_after_any_sequence(hypothesis_engine, fee, coverage, fl
     try:
         s = session
         day = S.paris_today()
-        S.set_tariff(s, exam_group="hyp", label="Hyp", fee_cents=fee, effective_from=day)
+        S.set_tariff(s, exam_group="hyp", label="Hyp", fee_cents=fee, effective_from=day,
+                     new_group=True)
         insurer = S.create_insurer(s, name="M", amc_number="HYP", coverage_bp=coverage, flat_cents=flat,
                                    third_party_payment=third_party)
         S.add_membership(s, patient_id="H", insurer_id=insurer.id, member_number="1", valid_from=day)

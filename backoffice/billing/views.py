@@ -139,6 +139,14 @@ def _int(name: str, default: int | None = None) -> int:
         raise S.Invalid(f"{name} must be an integer", code="bad_number", field=name) from None
 
 
+def closing_day(text: str):
+    """The closed day for a message ("1 décembre 2026"); the text itself if it is not a date."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return text
+
+
 def _percent(name: str) -> int:
     """A rate typed in percent ("50", "50 %", "33,5 %") in basis points, exactly (money.parse_percent)."""
     try:
@@ -440,7 +448,7 @@ def closing():
         closing = operations.close_period("day", day_text, actor=current_user.login,
                                           counted_cash_cents=_cents("counted_cash"),
                                           counted_cheque_cents=_cents("counted_cheque"))
-        flash(_("Journée du %(day)s clôturée.", day=day_text), "info")
+        flash(_("Journée du %(day)s clôturée.", day=_fr_date(closing_day(day_text))), "info")
         for label, difference in ((_("espèces"), closing.cash_difference_cents),
                                   (_("chèques"), closing.cheque_difference_cents)):
             if difference:

@@ -418,3 +418,86 @@ def test_the_api_lists_ends_memberships_edits_retires_insurers_and_previews_the_
     assert "get" in spec["/api/v1/patients/{patient_id}/memberships"]
     assert "post" in spec["/api/v1/patients/{patient_id}/memberships/{membership_id}/end"]
     assert "get" in spec["/api/v1/exam-groups/{group_id}/split-preview"]
+
+
+# -- the same rules on both databases (the migration's column, a deleted future tariff, dates) ---------
+
+
+@pytest.fixture
+def both_databases(database_url):
+    from archive_core.db import make_engine, session_factory
+    from backoffice.migrate import upgrade
+
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+def test_tariffs_insurers_and_memberships_on_sqlite_and_postgresql(both_databases):
+    with both_databases() as s:
+        future = S.set_tariff(s, exam_group="irm", label="IRM", fee_cents=600, effective_from=date(2026, 7, 1))
+        tariff, before = S.correct_tariff(s, future.id, today=TODAY, fee_cents=580, label="IRM",
+                                          effective_from=date(2026, 7, 15), national_insurance_paid=False)
+        assert before["fee_cents"] == 600 and (tariff.fee_cents, tariff.effective_from) == (580, date(2026, 7, 15))
+        assert S.withdraw_tariff(s, future.id, today=TODAY)["effective_from"] == "2026-07-15"
+        assert S.tariff_for(s, "irm", date(2026, 8, 1)).fee_cents == 500  # the earlier price again
+        with pytest.raises(S.Conflict):
+            S.correct_tariff(s, S.tariff_for(s, "irm", TODAY).id, today=TODAY, fee_cents=1, label="IRM",
+                             effective_from=date(2026, 8, 1), national_insurance_paid=False)
+        with pytest.raises(S.Invalid) as caught:
+            S.set_tariff(s, exam_group="scaner", label="Scaner", fee_cents=500, effective_from=date(2026, 7, 1))
+        assert caught.value.code == "unknown_group"
+
+        insurer = S.create_insurer(s, name="M", amc_number="1", coverage_bp=5000, third_party_payment=True)
+        group = S.create_exam_group(s, patient_id="B1", visit_date=TODAY, exam_group="scanner", created_by="t")
+        membership = S.add_membership(s, patient_id="B1", insurer_id=insurer.id, member_number="m",
+                                      valid_from=date(2026, 1, 1))
+        assert S.preview_split(s, group.id).insurer_cents == 250
+        _insurer, changes = S.update_insurer(s, insurer.id, name="M", amc_number="1", coverage_bp=3333,
+                                             flat_cents=0, annual_cap_cents=None, third_party_payment=True)
+        assert changes == {"coverage_bp": [5000, 3333]}
+        preview = S.preview_split(s, group.id)
+        invoice = S.issue_invoice(s, group.id, issued_by="t")
+        assert (invoice.insurer_cents, invoice.patient_cents) == (preview.insurer_cents, preview.patient_cents) \
+            == (167, 333)  # 5,00 € × 33,33 % = 1,6665 -> 1,67 € (half up)
+        assert S.retire_insurer(s, insurer.id).retired_at is not None
+        with pytest.raises(S.Conflict) as caught:
+            S.add_membership(s, patient_id="B1", insurer_id=insurer.id, member_number="n", valid_from=TODAY)
+        assert caught.value.code == "insurer_retired"
+        S.end_membership(s, membership.id, patient_id="B1", valid_to=TODAY)
+        with pytest.raises(S.NotFound):
+            S.end_membership(s, membership.id, patient_id="SOMEONE-ELSE", valid_to=TODAY)
+        s.commit()
+        assert s.get(Membership, membership.id).valid_to == TODAY
+        assert s.get(Insurer, insurer.id).retired_at is not None
+        s.rollback()
+
+
+def test_the_new_pages_read_in_english_when_english_is_chosen(app, client, people):
+    """Every string added for the desk's money is in the English catalogue: no French interface word
+    left on the pages (tests/unit/test_i18n.py's word list), rates in the English form "33.5%"."""
+    from tests.unit.test_i18n import csrf, french_words_in
+
+    group_id = checked_in(app, name="Martin^Paul")  # data, not interface: names without French words
+    insurer_id = insurer(app, "Alpha Santé", coverage_bp=3350, third_party=True)
+    with app.extensions["archivage"].new_session(write=True) as s:
+        S.add_membership(s, patient_id="DM1", insurer_id=insurer_id, member_number="A", valid_from=date(2026, 1, 1))
+        S.set_tariff(s, exam_group="irm", label="IRM", fee_cents=600, effective_from=date(2026, 9, 1))
+        s.commit()
+    pages = {"manager": ["/billing/tariffs", "/billing/insurers", f"/billing/insurers/{insurer_id}"],
+             "front_desk": ["/patients/DM1", f"/billing/groups/{group_id}"]}
+    seen = ""
+    for role, paths in pages.items():
+        sign_in(client, people, role)
+        client.post("/language", data={"lang": "en", "csrf_token": csrf(client, "/")})
+        for path in paths:
+            response = client.get(path)
+            assert response.status_code == 200, path
+            html = response.get_data(as_text=True)
+            assert french_words_in(html) == [], path
+            seen += page_text(response)
+    for english in ("Split if the invoice is issued now", "Insurer's share (Alpha Santé, 33.5%)", "Add an insurer",
+                    "End the membership", "Correct or withdraw", "Create a new exam group", "Edit or retire",
+                    "Retire this insurer (no new memberships)", "Coverage (%), for example 50% or 33.5%"):
+        assert english in seen, english

@@ -516,8 +516,12 @@ def tariffs():
         flash(_("Tarif enregistré."), "info")
         return redirect(url_for("billing.tariffs"))
     rows = list(db().scalars(select(Tariff).order_by(Tariff.exam_group, Tariff.effective_from.desc())))
+    in_force = {}  # per group, the newest tariff started on or before today: the price of today's visits
+    for t in rows:
+        if t.effective_from <= today:
+            in_force.setdefault(t.exam_group, t.id)
     return render_template("billing/tariffs.html", tariffs=rows, today=today, labels=labels,
-                           tomorrow=today + timedelta(days=1))
+                           tomorrow=today + timedelta(days=1), in_force=set(in_force.values()))
 
 
 @bp.route("/tariffs/<int:tariff_id>/correct", methods=["POST"])

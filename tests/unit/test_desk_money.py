@@ -283,6 +283,7 @@ def test_a_future_tariff_is_corrected_or_withdrawn_and_one_in_effect_never_chang
     future = _tariff_id(app, "irm", date(2026, 7, 1))
     page = page_text(client.get("/billing/tariffs"))
     assert "Corriger ou retirer" in page
+    assert "IRM 6,00 € 1 juillet 2026 à venir" in page and "IRM 5,00 € 1 janvier 2000 en vigueur" in page
     response = client.post(f"/billing/tariffs/{future}/correct", data={
         "fee": "5,80", "label": "IRM", "effective_from": "2026-07-15"})
     assert "Tarif à venir corrigé." in page_text(client.get(response.headers["Location"]))

@@ -165,6 +165,27 @@ def test_the_desk_ends_a_membership_and_the_preview_follows(app, client, people)
     assert audit_details(app, "billing.membership.ended")[-1]["valid_to"] == "2026-06-14"
 
 
+def test_the_preview_counts_what_the_annual_cap_already_gave(app, client, people):
+    """A cap of 2,50 € a year: the first invoice takes 2,00 €; the second group's preview shows what is
+    left (0,50 €) and the issue agrees; the third shows nothing left and says why."""
+    app.config["WTF_CSRF_ENABLED"] = False
+    groups = [checked_in(app, "CAP", exam_group=g) for g in ("echographie", "scanner", "irm")]
+    insurer_id = insurer(app, "Mutuelle Plafond", coverage_bp=5000, annual_cap_cents=250)
+    with app.extensions["archivage"].new_session(write=True) as s:
+        S.add_membership(s, patient_id="CAP", insurer_id=insurer_id, member_number="C", valid_from=date(2026, 1, 1))
+        assert S.issue_invoice(s, groups[0], issued_by="t").insurer_cents == 200
+        s.commit()
+    sign_in(client, people, "front_desk")
+    assert "Part mutuelle (Mutuelle Plafond, 50 %) 0,50 € Part patient 4,50 €" in page_text(
+        client.get(f"/billing/groups/{groups[1]}"))
+    with app.extensions["archivage"].new_session(write=True) as s:
+        assert S.issue_invoice(s, groups[1], issued_by="t").insurer_cents == 50
+        s.commit()
+    third = page_text(client.get(f"/billing/groups/{groups[2]}"))
+    assert "Part mutuelle (Mutuelle Plafond, 50 %) 0,00 €" in third
+    assert "La mutuelle ne prend rien en charge sur ce forfait (taux nul ou plafond annuel atteint)." in third
+
+
 def test_a_mutuelle_for_an_unknown_patient_is_refused(app, client, people):
     """A typed ID nobody has (no check-in, no study): page and API refuse it, nothing is recorded."""
     app.config["WTF_CSRF_ENABLED"] = False

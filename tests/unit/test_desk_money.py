@@ -156,7 +156,7 @@ def test_the_desk_ends_a_membership_and_the_preview_follows(app, client, people)
         membership_id = s.scalar(select(Membership.id).where(Membership.patient_id == "DM1"))
     # An end before the start is impossible: refused in French, nothing changed.
     response = client.post(f"/patients/DM1/memberships/{membership_id}/end", data={"valid_to": "2024-12-31"})
-    assert "La date de fin de l'adhésion précède sa date de début." in page_text(client.get(response.headers["Location"]))
+    assert "La fin de validité précède son début." in page_text(client.get(response.headers["Location"]))
     response = client.post(f"/patients/DM1/memberships/{membership_id}/end", data={"valid_to": "2026-06-14"})
     assert "Adhésion terminée au 14 juin 2026." in page_text(client.get(response.headers["Location"]))
     assert "terminée" in page_text(client.get("/patients/DM1"))
@@ -278,7 +278,7 @@ def test_a_tariff_names_an_existing_group_and_a_typo_creates_nothing(app, client
     back = {"Referer": "http://localhost/billing/tariffs"}
     response = client.post("/billing/tariffs", headers=back, data={"exam_group": "scaner", "fee": "6,00",
                                                                    "effective_from": "2026-07-01"})
-    assert "Groupe d'examens inconnu : choisissez-le dans la liste" in page_text(client.get(response.headers["Location"]))
+    assert "Groupe d'examens inconnu : choisissez-en un dans la liste des tarifs" in page_text(client.get(response.headers["Location"]))
     response = client.post("/billing/tariffs", headers=back, data={"new_group": "1", "new_code": "scanner",
                                                                    "label": "Scanner", "fee": "6,00",
                                                                    "effective_from": "2026-07-01"})
@@ -469,7 +469,7 @@ def test_tariffs_insurers_and_memberships_on_sqlite_and_postgresql(both_database
                              effective_from=date(2026, 8, 1), national_insurance_paid=False)
         with pytest.raises(S.Invalid) as caught:
             S.set_tariff(s, exam_group="scaner", label="Scaner", fee_cents=500, effective_from=date(2026, 7, 1))
-        assert caught.value.code == "unknown_group"
+        assert caught.value.code == "unknown_exam_group"
 
         insurer = S.create_insurer(s, name="M", amc_number="1", coverage_bp=5000, third_party_payment=True)
         group = S.create_exam_group(s, patient_id="B1", visit_date=TODAY, exam_group="scanner", created_by="t")

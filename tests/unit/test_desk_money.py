@@ -130,6 +130,8 @@ def test_the_desk_records_a_mutuelle_on_the_patient_page_and_sees_the_split_befo
     assert re.search(r"Mutuelle Bleue 33,5 % · tiers payant AB-12 01/01/2026 — le patient en cours", page), page
 
     # 4,00 € × 33,5 % = 1,34 € for the insurer, 2,66 € for the patient, collected at the desk.
+    html = client.get(f"/billing/groups/{group_id}").get_data(as_text=True)
+    assert "<title>Groupe d&#39;examens — Archivage</title>" in html or "<title>Groupe d'examens — Archivage</title>" in html
     group = page_text(client.get(f"/billing/groups/{group_id}"))
     assert "Répartition si la facture est émise maintenant" in group
     assert "Part mutuelle (Mutuelle Bleue, 33,5 %) 1,34 €" in group and "Part patient 2,66 €" in group
@@ -275,6 +277,7 @@ def test_a_tariff_names_an_existing_group_and_a_typo_creates_nothing(app, client
     sign_in(client, people, "manager")
     page = client.get("/billing/tariffs").get_data(as_text=True)
     assert '<option value="scanner">Scanner</option>' in page and 'name="exam_group" required' in page
+    assert "<title>Tarifs — Archivage</title>" in page  # the page's style stays out of its title
     back = {"Referer": "http://localhost/billing/tariffs"}
     response = client.post("/billing/tariffs", headers=back, data={"exam_group": "scaner", "fee": "6,00",
                                                                    "effective_from": "2026-07-01"})

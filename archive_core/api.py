@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import date as _date
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Iterable
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
 from archive_core import audit as _audit
@@ -751,6 +751,7 @@ class PatientRecord:
     instances_active: int
     instances_archive: int
     bytes_total: int
+    patient_name: str | None = None  # DICOM PN (NOM^Prénom): the manager's lists show names
 
 
 @dataclass(frozen=True)
@@ -1018,6 +1019,15 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
         """The worklist items of these accession numbers (status SCHEDULED, IN PROGRESS, COMPLETED, ...)."""
         return _worklist.steps_by_accession(session, [a for a in accession_numbers if a])
 
+    def patient_names(self, session: Session, patient_ids: Iterable[str]) -> dict[str, str]:
+        """DICOM Patient's Name (``NOM^Prénom``) of each visible patient among *patient_ids* (one query)."""
+        wanted = sorted({p for p in patient_ids if p})
+        if not wanted:
+            return {}
+        rows = session.execute(select(Patient.patient_id, Patient.patient_name)
+                               .where(Patient.patient_id.in_(wanted), Patient.deleted_at.is_(None))).all()
+        return {pid: name for pid, name in rows if name}
+
     # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 
     def patient_records(self, session: Session, *, patient_id: str | None = None) -> list[PatientRecord]:
@@ -1060,9 +1070,46 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
                 instances_active=tiers.get(p.id, {}).get("active", (0, 0))[0],
                 instances_archive=tiers.get(p.id, {}).get("archive", (0, 0))[0],
                 bytes_total=sum(size for _n, size in tiers.get(p.id, {}).values()),
+                patient_name=p.patient_name,
             )
             for p in patients
         ]
+
+    def studies_by_day_and_modalities(self, session: Session, since: str, until: str) -> list[tuple[str, str, int]]:
+        """(Study Date, Modalities in Study as stored, number of studies) of the practice's own visible
+        studies dated *since*..*until* (DICOM DA, inclusive); outside priors are not the practice's work."""
+        rows = session.execute(
+            select(Study.study_date, Study.modalities_in_study, func.count(Study.id))
+            .where(Study.study_date >= since, Study.study_date <= until, Study.deleted_at.is_(None),
+                   Study.external.is_(False))
+            .group_by(Study.study_date, Study.modalities_in_study)
+        ).all()
+        return [(d, m or "", int(n)) for d, m, n in rows]
+
+    def data_version(self, session: Session) -> tuple:
+        """Changes whenever a study or image arrives, is tombstoned or moves tier (cheap: indexed maxima).
+
+        A figure computed from studies and images may be reused as long as this is unchanged.
+        """
+        return (
+            session.scalar(select(func.max(Study.id))), session.scalar(select(func.max(Study.deleted_at))),
+            session.scalar(select(func.max(Instance.id))), session.scalar(select(func.max(Instance.deleted_at))),
+            session.scalar(select(func.max(_audit.AuditEvent.id)).where(_audit.AuditEvent.action == "tier.moved")),
+        )
+
+    def storage_history(self, session: Session, boundaries: list[datetime]) -> tuple[dict[str, int], list[int]]:
+        """Visible bytes per tier today, and for each instant of *boundaries* the bytes received after it
+        (what the store held at that instant is today's total less that, tombstoned data aside)."""
+        per_tier = dict(session.execute(
+            select(Instance.tier, func.coalesce(func.sum(Instance.size_bytes), 0))
+            .where(Instance.deleted_at.is_(None)).group_by(Instance.tier)).all())
+        if not boundaries:
+            return {t: int(b) for t, b in per_tier.items()}, []
+        sums = [func.coalesce(func.sum(case((Instance.received_at >= b, Instance.size_bytes), else_=0)), 0)
+                for b in boundaries]
+        after = session.execute(select(*sums).where(Instance.deleted_at.is_(None),
+                                                    Instance.received_at >= min(boundaries))).one()
+        return {t: int(b) for t, b in per_tier.items()}, [int(a) for a in after]
 
     def storage_usage(self, session: Session) -> list[StorageUsage]:
         """Visible data by tier, study year and modality."""

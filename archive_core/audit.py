@@ -34,49 +34,6 @@ CHAIN_LOCK = 727270001
 
 log = logging.getLogger(__name__)
 
-# The kinds of event the trail records (action -> what a manager reads). Areas add theirs here.
-ACTIONS: dict[str, str] = {
-    "login": "connexion",
-    "login.failed": "échec de connexion",
-    "logout": "déconnexion",
-    "user.created": "utilisateur créé",
-    "token.created": "jeton d'API créé",
-    "token.revoked": "jeton d'API révoqué",
-    "user.disabled": "utilisateur désactivé",
-    "user.enabled": "utilisateur réactivé",
-    "user.password_changed": "mot de passe changé",
-    "user.role_changed": "rôle changé",
-    "patient.viewed": "dossier patient consulté",
-    "patient.search": "recherche de patient",
-    "patient.ins.recorded": "INS du patient enregistré",
-    "patient.guardian.recorded": "représentant légal enregistré",
-    "patient.guardian.ended": "représentant légal retiré",
-    "study.retrieved": "examen récupéré (web ou DICOM)",
-    "dicom.storage_commitment": "engagement de stockage (modalité)",
-    "dicom.store.refused": "objet DICOM refusé (UID absent ou d'un autre patient/examen)",
-    "dicom.find": "recherche DICOM (C-FIND)",
-    "dicom.refused": "connexion DICOM refusée",
-    "study.printed": "examen imprimé",
-    "study.exported": "examen exporté (CD/USB)",
-    "retention.viewed": "échéance de conservation consultée",
-    "death.recorded": "décès enregistré",
-    "hold.placed": "séquestre posé",
-    "hold.released": "séquestre levé",
-    "tier.moved": "données déplacées vers l'archive intermédiaire",
-    "purge.proposed": "destruction proposée",
-    "purge.approved": "destruction approuvée",
-    "purge.rejected": "destruction refusée",
-    "purge.tombstoned": "dossier marqué détruit",
-    "purge.skipped": "dossier écarté à l'approbation (plus destructible ce jour)",
-    "purge.returned": "lot renvoyé à une nouvelle décision (changé depuis l'approbation)",
-    "purge.executed": "destruction exécutée (certificat)",
-    "correction.study_moved": "examen rattaché à un autre patient",
-    "correction.patients_merged": "patients fusionnés",
-    "correction.deletion_requested": "suppression d'un examen envoyé par erreur demandée",
-    "audit.exported": "journal d'audit exporté",
-    "billing.corrected": "correction de facturation",
-}
-
 
 class AuditEvent(Base):
     __tablename__ = "audit_event"

@@ -79,23 +79,6 @@ def fill_source_catalog(po_path: Path = TRANSLATIONS / "fr" / "LC_MESSAGES" / "m
     return filled
 
 
-def extract_dict_values(fileobj, keywords, comment_tags, options):
-    """A Babel extraction method: the string values of the module-level dict literals of a file.
-
-    archive_core must not import gettext, yet its audit event labels are shown on the pages; they
-    are extracted from the dict itself and translated when displayed (``_(label)`` in the template).
-    """
-    import ast
-
-    tree = ast.parse(fileobj.read())
-    for node in tree.body:
-        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
-        if isinstance(value, ast.Dict):
-            for item in value.values:
-                if isinstance(item, ast.Constant) and isinstance(item.value, str):
-                    yield item.lineno, None, item.value, []
-
-
 def init_app(app: Flask) -> None:
     app.config.setdefault("DEFAULT_LANGUAGE", "fr")
     if app.config["DEFAULT_LANGUAGE"] not in LANGUAGES:

@@ -1,7 +1,9 @@
 """Web benchmark of billing: issue + pay through the API, the receipt PDF, and the front-desk lists
-with 100,000 invoices in the database. Not a test: prints p50/p95 in milliseconds.
+with 100,000 invoices in the database; the manager's dashboard and retention pages with 100,000
+patients (one study, series and image each). Not a test: prints p50/p95 in milliseconds.
 
-    .venv/bin/python bench/web.py [--invoices 100000] [--rounds 100] [--database-url URL]
+    .venv/bin/python bench/web.py [--invoices 100000] [--patients 100000] [--rounds 100] [--database-url URL]
+                                  [--manager-only]
 """
 
 from __future__ import annotations
@@ -22,6 +24,68 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+def seed_patients(url: str, patients: int) -> None:
+    """*patients* patients with one study, series and image each, visits spread over 25 years, a manager user."""
+    from sqlalchemy import insert
+
+    from archive_core.db import make_engine, session_factory
+    from archive_core.index.models import Instance, Patient, Series, Study
+    from backoffice.auth.services import create_user
+
+    engine = make_engine(url)
+    factory = session_factory(engine)
+    with factory() as s:
+        create_user(s, "bench_manager", role="manager", password="bench password 123")
+        s.commit()
+    now = datetime.now(timezone.utc)
+    modalities = ("CT", "MR", "US", "DX", "MG")
+    batch = 5000
+    for offset in range(0, patients, batch):
+        n = min(batch, patients - offset)
+        ids = range(offset + 1, offset + n + 1)
+        day = {i: (now - timedelta(days=(i * 37) % 9125)).strftime("%Y%m%d") for i in ids}
+        with factory() as s:
+            s.execute(insert(Patient), [
+                {"id": i, "patient_id": f"P{i:07d}", "issuer_of_patient_id": "", "patient_name": f"Bench^Patient{i}",
+                 "patient_name_search": f"BENCH PATIENT{i}", "patient_birth_date": f"{1930 + i % 90}0101",
+                 "created_at": now} for i in ids])
+            s.execute(insert(Study), [
+                {"id": i, "study_uid": f"1.2.826.0.1.3680043.10.1.{i}", "patient_pk": i, "study_date": day[i],
+                 "modalities_in_study": modalities[i % 5], "num_series": 1, "num_instances": 1, "external": False,
+                 "received_at": now - timedelta(days=(i * 37) % 9125)} for i in ids])
+            s.execute(insert(Series), [
+                {"id": i, "series_uid": f"1.2.826.0.1.3680043.10.2.{i}", "study_pk": i, "modality": modalities[i % 5],
+                 "num_instances": 1} for i in ids])
+            s.execute(insert(Instance), [
+                {"id": i, "sop_instance_uid": f"1.2.826.0.1.3680043.10.3.{i}", "series_pk": i,
+                 "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "transfer_syntax_uid": "1.2.840.10008.1.2.1",
+                 "size_bytes": 500_000 + i % 1000, "checksum_sha256": "0" * 64, "storage_key": f"bench/{i}",
+                 "tier": "archive" if (i * 37) % 9125 > 1826 else "active",
+                 "received_at": now - timedelta(days=(i * 37) % 9125)} for i in ids])
+            s.commit()
+    with factory() as s:
+        if engine.dialect.name == "postgresql":
+            from sqlalchemy import text
+
+            for table in ("patient", "study", "series", "instance"):
+                s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                               f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"))
+            s.commit()
+    engine.dispose()
+
+
+def sign_in_page(port: int, login: str) -> "Client":
+    page = Client(port)
+    status, body = page.request("GET", "/login")
+    csrf = re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', body)
+    csrf = csrf or re.search(rb'value="([^"]+)"[^>]*name="csrf_token"', body)
+    form = urlencode({"csrf_token": csrf.group(1).decode(), "login": login,
+                      "password": "bench password 123"}).encode()
+    status, _ = page.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 302, status
+    return page
 
 
 def seed(url: str, invoices: int, rounds: int) -> tuple[str, list[int], str]:
@@ -118,15 +182,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--invoices", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--database-url")
+    parser.add_argument("--manager-only", action="store_true", help="only the manager's pages (no invoice issued)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="archivage-bench-") as tmp:
         instance = Path(tmp) / "instance"
         instance.mkdir()
         url = args.database_url or f"sqlite:///{instance / 'archivage.sqlite3'}"
         t0 = time.perf_counter()
-        token, groups, today = seed(url, args.invoices, args.rounds)
-        print(f"seeded {args.invoices} invoices in {time.perf_counter() - t0:.1f} s ({url.split(':')[0]})")
+        token, groups, today = seed(url, args.invoices, 0 if args.manager_only else args.rounds)
+        seed_patients(url, args.patients)
+        print(f"seeded {args.invoices} invoices and {args.patients} patients in {time.perf_counter() - t0:.1f} s "
+              f"({url.split(':')[0]})")
         from tests.helpers import free_port
 
         port = free_port()
@@ -143,44 +211,53 @@ def main() -> None:
                 except OSError:
                     api = Client(port, token)
                     time.sleep(0.1)
-            issue_pay, issue_only, receipts, invoice_ids = [], [], [], []
-            for group_id in groups:
-                def issue_and_pay():
-                    status, body = api.request("POST", "/api/v1/invoices", {"exam_group_id": group_id})
-                    assert status == 201, body
-                    invoice = json.loads(body)
-                    invoice_ids.append(invoice["id"])
-                    issue_only.append((time.perf_counter() - t_start) * 1000)
-                    status, body = api.request("POST", f"/api/v1/invoices/{invoice['id']}/payments",
-                                               {"amount_cents": invoice["balance_cents"], "method": "card"})
-                    assert status == 201, body
-                t_start = time.perf_counter()
-                issue_pay.append(timed(issue_and_pay))
-            # Let the background renderer finish the invoices' PDFs: receipts are measured on their own.
-            folder = instance / "documents" / "invoices"
-            deadline = time.monotonic() + 300
-            while len(list(folder.rglob("*.pdf"))) < len(invoice_ids) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            for invoice_id in invoice_ids:
-                receipts.append(timed(lambda: api.request("GET", f"/api/v1/invoices/{invoice_id}/receipt.pdf")))
-            lists_api, lists_inv, lists_page, lists_inv_page = [], [], [], []
+            manager = sign_in_page(port, "bench_manager")
+            for path in ("/dashboard", "/retention/", "/retention/patients?list=due&days=30"):
+                status, body = manager.request("GET", path)
+                assert status == 200, (path, status, body[:300])
+            dashboard, retention, due_list = [], [], []
             for _ in range(args.rounds):
-                lists_api.append(timed(lambda: api.request("GET", f"/api/v1/exam-groups?date={today}")))
-                lists_inv.append(timed(lambda: api.request("GET", "/api/v1/invoices")))
-            page = Client(port)
-            status, body = page.request("GET", "/login")
-            csrf = re.search(rb'name="csrf_token" type="hidden" value="([^"]+)"', body)
-            csrf = csrf or re.search(rb'value="([^"]+)"[^>]*name="csrf_token"', body)
-            form = urlencode({"csrf_token": csrf.group(1).decode(), "login": "bench",
-                              "password": "bench password 123"}).encode()
-            status, _ = page.request("POST", "/login", form, {"Content-Type": "application/x-www-form-urlencoded"})
-            assert status == 302, status
-            for _ in range(args.rounds):
-                lists_page.append(timed(lambda: page.request("GET", f"/billing/?date={today}")))
-                lists_inv_page.append(timed(lambda: page.request("GET", "/billing/invoices")))
+                dashboard.append(timed(lambda: manager.request("GET", "/dashboard")))
+            for _ in range(max(3, args.rounds // 20)):  # every patient's answer: seconds each, fewer rounds
+                retention.append(timed(lambda: manager.request("GET", "/retention/")))
+                due_list.append(timed(lambda: manager.request("GET", "/retention/patients?list=due&days=30")))
+            if not args.manager_only:
+                issue_pay, issue_only, receipts, invoice_ids = [], [], [], []
+                for group_id in groups:
+                    def issue_and_pay():
+                        status, body = api.request("POST", "/api/v1/invoices", {"exam_group_id": group_id})
+                        assert status == 201, body
+                        invoice = json.loads(body)
+                        invoice_ids.append(invoice["id"])
+                        issue_only.append((time.perf_counter() - t_start) * 1000)
+                        status, body = api.request("POST", f"/api/v1/invoices/{invoice['id']}/payments",
+                                                   {"amount_cents": invoice["balance_cents"], "method": "card"})
+                        assert status == 201, body
+                    t_start = time.perf_counter()
+                    issue_pay.append(timed(issue_and_pay))
+                # Let the background renderer finish the invoices' PDFs: receipts are measured on their own.
+                folder = instance / "documents" / "invoices"
+                deadline = time.monotonic() + 300
+                while len(list(folder.rglob("*.pdf"))) < len(invoice_ids) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                for invoice_id in invoice_ids:
+                    receipts.append(timed(lambda: api.request("GET", f"/api/v1/invoices/{invoice_id}/receipt.pdf")))
+                lists_api, lists_inv, lists_page, lists_inv_page = [], [], [], []
+                for _ in range(args.rounds):
+                    lists_api.append(timed(lambda: api.request("GET", f"/api/v1/exam-groups?date={today}")))
+                    lists_inv.append(timed(lambda: api.request("GET", "/api/v1/invoices")))
+                page = sign_in_page(port, "bench")
+                for _ in range(args.rounds):
+                    lists_page.append(timed(lambda: page.request("GET", f"/billing/?date={today}")))
+                    lists_inv_page.append(timed(lambda: page.request("GET", "/billing/invoices")))
         finally:
             server.terminate()
             server.wait(timeout=30)
+        report(f"page /dashboard ({args.invoices} invoices, {args.patients} patients)", dashboard)
+        report(f"page /retention/ ({args.patients} patients)", retention)
+        report("page /retention/patients?list=due&days=30", due_list)
+        if args.manager_only:
+            return
         report("issue invoice (API, PDF stored after commit)", issue_only)
         report("issue + pay (API)", issue_pay)
         report("receipt.pdf (API)", receipts)

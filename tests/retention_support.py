@@ -8,7 +8,7 @@ from tests.helpers import make_ct
 
 
 def add_study(archive, tmp_path: Path, patient_id: str, study_date: str, *, birth_date: str | None = "19700101",
-              images: int = 2, external: bool = False, modality: str = "CT") -> str:
+              images: int = 2, external: bool = False, modality: str = "CT", patient_name: str = "Dupont^Jean") -> str:
     """Store a study of *images* instances through the import path; return its Study UID."""
     from pydicom.uid import generate_uid
 
@@ -19,7 +19,7 @@ def add_study(archive, tmp_path: Path, patient_id: str, study_date: str, *, birt
     study_uid, series_uid = generate_uid(), generate_uid()
     for n in range(images):
         ds = make_ct(patient_id=patient_id, study_uid=study_uid, series_uid=series_uid, study_date=study_date,
-                     modality=modality, InstanceNumber=n + 1)
+                     modality=modality, patient_name=patient_name, InstanceNumber=n + 1)
         if birth_date is None:
             del ds.PatientBirthDate
         else:

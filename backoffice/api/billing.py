@@ -12,8 +12,9 @@ from backoffice.api import ApiError, api_route, bp, current_api_user, json_body,
 from backoffice.billing import checkin, documents, operations
 from backoffice.billing.arrivals import sync_from_archive
 from backoffice.billing import services as S
-from backoffice.billing.models import Claim, CreditNote, ExamGroup, Insurer, Invoice
+from backoffice.billing.models import Claim, CreditNote, ExamGroup, Insurer, Invoice, Membership
 from backoffice.extensions import db, facade
+from backoffice.patients import services as patients
 from backoffice.errors import db_int
 
 
@@ -162,15 +163,20 @@ def record_consent(group_id: int):
 def _insurer_json(insurer: Insurer) -> dict:
     return {"id": insurer.id, "name": insurer.name, "amc_number": insurer.amc_number,
             "coverage_bp": insurer.coverage_bp, "flat_cents": insurer.flat_cents,
-            "annual_cap_cents": insurer.annual_cap_cents, "third_party_payment": insurer.third_party_payment}
+            "annual_cap_cents": insurer.annual_cap_cents, "third_party_payment": insurer.third_party_payment,
+            "retired": insurer.retired_at is not None,
+            "retired_at": _utc_iso(insurer.retired_at) if insurer.retired_at else None}
+
+
+INSURER_SCHEMA = {"name": {"type": "string"}, "amc_number": {"type": "string"},
+                  "coverage_bp": {"type": "integer", "minimum": 0, "maximum": 10000,
+                                  "description": "basis points: 5000 = 50 %"},
+                  "flat_cents": {"type": "integer"}, "annual_cap_cents": {"type": ["integer", "null"]},
+                  "third_party_payment": {"type": "boolean"}}
 
 
 @api_route("/insurers", methods=("POST",), roles=MANAGER, summary="Register a mutual insurer (AMC)",
-           request_body={"type": "object", "required": ["name", "amc_number"],
-                         "properties": {"name": {"type": "string"}, "amc_number": {"type": "string"},
-                                        "coverage_bp": {"type": "integer"}, "flat_cents": {"type": "integer"},
-                                        "annual_cap_cents": {"type": "integer"},
-                                        "third_party_payment": {"type": "boolean"}}},
+           request_body={"type": "object", "required": ["name", "amc_number"], "properties": INSURER_SCHEMA},
            responses={"201": {"description": "Created"}})
 def create_insurer():
     body = json_body()
@@ -179,16 +185,70 @@ def create_insurer():
         flat_cents=body.get("flat_cents", 0), annual_cap_cents=body.get("annual_cap_cents"),
         third_party_payment=body.get("third_party_payment", False),
     )
+    facade().audit(db(), "billing.insurer.created", actor=current_api_user().login,
+                   detail={"insurer_id": insurer.id, **{k: getattr(insurer, k) for k in S.INSURER_FIELDS}})
     return jsonify(_insurer_json(insurer)), 201
 
 
-@api_route("/insurers", roles=DESK, summary="Mutual insurers")
+@api_route("/insurers", roles=DESK, summary="Mutual insurers (retired ones too, marked \"retired\")")
 def list_insurers():
     return jsonify({"items": [_insurer_json(i) for i in db().scalars(select(Insurer).order_by(Insurer.name))]})
 
 
+@api_route("/insurers/<int:insurer_id>", methods=("PATCH",), roles=MANAGER,
+           summary="Correct an insurer (fields omitted keep their value); issued invoices keep their split",
+           request_body={"type": "object", "properties": INSURER_SCHEMA},
+           responses={"200": {"description": "The insurer, and what changed"}})
+def update_insurer(insurer_id: int):
+    body = json_body()
+    insurer = S.get_insurer(db(), insurer_id)
+    fields = {key: body[key] if key in body else getattr(insurer, key) for key in S.INSURER_FIELDS}
+    insurer, changes = S.update_insurer(db(), insurer_id, **fields)
+    if changes:
+        facade().audit(db(), "billing.insurer.updated", actor=current_api_user().login,
+                       detail={"insurer_id": insurer.id, "changes": changes})
+    return jsonify({**_insurer_json(insurer), "changes": changes})
+
+
+@api_route("/insurers/<int:insurer_id>/retire", methods=("POST",), roles=MANAGER,
+           summary="Retire an insurer (no new memberships; recorded ones keep their dates), or bring it back",
+           request_body={"type": "object", "properties": {"retired": {"type": "boolean", "default": True}}})
+def retire_insurer(insurer_id: int):
+    body = json_body()
+    retired = body.get("retired", True)
+    if not isinstance(retired, bool):
+        raise ApiError(400, "bad_request", "retired must be true or false")
+    insurer = S.retire_insurer(db(), insurer_id, retired=retired)
+    facade().audit(db(), "billing.insurer.retired" if retired else "billing.insurer.restored",
+                   actor=current_api_user().login, detail={"insurer_id": insurer.id, "name": insurer.name})
+    return jsonify(_insurer_json(insurer))
+
+
+def _membership_json(membership: Membership) -> dict:
+    return {"id": membership.id, "patient_id": membership.patient_id, "insurer_id": membership.insurer_id,
+            "insurer_name": membership.insurer.name, "member_number": membership.member_number,
+            "valid_from": membership.valid_from.isoformat(),
+            "valid_to": membership.valid_to.isoformat() if membership.valid_to else None,
+            "payer_name": membership.payer_name}
+
+
+def _known_patient(patient_id: str) -> None:
+    if not patients.is_known(db(), facade(), patient_id):
+        raise S.NotFound("no patient with this ID (neither checked in nor in the archive)", code="unknown_patient")
+
+
+@api_route("/patients/<path:patient_id>/memberships", roles=DESK,
+           summary="A patient's memberships, current and past, newest first")
+def list_memberships(patient_id: str):
+    _known_patient(patient_id)
+    rows = db().scalars(select(Membership).where(Membership.patient_id == patient_id)
+                        .order_by(Membership.valid_from.desc(), Membership.id.desc()))
+    return jsonify({"items": [_membership_json(m) for m in rows]})
+
+
 @api_route("/patients/<path:patient_id>/memberships", methods=("POST",), roles=DESK,
-           summary="A patient's membership of an insurer (patient_id: the URL-encoded DICOM Patient ID)",
+           summary="A patient's membership of an insurer (patient_id: the URL-encoded DICOM Patient ID; "
+                   "404 unknown_patient for an ID nobody has)",
            request_body={"type": "object", "required": ["insurer_id", "member_number", "valid_from"],
                          "properties": {"insurer_id": {"type": "integer"}, "member_number": {"type": "string"},
                                         "valid_from": {"type": "string"}, "valid_to": {"type": "string"},
@@ -196,6 +256,7 @@ def list_insurers():
            responses={"201": {"description": "Created"}})
 def add_membership(patient_id: str):
     body = json_body()
+    _known_patient(patient_id)
     membership = S.add_membership(
         db(), patient_id=patient_id, insurer_id=_int_field(body, "insurer_id"),
         member_number=body.get("member_number"), valid_from=S.parse_date(body.get("valid_from"), "valid_from"),
@@ -203,10 +264,32 @@ def add_membership(patient_id: str):
         payer_name=body.get("payer_name"),
     )
     facade().audit(db(), "billing.membership.created", actor=current_api_user().login, patient_id=patient_id,
-                   detail={"membership_id": membership.id})
-    return jsonify({"id": membership.id, "patient_id": patient_id, "insurer_id": membership.insurer_id,
-                    "member_number": membership.member_number, "valid_from": membership.valid_from.isoformat(),
-                    "valid_to": membership.valid_to.isoformat() if membership.valid_to else None}), 201
+                   detail={"membership_id": membership.id, "insurer_id": membership.insurer_id})
+    return jsonify(_membership_json(membership)), 201
+
+
+@api_route("/patients/<path:patient_id>/memberships/<int:membership_id>/end", methods=("POST",), roles=DESK,
+           summary="End a membership on valid_to (its last day); issued invoices keep their split",
+           request_body={"type": "object", "required": ["valid_to"], "properties": {"valid_to": {"type": "string"}}})
+def end_membership(patient_id: str, membership_id: int):
+    body = json_body()
+    _known_patient(patient_id)
+    membership = S.end_membership(db(), membership_id, patient_id=patient_id,
+                                  valid_to=S.parse_date(body.get("valid_to"), "valid_to"))
+    facade().audit(db(), "billing.membership.ended", actor=current_api_user().login, patient_id=patient_id,
+                   detail={"membership_id": membership.id, "valid_to": membership.valid_to.isoformat()})
+    return jsonify(_membership_json(membership))
+
+
+@api_route("/exam-groups/<int:group_id>/split-preview", roles=DESK,
+           summary="The split the group's invoice would carry if issued now (nothing written; 409 no_fee)")
+def split_preview(group_id: int):
+    preview = S.preview_split(db(), group_id)
+    return jsonify({"total_cents": preview.total_cents, "insurer_cents": preview.insurer_cents,
+                    "patient_cents": preview.patient_cents, "insurer_id": preview.insurer_id,
+                    "insurer_name": preview.insurer_name, "coverage_bp": preview.coverage_bp,
+                    "member_number": preview.member_number, "third_party_payment": preview.third_party_payment,
+                    "to_collect_cents": preview.to_collect_cents})
 
 
 # -- invoices ------------------------------------------------------------------------------------

@@ -79,7 +79,10 @@ def login():
         login_user(user)
         session.permanent = True
         facade().audit(db(), "login", actor=user.login, detail={"ip": request.remote_addr})
-        return redirect(safe_next(request.args.get("next")) or url_for("home.index"))
+        # Back where the session ended (a timed-out page); otherwise the admin's work is the users page,
+        # everyone else's the home page.
+        home = url_for("auth.users" if user.role == "admin" else "home.index")
+        return redirect(safe_next(request.args.get("next")) or home)
     return render_template("auth/login.html", form=form)
 
 

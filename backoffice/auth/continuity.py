@@ -15,7 +15,8 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Flask, current_app, flash, g, jsonify, redirect, request, session, url_for
+from flask import (Blueprint, Flask, current_app, flash, g, has_request_context, jsonify, redirect, request, session,
+                   url_for)
 from flask_babel import gettext as _
 from flask_login import current_user
 
@@ -155,7 +156,8 @@ def init_app(app: Flask) -> None:
 
     @app.context_processor
     def _continuity():
-        if not current_user.is_authenticated:
+        # Documents rendered outside a request (the scheduler's destruction certificates) have no user.
+        if not has_request_context() or not current_user or not current_user.is_authenticated:
             return {"session_expires_in": None, "kept_form": None}
         return {"session_expires_in": expires_in_seconds(), "kept_form": kept_form_for_this_page(),
                 "session_warn_before": int(app.config.get("SESSION_WARNING_SECONDS", 120))}

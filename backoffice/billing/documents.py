@@ -36,6 +36,24 @@ def euros(cents: int, locale: str = "fr_FR") -> str:
     return format_currency(cents / 100, "EUR", locale=locale)
 
 
+def percent(bp: int, locale: str = "fr_FR") -> str:
+    """A rate in basis points as people read it: "50 %", "33,5 %" (French), "33.5%" (English); exact."""
+    from decimal import Decimal
+
+    from babel.numbers import format_percent
+
+    return format_percent(Decimal(bp) / 10_000, locale=locale, decimal_quantization=False)
+
+
+def percent_input(bp: int, locale: str = "fr_FR") -> str:
+    """The number of a rate for a form field ("33,5"), which the percent parser reads back exactly."""
+    from decimal import Decimal
+
+    from babel.numbers import format_decimal
+
+    return format_decimal(Decimal(bp) / 100, locale=locale, decimal_quantization=False, group_separator=False)
+
+
 def french_date(value: date | None, locale: str = "fr_FR") -> str:
     return format_date(value, format="long", locale=locale) if value else ""
 

@@ -53,6 +53,29 @@ ERRORS = {
     "member_number_required": _l("Indiquez le numéro d'adhérent."),
     "bad_validity": _l("La fin de validité précède son début."),
     "bad_date": _l("%(field)s : saisissez une date au format JJ/MM/AAAA."),
+    "unknown_patient": _l("Patient inconnu : aucun dossier ni examen ne porte cet identifiant. "
+                          "Recherchez le patient ou faites d'abord son accueil."),
+    "unknown_insurer": _l("Cette mutuelle n'existe pas (ou plus)."),
+    "insurer_retired": _l("Cette mutuelle est retirée : elle ne prend plus de nouvelles adhésions."),
+    "already_retired": _l("Cette mutuelle est déjà retirée."),
+    "not_retired": _l("Cette mutuelle n'est pas retirée."),
+    "unknown_membership": _l("Adhésion introuvable pour ce patient."),
+    "membership_ended": _l("Cette adhésion se termine déjà à cette date ou avant."),
+    "percent_empty": _l("Indiquez le taux de prise en charge en pourcentage (par exemple 50 %)."),
+    "percent_form": _l("Taux invalide : écrivez un pourcentage, par exemple 50 %, 33,5 % ou 0 %."),
+    "percent_decimals": _l("Taux trop précis : deux décimales au plus (par exemple 33,33 %)."),
+    "percent_range": _l("Taux impossible : une mutuelle prend en charge entre 0 et 100 %."),
+    "group_exists": _l("Ce groupe d'examens existe déjà : choisissez-le dans la liste."),
+    "group_code": _l("Le code d'un nouveau groupe compte 2 à 32 caractères : lettres minuscules sans accent, "
+                     "chiffres ou _ (par exemple « scanner_cone_beam »)."),
+    "group_label": _l("Un nouveau groupe d'examens a besoin de son libellé (par exemple « Scanner cone beam »)."),
+    "tariff_in_effect": _l("Ce tarif est déjà en vigueur : il ne peut plus être modifié ni retiré. "
+                           "Enregistrez un nouveau tarif à partir d'une date à venir."),
+    "tariff_used": _l("Une facture a déjà été émise à ce tarif : il ne peut plus être modifié ni retiré."),
+    "tariff_start_past": _l("Un tarif corrigé doit toujours commencer après aujourd'hui."),
+    "tariff_needed": _l("Des examens sont déjà enregistrés pour ce groupe et il n'a pas de tarif antérieur : "
+                        "corrigez ce tarif plutôt que de le retirer."),
+    "tariff_not_found": _l("Ce tarif n'existe pas (ou plus)."),
     # closings, claims, remittances
     "bad_period": _l("Période invalide."),
     "bad_closing_kind": _l("Choisissez une clôture de jour, de mois ou d'année."),

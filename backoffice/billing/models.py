@@ -130,6 +130,8 @@ class Insurer(Base):
     annual_cap_cents: Mapped[int | None] = mapped_column(Integer)  # per beneficiary per calendar year
     third_party_payment: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Retired: no longer offered for new memberships; memberships already recorded keep their dates.
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Membership(Base):

@@ -47,3 +47,39 @@ def split(
         insurer = min(insurer, max(cap_remaining_cents, 0))
     insurer = min(insurer, total_cents)
     return Split(total_cents, insurer, total_cents - insurer)
+
+
+# -- rates as people type and read them ("50 %", "33,5 %"), stored exactly in basis points --------------
+
+_SPACES = {" ", "\u00a0", "\u202f", "\t"}
+
+
+class PercentError(ValueError):
+    """Why a typed rate is not a rate: ``empty``, ``form`` (not a number), ``decimals`` (finer than
+    0,01 %, which basis points cannot hold) or ``range`` (above 100 %)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def parse_percent(text: str | None) -> int:
+    """A rate typed in percent ("50", "50 %", "33,5 %", "12.25%") as basis points, exactly.
+
+    No floats: the digits are read as written. At most two decimals (1 bp = 0,01 %), between 0 and
+    100 %; a sign, an exponent, a second separator or anything else is refused.
+    """
+    raw = "".join(c for c in (text or "") if c not in _SPACES)
+    if raw.endswith("%"):
+        raw = raw[:-1]
+    if not raw:
+        raise PercentError("empty")
+    whole, sep, frac = raw.replace(",", ".").partition(".")
+    if not whole.isascii() or not whole.isdigit() or (sep and not (frac.isascii() and frac.isdigit())):
+        raise PercentError("form")
+    if len(frac) > 2 and frac[2:].strip("0"):
+        raise PercentError("decimals")
+    bp = int(whole) * 100 + int((frac + "00")[:2])
+    if bp > BP_PER_UNIT:
+        raise PercentError("range")
+    return bp

@@ -132,23 +132,110 @@ def exam_group_labels(session: Session) -> dict[str, str]:
     return {code: label for code, label in rows}
 
 
+GROUP_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+
 def set_tariff(session: Session, *, exam_group: str, label: str, fee_cents: int, effective_from: date,
-               national_insurance_paid: bool = False) -> Tariff:
-    """A new price from *effective_from*; past invoices keep their snapshot."""
-    if not isinstance(fee_cents, int) or isinstance(fee_cents, bool) or not 0 <= fee_cents <= MAX_FEE_CENTS:
-        raise Invalid(f"fee_cents must be an integer between 0 and {MAX_FEE_CENTS}", code="bad_fee")
-    if not exam_group.strip():
+               national_insurance_paid: bool = False, new_group: bool = False) -> Tariff:
+    """A new price from *effective_from*; past invoices keep their snapshot.
+
+    The exam group is one that exists (chosen from a list, never typed: a typo would create a
+    group, "scaner"), unless *new_group* says the manager is creating one on purpose: then its code
+    is new, lower-case letters, digits and ``_``, and it needs a label.
+    """
+    _check_fee(fee_cents)
+    exam_group = (exam_group or "").strip()
+    if not exam_group:
         raise Invalid("exam_group is required", code="exam_group_required")
+    known = session.scalar(select(Tariff.id).where(Tariff.exam_group == exam_group).limit(1)) is not None
+    if new_group:
+        if known:
+            raise Conflict(f"the exam group {exam_group!r} already exists", code="group_exists")
+        if not set(exam_group) <= GROUP_CODE_CHARS or not 2 <= len(exam_group) <= 32:
+            raise Invalid("a new exam group code is 2 to 32 lower-case letters, digits or _", code="group_code")
+        if not label.strip() or label.strip() == exam_group:
+            raise Invalid("a new exam group needs its label", code="group_label")
+    elif not known:
+        raise Invalid(f"unknown exam group {exam_group!r}", code="unknown_exam_group")
     existing = session.scalar(
         select(Tariff).where(Tariff.exam_group == exam_group, Tariff.effective_from == effective_from)
     )
     if existing is not None:
         raise Conflict("a tariff already starts on that date for that exam group", code="tariff_exists")
-    tariff = Tariff(exam_group=exam_group, label=label, fee_cents=fee_cents, effective_from=effective_from,
-                    national_insurance_paid=national_insurance_paid)
+    tariff = Tariff(exam_group=exam_group, label=label.strip() or exam_group, fee_cents=fee_cents,
+                    effective_from=effective_from, national_insurance_paid=national_insurance_paid)
     session.add(tariff)
     session.flush()
     return tariff
+
+
+def _check_fee(fee_cents) -> None:
+    if not isinstance(fee_cents, int) or isinstance(fee_cents, bool) or not 0 <= fee_cents <= MAX_FEE_CENTS:
+        raise Invalid(f"fee_cents must be an integer between 0 and {MAX_FEE_CENTS}", code="bad_fee")
+
+
+def tariff_fields(tariff: Tariff) -> dict:
+    """What the audit trail records of a tariff (before and after a correction, or withdrawn)."""
+    return {"id": tariff.id, "exam_group": tariff.exam_group, "label": tariff.label, "fee_cents": tariff.fee_cents,
+            "national_insurance_paid": bool(tariff.national_insurance_paid),
+            "effective_from": tariff.effective_from.isoformat()}
+
+
+def _future_tariff(session: Session, tariff_id: int, today: date) -> Tariff:
+    """A tariff that has not taken effect yet and that no invoice used: only those may change.
+
+    A tariff in force (or past) priced visits already: its invoices are snapshots that never change,
+    and a new price is a new tariff from a later date.
+    """
+    tariff = session.get(Tariff, tariff_id)
+    if tariff is None:
+        raise NotFound("no such tariff", code="tariff_not_found")
+    if tariff.effective_from <= today:
+        raise Conflict("this tariff is in effect: add a new tariff from a later date instead", code="tariff_in_effect")
+    used = session.scalar(select(Invoice.id).where(Invoice.exam_group == tariff.exam_group,
+                                                   Invoice.visit_date >= tariff.effective_from).limit(1))
+    if used is not None:
+        raise Conflict("an invoice was issued at this tariff", code="tariff_used")
+    return tariff
+
+
+def correct_tariff(session: Session, tariff_id: int, *, today: date, fee_cents: int, label: str,
+                   effective_from: date, national_insurance_paid: bool) -> tuple[Tariff, dict]:
+    """Correct a future tariff (price, label, start date) before it takes effect; returns it and what it was."""
+    tariff = _future_tariff(session, tariff_id, today)
+    _check_fee(fee_cents)
+    if effective_from <= today:
+        raise Invalid("a corrected tariff still starts after today", code="tariff_start_past")
+    clash = session.scalar(select(Tariff.id).where(Tariff.exam_group == tariff.exam_group,
+                                                  Tariff.effective_from == effective_from, Tariff.id != tariff.id))
+    if clash is not None:
+        raise Conflict("a tariff already starts on that date for that exam group", code="tariff_exists")
+    before = tariff_fields(tariff)
+    tariff.fee_cents, tariff.effective_from = fee_cents, effective_from
+    tariff.label = label.strip() or tariff.label
+    tariff.national_insurance_paid = national_insurance_paid
+    session.flush()
+    return tariff, before
+
+
+def withdraw_tariff(session: Session, tariff_id: int, *, today: date) -> dict:
+    """Withdraw a future tariff before it takes effect (the earlier price stays in force); returns what it was.
+
+    The only tariff of an exam group that visits were already checked in for cannot go: those
+    visits would have no price.
+    """
+    tariff = _future_tariff(session, tariff_id, today)
+    earlier = session.scalar(select(Tariff.id).where(Tariff.exam_group == tariff.exam_group,
+                                                    Tariff.effective_from < tariff.effective_from).limit(1))
+    if earlier is None:
+        booked = session.scalar(select(ExamGroup.id).where(ExamGroup.exam_group == tariff.exam_group).limit(1))
+        if booked is not None:
+            raise Conflict("visits are checked in for this exam group and it has no earlier tariff",
+                           code="tariff_needed")
+    before = tariff_fields(tariff)
+    session.delete(tariff)
+    session.flush()
+    return before
 
 
 def _fold(value: str | None) -> str:
@@ -380,17 +467,21 @@ def _check_int(name: str, value, *, low: int = 0, high: int | None = None, optio
     return value
 
 
-def create_insurer(session: Session, *, name: str, amc_number: str, coverage_bp: int = 0, flat_cents: int = 0,
-                   annual_cap_cents: int | None = None, third_party_payment: bool = False) -> Insurer:
+def _check_insurer_rules(name, coverage_bp, flat_cents, annual_cap_cents, third_party_payment) -> None:
     if not isinstance(name, str) or not name.strip():
         raise Invalid("name is required", code="name_required")
-    if not isinstance(amc_number, str) or not amc_number.strip():
-        raise Invalid("amc_number is required", code="amc_required")
     _check_int("coverage_bp", coverage_bp, high=money.BP_PER_UNIT)
     _check_int("flat_cents", flat_cents, high=MAX_FEE_CENTS)
     _check_int("annual_cap_cents", annual_cap_cents, optional=True)
     if not isinstance(third_party_payment, bool):
         raise Invalid("third_party_payment must be true or false", code="bad_choice", field="third_party_payment")
+
+
+def create_insurer(session: Session, *, name: str, amc_number: str, coverage_bp: int = 0, flat_cents: int = 0,
+                   annual_cap_cents: int | None = None, third_party_payment: bool = False) -> Insurer:
+    _check_insurer_rules(name, coverage_bp, flat_cents, annual_cap_cents, third_party_payment)
+    if not isinstance(amc_number, str) or not amc_number.strip():
+        raise Invalid("amc_number is required", code="amc_required")
     if session.scalar(select(Insurer).where(Insurer.amc_number == amc_number.strip())) is not None:
         raise Conflict("an insurer with this AMC number exists", code="exists")
     insurer = Insurer(name=name.strip(), amc_number=amc_number.strip(), coverage_bp=coverage_bp,
@@ -401,12 +492,59 @@ def create_insurer(session: Session, *, name: str, amc_number: str, coverage_bp:
     return insurer
 
 
+INSURER_FIELDS = ("name", "amc_number", "coverage_bp", "flat_cents", "annual_cap_cents", "third_party_payment")
+
+
+def update_insurer(session: Session, insurer_id: int, *, name: str, amc_number: str, coverage_bp: int,
+                   flat_cents: int, annual_cap_cents: int | None, third_party_payment: bool) -> tuple[Insurer, dict]:
+    """Correct an insurer's name, AMC number or rules; returns it and ``{field: [before, after]}`` of what changed.
+
+    Invoices already issued keep the split they were issued with (a snapshot); the new rules apply
+    to invoices issued from now on.
+    """
+    insurer = get_insurer(session, insurer_id)
+    _check_insurer_rules(name, coverage_bp, flat_cents, annual_cap_cents, third_party_payment)
+    if not isinstance(amc_number, str) or not amc_number.strip():
+        raise Invalid("amc_number is required", code="amc_required")
+    other = session.scalar(select(Insurer.id).where(Insurer.amc_number == amc_number.strip(), Insurer.id != insurer.id))
+    if other is not None:
+        raise Conflict("an insurer with this AMC number exists", code="exists")
+    after = {"name": name.strip(), "amc_number": amc_number.strip(), "coverage_bp": coverage_bp,
+             "flat_cents": flat_cents, "annual_cap_cents": annual_cap_cents,
+             "third_party_payment": third_party_payment}
+    changes = {k: [getattr(insurer, k), v] for k, v in after.items() if getattr(insurer, k) != v}
+    for key, (_old, value) in changes.items():
+        setattr(insurer, key, value)
+    session.flush()
+    return insurer, changes
+
+
+def get_insurer(session: Session, insurer_id: int) -> Insurer:
+    insurer = session.get(Insurer, insurer_id)
+    if insurer is None:
+        raise NotFound("no such insurer", code="unknown_insurer")
+    return insurer
+
+
+def retire_insurer(session: Session, insurer_id: int, *, retired: bool = True) -> Insurer:
+    """Retire an insurer (no new memberships; those recorded keep their dates), or bring it back."""
+    insurer = get_insurer(session, insurer_id)
+    if retired == (insurer.retired_at is not None):
+        raise Conflict("the insurer is already retired" if retired else "the insurer is not retired",
+                       code="already_retired" if retired else "not_retired")
+    insurer.retired_at = utcnow() if retired else None
+    session.flush()
+    return insurer
+
+
 def add_membership(session: Session, *, patient_id: str, insurer_id: int, member_number: str, valid_from: date,
                    valid_to: date | None = None, payer_name: str | None = None) -> Membership:
+    """Record a patient's membership. The edges check the patient is known (archive or desk) first."""
     if not patient_id or len(patient_id) > 64:
         raise Invalid("patient_id is required (64 characters at most)", code="patient_required")
-    if session.get(Insurer, insurer_id) is None:
-        raise NotFound("no such insurer")
+    insurer = get_insurer(session, insurer_id)
+    if insurer.retired_at is not None:
+        raise Conflict("this insurer is retired: it takes no new memberships", code="insurer_retired")
     if not isinstance(member_number, str) or not member_number.strip():
         raise Invalid("member_number is required", code="member_number_required")
     if valid_to is not None and valid_to < valid_from:
@@ -414,6 +552,20 @@ def add_membership(session: Session, *, patient_id: str, insurer_id: int, member
     membership = Membership(patient_id=patient_id, insurer_id=insurer_id, member_number=member_number.strip(),
                             valid_from=valid_from, valid_to=valid_to, payer_name=payer_name or None)
     session.add(membership)
+    session.flush()
+    return membership
+
+
+def end_membership(session: Session, membership_id: int, *, patient_id: str, valid_to: date) -> Membership:
+    """End a membership on *valid_to* (its last day). Invoices already issued keep their split."""
+    membership = session.get(Membership, membership_id)
+    if membership is None or membership.patient_id != patient_id:
+        raise NotFound("no such membership for this patient", code="unknown_membership")
+    if valid_to < membership.valid_from:
+        raise Invalid("valid_to is before valid_from", code="bad_validity")
+    if membership.valid_to is not None and membership.valid_to <= valid_to:
+        raise Conflict("the membership already ends on or before that day", code="membership_ended")
+    membership.valid_to = valid_to
     session.flush()
     return membership
 
@@ -477,6 +629,65 @@ def next_number(session: Session, series: str) -> int:
 # -- invoices -----------------------------------------------------------------------------------
 
 
+def _shares(session: Session, group: ExamGroup, total: int) -> tuple[Membership | None, money.Split]:
+    """The membership valid on the visit date and the split of *total* it gives (the one computation
+    behind the preview and the invoice)."""
+    membership = membership_for(session, group.patient_id, group.visit_date)
+    insurer = membership.insurer if membership else None
+    if insurer is None:
+        return None, money.split(total)
+    cap_left = None
+    if insurer.annual_cap_cents is not None:
+        used = insurer_used_cents(session, group.patient_id, insurer.id, group.visit_date.year)
+        cap_left = insurer.annual_cap_cents - used
+    return membership, money.split(total, coverage_bp=insurer.coverage_bp, flat_cents=insurer.flat_cents,
+                                   cap_remaining_cents=cap_left)
+
+
+@dataclass(frozen=True)
+class SplitPreview:
+    """What issuing the invoice of a group would bill now, computed as the issue computes it."""
+
+    total_cents: int
+    insurer_cents: int
+    patient_cents: int
+    insurer_id: int | None
+    insurer_name: str | None
+    coverage_bp: int | None
+    member_number: str | None
+    third_party_payment: bool  # the insurer pays its share itself (a claim is created at issue)
+    to_collect_cents: int  # what the desk takes from the patient at issue
+
+    @property
+    def refund_expected_cents(self) -> int:
+        """Without tiers payant: what the patient gets back from the mutuelle with the receipted invoice."""
+        return 0 if self.third_party_payment else self.insurer_cents
+
+
+def preview_split(session: Session, group_id: int) -> SplitPreview:
+    """The split the invoice of *group_id* would carry if issued now (nothing written).
+
+    The issue computes it again under the numbering lock: another invoice of the same patient issued
+    in between may have used the annual cap (the invoice, not the preview, is what counts).
+    """
+    group = session.get(ExamGroup, group_id)
+    if group is None:
+        raise NotFound("no such exam group")
+    tariff = tariff_for(session, group.exam_group, group.visit_date)
+    if tariff is None or tariff.national_insurance_paid or tariff.fee_cents <= 0:
+        raise Conflict("nothing to bill: archiving of this exam group carries no patient fee", code="no_fee")
+    membership, shares = _shares(session, group, tariff.fee_cents)
+    insurer = membership.insurer if membership else None
+    third_party = bool(insurer and insurer.third_party_payment and shares.insurer_cents > 0)
+    return SplitPreview(
+        total_cents=shares.total_cents, insurer_cents=shares.insurer_cents, patient_cents=shares.patient_cents,
+        insurer_id=insurer.id if insurer else None, insurer_name=insurer.name if insurer else None,
+        coverage_bp=insurer.coverage_bp if insurer else None,
+        member_number=membership.member_number if membership else None, third_party_payment=third_party,
+        to_collect_cents=shares.patient_cents if third_party else shares.total_cents,
+    )
+
+
 def issue_invoice(session: Session, group_id: int, *, issued_by: str, payer_name: str | None = None) -> Invoice:
     """Issue the invoice of an exam group: split computed once, number taken now, snapshot kept.
 
@@ -507,17 +718,8 @@ def issue_invoice(session: Session, group_id: int, *, issued_by: str, payer_name
         raise Conflict("this exam group is already invoiced", code="already_invoiced")
 
     total = tariff.fee_cents
-    membership = membership_for(session, group.patient_id, group.visit_date)
+    membership, shares = _shares(session, group, total)
     insurer = membership.insurer if membership else None
-    if insurer is not None:
-        cap_left = None
-        if insurer.annual_cap_cents is not None:
-            used = insurer_used_cents(session, group.patient_id, insurer.id, group.visit_date.year)
-            cap_left = insurer.annual_cap_cents - used
-        shares = money.split(total, coverage_bp=insurer.coverage_bp, flat_cents=insurer.flat_cents,
-                             cap_remaining_cents=cap_left)
-    else:
-        shares = money.split(total)
 
     invoice = Invoice(
         number=f"{year}-{sequence:06d}", series=series, sequence=sequence, group_id=group.id,

@@ -10,13 +10,13 @@ import click
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_babel import gettext as _, lazy_gettext as _l
 from flask_login import current_user
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import selectinload
 
 from archive_core.api import escape_like
 from backoffice.auth import roles_required
 from backoffice.billing import checkin as checkin_service
-from backoffice.billing import documents, exports, operations
+from backoffice.billing import documents, exports, money, operations
 from backoffice.billing.errors import message_for
 from backoffice.billing.arrivals import sync_from_archive
 from backoffice.billing import services as S
@@ -28,12 +28,14 @@ from backoffice.billing.models import (
     ExamGroupMapping,
     Insurer,
     Invoice,
+    Membership,
     Payment,
     Remittance,
     RemittanceItem,
     Tariff,
 )
 from backoffice.extensions import db, facade, rollback
+from backoffice.retention import clock
 from backoffice.i18n import locale_name
 from backoffice.errors import db_int
 
@@ -89,6 +91,16 @@ def _fr_datetime(value) -> str:
     return documents.french_datetime(value, locale=locale_name())
 
 
+@bp.app_template_filter("percent")
+def _percent_filter(bp: int | None) -> str:
+    return documents.percent(bp or 0, locale=locale_name())
+
+
+@bp.app_template_filter("percent_input")
+def _percent_input_filter(bp: int | None) -> str:
+    return documents.percent_input(bp or 0, locale=locale_name())
+
+
 @bp.app_template_filter("person")
 def _person(value: str | None) -> str:
     return documents.dicom_name(value)
@@ -125,6 +137,29 @@ def _int(name: str, default: int | None = None) -> int:
         return int(request.form.get(name, default if default is not None else ""))
     except ValueError:
         raise S.Invalid(f"{name} must be an integer", code="bad_number", field=name) from None
+
+
+def closing_day(text: str):
+    """The closed day for a message ("1 décembre 2026"); the text itself if it is not a date."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return text
+
+
+def _percent(name: str) -> int:
+    """A rate typed in percent ("50", "50 %", "33,5 %") in basis points, exactly (money.parse_percent)."""
+    try:
+        return money.parse_percent(request.form.get(name))
+    except money.PercentError as exc:
+        raise S.Invalid(f"{name}: not a rate in percent ({exc.reason})", code=f"percent_{exc.reason}") from None
+
+
+def _date(name: str, *, optional: bool = False) -> date | None:
+    raw = (request.form.get(name) or "").strip()
+    if not raw and optional:
+        return None
+    return S.parse_date(raw, name)
 
 
 def _cents(name: str) -> int:
@@ -247,8 +282,12 @@ def group(group_id: int):
     groups = list(db().scalars(select(ExamGroup).where(ExamGroup.patient_id == g.patient_id,
                                                        ExamGroup.visit_date == g.visit_date, ExamGroup.id != g.id)))
     step = facade().procedure_steps(db(), [g.accession_number or ""]).get(g.accession_number or "")
-    return render_template("billing/group.html", g=g, state=S.group_state(db(), g), labels=S.exam_group_labels(db()),
+    state = S.group_state(db(), g)
+    # The split the invoice would carry, shown before it is issued (the issue computes it again).
+    preview = S.preview_split(db(), g.id) if state.fee_cents > 0 and not state.invoice_id else None
+    return render_template("billing/group.html", g=g, state=state, labels=S.exam_group_labels(db()),
                            states=STATE_LABELS, siblings=groups, step=step, procedure_labels=PROCEDURE_LABELS,
+                           preview=preview,
                            patient_balance=S.patient_balance_cents(db(), g.patient_id))
 
 
@@ -409,7 +448,7 @@ def closing():
         closing = operations.close_period("day", day_text, actor=current_user.login,
                                           counted_cash_cents=_cents("counted_cash"),
                                           counted_cheque_cents=_cents("counted_cheque"))
-        flash(_("Journée du %(day)s clôturée.", day=day_text), "info")
+        flash(_("Journée du %(day)s clôturée.", day=_fr_date(closing_day(day_text))), "info")
         for label, difference in ((_("espèces"), closing.cash_difference_cents),
                                   (_("chèques"), closing.cheque_difference_cents)):
             if difference:
@@ -461,15 +500,53 @@ def remittance_slip(slip_id: int):
 @roles_required(*MANAGER)
 @domain_errors("billing.tariffs")
 def tariffs():
+    """Prices per exam group from a date. The group is chosen from the list (a new one is created on
+    purpose, code and label); a tariff that has not taken effect yet can be corrected or withdrawn."""
+    today = clock.today()
+    labels = S.exam_group_labels(db())
     if request.method == "POST":
-        S.set_tariff(db(), exam_group=request.form.get("exam_group", "").strip(),
-                     label=request.form.get("label", "").strip() or request.form.get("exam_group", ""),
-                     fee_cents=_cents("fee"), effective_from=S.parse_date(request.form.get("effective_from"), "date"),
-                     national_insurance_paid=request.form.get("national") == "1")
+        new_group = request.form.get("new_group") == "1"
+        code = (request.form.get("new_code") if new_group else request.form.get("exam_group")) or ""
+        label = (request.form.get("label") or "").strip() or labels.get(code.strip(), "")
+        tariff = S.set_tariff(db(), exam_group=code, label=label, fee_cents=_cents("fee"),
+                              effective_from=_date("effective_from"),
+                              national_insurance_paid=request.form.get("national") == "1", new_group=new_group)
+        facade().audit(db(), "billing.tariff.created", actor=current_user.login,
+                       detail={"tariff": S.tariff_fields(tariff), "new_group": new_group})
         flash(_("Tarif enregistré."), "info")
         return redirect(url_for("billing.tariffs"))
     rows = list(db().scalars(select(Tariff).order_by(Tariff.exam_group, Tariff.effective_from.desc())))
-    return render_template("billing/tariffs.html", tariffs=rows, today=S.paris_today())
+    in_force = {}  # per group, the newest tariff started on or before today: the price of today's visits
+    for t in rows:
+        if t.effective_from <= today:
+            in_force.setdefault(t.exam_group, t.id)
+    return render_template("billing/tariffs.html", tariffs=rows, today=today, labels=labels,
+                           tomorrow=today + timedelta(days=1), in_force=set(in_force.values()))
+
+
+@bp.route("/tariffs/<int:tariff_id>/correct", methods=["POST"])
+@roles_required(*MANAGER)
+@domain_errors("billing.tariffs")
+def correct_tariff(tariff_id: int):
+    """Correct a tariff before it takes effect (price, label, start date); audited with what it was."""
+    tariff, before = S.correct_tariff(db(), tariff_id, today=clock.today(), fee_cents=_cents("fee"),
+                                      label=request.form.get("label") or "", effective_from=_date("effective_from"),
+                                      national_insurance_paid=request.form.get("national") == "1")
+    facade().audit(db(), "billing.tariff.corrected", actor=current_user.login,
+                   detail={"before": before, "after": S.tariff_fields(tariff)})
+    flash(_("Tarif à venir corrigé."), "info")
+    return redirect(url_for("billing.tariffs"))
+
+
+@bp.route("/tariffs/<int:tariff_id>/withdraw", methods=["POST"])
+@roles_required(*MANAGER)
+@domain_errors("billing.tariffs")
+def withdraw_tariff(tariff_id: int):
+    """Withdraw a tariff before it takes effect: the earlier price stays in force; audited."""
+    before = S.withdraw_tariff(db(), tariff_id, today=clock.today())
+    facade().audit(db(), "billing.tariff.withdrawn", actor=current_user.login, detail={"before": before})
+    flash(_("Tarif à venir retiré : le tarif précédent reste en vigueur."), "info")
+    return redirect(url_for("billing.tariffs"))
 
 
 @bp.route("/mapping", methods=["GET", "POST"])
@@ -496,36 +573,64 @@ def mapping():
     return render_template("billing/mapping.html", rows=rows, labels=labels)
 
 
+def _insurer_form() -> dict:
+    """The insurer form's fields: the rate typed in percent, amounts in euros."""
+    cap = (request.form.get("annual_cap") or "").strip()
+    return {"name": request.form.get("name", ""), "amc_number": request.form.get("amc_number", ""),
+            "coverage_bp": _percent("coverage"),
+            "flat_cents": _cents("flat") if (request.form.get("flat") or "").strip() else 0,
+            "annual_cap_cents": _cents("annual_cap") if cap else None,
+            "third_party_payment": request.form.get("third_party") == "1"}
+
+
 @bp.route("/insurers", methods=["GET", "POST"])
 @roles_required(*MANAGER)
 @domain_errors("billing.insurers")
 def insurers():
     if request.method == "POST":
-        cap = request.form.get("annual_cap", "").strip()
-        S.create_insurer(db(), name=request.form.get("name", ""), amc_number=request.form.get("amc_number", ""),
-                         coverage_bp=_int("coverage_bp", 0),
-                         flat_cents=_cents("flat") if request.form.get("flat") else 0,
-                         annual_cap_cents=_cents("annual_cap") if cap else None,
-                         third_party_payment=request.form.get("third_party") == "1")
+        insurer = S.create_insurer(db(), **_insurer_form())
+        facade().audit(db(), "billing.insurer.created", actor=current_user.login,
+                       detail={"insurer_id": insurer.id, **{k: getattr(insurer, k) for k in S.INSURER_FIELDS}})
         flash(_("Mutuelle enregistrée."), "info")
         return redirect(url_for("billing.insurers"))
-    rows = list(db().scalars(select(Insurer).order_by(Insurer.name)))
+    rows = list(db().scalars(select(Insurer).order_by(Insurer.retired_at.is_not(None), Insurer.name)))
     return render_template("billing/insurers.html", insurers=rows)
 
 
-@bp.route("/memberships", methods=["POST"])
-@roles_required(*DESK)
-@domain_errors("billing.today")
-def membership():
-    valid_to = request.form.get("valid_to")
-    m = S.add_membership(db(), patient_id=request.form.get("patient_id", ""), insurer_id=_int("insurer_id"),
-                         member_number=request.form.get("member_number", ""),
-                         valid_from=S.parse_date(request.form.get("valid_from"), "valid_from"),
-                         valid_to=S.parse_date(valid_to, "valid_to") if valid_to else None,
-                         payer_name=request.form.get("payer_name") or None)
-    facade().audit(db(), "billing.membership.created", actor=current_user.login, patient_id=m.patient_id)
-    flash(_("Adhésion enregistrée."), "info")
-    return redirect(_same_site(request.referrer) or url_for("billing.today"))
+@bp.route("/insurers/<int:insurer_id>", methods=["GET", "POST"])
+@roles_required(*MANAGER)
+@domain_errors("billing.insurers")
+def insurer_edit(insurer_id: int):
+    """Correct an insurer (name, AMC number, rate, flat amount, cap, tiers payant); issued invoices keep theirs."""
+    insurer = db().get(Insurer, insurer_id) or abort(404)
+    if request.method == "POST":
+        insurer, changes = S.update_insurer(db(), insurer_id, **_insurer_form())
+        if changes:
+            facade().audit(db(), "billing.insurer.updated", actor=current_user.login,
+                           detail={"insurer_id": insurer.id, "changes": changes})
+            flash(_("Mutuelle modifiée : les factures déjà émises gardent leur répartition."), "info")
+        else:
+            flash(_("Aucune modification."), "info")
+        return redirect(url_for("billing.insurers"))
+    members = db().scalar(select(func.count(Membership.id)).where(
+        Membership.insurer_id == insurer.id,
+        or_(Membership.valid_to.is_(None), Membership.valid_to >= clock.today())))
+    return render_template("billing/insurer.html", insurer=insurer, members=members)
+
+
+@bp.route("/insurers/<int:insurer_id>/retire", methods=["POST"])
+@roles_required(*MANAGER)
+@domain_errors("billing.insurers")
+def insurer_retire(insurer_id: int):
+    """Retire an insurer (no new memberships), or bring a retired one back."""
+    retire = request.form.get("retire", "1") == "1"
+    insurer = S.retire_insurer(db(), insurer_id, retired=retire)
+    facade().audit(db(), "billing.insurer.retired" if retire else "billing.insurer.restored",
+                   actor=current_user.login, detail={"insurer_id": insurer.id, "name": insurer.name})
+    flash(_("Mutuelle « %(name)s » retirée : elle n'est plus proposée pour les nouvelles adhésions.",
+            name=insurer.name) if retire else _("Mutuelle « %(name)s » de nouveau proposée.", name=insurer.name),
+          "info")
+    return redirect(url_for("billing.insurers"))
 
 
 @bp.route("/claims", methods=["GET", "POST"])

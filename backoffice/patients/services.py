@@ -72,6 +72,18 @@ def is_minor(birth_date: str | None, today: date) -> bool:
         return False
     return (today.year - born.year - ((today.month, today.day) < (born.month, born.day))) < 18
 
+def is_known(session: Session, facade: ArchiveFacade, patient_id: str) -> bool:
+    """Whether the desk or the archive knows this patient ID (a check-in, or a study not purged).
+
+    A mutuelle is recorded for a patient the practice knows: a typed ID that matches nobody is refused
+    rather than creating a membership for a patient who does not exist.
+    """
+    if not patient_id:
+        return False
+    if session.scalar(select(ExamGroup.id).where(ExamGroup.patient_id == patient_id).limit(1)) is not None:
+        return True
+    return bool(facade.patient_records(session, patient_id=patient_id))
+
 
 def patient_file(session: Session, facade: ArchiveFacade, patient_id: str, *, today: date) -> PatientFile:
     studies = facade.list_studies(patient_id=patient_id)

@@ -6,10 +6,14 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_babel import gettext as _, lazy_gettext as _l
 from flask_login import current_user
 from flask_wtf import FlaskForm
+from sqlalchemy import select
 from wtforms import BooleanField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 
+from babel.dates import format_date
+
 from backoffice.auth import roles_required
+from backoffice.i18n import locale_name
 from backoffice.extensions import db, facade
 from backoffice.patients import nir as nir_rules
 from backoffice.patients import services
@@ -97,11 +101,15 @@ def patient(patient_id: str):
         abort(404)
     facade().audit_now("patient.viewed", actor=current_user.login, patient_id=patient_id)
     from backoffice.billing import services as billing
+    from backoffice.billing.models import Insurer
     from backoffice.billing.views import STATE_LABELS
 
     ins = file.ins
+    desk = current_user.role in IDENTITY_EDITORS
+    insurers = list(db().scalars(select(Insurer).where(Insurer.retired_at.is_(None)).order_by(Insurer.name))) \
+        if desk else []
     return render_template("patients/patient.html", f=file, today=today(), states=STATE_LABELS,
-                           labels=billing.exam_group_labels(db()),
+                           labels=billing.exam_group_labels(db()), insurers=insurers, desk=desk,
                            ins_form=InsForm(nir=ins.nir if ins else "", document=ins.document if ins else "",
                                             qualified=ins.qualified if ins else False),
                            guardian_form=GuardianForm(formdata=None), end_form=EndGuardianForm(),
@@ -177,3 +185,60 @@ def end_guardian(patient_id: str, guardian_id: int):
                    detail={"guardian": guardian_id})
     flash(_("Représentant légal retiré du dossier."), "info")
     return redirect(url_for("patients.patient", patient_id=patient_id))
+
+# -- mutuelles at the desk -----------------------------------------------------------------------
+
+
+def _membership_action(view):
+    """Membership posts: a known patient only; a refusal is a French message on the patient page."""
+    from functools import wraps
+
+    from backoffice.billing import services as billing
+    from backoffice.billing.errors import ERRORS, message_for
+
+    @wraps(view)
+    def wrapped(patient_id: str, **kwargs):
+        if not services.is_known(db(), facade(), patient_id):
+            flash(str(ERRORS["unknown_patient"]), "error")
+            return redirect(url_for("patients.search"))
+        try:
+            return view(patient_id, **kwargs)
+        except billing.BillingError as exc:
+            db().rollback()
+            flash(message_for(exc), "error")
+            return redirect(url_for("patients.patient", patient_id=patient_id, _anchor="mutuelles"))
+
+    return wrapped
+
+
+@bp.route("/<path:patient_id>/memberships", methods=["POST"])
+@roles_required(*IDENTITY_EDITORS)
+@_membership_action
+def add_membership(patient_id: str):
+    """The desk records the patient's mutuelle (from the patient page)."""
+    from backoffice.billing import services as billing
+    from backoffice.billing.views import _date, _int
+
+    m = billing.add_membership(db(), patient_id=patient_id, insurer_id=_int("insurer_id"),
+                               member_number=request.form.get("member_number", ""),
+                               valid_from=_date("valid_from"), valid_to=_date("valid_to", optional=True),
+                               payer_name=(request.form.get("payer_name") or "").strip() or None)
+    facade().audit(db(), "billing.membership.created", actor=current_user.login, patient_id=patient_id,
+                   detail={"membership_id": m.id, "insurer_id": m.insurer_id})
+    flash(_("Mutuelle « %(name)s » enregistrée pour ce patient.", name=m.insurer.name), "info")
+    return redirect(url_for("patients.patient", patient_id=patient_id, _anchor="mutuelles"))
+
+
+@bp.route("/<path:patient_id>/memberships/<int:membership_id>/end", methods=["POST"])
+@roles_required(*IDENTITY_EDITORS)
+@_membership_action
+def end_membership(patient_id: str, membership_id: int):
+    """The desk ends a membership (its last day); invoices already issued keep their split."""
+    from backoffice.billing import services as billing
+    from backoffice.billing.views import _date
+
+    m = billing.end_membership(db(), membership_id, patient_id=patient_id, valid_to=_date("valid_to"))
+    facade().audit(db(), "billing.membership.ended", actor=current_user.login, patient_id=patient_id,
+                   detail={"membership_id": m.id, "valid_to": m.valid_to.isoformat()})
+    flash(_("Adhésion terminée au %(day)s.", day=format_date(m.valid_to, format="long", locale=locale_name())), "info")
+    return redirect(url_for("patients.patient", patient_id=patient_id, _anchor="mutuelles"))

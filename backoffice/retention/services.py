@@ -517,30 +517,58 @@ class SweepReport:
     executed_batches: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class SweepPlan:
+    """What a sweep run today would do: the preview a manager reads before pressing "run the sweep"."""
+
+    today: date
+    answers: tuple[PatientRetention, ...]
+    to_move: tuple[PatientRetention, ...]  # belong in the intermediate archive, images still active
+    to_propose: tuple[PatientRetention, ...]  # past their date, not on hold, not already in an open batch
+
+    @property
+    def needs_review(self) -> int:
+        return sum(1 for p in self.answers if p.decision.needs_review)
+
+    @property
+    def bytes_to_move(self) -> int:
+        return sum(p.record.bytes_total for p in self.to_move)
+
+
+def sweep_plan(session: Session, facade: ArchiveFacade, *, today: date) -> SweepPlan:
+    """The moves and the proposal :func:`sweep` makes today, computed by the same rule it uses."""
+    answers = retention_of(session, facade, today=today)
+    taken, _batches = _in_open_batch(session)
+    to_propose = [p for p in answers if p.decision.purgeable(today)
+                  and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
+    movers = [p for p in answers if p.decision.tier == "archive" and p.record.instances_active]
+    return SweepPlan(today, tuple(answers), tuple(movers), tuple(to_propose))
+
+
 def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certificates: Path | None = None,
-          render: CertificateRenderer | None = None) -> SweepReport:
+          render: CertificateRenderer | None = None, actor: str = SCHEDULER, actor_kind: str = "system") -> SweepReport:
     """Recompute every answer, move tiers, propose a batch, finish interrupted executions (idempotent).
 
     It never starts the execution of an approved batch: that needs a person other than the requester.
+    A manager who runs it from the page is its *actor*: the moves and the proposal are theirs (so
+    another manager approves).
     """
     report = SweepReport(today)
     with facade.new_session() as s:
-        answers = retention_of(s, facade, today=today)
-        taken, _batches = _in_open_batch(s)
-    report.patients = len(answers)
-    report.needs_review = sum(1 for p in answers if p.decision.needs_review)
-    report.due = sum(1 for p in answers if p.decision.purgeable(today)
-                     and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken)
-    movers = [p for p in answers if p.decision.tier == "archive" and p.record.instances_active]
+        plan = sweep_plan(s, facade, today=today)
+    report.patients = len(plan.answers)
+    report.needs_review = plan.needs_review
+    report.due = len(plan.to_propose)
+    movers = plan.to_move
     report.to_move = [str(p.record.patient_pk) for p in movers]
     if dry_run:
         return report
     for p in movers:
         # The move writes its tier.moved audit event in the transaction that switches the index.
-        moved = facade.move_patient_to_archive(p.record.patient_pk, actor="scheduler", actor_kind="system")
+        moved = facade.move_patient_to_archive(p.record.patient_pk, actor=actor, actor_kind=actor_kind)
         report.moved_instances += moved.instances
     with facade.new_session(write=True) as s:
-        batch = propose_batch(s, facade, today=today)
+        batch = propose_batch(s, facade, today=today, actor=actor, actor_kind=actor_kind)
         report.proposed_batch_id = batch.id if batch else None
         s.commit()
     if certificates is not None and render is not None:

@@ -20,6 +20,7 @@ from backoffice.retention.certificate import certificates_dir, render_certificat
 from backoffice.retention.clock import now_utc, today
 from backoffice.retention.errors import RetentionError
 from backoffice.retention.models import PurgeBatch
+from backoffice.retention.services import PARIS
 
 bp = Blueprint("retention", __name__, url_prefix="/retention")
 MANAGER = ("manager",)
@@ -90,16 +91,67 @@ def _form_errors(form: FlaskForm) -> None:
 # -- overview ------------------------------------------------------------------------------------------
 
 
+BASIS_LABELS = {
+    "last_visit_20y": _l("20 ans après le dernier passage"),
+    "birthday_28": _l("jusqu'au 28e anniversaire"),
+    "death_10y": _l("10 ans après le décès"),
+    "no_visit": _l("aucun passage au cabinet (à vérifier)"),
+    "correction": _l("correction : examen envoyé par erreur"),
+}
+TIER_LABELS = {"active": _l("base active"), "archive": _l("archive intermédiaire")}
+# The lists a manager opens from the overview's counts: (title, which answers).
+LISTS = {
+    "due": _l("Échéances dans les %(days)s jours"),
+    "overdue": _l("Échues : destructibles, à proposer ou en attente de décision"),
+    "hold": _l("Sous séquestre"),
+    "review": _l("À vérifier (jamais proposés à la destruction)"),
+    "all": _l("Tous les dossiers"),
+}
+WITHIN_DAYS = (30, 90, 365)
+
+
+@bp.app_template_filter("size")
+def _size(size_bytes: int | None) -> str:
+    from backoffice.sizes import format_size
+
+    return format_size(size_bytes)
+
+
+@bp.app_template_filter("basis_label")
+def _basis_label(basis: str | None) -> str:
+    return str(BASIS_LABELS.get(basis or "", basis or "—"))
+
+
+@bp.app_template_filter("tier_label")
+def _tier_label(tier: str | None) -> str:
+    return str(TIER_LABELS.get(tier or "", tier or "—"))
+
+
+def _selected(answers, kind: str, day: date, days: int):
+    """The answers of one list, in the order a manager works through it."""
+    if kind == "due":
+        chosen = [p for p in answers if p.decision.due_within(day, days) and not p.decision.on_hold]
+    elif kind == "overdue":
+        chosen = [p for p in answers if p.decision.purgeable(day)]
+    elif kind == "hold":
+        chosen = [p for p in answers if p.decision.on_hold]
+    elif kind == "review":
+        chosen = [p for p in answers if p.decision.needs_review]
+    else:
+        chosen = list(answers)
+    return sorted(chosen, key=lambda p: (p.decision.keep_until or date.max, p.record.patient_name or ""))
+
+
 @bp.route("/")
 @roles_required(*MANAGER)
 def index():
     day = today()
     answers = services.retention_of(db(), facade(), today=day)
-    due = sorted((p for p in answers if p.decision.due_within(day, 365) and not p.decision.on_hold),
-                 key=lambda p: p.decision.keep_until)
-    counts = {days: sum(1 for p in due if p.decision.keep_until <= day + timedelta(days=days)) for days in (30, 90, 365)}
-    overdue = [p for p in answers if p.decision.purgeable(day)]
-    review = [p for p in answers if p.decision.needs_review]
+    counts = {days: len(_selected(answers, "due", day, days)) for days in WITHIN_DAYS}
+    due = _selected(answers, "due", day, 365)
+    overdue = _selected(answers, "overdue", day, 0)
+    review = _selected(answers, "review", day, 0)
+    on_hold = _selected(answers, "hold", day, 0)
     waiting = list(db().scalars(select(PurgeBatch).where(PurgeBatch.status.in_(("proposed", "approved", "tombstoned")))
                                 .order_by(PurgeBatch.id)))
     usage = facade().storage_usage(db())
@@ -107,10 +159,53 @@ def index():
     for row in usage:
         tier_totals[row.tier] = tier_totals.get(row.tier, 0) + row.bytes_total
     return render_template(
-        "retention/index.html", today=day, due=due[:PAGE], counts=counts, overdue=len(overdue), review=review[:PAGE],
-        holds=services.active_holds(db()), waiting=waiting, usage=usage, tier_totals=tier_totals,
-        hold_form=HoldForm(), death_form=DeathForm(),
+        "retention/index.html", today=day, due=due[:10], counts=counts, overdue=len(overdue), review=len(review),
+        on_hold=len(on_hold), total=len(answers), holds=services.active_holds(db()), waiting=waiting, usage=usage,
+        tier_totals=tier_totals, hold_form=HoldForm(), death_form=DeathForm(),
     )
+
+
+@bp.route("/patients")
+@roles_required(*MANAGER)
+def patients():
+    """One list of records: due within N days, overdue, on hold, to review or all; name, dates, basis, tier."""
+    kind = request.args.get("list", "due")
+    if kind not in LISTS:
+        kind = "due"
+    days = request.args.get("days", type=int) or 365
+    if days not in WITHIN_DAYS:
+        days = 365
+    page = max(request.args.get("page", type=int) or 1, 1)
+    day = today()
+    chosen = _selected(services.retention_of(db(), facade(), today=day), kind, day, days)
+    shown = chosen[(page - 1) * PAGE: page * PAGE]
+    facade().audit_now("retention.viewed", actor=current_user.login,
+                       detail={"list": kind, "days": days if kind == "due" else None, "results": len(shown)})
+    return render_template("retention/patients.html", today=day, kind=kind, days=days, title=str(LISTS[kind]) % {"days": days},
+                           rows=shown, total=len(chosen), page=page, more=len(chosen) > page * PAGE,
+                           lists=LISTS, within=WITHIN_DAYS)
+
+
+@bp.route("/sweep", methods=["GET", "POST"])
+@roles_required(*MANAGER)
+def sweep():
+    """GET: the dry run (who moves to the archive tier, who is proposed for destruction); POST: run it."""
+    day = today()
+    form = ConfirmForm()
+    if request.method == "GET":
+        plan = services.sweep_plan(db(), facade(), today=day)
+        return render_template("retention/sweep.html", today=day, plan=plan, form=form)
+    if not form.validate_on_submit():
+        abort(400)
+    login = current_user.login
+    # The sweep owns its transactions (moves, then the proposal): release the request's session first.
+    db().rollback()
+    report = services.sweep(facade(), today=day, actor=login, actor_kind="user")
+    flash(_("Balayage fait : %(moved)s images déplacées vers l'archive intermédiaire, %(due)s dossiers proposés "
+            "à la destruction.", moved=report.moved_instances, due=report.due), "info")
+    if report.proposed_batch_id is not None:
+        return redirect(url_for("retention.batch", batch_id=report.proposed_batch_id))
+    return redirect(url_for("retention.index"))
 
 
 # -- one patient: answer, holds, death -----------------------------------------------------------------
@@ -328,6 +423,11 @@ def corrections():
 # -- audit search -----------------------------------------------------------------------------------------
 
 
+def _paris_day_start(day: date) -> str:
+    """Midnight in Paris of *day*, as the UTC ISO text the audit trail stores and compares."""
+    return datetime.combine(day, time(), tzinfo=PARIS).astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
 def _audit_query():
     from archive_core.audit import AuditEvent
 
@@ -339,24 +439,26 @@ def _audit_query():
         query = query.where(AuditEvent.actor == args["actor"].strip())
     if args.get("action"):
         query = query.where(AuditEvent.action == args["action"])
-    for name, op in (("from", "ge"), ("to", "lt")):
+    for name in ("from", "to"):
         if args.get(name):
             try:
                 day = date.fromisoformat(args[name])
             except ValueError:
                 flash(_("date invalide : %(value)s", value=args[name]), "error")
                 continue
+            # The manager's days are Paris days: "to 01/12" includes the evening of the 1st in Paris.
             if name == "to":
-                day += timedelta(days=1)
-            bound = datetime.combine(day, time(), tzinfo=timezone.utc).isoformat(timespec="microseconds")
-            query = query.where(AuditEvent.at >= bound if op == "ge" else AuditEvent.at < bound)
+                query = query.where(AuditEvent.at < _paris_day_start(day + timedelta(days=1)))
+            else:
+                query = query.where(AuditEvent.at >= _paris_day_start(day))
     return query
 
 
 @bp.route("/audit")
 @roles_required(*AUDITORS)
 def audit():
-    from archive_core.audit import ACTIONS
+    from archive_core.audit import AuditEvent
+    from backoffice.audit_events import event_label, paris_time, readable_detail
     from backoffice.spreadsheet import SafeWriter
 
     query = _audit_query()
@@ -375,4 +477,11 @@ def audit():
         facade().audit_now("patient.viewed", actor=current_user.login, patient_id=request.args["patient_id"].strip(),
                            detail={"page": "audit"})
     events = list(db().scalars(query.limit(PAGE)))
-    return render_template("retention/audit.html", events=events, actions=ACTIONS, args=request.args)
+    # The filter offers the event types the trail holds (never a label that matches nothing), by label.
+    written = db().scalars(select(AuditEvent.action).distinct()).all()
+    actions = sorted(((code, event_label(code)) for code in written), key=lambda pair: pair[1].casefold())
+    # The manager may see names (the log never does); the admin keeps to identifiers.
+    names = facade().patient_names(db(), (e.patient_id for e in events)) if current_user.role == "manager" else {}
+    rows = [{"event": e, "at": paris_time(e.at), "label": event_label(e.action), "detail": readable_detail(e.detail),
+             "name": names.get(e.patient_id or "")} for e in events]
+    return render_template("retention/audit.html", rows=rows, actions=actions, args=request.args)

@@ -39,3 +39,42 @@ def test_admin_disables_and_resets_a_user_from_the_users_page(app, live_server, 
     assert refused == []
     radio.context.close()
     admin.context.close()
+
+
+def test_admin_lands_on_the_users_page_creates_a_user_and_gives_a_role(app, live_server, chromium):
+    """Reproduced: the admin landed on the audit log with no user page. Bad input tried: a password too short."""
+    from playwright.sync_api import expect
+
+    add_user(app, "chef", "admin")
+    admin = chromium.new_context(locale="fr-FR").new_page()
+    sign_in(admin, live_server, "chef")
+    expect(admin.locator("h1")).to_have_text("Utilisateurs")  # straight after signing in
+
+    create = admin.locator("form[action$='/admin/users']")
+    create.locator("input[name=login]").fill("secretaire")
+    create.locator("select[name=role]").select_option(label="accueil")
+    create.locator("input[name=full_name]").fill("Claire MARTIN")
+    create.locator("input[name=password]").evaluate("e => e.removeAttribute('minlength')")
+    create.locator("input[name=password]").fill("court")
+    create.locator("button", has_text="Créer").click()
+    expect(admin.locator("p.error")).to_contain_text("Utilisateur non créé")
+    expect(admin.locator("tr[data-login=secretaire]")).to_have_count(0)
+
+    create.locator("input[name=login]").fill("secretaire")
+    create.locator("select[name=role]").select_option(label="accueil")
+    create.locator("input[name=password]").fill("mot de passe 2026")
+    create.locator("button", has_text="Créer").click()
+    row = admin.locator("tr[data-login=secretaire]")
+    expect(row).to_contain_text("accueil")
+
+    row.locator("select[name=role]").select_option(label="gestionnaire")
+    row.locator("button", has_text="Changer le rôle").click()
+    expect(admin.locator("p.info")).to_contain_text("secretaire a maintenant le rôle gestionnaire")
+
+    user = chromium.new_context(locale="fr-FR").new_page()
+    sign_in(user, live_server, "secretaire", "mot de passe 2026")
+    expect(user.locator("header")).to_contain_text("secretaire")
+    user.goto(f"{live_server}/dashboard")  # a manager's page, open to the new role
+    expect(user.locator("h1")).to_have_text("Tableau de bord")
+    user.context.close()
+    admin.context.close()

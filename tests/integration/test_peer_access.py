@@ -29,7 +29,7 @@ from archive_core.audit import AuditEvent
 from archive_core.db import write_session
 from archive_core.peers import add_peer
 from tests.helpers import dcmtk, free_port, make_ct, qr_identifier, require_tool, tool_env
-from tests.servers import ArchiveProcess
+from tests.servers import ArchiveProcess, _listening
 
 STUDY_A = "1.2.826.0.1.3680043.8.498.9101"
 STUDY_B = "1.2.826.0.1.3680043.8.498.9102"
@@ -278,6 +278,10 @@ def test_movescu_with_a_wildcard_patient_id_sends_nothing(two_patients, scp, arc
     proc = subprocess.Popen([storescp, "-aet", "DEST", "-od", str(out), str(port)], env=tool_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not _listening(port):  # a destination not yet listening would make the answer 0xA801
+            assert proc.poll() is None and time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.05)
         move = dcmtk("movescu", "-P", "-aet", "CT_SALLE1", "-aec", "ARCHIVAGE", "-aem", "DEST",
                       "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=*", "127.0.0.1", str(scp.port))
         assert move.returncode != 0

@@ -129,10 +129,10 @@ def test_insurer_membership_split_and_credit_note(client, desk, tokens):
                                  "third_party_payment": True})
     assert response.status_code == 201
     insurer = response.get_json()
+    group = _checkin(client, desk, exam_group="mammographie")  # the patient is known before the mutuelle
     response = client.post(f"/api/v1/patients/{quote('PAT/01', safe='')}/memberships", headers=desk,
                            json={"insurer_id": insurer["id"], "member_number": "M-1", "valid_from": "2020-01-01"})
     assert response.status_code == 201
-    group = _checkin(client, desk, exam_group="mammographie")
     invoice = client.post("/api/v1/invoices", headers=desk, json={"exam_group_id": group["id"]}).get_json()
     # 400 × 33.33 % = 133.32 -> 133 cents for the insurer, the rest for the patient
     assert (invoice["insurer_cents"], invoice["patient_cents"]) == (133, 267)

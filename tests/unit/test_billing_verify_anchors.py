@@ -40,8 +40,8 @@ def _desk_day(app, client) -> dict:
     """Two patients checked in and invoiced at the desk, a payment, a partial credit note, and a last
     payment: each written through the pages, so each writes its audit event."""
     invoices = []
-    for patient in ("PV1", "PV2"):
-        response = client.post("/billing/checkin", data={"patient_id": patient, "patient_name": "Martin^Paul",
+    for patient, name in (("PV1", "MARTIN Paul"), ("PV2", "DURAND Léa")):  # two people, not one typed twice
+        response = client.post("/billing/checkin", data={"patient_id": patient, "patient_name": name,
                                                          "exam_group": "radiologie",
                                                          "visit_date": S.paris_today().isoformat()})
         group_id = int(response.headers["Location"].rstrip("/").split("/")[-1])

@@ -178,8 +178,8 @@ def test_an_unnamed_billing_error_shows_its_kinds_sentence_never_the_english_one
 BAD_POSTS = [  # path, form, French words expected; the English sentence each replaced
     ("/billing/tariffs", {"exam_group": "scanner", "label": "x", "fee": "-4", "effective_from": "2026-01-01"},
      "Montant invalide"),  # amount_cents must be a positive whole number of cents
-    ("/billing/insurers", {"name": "MGEN", "amc_number": "123", "coverage_bp": "beaucoup"},
-     "Taux de prise en charge : saisissez un nombre entier"),  # coverage_bp must be an integer
+    ("/billing/insurers", {"name": "MGEN", "amc_number": "123", "coverage": "beaucoup"},
+     "Taux invalide : écrivez un pourcentage"),  # the rate is typed in percent (was coverage_bp, an integer)
     ("/billing/checkin", {"patient_id": "", "exam_group": "radiologie"}, "Indiquez le patient"),  # patient_id is required
 ]
 

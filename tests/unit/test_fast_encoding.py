@@ -13,6 +13,9 @@ from archive_core.net.encoding import encode, encode_flat
 
 ascii_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="\\"), max_size=20)
 french_text = st.text(alphabet="abcdeéèêàçôùÉÀ ^'-", max_size=20)
+# A person name has at most three component groups (``=``): pydicom warns on a fourth, which a
+# modality never sends (Hypothesis found "===").
+person_name = ascii_text.filter(lambda name: name.count("=") <= 2)
 
 
 def _answer(patient_name: str, patient_id: str, count: int, modalities: list[str], charset: str | None) -> Dataset:
@@ -32,7 +35,7 @@ def _answer(patient_name: str, patient_id: str, count: int, modalities: list[str
 
 
 @pytest.mark.parametrize("implicit", [True, False])
-@given(name=ascii_text, pid=ascii_text, count=st.integers(0, 99999), mods=st.lists(st.sampled_from(["CT", "MR", "SR"]), max_size=3))
+@given(name=person_name, pid=ascii_text, count=st.integers(0, 99999), mods=st.lists(st.sampled_from(["CT", "MR", "SR"]), max_size=3))
 def test_ascii_answers_encode_like_pydicom(implicit, name, pid, count, mods):
     ds = _answer(name, pid, count, mods, None)
     assert encode_flat(ds, implicit, True) == pydicom_encode(ds, implicit, True)

@@ -183,6 +183,7 @@ ENGLISH_PAGES = [
     ("manager", "/billing/claims"), ("manager", "/billing/closings"), ("manager", "/billing/exports"),
     ("manager", "/retention/"), ("manager", "/retention/history"), ("manager", "/retention/corrections"),
     ("manager", "/retention/audit"), ("manager", "/retention/patient?patient_id=PAT-RAD-1"),
+    ("manager", "/retention/patients?list=all"), ("manager", "/retention/sweep"), ("manager", "/dashboard"),
     ("radiologist", "/radiology/"), ("radiologist", "/radiology/studies/{study_uid}"),
     ("radiologist", "/radiology/studies/{study_uid}/viewer"),
 ]

@@ -287,11 +287,12 @@ def _desk_invoice(app, client, patient_id, *, coverage_bp, third_party):
     insurer = client.post("/api/v1/insurers", headers=manager, json={
         "name": f"Mutuelle {patient_id}", "amc_number": f"AMC-{patient_id}", "coverage_bp": coverage_bp,
         "third_party_payment": third_party}).get_json()
-    assert client.post(f"/api/v1/patients/{patient_id}/memberships", headers=desk, json={
-        "insurer_id": insurer["id"], "member_number": "123", "valid_from": "2000-01-01"}).status_code == 201
+    # Checked in first: a mutuelle is recorded for a patient the practice knows.
     group = client.post("/api/v1/exam-groups", headers=desk, json={
         "patient_id": patient_id, "exam_group": "echographie", "visit_date": S.paris_today().isoformat(),
         "patient_name": "Durand^Marie"}).get_json()
+    assert client.post(f"/api/v1/patients/{patient_id}/memberships", headers=desk, json={
+        "insurer_id": insurer["id"], "member_number": "123", "valid_from": "2000-01-01"}).status_code == 201
     response = client.post("/api/v1/invoices", headers=desk, json={"exam_group_id": group["id"]})
     assert response.status_code == 201, response.get_json()
     return response.get_json(), desk

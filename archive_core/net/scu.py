@@ -885,18 +885,16 @@ class Wire:
 
     def flush_deferred(self) -> None:
         out, self._deferred = self._deferred, bytearray()
-        self._wait_for_pynetdicom()
-        with self._lock:
-            try:
-                self._raw.sendall(out)
-            except OSError as exc:
-                self._broken()
-                raise ConnectionError(str(exc)) from exc
+        self._send_framed(out)
 
     def send_command(self, context_id: int, command: bytes) -> None:
         """Write one message that has no data set (a pending C-MOVE or C-GET response)."""
         out = bytearray()
         frame(context_id, memoryview(command), self.fragment, True, True, out)
+        self._send_framed(out)
+
+    def _send_framed(self, out: bytearray) -> None:
+        """Write PDUs already framed, once pynetdicom has nothing queued ahead of them."""
         self._wait_for_pynetdicom()
         with self._lock:
             try:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,45 @@ from tests.helpers import IN_CI, ROOT, free_port
 
 hypothesis_settings.register_profile("archivage", deadline=None, max_examples=100)
 hypothesis_settings.load_profile("archivage")
+
+
+# -- sockets pynetdicom leaves behind in this process -----------------------------------------------
+
+_associations: "weakref.WeakSet" = weakref.WeakSet()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _watch_client_associations():
+    """pynetdicom does not close the socket of an association the peer rejected or aborted (nor of
+    one whose peer was killed); the socket is then freed whenever the last reference goes, often in
+    a later test, where ``filterwarnings = error`` turns its ResourceWarning into that test's
+    failure (CI failed so, in test_worklist_rules). Every association a test opens is noted, and
+    the sockets of those that ended are closed at the end of each test. The archive's own sockets
+    are checked apart (tests/integration/test_server_sockets.py)."""
+    from pynetdicom.ae import ApplicationEntity
+
+    original = ApplicationEntity.associate
+
+    def associate(self, *args, **kwargs):
+        assoc = original(self, *args, **kwargs)
+        _associations.add(assoc)
+        return assoc
+
+    ApplicationEntity.associate = associate
+    yield
+    ApplicationEntity.associate = original
+
+
+@pytest.fixture(autouse=True)
+def _close_ended_associations():
+    yield
+    for assoc in list(_associations):
+        if assoc.is_alive():
+            continue
+        raw = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+        if raw is not None and raw.fileno() != -1:
+            raw.close()
+        _associations.discard(assoc)
 
 
 # -- the clock -----------------------------------------------------------------------------------

@@ -2,8 +2,35 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
+
 import pytest
 from pynetdicom import _config
+
+
+@pytest.fixture(autouse=True)
+def _collect_left_sockets():
+    """pynetdicom leaves the socket of an association that was refused, aborted or killed open in
+    this (the client's) process. Collected at the end of the test that made it, it cannot fail a
+    later test at whatever moment the garbage collector runs: it did, in test_worklist_rules,
+    test_object_storage and (on CI) a worklist test after the worker tests. Sockets of the
+    archive itself are not concerned: its processes are children, or closed by its own tests."""
+    yield
+    _collect()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _collect_left_sockets_of_module_fixtures():
+    """The same, after the module's own fixtures (servers shared by a module) are torn down."""
+    yield
+    _collect()
+
+
+def _collect() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
 
 
 @pytest.fixture

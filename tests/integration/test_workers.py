@@ -34,19 +34,6 @@ from tests.servers import ArchiveProcess
 pytestmark = pytest.mark.dcmtk
 
 
-@pytest.fixture(autouse=True)
-def _collect_left_sockets():
-    """pynetdicom leaves the socket of an association a worker killed or refused open in this
-    process; collected here, at the end of the test that made it, it cannot fail a later test at
-    whatever moment the garbage collector runs (it did: test_worklist_rules, test_object_storage)."""
-    yield
-    import gc
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        gc.collect()
-
 WORKERS = {"ARCHIVAGE_DICOM_WORKERS": "2", "ARCHIVAGE_DICOM_QR_FROM_UNKNOWN_AES": "true"}
 
 

@@ -181,12 +181,14 @@ class Pane {
     if (rows && posteriorRight !== wantPosteriorRight) this.viewport.setCamera({ flipHorizontal: true });
   }
 
-  step(delta) { this.go(this.index + delta); }
+  /** From the image asked for last, not the one on screen: two quick presses while the first image
+   * still loads move two images, not one (the index shown catches up when the image arrives). */
+  step(delta) { this.go(this.viewport.getTargetImageIdIndex() + delta); }
 
   go(index, { linked = false } = {}) {
     if (!this.items.length) return;
     const j = Math.min(Math.max(index, 0), this.items.length - 1);
-    if (j === this.viewport.getCurrentImageIdIndex()) return;
+    if (j === this.viewport.getTargetImageIdIndex()) return;
     // A move made by the link does not lead back (the new-image event comes later, asynchronously).
     this.linkedTo = linked ? j : null;
     this.viewport.setImageIdIndex(j);

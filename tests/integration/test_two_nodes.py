@@ -228,7 +228,8 @@ def test_two_nodes_share_index_and_bucket_and_a_kill_9_mid_stream_loses_nothing_
         assert _get_study(a, study_b) == {u: acked[u] for u in via_b}
 
         # 3. kill -9 node A while storescu is sending to it; node B keeps receiving meanwhile.
-        doomed = _write_study(tmp_path / "study-c", 60, rows=256, patient_id="PAT-C")
+        # ~20 MB: storescu is still sending when the node dies, even on a fast machine.
+        doomed = _write_study(tmp_path / "study-c", 150, rows=256, patient_id="PAT-C")
         beside = _write_study(tmp_path / "study-d", 10, patient_id="PAT-D")
         acked_d: dict[str, bytes] = {}
         sender_d = threading.Thread(target=_pynetdicom_store, args=(b, beside, acked_d, errors))

@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -290,26 +291,32 @@ def flask_command(*args: str) -> list[str]:
 
 
 @contextmanager
-def archivage_server(workdir: Path, *, workers: int = 1) -> Iterator[Server]:
+def archivage_server(
+    workdir: Path, *, workers: int = 1, settings: Mapping[str, str] | None = None, migrate: bool = True,
+    name: str = "archivage",
+) -> Iterator[Server]:
     """Run ``flask --app wsgi archive serve`` on a fresh, migrated instance under ``workdir``
-    (``workers`` > 1: with that many SCP worker processes, DICOM_WORKERS)."""
+    (``workers`` > 1: with that many SCP worker processes, DICOM_WORKERS). *settings*: more
+    ``ARCHIVAGE_*`` variables (a shared database, an object store) and the store's credentials;
+    ``migrate=False`` for a second node of a database another node migrated."""
     instance_path = workdir / "instance"
     instance_path.mkdir()
     port = free_port()
-    env = archivage_env(instance_path, port) | {"ARCHIVAGE_DICOM_WORKERS": str(workers)}
-    migrate = subprocess.run(
-        flask_command("db", "upgrade"),
-        cwd=REPO,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=MIGRATE_TIMEOUT_S,
-    )
-    if migrate.returncode != 0:
-        raise RuntimeError(f"db upgrade failed ({migrate.returncode}):\n{migrate.stdout}{migrate.stderr}")
+    env = archivage_env(instance_path, port) | {"ARCHIVAGE_DICOM_WORKERS": str(workers)} | dict(settings or {})
+    if migrate:
+        done = subprocess.run(
+            flask_command("db", "upgrade"),
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=MIGRATE_TIMEOUT_S,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"db upgrade failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     with running_server(
-        "archivage",
+        name,
         flask_command("archive", "serve"),
         port=port,
         ae_title=ARCHIVE_AE,
@@ -378,6 +385,111 @@ def storescp_server(workdir: Path) -> Iterator[Server]:
 SERVERS = {"archivage": archivage_server, "orthanc": orthanc_server, "storescp": storescp_server}
 
 
+# --- shared engines: PostgreSQL and an S3-compatible server (several nodes) ---------------------
+
+
+def _pg_program(name: str) -> str:
+    found = shutil.which(name) or next((str(p) for p in sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                                                                  reverse=True)), None)
+    if found is None:
+        raise RuntimeError(f"PostgreSQL's {name} not found (apt install postgresql)")
+    return found
+
+
+@dataclass
+class Postgres:
+    """A throw-away PostgreSQL server: ``url`` for SQLAlchemy; ``reset()`` empties its database."""
+
+    url: str
+    dsn: str
+
+    def reset(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+
+
+@contextmanager
+def postgres_server() -> Iterator[Postgres]:
+    """initdb + pg_ctl on 127.0.0.1 and a free port (fsync on: a production-like commit cost)."""
+    import psycopg
+
+    # Its own folder: as root, initdb runs as the postgres account, which cannot enter ours.
+    data = Path(tempfile.mkdtemp(prefix="archivage-bench-pg-"))
+    as_root = os.geteuid() == 0
+    prefix = ["runuser", "-u", "postgres", "--"] if as_root else []
+    if as_root:
+        shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+    subprocess.run([*prefix, _pg_program("initdb"), "-D", str(data / "db"), "-U", "postgres", "-A", "trust",
+                    "-E", "UTF8", "--locale=C.UTF-8"], check=True, capture_output=True)
+    subprocess.run([*prefix, _pg_program("pg_ctl"), "-D", str(data / "db"), "-l", str(data / "log"), "-w", "-o",
+                    f"-h {LOCALHOST} -p {port} -k {data} -c max_connections=200", "start"],
+                   check=True, capture_output=True)
+    try:
+        with psycopg.connect(f"host={LOCALHOST} port={port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute("CREATE DATABASE archivage_bench")
+        yield Postgres(f"postgresql+psycopg://postgres@{LOCALHOST}:{port}/archivage_bench",
+                       f"host={LOCALHOST} port={port} user=postgres dbname=archivage_bench")
+    finally:
+        subprocess.run([*prefix, _pg_program("pg_ctl"), "-D", str(data / "db"), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@dataclass
+class ObjectStore:
+    """moto's S3 server: ``settings(bucket)`` are the ARCHIVAGE_* variables and credentials of a node."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    credentials = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
+                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def create_bucket(self, name: str) -> str:
+        import boto3
+
+        boto3.session.Session().client("s3", endpoint_url=self.url, **_boto_credentials(self.credentials)
+                                        ).create_bucket(Bucket=name)
+        return name
+
+    def settings(self, bucket: str) -> dict[str, str]:
+        return {**self.credentials, "ARCHIVAGE_STORAGE_URL": f"s3://{bucket}/objects",
+                "ARCHIVAGE_ARCHIVE_TIER_STORAGE_URL": f"s3://{bucket}/archive-tier",
+                "ARCHIVAGE_S3_ENDPOINT_URL": self.url, "ARCHIVAGE_S3_ADDRESSING_STYLE": "path"}
+
+
+def _boto_credentials(env: Mapping[str, str]) -> dict[str, str]:
+    return {"aws_access_key_id": env["AWS_ACCESS_KEY_ID"], "aws_secret_access_key": env["AWS_SECRET_ACCESS_KEY"],
+            "region_name": env["AWS_DEFAULT_REGION"]}
+
+
+@contextmanager
+def s3_server(workdir: Path) -> Iterator[ObjectStore]:
+    """moto in server mode (``python -m moto.server``): a real HTTP S3 endpoint, in memory, single process.
+
+    Not a production store: its figures say what our side costs per object, not what MinIO would."""
+    port = free_port()
+    log_path = workdir / "moto.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([str(REPO / ".venv" / "bin" / "python"), "-m", "moto.server", "-H", LOCALHOST,
+                                    "-p", str(port)], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True, env=dcmtk_env())
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            with suppress(OSError), socket.create_connection((LOCALHOST, port), timeout=1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto did not start:\n{log_path.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+        yield ObjectStore(f"http://{LOCALHOST}:{port}", process)
+    finally:
+        stop_process(process)
+
+
 # --- sending -------------------------------------------------------------------------------
 
 
@@ -400,24 +512,29 @@ def storescu_argv(server: Server, command_file: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def store(server: Server, files: Sequence[Path], *, associations: int, workdir: Path, timeout_s: float) -> float:
-    """Send ``files`` with ``associations`` concurrent storescu processes, one association each.
+def store(
+    server: Server | Sequence[Server], files: Sequence[Path], *, associations: int, workdir: Path, timeout_s: float,
+) -> float:
+    """Send ``files`` with ``associations`` concurrent storescu processes, one association each;
+    given several servers (the nodes of a cluster), association N goes to server N modulo their number.
 
     Returns the seconds from the first storescu start to the last exit. Raises if any storescu
     fails (storescu halts and exits non-zero on an unsuccessful C-STORE).
     """
-    argvs = []
+    servers = [server] if isinstance(server, Server) else list(server)
+    argvs, targets = [], []
     for index, chunk in enumerate(split(files, associations)):
         # A command file keeps large sets under the argv limit (DCMTK expands @file arguments).
         command_file = workdir / f"storescu-{index}.args"
         command_file.write_text("".join(f'"{path}"\n' for path in chunk))
-        argvs.append(storescu_argv(server, command_file))
+        targets.append(servers[index % len(servers)])
+        argvs.append(storescu_argv(targets[-1], command_file))
     with ExitStack() as stack:
         started = time.perf_counter()
         processes = [stack.enter_context(_storescu(argv, workdir, index)) for index, argv in enumerate(argvs)]
         deadline = started + timeout_s
-        for process in processes:
-            _wait(process, deadline, server)
+        for process, target in zip(processes, targets):
+            _wait(process, deadline, target)
         elapsed_s = time.perf_counter() - started
     return elapsed_s
 

@@ -1,6 +1,13 @@
 """Ingest benchmark: C-STORE throughput and peak memory of the archive, optionally against Orthanc.
 
 Usage: python bench/ingest.py [--vs-orthanc] [--ct N] [--small N] [--concurrency 1,2,4] [--repeat N] [--workers N]
+       python bench/ingest.py --nodes 2 [--storage s3|both] [--ct N] [--small N] [--concurrency 2] [--repeat N]
+       python bench/ingest.py --storage both [--database postgresql]   # S3 (moto) vs filesystem, one node
+
+``--nodes N``: one node, then N ``archive serve`` nodes (each its own instance folder and journal) on one
+PostgreSQL and one S3-compatible server (moto, started here), the associations spread over the nodes;
+both on the same engines in the same run. ``--storage both`` adds one node on a local folder: the cost
+of the object store per stored instance. moto is a test double, not a production store.
 
 Every measured run gets a fresh server on an empty instance; the data sets are generated once.
 Sending is DCMTK storescu (TCP_NODELAY=1), one association per storescu process. Besides the
@@ -17,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -29,10 +37,13 @@ from _common import (
     ImageSet,
     ImageSetSpec,
     PeakRss,
+    archivage_server,
     cpu_seconds,
     generate_image_set,
     orthanc_binary,
+    postgres_server,
     run_dcmtk,
+    s3_server,
     store,
 )
 
@@ -78,9 +89,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, help="where temporary data goes (default: $TMPDIR)")
     parser.add_argument("--workers", type=_positive_int, default=1,
                         help="our SCP worker processes (DICOM_WORKERS, default 1)")
+    parser.add_argument("--nodes", type=_positive_int, default=1,
+                        help="N > 1: one node, then N nodes on one PostgreSQL + one S3 server (moto)")
+    parser.add_argument("--storage", choices=["filesystem", "s3", "both"],
+                        help="our store: a local folder, S3 (moto), or each"
+                             " (default: s3 with --nodes, else filesystem)")
+    parser.add_argument("--database", choices=["sqlite", "postgresql"],
+                        help="our index (default: postgresql with --nodes or an S3 store, else sqlite)")
     # Development and baselines: measure Orthanc, or DCMTK's storescp --ignore, in our place.
     parser.add_argument("--target", choices=sorted(SERVERS), default=OURS, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.storage is None:
+        args.storage = "s3" if args.nodes > 1 else "filesystem"
+    if args.database is None:
+        args.database = "postgresql" if args.nodes > 1 or args.storage != "filesystem" else "sqlite"
+    if args.nodes > 1 and (args.storage == "filesystem" or args.database == "sqlite"):
+        parser.error("several nodes share PostgreSQL and an S3 store (a local folder belongs to one node)")
+    if args.nodes > 1 and (args.vs_orthanc or args.target != OURS):
+        parser.error("--nodes measures our archive only")
+    return args
 
 
 def _positive_int(text: str) -> int:
@@ -222,6 +249,101 @@ def run_benchmark(args: argparse.Namespace, root: Path) -> None:
     print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
+# --- several nodes, shared engines ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What one measured run starts: *nodes* ``archive serve`` processes on *storage*, one *database*."""
+
+    nodes: int
+    storage: str  # "filesystem" | "s3"
+    database: str  # "sqlite" | "postgresql"
+
+    @property
+    def label(self) -> str:
+        store = "S3" if self.storage == "s3" else "fs"
+        return f"{self.nodes} node{'s' if self.nodes > 1 else ''} {self.database}+{store}"
+
+
+def deployments(args: argparse.Namespace) -> list[Deployment]:
+    storages = ["s3", "filesystem"] if args.storage == "both" else [args.storage]
+    found = [Deployment(1, storage, args.database) for storage in storages]
+    if args.nodes > 1:
+        found.insert(1, Deployment(args.nodes, "s3", args.database))
+    return found
+
+
+def measure_deployment(
+    deployment: Deployment, set_key: str, image_set: ImageSet, associations: int, *, root: Path, engines: dict,
+    timeout_s: float, workers: int = 1,
+) -> Measurement:
+    """One run: fresh database and bucket, *deployment.nodes* servers, the set spread over them."""
+    import uuid
+
+    with tempfile.TemporaryDirectory(prefix="nodes-", dir=root) as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        settings: dict[str, str] = {}
+        if deployment.database == "postgresql":
+            engines["postgresql"].reset()
+            settings["ARCHIVAGE_DATABASE_URL"] = engines["postgresql"].url
+        if deployment.storage == "s3":
+            settings |= engines["s3"].settings(engines["s3"].create_bucket(f"bench-{uuid.uuid4().hex[:12]}"))
+        servers = []
+        for n in range(deployment.nodes):
+            node_dir = workdir / f"node-{n}"
+            node_dir.mkdir()
+            servers.append(stack.enter_context(archivage_server(
+                node_dir, workers=workers, settings=settings, migrate=n == 0, name=f"archivage-node-{n}")))
+        rss = [stack.enter_context(PeakRss(server.process.pid)) for server in servers]
+        cpu_before = sum(cpu_seconds(server.process.pid) for server in servers)
+        elapsed_s = store(servers, image_set.files, associations=max(associations, deployment.nodes),
+                          workdir=workdir, timeout_s=timeout_s)
+        cpu_s = sum(cpu_seconds(server.process.pid) for server in servers) - cpu_before
+    return Measurement(deployment.label, set_key, max(associations, deployment.nodes), elapsed_s,
+                       len(image_set.files), image_set.total_bytes, sum(r.bytes for r in rss),
+                       sum(r.startup_bytes for r in rss), cpu_s)
+
+
+def run_deployments(args: argparse.Namespace, root: Path) -> None:
+    """``--nodes N`` / ``--storage`` / ``--database``: our archive on shared engines, one node against N."""
+    print(describe_tools(False))
+    plan = deployments(args)
+    sets = {key: generate_image_set(spec, root / "data" / key) for key, spec in image_set_specs(args).items()}
+    for image_set in sets.values():
+        print(f"{image_set.spec.label}: {len(image_set.files)} files, {image_set.total_bytes / MB:.1f} MB")
+    print(f"deployments: {', '.join(d.label for d in plan)}; runs per point: {args.repeat} (median kept);"
+          f" fresh database and bucket per run; CPU = our nodes only (not PostgreSQL, not moto);"
+          f" load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}\n")
+    with ExitStack() as stack:
+        engines = {}
+        if any(d.database == "postgresql" for d in plan):
+            engines["postgresql"] = stack.enter_context(postgres_server())
+        if any(d.storage == "s3" for d in plan):
+            engines["s3"] = stack.enter_context(s3_server(root))
+        results: dict[tuple[str, str, int], Measurement] = {}
+        for key, image_set in sets.items():
+            for associations in args.concurrency:
+                runs: dict[Deployment, list[Measurement]] = {d: [] for d in plan}
+                for _ in range(args.repeat):
+                    for deployment in plan:  # interleaved, so drift affects every deployment alike
+                        run = measure_deployment(deployment, key, image_set, associations, root=root,
+                                                 engines=engines, timeout_s=args.timeout, workers=args.workers)
+                        print(format_row(run, image_set.spec.label), flush=True)
+                        runs[deployment].append(run)
+                for deployment in plan:
+                    results[deployment.label, key, associations] = median_run(runs[deployment])
+    print("\nSummary (median per point)")
+    for key, image_set in sets.items():
+        for associations in args.concurrency:
+            first = results[plan[0].label, key, associations]
+            for deployment in plan:
+                run = results[deployment.label, key, associations]
+                print(f"{format_row(run, image_set.spec.label)}  x{run.instances_per_s / first.instances_per_s:.2f}"
+                      f" vs {plan[0].label}")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
 def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
     # SystemExit unwinds the context managers, which stop every server and storescu we started.
     raise SystemExit(128 + signum)
@@ -238,7 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="archivage-bench-", dir=args.workdir) as tmp:
         try:
-            run_benchmark(args, Path(tmp))
+            if args.nodes > 1 or args.storage != "filesystem" or args.database != "sqlite":
+                run_deployments(args, Path(tmp))
+            else:
+                run_benchmark(args, Path(tmp))
         except KeyboardInterrupt:
             print("\ninterrupted", file=sys.stderr)
             return 130

@@ -310,9 +310,7 @@ def note_find(ctx: ArchiveContext, assoc, query, answers: int) -> None:
 def _write_finds(ctx: ArchiveContext, events: list[dict]) -> None:
     """One transaction for *events* (the AuditWriter logs a failure)."""
     with write_session(ctx.sessions) as s:
-        for e in events:
-            audit.record(s, "dicom.find", actor=e["actor"], actor_kind="ae", patient_id=e["patient_id"],
-                         detail=e["detail"])
+        audit.record_many(s, [{"action": "dicom.find", "actor_kind": "ae", **e} for e in events])
 
 
 def may_query(ctx: ArchiveContext, assoc) -> bool:

@@ -228,6 +228,33 @@ def _statement(session: Session, query: Query, columns: list):
     return stmt
 
 
+def _name_prefix_match(keyword: str, value: Any) -> bool:
+    """A person-name key whose every value starts with literal characters (``Mar*``, ``DUPONT^J*``):
+    matched through the name indexes, each of its three groups a range of its index."""
+    attr = BY_KEYWORD.get(keyword)
+    if attr is None or not attr.group_columns:
+        return False
+    values = values_of(value)
+    return bool(values) and all(v and v[0] not in "*?" for v in values)
+
+
+def _index_order(query: Query, dialect: str):
+    """The answers' order: by the level's primary key (index order).
+
+    On SQLite, with a person-name prefix among the keys, the key is written ``+table.id``: SQLite
+    without statistics (the archive gathers none) would rather walk the table in key order, to
+    spare a sort, than read the three name indexes of an ``OR`` and sort the matches; at 100,000
+    studies ``PatientName=Mar*`` (1,914 matches) took 58 ms that way and 11 ms through the indexes
+    (``A*``, 10,000 matches: 77 and 49 ms). The ``+`` leaves the planner the index plan only
+    (tests/unit/test_query_plans.py, without statistics). Other keys keep the plain order: a date
+    range already reads its index, and a query that matches most rows is best read in key order.
+    """
+    key = MODELS[query.level].id
+    if dialect == "sqlite" and any(_name_prefix_match(k, v) for k, v in query.conditions.items()):
+        return literal_column(f"+{key.table.name}.{key.name}")
+    return key
+
+
 def find(
     session: Session, query: Query, *, limit: int | None = None, offset: int = 0, extra: Iterable = ()
 ) -> list[dict[str, Any]]:
@@ -300,7 +327,7 @@ def _rows(
         stmt = stmt.outerjoin(counts, counts.c.patient_pk == Patient.id)
     for condition in extra:
         stmt = stmt.where(condition)
-    stmt = stmt.order_by(MODELS[query.level].id)
+    stmt = stmt.order_by(_index_order(query, session.get_bind().dialect.name))
     if limit is not None:
         stmt = stmt.limit(limit)
     if offset:

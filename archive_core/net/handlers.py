@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
@@ -32,6 +31,7 @@ from archive_core.index.query import (
     stream,
 )
 from archive_core.net import chunked, scu, tls, tuning, worklist
+from archive_core.net.audit_writer import AuditWriter
 from archive_core.net.encoding import PendingAnswers
 from archive_core.net.status import (
     CANCEL,
@@ -61,8 +61,9 @@ class AssociationState:
     remedy: str = ""
     refusal_recorded: bool = False
     last_seq: int = 0
-    # C-FIND audit events not yet written (one per query; written in batches, see note_find).
-    finds: list[dict] = field(default_factory=list)
+    # Number of this association's last C-FIND audit event in the context's AuditWriter (0: none):
+    # the A-RELEASE answer waits until it is written (see note_find).
+    last_find: int = 0
     # Study UID -> (Patient ID, instances stored), written to the audit trail when the association ends.
     stored: dict[str, list] = field(default_factory=dict)
 
@@ -78,27 +79,20 @@ class ArchiveContext:
     open_blob: Callable[[StoredInstance], BinaryIO] | None = None
     _states: dict[int, AssociationState] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    # Writes audit events off the answer path (C-FIND batches); drained by close().
-    _writer: ThreadPoolExecutor | None = None
-    _closed: bool = False
+    # Writes the C-FIND audit events off the answer path (group commit); drained by close().
+    _finds: AuditWriter | None = None
     # (AE title, address, reason) -> (when last recorded, refusals not recorded since): see record_refusal.
     _refusals: dict[tuple[str, str, str], tuple[float, int]] = field(default_factory=dict)
 
-    def in_background(self, fn, *args) -> None:
-        with self._lock:
-            if self._writer is None and not self._closed:
-                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="archive-audit")
-            writer = self._writer
-        if writer is None:  # the server is stopping: write in this thread
-            fn(*args)
-        else:
-            writer.submit(fn, *args)
+    def __post_init__(self) -> None:
+        self._finds = AuditWriter(lambda events: _write_finds(self, events), max_batch=FIND_AUDIT_BATCH)
+
+    @property
+    def find_audit(self) -> AuditWriter:
+        return self._finds
 
     def close(self) -> None:
-        with self._lock:
-            writer, self._writer, self._closed = self._writer, None, True
-        if writer is not None:
-            writer.shutdown(wait=True)
+        self._finds.close()
 
     def state(self, assoc) -> AssociationState:
         key = id(assoc)
@@ -270,15 +264,17 @@ def handle_acse_sent(event, ctx: ArchiveContext) -> None:
         state = ctx._states.get(id(event.assoc))
         if state and state.last_seq and not ctx.ingestor.wait_indexed(state.last_seq):
             log.error("association from %s released before its objects were indexed", event.assoc.requestor.ae_title)
+        # Every query of the association is in the audit trail before the peer sees it released.
+        if state and state.last_find and not ctx.find_audit.wait(state.last_find, ctx.settings.DICOM_NETWORK_TIMEOUT):
+            log.error("association from %s released before its C-FIND audit events were written",
+                      event.assoc.requestor.ae_title)
 
 
 def handle_closed(event, ctx: ArchiveContext) -> None:
-    """Write what the association stored (one event per study) and its queries to the audit trail, then forget it."""
+    """Write what the association stored (one event per study) to the audit trail, then forget it
+    (its C-FIND events are already queued: see note_find)."""
     state = ctx._states.get(id(event.assoc))
     ctx.forget(event.assoc)
-    if state and state.finds:
-        events, state.finds = state.finds, []
-        _write_finds(ctx, events)
     if not state or not state.stored:
         return
     calling = event.assoc.requestor.ae_title
@@ -291,37 +287,30 @@ def handle_closed(event, ctx: ArchiveContext) -> None:
         log.exception("cannot audit what %s stored", calling)
 
 
-# At most this many C-FIND audit events wait in memory for their association to end.
+# At most this many C-FIND audit events are written in one transaction.
 FIND_AUDIT_BATCH = 50
 
 
 def note_find(ctx: ArchiveContext, assoc, query, answers: int) -> None:
     """Queue the audit event of one answered C-FIND: who (AE title, address), what (the matching keys
     and their values: the audit trail is where patient-data access is recorded, never the
-    application log), how many answers. Written when the association ends, or every
-    FIND_AUDIT_BATCH queries by a writer thread: no query waits for a database write."""
+    application log), how many answers. Written by the context's writer thread, which commits what
+    every association queued meanwhile together: no query waits for a database write, and the
+    association's A-RELEASE answer waits for its events (handle_acse_sent)."""
     state = ctx.state(assoc)
     patient_id = query.conditions.get("PatientID")
-    state.finds.append({
+    state.last_find = ctx.find_audit.add({
         "actor": assoc.requestor.ae_title,
         "patient_id": patient_id if isinstance(patient_id, str) and not has_wildcards(patient_id) else None,
         "detail": {"address": state.address, "model": query.root, "level": query.level,
                    "keys": dict(query.conditions), "answers": answers},
     })
-    if len(state.finds) >= FIND_AUDIT_BATCH:
-        # Written by the context's writer thread: a batch costs tens of milliseconds of fsync.
-        events, state.finds = state.finds, []
-        ctx.in_background(_write_finds, ctx, events)
 
 
 def _write_finds(ctx: ArchiveContext, events: list[dict]) -> None:
-    try:
-        with write_session(ctx.sessions) as s:
-            for e in events:
-                audit.record(s, "dicom.find", actor=e["actor"], actor_kind="ae", patient_id=e["patient_id"],
-                             detail=e["detail"])
-    except Exception:
-        log.exception("cannot audit %d C-FIND queries", len(events))
+    """One transaction for *events* (the AuditWriter logs a failure)."""
+    with write_session(ctx.sessions) as s:
+        audit.record_many(s, [{"action": "dicom.find", "actor_kind": "ae", **e} for e in events])
 
 
 def may_query(ctx: ArchiveContext, assoc) -> bool:

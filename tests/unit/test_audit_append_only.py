@@ -68,3 +68,32 @@ def test_audit_verify_command_fails_on_a_tampered_chain(app, runner):
     with app.app_context():
         result = runner.invoke(args=["audit", "verify"])
     assert result.exit_code == 1 and "broken" in result.output
+
+
+def test_a_batch_appended_in_one_insert_continues_the_chain_as_single_records_would(sessions):
+    """audit.record_many (the C-FIND audit writer's batch) after three single records: one chain that
+    verify accepts, in order, with the fields and details given; then a tampered detail in the batch
+    (bad input) is found at its row."""
+    from archive_core import audit
+
+    batch = [{"action": "dicom.find", "actor": "CT_SALLE1", "actor_kind": "ae", "patient_id": None,
+              "detail": {"keys": {"PatientName": f"Dupré{n}*"}, "answers": n}} for n in range(4)]
+    with write_session(sessions) as s:
+        audit.record_many(s, batch)
+        audit.record(s, "hold.placed", actor="gerante", patient_id="P7")  # a single record after the batch
+    with sessions() as s:
+        report = audit.verify(s)
+        events = s.query(audit.AuditEvent).order_by(audit.AuditEvent.id).all()
+    assert report.ok and report.checked == 8
+    assert [e.action for e in events] == ["hold.placed"] * 3 + ["dicom.find"] * 4 + ["hold.placed"]
+    assert [e.prev_hash for e in events[1:]] == [e.hash for e in events[:-1]]
+    assert [(e.actor, e.actor_kind) for e in events[3:7]] == [("CT_SALLE1", "ae")] * 4
+    assert '"PatientName": "Dupré2*"' in events[5].detail
+    with write_session(sessions) as s:
+        if s.get_bind().dialect.name == "sqlite":
+            s.execute(text("DROP TRIGGER audit_event_no_update"))
+        else:
+            s.execute(text("ALTER TABLE audit_event DISABLE TRIGGER USER"))
+        s.execute(text("UPDATE audit_event SET detail = '{}' WHERE id = 6"))
+    with sessions() as s:
+        assert audit.verify(s).first_bad_id == 6

@@ -1030,15 +1030,31 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
 
     # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 
-    def patient_records(self, session: Session, *, patient_id: str | None = None) -> list[PatientRecord]:
-        """Every visible patient (or those with *patient_id*), with what the retention rule needs."""
+    def patient_records(self, session: Session, *, patient_id: str | None = None,
+                        patient_pks: Iterable[int] | None = None) -> list[PatientRecord]:
+        """Every visible patient (or those with *patient_id*, or of row ids *patient_pks*), with what the
+        retention rule needs."""
+        if patient_pks is not None:
+            wanted = sorted(set(patient_pks))
+            out: list[PatientRecord] = []
+            for start in range(0, len(wanted), 2000):  # bound the parameters of one statement
+                out.extend(self._patient_records(session, patient_id, wanted[start:start + 2000]))
+            return out
+        return self._patient_records(session, patient_id, None)
+
+    def _patient_records(self, session: Session, patient_id: str | None,
+                         patient_pks: list[int] | None) -> list[PatientRecord]:
         query = select(Patient).where(Patient.deleted_at.is_(None)).order_by(Patient.id)
         if patient_id is not None:
             query = query.where(Patient.patient_id == patient_id)
+        if patient_pks is not None:
+            if not patient_pks:
+                return []
+            query = query.where(Patient.id.in_(patient_pks))
         patients = list(session.scalars(query))
         if not patients:
             return []
-        pks = [p.id for p in patients] if patient_id is not None else None
+        pks = [p.id for p in patients] if patient_id is not None or patient_pks is not None else None
         studies = select(Study.patient_pk, Study.study_date, Study.external).where(Study.deleted_at.is_(None))
         usage = (
             select(Study.patient_pk, Instance.tier, func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))

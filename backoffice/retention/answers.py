@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import and_, delete, false, func, insert, select
+from sqlalchemy import delete, false, func, insert, select
 from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveFacade
@@ -34,7 +34,8 @@ def answer_row(patient_pk: int, patient_id: str, issuer: str, patient_name: str 
                decision: RetentionDecision) -> dict:
     """The stored columns of one patient's answer (the parts of *decision* that do not depend on today)."""
     return {"patient_pk": patient_pk, "patient_id": patient_id, "issuer_of_patient_id": issuer,
-            "patient_name": patient_name, "keep_until": decision.keep_until, "basis": decision.basis,
+            "patient_name": patient_name or "", "keep_until": decision.keep_until,
+            "sort_until": decision.keep_until or date.max, "basis": decision.basis,
             "needs_review": decision.needs_review, "last_visit": decision.last_visit}
 
 
@@ -76,10 +77,13 @@ def refresh_now(facade: ArchiveFacade) -> int:
 
 def held_today(session: Session, facade: ArchiveFacade, today: date) -> list[int]:
     """Row ids of the patients a hold holds today, by the rule (only patients with a hold row are asked)."""
-    pks = list(session.scalars(
-        select(RetentionAnswer.patient_pk).distinct()
-        .join(LegalHold, and_(LegalHold.patient_id == RetentionAnswer.patient_id,
-                              LegalHold.issuer_of_patient_id == RetentionAnswer.issuer_of_patient_id))))
+    keys = set(session.execute(select(LegalHold.patient_id, LegalHold.issuer_of_patient_id).distinct()).all())
+    if not keys:
+        return []
+    ids = sorted({patient_id for patient_id, _issuer in keys})
+    pks = [pk for pk, patient_id, issuer in session.execute(
+        select(RetentionAnswer.patient_pk, RetentionAnswer.patient_id, RetentionAnswer.issuer_of_patient_id)
+        .where(RetentionAnswer.patient_id.in_(ids))) if (patient_id, issuer) in keys]
     if not pks:
         return []
     return sorted(p.record.patient_pk for p in retention_of(session, facade, today=today, patient_pks=pks)
@@ -94,9 +98,9 @@ def _where(kind: str, today: date, days: int, held: list[int]):
     a = RetentionAnswer
     not_held = a.patient_pk.not_in(held) if held else None
     if kind == "due":
-        conds = [a.keep_until >= today, a.keep_until <= today + timedelta(days=days)]
+        conds = [a.sort_until >= today, a.sort_until <= today + timedelta(days=days)]
     elif kind == "overdue":
-        conds = [a.keep_until < today, a.needs_review.is_(False)]
+        conds = [a.sort_until < today, a.needs_review.is_(False)]
     elif kind == "hold":
         return [a.patient_pk.in_(held)] if held else [false()]
     elif kind == "review":
@@ -124,7 +128,7 @@ def listing(session: Session, facade: ArchiveFacade, kind: str, *, today: date, 
     a = RetentionAnswer
     pks = list(session.scalars(
         select(a.patient_pk).where(*_where(kind, today, days, held))
-        .order_by(a.keep_until.is_(None), a.keep_until, func.coalesce(a.patient_name, ""), a.patient_pk)
+        .order_by(a.sort_until, a.patient_name, a.patient_pk)
         .offset(offset).limit(limit)))
     found = {p.record.patient_pk: p for p in retention_of(session, facade, today=today, patient_pks=pks)} if pks else {}
     return Listing([found[pk] for pk in pks if pk in found], count(session, kind, today, days, held))

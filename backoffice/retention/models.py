@@ -102,15 +102,21 @@ class RetentionAnswer(Base):
     """
 
     __tablename__ = "retention_answer"
-    __table_args__ = (Index("ix_retention_answer_keep_until_name", "keep_until", "patient_name"),)
+    __table_args__ = (
+        # The lists' order (soonest date, then name) and their filters, read from the index alone.
+        Index("ix_retention_answer_order", "sort_until", "patient_name", "patient_pk", "needs_review"),
+        Index("ix_retention_answer_patient", "patient_id", "issuer_of_patient_id"),
+    )
 
     patient_pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     patient_id: Mapped[str] = mapped_column(String(64))
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
-    patient_name: Mapped[str | None] = mapped_column(String(324))
+    patient_name: Mapped[str] = mapped_column(String(324), default="")  # "" when unknown (sorts first)
     keep_until: Mapped[date | None] = mapped_column(Date)
+    # keep_until, or 31/12/9999 when it cannot be computed: those come last in every list.
+    sort_until: Mapped[date] = mapped_column(Date)
     basis: Mapped[str] = mapped_column(String(32))
-    needs_review: Mapped[bool] = mapped_column(Boolean, index=True)
+    needs_review: Mapped[bool] = mapped_column(Boolean)
     last_visit: Mapped[date | None] = mapped_column(Date)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from datetime import date, datetime, time, timedelta, timezone
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
 from flask_babel import gettext as _, lazy_gettext as _l
 from flask_wtf import FlaskForm
@@ -144,7 +144,11 @@ def index():
     due = answers.listing(session, facade(), "due", today=day, days=365, limit=10, held=held)
     waiting = list(db().scalars(select(PurgeBatch).where(PurgeBatch.status.in_(("proposed", "approved", "tombstoned")))
                                 .order_by(PurgeBatch.id)))
-    usage = facade().storage_usage(db())
+    # A full scan of the images: reused while no study or image arrived, went or moved tier (as the dashboard).
+    from backoffice.home.figures import Memo
+
+    memo = current_app.extensions.setdefault("dashboard_memo", Memo())
+    usage = memo.get("retention_usage", facade().data_version(db()), lambda: facade().storage_usage(db()))
     tier_totals = {}
     for row in usage:
         tier_totals[row.tier] = tier_totals.get(row.tier, 0) + row.bytes_total

@@ -104,8 +104,8 @@ def _backfill(bind) -> None:
         holds.setdefault((p, i), []).append(
             HoldPeriod(_local_date(placed), _local_date(released) if released is not None else None))
     table = sa.table("retention_answer", *(sa.column(c) for c in (
-        "patient_pk", "patient_id", "issuer_of_patient_id", "patient_name", "keep_until", "basis", "needs_review",
-        "last_visit")))
+        "patient_pk", "patient_id", "issuer_of_patient_id", "patient_name", "keep_until", "sort_until", "basis",
+        "needs_review", "last_visit")))
     rows = []
     for pk, patient_id, issuer, name, birth in patients:
         facts = RetentionFacts(tuple(visits.get(pk, ())), parse_da(birth), deaths.get((patient_id, issuer)),
@@ -124,15 +124,17 @@ def upgrade() -> None:
         sa.Column("patient_pk", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("patient_id", sa.String(length=64), nullable=False),
         sa.Column("issuer_of_patient_id", sa.String(length=64), nullable=False),
-        sa.Column("patient_name", sa.String(length=324), nullable=True),
+        sa.Column("patient_name", sa.String(length=324), nullable=False),
         sa.Column("keep_until", sa.Date(), nullable=True),
+        sa.Column("sort_until", sa.Date(), nullable=False),
         sa.Column("basis", sa.String(length=32), nullable=False),
         sa.Column("needs_review", sa.Boolean(), nullable=False),
         sa.Column("last_visit", sa.Date(), nullable=True),
         sa.PrimaryKeyConstraint("patient_pk", name=op.f("pk_retention_answer")),
     )
-    op.create_index("ix_retention_answer_keep_until_name", "retention_answer", ["keep_until", "patient_name"])
-    op.create_index(op.f("ix_retention_answer_needs_review"), "retention_answer", ["needs_review"])
+    op.create_index("ix_retention_answer_order", "retention_answer",
+                    ["sort_until", "patient_name", "patient_pk", "needs_review"])
+    op.create_index("ix_retention_answer_patient", "retention_answer", ["patient_id", "issuer_of_patient_id"])
     op.create_table(
         "retention_stale",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -147,6 +149,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     drop_triggers(op.get_bind().dialect.name)
     op.drop_table("retention_stale")
-    op.drop_index(op.f("ix_retention_answer_needs_review"), table_name="retention_answer")
-    op.drop_index("ix_retention_answer_keep_until_name", table_name="retention_answer")
+    op.drop_index("ix_retention_answer_patient", table_name="retention_answer")
+    op.drop_index("ix_retention_answer_order", table_name="retention_answer")
     op.drop_table("retention_answer")

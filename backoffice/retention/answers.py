@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 
-from sqlalchemy import delete, false, func, insert, select
+from sqlalchemy import delete, false, func, insert, select, text
 from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveFacade
@@ -45,6 +45,10 @@ def refresh(session: Session, facade: ArchiveFacade) -> int:
     Only the queue entries read here are removed: a fact written meanwhile keeps its entry for the
     next refresh. Flushes; the caller commits.
     """
+    if session.get_bind().dialect.name == "postgresql":
+        # One refresh at a time (two pages loading at once would store the same answer twice); SQLite's
+        # write lock, taken by the caller's write session, does the same there.
+        session.execute(text("SELECT pg_advisory_xact_lock(727270501)"))
     queued = session.execute(select(RetentionStale.id, RetentionStale.patient_pk).order_by(RetentionStale.id)).all()
     if not queued:
         return 0

@@ -197,3 +197,70 @@ def test_lists_are_paged(db_app, tmp_path):
 def _listed_page(client, page: int) -> list[str]:
     html = client.get(f"/retention/patients?list=all&page={page}").get_data(as_text=True)
     return re.findall(r'<tr data-patient-id="([^"]+)">', html)
+
+
+def test_the_migration_back_fills_existing_patients_with_the_rule(tmp_path, database_url):
+    """A database from before the stored answers, holding every case of the rule's table (studies,
+    births, deaths, holds placed and lifted): upgrading fills retention_answer with decide()'s answers.
+    Bad input tried: patients the back-fill skips, a back-fill that ignores holds or deaths, outside
+    priors counted as visits."""
+    import sqlalchemy as sa
+
+    from archive_core.db import make_engine
+    from backoffice.migrate import upgrade
+
+    upgrade(database_url, "0510_purge_checks")  # the retention tables, before 1300_retention_answer
+    engine = make_engine(database_url)
+    patient = sa.table("patient", sa.column("id"), sa.column("patient_id"), sa.column("issuer_of_patient_id"),
+                       sa.column("patient_name"), sa.column("patient_birth_date"),
+                       sa.column("created_at", sa.DateTime(timezone=True)))
+    study = sa.table("study", sa.column("id"), sa.column("study_uid"), sa.column("patient_pk"), sa.column("study_date"),
+                     sa.column("modalities_in_study"), sa.column("num_series"), sa.column("num_instances"),
+                     sa.column("external"), sa.column("received_at", sa.DateTime(timezone=True)))
+    hold = sa.table("legal_hold", sa.column("patient_id"), sa.column("issuer_of_patient_id"), sa.column("reason"),
+                    sa.column("placed_by"), sa.column("placed_at", sa.DateTime(timezone=True)),
+                    sa.column("released_by"), sa.column("released_at", sa.DateTime(timezone=True)))
+    death = sa.table("retention_death", sa.column("patient_id"), sa.column("issuer_of_patient_id"),
+                     sa.column("death_date", sa.Date()), sa.column("recorded_by"),
+                     sa.column("recorded_at", sa.DateTime(timezone=True)))
+    now = datetime(2026, 11, 28, tzinfo=timezone.utc)
+    study_id = 0
+    with engine.begin() as c:
+        for pk, (_name, facts, *_expected) in enumerate(CASES, start=1):
+            pid = f"CASE{pk:02d}"
+            c.execute(patient.insert().values(id=pk, patient_id=pid, issuer_of_patient_id="",
+                                              patient_name=f"Cas^{pk}", created_at=now,
+                                              patient_birth_date=facts.birth_date.strftime("%Y%m%d")
+                                              if facts.birth_date else None))
+            visits = [(v, False) for v in facts.visit_dates] or [(date(2010, 1, 1), True)]
+            for visit, external in visits:
+                study_id += 1
+                c.execute(study.insert().values(id=study_id, study_uid=f"1.2.3.{study_id}", patient_pk=pk,
+                                                study_date=visit.strftime("%Y%m%d"), modalities_in_study="CT",
+                                                num_series=1, num_instances=1, external=external, received_at=now))
+            if facts.death_date:
+                c.execute(death.insert().values(patient_id=pid, issuer_of_patient_id="", death_date=facts.death_date,
+                                                recorded_by="gerante", recorded_at=now))
+            for h in facts.holds:
+                c.execute(hold.insert().values(patient_id=pid, issuer_of_patient_id="", reason="réclamation",
+                                               placed_by="gerante", placed_at=_noon(h.start), released_by="gerante",
+                                               released_at=_noon(h.end) if h.end else None))
+        if engine.dialect.name == "postgresql":  # explicit ids did not advance the sequences
+            for table in ("patient", "study"):
+                c.execute(sa.text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT MAX(id) FROM {table}))"))
+    engine.dispose()
+
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    with engine.connect() as c:
+        stored = {row.patient_id: row for row in c.execute(sa.text(
+            "SELECT patient_id, keep_until, basis, needs_review, last_visit FROM retention_answer"))}
+    engine.dispose()
+    assert len(stored) == len(CASES)
+    for pk, (name, facts, keep_until, basis, needs_review) in enumerate(CASES, start=1):
+        row = stored[f"CASE{pk:02d}"]
+        as_date = lambda v: v if v is None or isinstance(v, date) else date.fromisoformat(v)  # noqa: E731
+        rule = decide(facts, date(2026, 11, 28))
+        assert (as_date(row.keep_until), row.basis, bool(row.needs_review), as_date(row.last_visit)) == (
+            rule.keep_until, rule.basis, rule.needs_review, rule.last_visit), name
+        assert (rule.keep_until, rule.basis, rule.needs_review) == (keep_until, basis, needs_review), name

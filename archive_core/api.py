@@ -1030,15 +1030,31 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
 
     # -- retention: records, tiers, tombstones, purge, corrections ------------------------------
 
-    def patient_records(self, session: Session, *, patient_id: str | None = None) -> list[PatientRecord]:
-        """Every visible patient (or those with *patient_id*), with what the retention rule needs."""
+    def patient_records(self, session: Session, *, patient_id: str | None = None,
+                        patient_pks: Iterable[int] | None = None) -> list[PatientRecord]:
+        """Every visible patient (or those with *patient_id*, or of row ids *patient_pks*), with what the
+        retention rule needs."""
+        if patient_pks is not None:
+            wanted = sorted(set(patient_pks))
+            out: list[PatientRecord] = []
+            for start in range(0, len(wanted), 2000):  # bound the parameters of one statement
+                out.extend(self._patient_records(session, patient_id, wanted[start:start + 2000]))
+            return out
+        return self._patient_records(session, patient_id, None)
+
+    def _patient_records(self, session: Session, patient_id: str | None,
+                         patient_pks: list[int] | None) -> list[PatientRecord]:
         query = select(Patient).where(Patient.deleted_at.is_(None)).order_by(Patient.id)
         if patient_id is not None:
             query = query.where(Patient.patient_id == patient_id)
+        if patient_pks is not None:
+            if not patient_pks:
+                return []
+            query = query.where(Patient.id.in_(patient_pks))
         patients = list(session.scalars(query))
         if not patients:
             return []
-        pks = [p.id for p in patients] if patient_id is not None else None
+        pks = [p.id for p in patients] if patient_id is not None or patient_pks is not None else None
         studies = select(Study.patient_pk, Study.study_date, Study.external).where(Study.deleted_at.is_(None))
         usage = (
             select(Study.patient_pk, Instance.tier, func.count(Instance.id), func.coalesce(func.sum(Instance.size_bytes), 0))
@@ -1048,16 +1064,32 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
             .group_by(Study.patient_pk, Instance.tier)
         )
         if pks is not None:
-            studies = studies.where(Study.patient_pk.in_(pks))
-            usage = usage.where(Study.patient_pk.in_(pks))
+            # For a few patients, by patient: without statistics SQLite would walk the deleted_at index (every
+            # row NULL) and look at every study and image (100 patients of 100,000: 190 ms instead of 5 ms).
+            # The tombstoned rows are left out here instead of by the query.
+            studies = (select(Study.patient_pk, Study.study_date, Study.external, Study.deleted_at.is_(None))
+                       .where(Study.patient_pk.in_(pks)))
+            alive = Instance.deleted_at.is_(None)
+            usage = (
+                select(Study.patient_pk, Instance.tier, func.count(Instance.id),
+                       func.coalesce(func.sum(Instance.size_bytes), 0), alive)
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Study.patient_pk.in_(pks))
+                .group_by(Study.patient_pk, Instance.tier, alive)
+            )
         visits: dict[int, list[str]] = {}
         counts: dict[int, int] = {}
-        for pk, study_date, external in session.execute(studies):
+        for pk, study_date, external, *visible in session.execute(studies):
+            if visible and not visible[0]:
+                continue
             counts[pk] = counts.get(pk, 0) + 1
             if not external and study_date:
                 visits.setdefault(pk, []).append(study_date)
         tiers: dict[int, dict[str, tuple[int, int]]] = {}
-        for pk, tier, n, size in session.execute(usage):
+        for pk, tier, n, size, *visible in session.execute(usage):
+            if visible and not visible[0]:
+                continue
             tiers.setdefault(pk, {})[tier] = (n, int(size))
         return [
             PatientRecord(

@@ -66,6 +66,8 @@ class ExamGroup(Base):
     __table_args__ = (
         UniqueConstraint("patient_id", "visit_date", "exam_group"),
         Index("ix_billing_exam_group_visit_date_id", "visit_date", "id"),
+        # The dashboard's consent per exam group, from the index alone (migration 1310).
+        Index("ix_billing_exam_group_visit_group_consent", "visit_date", "exam_group", "consent"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -169,6 +171,7 @@ class Invoice(Base):
         CheckConstraint("insurer_cents >= 0 AND patient_cents >= 0 AND insurer_cents + patient_cents = total_cents",
                         name="shares_add_up"),
         Index("ix_billing_invoice_issued_at_id", "issued_at", "id"),
+        Index("ix_billing_invoice_issued_at_total", "issued_at", "total_cents"),  # the dashboard's months
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -230,7 +233,8 @@ class CreditNote(Base):
     """
 
     __tablename__ = "billing_credit_note"
-    __table_args__ = (UniqueConstraint("series", "sequence"), CheckConstraint("total_cents < 0", name="negative"))
+    __table_args__ = (UniqueConstraint("series", "sequence"), CheckConstraint("total_cents < 0", name="negative"),
+                      Index("ix_billing_credit_note_issued_at_total", "issued_at", "total_cents"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     number: Mapped[str] = mapped_column(String(32), unique=True)
@@ -249,7 +253,8 @@ class Payment(Base):
     """The payment journal: each entry carries the hash of the one before (refunds are negative)."""
 
     __tablename__ = "billing_payment"
-    __table_args__ = (CheckConstraint("amount_cents <> 0", name="non_zero"),)
+    __table_args__ = (CheckConstraint("amount_cents <> 0", name="non_zero"),
+                      Index("ix_billing_payment_paris_day_amount", "paris_day", "amount_cents"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     invoice_id: Mapped[int] = mapped_column(ForeignKey("billing_invoice.id"), index=True)

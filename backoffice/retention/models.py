@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Date, DateTime, ForeignKey, Integer, BigInteger, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Index, Integer, BigInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from archive_core.api import Base, utcnow
@@ -89,3 +89,41 @@ class PurgeItem(Base):
     approved_facts: Mapped[str | None] = mapped_column(Text)
 
     batch: Mapped[PurgeBatch] = relationship(back_populates="items")
+
+
+class RetentionAnswer(Base):
+    """The part of a patient's retention answer that does not depend on today, stored so that the
+    manager's lists are an indexed query (backoffice/retention/answers.py).
+
+    Computed by :func:`archive_core.retention.decide` (the one rule) whenever the facts change: database
+    triggers (migration 1300_retention_answer) queue the patient in ``retention_stale`` when a study,
+    the patient, a hold or a death record is written, whichever process writes it, and the queue is
+    worked off before every read.
+    """
+
+    __tablename__ = "retention_answer"
+    __table_args__ = (
+        # The lists' order (soonest date, then name) and their filters, read from the index alone.
+        Index("ix_retention_answer_order", "sort_until", "patient_name", "patient_pk", "needs_review"),
+        Index("ix_retention_answer_patient", "patient_id", "issuer_of_patient_id"),
+    )
+
+    patient_pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
+    patient_name: Mapped[str] = mapped_column(String(324), default="")  # "" when unknown (sorts first)
+    keep_until: Mapped[date | None] = mapped_column(Date)
+    # keep_until, or 31/12/9999 when it cannot be computed: those come last in every list.
+    sort_until: Mapped[date] = mapped_column(Date)
+    basis: Mapped[str] = mapped_column(String(32))
+    needs_review: Mapped[bool] = mapped_column(Boolean)
+    last_visit: Mapped[date | None] = mapped_column(Date)
+
+
+class RetentionStale(Base):
+    """A patient whose facts changed since its :class:`RetentionAnswer` was computed (written by triggers)."""
+
+    __tablename__ = "retention_stale"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_pk: Mapped[int] = mapped_column(Integer)

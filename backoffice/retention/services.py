@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text
@@ -73,18 +73,28 @@ def _facts(record: PatientRecord, death: date | None, holds: list[LegalHold]) ->
 
 
 def retention_of(session: Session, facade: ArchiveFacade, *, today: date,
-                 patient_id: str | None = None) -> list[PatientRetention]:
-    """Today's answer for every visible patient (or those with *patient_id*)."""
-    records = facade.patient_records(session, patient_id=patient_id)
-    deaths_q = select(DeathRecord)
-    holds_q = select(LegalHold).order_by(LegalHold.id)
-    if patient_id is not None:
-        deaths_q = deaths_q.where(DeathRecord.patient_id == patient_id)
-        holds_q = holds_q.where(LegalHold.patient_id == patient_id)
-    deaths = {(d.patient_id, d.issuer_of_patient_id): d.death_date for d in session.scalars(deaths_q)}
+                 patient_id: str | None = None, patient_pks: Iterable[int] | None = None) -> list[PatientRetention]:
+    """Today's answer for every visible patient (or those with *patient_id*, or of row ids *patient_pks*)."""
+    records = facade.patient_records(session, patient_id=patient_id, patient_pks=patient_pks)
+    deaths: dict[tuple[str, str], date] = {}
     holds: dict[tuple[str, str], list[LegalHold]] = {}
-    for h in session.scalars(holds_q):
-        holds.setdefault((h.patient_id, h.issuer_of_patient_id), []).append(h)
+    if patient_pks is not None:  # only the records asked for, by their patient IDs (in bounded groups)
+        ids = sorted({r.patient_id for r in records})
+        groups = [ids[i:i + 2000] for i in range(0, len(ids), 2000)]
+    else:
+        groups = [None]
+    for group in groups:
+        deaths_q = select(DeathRecord)
+        holds_q = select(LegalHold).order_by(LegalHold.id)
+        if patient_id is not None:
+            deaths_q = deaths_q.where(DeathRecord.patient_id == patient_id)
+            holds_q = holds_q.where(LegalHold.patient_id == patient_id)
+        if group is not None:
+            deaths_q = deaths_q.where(DeathRecord.patient_id.in_(group))
+            holds_q = holds_q.where(LegalHold.patient_id.in_(group))
+        deaths.update({(d.patient_id, d.issuer_of_patient_id): d.death_date for d in session.scalars(deaths_q)})
+        for h in session.scalars(holds_q):
+            holds.setdefault((h.patient_id, h.issuer_of_patient_id), []).append(h)
     out = []
     for r in records:
         key = (r.patient_id, r.issuer_of_patient_id)

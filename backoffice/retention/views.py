@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from datetime import date, datetime, time, timedelta, timezone
 
-from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
+from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
 from flask_babel import gettext as _, lazy_gettext as _l
 from flask_wtf import FlaskForm
@@ -15,7 +15,7 @@ from wtforms.validators import DataRequired, Length
 
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
-from backoffice.retention import services
+from backoffice.retention import answers, services
 from backoffice.retention.certificate import certificates_dir, render_certificate
 from backoffice.retention.clock import now_utc, today
 from backoffice.retention.errors import RetentionError
@@ -127,48 +127,46 @@ def _tier_label(tier: str | None) -> str:
     return str(TIER_LABELS.get(tier or "", tier or "—"))
 
 
-def _selected(answers, kind: str, day: date, days: int):
-    """The answers of one list, in the order a manager works through it."""
-    if kind == "due":
-        chosen = [p for p in answers if p.decision.due_within(day, days) and not p.decision.on_hold]
-    elif kind == "overdue":
-        chosen = [p for p in answers if p.decision.purgeable(day)]
-    elif kind == "hold":
-        chosen = [p for p in answers if p.decision.on_hold]
-    elif kind == "review":
-        chosen = [p for p in answers if p.decision.needs_review]
-    else:
-        chosen = list(answers)
-    return sorted(chosen, key=lambda p: (p.decision.keep_until or date.max, p.record.patient_name or ""))
+def _fresh_answers() -> None:
+    """Decide again the patients whose facts changed, then read in a transaction that sees the result."""
+    if answers.refresh_now(facade()):
+        db().rollback()  # the request's read transaction began before the refresh committed
 
 
 @bp.route("/")
 @roles_required(*MANAGER)
 def index():
     day = today()
-    answers = services.retention_of(db(), facade(), today=day)
-    counts = {days: len(_selected(answers, "due", day, days)) for days in WITHIN_DAYS}
-    due = _selected(answers, "due", day, 365)
-    overdue = _selected(answers, "overdue", day, 0)
-    review = _selected(answers, "review", day, 0)
-    on_hold = _selected(answers, "hold", day, 0)
+    _fresh_answers()
+    session = db()
+    held = answers.held_today(session, facade(), day)
+    counts = {days: answers.count(session, "due", day, days, held) for days in WITHIN_DAYS}
+    due = answers.listing(session, facade(), "due", today=day, days=365, limit=10, held=held)
     waiting = list(db().scalars(select(PurgeBatch).where(PurgeBatch.status.in_(("proposed", "approved", "tombstoned")))
                                 .order_by(PurgeBatch.id)))
-    usage = facade().storage_usage(db())
+    # A full scan of the images: reused while no study or image arrived, went or moved tier (as the dashboard).
+    from backoffice.home.figures import Memo
+
+    memo = current_app.extensions.setdefault("dashboard_memo", Memo())
+    usage = memo.get("retention_usage", facade().data_version(db()), lambda: facade().storage_usage(db()))
     tier_totals = {}
     for row in usage:
         tier_totals[row.tier] = tier_totals.get(row.tier, 0) + row.bytes_total
     return render_template(
-        "retention/index.html", today=day, due=due[:10], counts=counts, overdue=len(overdue), review=len(review),
-        on_hold=len(on_hold), total=len(answers), holds=services.active_holds(db()), waiting=waiting, usage=usage,
-        tier_totals=tier_totals, hold_form=HoldForm(), death_form=DeathForm(),
+        "retention/index.html", today=day, due=due.rows, counts=counts,
+        overdue=answers.count(session, "overdue", day, 0, held), review=answers.count(session, "review", day, 0, held),
+        on_hold=len(held), total=answers.count(session, "all", day, 0, held), holds=services.active_holds(db()),
+        waiting=waiting, usage=usage, tier_totals=tier_totals, hold_form=HoldForm(), death_form=DeathForm(),
     )
 
 
 @bp.route("/patients")
 @roles_required(*MANAGER)
 def patients():
-    """One list of records: due within N days, overdue, on hold, to review or all; name, dates, basis, tier."""
+    """One list of records: due within N days, overdue, on hold, to review or all; name, dates, basis, tier.
+
+    A page of PAGE rows (``page=N``), read from the stored answers (backoffice/retention/answers.py).
+    """
     kind = request.args.get("list", "due")
     if kind not in LISTS:
         kind = "due"
@@ -177,12 +175,13 @@ def patients():
         days = 365
     page = max(request.args.get("page", type=int) or 1, 1)
     day = today()
-    chosen = _selected(services.retention_of(db(), facade(), today=day), kind, day, days)
-    shown = chosen[(page - 1) * PAGE: page * PAGE]
+    _fresh_answers()
+    chosen = answers.listing(db(), facade(), kind, today=day, days=days, offset=(page - 1) * PAGE, limit=PAGE)
+    shown = chosen.rows
     facade().audit_now("retention.viewed", actor=current_user.login,
                        detail={"list": kind, "days": days if kind == "due" else None, "results": len(shown)})
     return render_template("retention/patients.html", today=day, kind=kind, days=days, title=str(LISTS[kind]) % {"days": days},
-                           rows=shown, total=len(chosen), page=page, more=len(chosen) > page * PAGE,
+                           rows=shown, total=chosen.total, page=page, more=chosen.total > page * PAGE,
                            lists=LISTS, within=WITHIN_DAYS)
 
 

@@ -3,51 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
-import signal
-import threading
+import sys
 from pathlib import Path
 
+from archive_core import commands
 from archive_core.archive import Archive
 from archive_core.config import Settings
 
 
-def serve_forever(archive: Archive) -> None:
-    """Replay the journal, serve DICOM until SIGTERM or SIGINT, then stop cleanly."""
-    from archive_core.net.server import start_server
-
-    # pynetdicom logs every message at INFO: far too much at hundreds of images a second.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    if archive.settings.DICOM_WORKERS > 1:
-        from archive_core.net.workers import serve_with_workers
-
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        signal.signal(signal.SIGINT, lambda *_: stop.set())
-        serve_with_workers(archive, stop)
-        return
-    from archive_core.errors import JournalBusy
-    from archive_core.net.tls import TLSConfigError
-
-    try:
-        running = start_server(archive)
-    except (JournalBusy, TLSConfigError) as exc:
-        archive.close()
-        raise SystemExit(f"cannot start: {exc}") from exc
-    # pynetdicom's server runs a full gc.collect() every 60 turns of its accept loop (about every 30 s,
-    # more often under many associations): over what startup loaded that holds the GIL for 50-100 ms,
-    # stalling every transfer in progress. What is alive now lives as long as the process: frozen,
-    # those collections only look at what came after.
-    gc.freeze()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    tls_note = f", DICOM TLS on port {running.tls_port}" if running.tls_port else ""
-    print(f"DICOM archive {archive.settings.DICOM_AE_TITLE} listening on port {running.port}{tls_note}", flush=True)
-    stop.wait()
-    running.stop()
-    archive.close()
+def _echo(message: str, err: bool = False) -> None:
+    print(message, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
             archive = Archive.open(Settings.load())
         except StorageRefused as exc:
             raise SystemExit(f"archivage: storage refused: {exc}") from exc
-        serve_forever(archive)
+        commands.serve(archive)
         return
     if args.path is None:
         parser.error(f"{args.command} needs a folder")
@@ -78,26 +44,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def backup_command(command: str, path: Path, *, with_signing_key: bool = False, force: bool = False) -> int:
     """``python -m archive_core backup|verify-backup|restore``: the exit status (2: engine not supported)."""
-    from archive_core import backup as b
-
     try:
         if command == "backup":
-            report = b.backup(Settings.load(), path, with_signing_key=with_signing_key)
-            print(f"backed up {report.objects} objects: {report.copied} copied, {report.removed} removed; "
-                  f"journal entries not yet indexed: {report.journal_pending}")
-        elif command == "verify-backup":
-            checked, problems = b.verify_backup(path)
-            print("\n".join([*problems, f"checked {checked} objects, {len(problems)} problems"]))
-            return 1 if problems else 0
-        else:
-            print("\n".join(b.restore(path, Settings.load().instance_path, force=force)))
-    except b.NotSupported as exc:
+            return commands.backup(Settings.load(), path, _echo, with_signing_key=with_signing_key)
+        if command == "verify-backup":
+            return commands.verify_backup(path, _echo)
+        return commands.restore(path, Settings.load().instance_path, _echo, force=force)
+    except commands.CommandFailed as exc:
         print(f"error: {exc}")
-        return 2
-    except b.BackupError as exc:
-        print(f"error: {exc}")
-        return 1
-    return 0
+        return exc.status
 
 
 if __name__ == "__main__":

@@ -44,6 +44,32 @@ __all__ += ["PeerInfo", "escape_like"]
 __all__ += ["PatientMatch", "PatientSearchPage"]
 __all__ += ["DuplicateAccession", "ScheduledStep", "WorklistError", "fold_text", "human_name"]
 
+# The rest of what the back-office needs of the core, so that it imports this module (and
+# archive_core.values) only: tests/unit/test_boundary.py holds it to that.
+from archive_core import commands  # noqa: E402  (the core's own commands; the flask CLI wraps them)
+from archive_core.audit import AuditEntry, ChainReport  # noqa: E402
+from archive_core.commands import CommandFailed  # noqa: E402
+from archive_core.config import ensure_instance, instance_path_from_env, private_files  # noqa: E402
+from archive_core.errors import (  # noqa: E402
+    DuplicateConflict,
+    IdentityConflict,
+    InvalidDataset,
+    InvalidIdentifier,
+    ObjectTooLarge,
+    StorageFull,
+    StorageUnavailable,
+    TooManyMatches,
+)
+from archive_core.render import PRESETS, RenderError, RenderParams  # noqa: E402
+from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide, parse_da  # noqa: E402
+
+__all__ += ["AuditEntry", "ChainReport", "CommandFailed", "Settings", "commands", "ensure_instance",
+            "instance_path_from_env", "private_files"]
+__all__ += ["DuplicateConflict", "IdentityConflict", "InvalidDataset", "InvalidIdentifier", "ObjectTooLarge",
+            "StorageFull", "StorageUnavailable", "TooManyMatches"]
+__all__ += ["PRESETS", "RenderError", "RenderParams"]
+__all__ += ["HoldPeriod", "RetentionDecision", "RetentionFacts", "decide", "parse_da"]
+
 
 @dataclass(frozen=True)
 class ArchiveStats:
@@ -911,11 +937,7 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
     def audit_checkpoint(self, *, reason: str = "periodic", force: bool = False) -> int | None:
         """Sign the audit chain's head (key and log outside the database); the checkpoint's number, or
         None when nothing was appended since the last one (idempotent: a job may run it at any time)."""
-        settings = self._archive.settings
-        with write_session(self._archive.sessions) as s:
-            row = _audit.checkpoint(s, settings.audit_signing_key_file, settings.audit_checkpoint_log,
-                                    reason=reason, force=force)
-            return row.id if row is not None else None
+        return _audit.checkpoint_instance(self._archive.sessions, self._archive.settings, reason=reason, force=force)
 
     def audit_details(self, session: Session, action_prefix: str) -> list[tuple[int, dict[str, Any]]]:
         """(event id, detail) of the audit events whose action starts with *action_prefix*, oldest first
@@ -934,12 +956,18 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
 
     def audit_verify(self) -> "_audit.ChainReport":
         """The audit chain held against every signed checkpoint (see :func:`archive_core.audit.verify`)."""
-        settings = self._archive.settings
-        with self._archive.sessions() as s:
-            try:
-                return _audit.verify(s, settings.audit_signing_key_file, settings.audit_checkpoint_log)
-            finally:
-                s.rollback()
+        return _audit.verify_instance(self._archive.sessions, self._archive.settings)
+
+    def audit_events(self, session: Session, *, patient_id: str | None = None, actor: str | None = None,
+                     action: str | None = None, since: datetime | None = None, before: datetime | None = None,
+                     limit: int | None = None) -> Iterable[AuditEntry]:
+        """Audit events matching every criterion given, newest first (*since* included, *before* excluded)."""
+        return _audit.search(session, patient_id=patient_id, actor=actor, action=action, since=since, before=before,
+                             limit=limit)
+
+    def audit_actions(self, session: Session) -> list[str]:
+        """The actions the audit trail holds, each once."""
+        return _audit.actions(session)
 
     def stats(self) -> ArchiveStats:
         with self._archive.sessions() as s:

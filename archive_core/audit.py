@@ -22,12 +22,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from sqlalchemy import Integer, String, Text, func, insert, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from archive_core.db import Base
+from archive_core.db import Base, write_session
+
+if TYPE_CHECKING:
+    from archive_core.config import Settings
 
 GENESIS = "0" * 64
 # Serialises appends to the chain and checkpoints (PostgreSQL advisory lock; SQLite: BEGIN IMMEDIATE).
@@ -429,3 +432,69 @@ def verify(session: Session, key_path: Path | None = None, log_path: Path | None
     if checkpoints and not problems and last_id > anchored:
         notes.append(f"events {anchored + 1} to {last_id} are after the last checkpoint (not yet anchored)")
     return ChainReport(checked, first_bad, tuple(problems), len(checkpoints), anchored, tuple(notes))
+
+
+def verify_instance(sessions: Callable[[], Session], settings: Settings) -> ChainReport:
+    """:func:`verify` with the instance's signing key and checkpoint log, in a read-only session of its own."""
+    with sessions() as s:
+        try:
+            return verify(s, settings.audit_signing_key_file, settings.audit_checkpoint_log)
+        finally:
+            s.rollback()
+
+
+def checkpoint_instance(sessions: Callable[[], Session], settings: Settings, *, reason: str = "periodic",
+                        force: bool = False) -> int | None:
+    """:func:`checkpoint` in a write transaction of its own: the checkpoint's number, or None (nothing new)."""
+    with write_session(sessions) as s:
+        row = checkpoint(s, settings.audit_signing_key_file, settings.audit_checkpoint_log, reason=reason, force=force)
+        return row.id if row is not None else None
+
+
+# -- reading the trail ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One event of the trail as the audit page and its CSV export show it (*at*: UTC ISO 8601 text)."""
+
+    id: int
+    at: str
+    actor: str
+    actor_kind: str
+    action: str
+    patient_id: str | None
+    study_uid: str | None
+    detail: str
+    hash: str
+
+
+def _stamp(moment: datetime) -> str:
+    """*moment* as the text events store in ``at`` (so that comparing texts compares instants)."""
+    return moment.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def search(session: Session, *, patient_id: str | None = None, actor: str | None = None, action: str | None = None,
+           since: datetime | None = None, before: datetime | None = None,
+           limit: int | None = None) -> Iterator[AuditEntry]:
+    """Events matching every criterion given, newest first (*since* included, *before* excluded), streamed."""
+    query = select(AuditEvent).order_by(AuditEvent.id.desc())
+    if patient_id:
+        query = query.where(AuditEvent.patient_id == patient_id)
+    if actor:
+        query = query.where(AuditEvent.actor == actor)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if since is not None:
+        query = query.where(AuditEvent.at >= _stamp(since))
+    if before is not None:
+        query = query.where(AuditEvent.at < _stamp(before))
+    if limit is not None:
+        query = query.limit(limit)
+    for e in session.scalars(query.execution_options(yield_per=1000)):
+        yield AuditEntry(e.id, e.at, e.actor, e.actor_kind, e.action, e.patient_id, e.study_uid, e.detail, e.hash)
+
+
+def actions(session: Session) -> list[str]:
+    """The actions the trail holds (each once)."""
+    return list(session.scalars(select(AuditEvent.action).distinct()))

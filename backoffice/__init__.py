@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flask import Flask, g
 
-from archive_core.config import Settings, ensure_instance, instance_path_from_env, private_files
+from archive_core.api import Settings, ensure_instance, instance_path_from_env, private_files
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -224,6 +224,28 @@ def tokens_revoke(token_id: int) -> None:
 
 
 # -- peers ------------------------------------------------------------------------------------
+# The core owns these commands (archive_core.commands): each group here only parses and wraps.
+
+
+def _core(command, *args, **kwargs) -> None:
+    """Run one of the core's commands, its lines on the terminal; its failure is a click error."""
+    from archive_core.api import CommandFailed
+
+    try:
+        status = command(*args, echo=click.echo, **kwargs)
+    except CommandFailed as exc:
+        if exc.status == 1:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(exc.status)
+    if status:
+        sys.exit(status)
+
+
+def _commands():
+    from archive_core.api import commands
+
+    return commands
 
 
 @click.group("peers", cls=AppGroup, help="Registered DICOM peers (modalities, workstations, archives).")
@@ -239,43 +261,19 @@ def peers_cli() -> None: ...
 @click.option("--external", is_flag=True, help="Studies it sends are outside priors, not visits.")
 @click.option("--tls", is_flag=True, help="Our associations to it use DICOM TLS; its own must use the TLS port.")
 def peers_add(ae_title: str, host: str, port: int, allowed_from: str | None, external: bool, tls: bool) -> None:
-    from archive_core.peers import add_peer
-
-    with _facade().new_session(write=True) as s:
-        try:
-            peer = add_peer(s, ae_title, host, port, external=external, allowed_from=allowed_from, tls=tls)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from exc
-        s.commit()
-    flags = ", ".join(_peer_flags(peer))
-    click.echo(f"peer {peer.ae_title} at {peer.host}:{peer.port}" + (f" ({flags})" if flags else ""))
-
-
-def _peer_flags(peer) -> list[str]:
-    return [f for f in (f"from {peer.allowed_from}" if peer.allowed_from else "",
-                        "external" if peer.external else "", "tls" if peer.tls else "") if f]
+    _core(_commands().add_peer, _archive(), ae_title=ae_title, host=host, port=port, allowed_from=allowed_from,
+          external=external, tls=tls)
 
 
 @peers_cli.command("list")
 def peers_list() -> None:
-    with _facade().new_session() as s:
-        for p in _facade().peers(s):
-            click.echo("\t".join([p.ae_title, p.host, str(p.port), *_peer_flags(p)]))
+    _core(_commands().list_peers, _archive())
 
 
 @peers_cli.command("remove")
 @click.argument("ae_title")
 def peers_remove(ae_title: str) -> None:
-    from archive_core.api import NotFound
-    from archive_core.peers import remove_peer
-
-    with _facade().new_session(write=True) as s:
-        try:
-            remove_peer(s, ae_title)
-        except NotFound as exc:
-            raise click.ClickException(str(exc)) from exc
-        s.commit()
-    click.echo(f"peer {ae_title} removed")
+    _core(_commands().remove_peer, _archive(), ae_title=ae_title)
 
 
 # -- archive ----------------------------------------------------------------------------------
@@ -287,9 +285,7 @@ def archive_cli() -> None: ...
 
 @archive_cli.command("serve", help="Run the DICOM SCP until interrupted.")
 def archive_serve() -> None:
-    from archive_core.__main__ import serve_forever
-
-    serve_forever(_archive())
+    _commands().serve(_archive())
 
 
 @archive_cli.command("fsck")
@@ -297,28 +293,7 @@ def archive_serve() -> None:
 @click.option("--no-checksums", is_flag=True, help="Skip reading every file.")
 def archive_fsck(repair: bool, no_checksums: bool) -> None:
     """Compare index and storage; exit 1 when problems remain."""
-    from archive_core.maintenance import fsck
-
-    from archive_core.api import JournalBusy
-
-    try:
-        report = fsck(_archive(), repair=repair, verify_checksums=not no_checksums)
-    except JournalBusy as exc:
-        raise click.ClickException(str(exc)) from exc
-    for line in report.repaired:
-        click.echo(f"repaired: {line}")
-    for key in report.missing_files:
-        click.echo(f"missing file: {key}")
-    for key in report.orphan_files:
-        click.echo(f"file without index row: {key}")
-    for key in report.checksum_mismatches:
-        click.echo(f"checksum mismatch: {key}")
-    if report.journal_pending:
-        click.echo(f"journal entries not yet indexed: {report.journal_pending}")
-    for location in report.pending_changes:
-        click.echo(f"pending (interrupted correction or tier move; --repair finishes it): {location}")
-    click.echo(f"checked {report.checked} instances, {report.problems} problems")
-    sys.exit(1 if report.problems else 0)
+    _core(_commands().fsck, _archive(), repair=repair, verify_checksums=not no_checksums)
 
 
 @archive_cli.command("backup")
@@ -329,37 +304,15 @@ def archive_fsck(repair: bool, no_checksums: bool) -> None:
               help="Seconds to wait for received objects not yet indexed.")
 def archive_backup(dest: Path, with_signing_key: bool, journal_wait: float) -> None:
     """Write a consistent backup into DEST (objects copied only when new or changed)."""
-    from archive_core.backup import BackupError, NotSupported, backup
-
-    try:
-        report = backup(_archive().settings, dest, with_signing_key=with_signing_key,
-                        journal_wait_seconds=journal_wait)
-    except NotSupported as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    except BackupError as exc:
-        raise click.ClickException(str(exc)) from exc
-    if report.journal_pending:
-        click.echo(f"journal entries not yet indexed (not in this backup): {report.journal_pending}")
-    if report.stripped:
-        click.echo(f"settings left out (secrets): {', '.join(report.stripped)}")
-    if not report.signing_key:
-        click.echo("the audit signing key is not in the backup: keep a copy of it elsewhere")
-    click.echo(f"backed up {report.objects} objects: {report.copied} copied ({report.copied_bytes} bytes), "
-               f"{report.removed} removed")
+    _core(_commands().backup, _archive().settings, dest, with_signing_key=with_signing_key,
+          journal_wait_seconds=journal_wait)
 
 
 @archive_cli.command("verify-backup")
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 def archive_verify_backup(src: Path) -> None:
     """Re-hash every object of the backup SRC and check its database; exit 1 naming problems."""
-    from archive_core.backup import verify_backup
-
-    checked, problems = verify_backup(src)
-    for line in problems:
-        click.echo(line)
-    click.echo(f"checked {checked} objects, {len(problems)} problems")
-    sys.exit(1 if problems else 0)
+    _core(_commands().verify_backup, src)
 
 
 @archive_cli.command("restore")
@@ -367,15 +320,8 @@ def archive_verify_backup(src: Path) -> None:
 @click.option("--force", is_flag=True, help="Restore over an instance that holds data (moved aside, not deleted).")
 def archive_restore(src: Path, force: bool) -> None:
     """Rebuild this instance from the backup SRC; then run `db upgrade`."""
-    from archive_core.backup import BackupError, restore
-
     current_app.extensions["archivage"].archive.close()
-    try:
-        notes = restore(src, Path(current_app.instance_path), force=force)
-    except BackupError as exc:
-        raise click.ClickException(str(exc)) from exc
-    for line in notes:
-        click.echo(line)
+    _core(_commands().restore, src, Path(current_app.instance_path), force=force)
 
 
 @archive_cli.command("import")
@@ -385,14 +331,8 @@ def archive_import(path: Path, external: bool) -> None:
     """Bulk-load a folder of DICOM files; unreadable ones are skipped and listed."""
     from tqdm import tqdm
 
-    from archive_core.maintenance import import_path
-
-    report = import_path(
-        _archive(), path, external=external, progress=lambda it: tqdm(it, unit="file", file=sys.stderr)
-    )
-    for name, reason in report.unreadable:
-        click.echo(f"skipped: {name}: {reason}")
-    click.echo(f"stored {report.stored}, duplicates {report.duplicates}, skipped {len(report.unreadable)}")
+    _core(_commands().import_folder, _archive(), path, external=external,
+          progress=lambda it: tqdm(it, unit="file", file=sys.stderr))
 
 
 # -- audit ------------------------------------------------------------------------------------
@@ -404,26 +344,12 @@ def audit_cli() -> None: ...
 
 @audit_cli.command("verify", help="Check the hash chain against the signed checkpoints; exit 1 on any problem.")
 def audit_verify() -> None:
-    report = _facade().audit_verify()
-    if report.ok:
-        click.echo(f"audit chain intact: {report.checked} events, {report.checkpoints} signed checkpoints "
-                   f"(anchored up to event {report.anchored_up_to})")
-        for note in report.notes:
-            click.echo(f"note: {note}")
-        return
-    if report.first_bad_id is not None:
-        click.echo(f"audit chain broken at event {report.first_bad_id} (after {report.checked} good events)")
-    else:
-        click.echo(f"audit checkpoints broken ({report.checked} events in the chain)")
-    for problem in report.problems:
-        click.echo(f"- {problem}")
-    sys.exit(1)
+    _core(_commands().audit_verify, _archive())
 
 
 @audit_cli.command("checkpoint", help="Sign the chain's head now (the scheduler does it periodically).")
 def audit_checkpoint() -> None:
-    number = _facade().audit_checkpoint(reason="manual")
-    click.echo(f"audit checkpoint {number} written" if number else "audit checkpoint: nothing new since the last one")
+    _core(_commands().audit_checkpoint, _archive())
 
 
 # -- processes --------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
 from werkzeug.routing import IntegerConverter
 
-from archive_core import errors as core
-from archive_core.render import RenderError
+from archive_core import api as core
+from archive_core.api import RenderError
 
 INT64 = 2**63
 log = logging.getLogger(__name__)

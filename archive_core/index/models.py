@@ -142,7 +142,3 @@ class Peer(Base):
     allowed_from: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # Our associations to it use DICOM TLS; its own must come in over the TLS port.
     tls: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-
-
-# The patient search keeps PatientNameToken in step on every flush, in whichever process writes.
-from archive_core.index import patient_search as _patient_search  # noqa: E402,F401

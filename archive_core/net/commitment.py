@@ -170,9 +170,7 @@ def handle_n_action(event, ctx):
         return _failure(NO_SUCH_ACTION, "only Action Type 1 (request commitment)"), None
     state = ctx.state(event.assoc)
     if state.peer is None and (state.impostor or not ctx.settings.DICOM_STORE_FROM_UNKNOWN_AES):
-        from archive_core.net.handlers import record_refusal
-
-        record_refusal(ctx, state, calling, "N-ACTION")
+        ctx.record_refusal(state, calling, "N-ACTION")
         return _failure(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None
     try:
         transaction_uid, references = parse_request(event.action_information)

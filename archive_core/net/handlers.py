@@ -108,6 +108,11 @@ class ArchiveContext:
         with self._lock:
             self._states.pop(id(assoc), None)
 
+    def record_refusal(self, state: AssociationState, ae_title: str, service: str) -> None:
+        """:func:`record_refusal`, for the handlers of other modules (worklist, commitment) that this
+        module imports: they reach it through the context they are bound to, not by importing it back."""
+        record_refusal(self, state, ae_title, service)
+
 
 def _failure(code: int, reason: str) -> Dataset:
     status = Dataset()

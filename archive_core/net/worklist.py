@@ -42,12 +42,10 @@ def _status(code: int, comment: str) -> Dataset:
 
 def _refused(ctx, assoc, service: str) -> bool:
     """True (logged, audited) when the calling AE is not a registered peer from its registered address."""
-    from archive_core.net.handlers import record_refusal
-
     state = ctx.state(assoc)
     if state.peer is not None:
         return False
-    record_refusal(ctx, state, assoc.requestor.ae_title, service)
+    ctx.record_refusal(state, assoc.requestor.ae_title, service)
     return True
 
 

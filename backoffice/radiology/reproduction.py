@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from flask import current_app, render_template
 from sqlalchemy.orm import Session
 
-from archive_core.api import ArchiveFacade, StudyDetail
-from archive_core.render import RenderError, RenderParams
+from archive_core.api import ArchiveFacade, RenderError, RenderParams, StudyDetail
 from backoffice.radiology import services
 from backoffice.patients.printing import printed_ins
 from backoffice.pdf import html_to_pdf

@@ -21,8 +21,7 @@ from wtforms import BooleanField, DateField, IntegerField, SelectField, StringFi
 from wtforms.fields.choices import SelectChoice
 from wtforms.validators import NumberRange, Optional
 
-from archive_core.api import NotFound
-from archive_core.render import PRESETS, RenderError, RenderParams
+from archive_core.api import PRESETS, NotFound, RenderError, RenderParams
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade, rollback
 from backoffice.radiology import services

@@ -22,8 +22,17 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from archive_core.api import ArchiveError, ArchiveFacade, NotFound, PatientRecord
-from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide, parse_da
+from archive_core.api import (
+    ArchiveError,
+    ArchiveFacade,
+    HoldPeriod,
+    NotFound,
+    PatientRecord,
+    RetentionDecision,
+    RetentionFacts,
+    decide,
+    parse_da,
+)
 from backoffice.retention.errors import RetentionError
 from backoffice.retention.models import OPEN_STATUSES, DeathRecord, LegalHold, PurgeBatch, PurgeItem
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
@@ -422,22 +422,16 @@ def corrections():
 # -- audit search -----------------------------------------------------------------------------------------
 
 
-def _paris_day_start(day: date) -> str:
-    """Midnight in Paris of *day*, as the UTC ISO text the audit trail stores and compares."""
-    return datetime.combine(day, time(), tzinfo=PARIS).astimezone(timezone.utc).isoformat(timespec="microseconds")
+def _paris_day_start(day: date) -> datetime:
+    """Midnight in Paris of *day* (the manager's days are Paris days)."""
+    return datetime.combine(day, time(), tzinfo=PARIS)
 
 
-def _audit_query():
-    from archive_core.audit import AuditEvent
-
-    query = select(AuditEvent).order_by(AuditEvent.id.desc())
+def _audit_filters() -> dict:
+    """The audit page's filters as :meth:`~archive_core.api.ArchiveFacade.audit_events` takes them."""
     args = request.args
-    if args.get("patient_id"):
-        query = query.where(AuditEvent.patient_id == args["patient_id"].strip())
-    if args.get("actor"):
-        query = query.where(AuditEvent.actor == args["actor"].strip())
-    if args.get("action"):
-        query = query.where(AuditEvent.action == args["action"])
+    filters: dict = {"patient_id": args.get("patient_id", "").strip() or None,
+                     "actor": args.get("actor", "").strip() or None, "action": args.get("action") or None}
     for name in ("from", "to"):
         if args.get(name):
             try:
@@ -445,29 +439,28 @@ def _audit_query():
             except ValueError:
                 flash(_("date invalide : %(value)s", value=args[name]), "error")
                 continue
-            # The manager's days are Paris days: "to 01/12" includes the evening of the 1st in Paris.
+            # "to 01/12" includes the evening of the 1st in Paris.
             if name == "to":
-                query = query.where(AuditEvent.at < _paris_day_start(day + timedelta(days=1)))
+                filters["before"] = _paris_day_start(day + timedelta(days=1))
             else:
-                query = query.where(AuditEvent.at >= _paris_day_start(day))
-    return query
+                filters["since"] = _paris_day_start(day)
+    return filters
 
 
 @bp.route("/audit")
 @roles_required(*AUDITORS)
 def audit():
-    from archive_core.audit import AuditEvent
     from backoffice.audit_events import event_label, paris_time, readable_detail
     from backoffice.spreadsheet import SafeWriter
 
-    query = _audit_query()
+    filters = _audit_filters()
     if request.args.get("format") == "csv":
         facade().audit_now("audit.exported", actor=current_user.login,
                            detail={k: v for k, v in request.args.items() if k != "format"})
         out = io.StringIO()
         writer = SafeWriter(out, delimiter=";")  # actor names come from failed logins: formulas neutralised
         writer.writerow(["id", "date (UTC)", "acteur", "type", "action", "patient", "examen", "détail", "empreinte"])
-        for e in db().scalars(query.execution_options(yield_per=1000)):
+        for e in facade().audit_events(db(), **filters):
             writer.writerow([e.id, e.at, e.actor, e.actor_kind, e.action, e.patient_id or "", e.study_uid or "",
                              e.detail, e.hash])
         return Response("\ufeff" + out.getvalue(), mimetype="text/csv; charset=utf-8",
@@ -475,9 +468,9 @@ def audit():
     if request.args.get("patient_id"):
         facade().audit_now("patient.viewed", actor=current_user.login, patient_id=request.args["patient_id"].strip(),
                            detail={"page": "audit"})
-    events = list(db().scalars(query.limit(PAGE)))
+    events = list(facade().audit_events(db(), **filters, limit=PAGE))
     # The filter offers the event types the trail holds (never a label that matches nothing), by label.
-    written = db().scalars(select(AuditEvent.action).distinct()).all()
+    written = facade().audit_actions(db())
     actions = sorted(((code, event_label(code)) for code in written), key=lambda pair: pair[1].casefold())
     # The manager may see names (the log never does); the admin keeps to identifiers.
     names = facade().patient_names(db(), (e.patient_id for e in events)) if current_user.role == "manager" else {}

@@ -118,8 +118,32 @@ def test_the_page_shows_the_stored_instant_in_paris(manager, printed, facade):
 ])
 def test_date_filters_are_paris_days(day, utc_bound):
     """Bad input tried: a UTC day boundary, which drops the events of 00:00–02:00 in Paris."""
-    from datetime import date
+    from datetime import date, datetime
 
     from backoffice.retention.views import _paris_day_start
 
-    assert _paris_day_start(date.fromisoformat(day)) == utc_bound
+    # The view gives the facade an instant (the core writes it as the trail's UTC text): the same instant.
+    assert _paris_day_start(date.fromisoformat(day)) == datetime.fromisoformat(utc_bound)
+
+
+def test_the_facade_filters_events_by_instant_whatever_the_time_zone(facade, printed):
+    """The page's Paris bounds reach the trail through ArchiveFacade.audit_events. Bad input tried: the
+    event's own instant given in Paris time (its text sorts after the stored UTC text), which a plain text
+    comparison would put on the wrong side of the bound."""
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    with facade.new_session() as s:
+        (event,) = facade.audit_events(s, action="study.print")
+        at = datetime.fromisoformat(event.at).astimezone(ZoneInfo("Europe/Paris"))
+        tick = timedelta(microseconds=1)
+
+        def ids(**bounds) -> list[int]:
+            return [e.id for e in facade.audit_events(s, patient_id="PAT-A", **bounds)]
+
+        media = [e.id for e in facade.audit_events(s, action="study.media")]
+        assert ids(since=at, before=at + tick) == [event.id]
+        assert ids(since=at + tick, before=at + tick) == []
+        assert ids(before=at) == []
+        assert ids(since=at) == media + [event.id]  # newest first
+        assert set(facade.audit_actions(s)) >= {"study.print", "study.media"}

@@ -29,8 +29,9 @@ from archive_core.errors import (
     UnknownPeer,
 )
 from archive_core.index import patient_search as _patient_search
-from archive_core.index.models import Instance, Patient, Series, Study, utcnow
-from archive_core.index.patient_search import PatientMatch, PatientSearchPage, human_name
+from archive_core.index.models import Instance, Patient, Series, Study
+from archive_core.values import da_to_iso, format_da, utcnow
+from archive_core.index.patient_search import PatientMatch, PatientSearchPage
 from archive_core.peers import PeerInfo
 from archive_core.purge import TombstoneResult
 from archive_core.tiers import TierMove
@@ -42,7 +43,7 @@ __all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsa
 __all__ += ["ArchiveError", "BlobMissing", "InvalidQuery", "JournalBusy", "NotFound", "StorageRefused", "UnknownPeer"]
 __all__ += ["PeerInfo", "escape_like"]
 __all__ += ["PatientMatch", "PatientSearchPage"]
-__all__ += ["DuplicateAccession", "ScheduledStep", "WorklistError", "fold_text", "human_name"]
+__all__ += ["DuplicateAccession", "ScheduledStep", "WorklistError", "fold_text"]
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class StudySummary:
 
     @property
     def iso_date(self) -> str | None:
-        return _iso(self.study_date)
+        return da_to_iso(self.study_date)
 
 
 @dataclass(frozen=True)
@@ -156,18 +157,12 @@ class DicomDocument:
     verified: bool
 
 
-def _iso(dicom_date: str | None) -> str | None:
-    if dicom_date and len(dicom_date) == 8 and dicom_date.isdigit():
-        return f"{dicom_date[:4]}-{dicom_date[4:6]}-{dicom_date[6:]}"
-    return None
-
-
 def _dicom_date(value: _date | str | None) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
         value = _date.fromisoformat(value)
-    return value.strftime("%Y%m%d")
+    return format_da(value)
 
 
 def _summary(study: Study, patient: Patient) -> StudySummary:
@@ -333,7 +328,7 @@ class _RadiologyMixin:
             result.append(
                 PriorStudy(
                     study_uid=other.study_uid,
-                    study_date=_iso(other.study_date or None),
+                    study_date=da_to_iso(other.study_date or None),
                     modalities=other.modalities,
                     description=other.description or None,
                     body_parts=tuple(sorted(other_parts)),
@@ -438,7 +433,7 @@ class _RadiologyMixin:
                     sop_instance_uid=ref.sop_instance_uid,
                     kind="pdf" if is_pdf else "sr",
                     title=title or ("Document PDF" if is_pdf else SR_CLASSES[ref.sop_class_uid]),
-                    content_date=_iso(str(ds.get("ContentDate", "") or "")),
+                    content_date=da_to_iso(str(ds.get("ContentDate", "") or "")),
                     text="" if is_pdf else _sr_text(ds),
                     verified=str(ds.get("VerificationFlag", "")).upper() == "VERIFIED",
                 )

@@ -41,6 +41,7 @@ from pydicom.uid import (
 
 from archive_core.errors import NotFound
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from archive_core.values import da_to_iso, person_name
 
 UNSET = "à configurer"
 PREVIEW_SIZE = 256
@@ -77,11 +78,6 @@ class MediaReport:
 def _ascii(text: str) -> str:
     """README.TXT is plain ASCII (readable on any computer): accents dropped, not mangled."""
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-
-
-def _person(name: str | None) -> str:
-    parts = (name or "").split("^")
-    return " ".join(p for p in [parts[0].upper() if parts else "", *parts[1:3]] if p).strip() or "-"
 
 
 def _fr_date(iso: str | None) -> str:
@@ -492,9 +488,9 @@ def readme_text(details, practice: dict[str, str], *, now: datetime | None = Non
         f"Adresse : {practice.get('PRACTICE_ADDRESS') or UNSET}",
         f"Telephone : {practice.get('PRACTICE_PHONE') or UNSET}",
         "",
-        f"Patient : {_person(patient.patient_name)}",
+        f"Patient : {(person_name(patient.patient_name, as_stored=True) or '-')}",
         f"Identifiant : {patient.patient_id}",
-        f"Date de naissance : {_fr_date(_iso8(patient.patient_birth_date))}",
+        f"Date de naissance : {_fr_date(da_to_iso(patient.patient_birth_date))}",
         "",
         "Examens :",
     ]
@@ -516,12 +512,6 @@ def readme_text(details, practice: dict[str, str], *, now: datetime | None = Non
     return _ascii("\r\n".join(lines) + "\r\n")
 
 
-def _iso8(dicom_date: str | None) -> str | None:
-    if dicom_date and len(dicom_date) == 8 and dicom_date.isdigit():
-        return f"{dicom_date[:4]}-{dicom_date[4:6]}-{dicom_date[6:]}"
-    return None
-
-
 def index_html(details, practice: dict[str, str], previews: list[tuple[str, str, str]]) -> str:
     esc = html.escape
     patient = details[0].study
@@ -534,7 +524,7 @@ def index_html(details, practice: dict[str, str], previews: list[tuple[str, str,
 <html lang="fr"><head><meta charset="utf-8"><title>Images médicales</title>
 <style>body{{font-family:sans-serif}} figure{{display:inline-block;margin:.5em;text-align:center}}</style></head>
 <body><h1>{esc(practice.get('PRACTICE_NAME') or UNSET)}</h1>
-<p>Patient : {esc(_person(patient.patient_name))} — {esc(patient.patient_id)}</p>
+<p>Patient : {esc((person_name(patient.patient_name, as_stored=True) or '-'))} — {esc(patient.patient_id)}</p>
 <p>Ce support contient des fichiers DICOM (DICOMDIR). Aperçus (non diagnostiques) :</p>
 {items}
 </body></html>

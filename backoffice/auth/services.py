@@ -10,6 +10,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from archive_core.values import as_utc
 from backoffice.auth.models import ROLES, ApiToken, LoginThrottle, User, WebSession, hash_token, new_token
 
 _hasher = PasswordHasher()
@@ -151,9 +152,7 @@ def set_role(session: Session, login: str, role: str) -> User:
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
+    return as_utc(value) if value is not None else None
 
 
 def _throttle_keys(login: str, address: str) -> dict[str, str]:

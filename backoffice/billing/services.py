@@ -8,11 +8,11 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Iterable
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, selectinload
 
+from archive_core.values import as_utc, paris_day, parse_da, utcnow
 from backoffice.billing import money
 from backoffice.billing.models import (
     PAYMENT_METHODS,
@@ -35,7 +35,6 @@ from backoffice.billing.models import (
     Tariff,
 )
 
-PARIS = ZoneInfo("Europe/Paris")
 GENESIS = "0" * 64
 # Modalities that never decide the exam group on their own (structured reports, presentation states...).
 ANCILLARY_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "OT", "AU", "ECG"}
@@ -77,27 +76,12 @@ class Invalid(BillingError):
 # -- time ---------------------------------------------------------------------------------------
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def paris_day(moment: datetime) -> date:
-    if moment.tzinfo is None:  # SQLite gives naive datetimes back: they were stored in UTC
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(PARIS).date()
+# utcnow, paris_day and PARIS come from archive_core.values; utcnow stays a name of this module: the
+# services' clock, which the browser and dashboard tests set.
 
 
 def paris_today() -> date:
     return paris_day(utcnow())
-
-
-def dicom_date(value: str | None) -> date | None:
-    if not value or len(value) < 8 or not value[:8].isdigit():
-        return None
-    try:
-        return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
-    except ValueError:
-        return None
 
 
 def format_euros(cents: int) -> str:
@@ -316,7 +300,7 @@ def attach_studies(session: Session, studies) -> int:
     mappings = list(session.scalars(select(ExamGroupMapping)))
     count = 0
     for study in todo:
-        visit = dicom_date(study.study_date) or paris_day(study.received_at)
+        visit = parse_da(study.study_date) or paris_day(study.received_at)
         group = None
         if study.accession_number:
             group = session.scalar(
@@ -923,7 +907,7 @@ def credit_notes_of(session: Session, invoice_id: int) -> list[CreditNote]:
 
 
 def _payment_digest(prev_hash: str, p: Payment) -> str:
-    at = p.received_at if p.received_at.tzinfo else p.received_at.replace(tzinfo=timezone.utc)
+    at = as_utc(p.received_at)
     payload = json.dumps(
         [p.invoice_id, p.amount_cents, p.method, p.payer, p.credit_note_id,
          at.astimezone(timezone.utc).isoformat(timespec="microseconds"), p.received_by, p.paris_day.isoformat()],
@@ -1062,8 +1046,7 @@ _CREDIT_NOTE_FIELDS = ("number", "series", "sequence", "invoice_id", "reason", "
 
 def _plain(value):
     if isinstance(value, datetime):
-        at = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return at.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        return as_utc(value).astimezone(timezone.utc).isoformat(timespec="microseconds")
     if isinstance(value, date):
         return value.isoformat()
     return value

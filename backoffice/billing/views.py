@@ -14,6 +14,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import selectinload
 
 from archive_core.api import escape_like
+from archive_core.values import person_name
 from backoffice.auth import roles_required
 from backoffice.billing import checkin as checkin_service
 from backoffice.billing import documents, exports, money, operations
@@ -103,7 +104,7 @@ def _percent_input_filter(bp: int | None) -> str:
 
 @bp.app_template_filter("person")
 def _person(value: str | None) -> str:
-    return documents.dicom_name(value)
+    return person_name(value, as_stored=True)
 
 
 # The pages speak the desk's language (billing/errors.py); the API keeps the services' (English) messages.

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, timedelta
 from pathlib import Path
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from archive_core.values import paris_midnight
 from backoffice.billing.models import Claim, CreditNote, ExamGroup, Insurer, Invoice, Payment
-from backoffice.retention.services import PARIS
 
 import threading
 
@@ -72,11 +72,6 @@ def _next_month(d: date) -> date:
     return date(d.year + (d.month == 12), d.month % 12 + 1, 1)
 
 
-def _utc(day: date) -> datetime:
-    """Midnight in Paris at the start of *day*, as an aware UTC instant (what the columns store)."""
-    return datetime.combine(day, time(), tzinfo=PARIS).astimezone(timezone.utc)
-
-
 def _bucket_sums(column, amount, bounds: list[tuple]) -> list:
     """One SUM per [start, end) bucket over *column*, in a single scan."""
     return [func.coalesce(func.sum(case((column >= start, case((column < end, amount), else_=0)), else_=0)), 0)
@@ -93,7 +88,7 @@ class MonthMoney:
 def money_per_month(session: Session, today: date) -> list[MonthMoney]:
     starts = month_starts(today)
     ends = [*starts[1:], _next_month(starts[-1])]
-    instants = [(_utc(s), _utc(e)) for s, e in zip(starts, ends)]
+    instants = [(paris_midnight(s), paris_midnight(e)) for s, e in zip(starts, ends)]
     first = instants[0][0]
     invoiced = session.execute(select(*_bucket_sums(Invoice.issued_at, Invoice.total_cents, instants))
                                .where(Invoice.issued_at >= first)).one()

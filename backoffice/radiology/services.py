@@ -6,13 +6,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from archive_core.api import utcnow
+from archive_core.values import as_utc, utcnow
 from backoffice.radiology.models import KeyImage, Report, ShareLink
 
 REPORT_FIELDS = ("indication", "technique", "findings", "conclusion")
@@ -172,7 +172,7 @@ def create_share_link(
 
 
 def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC
+    return as_utc(value)
 
 
 def share_link_for(session: Session, token: str, *, now: datetime | None = None) -> ShareLink:

@@ -17,18 +17,17 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveError, ArchiveFacade, NotFound, PatientRecord
-from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide, parse_da
+from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide
+from archive_core.values import paris_day, parse_da, utcnow
 from backoffice.retention.errors import RetentionError
 from backoffice.retention.models import OPEN_STATUSES, DeathRecord, LegalHold, PurgeBatch, PurgeItem
 
 log = logging.getLogger(__name__)
-PARIS = ZoneInfo("Europe/Paris")
 # The requester of the batches the sweep proposes: not a person (docs/retention.md, four eyes).
 SCHEDULER = "scheduler"
 
@@ -40,13 +39,7 @@ def _require_reason(reason: str | None) -> None:
 
 
 def today_paris(now: datetime | None = None) -> date:
-    return (now or datetime.now(timezone.utc)).astimezone(PARIS).date()
-
-
-def _local_date(at: datetime) -> date:
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
-    return at.astimezone(PARIS).date()
+    return paris_day(now or utcnow())
 
 
 # -- today's answer --------------------------------------------------------------------------------
@@ -67,7 +60,7 @@ def _facts(record: PatientRecord, death: date | None, holds: list[LegalHold]) ->
         birth_date=parse_da(record.birth_date),
         death_date=death,
         holds=tuple(
-            HoldPeriod(_local_date(h.placed_at), _local_date(h.released_at) if h.released_at else None) for h in holds
+            HoldPeriod(paris_day(h.placed_at), paris_day(h.released_at) if h.released_at else None) for h in holds
         ),
     )
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, timedelta
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
@@ -13,6 +13,7 @@ from sqlalchemy import select
 from wtforms import BooleanField, DateField, HiddenField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
+from archive_core.values import paris_midnight
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
 from backoffice.retention import services
@@ -20,7 +21,6 @@ from backoffice.retention.certificate import certificates_dir, render_certificat
 from backoffice.retention.clock import now_utc, today
 from backoffice.retention.errors import RetentionError
 from backoffice.retention.models import PurgeBatch
-from backoffice.retention.services import PARIS
 
 bp = Blueprint("retention", __name__, url_prefix="/retention")
 MANAGER = ("manager",)
@@ -425,7 +425,7 @@ def corrections():
 
 def _paris_day_start(day: date) -> str:
     """Midnight in Paris of *day*, as the UTC ISO text the audit trail stores and compares."""
-    return datetime.combine(day, time(), tzinfo=PARIS).astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return paris_midnight(day).isoformat(timespec="microseconds")
 
 
 def _audit_query():

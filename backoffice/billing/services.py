@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Iterable
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from archive_core.hashchain import GENESIS, head_hash, holds, link_hash, lock_chain
 from archive_core.values import as_utc, paris_day, parse_da, utcnow
 from backoffice.billing import money
 from backoffice.billing.models import (
@@ -35,7 +36,6 @@ from backoffice.billing.models import (
     Tariff,
 )
 
-GENESIS = "0" * 64
 # Modalities that never decide the exam group on their own (structured reports, presentation states...).
 ANCILLARY_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "OT", "AU", "ECG"}
 FALLBACK_GROUP = "autre"
@@ -907,18 +907,13 @@ def credit_notes_of(session: Session, invoice_id: int) -> list[CreditNote]:
 
 
 def _payment_digest(prev_hash: str, p: Payment) -> str:
-    at = as_utc(p.received_at)
-    payload = json.dumps(
-        [p.invoice_id, p.amount_cents, p.method, p.payer, p.credit_note_id,
-         at.astimezone(timezone.utc).isoformat(timespec="microseconds"), p.received_by, p.paris_day.isoformat()],
-        separators=(",", ":"),
-    )
-    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+    at = as_utc(p.received_at).astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return link_hash(prev_hash, [p.invoice_id, p.amount_cents, p.method, p.payer, p.credit_note_id, at, p.received_by,
+                                 p.paris_day.isoformat()], ensure_ascii=True)
 
 
 def _lock_journal(session: Session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"SELECT pg_advisory_xact_lock({PAYMENT_LOCK_KEY})"))
+    lock_chain(session, PAYMENT_LOCK_KEY)
 
 
 def _open_day(session: Session, day: date) -> date:
@@ -947,7 +942,7 @@ def _append_payment(session: Session, *, locked: bool = False, roll_over_closed_
     elif session.scalar(select(Closing.id).where(Closing.kind == "day", Closing.period == day.isoformat())):
         raise Conflict(f"the day {day.isoformat()} is closed: no further payment can be recorded",
                        code="day_closed")
-    prev = session.scalar(select(Payment.hash).order_by(Payment.id.desc()).limit(1)) or GENESIS
+    prev = head_hash(session, Payment)
     payment = Payment(received_at=now, paris_day=day, prev_hash=prev, **fields)
     payment.hash = _payment_digest(prev, payment)
     session.add(payment)
@@ -1121,7 +1116,7 @@ def verify_journal(session: Session) -> JournalReport:
     prev, checked, bad = GENESIS, 0, None
     hashes: set[str] = set()
     for payment in session.scalars(select(Payment).order_by(Payment.id).execution_options(yield_per=1000)):
-        if payment.prev_hash != prev or _payment_digest(prev, payment) != payment.hash:
+        if not holds(prev, payment, _payment_digest):
             bad = payment.id
             break
         prev = payment.hash

@@ -18,7 +18,7 @@ from archive_core import audit as _audit
 from archive_core import peers as _peers
 from archive_core.archive import Archive
 from archive_core.config import Settings
-from archive_core.db import Base, write_session
+from archive_core.db import Base, UtcDateTime, write_session
 from archive_core.errors import (
     ArchiveError,
     BlobMissing,
@@ -38,7 +38,7 @@ from archive_core.tiers import TierMove
 from archive_core import worklist as _worklist
 from archive_core.worklist import DuplicateAccession, ScheduledStep, WorklistError
 
-__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
+__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "UtcDateTime", "utcnow"]
 # The domain errors the back-office maps at its edges, so that it needs no other core module.
 __all__ += ["ArchiveError", "BlobMissing", "InvalidQuery", "JournalBusy", "NotFound", "StorageRefused", "UnknownPeer"]
 __all__ += ["PeerInfo", "escape_like"]

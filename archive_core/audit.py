@@ -28,9 +28,10 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from archive_core.db import Base
 from archive_core.hashchain import GENESIS, head_hash, holds, link_hash, lock_chain
+from archive_core.values import LOCK_AUDIT_CHAIN
 
 # Serialises appends to the chain and checkpoints (PostgreSQL advisory lock; SQLite: BEGIN IMMEDIATE).
-CHAIN_LOCK = 727270001
+CHAIN_LOCK = LOCK_AUDIT_CHAIN
 
 log = logging.getLogger(__name__)
 

@@ -41,9 +41,8 @@ from pydicom.uid import (
 
 from archive_core.errors import NotFound
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from archive_core.values import da_to_iso, person_name
+from archive_core.values import NOT_CONFIGURED, da_to_iso, person_name
 
-UNSET = "à configurer"
 PREVIEW_SIZE = 256
 MEDIA_TRANSFER_SYNTAX = ExplicitVRLittleEndian  # the one syntax of STD-GEN-CD (PS3.11 D.3.3)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -484,9 +483,9 @@ def readme_text(details, practice: dict[str, str], *, now: datetime | None = Non
     lines = [
         "ARCHIVAGE - SUPPORT D'IMAGES MEDICALES (IHE PDI)",
         "",
-        f"Cabinet : {practice.get('PRACTICE_NAME') or UNSET}",
-        f"Adresse : {practice.get('PRACTICE_ADDRESS') or UNSET}",
-        f"Telephone : {practice.get('PRACTICE_PHONE') or UNSET}",
+        f"Cabinet : {practice.get('PRACTICE_NAME') or NOT_CONFIGURED}",
+        f"Adresse : {practice.get('PRACTICE_ADDRESS') or NOT_CONFIGURED}",
+        f"Telephone : {practice.get('PRACTICE_PHONE') or NOT_CONFIGURED}",
         "",
         f"Patient : {(person_name(patient.patient_name, as_stored=True) or '-')}",
         f"Identifiant : {patient.patient_id}",
@@ -523,7 +522,7 @@ def index_html(details, practice: dict[str, str], previews: list[tuple[str, str,
     return f"""<!doctype html>
 <html lang="fr"><head><meta charset="utf-8"><title>Images médicales</title>
 <style>body{{font-family:sans-serif}} figure{{display:inline-block;margin:.5em;text-align:center}}</style></head>
-<body><h1>{esc(practice.get('PRACTICE_NAME') or UNSET)}</h1>
+<body><h1>{esc(practice.get('PRACTICE_NAME') or NOT_CONFIGURED)}</h1>
 <p>Patient : {esc((person_name(patient.patient_name, as_stored=True) or '-'))} — {esc(patient.patient_id)}</p>
 <p>Ce support contient des fichiers DICOM (DICOMDIR). Aperçus (non diagnostiques) :</p>
 {items}

@@ -1,4 +1,5 @@
-"""DICOM values and the clock: the one place DA, TM and PN values are read and written, and "today in Paris".
+"""DICOM values and the clock: the one place DA, TM and PN values are read and written, "today in Paris",
+and the few constants core and back-office share (advisory lock keys, the "not configured" mention).
 
 Public for the back-office (alongside :mod:`archive_core.api`): pure functions, no database, no Flask.
 Stored instants are UTC; SQLite gives them back naive, which :func:`as_utc` reads as UTC.
@@ -9,10 +10,19 @@ from __future__ import annotations
 from datetime import date, datetime, time, timezone
 from zoneinfo import ZoneInfo
 
-__all__ = ["PARIS", "as_utc", "da_to_iso", "format_da", "normalize_da", "normalize_tm", "paris_day",
+__all__ = ["LOCK_AUDIT_CHAIN", "LOCK_PAYMENT_JOURNAL", "LOCK_RETENTION_SWEEP", "LOCK_SCHEDULER_LEADER",
+           "NOT_CONFIGURED", "PARIS", "as_utc", "da_to_iso", "format_da", "normalize_da", "normalize_tm", "paris_day",
            "paris_midnight", "paris_time", "parse_da", "person_name", "utcnow"]
 
 PARIS = ZoneInfo("Europe/Paris")
+# Printed in place of a practice setting left unset (documents, media README): a document never fails for it.
+NOT_CONFIGURED = "à configurer"
+
+# PostgreSQL advisory lock keys, one per serialised job, named here so no two jobs share a number.
+LOCK_AUDIT_CHAIN = 727270001       # appends to the audit trail and its checkpoints
+LOCK_PAYMENT_JOURNAL = 727270400   # appends to the payment journal
+LOCK_RETENTION_SWEEP = 727270500   # one retention sweep proposing purge batches at a time
+LOCK_SCHEDULER_LEADER = 727270600  # the scheduler's leader (a session lock held for life)
 
 
 # -- the clock -------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 
-from archive_core.values import PARIS
+from archive_core.values import LOCK_SCHEDULER_LEADER, PARIS
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def audit_checkpoint_job() -> None:
     facade().audit_checkpoint(reason="periodic")
 
 
-SCHEDULER_LOCK_KEY = 727270600  # PostgreSQL advisory lock of the scheduler's leader (as 7272704xx, 7272705xx)
+SCHEDULER_LOCK_KEY = LOCK_SCHEDULER_LEADER  # PostgreSQL advisory lock of the scheduler's leader
 
 
 def acquire_lock(instance_path: Path):

@@ -8,7 +8,6 @@ from datetime import datetime
 from flask import Response, jsonify, request
 from sqlalchemy import select
 
-from archive_core.values import as_utc
 from backoffice.api import ApiError, api_route, bp, current_api_user, json_body, page, page_args
 from backoffice.billing import checkin, documents, operations
 from backoffice.billing.arrivals import sync_from_archive
@@ -37,8 +36,8 @@ def _billing_error(exc: S.BillingError):
 
 
 def _utc_iso(moment: datetime) -> str:
-    """ISO 8601 with its UTC offset (SQLite hands stored UTC datetimes back naive)."""
-    return as_utc(moment).isoformat()
+    """ISO 8601 with its UTC offset (UtcDateTime columns give aware UTC values)."""
+    return moment.isoformat()
 
 
 def _int_field(body: dict, name: str) -> int:

@@ -16,7 +16,6 @@ from flask.sessions import SessionInterface, SessionMixin, TaggedJSONSerializer
 from sqlalchemy import delete, select
 from werkzeug.datastructures import CallbackDict
 
-from archive_core.values import as_utc
 from backoffice.auth.models import WebSession
 
 _serializer = TaggedJSONSerializer()
@@ -91,7 +90,7 @@ class DatabaseSessionInterface(SessionInterface):
             row = s.get(WebSession, _sha(sid))
             if row is None:
                 return _ended()
-            expires_at = as_utc(row.expires_at)
+            expires_at = row.expires_at
             if expires_at <= now:
                 return _ended()
             try:

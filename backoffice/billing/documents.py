@@ -22,12 +22,10 @@ from archive_core.values import PARIS, as_utc, parse_da, person_name
 from backoffice.billing import services
 from backoffice.billing.models import CreditNote, Invoice, InvoiceDocument, Payment
 from backoffice.pdf import html_to_pdf
+from backoffice.practice import practice_identity
 
 log = logging.getLogger(__name__)
 _WORKER_LOCK = threading.Lock()
-NOT_CONFIGURED = "à configurer"
-PRACTICE_KEYS = ("PRACTICE_NAME", "PRACTICE_ADDRESS", "PRACTICE_SIRET", "PRACTICE_FINESS", "PRACTICE_RPPS",
-                 "VAT_MENTION")
 METHOD_LABELS = {"cash": "espèces", "card": "carte bancaire", "cheque": "chèque", "transfer": "virement"}
 STATUS_LABELS = {"issued": "émise", "partially_paid": "partiellement payée", "paid": "payée",
                  "credited": "annulée par avoir"}
@@ -67,11 +65,6 @@ def french_datetime(value: datetime | None, locale: str = "fr_FR") -> str:
     if not locale.startswith("fr"):
         return format_datetime(value, "d MMMM y 'at' HH:mm", tzinfo=PARIS, locale=locale)
     return format_datetime(value, "d MMMM y 'à' HH:mm", tzinfo=PARIS, locale=locale)
-
-
-def practice_identity() -> dict[str, str]:
-    """The practice's mandatory mentions from configuration; "à configurer" rather than failing."""
-    return {key: str(current_app.config.get(key) or NOT_CONFIGURED) for key in PRACTICE_KEYS}
 
 
 def documents_dir() -> Path:

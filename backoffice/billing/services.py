@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
 from archive_core.hashchain import GENESIS, head_hash, holds, link_hash, lock_chain
-from archive_core.values import as_utc, paris_day, parse_da, utcnow
+from archive_core.values import LOCK_PAYMENT_JOURNAL, as_utc, paris_day, parse_da, utcnow
 from backoffice.billing import money
 from backoffice.billing.models import (
     PAYMENT_METHODS,
@@ -40,7 +40,6 @@ from backoffice.billing.models import (
 ANCILLARY_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "OT", "AU", "ECG"}
 FALLBACK_GROUP = "autre"
 MAX_FEE_CENTS = 100_000  # 1 000 €: anything above is a typing mistake for an archiving fee
-PAYMENT_LOCK_KEY = 727270400  # PostgreSQL advisory lock serialising the payment journal
 
 
 # -- errors (mapped once per edge: HTTP in backoffice/api/billing.py and the pages) ----------------
@@ -913,7 +912,7 @@ def _payment_digest(prev_hash: str, p: Payment) -> str:
 
 
 def _lock_journal(session: Session) -> None:
-    lock_chain(session, PAYMENT_LOCK_KEY)
+    lock_chain(session, LOCK_PAYMENT_JOURNAL)
 
 
 def _open_day(session: Session, day: date) -> date:

@@ -38,6 +38,7 @@ from backoffice.billing.models import (
 from backoffice.extensions import db, facade, rollback
 from backoffice.retention import clock
 from backoffice.i18n import locale_name
+from backoffice.practice import practice_identity
 from backoffice.errors import db_int
 
 bp = Blueprint("billing", __name__, url_prefix="/billing", cli_group="billing")
@@ -491,7 +492,7 @@ def remittance_slip(slip_id: int):
         .join(Invoice, Invoice.id == Payment.invoice_id)
         .where(RemittanceItem.remittance_id == slip.id).order_by(Payment.id)
     ).all()
-    return render_template("billing/remittance.html", slip=slip, rows=rows, practice=documents.practice_identity())
+    return render_template("billing/remittance.html", slip=slip, rows=rows, practice=practice_identity())
 
 
 # -- manager -------------------------------------------------------------------------------------

@@ -581,7 +581,7 @@ def media_command(folder: str, study_uids: tuple[str, ...]) -> None:
     """Write a CD/USB file set (DICOMDIR, README.TXT) of STUDY_UIDS (main study first) into FOLDER."""
     import click
 
-    from backoffice.radiology.reproduction import practice_identity
+    from backoffice.practice import practice_identity
 
     target = Path(folder)
     if target.exists() and any(target.iterdir()):

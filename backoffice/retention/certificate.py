@@ -9,7 +9,7 @@ from pathlib import Path
 from flask import current_app, render_template
 
 from archive_core.values import paris_time
-from backoffice.billing.documents import practice_identity
+from backoffice.practice import practice_identity
 from backoffice.pdf import html_to_pdf
 from backoffice.retention.models import PurgeBatch
 from backoffice.sizes import format_size

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveError, ArchiveFacade, NotFound, PatientRecord
 from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide
-from archive_core.values import paris_day, parse_da, utcnow
+from archive_core.values import LOCK_RETENTION_SWEEP, paris_day, parse_da, utcnow
 from backoffice.retention.errors import RetentionError
 from backoffice.retention.models import OPEN_STATUSES, DeathRecord, LegalHold, PurgeBatch, PurgeItem
 
@@ -215,7 +215,7 @@ def propose_batch(session: Session, facade: ArchiveFacade, *, today: date, actor
     """One proposed batch of the patients whose date has passed, not on hold and not already proposed."""
     if session.get_bind().dialect.name == "postgresql":
         # One proposer at a time (a manual sweep while the scheduler runs): no patient proposed twice.
-        session.execute(text("SELECT pg_advisory_xact_lock(727270500)"))
+        session.execute(text(f"SELECT pg_advisory_xact_lock({LOCK_RETENTION_SWEEP})"))
     taken, _studies = _in_open_batch(session)
     due = [p for p in retention_of(session, facade, today=today)
            if p.decision.purgeable(today) and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]

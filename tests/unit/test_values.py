@@ -132,3 +132,12 @@ def test_as_utc_repairs_naive_values_only():
 def test_utcnow_is_aware_utc():
     now = utcnow()
     assert now.tzinfo is not None and now.utcoffset() == timedelta(0)
+
+
+def test_advisory_lock_keys_are_distinct():
+    """Two jobs sharing a key would wait on each other (a sweep blocking every payment)."""
+    from archive_core import values
+
+    keys = {name: getattr(values, name) for name in values.__all__ if name.startswith("LOCK_")}
+    assert len(keys) >= 4 and len(set(keys.values())) == len(keys)
+    assert all(isinstance(k, int) and 0 < k < 2**63 for k in keys.values())

@@ -40,7 +40,8 @@ class UtcDateTime(TypeDecorator):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
-        return as_utc(value).astimezone(timezone.utc) if value is not None else None
+        # Anything but a datetime (a date compared in a filter) goes to the driver as it was.
+        return as_utc(value).astimezone(timezone.utc) if isinstance(value, datetime) else value
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         return as_utc(value).astimezone(timezone.utc) if value is not None else None

@@ -18,7 +18,7 @@ from archive_core import audit as _audit
 from archive_core import peers as _peers
 from archive_core.archive import Archive
 from archive_core.config import Settings
-from archive_core.db import Base, write_session
+from archive_core.db import Base, UtcDateTime, write_session
 from archive_core.errors import (
     ArchiveError,
     BlobMissing,
@@ -29,20 +29,21 @@ from archive_core.errors import (
     UnknownPeer,
 )
 from archive_core.index import patient_search as _patient_search
-from archive_core.index.models import Instance, Patient, Series, Study, utcnow
-from archive_core.index.patient_search import PatientMatch, PatientSearchPage, human_name
+from archive_core.index.models import Instance, Patient, Series, Study
+from archive_core.values import da_to_iso, format_da, utcnow
+from archive_core.index.patient_search import PatientMatch, PatientSearchPage
 from archive_core.peers import PeerInfo
 from archive_core.purge import TombstoneResult
 from archive_core.tiers import TierMove
 from archive_core import worklist as _worklist
 from archive_core.worklist import DuplicateAccession, ScheduledStep, WorklistError
 
-__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "utcnow"]
+__all__ = ["ArchiveFacade", "ArchiveStats", "Base", "PatientRecord", "StorageUsage", "StudySummary", "UtcDateTime", "utcnow"]
 # The domain errors the back-office maps at its edges, so that it needs no other core module.
 __all__ += ["ArchiveError", "BlobMissing", "InvalidQuery", "JournalBusy", "NotFound", "StorageRefused", "UnknownPeer"]
 __all__ += ["PeerInfo", "escape_like"]
 __all__ += ["PatientMatch", "PatientSearchPage"]
-__all__ += ["DuplicateAccession", "ScheduledStep", "WorklistError", "fold_text", "human_name"]
+__all__ += ["DuplicateAccession", "ScheduledStep", "WorklistError", "fold_text"]
 
 # The rest of what the back-office needs of the core, so that it imports this module (and
 # archive_core.values) only: tests/unit/test_boundary.py holds it to that.
@@ -61,14 +62,14 @@ from archive_core.errors import (  # noqa: E402
     TooManyMatches,
 )
 from archive_core.render import PRESETS, RenderError, RenderParams  # noqa: E402
-from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide, parse_da  # noqa: E402
+from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide  # noqa: E402
 
 __all__ += ["AuditEntry", "ChainReport", "CommandFailed", "Settings", "commands", "ensure_instance",
             "instance_path_from_env", "private_files"]
 __all__ += ["DuplicateConflict", "IdentityConflict", "InvalidDataset", "InvalidIdentifier", "ObjectTooLarge",
             "StorageFull", "StorageUnavailable", "TooManyMatches"]
 __all__ += ["PRESETS", "RenderError", "RenderParams"]
-__all__ += ["HoldPeriod", "RetentionDecision", "RetentionFacts", "decide", "parse_da"]
+__all__ += ["HoldPeriod", "RetentionDecision", "RetentionFacts", "decide"]
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class StudySummary:
 
     @property
     def iso_date(self) -> str | None:
-        return _iso(self.study_date)
+        return da_to_iso(self.study_date)
 
 
 @dataclass(frozen=True)
@@ -182,18 +183,12 @@ class DicomDocument:
     verified: bool
 
 
-def _iso(dicom_date: str | None) -> str | None:
-    if dicom_date and len(dicom_date) == 8 and dicom_date.isdigit():
-        return f"{dicom_date[:4]}-{dicom_date[4:6]}-{dicom_date[6:]}"
-    return None
-
-
 def _dicom_date(value: _date | str | None) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
         value = _date.fromisoformat(value)
-    return value.strftime("%Y%m%d")
+    return format_da(value)
 
 
 def _summary(study: Study, patient: Patient) -> StudySummary:
@@ -359,7 +354,7 @@ class _RadiologyMixin:
             result.append(
                 PriorStudy(
                     study_uid=other.study_uid,
-                    study_date=_iso(other.study_date or None),
+                    study_date=da_to_iso(other.study_date or None),
                     modalities=other.modalities,
                     description=other.description or None,
                     body_parts=tuple(sorted(other_parts)),
@@ -464,7 +459,7 @@ class _RadiologyMixin:
                     sop_instance_uid=ref.sop_instance_uid,
                     kind="pdf" if is_pdf else "sr",
                     title=title or ("Document PDF" if is_pdf else SR_CLASSES[ref.sop_class_uid]),
-                    content_date=_iso(str(ds.get("ContentDate", "") or "")),
+                    content_date=da_to_iso(str(ds.get("ContentDate", "") or "")),
                     text="" if is_pdf else _sr_text(ds),
                     verified=str(ds.get("VerificationFlag", "")).upper() == "VERIFIED",
                 )

@@ -24,17 +24,18 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from sqlalchemy import Integer, String, Text, func, insert, select, text
+from sqlalchemy import Integer, String, Text, func, insert, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from archive_core.db import Base, write_session
+from archive_core.hashchain import GENESIS, head_hash, holds, link_hash, lock_chain
+from archive_core.values import LOCK_AUDIT_CHAIN
 
 if TYPE_CHECKING:
     from archive_core.config import Settings
 
-GENESIS = "0" * 64
 # Serialises appends to the chain and checkpoints (PostgreSQL advisory lock; SQLite: BEGIN IMMEDIATE).
-CHAIN_LOCK = 727270001
+CHAIN_LOCK = LOCK_AUDIT_CHAIN
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,8 @@ class ChainReport:
 
 
 def _digest(prev_hash: str, e: AuditEvent) -> str:
-    payload = json.dumps(
-        [e.at, e.actor, e.actor_kind, e.action, e.patient_id, e.study_uid, e.detail],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+    return link_hash(prev_hash, [e.at, e.actor, e.actor_kind, e.action, e.patient_id, e.study_uid, e.detail],
+                     ensure_ascii=False)
 
 
 def record(
@@ -103,10 +100,8 @@ def record(
     detail: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Append one event; the caller owns the transaction (on SQLite, a ``write_session``)."""
-    if session.get_bind().dialect.name == "postgresql":
-        # Serialise appends: each event hashes the one before it.
-        session.execute(text(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"))
-    prev = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)) or GENESIS
+    lock_chain(session, CHAIN_LOCK)  # each event hashes the one before it
+    prev = head_hash(session, AuditEvent)
     event = AuditEvent(
         at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         actor=actor,
@@ -130,9 +125,8 @@ def record_many(session: Session, events: list[dict[str, Any]]) -> None:
     ORM's unit of work per event (the C-FIND audit writer appends a batch per transaction)."""
     if not events:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"))
-    prev = session.scalar(select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)) or GENESIS
+    lock_chain(session, CHAIN_LOCK)
+    prev = head_hash(session, AuditEvent)
     rows = []
     for e in events:
         row = SimpleNamespace(
@@ -216,8 +210,7 @@ def checkpoint(session: Session, key_path: Path, log_path: Path, *, reason: str 
     that commit: a crash in between leaves a signed line the database lacks, which the next
     checkpoint copies back into the table (it is signed, so it is genuine).
     """
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"SELECT pg_advisory_xact_lock({CHAIN_LOCK})"))
+    lock_chain(session, CHAIN_LOCK)
     key = load_key(key_path, create=True)
     with _locked_log(log_path) as handle:
         logged = _read_log_lines(handle)
@@ -405,7 +398,7 @@ def verify(session: Session, key_path: Path | None = None, log_path: Path | None
                                     f"events between {last_id + 1} and {missing} were deleted")
                 if first_bad is None:
                     first_bad = last_id + 1
-            if event.prev_hash != prev or _digest(prev, event) != event.hash:
+            if not holds(prev, event, _digest):
                 if first_bad is None or first_bad > event.id:
                     first_bad = event.id
                 problems.append(f"event {event.id} does not hold: its hash or its link to event {last_id or '-'} was "

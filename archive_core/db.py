@@ -5,8 +5,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from datetime import datetime, timezone
+
+from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+from archive_core.values import as_utc
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -21,6 +26,25 @@ class Base(DeclarativeBase):
     """The one declarative base of the archive and the back-office."""
 
     metadata = MetaData(naming_convention=NAMING)
+
+
+class UtcDateTime(TypeDecorator):
+    """A ``DateTime(timezone=True)`` column that gives back aware UTC datetimes on every backend.
+
+    SQLite keeps no zone and hands stored instants back naive; PostgreSQL answers in the session's
+    zone. Instants are written in UTC (a naive value is taken as UTC) and read back in UTC, so no
+    caller repairs what it reads. Same column type in the schema: no migration.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
+        # Anything but a datetime (a date compared in a filter) goes to the driver as it was.
+        return as_utc(value).astimezone(timezone.utc) if isinstance(value, datetime) else value
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        return as_utc(value).astimezone(timezone.utc) if value is not None else None
 
 
 def make_engine(url: str, **kwargs) -> Engine:

@@ -41,8 +41,8 @@ from pydicom.uid import (
 
 from archive_core.errors import NotFound
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from archive_core.values import NOT_CONFIGURED, da_to_iso, person_name
 
-UNSET = "à configurer"
 PREVIEW_SIZE = 256
 MEDIA_TRANSFER_SYNTAX = ExplicitVRLittleEndian  # the one syntax of STD-GEN-CD (PS3.11 D.3.3)
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -77,11 +77,6 @@ class MediaReport:
 def _ascii(text: str) -> str:
     """README.TXT is plain ASCII (readable on any computer): accents dropped, not mangled."""
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-
-
-def _person(name: str | None) -> str:
-    parts = (name or "").split("^")
-    return " ".join(p for p in [parts[0].upper() if parts else "", *parts[1:3]] if p).strip() or "-"
 
 
 def _fr_date(iso: str | None) -> str:
@@ -488,13 +483,13 @@ def readme_text(details, practice: dict[str, str], *, now: datetime | None = Non
     lines = [
         "ARCHIVAGE - SUPPORT D'IMAGES MEDICALES (IHE PDI)",
         "",
-        f"Cabinet : {practice.get('PRACTICE_NAME') or UNSET}",
-        f"Adresse : {practice.get('PRACTICE_ADDRESS') or UNSET}",
-        f"Telephone : {practice.get('PRACTICE_PHONE') or UNSET}",
+        f"Cabinet : {practice.get('PRACTICE_NAME') or NOT_CONFIGURED}",
+        f"Adresse : {practice.get('PRACTICE_ADDRESS') or NOT_CONFIGURED}",
+        f"Telephone : {practice.get('PRACTICE_PHONE') or NOT_CONFIGURED}",
         "",
-        f"Patient : {_person(patient.patient_name)}",
+        f"Patient : {(person_name(patient.patient_name, as_stored=True) or '-')}",
         f"Identifiant : {patient.patient_id}",
-        f"Date de naissance : {_fr_date(_iso8(patient.patient_birth_date))}",
+        f"Date de naissance : {_fr_date(da_to_iso(patient.patient_birth_date))}",
         "",
         "Examens :",
     ]
@@ -516,12 +511,6 @@ def readme_text(details, practice: dict[str, str], *, now: datetime | None = Non
     return _ascii("\r\n".join(lines) + "\r\n")
 
 
-def _iso8(dicom_date: str | None) -> str | None:
-    if dicom_date and len(dicom_date) == 8 and dicom_date.isdigit():
-        return f"{dicom_date[:4]}-{dicom_date[4:6]}-{dicom_date[6:]}"
-    return None
-
-
 def index_html(details, practice: dict[str, str], previews: list[tuple[str, str, str]]) -> str:
     esc = html.escape
     patient = details[0].study
@@ -533,8 +522,8 @@ def index_html(details, practice: dict[str, str], previews: list[tuple[str, str,
     return f"""<!doctype html>
 <html lang="fr"><head><meta charset="utf-8"><title>Images médicales</title>
 <style>body{{font-family:sans-serif}} figure{{display:inline-block;margin:.5em;text-align:center}}</style></head>
-<body><h1>{esc(practice.get('PRACTICE_NAME') or UNSET)}</h1>
-<p>Patient : {esc(_person(patient.patient_name))} — {esc(patient.patient_id)}</p>
+<body><h1>{esc(practice.get('PRACTICE_NAME') or NOT_CONFIGURED)}</h1>
+<p>Patient : {esc((person_name(patient.patient_name, as_stored=True) or '-'))} — {esc(patient.patient_id)}</p>
 <p>Ce support contient des fichiers DICOM (DICOMDIR). Aperçus (non diagnostiques) :</p>
 {items}
 </body></html>

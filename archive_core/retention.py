@@ -152,12 +152,3 @@ def _hold_note(on_hold: bool) -> str:
     return " ; séquestre en cours : rien ne peut être détruit" if on_hold else ""
 
 
-def parse_da(value: str | None) -> date | None:
-    """A DICOM DA value (YYYYMMDD) as a date; anything else is unknown."""
-    if not value or len(value.strip()) < 8:
-        return None
-    v = value.strip()
-    try:
-        return date(int(v[0:4]), int(v[4:6]), int(v[6:8]))
-    except ValueError:
-        return None

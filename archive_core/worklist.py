@@ -24,8 +24,8 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from archive_core.db import Base
 from archive_core.errors import ArchiveError, InvalidQuery
-from archive_core.index.matching import fold_person_name, is_universal, key_condition, normalize_time, values_of
-from archive_core.index.models import utcnow
+from archive_core.index.matching import fold_person_name, is_universal, key_condition, values_of
+from archive_core.values import normalize_tm, utcnow
 
 SCHEDULED, IN_PROGRESS, COMPLETED, DISCONTINUED = "SCHEDULED", "IN PROGRESS", "COMPLETED", "DISCONTINUED"
 FINAL = (COMPLETED, DISCONTINUED)
@@ -287,8 +287,8 @@ def _time_condition(column, value: str):
     low, high = low.strip(), high.strip()
     if not dash:
         high = low
-    lo = normalize_time(low) if low else None
-    hi = normalize_time(high, upper=True) if high else None
+    lo = normalize_tm(low) if low else None
+    hi = normalize_tm(high, upper=True) if high else None
     if (low and lo is None) or (high and hi is None):
         raise InvalidQuery(f"not a time range: {value!r}")
     parts = [c for c in ((column >= lo) if lo else None, (column <= hi) if hi else None) if c is not None]

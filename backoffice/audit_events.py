@@ -8,14 +8,13 @@ manager understands, in French or English.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from zoneinfo import ZoneInfo
+from datetime import datetime
 
 from flask_babel import get_locale, lazy_gettext as _l
 
+from archive_core import values
 from backoffice.sizes import format_size
 
-PARIS = ZoneInfo("Europe/Paris")
 
 EVENT_LABELS = {
     "login": _l("connexion"),
@@ -133,9 +132,7 @@ def paris_time(at: str) -> str:
         moment = datetime.fromisoformat(at)
     except ValueError:
         return at
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    local = moment.astimezone(PARIS)
+    local = values.paris_time(moment)
     if str(get_locale() or "fr") == "fr":
         return local.strftime("%d/%m/%Y %H:%M:%S")
     return local.strftime("%Y-%m-%d %H:%M:%S")

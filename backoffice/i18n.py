@@ -15,6 +15,8 @@ from babel.dates import format_date, format_datetime
 from flask import Blueprint, Flask, current_app, has_request_context, redirect, request, session, url_for
 from flask_babel import Babel, get_locale
 
+from archive_core.values import PARIS
+
 LANGUAGES = ("fr", "en")
 TRANSLATIONS = Path(__file__).resolve().parent.parent / "translations"
 
@@ -86,7 +88,7 @@ def init_app(app: Flask) -> None:
     compiled = compile_catalogs(TRANSLATIONS, Path(app.instance_path) / "cache" / "translations")
     app.config["BABEL_TRANSLATION_DIRECTORIES"] = str(compiled)
     app.config["BABEL_DEFAULT_LOCALE"] = app.config["DEFAULT_LANGUAGE"]
-    babel.init_app(app, locale_selector=current_language, default_timezone="Europe/Paris")
+    babel.init_app(app, locale_selector=current_language, default_timezone=PARIS.key)
 
     @app.template_filter("short_date")
     def _short_date(value) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 from apscheduler.schedulers.blocking import BlockingScheduler
 from flask import Flask
 
+from archive_core.values import LOCK_SCHEDULER_LEADER, PARIS
+
 log = logging.getLogger(__name__)
 
 
@@ -48,7 +50,7 @@ def audit_checkpoint_job() -> None:
     facade().audit_checkpoint(reason="periodic")
 
 
-SCHEDULER_LOCK_KEY = 727270600  # PostgreSQL advisory lock of the scheduler's leader (as 7272704xx, 7272705xx)
+SCHEDULER_LOCK_KEY = LOCK_SCHEDULER_LEADER  # PostgreSQL advisory lock of the scheduler's leader
 
 
 def acquire_lock(instance_path: Path):
@@ -129,7 +131,7 @@ def run_scheduler(app: Flask) -> None:
     leadership = leadership_for(app)
     wait_for_leadership(leadership, retry_seconds=float(app.config.get("SCHEDULER_STANDBY_SECONDS", 15)))
     log.info("this scheduler leads (pid %d)", os.getpid())
-    scheduler = BlockingScheduler(timezone="Europe/Paris", job_defaults={"coalesce": True, "max_instances": 1})
+    scheduler = BlockingScheduler(timezone=PARIS.key, job_defaults={"coalesce": True, "max_instances": 1})
 
     def in_app(func):
         def run() -> None:

@@ -24,7 +24,8 @@ from pydicom.dataset import Dataset  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
 from archive_core.db import make_engine, session_factory  # noqa: E402
-from archive_core.index.matching import fold_person_name, normalize_time  # noqa: E402
+from archive_core.index.matching import fold_person_name  # noqa: E402
+from archive_core.values import normalize_tm  # noqa: E402
 from archive_core.index.models import Patient, Series, Study  # noqa: E402
 from archive_core.index.query import STUDY_ROOT, answer_elements, parse_identifier, stream  # noqa: E402
 from archive_core.net.encoding import encode_elements  # noqa: E402
@@ -49,7 +50,7 @@ def fill(url: str, studies: int) -> None:
             day = n * 7 % 2190
             rows.append({"id": n + 1, "study_uid": f"1.2.3.{n}", "patient_pk": n // 2 + 1,
                          "study_date": f"{2020 + day // 365}{1 + day % 365 // 31:02d}{1 + day % 28:02d}",
-                         "study_time": "101500", "study_time_norm": normalize_time("101500"),
+                         "study_time": "101500", "study_time_norm": normalize_tm("101500"),
                          "accession_number": f"A{n}", "modalities_in_study": "CT", "num_series": 1, "num_instances": 7,
                          "external": False})
         conn.execute(insert(Study), rows)

@@ -92,10 +92,10 @@ def _as_index_value(attr: Attribute, value: Any) -> Any:
     if value is None or value == "":
         return None
     if attr.vr == "DA":
-        from archive_core.index.matching import normalize_date
+        from archive_core.values import normalize_da
 
         # ACR-NEMA 1997.04.24 is indexed as 19970424; a value that is no date is not indexed.
-        return normalize_date(value)
+        return normalize_da(value)
     if attr.vr in ("IS", "US"):
         try:
             return int(value)
@@ -143,14 +143,15 @@ def extract(ds: Dataset, level: str) -> dict[str, Any]:
 
 
 def _match_value(attr: Attribute, value: Any) -> Any:
-    from archive_core.index.matching import fold_person_name, normalize_time
+    from archive_core.index.matching import fold_person_name
+    from archive_core.values import normalize_tm
 
     if value is None:
         return None
     if attr.vr == "PN":
         return fold_person_name(value)
     if attr.vr == "TM":
-        return normalize_time(value)
+        return normalize_tm(value)
     return value
 
 

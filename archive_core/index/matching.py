@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import unicodedata
-from datetime import date
 from typing import Any
 
 from sqlalchemy import and_, or_
 from sqlalchemy.sql.elements import ColumnElement
 
 from archive_core.errors import InvalidQuery
+from archive_core.values import normalize_da, normalize_tm
 
 # VRs for which * and ? are wildcards (PS3.4 C.2.2.2.4); elsewhere they are plain characters.
 WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
@@ -49,43 +49,6 @@ def fold_person_name(text: str | None) -> str | None:
         return None
     groups = [g.rstrip("^") for g in folded.split("=")]
     return "=".join(groups).rstrip("=") or None
-
-
-def normalize_time(text: str | None, *, upper: bool = False) -> str | None:
-    """A TM value as ``HHMMSS.ffffff``; missing digits are the lowest (or, *upper*, highest) values.
-
-    ``10`` -> ``100000.000000`` (upper: ``105959.999999``); ``101532.25`` -> ``101532.250000``.
-    The ACR-NEMA form with colons is accepted. None for a value that is not a time.
-    """
-    if text is None:
-        return None
-    t = str(text).strip().replace(":", "")
-    whole, _, frac = t.partition(".")
-    if not whole.isdigit() or len(whole) not in (2, 4, 6) or (frac and not frac.isdigit()) or len(frac) > 6:
-        return None
-    whole += ("59" if upper else "00") * ((6 - len(whole)) // 2)
-    frac = (frac + ("9" if upper else "0") * 6)[:6]
-    return f"{whole}.{frac}"
-
-
-def normalize_date(text: str | None) -> str | None:
-    """A DA value as ``YYYYMMDD``, or None for a value that is not a calendar date.
-
-    The one DA parser of the index and of queries: ``20240115``, and the ACR-NEMA form
-    ``2024.01.15`` (PS3.5 6.2 note) read as the same date; ``20241301`` is not a date.
-    """
-    if text is None:
-        return None
-    t = str(text).strip()
-    if len(t) == 10 and t[4] == "." and t[7] == ".":
-        t = t[:4] + t[5:7] + t[8:]
-    if len(t) != 8 or not t.isdigit():
-        return None
-    try:
-        date(int(t[:4]), int(t[4:6]), int(t[6:]))
-    except ValueError:
-        return None
-    return t
 
 
 # -- value forms ----------------------------------------------------------------------------------
@@ -195,15 +158,15 @@ def range_condition(column: ColumnElement, value: str, vr: str) -> ColumnElement
     if vr == "TM":
         if has_wildcards(value):
             raise InvalidQuery(f"no wildcards in a time, use a range: {value!r}")
-        lo = normalize_time(low) if low else None
-        hi = normalize_time(high, upper=True) if high else None
+        lo = normalize_tm(low) if low else None
+        hi = normalize_tm(high, upper=True) if high else None
         if (low and lo is None) or (high and hi is None):
             raise InvalidQuery(f"not a time range: {value!r}")
     elif vr == "DA":
         if has_wildcards(value):
             raise InvalidQuery(f"no wildcards in a date, use a range: {value!r}")
-        lo = normalize_date(low) if low else None
-        hi = normalize_date(high) if high else None
+        lo = normalize_da(low) if low else None
+        hi = normalize_da(high) if high else None
         if (low and lo is None) or (high and hi is None):
             raise InvalidQuery(f"not a date or date range: {value!r}")
         if not dash:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from archive_core.db import Base
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from archive_core.values import utcnow
 
 
 class Patient(Base):

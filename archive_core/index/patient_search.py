@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from archive_core.index.matching import fold_text, wildcard_match
 from archive_core.index.models import Patient, PatientNameToken
+from archive_core.values import da_to_iso, person_name
 
 MAX_WORDS = 8  # a desk types two or three; more only make the query longer
 _WORD_SPLIT = re.compile(r"[^0-9A-Z]+")
@@ -95,24 +96,6 @@ def parse_query(text: str) -> ParsedQuery:
             if word and word not in words:
                 words.append(word)
     return ParsedQuery(text=text, words=tuple(words[:MAX_WORDS]), birth_date=birth)
-
-
-def human_name(dicom_name: str | None) -> str:
-    """``DUPRÉ^JEAN-FRANÇOIS^^DR`` -> ``DUPRÉ Jean-François``: what a French desk writes.
-
-    The family name in capitals; given and middle names as stored, or capitalised when the
-    modality wrote them all in capitals. Only the alphabetic group (PS3.5 6.2.1.2).
-    """
-    if not dicom_name:
-        return ""
-    alphabetic = dicom_name.split("=")[0]
-    parts = (alphabetic.split("^") + ["", "", "", ""])[:5]
-    family, given, middle = parts[0].strip(), parts[1].strip(), parts[2].strip()
-
-    def given_form(value: str) -> str:
-        return value.title() if value.isupper() else value
-
-    return " ".join(p for p in (family.upper(), given_form(given), given_form(middle)) if p)
 
 
 def _escape(value: str) -> str:
@@ -213,9 +196,9 @@ def search(session: Session, text: str, *, limit: int = 100, offset: int = 0) ->
         PatientMatch(
             patient_id=p.patient_id,
             issuer_of_patient_id=p.issuer_of_patient_id or "",
-            name=human_name(p.patient_name),
+            name=person_name(p.patient_name),
             dicom_name=p.patient_name,
-            birth_date=_iso(p.patient_birth_date),
+            birth_date=da_to_iso(p.patient_birth_date),
             sex=p.patient_sex,
             rank=int(r),
         )
@@ -224,10 +207,6 @@ def search(session: Session, text: str, *, limit: int = 100, offset: int = 0) ->
     return PatientSearchPage(items, len(rows) > limit)
 
 
-def _iso(dicom_date: str | None) -> str | None:
-    if dicom_date and len(dicom_date) == 8 and dicom_date.isdigit():
-        return f"{dicom_date[:4]}-{dicom_date[4:6]}-{dicom_date[6:]}"
-    return None
 
 
 def matching_patient_pks(text: str, dialect: str):

@@ -3,7 +3,7 @@ memberships, invoices, payments, credit notes, invoice and receipt PDFs, claims 
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 
 from flask import Response, jsonify, request
 from sqlalchemy import select
@@ -36,8 +36,8 @@ def _billing_error(exc: S.BillingError):
 
 
 def _utc_iso(moment: datetime) -> str:
-    """ISO 8601 with its UTC offset (SQLite hands stored UTC datetimes back naive)."""
-    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).isoformat()
+    """ISO 8601 with its UTC offset (UtcDateTime columns give aware UTC values)."""
+    return moment.isoformat()
 
 
 def _int_field(body: dict, name: str) -> int:

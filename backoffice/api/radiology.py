@@ -99,7 +99,7 @@ def study_media(study_uid: str):
 
 def media_zip(detail, prior_uids: list[str]) -> bytes:
     """The study and those of *prior_uids* that belong to the same patient, as a zipped PDI file set."""
-    from backoffice.radiology.reproduction import practice_identity
+    from backoffice.practice import practice_identity
 
     allowed = {p.study_uid for p in facade().prior_studies(detail.study.study_uid)}
     unknown = [uid for uid in prior_uids if uid not in allowed]

@@ -150,12 +150,6 @@ def set_role(session: Session, login: str, role: str) -> User:
 # -- signing in ------------------------------------------------------------------------------------
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
-
-
 def _throttle_keys(login: str, address: str) -> dict[str, str]:
     login = login.strip().lower()[:64]
     return {"pair": f"pair:{address}|{login}", "address": f"address:{address}", "login": f"login:{login}"}
@@ -163,7 +157,7 @@ def _throttle_keys(login: str, address: str) -> dict[str, str]:
 
 def _wait_until(session: Session, keys: dict[str, str], now: datetime) -> datetime | None:
     rows = session.scalars(select(LoginThrottle).where(LoginThrottle.key.in_(keys.values())))
-    waits = [_aware(r.blocked_until) for r in rows if r.blocked_until is not None]
+    waits = [r.blocked_until for r in rows if r.blocked_until is not None]
     latest = max(waits, default=None)
     return latest if latest and latest > now else None
 
@@ -175,7 +169,7 @@ def _count_failure(session: Session, keys: dict[str, str], now: datetime) -> Non
         if row is None:
             row = LoginThrottle(key=key, failures=0, last_failure_at=now)
             session.add(row)
-        elif now - _aware(row.last_failure_at) > FORGET_AFTER:
+        elif now - row.last_failure_at > FORGET_AFTER:
             row.failures = 0
         row.failures += 1
         row.last_failure_at = now
@@ -225,7 +219,7 @@ class TokenInfo:
     def state(self, now: datetime) -> str:
         if self.revoked_at is not None:
             return "revoked"
-        if self.expires_at is not None and _aware(self.expires_at) <= now:
+        if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
 
@@ -245,7 +239,7 @@ def create_token(session: Session, login: str, *, lifetime: timedelta | None = N
 def list_tokens(session: Session, login: str) -> list[TokenInfo]:
     user = get_user(session, login)
     rows = session.scalars(select(ApiToken).where(ApiToken.user_pk == user.id).order_by(ApiToken.id))
-    return [TokenInfo(t.id, user.login, _aware(t.created_at), _aware(t.expires_at), _aware(t.revoked_at))
+    return [TokenInfo(t.id, user.login, t.created_at, t.expires_at, t.revoked_at)
             for t in rows]
 
 
@@ -256,8 +250,8 @@ def revoke_token(session: Session, token_id: int, *, now: datetime | None = None
     if token.revoked_at is None:
         token.revoked_at = now or datetime.now(timezone.utc)
     session.flush()
-    return TokenInfo(token.id, token.user.login, _aware(token.created_at), _aware(token.expires_at),
-                     _aware(token.revoked_at))
+    return TokenInfo(token.id, token.user.login, token.created_at, token.expires_at,
+                     token.revoked_at)
 
 
 def user_for_token(session: Session, token: str, *, now: datetime | None = None) -> User | None:
@@ -270,6 +264,6 @@ def user_for_token(session: Session, token: str, *, now: datetime | None = None)
     if row is None:
         return None
     user, expires_at = row
-    if not user.active or (expires_at is not None and _aware(expires_at) <= now):
+    if not user.active or (expires_at is not None and expires_at <= now):
         return None
     return user

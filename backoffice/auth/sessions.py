@@ -90,7 +90,7 @@ class DatabaseSessionInterface(SessionInterface):
             row = s.get(WebSession, _sha(sid))
             if row is None:
                 return _ended()
-            expires_at = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
+            expires_at = row.expires_at
             if expires_at <= now:
                 return _ended()
             try:

@@ -10,16 +10,15 @@ import difflib
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, or_, select
 
-from archive_core.api import DuplicateAccession, PatientMatch, ScheduledStep, WorklistError, fold_text, human_name
+from archive_core.api import DuplicateAccession, PatientMatch, ScheduledStep, WorklistError, fold_text
+from archive_core.values import da_to_iso, paris_time, person_name, utcnow
 from backoffice.billing import services as S
 from backoffice.billing.models import ExamGroup, ExamGroupMapping
 from backoffice.extensions import db, facade
 
-PARIS = ZoneInfo("Europe/Paris")
 # Exam groups without a modality of their own in the mapping (``autre``, the flat-rate ones).
 OTHER_MODALITY = "OT"
 MODALITIES = ("CT", "MR", "US", "CR", "DX", "MG", "NM", "PT", "RF", "XA", "OT")
@@ -122,8 +121,7 @@ def near_matches(pn: str | None, birth_date: str | None, *, exclude_id: str) -> 
     if conditions:
         for pid, name, born in db().execute(query.where(or_(*conditions)).limit(200)):
             if pid not in found and _alike(pn, name) and (not birth_date or not born or born == birth_date):
-                iso = f"{born[:4]}-{born[4:6]}-{born[6:]}" if born and len(born) == 8 else None
-                found[pid] = Candidate(pid, human_name(name), iso)
+                found[pid] = Candidate(pid, person_name(name), da_to_iso(born))
     return sorted(found.values(), key=lambda c: (c.name, c.patient_id))[:10]
 
 
@@ -184,7 +182,7 @@ def check_in(*, patient_id: str, visit_date: date, exam_group: str, actor: str, 
     if existing is not None:
         steps = facade().procedure_steps(session, [existing.accession_number or ""])
         return CheckIn(existing, False, steps.get(existing.accession_number or ""))
-    now = datetime.now(PARIS)
+    now = paris_time(utcnow())
     if start_time is None:
         start_time = now.time().replace(second=0, microsecond=0) if visit_date == now.date() else time(8, 0)
     try:

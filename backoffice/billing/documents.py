@@ -7,7 +7,8 @@ import logging
 import os
 import tempfile
 import threading
-from datetime import date, datetime, timezone
+from functools import partial
+from datetime import date, datetime
 from pathlib import Path
 
 from babel.dates import format_date, format_datetime
@@ -17,15 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from archive_core.values import PARIS, as_utc, parse_da, person_name
 from backoffice.billing import services
 from backoffice.billing.models import CreditNote, Invoice, InvoiceDocument, Payment
 from backoffice.pdf import html_to_pdf
+from backoffice.practice import practice_identity
 
 log = logging.getLogger(__name__)
 _WORKER_LOCK = threading.Lock()
-NOT_CONFIGURED = "à configurer"
-PRACTICE_KEYS = ("PRACTICE_NAME", "PRACTICE_ADDRESS", "PRACTICE_SIRET", "PRACTICE_FINESS", "PRACTICE_RPPS",
-                 "VAT_MENTION")
 METHOD_LABELS = {"cash": "espèces", "card": "carte bancaire", "cheque": "chèque", "transfer": "virement"}
 STATUS_LABELS = {"issued": "émise", "partially_paid": "partiellement payée", "paid": "payée",
                  "credited": "annulée par avoir"}
@@ -61,24 +61,10 @@ def french_date(value: date | None, locale: str = "fr_FR") -> str:
 def french_datetime(value: datetime | None, locale: str = "fr_FR") -> str:
     if value is None:
         return ""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
+    value = as_utc(value)
     if not locale.startswith("fr"):
-        return format_datetime(value, "d MMMM y 'at' HH:mm", tzinfo=services.PARIS, locale=locale)
-    return format_datetime(value, "d MMMM y 'à' HH:mm", tzinfo=services.PARIS, locale=locale)
-
-
-def dicom_name(value: str | None) -> str:
-    """Durand^Marie -> DURAND Marie."""
-    if not value:
-        return ""
-    parts = value.split("^")
-    return " ".join(p for p in [parts[0].upper(), *parts[1:3]] if p)
-
-
-def practice_identity() -> dict[str, str]:
-    """The practice's mandatory mentions from configuration; "à configurer" rather than failing."""
-    return {key: str(current_app.config.get(key) or NOT_CONFIGURED) for key in PRACTICE_KEYS}
+        return format_datetime(value, "d MMMM y 'at' HH:mm", tzinfo=PARIS, locale=locale)
+    return format_datetime(value, "d MMMM y 'à' HH:mm", tzinfo=PARIS, locale=locale)
 
 
 def documents_dir() -> Path:
@@ -97,8 +83,8 @@ def _render_html(template: str, **context) -> str:
 
 
 def _helpers() -> dict:
-    return {"euros": euros, "french_date": french_date, "french_datetime": french_datetime, "name": dicom_name,
-            "methods": METHOD_LABELS, "practice": practice_identity(), "dicom_date": services.dicom_date}
+    return {"euros": euros, "french_date": french_date, "french_datetime": french_datetime, "name": partial(person_name, as_stored=True),
+            "methods": METHOD_LABELS, "practice": practice_identity(), "dicom_date": parse_da}
 
 
 def _ins(session: Session, invoice: Invoice):

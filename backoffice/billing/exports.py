@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import io
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from archive_core.values import paris_day, paris_midnight
 from backoffice.billing.models import Claim, CreditNote, Invoice, Payment
-from backoffice.billing.services import PARIS, paris_day
 from backoffice.spreadsheet import SafeWriter, safe_cell
 
 FEC_COLUMNS = ["JournalCode", "JournalLib", "EcritureNum", "EcritureDate", "CompteNum", "CompteLib", "CompAuxNum",
@@ -22,9 +22,7 @@ CASH_ACCOUNTS = {"cash": ("530000", "Caisse"), "card": ("512000", "Banque"),
 
 def utc_bounds(start: date, end: date) -> tuple[datetime, datetime]:
     """[start 00:00, end+1 00:00) in Paris, as UTC instants."""
-    lo = datetime.combine(start, time(0), PARIS).astimezone(timezone.utc)
-    hi = datetime.combine(end + timedelta(days=1), time(0), PARIS).astimezone(timezone.utc)
-    return lo, hi
+    return paris_midnight(start), paris_midnight(end + timedelta(days=1))
 
 
 def _euros(cents: int) -> str:

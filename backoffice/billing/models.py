@@ -12,7 +12,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Date,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -22,7 +21,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from archive_core.api import Base, utcnow
+from archive_core.api import Base, UtcDateTime, utcnow
 
 CONSENT_STATES = ("pending", "accepted", "refused")
 PAYMENT_METHODS = ("cash", "card", "cheque", "transfer")
@@ -56,7 +55,7 @@ class Tariff(Base):
     # Archiving already paid by the national insurance (YYYY600 supplement, organised screening).
     national_insurance_paid: Mapped[bool] = mapped_column(Boolean, default=False)
     effective_from: Mapped[date] = mapped_column(Date)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ExamGroup(Base):
@@ -81,7 +80,7 @@ class ExamGroup(Base):
     accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
     consent: Mapped[str] = mapped_column(String(16), default="pending")
     created_by: Mapped[str] = mapped_column(String(64))  # a login, or "system" (from arrived studies)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     studies: Mapped[list["ExamGroupStudy"]] = relationship(back_populates="group", order_by="ExamGroupStudy.id")
 
@@ -112,7 +111,7 @@ class Consent(Base):
     accepted: Mapped[bool] = mapped_column(Boolean)
     price_shown_cents: Mapped[int] = mapped_column(Integer)
     recorded_by: Mapped[str] = mapped_column(String(64))
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class Insurer(Base):
@@ -131,9 +130,9 @@ class Insurer(Base):
     flat_cents: Mapped[int] = mapped_column(Integer, default=0)
     annual_cap_cents: Mapped[int | None] = mapped_column(Integer)  # per beneficiary per calendar year
     third_party_payment: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     # Retired: no longer offered for new memberships; memberships already recorded keep their dates.
-    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Membership(Base):
@@ -148,7 +147,7 @@ class Membership(Base):
     valid_from: Mapped[date] = mapped_column(Date)
     valid_to: Mapped[date | None] = mapped_column(Date)
     payer_name: Mapped[str | None] = mapped_column(String(324))  # a guardian, for minors
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
     insurer: Mapped[Insurer] = relationship()
 
@@ -179,7 +178,7 @@ class Invoice(Base):
     series: Mapped[str] = mapped_column(String(16))
     sequence: Mapped[int] = mapped_column(Integer)
     group_id: Mapped[int] = mapped_column(ForeignKey("billing_exam_group.id"), unique=True)
-    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     issued_by: Mapped[str] = mapped_column(String(64))
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     patient_name: Mapped[str | None] = mapped_column(String(324))
@@ -245,7 +244,7 @@ class CreditNote(Base):
     total_cents: Mapped[int] = mapped_column(Integer)
     patient_cents: Mapped[int] = mapped_column(Integer)
     insurer_cents: Mapped[int] = mapped_column(Integer)
-    issued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     issued_by: Mapped[str] = mapped_column(String(64))
 
 
@@ -262,7 +261,7 @@ class Payment(Base):
     method: Mapped[str] = mapped_column(String(16))
     payer: Mapped[str] = mapped_column(String(16), default="patient")  # patient | insurer
     credit_note_id: Mapped[int | None] = mapped_column(ForeignKey("billing_credit_note.id"))
-    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow, index=True)
     received_by: Mapped[str] = mapped_column(String(64))
     paris_day: Mapped[date] = mapped_column(Date, index=True)  # the business day it belongs to
     prev_hash: Mapped[str] = mapped_column(String(64))
@@ -275,7 +274,7 @@ class Remittance(Base):
     __tablename__ = "billing_remittance"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(64))
     total_cents: Mapped[int] = mapped_column(Integer)
     count: Mapped[int] = mapped_column(Integer)
@@ -299,8 +298,8 @@ class Claim(Base):
     insurer_id: Mapped[int] = mapped_column(ForeignKey("billing_insurer.id"), index=True)
     amount_cents: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="to_send", index=True)
-    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    settled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     rejection_reason: Mapped[str | None] = mapped_column(Text)
 
 
@@ -318,7 +317,7 @@ class Closing(Base):
     payment_count: Mapped[int] = mapped_column(Integer)
     last_payment_hash: Mapped[str] = mapped_column(String(64))
     signed_by: Mapped[str] = mapped_column(String(64))
-    signed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    signed_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     # Day closings: what the desk counted in the drawer, and the difference with the journal.
     expected_json: Mapped[str | None] = mapped_column(Text)  # {"cash": 450, "cheque": 0} expected in the drawer
     counted_cash_cents: Mapped[int | None] = mapped_column(Integer)
@@ -338,4 +337,4 @@ class InvoiceDocument(Base):
     ref_id: Mapped[int] = mapped_column(Integer)
     path: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)

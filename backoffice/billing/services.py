@@ -8,11 +8,12 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Iterable
-from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
 
+from archive_core.hashchain import GENESIS, head_hash, holds, link_hash, lock_chain
+from archive_core.values import LOCK_PAYMENT_JOURNAL, as_utc, paris_day, parse_da, utcnow
 from backoffice.billing import money
 from backoffice.billing.models import (
     PAYMENT_METHODS,
@@ -35,13 +36,10 @@ from backoffice.billing.models import (
     Tariff,
 )
 
-PARIS = ZoneInfo("Europe/Paris")
-GENESIS = "0" * 64
 # Modalities that never decide the exam group on their own (structured reports, presentation states...).
 ANCILLARY_MODALITIES = {"SR", "PR", "KO", "DOC", "REG", "SEG", "OT", "AU", "ECG"}
 FALLBACK_GROUP = "autre"
 MAX_FEE_CENTS = 100_000  # 1 000 €: anything above is a typing mistake for an archiving fee
-PAYMENT_LOCK_KEY = 727270400  # PostgreSQL advisory lock serialising the payment journal
 
 
 # -- errors (mapped once per edge: HTTP in backoffice/api/billing.py and the pages) ----------------
@@ -77,27 +75,12 @@ class Invalid(BillingError):
 # -- time ---------------------------------------------------------------------------------------
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def paris_day(moment: datetime) -> date:
-    if moment.tzinfo is None:  # SQLite gives naive datetimes back: they were stored in UTC
-        moment = moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(PARIS).date()
+# utcnow, paris_day and PARIS come from archive_core.values; utcnow stays a name of this module: the
+# services' clock, which the browser and dashboard tests set.
 
 
 def paris_today() -> date:
     return paris_day(utcnow())
-
-
-def dicom_date(value: str | None) -> date | None:
-    if not value or len(value) < 8 or not value[:8].isdigit():
-        return None
-    try:
-        return date(int(value[:4]), int(value[4:6]), int(value[6:8]))
-    except ValueError:
-        return None
 
 
 def format_euros(cents: int) -> str:
@@ -316,7 +299,7 @@ def attach_studies(session: Session, studies) -> int:
     mappings = list(session.scalars(select(ExamGroupMapping)))
     count = 0
     for study in todo:
-        visit = dicom_date(study.study_date) or paris_day(study.received_at)
+        visit = parse_da(study.study_date) or paris_day(study.received_at)
         group = None
         if study.accession_number:
             group = session.scalar(
@@ -923,18 +906,13 @@ def credit_notes_of(session: Session, invoice_id: int) -> list[CreditNote]:
 
 
 def _payment_digest(prev_hash: str, p: Payment) -> str:
-    at = p.received_at if p.received_at.tzinfo else p.received_at.replace(tzinfo=timezone.utc)
-    payload = json.dumps(
-        [p.invoice_id, p.amount_cents, p.method, p.payer, p.credit_note_id,
-         at.astimezone(timezone.utc).isoformat(timespec="microseconds"), p.received_by, p.paris_day.isoformat()],
-        separators=(",", ":"),
-    )
-    return hashlib.sha256((prev_hash + payload).encode()).hexdigest()
+    at = as_utc(p.received_at).astimezone(timezone.utc).isoformat(timespec="microseconds")
+    return link_hash(prev_hash, [p.invoice_id, p.amount_cents, p.method, p.payer, p.credit_note_id, at, p.received_by,
+                                 p.paris_day.isoformat()], ensure_ascii=True)
 
 
 def _lock_journal(session: Session) -> None:
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text(f"SELECT pg_advisory_xact_lock({PAYMENT_LOCK_KEY})"))
+    lock_chain(session, LOCK_PAYMENT_JOURNAL)
 
 
 def _open_day(session: Session, day: date) -> date:
@@ -963,7 +941,7 @@ def _append_payment(session: Session, *, locked: bool = False, roll_over_closed_
     elif session.scalar(select(Closing.id).where(Closing.kind == "day", Closing.period == day.isoformat())):
         raise Conflict(f"the day {day.isoformat()} is closed: no further payment can be recorded",
                        code="day_closed")
-    prev = session.scalar(select(Payment.hash).order_by(Payment.id.desc()).limit(1)) or GENESIS
+    prev = head_hash(session, Payment)
     payment = Payment(received_at=now, paris_day=day, prev_hash=prev, **fields)
     payment.hash = _payment_digest(prev, payment)
     session.add(payment)
@@ -1062,8 +1040,7 @@ _CREDIT_NOTE_FIELDS = ("number", "series", "sequence", "invoice_id", "reason", "
 
 def _plain(value):
     if isinstance(value, datetime):
-        at = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return at.astimezone(timezone.utc).isoformat(timespec="microseconds")
+        return as_utc(value).astimezone(timezone.utc).isoformat(timespec="microseconds")
     if isinstance(value, date):
         return value.isoformat()
     return value
@@ -1138,7 +1115,7 @@ def verify_journal(session: Session) -> JournalReport:
     prev, checked, bad = GENESIS, 0, None
     hashes: set[str] = set()
     for payment in session.scalars(select(Payment).order_by(Payment.id).execution_options(yield_per=1000)):
-        if payment.prev_hash != prev or _payment_digest(prev, payment) != payment.hash:
+        if not holds(prev, payment, _payment_digest):
             bad = payment.id
             break
         prev = payment.hash

@@ -14,6 +14,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import selectinload
 
 from archive_core.api import escape_like
+from archive_core.values import person_name
 from backoffice.auth import roles_required
 from backoffice.billing import checkin as checkin_service
 from backoffice.billing import documents, exports, money, operations
@@ -37,6 +38,7 @@ from backoffice.billing.models import (
 from backoffice.extensions import db, facade, rollback
 from backoffice.retention import clock
 from backoffice.i18n import locale_name
+from backoffice.practice import practice_identity
 from backoffice.errors import db_int
 
 bp = Blueprint("billing", __name__, url_prefix="/billing", cli_group="billing")
@@ -103,7 +105,7 @@ def _percent_input_filter(bp: int | None) -> str:
 
 @bp.app_template_filter("person")
 def _person(value: str | None) -> str:
-    return documents.dicom_name(value)
+    return person_name(value, as_stored=True)
 
 
 # The pages speak the desk's language (billing/errors.py); the API keeps the services' (English) messages.
@@ -490,7 +492,7 @@ def remittance_slip(slip_id: int):
         .join(Invoice, Invoice.id == Payment.invoice_id)
         .where(RemittanceItem.remittance_id == slip.id).order_by(Payment.id)
     ).all()
-    return render_template("billing/remittance.html", slip=slip, rows=rows, practice=documents.practice_identity())
+    return render_template("billing/remittance.html", slip=slip, rows=rows, practice=practice_identity())
 
 
 # -- manager -------------------------------------------------------------------------------------

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 
 from babel.dates import format_date
 from flask import Blueprint, current_app, redirect, render_template, url_for
 from flask_babel import gettext as _
 from flask_login import current_user
 
+from archive_core.values import paris_midnight, parse_da
 from backoffice.auth import roles_required
 from backoffice.auth.models import ROLES
 from backoffice.extensions import db, facade
@@ -54,18 +55,18 @@ def dashboard():
         db(), weeks[0].strftime("%Y%m%d"), (weeks[-1] + timedelta(days=6)).strftime("%Y%m%d")))
     counts: dict[str, list[int]] = {}
     for study_date, modalities, n in per_day:
-        try:
-            week = (date(int(study_date[:4]), int(study_date[4:6]), int(study_date[6:8])) - weeks[0]).days // 7
-        except ValueError:
+        day_of_study = parse_da(study_date)
+        if day_of_study is None:
             continue
+        week = (day_of_study - weeks[0]).days // 7
         for modality in sorted({m for m in modalities.split("\\") if m}) or ["?"]:
             counts.setdefault(modality, [0] * len(weeks))[week] += n
     week_labels = [format_date(w, "dd/MM" if french else "d MMM", locale=locale) for w in weeks]
 
     starts = D.month_starts(day)
-    ends = [D._utc(s) for s in starts[1:]]
+    ends = [paris_midnight(s) for s in starts[1:]]
     per_tier, after = memo.get("storage", archive, lambda: facade().storage_history(
-        db(), [*ends, D._utc(day - timedelta(days=D.RATE_DAYS))]))
+        db(), [*ends, paris_midnight(day - timedelta(days=D.RATE_DAYS))]))
     figures = D.storage(per_tier, [*after[:-1], 0], starts, after[-1], today=day,
                         free_bytes=D.disk_free_bytes(Path(current_app.instance_path)))
 

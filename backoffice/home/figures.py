@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, timedelta
 from pathlib import Path
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from archive_core.values import paris_midnight
 from backoffice.billing.models import Claim, CreditNote, ExamGroup, Insurer, Invoice, Payment
-from backoffice.retention.services import PARIS
 
 import threading
 
@@ -72,11 +72,6 @@ def _next_month(d: date) -> date:
     return date(d.year + (d.month == 12), d.month % 12 + 1, 1)
 
 
-def _utc(day: date) -> datetime:
-    """Midnight in Paris at the start of *day*, as an aware UTC instant (what the columns store)."""
-    return datetime.combine(day, time(), tzinfo=PARIS).astimezone(timezone.utc)
-
-
 def _bucket_sums(column, amount, bounds: list[tuple]) -> list:
     """One SUM per [start, end) bucket over *column*: one range of the (column, amount) index each, all
     in one statement (a CASE per bucket over every row took 265 ms for 100,000 invoices)."""
@@ -94,7 +89,7 @@ class MonthMoney:
 def money_per_month(session: Session, today: date) -> list[MonthMoney]:
     starts = month_starts(today)
     ends = [*starts[1:], _next_month(starts[-1])]
-    instants = [(_utc(s), _utc(e)) for s, e in zip(starts, ends)]
+    instants = [(paris_midnight(s), paris_midnight(e)) for s, e in zip(starts, ends)]
     invoiced = session.execute(select(*_bucket_sums(Invoice.issued_at, Invoice.total_cents, instants))).one()
     credited = session.execute(select(*_bucket_sums(CreditNote.issued_at, CreditNote.total_cents, instants))).one()
     collected = session.execute(select(*_bucket_sums(Payment.paris_day, Payment.amount_cents,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Index, String, UniqueConstraint, false
+from sqlalchemy import Boolean, Index, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
-from archive_core.api import Base, utcnow
+from archive_core.api import Base, UtcDateTime, utcnow
 
 
 class PatientIns(Base):
@@ -30,10 +30,10 @@ class PatientIns(Base):
     oid: Mapped[str] = mapped_column(String(64))
     qualified: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     recorded_by: Mapped[str] = mapped_column(String(64))
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     document: Mapped[str | None] = mapped_column(String(32))  # a key of views.DOCUMENTS; None: not checked
     verified_by: Mapped[str | None] = mapped_column(String(64))
-    verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    verified_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class PatientGuardian(Base):
@@ -48,6 +48,6 @@ class PatientGuardian(Base):
     relationship: Mapped[str] = mapped_column(String(16))  # a key of views.RELATIONSHIPS
     phone: Mapped[str] = mapped_column(String(32))
     recorded_by: Mapped[str] = mapped_column(String(64))
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     ended_by: Mapped[str | None] = mapped_column(String(64))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

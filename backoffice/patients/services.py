@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveFacade, StudySummary
+from archive_core.values import parse_da
 from backoffice.billing import services as billing
 from backoffice.billing.models import ExamGroup, Invoice, Membership
 from backoffice.patients import nir as nir_rules
@@ -67,7 +68,7 @@ class PatientFile:
 
 
 def is_minor(birth_date: str | None, today: date) -> bool:
-    born = billing.dicom_date(birth_date)
+    born = parse_da(birth_date)
     if born is None:
         return False
     return (today.year - born.year - ((today.month, today.day) < (born.month, born.day))) < 18

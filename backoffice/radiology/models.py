@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from archive_core.api import Base, utcnow
+from archive_core.api import Base, UtcDateTime, utcnow
 
 REPORT_STATUSES = ("draft", "signed")
 
@@ -29,9 +29,9 @@ class Report(Base):
     author: Mapped[str] = mapped_column(String(64))
     amends_id: Mapped[int | None] = mapped_column(ForeignKey("radiology_report.id"))
     amendment_reason: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    signed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     signed_by: Mapped[str | None] = mapped_column(String(64))
     # The signer's full name and RPPS as they were at signing (migration 1030): renaming the account later
     # does not change a signed report.
@@ -53,7 +53,7 @@ class KeyImage(Base):
     window_width: Mapped[float | None] = mapped_column(Float)
     position: Mapped[int] = mapped_column(Integer, default=0)
     chosen_by: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class ShareLink(Base):
@@ -67,10 +67,10 @@ class ShareLink(Base):
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     recipient: Mapped[str] = mapped_column(String(128), default="")
     created_by: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    code_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    code_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     failed_codes: Mapped[int] = mapped_column(Integer, default=0)
     # The patient's earlier studies too (DICOMweb access), when the radiologist says so.
     include_priors: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
@@ -94,8 +94,8 @@ class SendJob(Base):
     failed: Mapped[int] = mapped_column(Integer, default=0)  # anything else, warnings included
     message: Mapped[str] = mapped_column(Text, default="")
     requested_by: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class SendFailure(Base):

@@ -5,31 +5,25 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from flask import current_app, render_template
+from flask import render_template
 from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveFacade, RenderError, RenderParams, StudyDetail
 from backoffice.radiology import services
 from backoffice.patients.printing import printed_ins
 from backoffice.pdf import html_to_pdf
+from backoffice.practice import practice_identity
 
 LAYOUTS = (1, 2, 4, 6)
 DEFAULT_IMAGES = 6
-UNSET = "à configurer"
 # Longest side in pixels by layout: about 200 dpi at the printed size.
 PRINT_SIZE = {1: 1400, 2: 1100, 4: 800, 6: 700}
-PRACTICE_KEYS = ("PRACTICE_NAME", "PRACTICE_ADDRESS", "PRACTICE_PHONE", "PRACTICE_EMAIL", "PRACTICE_FINESS")
 
 
 @dataclass(frozen=True)
 class PrintedImage:
     data_uri: str
     caption: str
-
-
-def practice_identity() -> dict[str, str]:
-    """The practice's identity from the configuration; unset keys print as "à configurer"."""
-    return {key: str(current_app.config.get(key) or UNSET) for key in PRACTICE_KEYS}
 
 
 def chosen_images(session: Session, facade: ArchiveFacade, detail: StudyDetail) -> list[tuple]:

@@ -6,13 +6,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from archive_core.api import utcnow
+from archive_core.values import utcnow
 from backoffice.radiology.models import KeyImage, Report, ShareLink
 
 REPORT_FIELDS = ("indication", "technique", "findings", "conclusion")
@@ -171,10 +171,6 @@ def create_share_link(
     return NewShareLink(link, token, code)
 
 
-def _aware(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)  # SQLite returns naive UTC
-
-
 def share_link_for(session: Session, token: str, *, now: datetime | None = None) -> ShareLink:
     """The link behind *token* if it may still be used; :class:`ShareDenied` otherwise."""
     now = now or utcnow()
@@ -183,7 +179,7 @@ def share_link_for(session: Session, token: str, *, now: datetime | None = None)
         raise ShareDenied(_("lien inconnu"))
     if link.revoked_at is not None:
         raise ShareDenied(_("lien révoqué"))
-    if _aware(link.expires_at) <= now:
+    if link.expires_at <= now:
         raise ShareDenied(_("lien expiré"))
     if link.failed_codes >= SHARE_MAX_FAILED_CODES:
         raise ShareDenied(_("lien bloqué après trop de codes erronés"))
@@ -197,7 +193,7 @@ def usable_share_links(session: Session, link_ids, *, now: datetime | None = Non
     if not ids:
         return []
     links = session.scalars(select(ShareLink).where(ShareLink.id.in_(ids)))
-    return [link for link in links if link.revoked_at is None and _aware(link.expires_at) > now
+    return [link for link in links if link.revoked_at is None and link.expires_at > now
             and link.failed_codes < SHARE_MAX_FAILED_CODES]
 
 

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from zoneinfo import ZoneInfo
-
 from babel.dates import format_date
 from flask_babel import get_locale, gettext as _
 
-PARIS = ZoneInfo("Europe/Paris")
-
-
-def paris_time(value: datetime) -> datetime:
-    """A stored instant (UTC; SQLite gives it back naive) as the wall-clock time in Paris, DST included."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(PARIS)
+from archive_core.values import paris_time
 
 
 def signature_line(report) -> str:

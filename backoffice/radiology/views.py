@@ -26,7 +26,8 @@ from backoffice.auth import roles_required
 from backoffice.extensions import db, facade, rollback
 from backoffice.radiology import services
 from backoffice.radiology.sending import failures_of, jobs_for
-from backoffice.radiology.signature import paris_time, signature_line
+from archive_core.values import paris_time
+from backoffice.radiology.signature import signature_line
 
 bp = Blueprint("radiology", __name__, url_prefix="/radiology")
 bp.add_app_template_global(signature_line, "report_signature")
@@ -579,7 +580,7 @@ def media_command(folder: str, study_uids: tuple[str, ...]) -> None:
     """Write a CD/USB file set (DICOMDIR, README.TXT) of STUDY_UIDS (main study first) into FOLDER."""
     import click
 
-    from backoffice.radiology.reproduction import practice_identity
+    from backoffice.practice import practice_identity
 
     target = Path(folder)
     if target.exists() and any(target.iterdir()):

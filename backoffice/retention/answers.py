@@ -20,8 +20,8 @@ from datetime import date, timedelta
 from sqlalchemy import delete, false, func, insert, select, text
 from sqlalchemy.orm import Session
 
-from archive_core.api import ArchiveFacade
-from archive_core.retention import RetentionDecision
+from archive_core.api import ArchiveFacade, RetentionDecision
+from archive_core.values import LOCK_RETENTION_ANSWERS
 from backoffice.retention.models import LegalHold, RetentionAnswer, RetentionStale
 from backoffice.retention.services import PatientRetention, retention_of
 
@@ -48,7 +48,7 @@ def refresh(session: Session, facade: ArchiveFacade) -> int:
     if session.get_bind().dialect.name == "postgresql":
         # One refresh at a time (two pages loading at once would store the same answer twice); SQLite's
         # write lock, taken by the caller's write session, does the same there.
-        session.execute(text("SELECT pg_advisory_xact_lock(727270501)"))
+        session.execute(text(f"SELECT pg_advisory_xact_lock({LOCK_RETENTION_ANSWERS})"))
     queued = session.execute(select(RetentionStale.id, RetentionStale.patient_pk).order_by(RetentionStale.id)).all()
     if not queued:
         return 0

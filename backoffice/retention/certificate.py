@@ -8,10 +8,10 @@ from pathlib import Path
 
 from flask import current_app, render_template
 
-from backoffice.billing.documents import practice_identity
+from archive_core.values import paris_time
+from backoffice.practice import practice_identity
 from backoffice.pdf import html_to_pdf
 from backoffice.retention.models import PurgeBatch
-from backoffice.retention.services import PARIS
 from backoffice.sizes import format_size
 
 BASIS_FR = {
@@ -31,9 +31,7 @@ def paris(value: datetime | None) -> str:
     """A stored instant (UTC; SQLite gives it back naive) as the certificate prints it: 01/12/2026 à 14:56."""
     if value is None:
         return "—"
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
+    return paris_time(value).strftime("%d/%m/%Y à %H:%M")
 
 
 def render_certificate(batch: PurgeBatch) -> bytes:

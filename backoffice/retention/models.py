@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Boolean, Date, DateTime, ForeignKey, Index, Integer, BigInteger, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, BigInteger, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-from archive_core.api import Base, utcnow
+from archive_core.api import Base, UtcDateTime, utcnow
 
 # A batch's life (docs/retention.md): proposed -> approved -> tombstoned -> executed, or rejected while
 # proposed; approved -> proposed again when, at execution, anything it names changed since approval.
@@ -26,7 +26,7 @@ class DeathRecord(Base):
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     death_date: Mapped[date] = mapped_column(Date)
     recorded_by: Mapped[str] = mapped_column(String(64))
-    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
 
 
 class LegalHold(Base):
@@ -39,9 +39,9 @@ class LegalHold(Base):
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     reason: Mapped[str] = mapped_column(Text)
     placed_by: Mapped[str] = mapped_column(String(64))
-    placed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    placed_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     released_by: Mapped[str | None] = mapped_column(String(64))
-    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    released_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class PurgeBatch(Base):
@@ -53,14 +53,14 @@ class PurgeBatch(Base):
     kind: Mapped[str] = mapped_column(String(16), default="retention")  # retention | correction
     status: Mapped[str] = mapped_column(String(16), default="proposed", index=True)
     proposed_by: Mapped[str] = mapped_column(String(64))
-    proposed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    proposed_at: Mapped[datetime] = mapped_column(UtcDateTime(), default=utcnow)
     proposal_note: Mapped[str] = mapped_column(Text, default="")
     decided_by: Mapped[str | None] = mapped_column(String(64))
-    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    decided_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     decision_reason: Mapped[str | None] = mapped_column(Text)
-    tombstoned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    tombstoned_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     executed_by: Mapped[str | None] = mapped_column(String(64))
-    executed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    executed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     instances: Mapped[int] = mapped_column(Integer, default=0)
     bytes_destroyed: Mapped[int] = mapped_column(BigInteger, default=0)
     certificate_name: Mapped[str | None] = mapped_column(String(255))

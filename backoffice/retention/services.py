@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
-from zoneinfo import ZoneInfo
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -31,13 +30,12 @@ from archive_core.api import (
     RetentionDecision,
     RetentionFacts,
     decide,
-    parse_da,
 )
+from archive_core.values import LOCK_RETENTION_SWEEP, paris_day, parse_da, utcnow
 from backoffice.retention.errors import RetentionError
 from backoffice.retention.models import OPEN_STATUSES, DeathRecord, LegalHold, PurgeBatch, PurgeItem
 
 log = logging.getLogger(__name__)
-PARIS = ZoneInfo("Europe/Paris")
 # The requester of the batches the sweep proposes: not a person (docs/retention.md, four eyes).
 SCHEDULER = "scheduler"
 
@@ -49,13 +47,7 @@ def _require_reason(reason: str | None) -> None:
 
 
 def today_paris(now: datetime | None = None) -> date:
-    return (now or datetime.now(timezone.utc)).astimezone(PARIS).date()
-
-
-def _local_date(at: datetime) -> date:
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=timezone.utc)
-    return at.astimezone(PARIS).date()
+    return paris_day(now or utcnow())
 
 
 # -- today's answer --------------------------------------------------------------------------------
@@ -76,7 +68,7 @@ def _facts(record: PatientRecord, death: date | None, holds: list[LegalHold]) ->
         birth_date=parse_da(record.birth_date),
         death_date=death,
         holds=tuple(
-            HoldPeriod(_local_date(h.placed_at), _local_date(h.released_at) if h.released_at else None) for h in holds
+            HoldPeriod(paris_day(h.placed_at), paris_day(h.released_at) if h.released_at else None) for h in holds
         ),
     )
 
@@ -241,7 +233,7 @@ def propose_batch(session: Session, facade: ArchiveFacade, *, today: date, actor
     """One proposed batch of the patients whose date has passed, not on hold and not already proposed."""
     if session.get_bind().dialect.name == "postgresql":
         # One proposer at a time (a manual sweep while the scheduler runs): no patient proposed twice.
-        session.execute(text("SELECT pg_advisory_xact_lock(727270500)"))
+        session.execute(text(f"SELECT pg_advisory_xact_lock({LOCK_RETENTION_SWEEP})"))
     taken, _studies = _in_open_batch(session)
     due = [p for p in retention_of(session, facade, today=today)
            if p.decision.purgeable(today) and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]

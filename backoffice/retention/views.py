@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 
 from flask import Blueprint, Response, abort, current_app, flash, redirect, render_template, request, send_file, url_for
 from flask_login import current_user
@@ -13,6 +13,7 @@ from sqlalchemy import select
 from wtforms import BooleanField, DateField, HiddenField, StringField, TextAreaField
 from wtforms.validators import DataRequired, Length
 
+from archive_core.values import paris_midnight
 from backoffice.auth import roles_required
 from backoffice.extensions import db, facade
 from backoffice.retention import answers, services
@@ -20,7 +21,6 @@ from backoffice.retention.certificate import certificates_dir, render_certificat
 from backoffice.retention.clock import now_utc, today
 from backoffice.retention.errors import RetentionError
 from backoffice.retention.models import PurgeBatch
-from backoffice.retention.services import PARIS
 
 bp = Blueprint("retention", __name__, url_prefix="/retention")
 MANAGER = ("manager",)
@@ -423,8 +423,8 @@ def corrections():
 
 
 def _paris_day_start(day: date) -> datetime:
-    """Midnight in Paris of *day* (the manager's days are Paris days)."""
-    return datetime.combine(day, time(), tzinfo=PARIS)
+    """Midnight in Paris of *day* (the manager's days are Paris days), as an aware instant."""
+    return paris_midnight(day)
 
 
 def _audit_filters() -> dict:

@@ -21,7 +21,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("study_time_norm", sa.String(length=13), nullable=True))
         batch_op.add_column(sa.Column("referring_physician_name_search", sa.String(length=324), nullable=True))
     # Rows indexed before this revision: fill the new columns from the existing ones.
-    from archive_core.index.matching import fold_person_name, normalize_time
+    from archive_core.index.matching import fold_person_name
+    from archive_core.values import normalize_tm
 
     conn = op.get_bind()
     for pk, name in conn.execute(sa.text("SELECT id, patient_name FROM patient WHERE patient_name IS NOT NULL")).all():
@@ -32,7 +33,7 @@ def upgrade() -> None:
     for pk, tm, ref in conn.execute(sa.text("SELECT id, study_time, referring_physician_name FROM study")).all():
         conn.execute(
             sa.text("UPDATE study SET study_time_norm = :t, referring_physician_name_search = :r WHERE id = :id"),
-            {"t": normalize_time(tm) if tm else None, "r": fold_person_name(ref) if ref else None, "id": pk},
+            {"t": normalize_tm(tm) if tm else None, "r": fold_person_name(ref) if ref else None, "id": pk},
         )
 
 

@@ -82,7 +82,8 @@ def _local_date(at) -> date:
 
 
 def _backfill(bind) -> None:
-    from archive_core.retention import HoldPeriod, RetentionFacts, decide, parse_da
+    from archive_core.retention import HoldPeriod, RetentionFacts, decide
+    from archive_core.values import parse_da
     from backoffice.retention.answers import answer_row
 
     patients = bind.execute(sa.text(

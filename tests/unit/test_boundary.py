@@ -4,8 +4,10 @@ reaches back, and no two core modules import each other.
 Read from the source (``ast``), every ``import`` counts, also those inside a function or under
 ``TYPE_CHECKING``: an import written in a function is still an arrow between two modules.
 
-- Every module of ``backoffice/`` (and ``wsgi.py``) may import ``archive_core.api`` and
-  ``archive_core.values`` and no other ``archive_core`` module.
+- Every module of ``backoffice/`` (and ``wsgi.py``) may import ``archive_core.api`` and the two
+  public helper modules, ``archive_core.values`` (DICOM values, Paris day, clock, lock keys) and
+  ``archive_core.hashchain`` (the payment journal is chained as the audit trail is), and no other
+  ``archive_core`` module.
 - No ``archive_core`` module imports Flask (or Werkzeug, a Flask extension) or ``backoffice``.
 - The modules of ``archive_core`` import one another without a cycle.
 
@@ -25,7 +27,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-FACADE = ("archive_core.api", "archive_core.values")
+FACADE = ("archive_core.api", "archive_core.values", "archive_core.hashchain")
 CORE_MUST_NOT_IMPORT = ("flask", "flask_babel", "flask_login", "flask_wtf", "werkzeug", "backoffice")
 
 

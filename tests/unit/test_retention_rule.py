@@ -17,7 +17,6 @@ from archive_core.retention import (
     RetentionFacts,
     add_years,
     decide,
-    parse_da,
 )
 
 D = date
@@ -119,12 +118,6 @@ def test_purgeable(facts, purgeable):
 def test_an_active_hold_is_reported():
     decision = decide(RetentionFacts((D(2000, 1, 1),), D(1950, 1, 1), None, (HoldPeriod(D(2025, 1, 1)),)), TODAY)
     assert decision.on_hold and decision.keep_until == D(2020, 1, 1)
-
-
-@pytest.mark.parametrize("value, expected", [("20120915", D(2012, 9, 15)), ("", None), (None, None),
-                                              ("20121345", None), ("2012", None)])
-def test_parse_da(value, expected):
-    assert parse_da(value) == expected
 
 
 def test_add_years_29_february():

@@ -12,7 +12,10 @@ delegates each in a line or two to the module that does it:
 - and the core modules themselves (audit, worklist, patient search, peers, tiers, purge, corrections, media).
 
 The back-office imports this package only (never a submodule): everything it needs is re-exported here
-(tests/unit/test_boundary.py holds it to that).
+(tests/unit/test_boundary.py holds it to that). This module is longer than the house's ~400 lines on
+purpose: it is the index of every call (about 75 methods of a line or two each, with their signatures and
+docstrings); splitting the class would bring the mixins back, and moving it to a submodule would put
+that submodule in the media -> facade cycle the boundary test is written against.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from sqlalchemy.orm import Session
 
 from archive_core import audit as _audit
 from archive_core import commands  # the core's own commands; the flask CLI wraps them
+from archive_core import corrections as _corrections
 from archive_core import peers as _peers
+from archive_core import purge as _purge
+from archive_core import tiers as _tiers
 from archive_core import worklist as _worklist
 from archive_core.api import contents as _contents
 from archive_core.api import records as _records
@@ -291,9 +297,7 @@ class ArchiveFacade:
 
     def read_instance(self, sop_instance_uid: str) -> bytes:
         """The stored Part 10 file of an instance, whichever tier holds it."""
-        from archive_core.tiers import read_instance
-
-        return read_instance(self._archive, sop_instance_uid)
+        return _tiers.read_instance(self._archive, sop_instance_uid)
 
     def read_dataset(self, sop_instance_uid: str):
         """The stored object as a pydicom Dataset, whichever tier holds it (a copy: the caller may change it)."""
@@ -468,25 +472,17 @@ class ArchiveFacade:
                                 actor_kind: str = "system") -> TierMove:
         """Copy and verify, then switch the index and audit ``tier.moved`` in one transaction, then drop the
         active copies: the patient's files now live in the archive tier (owns its transactions)."""
-        from archive_core.tiers import move_patient_to_archive
-
-        return move_patient_to_archive(self._archive, patient_pk, actor=actor, actor_kind=actor_kind)
+        return _tiers.move_patient_to_archive(self._archive, patient_pk, actor=actor, actor_kind=actor_kind)
 
     def tombstone_patient(self, session: Session, patient_id: str, issuer: str, *, at: datetime) -> TombstoneResult:
-        from archive_core.purge import tombstone_patient
-
-        return tombstone_patient(session, patient_id, issuer, at=at)
+        return _purge.tombstone_patient(session, patient_id, issuer, at=at)
 
     def tombstone_study(self, session: Session, study_uid: str, *, at: datetime) -> TombstoneResult:
-        from archive_core.purge import tombstone_study
-
-        return tombstone_study(session, study_uid, at=at)
+        return _purge.tombstone_study(session, study_uid, at=at)
 
     def delete_tombstoned_files(self, sop_instance_uids: list[str] | tuple[str, ...]) -> int:
         """Delete files of tombstoned instances only (committed tombstones; idempotent)."""
-        from archive_core.purge import delete_tombstoned_files
-
-        deleted = delete_tombstoned_files(self._archive, sop_instance_uids)
+        deleted = _purge.delete_tombstoned_files(self._archive, sop_instance_uids)
         for uid in sop_instance_uids:  # renders of purged images go with them (radiology)
             self.renderer.cache.forget(uid)
         return deleted
@@ -496,12 +492,8 @@ class ArchiveFacade:
 
         The replaced files are deleted when *session* commits (the new ones if it rolls back).
         """
-        from archive_core.corrections import move_study
-
-        return move_study(session, self._archive, study_uid, to_patient_id, to_issuer)[0]
+        return _corrections.move_study(session, self._archive, study_uid, to_patient_id, to_issuer)[0]
 
     def merge_patients(self, session: Session, source_id: str, target_id: str, *, at: datetime) -> int:
         """Merge *source* into *target*: studies moved and their files rewritten (as :meth:`move_study`)."""
-        from archive_core.corrections import merge_patients
-
-        return merge_patients(session, self._archive, source_id, target_id, at=at)[0]
+        return _corrections.merge_patients(session, self._archive, source_id, target_id, at=at)[0]

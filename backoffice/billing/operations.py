@@ -10,6 +10,8 @@ here is rolled back by the edge (page: flashed message; API: JSON 4xx).
 
 from __future__ import annotations
 
+from sqlalchemy import select
+
 from backoffice.billing import claims, closings, documents, groups, invoices, journal, payments, states
 from backoffice.billing.arrivals import attach_before_issue
 from backoffice.billing.models import Claim, Closing, CreditNote, ExamGroupStudy, Invoice, Payment
@@ -29,6 +31,19 @@ def issue_invoice(group_id: int, *, actor: str, payer_name: str | None = None) -
     invoice_id = invoice.id
     after_commit(lambda: documents.render_after_issue(invoice_id))
     return invoice, states.issued_state(invoice)
+
+
+def list_invoices(*, patient_id: str | None = None, before: int | None = None,
+                  limit: int = 100) -> tuple[list[Invoice], bool]:
+    """Invoices newest first, of one patient when *patient_id*, below id *before* (keyset pages): the page
+    and the API list with this one query. Returns at most *limit* invoices and whether more follow."""
+    query = select(Invoice)
+    if patient_id:
+        query = query.where(Invoice.patient_id == patient_id)
+    if before:
+        query = query.where(Invoice.id < before)
+    rows = list(db().scalars(query.order_by(Invoice.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
 
 
 def record_payment(invoice_id: int, *, amount_cents: int, method: str,

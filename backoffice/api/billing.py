@@ -334,14 +334,7 @@ def issue_invoice():
                        {"name": "after", "in": "query", "schema": {"type": "integer"}}])
 def list_invoices():
     after, limit = page_args()
-    query = select(Invoice)
-    if request.args.get("patient_id"):
-        query = query.where(Invoice.patient_id == request.args["patient_id"])
-    if after:
-        query = query.where(Invoice.id < after)
-    invoices = list(db().scalars(query.order_by(Invoice.id.desc()).limit(limit + 1)))
-    more = len(invoices) > limit
-    invoices = invoices[:limit]
+    invoices, more = operations.list_invoices(patient_id=request.args.get("patient_id"), before=after, limit=limit)
     if request.args.get("patient_id"):
         facade().audit_now("billing.invoices.viewed", actor=current_api_user().login,
                            patient_id=request.args["patient_id"])

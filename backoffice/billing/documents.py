@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from archive_core.values import PARIS, as_utc, parse_da, person_name
-from backoffice.billing import services
+from backoffice.billing import base, closings, invoices, states
 from backoffice.billing.models import CreditNote, Invoice, InvoiceDocument, Payment
 from backoffice.pdf import html_to_pdf
 from backoffice.practice import practice_identity
@@ -130,7 +130,7 @@ def invoice_pdf(new_session, invoice_id: int) -> bytes:
     """The invoice as issued: the stored PDF, or rendered and stored now (once) if not yet done."""
 
     def render(s: Session):
-        invoice = services.get_invoice(s, invoice_id)
+        invoice = states.get_invoice(s, invoice_id)
         return invoice.series, invoice.number, render_invoice(s, invoice)
 
     return _stored_pdf(new_session, "invoice", invoice_id, "invoices", render)
@@ -142,8 +142,8 @@ def credit_note_pdf(new_session, note_id: int) -> bytes:
     def render(s: Session):
         note = s.get(CreditNote, note_id)
         if note is None:
-            raise services.NotFound("no such credit note")
-        invoice = services.get_invoice(s, note.invoice_id)
+            raise base.NotFound("no such credit note")
+        invoice = states.get_invoice(s, note.invoice_id)
         html = _render_html("billing/credit_note_pdf.html", note=note, invoice=invoice, **_helpers())
         return note.series, note.number, _pdf(html)
 
@@ -247,11 +247,11 @@ def render_receipt(session: Session, invoice: Invoice, payment_id: int | None = 
     if payment_id is not None:
         payments = [p for p in payments if p.id == payment_id]
         if not payments:
-            raise services.NotFound("no such payment on this invoice")
-    state = services.invoice_state(session, invoice)
-    credits = services.credit_notes_of(session, invoice.id)
+            raise base.NotFound("no such payment on this invoice")
+    state = states.invoice_state(session, invoice)
+    credits = invoices.credit_notes_of(session, invoice.id)
     html = _render_html("billing/receipt_pdf.html", invoice=invoice, payments=payments, state=state,
-                           credits=credits, now=services.utcnow(), status_label=STATUS_LABELS[state.status],
+                           credits=credits, now=base.utcnow(), status_label=STATUS_LABELS[state.status],
                            **_helpers())
     return _pdf(html)
 
@@ -259,15 +259,15 @@ def render_receipt(session: Session, invoice: Invoice, payment_id: int | None = 
 def render_receipted_invoice(session: Session, invoice: Invoice) -> bytes:
     """The facture acquittée: the invoice, "Acquittée le …" and the patient's payments, for the
     patient to claim reimbursement from the mutual insurer. Only once the patient owes nothing."""
-    state = services.invoice_state(session, invoice)
+    state = states.invoice_state(session, invoice)
     payments = list(session.scalars(select(Payment).where(Payment.invoice_id == invoice.id).order_by(Payment.id)))
     if state.status == "credited" or state.patient_balance_cents > 0 or state.patient_paid_cents <= 0:
-        raise services.Conflict("a receipted invoice is issued once the patient has paid their part in full",
+        raise base.Conflict("a receipted invoice is issued once the patient has paid their part in full",
                                 code="not_paid")
     settled_on = max(p.received_at for p in payments if p.payer == "patient" and p.amount_cents > 0)
     html = _render_html("billing/receipted_invoice_pdf.html", invoice=invoice, payments=payments, state=state,
-                        credits=services.credit_notes_of(session, invoice.id), settled_on=settled_on,
-                        now=services.utcnow(), ins=_ins(session, invoice), **_helpers())
+                        credits=invoices.credit_notes_of(session, invoice.id), settled_on=settled_on,
+                        now=base.utcnow(), ins=_ins(session, invoice), **_helpers())
     return _pdf(html)
 
 
@@ -275,8 +275,8 @@ def render_closing_report(session: Session, closing) -> bytes:
     """The Z report of a closing: totals per method, the drawer counted and its difference, the entries."""
     import json
 
-    rows = services.period_payments(session, closing.kind, closing.period)
+    rows = closings.period_payments(session, closing.kind, closing.period)
     html = _render_html("billing/closing_pdf.html", closing=closing, totals=json.loads(closing.totals_json),
                         expected=json.loads(closing.expected_json) if closing.expected_json else {},
-                        rows=rows, now=services.utcnow(), **_helpers())
+                        rows=rows, now=base.utcnow(), **_helpers())
     return _pdf(html)

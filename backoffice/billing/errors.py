@@ -1,6 +1,6 @@
 """Billing's one table from a domain error's code to the sentence the desk reads, and the names of its fields.
 
-Services raise :class:`~backoffice.billing.services.BillingError` with an English message (the API's and
+Services raise :class:`~backoffice.billing.base.BillingError` with an English message (the API's and
 the log's) and a code plus data; the pages show :func:`message_for` instead: French (or English when chosen),
 with no field name, no cents and no code. A code without a row gets its kind's general sentence, never the
 English message.

@@ -332,14 +332,7 @@ def invoices():
     """Every invoice, newest first, 100 a page (keyset pagination on the primary key)."""
     before = request.args.get("before", type=db_int)
     patient_id = (request.args.get("patient_id") or "").strip()
-    query = select(Invoice)
-    if before:
-        query = query.where(Invoice.id < before)
-    if patient_id:
-        query = query.where(Invoice.patient_id == patient_id)
-    rows = list(db().scalars(query.order_by(Invoice.id.desc()).limit(PAGE_SIZE + 1)))
-    more = len(rows) > PAGE_SIZE
-    rows = rows[:PAGE_SIZE]
+    rows, more = operations.list_invoices(patient_id=patient_id, before=before, limit=PAGE_SIZE)
     return render_template("billing/invoices.html", invoices=rows, patient_id=patient_id,
                            next_before=rows[-1].id if more else None)
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from archive_core.api import ArchiveFacade, StudySummary
 from archive_core.values import parse_da
+from backoffice.billing import base as billing_base
 from backoffice.billing import services as billing
 from backoffice.billing.models import ExamGroup, Invoice, Membership
 from backoffice.patients import nir as nir_rules
@@ -170,7 +171,7 @@ def record_ins(session: Session, patient_id: str, nir: str, *, qualified: bool, 
         raise NotQualifiable("document")
     if qualified and document is None:
         raise NotQualifiable("unchecked")
-    now = billing.utcnow()
+    now = billing_base.utcnow()
     row = session.scalar(select(PatientIns).where(PatientIns.patient_id == patient_id))
     if row is None:
         row = PatientIns(patient_id=patient_id, recorded_at=now)
@@ -199,7 +200,7 @@ def add_guardian(session: Session, patient_id: str, *, name: str, relationship: 
     if not _PHONE.match(phone) or sum(c.isdigit() for c in phone) < 6:
         raise InvalidGuardian("phone")
     row = PatientGuardian(patient_id=patient_id, name=name, relationship=relationship, phone=phone,
-                          recorded_by=recorded_by, recorded_at=billing.utcnow())
+                          recorded_by=recorded_by, recorded_at=billing_base.utcnow())
     session.add(row)
     session.flush()
     return row
@@ -210,6 +211,6 @@ def end_guardian(session: Session, patient_id: str, guardian_id: int, *, ended_b
     row = session.get(PatientGuardian, guardian_id)
     if row is None or row.patient_id != patient_id or row.ended_at is not None:
         raise InvalidGuardian("unknown")
-    row.ended_by, row.ended_at = ended_by, billing.utcnow()
+    row.ended_by, row.ended_at = ended_by, billing_base.utcnow()
     session.flush()
     return row

@@ -28,14 +28,14 @@ def shot(page, name: str) -> None:
 
 @pytest.fixture
 def practice(app, facade, tmp_path, monkeypatch):
-    from backoffice.billing import services as S
+    from backoffice.billing import base as billing_base, services as S
 
     app.config["CLOCK"] = lambda: NOW
     add_study(facade.archive, tmp_path, "OLD", "20000105", patient_name="Lefèvre^Anne")  # past its date
     add_study(facade.archive, tmp_path, "SOON", "20061210", patient_name="Dupré^Jean-François")  # 10/12/2026
     add_study(facade.archive, tmp_path, "NEW", "20261123", modality="MR", patient_name="Martin^Lucas")
     clock = {"now": NOW}
-    monkeypatch.setattr(S, "utcnow", lambda: clock["now"])
+    monkeypatch.setattr(billing_base, "utcnow", lambda: clock["now"])
     with facade.new_session(write=True) as s:
         mutuelle = S.create_insurer(s, name="Mutuelle du Parc", amc_number="999", coverage_bp=5000,
                                     third_party_payment=True)

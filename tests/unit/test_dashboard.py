@@ -60,13 +60,13 @@ def month_key(moment) -> str:
 
 @pytest.fixture
 def practice(app, facade, monkeypatch):
-    from backoffice.billing import services as S
+    from backoffice.billing import base as billing_base, services as S
     from backoffice.billing.models import CreditNote, ExamGroup, Invoice, Payment
 
     app.config["CLOCK"] = lambda: NOW
     # Issued records never change (append-only tables): each is written at its instant by the services' clock.
     clock = {"now": NOW}
-    monkeypatch.setattr(S, "utcnow", lambda: clock["now"])
+    monkeypatch.setattr(billing_base, "utcnow", lambda: clock["now"])
     with facade.new_session(write=True) as s:
         mutuelle = S.create_insurer(s, name="Mutuelle du Parc", amc_number="123456789", coverage_bp=5000,
                                     third_party_payment=True)
@@ -258,12 +258,12 @@ def test_only_managers_see_the_dashboard(app, client):
 def test_figures_follow_new_data_at_once(app, manager, practice, facade, tmp_path, monkeypatch):
     """The page reuses figures while their data is unchanged: an invoice, a consent, a study or a purge made
     between two loads must show on the second (bad input tried: a figure cached past a change)."""
-    from backoffice.billing import services as S
+    from backoffice.billing import base as billing_base, services as S
 
     first = manager.get("/dashboard").get_data(as_text=True)
     assert chart_values(first, "money")[("invoiced", "nov. 26")] == 1100
     assert "Aucun examen sur la période." in first
-    monkeypatch.setattr(S, "utcnow", lambda: datetime(2026, 11, 27, 15, tzinfo=UTC))
+    monkeypatch.setattr(billing_base, "utcnow", lambda: datetime(2026, 11, 27, 15, tzinfo=UTC))
     with facade.new_session(write=True) as s:
         group = S.create_exam_group(s, patient_id="P10", visit_date=date(2026, 11, 27), exam_group="scanner",
                                     created_by="accueil")

@@ -62,14 +62,16 @@ from archive_core.errors import (  # noqa: E402
     TooManyMatches,
 )
 from archive_core.render import PRESETS, RenderError, RenderParams  # noqa: E402
-from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide  # noqa: E402
+from archive_core.retention import (  # noqa: E402
+    ACTIVE_TIER_YEARS, HoldPeriod, RetentionDecision, RetentionFacts, add_years, decide,
+)
 
 __all__ += ["AuditEntry", "ChainReport", "CommandFailed", "Settings", "commands", "ensure_instance",
             "instance_path_from_env", "private_files"]
 __all__ += ["DuplicateConflict", "IdentityConflict", "InvalidDataset", "InvalidIdentifier", "ObjectTooLarge",
             "StorageFull", "StorageUnavailable", "TooManyMatches"]
 __all__ += ["PRESETS", "RenderError", "RenderParams"]
-__all__ += ["HoldPeriod", "RetentionDecision", "RetentionFacts", "decide"]
+__all__ += ["ACTIVE_TIER_YEARS", "HoldPeriod", "RetentionDecision", "RetentionFacts", "add_years", "decide"]
 
 
 @dataclass(frozen=True)
@@ -1129,6 +1131,15 @@ class ArchiveFacade(_RadiologyMixin, _QueryRetrieveMixin, _DicomwebMixin):
             )
             for p in patients
         ]
+
+    def patients_with_active_images(self, session: Session) -> set[int]:
+        """Row ids of the patients who have at least one visible image still in the active tier (the
+        tier moves' candidates; served by the instance index on deleted_at, tier)."""
+        query = (select(Study.patient_pk).distinct()
+                 .join(Series, Series.study_pk == Study.id)
+                 .join(Instance, Instance.series_pk == Series.id)
+                 .where(Instance.deleted_at.is_(None), Instance.tier == "active"))
+        return set(session.scalars(query))
 
     def studies_by_day_and_modalities(self, session: Session, since: str, until: str) -> list[tuple[str, str, int]]:
         """(Study Date, Modalities in Study as stored, number of studies) of the practice's own visible

@@ -20,7 +20,7 @@ from datetime import date, timedelta
 from sqlalchemy import delete, false, func, insert, select, text
 from sqlalchemy.orm import Session
 
-from archive_core.api import ArchiveFacade, RetentionDecision
+from archive_core.api import ACTIVE_TIER_YEARS, ArchiveFacade, RetentionDecision, add_years
 from archive_core.values import LOCK_RETENTION_ANSWERS
 from backoffice.retention.models import LegalHold, RetentionAnswer, RetentionStale
 from backoffice.retention.services import PatientRetention, retention_of
@@ -136,3 +136,33 @@ def listing(session: Session, facade: ArchiveFacade, kind: str, *, today: date, 
         .offset(offset).limit(limit)))
     found = {p.record.patient_pk: p for p in retention_of(session, facade, today=today, patient_pks=pks)} if pks else {}
     return Listing([found[pk] for pk in pks if pk in found], count(session, kind, today, days, held))
+
+
+@dataclass(frozen=True)
+class SweepCandidates:
+    """The patients the sweep must ask the rule about today, read from the stored answers.
+
+    A superset of the answers ``decide`` would give for every patient (the caller decides them again):
+    *to_propose* holds every stored date that has passed and is not to review (holds are left to
+    ``decide``); *to_move* every patient whose last visit is five years old or more and who still has
+    images in the active tier. Every visible patient has a stored answer once :func:`refresh` ran.
+    """
+
+    to_propose: list[int]
+    to_move: list[int]
+    patients: int
+    needs_review: int
+
+
+def sweep_candidates(session: Session, facade: ArchiveFacade, *, today: date) -> SweepCandidates:
+    a = RetentionAnswer
+    propose = list(session.scalars(
+        select(a.patient_pk).where(a.sort_until < today, a.needs_review.is_(False)).order_by(a.patient_pk)))
+    # The tier is "archive" from the day add_years(last visit, 5) is reached; one day of margin on the
+    # bound (29 February) only adds patients that decide() then leaves out.
+    bound = add_years(today, -ACTIVE_TIER_YEARS) + timedelta(days=1)
+    old = set(session.scalars(select(a.patient_pk).where(a.last_visit <= bound)))
+    move = sorted(old & facade.patients_with_active_images(session)) if old else []
+    patients = session.scalar(select(func.count()).select_from(a)) or 0
+    review = session.scalar(select(func.count()).select_from(a).where(a.needs_review.is_(True))) or 0
+    return SweepCandidates(propose, move, patients, review)

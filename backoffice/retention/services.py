@@ -230,12 +230,20 @@ def _in_open_batch(session: Session) -> tuple[set[tuple[str, str]], set[str]]:
 
 def propose_batch(session: Session, facade: ArchiveFacade, *, today: date, actor: str = SCHEDULER,
                   actor_kind: str = "system") -> PurgeBatch | None:
-    """One proposed batch of the patients whose date has passed, not on hold and not already proposed."""
+    """One proposed batch of the patients whose date has passed, not on hold and not already proposed.
+
+    The stored answers (backoffice/retention/answers.py) are refreshed, then name the candidates; each
+    candidate is decided again by ``decide`` on today's facts, which alone says who is proposed.
+    """
     if session.get_bind().dialect.name == "postgresql":
         # One proposer at a time (a manual sweep while the scheduler runs): no patient proposed twice.
         session.execute(text(f"SELECT pg_advisory_xact_lock({LOCK_RETENTION_SWEEP})"))
+    from backoffice.retention import answers  # answers builds on this module
+
+    answers.refresh(session, facade)  # the stored answers are as current as the facts
     taken, _studies = _in_open_batch(session)
-    due = [p for p in retention_of(session, facade, today=today)
+    candidates = answers.sweep_candidates(session, facade, today=today).to_propose
+    due = [p for p in retention_of(session, facade, today=today, patient_pks=candidates)
            if p.decision.purgeable(today) and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
     if not due:
         return None
@@ -533,13 +541,10 @@ class SweepPlan:
     """What a sweep run today would do: the preview a manager reads before pressing "run the sweep"."""
 
     today: date
-    answers: tuple[PatientRetention, ...]
+    patients: int  # visible patients
+    needs_review: int  # never proposed while true
     to_move: tuple[PatientRetention, ...]  # belong in the intermediate archive, images still active
     to_propose: tuple[PatientRetention, ...]  # past their date, not on hold, not already in an open batch
-
-    @property
-    def needs_review(self) -> int:
-        return sum(1 for p in self.answers if p.decision.needs_review)
 
     @property
     def bytes_to_move(self) -> int:
@@ -547,13 +552,21 @@ class SweepPlan:
 
 
 def sweep_plan(session: Session, facade: ArchiveFacade, *, today: date) -> SweepPlan:
-    """The moves and the proposal :func:`sweep` makes today, computed by the same rule it uses."""
-    answers = retention_of(session, facade, today=today)
+    """The moves and the proposal :func:`sweep` makes today, computed by the same rule it uses.
+
+    The candidates come from the stored answers (the caller refreshes them first:
+    ``answers.refresh_now``); only they are decided again, by ``decide`` on today's facts.
+    """
+    from backoffice.retention import answers  # answers builds on this module
+
+    chosen = answers.sweep_candidates(session, facade, today=today)
     taken, _batches = _in_open_batch(session)
-    to_propose = [p for p in answers if p.decision.purgeable(today)
+    proposable = retention_of(session, facade, today=today, patient_pks=chosen.to_propose)
+    to_propose = [p for p in proposable if p.decision.purgeable(today)
                   and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
-    movers = [p for p in answers if p.decision.tier == "archive" and p.record.instances_active]
-    return SweepPlan(today, tuple(answers), tuple(movers), tuple(to_propose))
+    movers = [p for p in retention_of(session, facade, today=today, patient_pks=chosen.to_move)
+              if p.decision.tier == "archive" and p.record.instances_active]
+    return SweepPlan(today, chosen.patients, chosen.needs_review, tuple(movers), tuple(to_propose))
 
 
 def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certificates: Path | None = None,
@@ -564,10 +577,13 @@ def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certific
     A manager who runs it from the page is its *actor*: the moves and the proposal are theirs (so
     another manager approves).
     """
+    from backoffice.retention import answers  # answers builds on this module
+
     report = SweepReport(today)
+    answers.refresh_now(facade)
     with facade.new_session() as s:
         plan = sweep_plan(s, facade, today=today)
-    report.patients = len(plan.answers)
+    report.patients = plan.patients
     report.needs_review = plan.needs_review
     report.due = len(plan.to_propose)
     movers = plan.to_move

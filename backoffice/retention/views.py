@@ -192,6 +192,7 @@ def sweep():
     day = today()
     form = ConfirmForm()
     if request.method == "GET":
+        _fresh_answers()
         plan = services.sweep_plan(db(), facade(), today=day)
         return render_template("retention/sweep.html", today=day, plan=plan, form=form)
     if not form.validate_on_submit():

@@ -166,3 +166,16 @@ def sweep_candidates(session: Session, facade: ArchiveFacade, *, today: date) ->
     patients = session.scalar(select(func.count()).select_from(a)) or 0
     review = session.scalar(select(func.count()).select_from(a).where(a.needs_review.is_(True))) or 0
     return SweepCandidates(propose, move, patients, review)
+
+
+
+def pks_of(session: Session, keys: set[tuple[str, str]]) -> set[int]:
+    """Row ids of the stored answers of the patients (patient ID, issuer) *keys*."""
+    a = RetentionAnswer
+    ids = sorted({patient_id for patient_id, _issuer in keys})
+    out: set[int] = set()
+    for start in range(0, len(ids), CHUNK):
+        out.update(pk for pk, patient_id, issuer in session.execute(
+            select(a.patient_pk, a.patient_id, a.issuer_of_patient_id).where(a.patient_id.in_(ids[start:start + CHUNK])))
+            if (patient_id, issuer) in keys)
+    return out

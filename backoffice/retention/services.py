@@ -545,28 +545,39 @@ class SweepPlan:
     needs_review: int  # never proposed while true
     to_move: tuple[PatientRetention, ...]  # belong in the intermediate archive, images still active
     to_propose: tuple[PatientRetention, ...]  # past their date, not on hold, not already in an open batch
+    proposed: int  # how many the batch would name (to_propose may show only the first of them)
 
     @property
     def bytes_to_move(self) -> int:
         return sum(p.record.bytes_total for p in self.to_move)
 
 
-def sweep_plan(session: Session, facade: ArchiveFacade, *, today: date) -> SweepPlan:
+def sweep_plan(session: Session, facade: ArchiveFacade, *, today: date, shown: int | None = None) -> SweepPlan:
     """The moves and the proposal :func:`sweep` makes today, computed by the same rule it uses.
 
     The candidates come from the stored answers (the caller refreshes them first:
-    ``answers.refresh_now``); only they are decided again, by ``decide`` on today's facts.
+    ``answers.refresh_now``); only they are decided again, by ``decide`` on today's facts. With
+    *shown*, only the first *shown* records to propose (by row id, the batch's order) are decided and
+    returned, and ``proposed`` counts them all from the stored answers, as the lists count (those
+    answers are the rule's once refreshed; holds are asked of the rule: ``answers.held_today``).
     """
     from backoffice.retention import answers  # answers builds on this module
 
     chosen = answers.sweep_candidates(session, facade, today=today)
     taken, _batches = _in_open_batch(session)
-    proposable = retention_of(session, facade, today=today, patient_pks=chosen.to_propose)
-    to_propose = [p for p in proposable if p.decision.purgeable(today)
-                  and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
+    candidates = chosen.to_propose
+    proposed = None
+    if shown is not None:
+        left_out = set(answers.held_today(session, facade, today)) | answers.pks_of(session, taken)
+        candidates = [pk for pk in candidates if pk not in left_out]
+        proposed = len(candidates)
+        candidates = candidates[:shown]
+    to_propose = [p for p in retention_of(session, facade, today=today, patient_pks=candidates)
+                  if p.decision.purgeable(today) and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
     movers = [p for p in retention_of(session, facade, today=today, patient_pks=chosen.to_move)
               if p.decision.tier == "archive" and p.record.instances_active]
-    return SweepPlan(today, chosen.patients, chosen.needs_review, tuple(movers), tuple(to_propose))
+    return SweepPlan(today, chosen.patients, chosen.needs_review, tuple(movers), tuple(to_propose),
+                     len(to_propose) if proposed is None else proposed)
 
 
 def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certificates: Path | None = None,
@@ -585,7 +596,7 @@ def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certific
         plan = sweep_plan(s, facade, today=today)
     report.patients = plan.patients
     report.needs_review = plan.needs_review
-    report.due = len(plan.to_propose)
+    report.due = plan.proposed
     movers = plan.to_move
     report.to_move = [str(p.record.patient_pk) for p in movers]
     if dry_run:

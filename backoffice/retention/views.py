@@ -185,6 +185,10 @@ def patients():
                            lists=LISTS, within=WITHIN_DAYS)
 
 
+# The preview shows the first records the batch would name (all are counted; the overdue list pages them).
+SWEEP_SHOWN = 100
+
+
 @bp.route("/sweep", methods=["GET", "POST"])
 @roles_required(*MANAGER)
 def sweep():
@@ -193,7 +197,7 @@ def sweep():
     form = ConfirmForm()
     if request.method == "GET":
         _fresh_answers()
-        plan = services.sweep_plan(db(), facade(), today=day)
+        plan = services.sweep_plan(db(), facade(), today=day, shown=SWEEP_SHOWN)
         return render_template("retention/sweep.html", today=day, plan=plan, form=form)
     if not form.validate_on_submit():
         abort(400)

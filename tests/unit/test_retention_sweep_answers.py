@@ -136,3 +136,43 @@ def test_a_patient_whose_facts_changed_after_the_refresh_is_decided_on_current_f
         s.commit()
         assert [i.patient_id for i in batch.items] == ["OTHER", "DEAD"]
     assert _page(client)[0] == []  # OTHER and DEAD are in the open batch; neither OLD nor NEW is due
+
+
+def test_a_long_proposal_shows_its_first_records_and_counts_them_all(db_app):  # noqa: F811
+    """130 records past their date, one of them under a hold: the preview counts the 129 the batch would
+    name, shows the first 100 of them in the batch's order, says so and links to the overdue list; the
+    batch then names all 129. Bad input tried: a count of the rows shown only, a held record counted
+    or shown, a preview that draws every row."""
+    from sqlalchemy import insert
+
+    from archive_core.index.models import Patient, Study
+    from backoffice.retention import services
+
+    facade = db_app.extensions["archivage"]
+    today = date(2026, 11, 28)
+    db_app.config["CLOCK"] = _clock(today)
+    now = datetime(2026, 11, 28, tzinfo=timezone.utc)
+    with facade.new_session(write=True) as s:  # written as an index import writes them (the triggers queue them)
+        s.execute(insert(Patient), [{"id": 1000 + i, "patient_id": f"P{i:03d}", "issuer_of_patient_id": "",
+                                     "patient_name": f"Nom{i:03d}^Prénom", "patient_birth_date": "19700101",
+                                     "created_at": now} for i in range(130)])
+        s.execute(insert(Study), [{"id": 1000 + i, "study_uid": f"1.2.3.{i}", "patient_pk": 1000 + i,
+                                   "study_date": "20000101", "modalities_in_study": "CT", "external": False,
+                                   "received_at": now} for i in range(130)])
+        s.commit()
+    with facade.new_session(write=True) as s:
+        services.place_hold(s, facade, "P005", "contentieux", actor="gerante", today=today,
+                            now=datetime(2026, 11, 27, 12, tzinfo=timezone.utc))
+        s.commit()
+    client = db_app.test_client()
+    sign_in(client, db_app, "gerante", "manager")
+    propose, _move, _review = _reference(facade, today)
+    assert len(propose) == 129
+    html = client.get("/retention/sweep").get_data(as_text=True)
+    assert "Proposition de destruction — dossiers : 129" in html
+    assert 'id="propose-shown"' in html and "/retention/patients?list=overdue" in html
+    assert _page(client)[0] == [p.record.patient_id for p in propose[:100]]
+    with facade.new_session(write=True) as s:
+        batch = services.propose_batch(s, facade, today=today)
+        s.commit()
+        assert [i.patient_id for i in batch.items] == [p.record.patient_id for p in propose]

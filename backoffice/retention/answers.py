@@ -138,35 +138,50 @@ def listing(session: Session, facade: ArchiveFacade, kind: str, *, today: date, 
     return Listing([found[pk] for pk in pks if pk in found], count(session, kind, today, days, held))
 
 
-@dataclass(frozen=True)
-class SweepCandidates:
-    """The patients the sweep must ask the rule about today, read from the stored answers.
-
-    A superset of the answers ``decide`` would give for every patient (the caller decides them again):
-    *to_propose* holds every stored date that has passed and is not to review (holds are left to
-    ``decide``); *to_move* every patient whose last visit is five years old or more and who still has
-    images in the active tier. Every visible patient has a stored answer once :func:`refresh` ran.
-    """
-
-    to_propose: list[int]
-    to_move: list[int]
-    patients: int
-    needs_review: int
+# -- the sweep's candidates: a superset of what ``decide`` proposes or moves; the caller decides them again --
 
 
-def sweep_candidates(session: Session, facade: ArchiveFacade, *, today: date) -> SweepCandidates:
+def propose_candidates(session: Session, *, today: date) -> list[int]:
+    """Row ids, in order, of every stored answer whose date has passed and that is not to review (holds
+    and open batches are left to the caller: ``decide`` and the batch)."""
     a = RetentionAnswer
-    propose = list(session.scalars(
+    return list(session.scalars(
         select(a.patient_pk).where(a.sort_until < today, a.needs_review.is_(False)).order_by(a.patient_pk)))
-    # The tier is "archive" from the day add_years(last visit, 5) is reached; one day of margin on the
-    # bound (29 February) only adds patients that decide() then leaves out.
-    bound = add_years(today, -ACTIVE_TIER_YEARS) + timedelta(days=1)
-    old = set(session.scalars(select(a.patient_pk).where(a.last_visit <= bound)))
-    move = sorted(old & facade.patients_with_active_images(session)) if old else []
-    patients = session.scalar(select(func.count()).select_from(a)) or 0
-    review = session.scalar(select(func.count()).select_from(a).where(a.needs_review.is_(True))) or 0
-    return SweepCandidates(propose, move, patients, review)
 
+
+def propose_preview(session: Session, *, today: date, left_out: set[int], limit: int) -> tuple[list[int], int]:
+    """The first *limit* of :func:`propose_candidates` not in *left_out*, and how many there are in all,
+    without reading them all."""
+    a = RetentionAnswer
+    base = [a.sort_until < today, a.needs_review.is_(False)]
+    total = session.scalar(select(func.count()).select_from(a).where(*base)) or 0
+    ids = sorted(left_out)
+    for start in range(0, len(ids), CHUNK):
+        total -= session.scalar(select(func.count()).select_from(a).where(
+            *base, a.patient_pk.in_(ids[start:start + CHUNK]))) or 0
+    first = session.scalars(select(a.patient_pk).where(*base).order_by(a.patient_pk).limit(limit + len(ids)))
+    return [pk for pk in first if pk not in left_out][:limit], total
+
+
+def move_candidates(session: Session, facade: ArchiveFacade, *, today: date) -> list[int]:
+    """Row ids, in order, of the patients whose last visit is five years old or more (the tier is
+    "archive" from add_years(last visit, 5) on; one day of margin for 29 February) and who still have
+    images in the active tier."""
+    a = RetentionAnswer
+    bound = add_years(today, -ACTIVE_TIER_YEARS) + timedelta(days=1)
+    active = sorted(facade.patients_with_active_images(session))
+    out: list[int] = []
+    for start in range(0, len(active), CHUNK):
+        out.extend(session.scalars(select(a.patient_pk).where(
+            a.patient_pk.in_(active[start:start + CHUNK]), a.last_visit <= bound)))
+    return sorted(out)
+
+
+def totals(session: Session) -> tuple[int, int]:
+    """(visible patients, records to review) from the stored answers (needs review does not depend on today)."""
+    a = RetentionAnswer
+    return (session.scalar(select(func.count()).select_from(a)) or 0,
+            session.scalar(select(func.count()).select_from(a).where(a.needs_review.is_(True))) or 0)
 
 
 def pks_of(session: Session, keys: set[tuple[str, str]]) -> set[int]:

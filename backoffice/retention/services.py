@@ -242,7 +242,7 @@ def propose_batch(session: Session, facade: ArchiveFacade, *, today: date, actor
 
     answers.refresh(session, facade)  # the stored answers are as current as the facts
     taken, _studies = _in_open_batch(session)
-    candidates = answers.sweep_candidates(session, facade, today=today).to_propose
+    candidates = answers.propose_candidates(session, today=today)
     due = [p for p in retention_of(session, facade, today=today, patient_pks=candidates)
            if p.decision.purgeable(today) and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
     if not due:
@@ -563,20 +563,19 @@ def sweep_plan(session: Session, facade: ArchiveFacade, *, today: date, shown: i
     """
     from backoffice.retention import answers  # answers builds on this module
 
-    chosen = answers.sweep_candidates(session, facade, today=today)
     taken, _batches = _in_open_batch(session)
-    candidates = chosen.to_propose
-    proposed = None
-    if shown is not None:
+    if shown is None:
+        candidates, proposed = answers.propose_candidates(session, today=today), None
+    else:
         left_out = set(answers.held_today(session, facade, today)) | answers.pks_of(session, taken)
-        candidates = [pk for pk in candidates if pk not in left_out]
-        proposed = len(candidates)
-        candidates = candidates[:shown]
+        candidates, proposed = answers.propose_preview(session, today=today, left_out=left_out, limit=shown)
     to_propose = [p for p in retention_of(session, facade, today=today, patient_pks=candidates)
                   if p.decision.purgeable(today) and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
-    movers = [p for p in retention_of(session, facade, today=today, patient_pks=chosen.to_move)
+    movers = [p for p in retention_of(session, facade, today=today,
+                                      patient_pks=answers.move_candidates(session, facade, today=today))
               if p.decision.tier == "archive" and p.record.instances_active]
-    return SweepPlan(today, chosen.patients, chosen.needs_review, tuple(movers), tuple(to_propose),
+    patients, needs_review = answers.totals(session)
+    return SweepPlan(today, patients, needs_review, tuple(movers), tuple(to_propose),
                      len(to_propose) if proposed is None else proposed)
 
 

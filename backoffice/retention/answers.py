@@ -10,6 +10,7 @@ patients and is called before every list is read, so a list is never older than 
 
 What does depend on today stays computed by ``decide`` at read time: whether a hold holds today
 (only patients who have a hold row are asked: few) and, for the rows shown, the whole answer.
+The sweep (its preview and the batch it proposes) takes its candidates here too, and decides them again.
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import json
 import re
 from datetime import date, datetime, time, timezone
 
-import pytest
 from sqlalchemy import select, update
 
 from tests.retention_support import add_study, sign_in

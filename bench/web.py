@@ -213,19 +213,20 @@ def main() -> None:
                     time.sleep(0.1)
             manager = sign_in_page(port, "bench_manager")
             first = {}
-            for path in ("/dashboard", "/retention/", "/retention/patients?list=due&days=30"):
+            for path in ("/dashboard", "/retention/", "/retention/patients?list=due&days=30", "/retention/sweep"):
                 # The first retention load decides every patient the bulk seeding queued (once).
                 t_first = time.perf_counter()
                 status, body = manager.request("GET", path)
                 first[path] = (time.perf_counter() - t_first) * 1000
                 assert status == 200, (path, status, body[:300])
-            dashboard, retention, due_list, all_page = [], [], [], []
+            dashboard, retention, due_list, all_page, sweep_page = [], [], [], [], []
             for _ in range(args.rounds):
                 dashboard.append(timed(lambda: manager.request("GET", "/dashboard")))
             for _ in range(args.rounds):
                 retention.append(timed(lambda: manager.request("GET", "/retention/")))
                 due_list.append(timed(lambda: manager.request("GET", "/retention/patients?list=due&days=30")))
                 all_page.append(timed(lambda: manager.request("GET", "/retention/patients?list=all&page=200")))
+                sweep_page.append(timed(lambda: manager.request("GET", "/retention/sweep")))
             if not args.manager_only:
                 issue_pay, issue_only, receipts, invoice_ids = [], [], [], []
                 for group_id in groups:
@@ -262,6 +263,7 @@ def main() -> None:
         report(f"page /retention/ ({args.patients} patients)", retention)
         report("page /retention/patients?list=due&days=30", due_list)
         report("page /retention/patients?list=all&page=200", all_page)
+        report("page /retention/sweep (dry-run preview)", sweep_page)
         for path, ms in first.items():
             print(f"first load of {path}: {ms:.0f} ms")
         if args.manager_only:

@@ -89,7 +89,9 @@ from archive_core.index.patient_search import PatientMatch, PatientSearchPage
 from archive_core.peers import PeerInfo
 from archive_core.purge import TombstoneResult
 from archive_core.render import PRESETS, RenderError, RenderParams
-from archive_core.retention import HoldPeriod, RetentionDecision, RetentionFacts, decide
+from archive_core.retention import (
+    ACTIVE_TIER_YEARS, HoldPeriod, RetentionDecision, RetentionFacts, add_years, decide,
+)
 from archive_core.tiers import TierMove
 from archive_core.values import utcnow
 from archive_core.worklist import DuplicateAccession, ScheduledStep, WorklistError
@@ -107,7 +109,7 @@ __all__ += ["ArchiveError", "BlobMissing", "DuplicateConflict", "IdentityConflic
 # what other core modules hand out through the facade
 __all__ += ["AuditEntry", "ChainReport", "PatientMatch", "PatientSearchPage", "PeerInfo", "DuplicateAccession",
             "ScheduledStep", "WorklistError", "PRESETS", "RenderError", "RenderParams", "HoldPeriod",
-            "RetentionDecision", "RetentionFacts", "decide", "TierMove", "TombstoneResult"]
+            "RetentionDecision", "RetentionFacts", "decide", "ACTIVE_TIER_YEARS", "add_years", "TierMove", "TombstoneResult"]
 
 
 class ArchiveFacade:
@@ -467,6 +469,11 @@ class ArchiveFacade:
         """Every visible patient (or those with *patient_id*, or of row ids *patient_pks*), with what the
         retention rule needs."""
         return _records.patient_records(session, patient_id=patient_id, patient_pks=patient_pks)
+
+    def patients_with_active_images(self, session: Session) -> set[int]:
+        """Row ids of the patients who have at least one visible image still in the active tier (the
+        tier moves' candidates; served by the instance index on deleted_at, tier)."""
+        return _records.patients_with_active_images(session)
 
     def move_patient_to_archive(self, patient_pk: int, *, actor: str = "scheduler",
                                 actor_kind: str = "system") -> TierMove:

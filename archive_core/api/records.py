@@ -15,6 +15,15 @@ from archive_core.api.types import ArchiveStats, PatientRecord, StorageUsage
 from archive_core.index.models import Instance, Patient, Series, Study
 
 
+def patients_with_active_images(session: Session) -> set[int]:
+    """See :meth:`archive_core.api.ArchiveFacade.patients_with_active_images`."""
+    query = (select(Study.patient_pk).distinct()
+             .join(Series, Series.study_pk == Study.id)
+             .join(Instance, Instance.series_pk == Series.id)
+             .where(Instance.deleted_at.is_(None), Instance.tier == "active"))
+    return set(session.scalars(query))
+
+
 def patient_records(session: Session, *, patient_id: str | None,
                     patient_pks: Iterable[int] | None) -> list[PatientRecord]:
     """See :meth:`archive_core.api.ArchiveFacade.patient_records`."""

@@ -10,6 +10,7 @@ patients and is called before every list is read, so a list is never older than 
 
 What does depend on today stays computed by ``decide`` at read time: whether a hold holds today
 (only patients who have a hold row are asked: few) and, for the rows shown, the whole answer.
+The sweep (its preview and the batch it proposes) takes its candidates here too, and decides them again.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from datetime import date, timedelta
 from sqlalchemy import delete, false, func, insert, select, text
 from sqlalchemy.orm import Session
 
-from archive_core.api import ArchiveFacade, RetentionDecision
+from archive_core.api import ACTIVE_TIER_YEARS, ArchiveFacade, RetentionDecision, add_years
 from archive_core.values import LOCK_RETENTION_ANSWERS
 from backoffice.retention.models import LegalHold, RetentionAnswer, RetentionStale
 from backoffice.retention.services import PatientRetention, retention_of
@@ -136,3 +137,61 @@ def listing(session: Session, facade: ArchiveFacade, kind: str, *, today: date, 
         .offset(offset).limit(limit)))
     found = {p.record.patient_pk: p for p in retention_of(session, facade, today=today, patient_pks=pks)} if pks else {}
     return Listing([found[pk] for pk in pks if pk in found], count(session, kind, today, days, held))
+
+
+# -- the sweep's candidates: a superset of what ``decide`` proposes or moves; the caller decides them again --
+
+
+def propose_candidates(session: Session, *, today: date) -> list[int]:
+    """Row ids, in order, of every stored answer whose date has passed and that is not to review (holds
+    and open batches are left to the caller: ``decide`` and the batch)."""
+    a = RetentionAnswer
+    return list(session.scalars(
+        select(a.patient_pk).where(a.sort_until < today, a.needs_review.is_(False)).order_by(a.patient_pk)))
+
+
+def propose_preview(session: Session, *, today: date, left_out: set[int], limit: int) -> tuple[list[int], int]:
+    """The first *limit* of :func:`propose_candidates` not in *left_out*, and how many there are in all,
+    without reading them all."""
+    a = RetentionAnswer
+    base = [a.sort_until < today, a.needs_review.is_(False)]
+    total = session.scalar(select(func.count()).select_from(a).where(*base)) or 0
+    ids = sorted(left_out)
+    for start in range(0, len(ids), CHUNK):
+        total -= session.scalar(select(func.count()).select_from(a).where(
+            *base, a.patient_pk.in_(ids[start:start + CHUNK]))) or 0
+    first = session.scalars(select(a.patient_pk).where(*base).order_by(a.patient_pk).limit(limit + len(ids)))
+    return [pk for pk in first if pk not in left_out][:limit], total
+
+
+def move_candidates(session: Session, facade: ArchiveFacade, *, today: date) -> list[int]:
+    """Row ids, in order, of the patients whose last visit is five years old or more (the tier is
+    "archive" from add_years(last visit, 5) on; one day of margin for 29 February) and who still have
+    images in the active tier."""
+    a = RetentionAnswer
+    bound = add_years(today, -ACTIVE_TIER_YEARS) + timedelta(days=1)
+    active = sorted(facade.patients_with_active_images(session))
+    out: list[int] = []
+    for start in range(0, len(active), CHUNK):
+        out.extend(session.scalars(select(a.patient_pk).where(
+            a.patient_pk.in_(active[start:start + CHUNK]), a.last_visit <= bound)))
+    return sorted(out)
+
+
+def totals(session: Session) -> tuple[int, int]:
+    """(visible patients, records to review) from the stored answers (needs review does not depend on today)."""
+    a = RetentionAnswer
+    return (session.scalar(select(func.count()).select_from(a)) or 0,
+            session.scalar(select(func.count()).select_from(a).where(a.needs_review.is_(True))) or 0)
+
+
+def pks_of(session: Session, keys: set[tuple[str, str]]) -> set[int]:
+    """Row ids of the stored answers of the patients (patient ID, issuer) *keys*."""
+    a = RetentionAnswer
+    ids = sorted({patient_id for patient_id, _issuer in keys})
+    out: set[int] = set()
+    for start in range(0, len(ids), CHUNK):
+        out.update(pk for pk, patient_id, issuer in session.execute(
+            select(a.patient_pk, a.patient_id, a.issuer_of_patient_id).where(a.patient_id.in_(ids[start:start + CHUNK])))
+            if (patient_id, issuer) in keys)
+    return out

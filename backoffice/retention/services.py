@@ -230,12 +230,20 @@ def _in_open_batch(session: Session) -> tuple[set[tuple[str, str]], set[str]]:
 
 def propose_batch(session: Session, facade: ArchiveFacade, *, today: date, actor: str = SCHEDULER,
                   actor_kind: str = "system") -> PurgeBatch | None:
-    """One proposed batch of the patients whose date has passed, not on hold and not already proposed."""
+    """One proposed batch of the patients whose date has passed, not on hold and not already proposed.
+
+    The stored answers (backoffice/retention/answers.py) are refreshed, then name the candidates; each
+    candidate is decided again by ``decide`` on today's facts, which alone says who is proposed.
+    """
     if session.get_bind().dialect.name == "postgresql":
         # One proposer at a time (a manual sweep while the scheduler runs): no patient proposed twice.
         session.execute(text(f"SELECT pg_advisory_xact_lock({LOCK_RETENTION_SWEEP})"))
+    from backoffice.retention import answers  # answers builds on this module
+
+    answers.refresh(session, facade)  # the stored answers are as current as the facts
     taken, _studies = _in_open_batch(session)
-    due = [p for p in retention_of(session, facade, today=today)
+    candidates = answers.propose_candidates(session, today=today)
+    due = [p for p in retention_of(session, facade, today=today, patient_pks=candidates)
            if p.decision.purgeable(today) and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
     if not due:
         return None
@@ -533,27 +541,42 @@ class SweepPlan:
     """What a sweep run today would do: the preview a manager reads before pressing "run the sweep"."""
 
     today: date
-    answers: tuple[PatientRetention, ...]
+    patients: int  # visible patients
+    needs_review: int  # never proposed while true
     to_move: tuple[PatientRetention, ...]  # belong in the intermediate archive, images still active
     to_propose: tuple[PatientRetention, ...]  # past their date, not on hold, not already in an open batch
-
-    @property
-    def needs_review(self) -> int:
-        return sum(1 for p in self.answers if p.decision.needs_review)
+    proposed: int  # how many the batch would name (to_propose may show only the first of them)
 
     @property
     def bytes_to_move(self) -> int:
         return sum(p.record.bytes_total for p in self.to_move)
 
 
-def sweep_plan(session: Session, facade: ArchiveFacade, *, today: date) -> SweepPlan:
-    """The moves and the proposal :func:`sweep` makes today, computed by the same rule it uses."""
-    answers = retention_of(session, facade, today=today)
+def sweep_plan(session: Session, facade: ArchiveFacade, *, today: date, shown: int | None = None) -> SweepPlan:
+    """The moves and the proposal :func:`sweep` makes today, computed by the same rule it uses.
+
+    The candidates come from the stored answers (the caller refreshes them first:
+    ``answers.refresh_now``); only they are decided again, by ``decide`` on today's facts. With
+    *shown*, only the first *shown* records to propose (by row id, the batch's order) are decided and
+    returned, and ``proposed`` counts them all from the stored answers, as the lists count (those
+    answers are the rule's once refreshed; holds are asked of the rule: ``answers.held_today``).
+    """
+    from backoffice.retention import answers  # answers builds on this module
+
     taken, _batches = _in_open_batch(session)
-    to_propose = [p for p in answers if p.decision.purgeable(today)
-                  and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
-    movers = [p for p in answers if p.decision.tier == "archive" and p.record.instances_active]
-    return SweepPlan(today, tuple(answers), tuple(movers), tuple(to_propose))
+    if shown is None:
+        candidates, proposed = answers.propose_candidates(session, today=today), None
+    else:
+        left_out = set(answers.held_today(session, facade, today)) | answers.pks_of(session, taken)
+        candidates, proposed = answers.propose_preview(session, today=today, left_out=left_out, limit=shown)
+    to_propose = [p for p in retention_of(session, facade, today=today, patient_pks=candidates)
+                  if p.decision.purgeable(today) and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
+    movers = [p for p in retention_of(session, facade, today=today,
+                                      patient_pks=answers.move_candidates(session, facade, today=today))
+              if p.decision.tier == "archive" and p.record.instances_active]
+    patients, needs_review = answers.totals(session)
+    return SweepPlan(today, patients, needs_review, tuple(movers), tuple(to_propose),
+                     len(to_propose) if proposed is None else proposed)
 
 
 def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certificates: Path | None = None,
@@ -564,12 +587,15 @@ def sweep(facade: ArchiveFacade, *, today: date, dry_run: bool = False, certific
     A manager who runs it from the page is its *actor*: the moves and the proposal are theirs (so
     another manager approves).
     """
+    from backoffice.retention import answers  # answers builds on this module
+
     report = SweepReport(today)
+    answers.refresh_now(facade)
     with facade.new_session() as s:
         plan = sweep_plan(s, facade, today=today)
-    report.patients = len(plan.answers)
+    report.patients = plan.patients
     report.needs_review = plan.needs_review
-    report.due = len(plan.to_propose)
+    report.due = plan.proposed
     movers = plan.to_move
     report.to_move = [str(p.record.patient_pk) for p in movers]
     if dry_run:

@@ -26,6 +26,7 @@ bp = Blueprint("retention", __name__, url_prefix="/retention")
 MANAGER = ("manager",)
 AUDITORS = ("manager", "admin")
 PAGE = 100
+MAX_PAGE = 2**31 // PAGE  # the offset stays a 32-bit integer on every engine
 
 
 class HoldForm(FlaskForm):
@@ -173,7 +174,8 @@ def patients():
     days = request.args.get("days", type=int) or 365
     if days not in WITHIN_DAYS:
         days = 365
-    page = max(request.args.get("page", type=int) or 1, 1)
+    # Past the last page is an empty page, not an error (page=10**30 once overflowed the database integer).
+    page = min(max(request.args.get("page", type=int) or 1, 1), MAX_PAGE)
     day = today()
     _fresh_answers()
     chosen = answers.listing(db(), facade(), kind, today=day, days=days, offset=(page - 1) * PAGE, limit=PAGE)
@@ -185,6 +187,10 @@ def patients():
                            lists=LISTS, within=WITHIN_DAYS)
 
 
+# The preview shows the first records the batch would name (all are counted; the overdue list pages them).
+SWEEP_SHOWN = 100
+
+
 @bp.route("/sweep", methods=["GET", "POST"])
 @roles_required(*MANAGER)
 def sweep():
@@ -192,7 +198,8 @@ def sweep():
     day = today()
     form = ConfirmForm()
     if request.method == "GET":
-        plan = services.sweep_plan(db(), facade(), today=day)
+        _fresh_answers()
+        plan = services.sweep_plan(db(), facade(), today=day, shown=SWEEP_SHOWN)
         return render_template("retention/sweep.html", today=day, plan=plan, form=form)
     if not form.validate_on_submit():
         abort(400)

@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # An event type written by the code: audit(...)/audit_now(...)/audit.record(...) with a literal first argument
 # (a conditional "a" if ok else "b" counts both).
 WRITTEN = re.compile(r"""(?:audit|audit_now|record)\(\s*(?:[\w().]+,\s*)?["']([a-z_]+(?:\.[a-z_]+)+)["']""")
+# ... or the action of an event appended in a batch (audit.record_many: {"action": "dicom.find", ...}).
+BATCHED = re.compile(r"""["']action["']\s*:\s*["']([a-z_]+(?:\.[a-z_]+)+)["']""")
 CONDITIONAL = re.compile(r"""["']([a-z_]+\.[a-z_.]+)["'] if \w+ else ["']([a-z_]+\.[a-z_.]+)["']""")
 
 
@@ -23,6 +25,7 @@ def written_event_types() -> set[str]:
         for path in (ROOT / folder).rglob("*.py"):
             source = path.read_text()
             found.update(WRITTEN.findall(source))
+            found.update(BATCHED.findall(source))
             for pair in CONDITIONAL.findall(source):
                 found.update(pair)
     return found

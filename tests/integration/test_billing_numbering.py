@@ -7,8 +7,6 @@ import os
 import threading
 import urllib.error
 import urllib.request
-from datetime import date
-
 import pytest
 
 from tests.servers import web_process
@@ -41,7 +39,7 @@ def server(database_url, tmp_path):
     with session_factory(engine)() as s:
         create_user(s, "desk", role="front_desk", password="correct horse battery")
         token = create_token(s, "desk")
-        groups = [S.create_exam_group(s, patient_id=f"P{n:02d}", visit_date=date.today(), exam_group="echographie",
+        groups = [S.create_exam_group(s, patient_id=f"P{n:02d}", visit_date=S.paris_today(), exam_group="echographie",
                                       created_by="desk").id for n in range(ISSUERS)]
         s.commit()
     engine.dispose()
@@ -70,7 +68,9 @@ def test_twenty_simultaneous_issuers_get_consecutive_numbers(server):
         thread.join(timeout=120)
     assert [status for status, _ in results] == [201] * ISSUERS, results
     numbers = sorted(body["number"] for _, body in results)
-    year = date.today().year
+    from backoffice.billing import services as S
+
+    year = S.paris_today().year  # the practice's year (Paris): at 23:30 UTC on 31 December, already the next
     assert numbers == [f"{year}-{n:06d}" for n in range(1, ISSUERS + 1)]  # no gap, no duplicate
     # Chronological: a later number never carries an earlier issue time.
     by_number = sorted((body["number"], body["issued_at"]) for _, body in results)

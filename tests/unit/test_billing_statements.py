@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from contextlib import contextmanager
-from datetime import date
 
 import pytest
 from sqlalchemy import event
@@ -61,7 +60,7 @@ def test_issue_and_pay_statement_budget(db_app, monkeypatch):
     with facade.new_session(write=True) as s:
         create_user(s, "desk", role="front_desk", password="correct horse battery")
         desk = {"Authorization": f"Bearer {create_token(s, 'desk')}"}
-        group_id = S.create_exam_group(s, patient_id="P1", visit_date=date.today(), exam_group="echographie",
+        group_id = S.create_exam_group(s, patient_id="P1", visit_date=S.paris_today(), exam_group="echographie",
                                        created_by="desk", patient_name="Durand^Marie").id
         s.commit()
     client = db_app.test_client()

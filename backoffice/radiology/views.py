@@ -27,11 +27,13 @@ from backoffice.extensions import db, facade, rollback
 from backoffice.radiology import services
 from backoffice.radiology.sending import failures_of, jobs_for
 from archive_core.values import paris_time
+from backoffice.radiology.presets import preset_label
 from backoffice.radiology.signature import signature_line
 
 bp = Blueprint("radiology", __name__, url_prefix="/radiology")
 bp.add_app_template_global(signature_line, "report_signature")
 bp.add_app_template_filter(paris_time, "paris_time")
+bp.add_app_template_filter(preset_label, "preset_label")
 share_bp = Blueprint("share", __name__, url_prefix="/share")
 
 READERS = ("radiologist", "front_desk")

@@ -318,6 +318,19 @@ def test_viewer_compares_only_the_same_patients_studies(client, users, history):
     assert client.get(f"/radiology/studies/{history.current}/viewer?compare={history.other_patient}").status_code == 404
 
 
+def test_viewer_presets_are_named_in_the_readers_language_not_by_code(client, users, history):
+    """The preset list showed the core's codes ("1 lung", "2 mediastinum"); a reader sees names."""
+    sign_in(client, users, "radiologist")
+    url = f"/radiology/studies/{history.current}/viewer"
+    options = re.findall(r'<option value="(\w+)"[^>]*>([^<]+)</option>', client.get(url).get_data(as_text=True))
+    labels = {value: text.split(" (")[0] for value, text in options}
+    assert labels["lung"] == "1 Poumon" and labels["mediastinum"] == "2 Médiastin" and labels["bone"] == "5 Os"
+    assert not any(code in text for code, text in labels.items())
+    client.post("/language", data={"lang": "en", "csrf_token": csrf(client, "/")})
+    options = re.findall(r'<option value="(\w+)"[^>]*>([^<]+)</option>', client.get(url).get_data(as_text=True))
+    assert {value: text.split(" (")[0] for value, text in options}["mediastinum"] == "2 Mediastinum"
+
+
 def test_image_endpoint_renders_with_window_and_preset(client, users, history, facade):
     sign_in(client, users, "front_desk")
     series = facade.study_detail(history.current).series[0]

@@ -18,7 +18,8 @@ Objects are incremental: one whose copy in the folder has the checksum the index
 the dataset, as ``archive fsck`` computes it) is not read from storage or copied again; a damaged or
 missing copy is copied afresh. The folder mirrors the archive at the time of the
 last backup: copies of objects no longer indexed are removed. Objects are read and written
-through the configured stores (a folder or an S3 bucket), by key.
+through the configured stores (a folder or an S3 bucket), by key. The database side (one engine each)
+is :mod:`archive_core.backup_engines`.
 """
 
 from __future__ import annotations
@@ -30,15 +31,22 @@ import os
 import secrets
 import shutil
 import sqlite3
-import subprocess
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from sqlalchemy.engine import make_url
-
+from archive_core.backup_engines import (
+    BackupError,
+    copy_sqlite,
+    engine_of,
+    restore_postgresql,
+    run_pg,
+    snapshot_postgresql,
+    snapshot_sqlite,
+    sqlite_path,
+)
 from archive_core.config import Settings, read_settings
 from archive_core.part10 import dataset_offset
 from archive_core.storage import BlobStore, open_stores
@@ -51,14 +59,6 @@ PG_DATABASE = "database.pgdump"
 SECRET_MARKERS = ("SECRET", "PASSWORD", "TOKEN", "PRIVATE")
 
 
-class BackupError(Exception):
-    """A backup or restore that cannot be done; the message says why."""
-
-
-class NotSupported(BackupError):
-    """The configured engine has no backup yet (a database other than SQLite or PostgreSQL)."""
-
-
 @dataclass
 class BackupReport:
     objects: int = 0
@@ -68,125 +68,6 @@ class BackupReport:
     journal_pending: int = 0
     stripped: list[str] = field(default_factory=list)
     signing_key: bool = False
-
-
-def _copy_sqlite(source_path: Path, target_path: Path) -> None:
-    """A consistent copy of a live SQLite database (its online backup API), read-only on the source."""
-    source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
-    try:
-        target = sqlite3.connect(target_path)
-        try:
-            source.backup(target)
-        finally:
-            target.close()
-    finally:
-        source.close()
-
-
-def _engine_of(url: str) -> str:
-    name = make_url(url).get_backend_name()
-    if name not in ("sqlite", "postgresql"):
-        raise NotSupported(f"backup of a {name} database is not supported: SQLite and PostgreSQL are")
-    return name
-
-
-def _sqlite_path(url: str) -> Path:
-    parsed = make_url(url)
-    _engine_of(url)
-    if parsed.get_backend_name() != "sqlite":
-        raise BackupError(f"the backup holds a SQLite database; DATABASE_URL names a {parsed.get_backend_name()} one")
-    if not parsed.database or parsed.database == ":memory:":
-        raise BackupError("the SQLite database is in memory: nothing to back up")
-    return Path(parsed.database)
-
-
-def _pg_tool(name: str) -> str:
-    """``pg_dump``/``pg_restore``: on the PATH, else the newest of Debian's /usr/lib/postgresql/*/bin."""
-    found = shutil.which(name)
-    if found:
-        return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3]))
-    if not candidates:
-        raise BackupError(f"{name} not found: install PostgreSQL's client tools (postgresql-client)")
-    return str(candidates[-1])
-
-
-def _libpq_url(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
-def _run_pg(tool: str, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([_pg_tool(tool), *args], capture_output=True, text=True, stdin=subprocess.DEVNULL)
-    if done.returncode != 0:
-        raise BackupError(f"{tool} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
-    return done
-
-
-_LIVE_OBJECTS = "SELECT storage_key, tier, size_bytes, checksum_sha256 FROM instance WHERE deleted_at IS NULL"
-
-
-def _snapshot_postgresql(url: str, target: Path) -> list[tuple]:
-    """Dump the database into *target* and list its live objects, both from one snapshot."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.exc import OperationalError
-    from sqlalchemy.pool import NullPool
-
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        try:
-            conn = engine.connect()
-        except OperationalError as exc:
-            raise BackupError(f"cannot reach the database {make_url(url).render_as_string()}: "
-                              f"{str(exc.orig).strip().splitlines()[0]}") from None
-        with conn:
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                snapshot = conn.execute(text("SELECT pg_export_snapshot()")).scalar_one()
-                rows = [tuple(r) for r in conn.execute(text(_LIVE_OBJECTS))]
-                # The snapshot lives as long as this transaction: pg_dump runs inside it.
-                _run_pg("pg_dump", "--format=custom", "--no-owner", "--no-privileges", f"--snapshot={snapshot}",
-                        f"--file={target}", _libpq_url(url))
-    finally:
-        engine.dispose()
-    return rows
-
-
-def _snapshot_sqlite(url: str, target: Path) -> list[tuple]:
-    db_path = _sqlite_path(url)
-    if not db_path.is_file():
-        raise BackupError(f"no database at {db_path}")
-    _copy_sqlite(db_path, target)
-    snapshot = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
-    try:
-        return snapshot.execute(_LIVE_OBJECTS).fetchall()
-    finally:
-        snapshot.close()
-
-
-def _restore_postgresql(dump: Path, url: str, *, force: bool) -> list[str]:
-    """Load *dump* into the PostgreSQL database *url*. One that holds tables is refused unless
-    *force*: then its ``public`` schema is renamed aside (``before_restore_<time>``), never dropped."""
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.pool import NullPool
-
-    notes = []
-    engine = create_engine(url, poolclass=NullPool)
-    try:
-        with engine.begin() as conn:
-            tables = conn.execute(text(
-                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")).scalar_one()
-            if tables and not force:
-                raise BackupError(f"the database {make_url(url).render_as_string()} already holds {tables} tables: "
-                                  "restore into an empty database, or pass --force to move them aside")
-            if tables:
-                aside = f"before_restore_{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
-                conn.execute(text(f"ALTER SCHEMA public RENAME TO {aside}"))
-                conn.execute(text("CREATE SCHEMA public"))
-                notes.append(f"the database's previous tables were moved to the schema {aside}")
-    finally:
-        engine.dispose()
-    _run_pg("pg_restore", "--no-owner", "--no-privileges", "--exit-on-error", "--dbname", _libpq_url(url), str(dump))
-    return notes
 
 
 def _stores(settings: Settings) -> dict[str, BlobStore]:
@@ -288,9 +169,9 @@ def _wait_for_journal(settings: Settings, wait_seconds: float) -> int:
 def backup(settings: Settings, dest: Path, *, with_signing_key: bool = False,
            journal_wait_seconds: float = 10) -> BackupReport:
     """Write or refresh the backup folder *dest* (see the module docstring)."""
-    engine = _engine_of(settings.database_url)
-    if engine == "sqlite" and not _sqlite_path(settings.database_url).is_file():
-        raise BackupError(f"no database at {_sqlite_path(settings.database_url)}")
+    engine = engine_of(settings.database_url)
+    if engine == "sqlite" and not sqlite_path(settings.database_url).is_file():
+        raise BackupError(f"no database at {sqlite_path(settings.database_url)}")
     stores = _stores(settings)
     dest = Path(dest)
     dest.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -301,9 +182,9 @@ def backup(settings: Settings, dest: Path, *, with_signing_key: bool = False,
     snapshot_tmp = dest / (database_file + ".part")
     snapshot_tmp.unlink(missing_ok=True)
     if engine == "sqlite":
-        rows = _snapshot_sqlite(settings.database_url, snapshot_tmp)
+        rows = snapshot_sqlite(settings.database_url, snapshot_tmp)
     else:
-        rows = _snapshot_postgresql(settings.database_url, snapshot_tmp)
+        rows = snapshot_postgresql(settings.database_url, snapshot_tmp)
 
     # 2. The objects, incremental.
     entries = []
@@ -419,7 +300,7 @@ def _verify_pg_dump(dump: Path, manifest_count: int, src: Path) -> list[str]:
     """A PostgreSQL dump is checked by pg_restore reading its table of contents (it reads every
     entry's header), and the manifest against the object count recorded with it."""
     try:
-        listing = _run_pg("pg_restore", "--list", str(dump)).stdout
+        listing = run_pg("pg_restore", "--list", str(dump)).stdout
     except BackupError as exc:
         return [f"database dump does not read: {exc}"]
     problems = []
@@ -479,16 +360,16 @@ def restore(src: Path, instance: Path, *, force: bool = False) -> list[str]:
     settings = Settings.from_mapping(instance, read_settings(instance))
     stores = _stores(settings)
     if (src / PG_DATABASE).is_file():
-        if _engine_of(settings.database_url) != "postgresql":
+        if engine_of(settings.database_url) != "postgresql":
             raise BackupError("the backup holds a PostgreSQL dump: set DATABASE_URL (ARCHIVAGE_DATABASE_URL) to "
                               "the PostgreSQL database to restore into")
-        notes += _restore_postgresql(src / PG_DATABASE, settings.database_url, force=force)
+        notes += restore_postgresql(src / PG_DATABASE, settings.database_url, force=force)
     else:
-        db_path = _sqlite_path(settings.database_url)
+        db_path = sqlite_path(settings.database_url)
         if db_path.exists() and db_path.stat().st_size > 0 and not force:
             raise BackupError(f"a database already exists at {db_path}")
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        _copy_sqlite(src / DATABASE, db_path)
+        copy_sqlite(src / DATABASE, db_path)
     for (tier, key) in _read_manifest(src / MANIFEST):
         with open(_copy_path(src, tier, key), "rb") as f:
             stores[tier].put(key, f)

@@ -162,10 +162,11 @@ def backup(settings: Settings, dest: Path, echo: Echo, *, with_signing_key: bool
            journal_wait_seconds: float = 10.0) -> int:
     """Write a consistent backup into *dest* (objects copied only when new or changed)."""
     from archive_core import backup as b
+    from archive_core.backup_engines import NotSupported
 
     try:
         report = b.backup(settings, dest, with_signing_key=with_signing_key, journal_wait_seconds=journal_wait_seconds)
-    except b.NotSupported as exc:
+    except NotSupported as exc:
         raise CommandFailed(str(exc), status=2) from exc
     except b.BackupError as exc:
         raise CommandFailed(str(exc)) from exc

@@ -293,7 +293,7 @@ def test_day_closing_counts_the_drawer_and_prints_a_z_report(app, client, people
             (200, -200, 0)
         closing_id = closing.id
         # The closing signed the audit head it belongs to (a checkpoint outside the database too).
-        from archive_core.audit import AuditCheckpoint, AuditEvent
+        from archive_core.audit_models import AuditCheckpoint, AuditEvent
 
         signed = s.query(AuditCheckpoint).filter_by(reason="closing").one()
         last_closing_event = s.query(AuditEvent).filter_by(action="billing.closing").one()

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
 from archive_core import dicomweb
+from archive_core import stow as _stow
 from archive_core.archive import Archive
 from archive_core.errors import BlobMissing, InvalidQuery, NotFound
 from archive_core.index.query import find, instances_to_retrieve
@@ -85,13 +86,13 @@ def stow(archive: Archive, stream: BinaryIO, content_type: str, *, study_uid: st
     spool = archive.settings.instance_path / "spool"
     spool.mkdir(mode=0o700, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="stow-", dir=spool) as directory:
-        parts = dicomweb.spool_multipart(stream, content_type, Path(directory))
+        parts = _stow.spool_multipart(stream, content_type, Path(directory))
         with _INDEXER_START:
             if not archive.ingestor.running:
                 archive.ingestor.start(replay=False)  # as ``archive import``: the journal is the server's
-        result = dicomweb.stow(archive, parts, study_uid=study_uid, actor=actor)
+        result = _stow.stow(archive, parts, study_uid=study_uid, actor=actor)
     status = 200 if not result.failed else 202 if result.stored else 409
-    return status, dicomweb.stow_response(result, base_url, study_uid), [f[3] for f in result.failed]
+    return status, _stow.stow_response(result, base_url, study_uid), [f[3] for f in result.failed]
 
 
 def converted_instance(archive: Archive, stored, target_ts: str) -> bytes:

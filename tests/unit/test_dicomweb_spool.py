@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from archive_core.dicomweb import spool_multipart
+from archive_core.stow import spool_multipart
 from archive_core.errors import InvalidQuery
 
 BOUNDARY = "b0undary"

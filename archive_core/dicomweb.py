@@ -19,7 +19,8 @@ from pydicom.dataset import Dataset
 
 from archive_core.errors import InvalidQuery
 from archive_core.index.keywords import ATTRIBUTES, COMPUTED
-from archive_core.index.query import LEVELS, STUDY_ROOT, Query, answer_value, parse_identifier
+from archive_core.index.answers import answer_value
+from archive_core.index.query import LEVELS, STUDY_ROOT, Query, parse_identifier
 
 # QIDO resource -> query level.
 LEVEL_OF = {"studies": "STUDY", "series": "SERIES", "instances": "IMAGE"}

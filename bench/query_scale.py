@@ -27,7 +27,8 @@ from archive_core.db import make_engine, session_factory  # noqa: E402
 from archive_core.index.matching import fold_person_name  # noqa: E402
 from archive_core.values import normalize_tm  # noqa: E402
 from archive_core.index.models import Patient, Series, Study  # noqa: E402
-from archive_core.index.query import STUDY_ROOT, answer_elements, parse_identifier, stream  # noqa: E402
+from archive_core.index.answers import answer_elements  # noqa: E402
+from archive_core.index.query import STUDY_ROOT, parse_identifier, stream  # noqa: E402
 from archive_core.net.encoding import encode_elements  # noqa: E402
 
 SURNAMES = ["Andre", "Bernard", "Dubois", "Dupont", "Martin", "Moreau", "Petit", "Roux", "Simon", "Aubert",

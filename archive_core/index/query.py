@@ -1,8 +1,9 @@
-"""Query/retrieve identifiers against the index: parsing, one SQL query per level, answers.
+"""Query/retrieve identifiers against the index: parsing, one SQL query per level.
 
 The information models (Patient Root, Study Root), the hierarchy of levels and which keys a
 level allows live here; the matching rule of each key is in :mod:`archive_core.index.matching`
-and which column a keyword reads in :mod:`archive_core.index.keywords`.
+and which column a keyword reads in :mod:`archive_core.index.keywords`; the answers built from the
+rows in :mod:`archive_core.index.answers`.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from pydicom import config
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from sqlalchemy import column, exists, func, literal_column, or_, select
 from sqlalchemy.orm import Session
@@ -56,8 +54,8 @@ class Query:
     conditions: dict[str, Any] = field(default_factory=dict)
     # Optional keys given a value we do not match on: answers are sent with status 0xFF01.
     unmatched_keys: list[str] = field(default_factory=list)
-    # How answers are laid out (answer_elements), worked out at the first answer.
-    _answer_plan: Any = field(default=None, repr=False, compare=False)
+    # How answers are laid out (index.answers.answer_elements), worked out there at the first answer.
+    answer_plan: Any = field(default=None, repr=False, compare=False)
 
     @property
     def depth(self) -> int:
@@ -389,86 +387,3 @@ def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance
          Study.study_uid, Instance.tier, Series.series_uid],
     ).order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
     return [StoredInstance(*row) for row in session.execute(stmt)]
-
-
-# -- answers --------------------------------------------------------------------------------------
-
-
-def answer_value(keyword: str, row: dict[str, Any], ae_title: str) -> Any:
-    """The value an answer gives *keyword* from an index row (computed keys included); C-FIND and QIDO-RS."""
-    if keyword == "RetrieveAETitle":
-        return ae_title
-    if keyword == "InstanceAvailability":
-        return "ONLINE"
-    value = row.get(keyword)
-    if keyword == "ModalitiesInStudy":
-        return [m for m in (value or "").split("\\") if m] or None
-    return value
-
-
-def answer_elements(query: Query, row: dict[str, Any], *, ae_title: str) -> list[tuple[int, str, Any]] | None:
-    """What :func:`answer` holds for *row*, as (tag, VR, value) triples in ascending tag order, without
-    building a Dataset (the C-FIND answer loop encodes them directly); None when the answer has a
-    sequence, which only :func:`answer` builds."""
-    plan = query._answer_plan
-    if plan is None:
-        plan = query._answer_plan = _AnswerPlan.of(query)
-    if plan.has_sequence:
-        return None
-    elements = []
-    non_ascii = False
-    for tag, vr, keyword in plan.keys:
-        value = answer_value(keyword, row, ae_title) if keyword else None
-        if isinstance(value, str) and not value.isascii():
-            non_ascii = True
-        elements.append((tag, vr, value if value not in (None, "") else None))
-    elements.insert(plan.level_at, (0x00080052, "CS", query.level))
-    if non_ascii:
-        elements.insert(plan.charset_at, (0x00080005, "CS", "ISO_IR 192"))
-    return elements
-
-
-@dataclass(frozen=True)
-class _AnswerPlan:
-    """The requested keys of a query in tag order, and where (0008,0005) and (0008,0052) go among them."""
-
-    keys: tuple[tuple[int, str, str], ...]
-    charset_at: int
-    level_at: int
-    has_sequence: bool
-
-    @classmethod
-    def of(cls, query: Query) -> "_AnswerPlan":
-        keys = tuple(sorted((int(k.tag), k.vr, k.keyword) for k in query.keys))
-        return cls(
-            keys=keys,
-            charset_at=sum(1 for tag, _, _ in keys if tag < 0x00080005),
-            level_at=sum(1 for tag, _, _ in keys if tag < 0x00080052),
-            has_sequence=query.has_sequence_keys,
-        )
-
-
-def answer(query: Query, row: dict[str, Any], *, ae_title: str) -> Dataset:
-    """The C-FIND response identifier for *row*: every requested key, no other besides (0008,0005/0052).
-
-    Unknown values are zero length. Text that is not ASCII is sent in ISO_IR 192 (UTF-8).
-    """
-    ds = Dataset()
-    non_ascii = False
-    # Values come from the index, checked when they were indexed: no validation per answer. Without
-    # a sequence key the answer is flat and the fast encoder (net/encoding.py) writes the plain
-    # values as they are, so pydicom's conversion to its value types is skipped too.
-    flat = not query.has_sequence_keys
-    for key in query.keys:
-        if key.vr == "SQ":
-            ds.add_new(key.tag, "SQ", Sequence())
-            continue
-        value = answer_value(key.keyword, row, ae_title) if key.keyword else None
-        if isinstance(value, str) and not value.isascii():
-            non_ascii = True
-        ds[key.tag] = DataElement(key.tag, key.vr, value if value not in (None, "") else None,
-                                  validation_mode=config.IGNORE, already_converted=flat)
-    if non_ascii:
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.QueryRetrieveLevel = query.level
-    return ds

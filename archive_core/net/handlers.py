@@ -18,14 +18,13 @@ from archive_core import audit
 from archive_core.config import Settings
 from archive_core.db import read_session, write_session
 from archive_core.errors import ArchiveError, UnknownPeer
+from archive_core.index.answers import answer, answer_elements
 from archive_core.index.ingest import Identity, Ingestor, audit_refusal, parse
 from archive_core.index.matching import has_wildcards
 from archive_core.index.query import (
     PATIENT_ROOT,
     STUDY_ROOT,
     StoredInstance,
-    answer,
-    answer_elements,
     instances_to_retrieve,
     parse_identifier,
     stream,

@@ -13,7 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from archive_core.index.query import PATIENT_ROOT, STUDY_ROOT, answer, answer_elements, parse_identifier
+from archive_core.index.answers import answer, answer_elements
+from archive_core.index.query import PATIENT_ROOT, STUDY_ROOT, parse_identifier
 from archive_core.net.encoding import encode_elements, encode_flat
 
 text = st.one_of(st.none(), st.just(""), st.text(alphabet="abcXYZ019 ^-.éèçÉàü", max_size=24))

@@ -12,7 +12,8 @@ from pydicom.dataset import Dataset
 
 from archive_core.errors import InvalidQuery
 from archive_core.index.ingest import Identity, Job, index_jobs
-from archive_core.index.query import PATIENT_ROOT, STUDY_ROOT, answer, find, instances_to_retrieve, parse_identifier
+from archive_core.index.answers import answer
+from archive_core.index.query import PATIENT_ROOT, STUDY_ROOT, find, instances_to_retrieve, parse_identifier
 from tests.helpers import make_ct, qr_identifier
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.11"

@@ -142,7 +142,7 @@ def test_a_checkpoint_forged_with_another_key_is_refused(trail, instance_path):
     import hashlib
     import hmac as hmac_
 
-    from archive_core import audit
+    from archive_core import audit_checkpoints
 
     log = instance_path / "audit-checkpoints.log"
     line = json.loads(log.read_text().splitlines()[0])
@@ -150,7 +150,7 @@ def test_a_checkpoint_forged_with_another_key_is_refused(trail, instance_path):
         s.execute(text("DELETE FROM audit_event WHERE id > 5"))
         head = s.execute(text("SELECT hash FROM audit_event WHERE id = 5")).scalar_one()
         line.update(last_event_id=5, event_count=5, head_hash=head)
-        line["mac"] = hmac_.new(b"0" * 64, audit._signed_fields(*(line[k] for k in (
+        line["mac"] = hmac_.new(b"0" * 64, audit_checkpoints._signed_fields(*(line[k] for k in (
             "id", "at", "last_event_id", "event_count", "head_hash", "prev_mac", "reason"))), hashlib.sha256).hexdigest()
         s.execute(text("UPDATE audit_checkpoint SET last_event_id = 5, event_count = 5, head_hash = :h, mac = :m"),
                   {"h": head, "m": line["mac"]})

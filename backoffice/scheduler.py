@@ -38,7 +38,8 @@ def retention_sweep_job(today=None) -> None:
     """Daily: move tiers, propose purges, finish interrupted purges (idempotent; *today* for tests)."""
     from backoffice.extensions import facade
     from backoffice.retention.certificate import certificates_dir, render_certificate
-    from backoffice.retention.services import sweep, today_paris
+    from backoffice.retention.decisions import today_paris
+    from backoffice.retention.sweep import sweep
 
     sweep(facade(), today=today or today_paris(), certificates=certificates_dir(), render=render_certificate)
 

@@ -9,9 +9,9 @@ from flask import jsonify, request
 from backoffice.api import (PAGE_PARAMETERS, ApiError, api_route, bp, current_api_user, error_response, json_body,
                             page, page_args)
 from backoffice.extensions import db, facade
-from backoffice.retention import services
+from backoffice.retention import batches, corrections, decisions, records
 from backoffice.retention.clock import now_utc, today
-from backoffice.retention.errors import ERRORS, RetentionError
+from backoffice.retention.errors import ERRORS, RetentionError, message_for, problem_of
 
 MANAGER = ("manager",)
 
@@ -20,7 +20,8 @@ MANAGER = ("manager",)
 def _retention_error(exc: RetentionError):
     """The area's one API handler: roll back the request's work, answer from the error table."""
     db().rollback()
-    return error_response(exc.status, exc.code, exc.message())
+    problem = problem_of(exc)
+    return error_response(problem.status, problem.code, message_for(exc))
 
 
 def _errors(*keys: str, ok: dict | None = None) -> dict:
@@ -50,10 +51,10 @@ def _reason(body: dict) -> str:
 @api_route("/patients/<path:patient_id>/retention", roles=MANAGER, summary="Today's retention answer for a patient",
            responses={"200": {"description": "keep_until, basis, explanation, tier, on_hold, needs_review"}})
 def patient_retention(patient_id: str):
-    answer = services.patient_retention(db(), facade(), patient_id, today=today(),
-                                        issuer=request.args.get("issuer"))
+    answer = decisions.patient_retention(db(), facade(), patient_id, today=today(),
+                                         issuer=request.args.get("issuer"))
     facade().audit_now("retention.viewed", actor=current_api_user().login, patient_id=patient_id)
-    return jsonify(services.as_json(answer))
+    return jsonify(decisions.as_json(answer))
 
 
 @api_route("/patients/<path:patient_id>/death", methods=("PUT",), roles=MANAGER,
@@ -72,9 +73,9 @@ def record_death(patient_id: str):
     confirm = body.get("confirm_shortening", False)
     if not isinstance(confirm, bool):
         raise ApiError(400, "bad_request", "confirm_shortening must be true or false")
-    answer = services.record_death(db(), facade(), patient_id, death, actor=current_api_user().login,
-                                   today=today(), confirm_shortening=confirm)
-    return jsonify(services.as_json(answer))
+    answer = records.record_death(db(), facade(), patient_id, death, actor=current_api_user().login,
+                                  today=today(), confirm_shortening=confirm)
+    return jsonify(decisions.as_json(answer))
 
 
 @api_route("/retention/holds", methods=("POST",), roles=MANAGER, summary="Place a legal hold on a patient",
@@ -86,24 +87,24 @@ def place_hold():
     patient_id = body.get("patient_id")
     if not isinstance(patient_id, str) or not patient_id:
         raise ApiError(400, "bad_request", "patient_id is required")
-    hold = services.place_hold(db(), facade(), patient_id, _reason(body), actor=current_api_user().login,
-                               today=today(), now=now_utc())
-    return jsonify(services.hold_json(hold)), 201
+    hold = records.place_hold(db(), facade(), patient_id, _reason(body), actor=current_api_user().login,
+                              today=today(), now=now_utc())
+    return jsonify(decisions.hold_json(hold)), 201
 
 
 @api_route("/retention/holds", roles=MANAGER, summary="Active legal holds, oldest first", parameters=PAGE_PARAMETERS)
 def list_holds():
     after, limit = page_args()
-    holds = services.active_holds(db(), after_id=after, limit=limit + 1)
+    holds = records.active_holds(db(), after_id=after, limit=limit + 1)
     more = len(holds) > limit
     holds = holds[:limit]
-    return jsonify(page([services.hold_json(h) for h in holds], holds[-1].id if holds else None, limit, more))
+    return jsonify(page([decisions.hold_json(h) for h in holds], holds[-1].id if holds else None, limit, more))
 
 
 @api_route("/retention/holds/<int:hold_id>", methods=("DELETE",), roles=MANAGER, summary="Release a legal hold")
 def release_hold(hold_id: int):
-    hold = services.release_hold(db(), facade(), hold_id, actor=current_api_user().login, now=now_utc())
-    return jsonify(services.hold_json(hold))
+    hold = records.release_hold(db(), facade(), hold_id, actor=current_api_user().login, now=now_utc())
+    return jsonify(decisions.hold_json(hold))
 
 
 @api_route("/retention/batches", roles=MANAGER, summary="Purge batches, newest first (filter: ?status=proposed)",
@@ -119,15 +120,15 @@ def list_batches():
         query = query.where(PurgeBatch.id < after)
     if request.args.get("status"):
         query = query.where(PurgeBatch.status == request.args["status"])
-    batches = list(db().scalars(query))
-    more = len(batches) > limit
-    batches = batches[:limit]
-    return jsonify(page([services.batch_json(b) for b in batches], batches[-1].id if batches else None, limit, more))
+    found = list(db().scalars(query))
+    more = len(found) > limit
+    found = found[:limit]
+    return jsonify(page([batches.batch_json(b) for b in found], found[-1].id if found else None, limit, more))
 
 
 @api_route("/retention/batches/<int:batch_id>", roles=MANAGER, summary="One purge batch")
 def get_batch(batch_id: int):
-    return jsonify(services.batch_json(services.get_batch(db(), batch_id)))
+    return jsonify(batches.batch_json(batches.get_batch(db(), batch_id)))
 
 
 @api_route("/retention/batches/<int:batch_id>/approve", methods=("POST",), roles=MANAGER,
@@ -141,9 +142,9 @@ def approve_batch(batch_id: int):
 
 
 def _decide(batch_id: int, *, approve: bool):
-    batch = services.decide_batch(db(), facade(), batch_id, approve=approve, reason=_reason(json_body()),
-                                  actor=current_api_user().login, today=today())
-    return jsonify(services.batch_json(batch))
+    batch = batches.decide_batch(db(), facade(), batch_id, approve=approve, reason=_reason(json_body()),
+                                 actor=current_api_user().login, today=today())
+    return jsonify(batches.batch_json(batch))
 
 
 @api_route("/retention/batches/<int:batch_id>/reject", methods=("POST",), roles=MANAGER,
@@ -163,15 +164,16 @@ def reject_batch(batch_id: int):
                              "changed_since_approval"))
 def execute_batch(batch_id: int):
     from backoffice.retention.certificate import certificates_dir, render_certificate
+    from backoffice.retention.purge import run_purge
 
     login = current_api_user().login
     # The purge owns its transactions (tombstones must be committed before files go): release
     # the request's write lock first; the request itself only read the token.
     db().rollback()
-    batch = services.run_purge(facade(), batch_id, certificates=certificates_dir(), render=render_certificate,
-                               actor=login, today=today())
+    batch = run_purge(facade(), batch_id, certificates=certificates_dir(), render=render_certificate,
+                      actor=login, today=today())
     with facade().new_session() as s:
-        return jsonify(services.batch_json(services.get_batch(s, batch.id)))
+        return jsonify(batches.batch_json(batches.get_batch(s, batch.id)))
 
 
 @api_route("/studies/<study_uid>/deletion-requests", methods=("POST",), roles=MANAGER,
@@ -180,9 +182,9 @@ def execute_batch(batch_id: int):
            responses=_errors("reason_required", "study_not_found", "already_requested",
                              ok={"201": {"description": "the proposed batch"}}))
 def request_deletion(study_uid: str):
-    batch = services.request_study_deletion(db(), facade(), study_uid, _reason(json_body()),
-                                            actor=current_api_user().login)
-    return jsonify(services.batch_json(batch)), 201
+    batch = batches.request_study_deletion(db(), facade(), study_uid, _reason(json_body()),
+                                           actor=current_api_user().login)
+    return jsonify(batches.batch_json(batch)), 201
 
 
 @api_route("/studies/<study_uid>/move", methods=("POST",), roles=MANAGER,
@@ -197,7 +199,7 @@ def move_study(study_uid: str):
     target = body.get("patient_id")
     if not isinstance(target, str) or not target:
         raise ApiError(400, "bad_request", "patient_id is required")
-    services.move_study(db(), facade(), study_uid, target, _reason(body), actor=current_api_user().login)
+    corrections.move_study(db(), facade(), study_uid, target, _reason(body), actor=current_api_user().login)
     return jsonify({"study_uid": study_uid, "patient_id": target})
 
 
@@ -212,5 +214,5 @@ def merge_patient(patient_id: str):
     target = body.get("into_patient_id")
     if not isinstance(target, str) or not target:
         raise ApiError(400, "bad_request", "into_patient_id is required")
-    moved = services.merge_patients(db(), facade(), patient_id, target, _reason(body), actor=current_api_user().login)
+    moved = corrections.merge_patients(db(), facade(), patient_id, target, _reason(body), actor=current_api_user().login)
     return jsonify({"patient_id": target, "studies_moved": moved})

@@ -17,7 +17,7 @@ from backoffice.billing.models import ExamGroup, Invoice, Membership
 from backoffice.patients import nir as nir_rules
 from backoffice.patients.models import PatientGuardian, PatientIns
 from backoffice.radiology import services as radiology
-from backoffice.retention import services as retention
+from backoffice.retention import decisions as retention
 from backoffice.retention.errors import RetentionError
 
 

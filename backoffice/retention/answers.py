@@ -3,9 +3,10 @@
 The retention rule is :func:`archive_core.retention.decide`, and only it. What it answers without
 looking at "today" (kept until, basis, needs review, last visit) is stored per patient in
 ``retention_answer``; the database queues a patient in ``retention_stale`` whenever one of its facts
-is written (a study arrives, moves, is corrected or tombstoned; the patient's birth date, name or
-identity changes; a hold is placed or lifted; a death is recorded), whichever process writes it:
-triggers installed by migration 1300_retention_answer. :func:`refresh` decides again the queued
+is written (a study arrives, moves, is corrected or tombstoned; an image arrives, is tombstoned or
+changes tier; the patient's birth date, name or identity changes; a hold is placed or lifted; a death
+is recorded), whichever process writes it: triggers installed by migrations 1300_retention_answer and
+1320_retention_moves. :func:`refresh` decides again the queued
 patients and is called before every list is read, so a list is never older than the facts.
 
 What does depend on today stays computed by ``decide`` at read time: whether a hold holds today
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 from archive_core.api import ACTIVE_TIER_YEARS, ArchiveFacade, RetentionDecision, add_years
 from archive_core.values import LOCK_RETENTION_ANSWERS
 from backoffice.retention.models import LegalHold, RetentionAnswer, RetentionStale
-from backoffice.retention.services import PatientRetention, retention_of
+from backoffice.retention.decisions import PatientRetention, retention_of
 
 # Any day does: the stored columns do not depend on it (tests/unit/test_retention_stored.py proves it).
 _ANY_DAY = date(2000, 1, 1)
@@ -60,8 +61,9 @@ def refresh(session: Session, facade: ArchiveFacade) -> int:
         session.execute(delete(RetentionAnswer).where(RetentionAnswer.patient_pk.in_(chunk)))
         if answers:  # a tombstoned or merged patient has no answer any more
             session.execute(insert(RetentionAnswer), [
-                answer_row(p.record.patient_pk, p.record.patient_id, p.record.issuer_of_patient_id,
-                           p.record.patient_name, p.decision) for p in answers])
+                {**answer_row(p.record.patient_pk, p.record.patient_id, p.record.issuer_of_patient_id,
+                              p.record.patient_name, p.decision), "active_images": p.record.instances_active > 0}
+                for p in answers])
     ids = [i for i, _pk in queued]
     for start in range(0, len(ids), CHUNK):
         session.execute(delete(RetentionStale).where(RetentionStale.id.in_(ids[start:start + CHUNK])))
@@ -164,18 +166,14 @@ def propose_preview(session: Session, *, today: date, left_out: set[int], limit:
     return [pk for pk in first if pk not in left_out][:limit], total
 
 
-def move_candidates(session: Session, facade: ArchiveFacade, *, today: date) -> list[int]:
+def move_candidates(session: Session, *, today: date) -> list[int]:
     """Row ids, in order, of the patients whose last visit is five years old or more (the tier is
     "archive" from add_years(last visit, 5) on; one day of margin for 29 February) and who still have
-    images in the active tier."""
+    images in the active tier: one range of ``ix_retention_answer_moves``."""
     a = RetentionAnswer
     bound = add_years(today, -ACTIVE_TIER_YEARS) + timedelta(days=1)
-    active = sorted(facade.patients_with_active_images(session))
-    out: list[int] = []
-    for start in range(0, len(active), CHUNK):
-        out.extend(session.scalars(select(a.patient_pk).where(
-            a.patient_pk.in_(active[start:start + CHUNK]), a.last_visit <= bound)))
-    return sorted(out)
+    return list(session.scalars(select(a.patient_pk).where(a.active_images.is_(True), a.last_visit <= bound)
+                                .order_by(a.patient_pk)))
 
 
 def totals(session: Session) -> tuple[int, int]:

@@ -21,7 +21,7 @@ def sweep_command(dry_run: bool, today) -> None:
     from backoffice.extensions import facade
     from backoffice.retention.certificate import certificates_dir, render_certificate
     from backoffice.retention.clock import today as clock_today
-    from backoffice.retention.services import sweep
+    from backoffice.retention.sweep import sweep
 
     day: date = today.date() if today else clock_today()
     report = sweep(facade(), today=day, dry_run=dry_run, certificates=certificates_dir(), render=render_certificate)
@@ -57,8 +57,9 @@ def purge_command(batch_id: int, login: str, today, yes: bool) -> None:
     from backoffice.extensions import facade
     from backoffice.retention.certificate import certificates_dir, render_certificate
     from backoffice.retention.clock import today as clock_today
-    from backoffice.retention.errors import RetentionError
-    from backoffice.retention.services import check_executor, get_batch, item_view, run_purge
+    from backoffice.retention.errors import RetentionError, message_for
+    from backoffice.retention.batches import check_executor, get_batch, item_view
+    from backoffice.retention.purge import run_purge
 
     day: date = today.date() if today else clock_today()
     try:
@@ -85,6 +86,6 @@ def purge_command(batch_id: int, login: str, today, yes: bool) -> None:
         batch = run_purge(facade(), batch_id, certificates=certificates_dir(), render=render_certificate,
                           actor=login, today=day)
     except RetentionError as exc:
-        click.echo(f"refused: {exc}", err=True)
+        click.echo(f"refused: {message_for(exc)}", err=True)
         sys.exit(1)
     click.echo(f"batch {batch.id} executed: {batch.instances} instances, certificate {batch.certificate_name}")

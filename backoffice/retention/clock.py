@@ -11,7 +11,7 @@ from datetime import date, datetime, timezone
 
 from flask import current_app
 
-from backoffice.retention.services import today_paris
+from backoffice.retention.decisions import today_paris
 
 
 def now_utc() -> datetime:

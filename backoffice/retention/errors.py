@@ -1,8 +1,9 @@
 """Retention's domain errors and their one table: error key -> (HTTP status, translated message).
 
 Services raise :class:`RetentionError` with a key and data (never a sentence, never a status); the
-pages (backoffice/retention/views.py) and the API (backoffice/api/retention.py) each have one handler
-that rolls the request's transaction back and answers from this table.
+pages (backoffice/retention/views/__init__.py), the API (backoffice/api/retention.py) and the CLI
+(backoffice/retention/cli.py) each have one handler that rolls the request's transaction back and
+answers from this table (:func:`problem_of`, :func:`message_for`), as billing's (billing/errors.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ from flask_babel import lazy_gettext as _l
 
 
 class RetentionError(Exception):
-    """A retention action that cannot be done; *key* names its row in :data:`ERRORS`."""
+    """A retention action that cannot be done; *key* names its row in :data:`ERRORS`, *params* its data.
+
+    A domain error: no HTTP status, no sentence. The edges answer with :func:`problem_of` (status and
+    API code) and :func:`message_for` (the translated sentence).
+    """
 
     def __init__(self, key: str, **params: Any) -> None:
         if key not in ERRORS:
@@ -22,24 +27,19 @@ class RetentionError(Exception):
         super().__init__(key)
         self.key, self.params = key, params
 
-    @property
-    def status(self) -> int:
-        return ERRORS[self.key].status
+    def __str__(self) -> str:  # logs: the key and its data, never a translated sentence
+        return f"{self.key} {self.params}" if self.params else self.key
 
-    @property
-    def code(self) -> str:
-        return ERRORS[self.key].code
 
-    def message(self) -> str:
-        """The translated sentence (needs a request or app context for the locale)."""
-        values = {k: _format(v) for k, v in self.params.items()}
-        return str(ERRORS[self.key].message) % values if values else str(ERRORS[self.key].message)
+def problem_of(exc: RetentionError) -> "Problem":
+    """The HTTP status and API code of *exc*, from the table."""
+    return ERRORS[exc.key]
 
-    def __str__(self) -> str:  # logs and CLI without a translation context
-        try:
-            return self.message()
-        except Exception:  # noqa: BLE001 — outside a Flask context: the key and data are enough
-            return f"{self.key} {self.params}"
+
+def message_for(exc: RetentionError) -> str:
+    """The sentence a person reads for *exc* (in the request's language: needs an app or request context)."""
+    values = {k: _format(v) for k, v in exc.params.items()}
+    return str(ERRORS[exc.key].message) % values if values else str(ERRORS[exc.key].message)
 
 
 def _format(value: Any) -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, BigInteger, String, Text, UniqueConstraint
+from sqlalchemy import Boolean, Date, ForeignKey, Index, Integer, BigInteger, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from archive_core.api import Base, UtcDateTime, utcnow
@@ -96,8 +96,8 @@ class RetentionAnswer(Base):
     manager's lists are an indexed query (backoffice/retention/answers.py).
 
     Computed by :func:`archive_core.retention.decide` (the one rule) whenever the facts change: database
-    triggers (migration 1300_retention_answer) queue the patient in ``retention_stale`` when a study,
-    the patient, a hold or a death record is written, whichever process writes it, and the queue is
+    triggers (migrations 1300_retention_answer, 1320_retention_moves) queue the patient in
+    ``retention_stale`` when a study, an image, the patient, a hold or a death record is written, whichever process writes it, and the queue is
     worked off before every read.
     """
 
@@ -106,6 +106,9 @@ class RetentionAnswer(Base):
         # The lists' order (soonest date, then name) and their filters, read from the index alone.
         Index("ix_retention_answer_order", "sort_until", "patient_name", "patient_pk", "needs_review"),
         Index("ix_retention_answer_patient", "patient_id", "issuer_of_patient_id"),
+        # Who the sweep moves to the archive tier: active images and a last visit five years old (1320).
+        Index("ix_retention_answer_moves", "active_images", "last_visit", "patient_pk"),
+        Index("ix_retention_answer_review", "needs_review", "sort_until", "patient_name", "patient_pk"),
     )
 
     patient_pk: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
@@ -118,6 +121,8 @@ class RetentionAnswer(Base):
     basis: Mapped[str] = mapped_column(String(32))
     needs_review: Mapped[bool] = mapped_column(Boolean)
     last_visit: Mapped[date | None] = mapped_column(Date)
+    # Visible images in the active tier (a fact, not the rule's: instance triggers of migration 1320 queue it).
+    active_images: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class RetentionStale(Base):

@@ -440,7 +440,7 @@ def test_send_back_and_four_eyes_on_both_databases(database_url, instance_path, 
     """The same refusals on SQLite and a real PostgreSQL (row locks, the committed send-back)."""
     from backoffice import create_app
     from backoffice.migrate import upgrade
-    from backoffice.retention import services
+    from backoffice.retention import batches, purge, records
     from backoffice.retention.certificate import certificates_dir, render_certificate
     from backoffice.retention.errors import RetentionError
 
@@ -452,24 +452,24 @@ def test_send_back_and_four_eyes_on_both_databases(database_url, instance_path, 
         study = add_study(facade.archive, tmp_path, "P-ONE", "20240102")
         with app.app_context():
             with facade.new_session(write=True) as s:
-                batch_id = services.request_study_deletion(s, facade, study, "test", actor="gerante").id
+                batch_id = batches.request_study_deletion(s, facade, study, "test", actor="gerante").id
                 s.commit()
             with facade.new_session(write=True) as s, pytest.raises(RetentionError) as refused:
-                services.decide_batch(s, facade, batch_id, approve=True, reason="ok", actor="gerante", today=TODAY)
+                batches.decide_batch(s, facade, batch_id, approve=True, reason="ok", actor="gerante", today=TODAY)
             assert refused.value.key == "approver_is_requester"
             with facade.new_session(write=True) as s:
-                services.decide_batch(s, facade, batch_id, approve=True, reason="ok", actor="associe", today=TODAY)
-                services.place_hold(s, facade, "P-ONE", "litige", actor="associe", today=TODAY, now=NOW)
+                batches.decide_batch(s, facade, batch_id, approve=True, reason="ok", actor="associe", today=TODAY)
+                records.place_hold(s, facade, "P-ONE", "litige", actor="associe", today=TODAY, now=NOW)
                 s.commit()
             run = dict(certificates=certificates_dir(), render=render_certificate, today=TODAY)
             with pytest.raises(RetentionError) as refused:
-                services.run_purge(facade, batch_id, actor="gerante", **run)
+                purge.run_purge(facade, batch_id, actor="gerante", **run)
             assert refused.value.key == "executor_is_requester"
             with pytest.raises(RetentionError) as refused:
-                services.run_purge(facade, batch_id, actor="associe", **run)
+                purge.run_purge(facade, batch_id, actor="associe", **run)
             assert refused.value.key == "changed_since_approval"
         with facade.new_session() as s:
-            assert services.get_batch(s, batch_id).status == "proposed"
+            assert batches.get_batch(s, batch_id).status == "proposed"
         assert len(instance_files(facade.archive, study)) == 2
     finally:
         facade.archive.close()

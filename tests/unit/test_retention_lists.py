@@ -40,7 +40,7 @@ EXPECTED = {
 
 @pytest.fixture
 def practice(app, facade, tmp_path):
-    from backoffice.retention import services
+    from backoffice.retention import records
 
     app.config["CLOCK"] = lambda: NOW
     app.config["WTF_CSRF_ENABLED"] = False
@@ -48,7 +48,7 @@ def practice(app, facade, tmp_path):
         add_study(facade.archive, tmp_path, pid, visit, birth_date=born, external=external, patient_name=name)
         if held:
             with facade.new_session(write=True) as s:
-                services.place_hold(s, facade, pid, "réclamation en cours", actor="gerante", today=TODAY, now=NOW)
+                records.place_hold(s, facade, pid, "réclamation en cours", actor="gerante", today=TODAY, now=NOW)
                 s.commit()
     return facade
 
@@ -134,22 +134,22 @@ def test_sizes_are_decimal_units_with_a_french_comma(size, french, english):
 def test_the_certificate_carries_the_practice_a_signature_block_and_paris_times(app, practice):
     """pdftotext of the certificate. Bad input tried: times printed in UTC (09:00 instead of 10:00)."""
     pdftotext = require_tool("pdftotext")
-    from backoffice.retention import services
+    from backoffice.retention import batches, purge, sweep
     from backoffice.retention.certificate import certificates_dir, render_certificate
     from backoffice.retention.models import PurgeBatch
 
     app.config.update(PRACTICE_NAME="Cabinet de radiologie du Parc", PRACTICE_ADDRESS="3 rue des Lilas, 75011 Paris",
                       PRACTICE_SIRET="12345678900017", PRACTICE_FINESS="750000001", PRACTICE_RPPS="10001234567")
     with app.app_context():
-        services.sweep(practice, today=TODAY)
+        sweep.sweep(practice, today=TODAY)
         with practice.new_session(write=True) as s:
-            services.decide_batch(s, practice, 1, approve=True, reason="vérifié", actor="gerante", today=TODAY)
+            batches.decide_batch(s, practice, 1, approve=True, reason="vérifié", actor="gerante", today=TODAY)
             batch = s.get(PurgeBatch, 1)
             batch.proposed_at = datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)  # 10:00 in Paris (winter)
             batch.decided_at = datetime(2026, 11, 28, 23, 30, tzinfo=timezone.utc)  # 00:30 the 29th in Paris
             s.commit()
-        services.run_purge(practice, 1, certificates=certificates_dir(), render=render_certificate, actor="associe",
-                           today=TODAY)
+        purge.run_purge(practice, 1, certificates=certificates_dir(), render=render_certificate, actor="associe",
+                        today=TODAY)
         with practice.new_session() as s:
             path = certificates_dir() / s.get(PurgeBatch, 1).certificate_name
     text = subprocess.run([pdftotext, "-layout", str(path), "-"], capture_output=True, text=True, check=True).stdout

@@ -193,7 +193,7 @@ def test_certificate_pdf_says_what_why_who(app, client, manager, executor, facad
 def test_a_crash_between_tombstones_and_files_is_finished_by_a_rerun(app, client, manager, facade, archive_of,
                                                                      patients, proposed, monkeypatch):
     from backoffice.retention.certificate import certificates_dir, render_certificate
-    from backoffice.retention.services import run_purge
+    from backoffice.retention.purge import run_purge
 
     _approve(client, manager)
     real = type(facade).delete_tombstoned_files
@@ -247,7 +247,7 @@ def test_sweep_and_approved_purge_on_both_databases(database_url, instance_path,
     """The same sweep, approval and purge on SQLite and on a real PostgreSQL."""
     from backoffice import create_app
     from backoffice.migrate import upgrade
-    from backoffice.retention import services
+    from backoffice.retention import batches, purge, sweep
     from backoffice.retention.certificate import certificates_dir, render_certificate
 
     upgrade(database_url)
@@ -258,13 +258,13 @@ def test_sweep_and_approved_purge_on_both_databases(database_url, instance_path,
         old = add_study(facade.archive, tmp_path, "OLD", "20000105")
         add_study(facade.archive, tmp_path, "MID", "20150101")
         with app.app_context():
-            report = services.sweep(facade, today=TODAY, certificates=certificates_dir(), render=render_certificate)
+            report = sweep.sweep(facade, today=TODAY, certificates=certificates_dir(), render=render_certificate)
             assert report.proposed_batch_id == 1 and len(report.to_move) == 2
             with facade.new_session(write=True) as s:
-                services.decide_batch(s, facade, 1, approve=True, reason="vérifié", actor="gerante", today=TODAY)
+                batches.decide_batch(s, facade, 1, approve=True, reason="vérifié", actor="gerante", today=TODAY)
                 s.commit()
-            batch = services.run_purge(facade, 1, certificates=certificates_dir(), render=render_certificate,
-                                       actor="associe", today=TODAY)
+            batch = purge.run_purge(facade, 1, certificates=certificates_dir(), render=render_certificate,
+                                    actor="associe", today=TODAY)
         assert batch.status == "executed" and batch.instances == 2
         assert instance_files(facade.archive, old) == []
         assert _visible(facade) == {"MID"}

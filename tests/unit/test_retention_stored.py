@@ -52,15 +52,15 @@ def _stored(facade, patient_id: str):
 
 
 def _today_answer(facade, patient_id: str, today: date):
-    from backoffice.retention import services
+    from backoffice.retention import decisions
 
     with facade.new_session() as s:
-        return services.patient_retention(s, facade, patient_id, today=today)
+        return decisions.patient_retention(s, facade, patient_id, today=today)
 
 
 def _arrange(facade, tmp_path, patient_id: str, facts) -> None:
     """The case's facts written as the practice writes them: imported studies, a death, holds."""
-    from backoffice.retention import services
+    from backoffice.retention import records
 
     birth = facts.birth_date.strftime("%Y%m%d") if facts.birth_date else None
     for visit in facts.visit_dates:
@@ -69,17 +69,17 @@ def _arrange(facade, tmp_path, patient_id: str, facts) -> None:
         add_study(facade.archive, tmp_path, patient_id, "20100101", birth_date=birth, images=1, external=True)
     if facts.death_date is not None:
         with facade.new_session(write=True) as s:
-            services.record_death(s, facade, patient_id, facts.death_date, actor="gerante",
-                                  today=facts.death_date + timedelta(days=1), confirm_shortening=True)
+            records.record_death(s, facade, patient_id, facts.death_date, actor="gerante",
+                                 today=facts.death_date + timedelta(days=1), confirm_shortening=True)
             s.commit()
     for hold in facts.holds:
         with facade.new_session(write=True) as s:
-            placed = services.place_hold(s, facade, patient_id, "réclamation", actor="gerante", today=hold.start,
-                                         now=_noon(hold.start))
+            placed = records.place_hold(s, facade, patient_id, "réclamation", actor="gerante", today=hold.start,
+                                        now=_noon(hold.start))
             s.commit()
         if hold.end is not None:
             with facade.new_session(write=True) as s:
-                services.release_hold(s, facade, placed.id, actor="gerante", now=_noon(hold.end))
+                records.release_hold(s, facade, placed.id, actor="gerante", now=_noon(hold.end))
                 s.commit()
 
 
@@ -114,7 +114,7 @@ def test_a_hold_placed_then_lifted_and_the_clock_moving_change_the_lists(db_app,
     (100 held days added), as decide() says. Then the clock moves: 30 days before that date it is in the
     30-day list, the day after it is overdue. Bad input tried: a stored date not updated by the release
     (the record would be listed overdue on 02/01/2030), a hold list that ignores the hold."""
-    from backoffice.retention import services
+    from backoffice.retention import records
 
     facade = db_app.extensions["archivage"]
     clock = {"now": datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)}
@@ -131,7 +131,7 @@ def test_a_hold_placed_then_lifted_and_the_clock_moving_change_the_lists(db_app,
 
     clock["now"] = datetime(2027, 3, 8, 9, 0, tzinfo=timezone.utc)  # 100 days later
     with facade.new_session() as s:
-        hold_id = services.active_holds(s)[0].id
+        hold_id = records.active_holds(s)[0].id
     client.post(f"/retention/holds/{hold_id}/release")
     assert _listed(client, "hold") == []
     stored = _stored(facade, "HELD")

@@ -30,11 +30,11 @@ def _clock(d: date):
 
 def _reference(facade, today: date):
     """What deciding every patient gives: (to propose, to move, needs review), patient IDs in row order."""
-    from backoffice.retention import services
+    from backoffice.retention import batches, decisions
 
     with facade.new_session() as s:
-        every = services.retention_of(s, facade, today=today)
-        taken, _studies = services._in_open_batch(s)
+        every = decisions.retention_of(s, facade, today=today)
+        taken, _studies = batches.in_open_batch(s)
     propose = [p for p in every if p.decision.purgeable(today)
                and (p.record.patient_id, p.record.issuer_of_patient_id) not in taken]
     move = [p for p in every if p.decision.tier == "archive" and p.record.instances_active]
@@ -58,7 +58,7 @@ def test_preview_and_batch_are_what_deciding_every_patient_gives(db_app, tmp_pat
     that ignore the hold (HELD would be proposed), the clock (a stale "today"), the 'to review' flag,
     patients already in an open batch (proposed twice), or the tier (a recent patient moved)."""
     from archive_core.audit import AuditEvent
-    from backoffice.retention import services
+    from backoffice.retention import batches, records
     from backoffice.retention.models import PurgeBatch
 
     facade = db_app.extensions["archivage"]
@@ -67,8 +67,8 @@ def test_preview_and_batch_are_what_deciding_every_patient_gives(db_app, tmp_pat
     add_study(facade.archive, tmp_path, "HELD", "20000101", birth_date="19700101", images=1)
     add_study(facade.archive, tmp_path, "RECENT", "20260901", birth_date="19700101", images=1)
     with facade.new_session(write=True) as s:
-        services.place_hold(s, facade, "HELD", "contentieux", actor="gerante", today=date(2020, 6, 1),
-                            now=datetime(2020, 6, 1, 12, tzinfo=timezone.utc))
+        records.place_hold(s, facade, "HELD", "contentieux", actor="gerante", today=date(2020, 6, 1),
+                           now=datetime(2020, 6, 1, 12, tzinfo=timezone.utc))
         s.commit()
     client = db_app.test_client()
     sign_in(client, db_app, "gerante", "manager")
@@ -82,7 +82,7 @@ def test_preview_and_batch_are_what_deciding_every_patient_gives(db_app, tmp_pat
         assert "HELD" not in ids(propose), today
         assert ("RECENT" in ids(move)) is (today >= date(2031, 9, 1)), today  # five years after its visit
         with facade.new_session(write=True) as s:
-            batch = services.propose_batch(s, facade, today=today)
+            batch = batches.propose_batch(s, facade, today=today)
             s.commit()
             got = [(i.patient_id, i.basis, i.keep_until, i.explanation) for i in batch.items] if batch else []
             batch_id = batch.id if batch else None
@@ -107,7 +107,7 @@ def test_a_patient_whose_facts_changed_after_the_refresh_is_decided_on_current_f
     is made to say 2001): decide() on today's facts keeps it out of the preview and the batch. Bad input
     tried: a batch built from the answers of the last page load (DEAD missing), or from the stored
     dates alone (NEW proposed)."""
-    from backoffice.retention import services
+    from backoffice.retention import batches, records
     from backoffice.retention.models import RetentionAnswer
 
     facade = db_app.extensions["archivage"]
@@ -127,11 +127,11 @@ def test_a_patient_whose_facts_changed_after_the_refresh_is_decided_on_current_f
         s.commit()
     add_study(facade.archive, tmp_path, "OLD", "20261120", birth_date="19700101", images=1)
     with facade.new_session(write=True) as s:  # died 10/01/2015: kept until 10/01/2025, due now
-        services.record_death(s, facade, "DEAD", date(2015, 1, 10), actor="gerante", today=today,
-                              confirm_shortening=True)
+        records.record_death(s, facade, "DEAD", date(2015, 1, 10), actor="gerante", today=today,
+                             confirm_shortening=True)
         s.commit()
     with facade.new_session(write=True) as s:
-        batch = services.propose_batch(s, facade, today=today)
+        batch = batches.propose_batch(s, facade, today=today)
         s.commit()
         assert [i.patient_id for i in batch.items] == ["OTHER", "DEAD"]
     assert _page(client)[0] == []  # OTHER and DEAD are in the open batch; neither OLD nor NEW is due
@@ -145,7 +145,7 @@ def test_a_long_proposal_shows_its_first_records_and_counts_them_all(db_app):  #
     from sqlalchemy import insert
 
     from archive_core.index.models import Patient, Study
-    from backoffice.retention import services
+    from backoffice.retention import batches, records
 
     facade = db_app.extensions["archivage"]
     today = date(2026, 11, 28)
@@ -160,8 +160,8 @@ def test_a_long_proposal_shows_its_first_records_and_counts_them_all(db_app):  #
                                    "received_at": now} for i in range(130)])
         s.commit()
     with facade.new_session(write=True) as s:
-        services.place_hold(s, facade, "P005", "contentieux", actor="gerante", today=today,
-                            now=datetime(2026, 11, 27, 12, tzinfo=timezone.utc))
+        records.place_hold(s, facade, "P005", "contentieux", actor="gerante", today=today,
+                           now=datetime(2026, 11, 27, 12, tzinfo=timezone.utc))
         s.commit()
     client = db_app.test_client()
     sign_in(client, db_app, "gerante", "manager")
@@ -172,6 +172,47 @@ def test_a_long_proposal_shows_its_first_records_and_counts_them_all(db_app):  #
     assert 'id="propose-shown"' in html and "/retention/patients?list=overdue" in html
     assert _page(client)[0] == [p.record.patient_id for p in propose[:100]]
     with facade.new_session(write=True) as s:
-        batch = services.propose_batch(s, facade, today=today)
+        batch = batches.propose_batch(s, facade, today=today)
         s.commit()
         assert [i.patient_id for i in batch.items] == [p.record.patient_id for p in propose]
+
+
+def test_who_moves_follows_the_images_tier_and_a_late_image(db_app, tmp_path):  # noqa: F811
+    """The move candidates come from the stored answers (``active_images``, migration 1320). OLD (last
+    visit 2010) has its image in the active tier: the preview moves it. The sweep moves the image to
+    the archive tier: the next preview moves nobody. A hold placed on OLD has its answer decided again
+    (now without active images). Then one more image of its 2010 study arrives late (a new series in
+    that study, through the import path): it lands in the active tier and the preview moves OLD again,
+    as deciding every patient says; only image and series rows were written, so the image's trigger is
+    what queued OLD. Bad input tried: a flag not set again by an image alone (the late image left in the
+    active tier for good), a flag left as stored before the move (OLD moved twice)."""
+    from pydicom.uid import generate_uid
+
+    from archive_core.maintenance import import_path
+    from backoffice.retention import records, sweep
+    from tests.helpers import make_ct
+
+    facade = db_app.extensions["archivage"]
+    today = date(2026, 11, 28)
+    db_app.config["CLOCK"] = _clock(today)
+    study_uid = add_study(facade.archive, tmp_path, "OLD", "20100105", birth_date="19700101", images=1)
+    add_study(facade.archive, tmp_path, "RECENT", "20260105", birth_date="19700101", images=1)
+    client = db_app.test_client()
+    sign_in(client, db_app, "gerante", "manager")
+    assert _page(client)[1] == ["OLD"]
+
+    assert sweep.sweep(facade, today=today).moved_instances == 1
+    assert _page(client)[1] == [] == [p.record.patient_id for p in _reference(facade, today)[1]]
+    with facade.new_session(write=True) as s:
+        records.place_hold(s, facade, "OLD", "contentieux", actor="gerante", today=today,
+                           now=datetime(2026, 11, 28, 8, tzinfo=timezone.utc))
+        s.commit()
+    assert _page(client)[1] == []
+
+    folder = tmp_path / "late"
+    folder.mkdir()
+    make_ct(patient_id="OLD", study_uid=study_uid, series_uid=generate_uid(), study_date="20100105",
+            patient_name="Dupont^Jean").save_as(folder / "late.dcm", enforce_file_format=True)
+    assert import_path(facade.archive, folder).stored == 1
+    assert [p.record.patient_id for p in _reference(facade, today)[1]] == ["OLD"]
+    assert _page(client)[1] == ["OLD"]

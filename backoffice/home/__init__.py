@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from babel.dates import format_date
-from flask import Blueprint, current_app, redirect, render_template, url_for
+from flask import Blueprint, current_app, render_template
 from flask_babel import gettext as _
 from flask_login import current_user
 
@@ -40,11 +40,11 @@ def dashboard():
     locale = locale_name()
     french = locale.startswith("fr")
     memo = current_app.extensions.setdefault("dashboard_memo", D.Memo())
-    billing = (day, D.billing_version(db()))
+    money_version, consent_version = D.billing_versions(db())
     archive = (day, facade().data_version(db()))
-    money = memo.get("money", billing, lambda: D.money_per_month(db(), day))
+    money = memo.get("money", (day, money_version), lambda: D.money_per_month(db(), day))
     month_labels = [format_date(m.month, "MMM yy", locale=locale) for m in money]
-    consent = memo.get("consent", billing, lambda: D.consent_per_group(db(), day))
+    consent = memo.get("consent", (day, consent_version), lambda: D.consent_per_group(db(), day))
     from backoffice.billing.services import exam_group_labels
 
     group_labels = exam_group_labels(db())

@@ -65,6 +65,18 @@ def _x_labels(categories: Sequence[str], left: float, step: float, height: int) 
             f'fill="#55606e">{escape(c)}</text>' for i, c in enumerate(categories) if i % every == 0]
 
 
+def _mark(tag: str, geometry: str, s: Series, category: str, value: float, fmt: Callable[[float], str]) -> str:
+    """One bar or point: its raw figure in data-* attributes and a hover title."""
+    return (f'<{tag} {geometry} fill="{s.color}" data-series="{escape(s.key)}" data-category="{escape(category)}" '
+            f'data-value="{value}"><title>{escape(s.label)} — {escape(category)} : {escape(fmt(value))}</title></{tag}>')
+
+
+def _finish(out: list[str], categories: Sequence[str], step: float, height: int) -> Markup:
+    out += _x_labels(categories, LEFT, step, height)
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
 MAX_BAR = 56  # one insurer, one group: a bar, not a wall
 
 
@@ -96,12 +108,9 @@ def bar_chart(name: str, title: str, categories: Sequence[str], series: Sequence
             else:
                 w = min(step * 0.8 / len(series), MAX_BAR)
                 x, y = LEFT + step * (i + 0.5) - w * len(series) / 2 + w * j, TOP + plot_h - h
-            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}" fill="{s.color}" '
-                       f'data-series="{escape(s.key)}" data-category="{escape(category)}" data-value="{value}">'
-                       f"<title>{escape(s.label)} — {escape(category)} : {escape(fmt(value))}</title></rect>")
-    out += _x_labels(categories, LEFT, step, height)
-    out.append("</svg>")
-    return Markup("".join(out))
+            out.append(_mark("rect", f'x="{x:.1f}" y="{y:.1f}" width="{w:.1f}" height="{h:.1f}"', s, category, value,
+                             fmt))
+    return _finish(out, categories, step, height)
 
 
 def line_chart(name: str, title: str, categories: Sequence[str], series: Sequence[Series], *,
@@ -118,9 +127,5 @@ def line_chart(name: str, title: str, categories: Sequence[str], series: Sequenc
         out.append(f'<polyline fill="none" stroke="{s.color}" stroke-width="2" '
                    f'points="{" ".join(f"{x:.1f},{y:.1f}" for x, y in points)}"/>')
         for (x, y), category, value in zip(points, categories, s.values):
-            out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{s.color}" data-series="{escape(s.key)}" '
-                       f'data-category="{escape(category)}" data-value="{value}">'
-                       f"<title>{escape(s.label)} — {escape(category)} : {escape(fmt(value))}</title></circle>")
-    out += _x_labels(categories, LEFT, step, height)
-    out.append("</svg>")
-    return Markup("".join(out))
+            out.append(_mark("circle", f'cx="{x:.1f}" cy="{y:.1f}" r="3.5"', s, category, value, fmt))
+    return _finish(out, categories, step, height)

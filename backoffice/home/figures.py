@@ -50,12 +50,15 @@ class Memo:
         return value
 
 
-def billing_version(session: Session) -> tuple:
-    """Largest ids of the append-only billing tables the figures read (each an index lookup)."""
+def billing_versions(session: Session) -> tuple[tuple, tuple]:
+    """(money's version, consent's version): the largest ids of the append-only billing tables each figure
+    reads, in one statement (each an index lookup). A new exam group or consent leaves the money figure
+    as it was, and a payment leaves the consent figure."""
     from backoffice.billing.models import Consent
 
-    return tuple(session.scalar(select(func.max(model.id))) for model in (Invoice, CreditNote, Payment, Consent,
-                                                                         ExamGroup))
+    money, consent = (Invoice, CreditNote, Payment), (Consent, ExamGroup)
+    maxima = session.execute(select(*(select(func.max(m.id)).scalar_subquery() for m in (*money, *consent)))).one()
+    return tuple(maxima[:len(money)]), tuple(maxima[len(money):])
 
 
 def month_starts(today: date, count: int = MONTHS) -> list[date]:

@@ -3,7 +3,10 @@ with 100,000 invoices in the database; the manager's dashboard and retention pag
 patients (one study, series and image each). Not a test: prints p50/p95 in milliseconds.
 
     .venv/bin/python bench/web.py [--invoices 100000] [--patients 100000] [--rounds 100] [--database-url URL]
-                                  [--manager-only]
+                                  [--manager-only] [--cache DIR]
+
+With ``--cache DIR`` (SQLite only) the seeded database is kept in DIR (one file per size) and copied
+for the next run with the same sizes instead of seeding again.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,6 +77,44 @@ def seed_patients(url: str, patients: int) -> None:
                 s.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
                                f"(SELECT COALESCE(MAX(id), 1) FROM {table}))"))
             s.commit()
+    engine.dispose()
+
+
+def arrive(url: str, pk: int) -> None:
+    """One new patient with a study, series and image received now (as the archive would write them)."""
+    from sqlalchemy import create_engine, insert
+
+    from archive_core.index.models import Instance, Patient, Series, Study
+
+    now = datetime.now(timezone.utc)
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(insert(Patient).values(id=pk, patient_id=f"N{pk:07d}", issuer_of_patient_id="",
+                                         patient_name=f"New^Patient{pk}", patient_name_search=f"NEW PATIENT{pk}",
+                                         patient_birth_date="19800101", created_at=now))
+        c.execute(insert(Study).values(id=pk, study_uid=f"1.2.826.0.1.3680043.10.1.{pk}", patient_pk=pk,
+                                       study_date=now.strftime("%Y%m%d"), modalities_in_study="CT", num_series=1,
+                                       num_instances=1, external=False, received_at=now))
+        c.execute(insert(Series).values(id=pk, series_uid=f"1.2.826.0.1.3680043.10.2.{pk}", study_pk=pk,
+                                        modality="CT", num_instances=1))
+        c.execute(insert(Instance).values(id=pk, sop_instance_uid=f"1.2.826.0.1.3680043.10.3.{pk}", series_pk=pk,
+                                          sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                                          transfer_syntax_uid="1.2.840.10008.1.2.1", size_bytes=500_000,
+                                          checksum_sha256="0" * 64, storage_key=f"bench/{pk}", tier="active",
+                                          received_at=now))
+    engine.dispose()
+
+
+def new_exam_group(url: str, n: int) -> None:
+    """One exam group checked in today (billing's figures change)."""
+    from archive_core.db import make_engine, session_factory
+    from backoffice.billing import services as S
+
+    engine = make_engine(url)
+    with session_factory(engine)() as s:
+        S.create_exam_group(s, patient_id=f"C{n:05d}", visit_date=S.paris_today(), exam_group="echographie",
+                            created_by="bench", patient_name="Durand^Marie")
+        s.commit()
     engine.dispose()
 
 
@@ -185,16 +227,34 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=100_000)
     parser.add_argument("--database-url")
     parser.add_argument("--manager-only", action="store_true", help="only the manager's pages (no invoice issued)")
+    parser.add_argument("--cache", type=Path, help="keep the seeded SQLite database here and reuse it")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="archivage-bench-") as tmp:
         instance = Path(tmp) / "instance"
         instance.mkdir()
-        url = args.database_url or f"sqlite:///{instance / 'archivage.sqlite3'}"
+        database = instance / "archivage.sqlite3"
+        url = args.database_url or f"sqlite:///{database}"
+        rounds = 0 if args.manager_only else args.rounds
+        cached = None
+        if args.cache is not None and not args.database_url:
+            args.cache.mkdir(parents=True, exist_ok=True)
+            cached = args.cache / f"bench-{args.invoices}-{args.patients}-{rounds}.sqlite3"
         t0 = time.perf_counter()
-        token, groups, today = seed(url, args.invoices, 0 if args.manager_only else args.rounds)
-        seed_patients(url, args.patients)
-        print(f"seeded {args.invoices} invoices and {args.patients} patients in {time.perf_counter() - t0:.1f} s "
-              f"({url.split(':')[0]})")
+        if cached is not None and cached.exists():
+            shutil.copyfile(cached, database)
+            token, groups, today = json.loads(cached.with_suffix(".json").read_text())
+            from backoffice.migrate import upgrade
+
+            upgrade(url)  # a migration added since the database was cached
+            print(f"reused {cached} in {time.perf_counter() - t0:.1f} s")
+        else:
+            token, groups, today = seed(url, args.invoices, rounds)
+            seed_patients(url, args.patients)
+            print(f"seeded {args.invoices} invoices and {args.patients} patients in {time.perf_counter() - t0:.1f} s "
+                  f"({url.split(':')[0]})")
+            if cached is not None:
+                shutil.copyfile(database, cached)
+                cached.with_suffix(".json").write_text(json.dumps([token, groups, today]))
         from tests.helpers import free_port
 
         port = free_port()
@@ -222,6 +282,14 @@ def main() -> None:
             dashboard, retention, due_list, all_page, sweep_page = [], [], [], [], []
             for _ in range(args.rounds):
                 dashboard.append(timed(lambda: manager.request("GET", "/dashboard")))
+            # The dashboard after a change: a new image (the archive's figures) or a new exam group (billing's)
+            # is written by another process before each load; the figures it changes are computed again.
+            after_image, after_group = [], []
+            for n in range(max(args.rounds // 5, 5)):
+                arrive(url, args.patients + 1 + n)
+                after_image.append(timed(lambda: manager.request("GET", "/dashboard")))
+                new_exam_group(url, n)
+                after_group.append(timed(lambda: manager.request("GET", "/dashboard")))
             for _ in range(args.rounds):
                 retention.append(timed(lambda: manager.request("GET", "/retention/")))
                 due_list.append(timed(lambda: manager.request("GET", "/retention/patients?list=due&days=30")))
@@ -260,6 +328,8 @@ def main() -> None:
             server.terminate()
             server.wait(timeout=30)
         report(f"page /dashboard ({args.invoices} invoices, {args.patients} patients)", dashboard)
+        report("page /dashboard after a new image", after_image)
+        report("page /dashboard after a new exam group", after_group)
         report(f"page /retention/ ({args.patients} patients)", retention)
         report("page /retention/patients?list=due&days=30", due_list)
         report("page /retention/patients?list=all&page=200", all_page)

@@ -44,6 +44,7 @@ def form_errors(form: FlaskForm) -> None:
         flash(f"{getattr(form, field).label.text if hasattr(form, field) else field} : {', '.join(errors)}", "error")
 
 
+# -- labels the templates use ------------------------------------------------------------------------------
 
 
 BASIS_LABELS = {

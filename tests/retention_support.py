@@ -30,6 +30,26 @@ def add_study(archive, tmp_path: Path, patient_id: str, study_date: str, *, birt
     return study_uid
 
 
+def add_patients_in_bulk(facade, count: int, *, study_date: str) -> None:
+    """*count* patients P000, P001... (born 1 January 1970), each with one CT study of *study_date*,
+    written in two bulk inserts as an index import writes them (the retention triggers queue them)."""
+    from datetime import datetime, timezone
+
+    from sqlalchemy import insert
+
+    from archive_core.index.models import Patient, Study
+
+    now = datetime(2026, 11, 28, tzinfo=timezone.utc)
+    with facade.new_session(write=True) as s:
+        s.execute(insert(Patient), [{"id": 1000 + i, "patient_id": f"P{i:03d}", "issuer_of_patient_id": "",
+                                     "patient_name": f"Nom{i:03d}^Prénom", "patient_birth_date": "19700101",
+                                     "created_at": now} for i in range(count)])
+        s.execute(insert(Study), [{"id": 1000 + i, "study_uid": f"1.2.3.{i}", "patient_pk": 1000 + i,
+                                   "study_date": study_date, "modalities_in_study": "CT", "external": False,
+                                   "received_at": now} for i in range(count)])
+        s.commit()
+
+
 def make_user(app, login: str, role: str) -> str:
     """Create a user and return a bearer token."""
     from backoffice.auth.services import create_token, create_user

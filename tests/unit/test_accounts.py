@@ -167,21 +167,13 @@ def test_one_address_trying_many_logins_is_slowed_down(app, people):
 
 
 @pytest.fixture
-def db_app(tmp_path, database_url):
-    """The app on SQLite and on PostgreSQL (sessions live in the shared database)."""
-    from backoffice import create_app
-    from backoffice.migrate import upgrade
-
-    upgrade(database_url)
-    instance = tmp_path / "instance-db"
-    instance.mkdir()
-    app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance), "DATABASE_URL": database_url,
-                      "STORAGE_MIN_FREE_BYTES": 0})
-    with app.extensions["archivage"].new_session(write=True) as s:
+def db_app(db_app):
+    """The shared app (tests/unit/conftest.py: SQLite and PostgreSQL, where sessions live in the shared
+    database) with a radiologist."""
+    with db_app.extensions["archivage"].new_session(write=True) as s:
         A.create_user(s, "radio", role="radiologist", password=PASSWORD)
         s.commit()
-    yield app
-    app.extensions["archivage"].archive.close()
+    return db_app
 
 
 def _cookie(client, app) -> str:

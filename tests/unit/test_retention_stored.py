@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from archive_core.retention import decide
-from tests.retention_support import add_study, sign_in
+from tests.retention_support import add_patients_in_bulk, add_study, sign_in
 from tests.unit.test_retention_rule import CASES
 
 # Days on which every case is checked: the stored columns must not depend on the day they were computed.
@@ -29,17 +29,10 @@ def _noon(d: date) -> datetime:
 
 
 @pytest.fixture
-def db_app(tmp_path, database_url):
-    from backoffice import create_app
-    from backoffice.migrate import upgrade
-
-    upgrade(database_url)
-    instance = tmp_path / "instance-db"
-    instance.mkdir()
-    app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance), "DATABASE_URL": database_url,
-                      "STORAGE_MIN_FREE_BYTES": 0, "WTF_CSRF_ENABLED": False})
-    yield app
-    app.extensions["archivage"].archive.close()
+def db_app(db_app):
+    """The shared app (tests/unit/conftest.py), its forms posted without a CSRF token."""
+    db_app.config["WTF_CSRF_ENABLED"] = False
+    return db_app
 
 
 def _stored(facade, patient_id: str):
@@ -169,21 +162,9 @@ def test_a_new_visit_and_a_tombstone_reach_the_lists(db_app, tmp_path):
 def test_lists_are_paged(db_app, tmp_path):
     """More records than a page: the first page shows 100 and links to the next, which shows the rest.
     Bad input tried: a list that shows everything at once, or loses records between pages."""
-    from sqlalchemy import insert
-
-    from archive_core.index.models import Patient, Study
-
     facade = db_app.extensions["archivage"]
     db_app.config["CLOCK"] = lambda: datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)
-    now = datetime(2026, 11, 28, tzinfo=timezone.utc)
-    with facade.new_session(write=True) as s:  # 130 patients written as an index import writes them
-        s.execute(insert(Patient), [{"id": 1000 + i, "patient_id": f"P{i:03d}", "issuer_of_patient_id": "",
-                                     "patient_name": f"Nom{i:03d}^Prénom", "patient_birth_date": "19700101",
-                                     "created_at": now} for i in range(130)])
-        s.execute(insert(Study), [{"id": 1000 + i, "study_uid": f"1.2.3.{i}", "patient_pk": 1000 + i,
-                                   "study_date": "20100101", "modalities_in_study": "CT", "external": False,
-                                   "received_at": now} for i in range(130)])
-        s.commit()
+    add_patients_in_bulk(facade, 130, study_date="20100101")
     client = db_app.test_client()
     sign_in(client, db_app, "gerante", "manager")
     html = client.get("/retention/patients?list=all").get_data(as_text=True)

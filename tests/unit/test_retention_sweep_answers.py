@@ -16,9 +16,9 @@ from datetime import date, datetime, time, timezone
 
 from sqlalchemy import select, update
 
-from tests.retention_support import add_study, sign_in
+from tests.retention_support import add_patients_in_bulk, add_study, sign_in
 from tests.unit.test_retention_rule import CASES
-from tests.unit.test_retention_stored import _arrange, db_app  # noqa: F401  (fixture)
+from tests.unit.test_retention_stored import _arrange
 
 # Days the clock is set to: before most dates, between them, after all of them.
 DAYS = (date(2021, 1, 1), date(2026, 11, 28), date(2030, 4, 15), date(2034, 1, 1))
@@ -49,7 +49,7 @@ def _page(client):
     return re.findall(rows, propose_part), re.findall(rows, move_part), review
 
 
-def test_preview_and_batch_are_what_deciding_every_patient_gives(db_app, tmp_path):  # noqa: F811
+def test_preview_and_batch_are_what_deciding_every_patient_gives(db_app, tmp_path):
     """Every row of the rule's table (deaths, released holds, no birth date, outside priors only, 29
     February), a patient under a hold still open and a recent patient, checked on four days set by the
     clock: the preview lists exactly the patients, in the order, that deciding every patient proposes
@@ -99,7 +99,7 @@ def test_preview_and_batch_are_what_deciding_every_patient_gives(db_app, tmp_pat
         assert s.scalar(select(PurgeBatch.id).where(PurgeBatch.status == "proposed")) is not None
 
 
-def test_a_patient_whose_facts_changed_after_the_refresh_is_decided_on_current_facts(db_app, tmp_path):  # noqa: F811
+def test_a_patient_whose_facts_changed_after_the_refresh_is_decided_on_current_facts(db_app, tmp_path):
     """OLD (last visit 2000, adult) is due on 28/11/2026 and the preview lists it. Then a study arrives
     for it, and DEAD's death is recorded (its date moves from 2032 to 2025): the batch proposed right
     after (no page loaded in between) leaves OLD out and names DEAD. And a stored
@@ -137,28 +137,17 @@ def test_a_patient_whose_facts_changed_after_the_refresh_is_decided_on_current_f
     assert _page(client)[0] == []  # OTHER and DEAD are in the open batch; neither OLD nor NEW is due
 
 
-def test_a_long_proposal_shows_its_first_records_and_counts_them_all(db_app):  # noqa: F811
+def test_a_long_proposal_shows_its_first_records_and_counts_them_all(db_app):
     """130 records past their date, one of them under a hold: the preview counts the 129 the batch would
     name, shows the first 100 of them in the batch's order, says so and links to the overdue list; the
     batch then names all 129. Bad input tried: a count of the rows shown only, a held record counted
     or shown, a preview that draws every row."""
-    from sqlalchemy import insert
-
-    from archive_core.index.models import Patient, Study
     from backoffice.retention import batches, records
 
     facade = db_app.extensions["archivage"]
     today = date(2026, 11, 28)
     db_app.config["CLOCK"] = _clock(today)
-    now = datetime(2026, 11, 28, tzinfo=timezone.utc)
-    with facade.new_session(write=True) as s:  # written as an index import writes them (the triggers queue them)
-        s.execute(insert(Patient), [{"id": 1000 + i, "patient_id": f"P{i:03d}", "issuer_of_patient_id": "",
-                                     "patient_name": f"Nom{i:03d}^Prénom", "patient_birth_date": "19700101",
-                                     "created_at": now} for i in range(130)])
-        s.execute(insert(Study), [{"id": 1000 + i, "study_uid": f"1.2.3.{i}", "patient_pk": 1000 + i,
-                                   "study_date": "20000101", "modalities_in_study": "CT", "external": False,
-                                   "received_at": now} for i in range(130)])
-        s.commit()
+    add_patients_in_bulk(facade, 130, study_date="20000101")  # the triggers queue them
     with facade.new_session(write=True) as s:
         records.place_hold(s, facade, "P005", "contentieux", actor="gerante", today=today,
                            now=datetime(2026, 11, 27, 12, tzinfo=timezone.utc))

@@ -64,6 +64,39 @@ def dcmtk(tool: str, *args: str, timeout: float = 120):
                           timeout=timeout)
 
 
+def move_to_storescp(archive_port: int, study_uid: str, dest_port: int, received: Path) -> dict[str, bytes]:
+    """C-MOVE (DCMTK movescu, as WORKSTATION) of *study_uid* from the archive on *archive_port* to a DCMTK
+    storescp (AE DEST on *dest_port*, started here, ``+B``: files as they came over the wire, in the new
+    folder *received*): SOP Instance UID -> dataset bytes of what arrived. DEST must be a registered peer."""
+    import subprocess
+    import time
+
+    from pydicom import dcmread
+
+    from archive_core.part10 import dataset_offset
+
+    received.mkdir()
+    storescp = subprocess.Popen([require_tool("storescp"), "-aet", "DEST", "+B", "-od", str(received),
+                                 str(dest_port)], env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while dcmtk("echoscu", "-aec", "DEST", "127.0.0.1", str(dest_port), timeout=10).returncode != 0:
+            assert time.monotonic() < deadline, "storescp did not start"
+            time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
+        move = dcmtk("movescu", "-S", "-aet", "WORKSTATION", "-aec", "ARCHIVAGE", "-aem", "DEST",
+                     "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+                     "127.0.0.1", str(archive_port))
+        assert move.returncode == 0, move.stdout + move.stderr
+    finally:
+        storescp.terminate()
+        storescp.wait(30)
+    got = {}
+    for path in received.iterdir():
+        data = path.read_bytes()
+        got[str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = data[dataset_offset(data):]
+    return got
+
+
 def associate_ct_modality(port: int, ae_title: str = "MODALITY"):
     """An established association of a CT modality (Verification, CT Image Storage) with our SCP."""
     ae = AE(ae_title=ae_title)

@@ -18,7 +18,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet
 
 from archive_core.part10 import dataset_offset
-from tests.helpers import dcmtk, free_port, make_ct, require_tool, tool_env
+from tests.helpers import dcmtk, free_port, make_ct, move_to_storescp
 from tests.servers import ArchiveProcess, S3Server, flask_cli
 
 pytestmark = pytest.mark.dcmtk
@@ -87,27 +87,11 @@ def test_storescu_objects_land_in_the_bucket_and_a_move_sends_them_byte_identica
         assert not (archive.instance_path / "storage" / "objects").exists()  # nothing kept on local disk
 
         receiver_port = free_port()
-        received = tmp_path / "received"
-        received.mkdir()
         for ae, port in (("WORKSTATION", 104), ("DEST", receiver_port)):
             added = archive.cli("peers", "add", ae, "127.0.0.1", str(port))
             assert added.returncode == 0, added.stderr
-        storescp = subprocess.Popen([require_tool("storescp"), "-aet", "DEST", "+B", "-od", str(received),
-                                     str(receiver_port)], env=tool_env(), stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL)
-        try:
-            study_uid = dcmread(tmp_path / "ct0.dcm").StudyInstanceUID
-            move = dcmtk("movescu", "-S", "-aet", "WORKSTATION", "-aec", "ARCHIVAGE", "-aem", "DEST",
-                         "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
-                         "127.0.0.1", str(archive.port))
-            assert move.returncode == 0, move.stdout + move.stderr
-        finally:
-            storescp.terminate()
-            storescp.wait(30)
-        got = {}
-        for path in received.iterdir():
-            data = path.read_bytes()  # storescp +B: the bytes as they came over the wire
-            got[str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)] = data[dataset_offset(data):]
+        study_uid = dcmread(tmp_path / "ct0.dcm").StudyInstanceUID
+        got = move_to_storescp(archive.port, study_uid, receiver_port, tmp_path / "received")
         assert got == sent
         fsck = archive.cli("archive", "fsck")  # reads every object back from the bucket, checksums
         assert fsck.returncode == 0 and "checked 3 instances, 0 problems" in fsck.stdout, fsck.stdout + fsck.stderr

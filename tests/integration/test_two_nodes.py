@@ -30,7 +30,7 @@ from pynetdicom.sop_class import (
 from sqlalchemy import create_engine, text
 
 from archive_core.part10 import dataset_offset
-from tests.helpers import dcmtk, free_port, make_ct, qr_identifier, require_tool, tool_env
+from tests.helpers import free_port, make_ct, move_to_storescp, qr_identifier, require_tool, tool_env
 from tests.servers import ArchiveProcess
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.postgres, pytest.mark.filterwarnings("ignore::ResourceWarning")]
@@ -144,26 +144,6 @@ def _get_study(node: ArchiveProcess, study_uid: str) -> dict[str, bytes]:
     return got
 
 
-def _move_study(node: ArchiveProcess, study_uid: str, port: int, received: Path) -> dict[str, bytes]:
-    """C-MOVE (DCMTK movescu) of *study_uid* through *node* to a DCMTK storescp: what arrived, byte for byte."""
-    received.mkdir()
-    storescp = subprocess.Popen([require_tool("storescp"), "-aet", "DEST", "+B", "-od", str(received), str(port)],
-                                env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while dcmtk("echoscu", "-aec", "DEST", "127.0.0.1", str(port), timeout=10).returncode != 0:
-            assert time.monotonic() < deadline, "storescp did not start"
-            time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
-        move = dcmtk("movescu", "-S", "-aet", "WORKSTATION", "-aec", "ARCHIVAGE", "-aem", "DEST",
-                     "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
-                     "127.0.0.1", str(node.port))
-        assert move.returncode == 0, move.stdout + move.stderr
-    finally:
-        storescp.terminate()
-        storescp.wait(30)
-    return {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): _dataset_bytes(p) for p in received.iterdir()}
-
-
 def _indexed(database_url: str) -> dict[str, tuple[str, str]]:
     """SOP Instance UID -> (checksum, storage key) of every visible row of the shared index."""
     engine = create_engine(database_url)
@@ -224,7 +204,7 @@ def test_two_nodes_share_index_and_bucket_and_a_kill_9_mid_stream_loses_nothing_
         study_b = str(dcmread(next(iter(via_b.values()))).StudyInstanceUID)
         assert _find_studies(b, study_a) == [str(len(via_a))]
         assert _find_studies(a, study_b) == [str(len(via_b))]
-        assert _move_study(b, study_a, dest_port, tmp_path / "moved") == {u: acked[u] for u in via_a}
+        assert move_to_storescp(b.port, study_a, dest_port, tmp_path / "moved") == {u: acked[u] for u in via_a}
         assert _get_study(a, study_b) == {u: acked[u] for u in via_b}
 
         # 3. kill -9 node A while storescu is sending to it; node B keeps receiving meanwhile.

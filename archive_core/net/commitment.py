@@ -24,6 +24,7 @@ from archive_core.errors import InvalidIdentifier, UnknownPeer
 from archive_core.index.models import Instance, Patient, Series, Study
 from archive_core.index.query import StoredInstance
 from archive_core.net import scu, tls
+from archive_core.net.replies import failure as _failure
 from archive_core.peers import find_peer
 from archive_core.uids import is_valid_uid, require_uid
 
@@ -151,13 +152,6 @@ def verify(ctx, transaction_uid: str, references: list[tuple[str, str]]) -> Comm
         result.committed.append((class_uid, instance_uid))
         result.studies.setdefault(study_uid, patient_id)
     return result
-
-
-def _failure(code: int, reason: str) -> Dataset:
-    status = Dataset()
-    status.Status = code
-    status.ErrorComment = reason[:64]
-    return status
 
 
 def handle_n_action(event, ctx):

@@ -21,7 +21,7 @@ from pynetdicom.sop_class import (
 from pynetdicom.transport import ThreadedAssociationServer
 
 from archive_core.archive import Archive
-from archive_core.net import chunked, commitment, encoding, handlers, limits, syntaxes, tls, tuning, worklist
+from archive_core.net import chunked, commitment, encoding, handlers, limits, qr, syntaxes, tls, tuning, worklist
 from archive_core.net.handlers import ArchiveContext
 from archive_core.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
@@ -200,9 +200,9 @@ def start_server(archive: Archive, *, host: str | None = None, port: int | None 
         (evt.EVT_REQUESTED, syntaxes.handle_requested),
         (evt.EVT_C_ECHO, handlers.handle_echo, [ctx]),
         (evt.EVT_C_STORE, alive(handlers.handle_store), [ctx]),
-        (evt.EVT_C_FIND, alive(handlers.handle_find), [ctx]),
-        (evt.EVT_C_MOVE, alive(handlers.handle_move), [ctx]),
-        (evt.EVT_C_GET, alive(handlers.handle_get), [ctx]),
+        (evt.EVT_C_FIND, alive(qr.handle_find), [ctx]),
+        (evt.EVT_C_MOVE, alive(qr.handle_move), [ctx]),
+        (evt.EVT_C_GET, alive(qr.handle_get), [ctx]),
         (evt.EVT_N_ACTION, commitment.handle_n_action, [ctx]),
         (evt.EVT_N_CREATE, alive(worklist.handle_n_create), [ctx]),
         (evt.EVT_N_SET, alive(worklist.handle_n_set), [ctx]),

@@ -14,10 +14,12 @@ from pydicom.uid import generate_uid
 
 from archive_core import audit
 from archive_core import worklist as W
+from archive_core import worklist_find
 from archive_core.db import read_session, write_session
 from archive_core.errors import ArchiveError, InvalidQuery
-from archive_core.net.status import CANCEL, IDENTIFIER_INVALID, PENDING, PENDING_UNMATCHED_KEYS, \
-    PROCESSING_FAILURE, REFUSED_NOT_AUTHORIZED, SUCCESS, TOO_MANY_MATCHES
+from archive_core.net.replies import FindAnswers, failure
+from archive_core.net.status import IDENTIFIER_INVALID, PENDING, PENDING_UNMATCHED_KEYS, PROCESSING_FAILURE, \
+    REFUSED_NOT_AUTHORIZED, SUCCESS
 
 log = logging.getLogger(__name__)
 
@@ -31,13 +33,6 @@ NO_SUCH_SOP_INSTANCE = 0x0112
 # Keys a modality filters by, recorded in the audit trail with their values (never names or IDs).
 _AUDITED_VALUES = ("Modality", "ScheduledStationAETitle", "ScheduledProcedureStepStartDate",
                    "ScheduledProcedureStepStartTime", "ScheduledProcedureStepStatus")
-
-
-def _status(code: int, comment: str) -> Dataset:
-    ds = Dataset()
-    ds.Status = code
-    ds.ErrorComment = comment[:64]
-    return ds
 
 
 def _refused(ctx, assoc, service: str) -> bool:
@@ -63,39 +58,32 @@ def handle_worklist_find(event, ctx):
     """Modality Worklist C-FIND: one pending answer per scheduled step, requested keys only."""
     calling = event.assoc.requestor.ae_title
     if _refused(ctx, event.assoc, "worklist C-FIND"):
-        yield _status(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None
+        yield failure(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None
         return
     limit = ctx.settings.DICOM_MAX_FIND_RESULTS
     try:
         with read_session(ctx.sessions) as s:
-            query = W.parse_query(event.identifier, s.get_bind().dialect.name)
-            answers = [W.answer(query, item, ae_title=ctx.settings.DICOM_AE_TITLE)
-                       for item in W.find(s, query, limit=limit)]
+            query = worklist_find.parse_query(event.identifier, s.get_bind().dialect.name)
+            answers = [worklist_find.answer(query, item, ae_title=ctx.settings.DICOM_AE_TITLE)
+                       for item in worklist_find.find(s, query, limit=limit)]
     except InvalidQuery as exc:
         log.warning("worklist C-FIND from %s answered 0x%04X: %s", calling, IDENTIFIER_INVALID, exc)
-        yield _status(IDENTIFIER_INVALID, str(exc)), None
+        yield failure(IDENTIFIER_INVALID, str(exc)), None
         return
     except Exception as exc:
         log.exception("worklist C-FIND from %s failed", calling)
-        yield _status(0xC000, f"processing failure: {exc.__class__.__name__}"), None
+        yield failure(0xC000, f"processing failure: {exc.__class__.__name__}"), None
         return
     pending = PENDING_UNMATCHED_KEYS if query.unmatched else PENDING
-    sent, final = 0, None
-    for identifier in answers:
-        if event.is_cancelled:
-            final = CANCEL
-            break
-        if sent == limit:
-            final = _status(TOO_MANY_MATCHES, f"more than {limit} matches: refine the query")
-            break
-        sent += 1
+    matches = FindAnswers(event, answers, limit, "worklist C-FIND", calling)
+    for identifier in matches:
         yield pending, identifier
-    log.info("worklist C-FIND from %s: %d answers", calling, sent)
+    log.info("worklist C-FIND from %s: %d answers", calling, matches.sent)
     _audit(ctx, "dicom.worklist.find", actor=calling, detail={
-        "address": ctx.state(event.assoc).address, "answers": sent, "keys": sorted(query.keys),
+        "address": ctx.state(event.assoc).address, "answers": matches.sent, "keys": sorted(query.keys),
         "filters": {k: v for k, v in query.keys.items() if k in _AUDITED_VALUES}})
-    if final is not None:
-        yield final, None
+    if matches.final is not None:
+        yield matches.final, None
 
 
 _MPPS_STATUS = {W.InvalidStep: INVALID_ATTRIBUTE_VALUE, W.DuplicateStep: DUPLICATE_SOP_INSTANCE,
@@ -105,32 +93,43 @@ _MPPS_STATUS = {W.InvalidStep: INVALID_ATTRIBUTE_VALUE, W.DuplicateStep: DUPLICA
 def _mpps_failure(exc: ArchiveError, service: str, calling: str, uid: str) -> tuple[Dataset, None]:
     code = next((c for kind, c in _MPPS_STATUS.items() if isinstance(exc, kind)), PROCESSING_FAILURE)
     log.warning("%s %s from %s answered 0x%04X: %s", service, uid, calling, code, exc)
-    return _status(code, str(exc)), None
+    return failure(code, str(exc)), None
+
+
+def _perform(event, ctx, service: str, sop_class_uid, uid: str, action: str, change):
+    """The part N-CREATE and N-SET share: the MPPS SOP class and a registered peer are checked, then
+    *change* (session -> (step, worklist item or None)) runs and is audited as *action* in one
+    transaction. Returns (step, item, None), or (None, None, the failure to answer)."""
+    calling = event.assoc.requestor.ae_title
+    if str(sop_class_uid) != MODALITY_PERFORMED_PROCEDURE_STEP:
+        return None, None, (failure(0x0118, "no such SOP class"), None)
+    if _refused(ctx, event.assoc, service):
+        return None, None, (failure(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None)
+    try:
+        with write_session(ctx.sessions) as s:
+            step, item = change(s)
+            audit.record(s, action, actor=calling, actor_kind="ae",
+                         patient_id=item.patient_id if item else None, study_uid=item.study_uid if item else None,
+                         detail={"sop_instance_uid": uid, "status": step.status,
+                                 "accession_number": item.accession_number if item else None})
+    except W.WorklistError as exc:
+        return None, None, _mpps_failure(exc, service, calling, uid)
+    except Exception as exc:
+        log.exception("%s %s from %s failed", service, uid, calling)
+        return None, None, (failure(PROCESSING_FAILURE, f"processing failure: {exc.__class__.__name__}"), None)
+    return step, item, None
 
 
 def handle_n_create(event, ctx):
     """MPPS N-CREATE: the step starts (IN PROGRESS), and so does the worklist item it names."""
     calling = event.assoc.requestor.ae_title
-    if str(event.request.AffectedSOPClassUID) != MODALITY_PERFORMED_PROCEDURE_STEP:
-        return _status(0x0118, "no such SOP class"), None
-    if _refused(ctx, event.assoc, "MPPS N-CREATE"):
-        return _status(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None
-    uid = str(event.request.AffectedSOPInstanceUID or "").strip()
-    given = bool(uid)
-    uid = uid or generate_uid(prefix=None)
-    try:
-        attributes = event.attribute_list
-        with write_session(ctx.sessions) as s:
-            step, item = W.create_performed(s, uid, attributes, ae_title=calling)
-            audit.record(s, "dicom.mpps.created", actor=calling, actor_kind="ae",
-                         patient_id=item.patient_id if item else None, study_uid=item.study_uid if item else None,
-                         detail={"sop_instance_uid": uid, "status": step.status,
-                                 "accession_number": item.accession_number if item else None})
-    except W.WorklistError as exc:
-        return _mpps_failure(exc, "MPPS N-CREATE", calling, uid)
-    except Exception as exc:
-        log.exception("MPPS N-CREATE %s from %s failed", uid, calling)
-        return _status(PROCESSING_FAILURE, f"processing failure: {exc.__class__.__name__}"), None
+    given = str(event.request.AffectedSOPInstanceUID or "").strip()
+    uid = given or generate_uid(prefix=None)
+    _step, item, refused = _perform(
+        event, ctx, "MPPS N-CREATE", event.request.AffectedSOPClassUID, uid, "dicom.mpps.created",
+        lambda s: W.create_performed(s, uid, event.attribute_list, ae_title=calling))
+    if refused is not None:
+        return refused
     log.info("MPPS N-CREATE %s from %s: IN PROGRESS (%s)", uid, calling,
              "worklist item found" if item else "no worklist item")
     reply = Dataset()
@@ -144,23 +143,11 @@ def handle_n_set(event, ctx):
     """MPPS N-SET: COMPLETED or DISCONTINUED ends the step and its worklist item; a finished step stays."""
     calling = event.assoc.requestor.ae_title
     uid = str(event.request.RequestedSOPInstanceUID or "").strip()
-    if str(event.request.RequestedSOPClassUID) != MODALITY_PERFORMED_PROCEDURE_STEP:
-        return _status(0x0118, "no such SOP class"), None
-    if _refused(ctx, event.assoc, "MPPS N-SET"):
-        return _status(REFUSED_NOT_AUTHORIZED, f"calling AE {calling} is not registered"), None
-    try:
-        modifications = event.modification_list
-        with write_session(ctx.sessions) as s:
-            step, item = W.set_performed(s, uid, modifications)
-            audit.record(s, "dicom.mpps.set", actor=calling, actor_kind="ae",
-                         patient_id=item.patient_id if item else None, study_uid=item.study_uid if item else None,
-                         detail={"sop_instance_uid": uid, "status": step.status,
-                                 "accession_number": item.accession_number if item else None})
-    except W.WorklistError as exc:
-        return _mpps_failure(exc, "MPPS N-SET", calling, uid)
-    except Exception as exc:
-        log.exception("MPPS N-SET %s from %s failed", uid, calling)
-        return _status(PROCESSING_FAILURE, f"processing failure: {exc.__class__.__name__}"), None
+    step, _item, refused = _perform(
+        event, ctx, "MPPS N-SET", event.request.RequestedSOPClassUID, uid, "dicom.mpps.set",
+        lambda s: W.set_performed(s, uid, event.modification_list))
+    if refused is not None:
+        return refused
     log.info("MPPS N-SET %s from %s: %s", uid, calling, step.status)
     reply = Dataset()
     reply.PerformedProcedureStepStatus = step.status

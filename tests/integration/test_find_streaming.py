@@ -23,7 +23,7 @@ from sqlalchemy import insert
 from archive_core.db import write_session
 from archive_core.index.models import Instance, Patient, Series, Study
 from archive_core.index.query import STUDY_ROOT, parse_identifier, stream
-from archive_core.net.handlers import handle_find
+from archive_core.net.qr import handle_find
 from archive_core.peers import add_peer
 from tests.helpers import archive_server
 

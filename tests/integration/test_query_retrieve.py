@@ -209,7 +209,7 @@ def test_too_many_matches_ends_with_a_clear_failure(stored, scp, archive):
 
 
 def test_cancelled_find_stops_with_fe00(stored, scp):
-    from archive_core.net.handlers import handle_find
+    from archive_core.net.qr import handle_find
 
     class Event:
         """A C-FIND event whose SCU cancels after the first answer."""

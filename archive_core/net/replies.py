@@ -1,0 +1,49 @@
+"""What the DIMSE handlers answer with, written once: a failure status, and the C-FIND answering loop
+that stops at a cancel or at DICOM_MAX_FIND_RESULTS (Query/Retrieve and the Modality Worklist)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Iterator, TypeVar
+
+from pydicom.dataset import Dataset
+
+from archive_core.net.status import CANCEL, TOO_MANY_MATCHES
+
+log = logging.getLogger(__name__)
+
+Row = TypeVar("Row")
+
+
+def failure(code: int, reason: str) -> Dataset:
+    """A status dataset: *code* and the reason as its Error Comment (64 characters at most, LO)."""
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = reason[:64]
+    return status
+
+
+class FindAnswers:
+    """The matches of one C-FIND, to answer one pending response each: iterating stops when the peer
+    cancels (final status FE00) or once *limit* matches went out and another one comes (final status
+    A700, "refine the query"). Afterwards ``sent`` counts the matches handed out and ``final`` is the
+    final status to send, if not success."""
+
+    def __init__(self, event, matches: Iterable[Row], limit: int, service: str, calling: str) -> None:
+        self._event, self._matches, self._limit = event, matches, limit
+        self._service, self._calling = service, calling
+        self.sent = 0
+        self.final: Dataset | int | None = None
+        self.cancelled = False
+
+    def __iter__(self) -> Iterator[Row]:
+        for match in self._matches:
+            if self._event.is_cancelled:
+                self.final, self.cancelled = CANCEL, True
+                return
+            if self.sent == self._limit:
+                log.warning("%s from %s stopped after %d matches", self._service, self._calling, self._limit)
+                self.final = failure(TOO_MANY_MATCHES, f"more than {self._limit} matches: refine the query")
+                return
+            self.sent += 1
+            yield match

@@ -97,6 +97,65 @@ def move_to_storescp(archive_port: int, study_uid: str, dest_port: int, received
     return got
 
 
+def worklist_find(port: int, identifier: Dataset, aet: str) -> tuple[list[int], list[Dataset]]:
+    """A Modality Worklist C-FIND from AE *aet* (pynetdicom, as a modality would): every status the
+    archive answered, and the identifiers of the pending answers."""
+    from pynetdicom.sop_class import ModalityWorklistInformationFind
+
+    ae = AE(ae_title=aet)
+    ae.add_requested_context(ModalityWorklistInformationFind)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
+    assert assoc.is_established
+    statuses, answers = [], []
+    try:
+        for status, ds in assoc.send_c_find(identifier, ModalityWorklistInformationFind):
+            statuses.append(int(status.Status))
+            if ds is not None:
+                answers.append(ds)
+    finally:
+        assoc.release()
+    return statuses, answers
+
+
+def encoded_dataset(ds: Dataset) -> bytes:
+    """*ds* encoded as explicit VR little endian, without file meta (what goes over the wire)."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def dataset_after_meta(stored: bytes) -> bytes:
+    """The dataset of a Part 10 file's bytes: after the preamble, "DICM" and the file meta group (read
+    from its group length here, not with the archive's own parser)."""
+    group_length = int.from_bytes(stored[140:144], "little")
+    return stored[144 + group_length:]
+
+
+def migration_drift(tmp_path: Path, *names: str) -> list:
+    """What differs between the tables ``db upgrade`` (all heads) creates on a new SQLite database and
+    the models on the one Base (every back-office model imported), kept to the differences whose
+    description names one of *names* (table names or their prefixes): [] when they match."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import backoffice.models  # noqa: F401  (every model on the one Base)
+    from archive_core.api import Base
+    from archive_core.db import make_engine
+    from backoffice.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    return [d for d in diff if any(name in repr(d) for name in names)]
+
+
 def associate_ct_modality(port: int, ae_title: str = "MODALITY"):
     """An established association of a CT modality (Verification, CT Image Storage) with our SCP."""
     ae = AE(ae_title=ae_title)

@@ -86,6 +86,26 @@ def _listening(port: int) -> bool:
         return False
 
 
+def _end(proc: subprocess.Popen, timeout: float = 30) -> int:
+    """Stop a child process: SIGTERM, and kill it if it is still there after *timeout* seconds."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout)
+
+
+def _wait_listening(proc: subprocess.Popen, port: int, timeout: float, what: str, log_path: Path) -> None:
+    """Return once *proc* accepts connections on *port*; raise with the end of its log if it exits or
+    *timeout* seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not _listening(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start: {Path(log_path).read_text()[-2000:]}")
+        time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
+
+
 @contextmanager
 def web_process(env: dict[str, str], log_path: Path, *, port: int | None = None, timeout: float = 60):
     """``flask --app wsgi web`` as a child process (no DICOM server in it) with *env* on 127.0.0.1;
@@ -95,19 +115,10 @@ def web_process(env: dict[str, str], log_path: Path, *, port: int | None = None,
         process = subprocess.Popen([sys.executable, "-m", "flask", "--app", "wsgi", "web", "--host", "127.0.0.1",
                                     "--port", str(port)], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + timeout
-        while not _listening(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"web server did not start: {Path(log_path).read_text()[-2000:]}")
-            time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
+        _wait_listening(process, port, timeout, "web server", log_path)
         yield f"http://127.0.0.1:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
+        _end(process, 20)
 
 
 class ArchiveProcess:
@@ -167,12 +178,7 @@ class ArchiveProcess:
     def stop(self, timeout: float = 30) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout)
+        return _end(self.proc, timeout)
 
     def kill(self) -> None:
         """``kill -9``: no clean-up of any kind in the server."""
@@ -245,12 +251,7 @@ class OrthancProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+            _end(self.proc)
 
 
 class S3Server:
@@ -285,20 +286,11 @@ class S3Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                                      env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while not _listening(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto server did not start: {(self.workdir / 'moto.log').read_text()[-2000:]}")
-            time.sleep(0.1)  # polling a port that is not open yet: there is no event to wait on
+        _wait_listening(self.proc, self.port, timeout, "moto server", self.workdir / "moto.log")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
+            _end(self.proc)
 
     def client(self):
         import boto3

@@ -7,29 +7,15 @@ import sqlite3
 import threading
 
 import pytest
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.helpers import make_ct
+from tests.helpers import dataset_after_meta, encoded_dataset, make_ct
 from tests.servers import ArchiveProcess
 
 STREAM = 300
 KILL_AFTER = 100
-
-
-def _encoded(ds) -> bytes:
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_dataset(buf, ds)
-    return buf.getvalue()
-
-
-def _dataset_after_meta(stored: bytes) -> bytes:
-    group_length = int.from_bytes(stored[140:144], "little")
-    return stored[144 + group_length:]
 
 
 def test_kill_9_mid_stream_keeps_every_acknowledged_instance(tmp_path):
@@ -47,7 +33,7 @@ def test_kill_9_mid_stream_keeps_every_acknowledged_instance(tmp_path):
         killer = threading.Thread(target=server.kill, name="kill-9")
         for n in range(STREAM):
             ds = make_ct(study_uid=study, series_uid=series, InstanceNumber=n + 1)
-            sent[ds.SOPInstanceUID] = _encoded(ds)
+            sent[ds.SOPInstanceUID] = encoded_dataset(ds)
             try:
                 status = assoc.send_c_store(ds)
             except (RuntimeError, OSError):
@@ -72,7 +58,7 @@ def test_kill_9_mid_stream_keeps_every_acknowledged_instance(tmp_path):
         for uid in acked:
             key, checksum = rows[uid].split("|")
             stored = (server.instance_path / "storage" / "objects" / key).read_bytes()
-            assert _dataset_after_meta(stored) == sent[uid]
+            assert dataset_after_meta(stored) == sent[uid]
             assert hashlib.sha256(sent[uid]).hexdigest() == checksum
         fsck = server.cli("archive", "fsck")
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr
@@ -91,11 +77,11 @@ def test_restart_replays_the_journal_and_drops_unfinished_temporary_files(settin
     acknowledged = make_ct()
     unfinished = make_ct()
     crashed = Archive.open(settings)  # the indexer never starts: as if killed right after the ack
-    raw = _encoded(acknowledged)
+    raw = encoded_dataset(acknowledged)
     crashed.ingestor.receive(raw, acknowledged, transfer_syntax_uid=ExplicitVRLittleEndian,
                              identity=Identity.of(acknowledged), source_ae="CT1")
     tmp = crashed.store.incoming_dir / f"00000000000000000001-000000002-{unfinished.SOPInstanceUID}.dcm.tmp"
-    tmp.write_bytes(b"\x00" * 128 + b"DICM" + _encoded(unfinished))
+    tmp.write_bytes(b"\x00" * 128 + b"DICM" + encoded_dataset(unfinished))
     crashed.engine.dispose()
     assert tmp.exists() and len(list(crashed.store.incoming_dir.glob("*.dcm"))) == 1
 
@@ -106,7 +92,7 @@ def test_restart_replays_the_journal_and_drops_unfinished_temporary_files(settin
             uids = set(s.scalars(select(Instance.sop_instance_uid)))
             key = s.scalar(select(Instance.storage_key).where(Instance.sop_instance_uid == acknowledged.SOPInstanceUID))
         assert uids == {acknowledged.SOPInstanceUID}
-        assert _dataset_after_meta(restarted.store.read_bytes(key)) == raw
+        assert dataset_after_meta(restarted.store.read_bytes(key)) == raw
         assert list(restarted.store.incoming_dir.iterdir()) == []
     finally:
         running.stop()
@@ -126,7 +112,7 @@ def test_replay_keeps_an_object_identified_by_its_request_only(settings, migrate
     sop_uid = ds.SOPInstanceUID
     del ds.SOPInstanceUID
     crashed = Archive.open(settings)
-    crashed.ingestor.receive(_encoded(ds), ds, transfer_syntax_uid=ExplicitVRLittleEndian,
+    crashed.ingestor.receive(encoded_dataset(ds), ds, transfer_syntax_uid=ExplicitVRLittleEndian,
                              identity=Identity.of(ds, sop_class_uid=ds.SOPClassUID, sop_instance_uid=sop_uid,
                                                   dataset_must_agree=False))
     crashed.engine.dispose()
@@ -152,7 +138,7 @@ def test_replay_keeps_an_import_external(settings, migrated):
     prior, own = make_ct(), make_ct()
     crashed = Archive.open(settings)
     for ds, external in ((prior, True), (own, None)):
-        crashed.ingestor.receive(_encoded(ds), ds, transfer_syntax_uid=ExplicitVRLittleEndian,
+        crashed.ingestor.receive(encoded_dataset(ds), ds, transfer_syntax_uid=ExplicitVRLittleEndian,
                                  identity=Identity.of(ds), external=external)
     crashed.engine.dispose()
 

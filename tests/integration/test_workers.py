@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (
@@ -28,25 +26,13 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from tests.helpers import free_port, make_ct, require_tool, tool_env
+from tests.helpers import dataset_after_meta, encoded_dataset, free_port, make_ct, require_tool, tool_env
 from tests.servers import ArchiveProcess
 
 pytestmark = pytest.mark.dcmtk
 
 
 WORKERS = {"ARCHIVAGE_DICOM_WORKERS": "2", "ARCHIVAGE_DICOM_QR_FROM_UNKNOWN_AES": "true"}
-
-
-def _encoded(ds) -> bytes:
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, False
-    write_dataset(buf, ds)
-    return buf.getvalue()
-
-
-def _dataset_after_meta(stored: bytes) -> bytes:
-    group_length = int.from_bytes(stored[140:144], "little")
-    return stored[144 + group_length:]
 
 
 def _rows(server: ArchiveProcess) -> dict[str, tuple[str, str]]:
@@ -151,7 +137,7 @@ def test_four_storescu_at_once_are_indexed_at_release_and_retrievable(workers_se
         for n in range(15):
             ds = make_ct(patient_id=f"PAT{b}", study_uid=study, series_uid=series, InstanceNumber=n + 1)
             ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
-            sent[ds.SOPInstanceUID] = (study, _encoded(ds))
+            sent[ds.SOPInstanceUID] = (study, encoded_dataset(ds))
         batches.append((folder, study))
     procs = [subprocess.Popen([require_tool("storescu"), "-aet", f"CT{b}", "-aec", "ARCHIVAGE", "+sd",
                                "127.0.0.1", str(server.port), str(folder)], env=tool_env(),
@@ -170,7 +156,7 @@ def test_four_storescu_at_once_are_indexed_at_release_and_retrievable(workers_se
     for uid, (_, data) in sent.items():
         key, checksum = rows[uid]
         assert hashlib.sha256(data).hexdigest() == checksum
-        assert _dataset_after_meta((server.instance_path / "storage" / "objects" / key).read_bytes()) == data
+        assert dataset_after_meta((server.instance_path / "storage" / "objects" / key).read_bytes()) == data
 
     # Query and retrieve on each worker.
     destination, moved = _move_destination()
@@ -185,7 +171,7 @@ def test_four_storescu_at_once_are_indexed_at_release_and_retrievable(workers_se
             assoc.received.clear()
             statuses = [s.Status for s, _ in assoc.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)]
             assert statuses[-1] == 0x0000 and len(assoc.received) == 15, f"C-GET on worker {pid}"
-            got = {str(ds.SOPInstanceUID): _encoded(ds) for ds in assoc.received}
+            got = {str(ds.SOPInstanceUID): encoded_dataset(ds) for ds in assoc.received}
             assert all(got[uid] == data for uid, (st, data) in sent.items() if st == study)
             moved.clear()
             statuses = [s.Status for s, _ in assoc.send_c_move(query, "DEST",
@@ -256,7 +242,7 @@ def test_duplicate_with_other_content_is_refused_across_workers(workers_server):
     first.release()
     second.release()
     rows = _rows(server)
-    assert rows[ds.SOPInstanceUID][1] == hashlib.sha256(_encoded(ds)).hexdigest()
+    assert rows[ds.SOPInstanceUID][1] == hashlib.sha256(encoded_dataset(ds)).hexdigest()
 
 
 def test_association_limit_counts_both_workers(tmp_path):
@@ -299,7 +285,7 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing_acknowledged(tmp_path):
             study, series = generate_uid(), generate_uid()
             for n in range(count):
                 ds = make_ct(study_uid=study, series_uid=series, InstanceNumber=n + 1)
-                sent[ds.SOPInstanceUID] = _encoded(ds)
+                sent[ds.SOPInstanceUID] = encoded_dataset(ds)
                 try:
                     status = assoc.send_c_store(ds)
                 except (RuntimeError, OSError):
@@ -336,7 +322,7 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing_acknowledged(tmp_path):
                 key, checksum = rows[uid]
                 assert hashlib.sha256(sent[uid]).hexdigest() == checksum
                 stored = (server.instance_path / "storage" / "objects" / key).read_bytes()
-                assert _dataset_after_meta(stored) == sent[uid]
+                assert dataset_after_meta(stored) == sent[uid]
 
         check()
         new_assoc = _associate(server.port)

@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from pynetdicom import AE
-from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind
+from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
-from tests.helpers import dcmtk, make_ct
+from tests.helpers import dcmtk, make_ct, worklist_find
 from tests.retention_support import bearer, make_user
 
 VISIT = "2026-03-10"  # every check-in names its day: nothing here depends on today
@@ -118,19 +118,7 @@ def test_findscu_fetches_the_checked_in_patient_with_name_birth_date_id_and_acce
 
 
 def _mwl(port: int, identifier: Dataset, *, aet: str = "US_SALLE2") -> tuple[list[int], list[Dataset]]:
-    ae = AE(ae_title=aet)
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
-    assert assoc.is_established
-    statuses, answers = [], []
-    try:
-        for status, ds in assoc.send_c_find(identifier, ModalityWorklistInformationFind):
-            statuses.append(int(status.Status))
-            if ds is not None:
-                answers.append(ds)
-    finally:
-        assoc.release()
-    return statuses, answers
+    return worklist_find(port, identifier, aet)
 
 
 def _query(**top) -> Dataset:

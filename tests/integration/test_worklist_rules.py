@@ -11,12 +11,12 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import ModalityPerformedProcedureStep, ModalityWorklistInformationFind
+from pynetdicom.sop_class import ModalityPerformedProcedureStep
 
 from archive_core.api import ArchiveFacade
 from archive_core.db import write_session
 from archive_core.peers import add_peer
-from tests.helpers import archive_server
+from tests.helpers import archive_server, worklist_find
 
 CONSOLE = "CT_SALLE1"
 
@@ -63,21 +63,9 @@ def steps(archive, facade, scp):
 
 
 def _find(port: int, identifier: Dataset, aet: str = CONSOLE) -> tuple[list[int], list[Dataset]]:
-    ae = AE(ae_title=aet)
-    ae.add_requested_context(ModalityWorklistInformationFind)
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
-    assert assoc.is_established
-    statuses, answers = [], []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the bad values some tests send on purpose
-            for status, ds in assoc.send_c_find(identifier, ModalityWorklistInformationFind):
-                statuses.append(int(status.Status))
-                if ds is not None:
-                    answers.append(ds)
-    finally:
-        assoc.release()
-    return statuses, answers
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bad values some tests send on purpose
+        return worklist_find(port, identifier, aet)
 
 
 def _ident(**sps) -> Dataset:

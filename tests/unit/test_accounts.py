@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from backoffice.auth import services as A
+from tests.helpers import migration_drift
 
 PASSWORD = "correct horse battery"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
@@ -329,19 +330,4 @@ def test_admin_pages_disable_reset_role_revoke_and_create(app, client, people):
 
 def test_migration_1000_matches_the_account_models(tmp_path):
     """The tables the sessions, the throttle and token expiry use are exactly what `db upgrade` creates."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    import backoffice.models  # noqa: F401  (every model on the one Base)
-    from archive_core.api import Base
-    from archive_core.db import make_engine
-    from backoffice.migrate import upgrade
-
-    url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
-    upgrade(url)
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
-    engine.dispose()
-    ours = [d for d in diff if any(name in repr(d) for name in ("web_session", "login_throttle", "api_token"))]
-    assert ours == []
+    assert migration_drift(tmp_path, "web_session", "login_throttle", "api_token") == []

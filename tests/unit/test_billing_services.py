@@ -13,6 +13,7 @@ from archive_core.api import StudySummary
 from archive_core.db import make_engine, session_factory
 from backoffice.billing import services as S
 from backoffice.billing.models import ExamGroupMapping
+from tests.helpers import migration_drift
 
 DAY = date(2026, 3, 10)
 
@@ -259,21 +260,7 @@ def test_cheque_remittance_slip_gathers_unremitted_cheques(sqlite_session):
 
 
 def test_migration_0400_matches_the_billing_models(tmp_path):
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    import backoffice.models  # noqa: F401  (every model on the one Base)
-    from archive_core.api import Base
-    from backoffice.migrate import upgrade
-
-    url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
-    upgrade(url)
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
-    engine.dispose()
-    billing = [d for d in diff if "billing_" in repr(d)]
-    assert billing == []
+    assert migration_drift(tmp_path, "billing_") == []
 
 
 def test_patient_balance_sums_what_the_patient_still_owes(sqlite_session):

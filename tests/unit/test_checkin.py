@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from archive_core.worklist import WorklistItem
 from backoffice.billing.models import ExamGroup
-from tests.helpers import make_ct, require_tool
+from tests.helpers import make_ct, migration_drift, require_tool
 from tests.retention_support import bearer, make_user, sign_in
 
 VISIT = "2026-03-10"  # every check-in names its day: nothing here depends on today
@@ -225,21 +225,7 @@ def test_generated_accession_numbers_are_unique(app, client):
 
 def test_migration_1100_matches_the_worklist_models(tmp_path):
     """The tables ``db upgrade`` creates are the models' (no drift between migration and ORM)."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-    from sqlalchemy import create_engine
-
-    from archive_core.db import Base
-    from backoffice.migrate import upgrade
-
-    url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
-    upgrade(url)
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
-    engine.dispose()
-    ours = [d for d in diff if "worklist" in repr(d)]
-    assert ours == []
+    assert migration_drift(tmp_path, "worklist") == []
 
 
 def test_an_exam_group_without_a_modality_of_its_own_is_scheduled_as_ot(app, desk):

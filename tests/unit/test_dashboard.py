@@ -19,18 +19,10 @@ NOW = datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)
 
 
 @pytest.fixture
-def app(tmp_path, database_url):
-    """Every figure on SQLite and on PostgreSQL (the SQL buckets and the Paris months differ by dialect)."""
-    from backoffice import create_app
-    from backoffice.migrate import upgrade
-
-    upgrade(database_url)
-    instance = tmp_path / "instance"
-    instance.mkdir()
-    app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance), "DATABASE_URL": database_url,
-                      "STORAGE_MIN_FREE_BYTES": 0})
-    yield app
-    app.extensions["archivage"].archive.close()
+def app(db_app):
+    """Every figure on SQLite and on PostgreSQL (the SQL buckets and the Paris months differ by dialect):
+    the shared app of tests/unit/conftest.py."""
+    return db_app
 TODAY = date(2026, 11, 28)
 UTC = timezone.utc
 

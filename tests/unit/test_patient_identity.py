@@ -14,7 +14,7 @@ from datetime import date, datetime, timezone
 import pytest
 from sqlalchemy import select
 
-from tests.helpers import make_ct, require_tool
+from tests.helpers import make_ct, migration_drift, require_tool
 from tests.retention_support import bearer, make_user, sign_in
 
 NIR = "184127645108946"  # the key of 1841276451089 is 46
@@ -360,22 +360,7 @@ def test_the_balance_shows_what_is_owed_back_to_the_patient(app, client):
 
 def test_the_migration_matches_the_patient_models(tmp_path):
     """`db upgrade` (all heads) creates exactly the INS and guardian tables the models use."""
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    import backoffice.models  # noqa: F401
-    from archive_core.api import Base
-    from archive_core.db import make_engine
-    from backoffice.migrate import upgrade
-
-    url = f"sqlite:///{tmp_path / 'm.sqlite3'}"
-    upgrade(url)
-    engine = make_engine(url)
-    with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
-    engine.dispose()
-    ours = [d for d in diff if any(name in repr(d) for name in ("patient_ins", "patient_guardian"))]
-    assert ours == []
+    assert migration_drift(tmp_path, "patient_ins", "patient_guardian") == []
 
 
 def test_ins_and_guardians_round_trip_on_sqlite_and_postgresql(database_url):

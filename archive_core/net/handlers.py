@@ -22,8 +22,8 @@ from archive_core.index.ingest import Identity, Ingestor, audit_refusal, parse
 from archive_core.index.query import StoredInstance
 from archive_core.net import chunked, tls, tuning
 from archive_core.net.audit_writer import AuditWriter
-from archive_core.net.replies import failure
-from archive_core.net.status import REFUSED_NOT_AUTHORIZED, STORE_STATUS, SUCCESS, status_for
+from archive_core.net.replies import failure_for
+from archive_core.net.status import REFUSED_NOT_AUTHORIZED, STORE_STATUS, SUCCESS
 from archive_core.peers import PeerInfo, connects_from, find_peer, register_command
 
 log = logging.getLogger(__name__)
@@ -213,15 +213,12 @@ def handle_store(event, ctx: ArchiveContext):
             source_ae=calling,
             external=state.peer.external if state.peer else None,
         )
-    except ArchiveError as exc:
-        code = status_for(exc, STORE_STATUS)
-        log.warning("C-STORE %s from %s answered 0x%04X: %s", sop_uid, calling, code, exc)
-        audit_refusal(ctx.sessions, exc, ds, actor=calling, actor_kind="ae", via="C-STORE",
-                      sop_instance_uid=request.AffectedSOPInstanceUID)
-        return failure(code, str(exc))
     except Exception as exc:  # never let one bad object take the server down
-        log.exception("C-STORE %s from %s failed", sop_uid, calling)
-        return failure(0xC000, f"processing failure: {exc.__class__.__name__}")
+        answer = failure_for(exc, STORE_STATUS, f"C-STORE {sop_uid}", calling)
+        if isinstance(exc, ArchiveError):
+            audit_refusal(ctx.sessions, exc, ds, actor=calling, actor_kind="ae", via="C-STORE",
+                          sop_instance_uid=request.AffectedSOPInstanceUID)
+        return answer
     # An identical duplicate of a pending object carries that object's (earlier) sequence.
     state.last_seq = max(state.last_seq, outcome.seq)
     if outcome.seq and not outcome.duplicate:

@@ -11,14 +11,14 @@ from pynetdicom import evt
 
 from archive_core import audit
 from archive_core.db import read_session, write_session
-from archive_core.errors import ArchiveError, UnknownPeer
+from archive_core.errors import UnknownPeer
 from archive_core.index.answers import answer, answer_elements
 from archive_core.index.matching import has_wildcards
 from archive_core.index.query import PATIENT_ROOT, STUDY_ROOT, instances_to_retrieve, parse_identifier, stream
 from archive_core.net import scu, tls, worklist
 from archive_core.net.encoding import PendingAnswers
 from archive_core.net.handlers import ArchiveContext, refuse_query
-from archive_core.net.replies import FindAnswers, failure
+from archive_core.net.replies import FindAnswers, failure, failure_for
 from archive_core.net.status import (
     CANCEL,
     FIND_STATUS,
@@ -26,7 +26,6 @@ from archive_core.net.status import (
     PENDING_UNMATCHED_KEYS,
     REFUSED_NOT_AUTHORIZED,
     RETRIEVE_STATUS,
-    status_for,
 )
 from archive_core.peers import find_peer
 
@@ -83,14 +82,8 @@ def handle_find(event, ctx: ArchiveContext):
     try:
         query = parse_identifier(event.identifier, QR_ROOTS[str(event.request.AffectedSOPClassUID)])
         _see_everything_acknowledged(ctx)
-    except ArchiveError as exc:
-        code = status_for(exc, FIND_STATUS)
-        log.warning("C-FIND from %s answered 0x%04X: %s", calling, code, exc)
-        yield failure(code, str(exc)), None
-        return
     except Exception as exc:
-        log.exception("C-FIND from %s failed", calling)
-        yield failure(0xC000, f"processing failure: {exc.__class__.__name__}"), None
+        yield failure_for(exc, FIND_STATUS, "C-FIND", calling), None
         return
     pending = PENDING_UNMATCHED_KEYS if query.unmatched_keys else PENDING
     ae_title = ctx.settings.DICOM_AE_TITLE
@@ -142,13 +135,8 @@ def _retrieve_plan(event, ctx: ArchiveContext, service: str):
         _see_everything_acknowledged(ctx)
         with read_session(ctx.sessions) as s:
             instances = instances_to_retrieve(s, query)
-    except ArchiveError as exc:
-        code = status_for(exc, RETRIEVE_STATUS)
-        log.warning("C-%s from %s answered 0x%04X: %s", service, calling, code, exc)
-        return [], failure(code, str(exc))
     except Exception as exc:
-        log.exception("C-%s from %s failed", service, calling)
-        return [], failure(0xC000, f"processing failure: {exc.__class__.__name__}")
+        return [], failure_for(exc, RETRIEVE_STATUS, f"C-{service}", calling)
     if len(instances) > 0xFFFF:
         return [], failure(0xA702, "more than 65535 instances: retrieve fewer at a time")
     if instances:

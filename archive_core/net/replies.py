@@ -1,5 +1,6 @@
-"""What the DIMSE handlers answer with, written once: a failure status, and the C-FIND answering loop
-that stops at a cancel or at DICOM_MAX_FIND_RESULTS (Query/Retrieve and the Modality Worklist)."""
+"""What the DIMSE handlers answer with, written once: a failure status, the failure that answers an
+exception, and the C-FIND answering loop that stops at a cancel or at DICOM_MAX_FIND_RESULTS
+(Query/Retrieve and the Modality Worklist)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from typing import Iterable, Iterator, TypeVar
 
 from pydicom.dataset import Dataset
 
-from archive_core.net.status import CANCEL, TOO_MANY_MATCHES
+from archive_core.errors import ArchiveError
+from archive_core.net.status import CANCEL, TOO_MANY_MATCHES, status_for
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +23,19 @@ def failure(code: int, reason: str) -> Dataset:
     status.Status = code
     status.ErrorComment = reason[:64]
     return status
+
+
+def failure_for(exc: BaseException, table: dict[type[Exception], int], service: str, calling: str, *,
+                expected: type[BaseException] = ArchiveError, processing: int = 0xC000) -> Dataset:
+    """The failure status answering *exc*, raised while serving *service* to AE *calling*: an *expected*
+    error gets its code in *table* (else *processing*) and its message, logged as a warning; any other
+    is a processing failure (*processing*), logged with its traceback (call this in the except block)."""
+    if isinstance(exc, expected):
+        code = status_for(exc, table, processing)
+        log.warning("%s from %s answered 0x%04X: %s", service, calling, code, exc)
+        return failure(code, str(exc))
+    log.exception("%s from %s failed", service, calling)
+    return failure(processing, f"processing failure: {exc.__class__.__name__}")
 
 
 class FindAnswers:

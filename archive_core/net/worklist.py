@@ -16,8 +16,8 @@ from archive_core import audit
 from archive_core import worklist as W
 from archive_core import worklist_find
 from archive_core.db import read_session, write_session
-from archive_core.errors import ArchiveError, InvalidQuery
-from archive_core.net.replies import FindAnswers, failure
+from archive_core.errors import InvalidQuery
+from archive_core.net.replies import FindAnswers, failure, failure_for
 from archive_core.net.status import IDENTIFIER_INVALID, PENDING, PENDING_UNMATCHED_KEYS, PROCESSING_FAILURE, \
     REFUSED_NOT_AUTHORIZED, SUCCESS
 
@@ -66,13 +66,9 @@ def handle_worklist_find(event, ctx):
             query = worklist_find.parse_query(event.identifier, s.get_bind().dialect.name)
             answers = [worklist_find.answer(query, item, ae_title=ctx.settings.DICOM_AE_TITLE)
                        for item in worklist_find.find(s, query, limit=limit)]
-    except InvalidQuery as exc:
-        log.warning("worklist C-FIND from %s answered 0x%04X: %s", calling, IDENTIFIER_INVALID, exc)
-        yield failure(IDENTIFIER_INVALID, str(exc)), None
-        return
     except Exception as exc:
-        log.exception("worklist C-FIND from %s failed", calling)
-        yield failure(0xC000, f"processing failure: {exc.__class__.__name__}"), None
+        yield failure_for(exc, {InvalidQuery: IDENTIFIER_INVALID}, "worklist C-FIND", calling,
+                          expected=InvalidQuery), None
         return
     pending = PENDING_UNMATCHED_KEYS if query.unmatched else PENDING
     matches = FindAnswers(event, answers, limit, "worklist C-FIND", calling)
@@ -88,12 +84,6 @@ def handle_worklist_find(event, ctx):
 
 _MPPS_STATUS = {W.InvalidStep: INVALID_ATTRIBUTE_VALUE, W.DuplicateStep: DUPLICATE_SOP_INSTANCE,
                 W.NoSuchStep: NO_SUCH_SOP_INSTANCE, W.StepFinished: PROCESSING_FAILURE}
-
-
-def _mpps_failure(exc: ArchiveError, service: str, calling: str, uid: str) -> tuple[Dataset, None]:
-    code = next((c for kind, c in _MPPS_STATUS.items() if isinstance(exc, kind)), PROCESSING_FAILURE)
-    log.warning("%s %s from %s answered 0x%04X: %s", service, uid, calling, code, exc)
-    return failure(code, str(exc)), None
 
 
 def _perform(event, ctx, service: str, sop_class_uid, uid: str, action: str, change):
@@ -112,11 +102,9 @@ def _perform(event, ctx, service: str, sop_class_uid, uid: str, action: str, cha
                          patient_id=item.patient_id if item else None, study_uid=item.study_uid if item else None,
                          detail={"sop_instance_uid": uid, "status": step.status,
                                  "accession_number": item.accession_number if item else None})
-    except W.WorklistError as exc:
-        return None, None, _mpps_failure(exc, service, calling, uid)
     except Exception as exc:
-        log.exception("%s %s from %s failed", service, uid, calling)
-        return None, None, (failure(PROCESSING_FAILURE, f"processing failure: {exc.__class__.__name__}"), None)
+        return None, None, (failure_for(exc, _MPPS_STATUS, f"{service} {uid}", calling, expected=W.WorklistError,
+                                        processing=PROCESSING_FAILURE), None)
     return step, item, None
 
 

@@ -131,6 +131,33 @@ def test_canvas_shows_the_server_render_and_mouse_windowing_changes_it(app, live
     assert page.csp_refusals == []
 
 
+def test_the_first_image_shows_before_the_viewer_starts_and_gives_way_to_it(app, live_server, studies, page):
+    """While the 4 MB viewer bundle loads and starts, each pane shows its first image as the archive
+    renders it; once Cornerstone has drawn, that picture is gone (bad implementations: an empty black
+    pane until the bundle runs; a picture left over the canvas, hiding windowing or scrolling)."""
+    current, prior = studies
+    sign_in(page, live_server, "dr_view")
+    page.route("**/vendor/viewer/viewer.js", lambda route: route.abort())  # the bundle never comes
+    page.goto(f"{live_server}/radiology/studies/{current}/viewer?compare={prior}")
+    page.wait_for_function("() => [...document.querySelectorAll('img.preview')].every((i) => i.complete)")
+    previews = page.evaluate("() => [...document.querySelectorAll('section.pane')].map((p) => {"
+                             " const i = p.querySelector('img.preview');"
+                             " return {pane: p.dataset.pane, width: i.naturalWidth, src: i.getAttribute('src'),"
+                             " shown: i.getBoundingClientRect().height}; })")
+    facade = app.extensions["archivage"]
+    for preview, study in zip(previews, (current, prior)):
+        first = facade.study_detail(study).series[0].first_sop_uid
+        assert preview["width"] == ROWS and preview["shown"] > 200 and first in preview["src"], preview
+    shown = Image.open(io.BytesIO(page.request.get(live_server + previews[0]["src"]).body())).convert("L")
+    assert np.asarray(shown, dtype=float).std() > 20  # the gradient, not a blank picture
+
+    page.unroute("**/vendor/viewer/viewer.js")
+    page.goto(f"{live_server}/radiology/studies/{current}/viewer?compare={prior}")
+    _ready(page, 2)
+    assert page.locator("img.preview").count() == 0
+    assert page.csp_refusals == []
+
+
 def test_linked_scrolling_moves_both_panes_by_position(live_server, studies, page):
     """The prior (other frame of reference, 1.25 mm slices) follows the current (2.5 mm) by position:
     two slices down is 5 mm, four prior slices; by index it would have been six. Bad implementations:

@@ -108,16 +108,26 @@ class Pane {
     this.viewportId = `vp-${el.dataset.pane}`;
     this.stage = el.querySelector(".stage");
     this.series = el.querySelector("select.series");
-    if (this.series) this.series.addEventListener("change", () => this.load(this.series.value));
+    if (this.series) this.series.addEventListener("change", () => { this.dropPreview(); this.load(this.series.value); });
     el.addEventListener("pointerdown", () => viewer.activate(this));
     this.stage.addEventListener(Enums.Events.STACK_NEW_IMAGE, () => this.onNewImage());
     this.stage.addEventListener(Enums.Events.VOI_MODIFIED, () => this.showInfo());
+    // The page shows the first image as the server renders it while this code starts; it gives way
+    // to the first image drawn here, to another series, or if the server could not render it.
+    this.preview = this.stage.querySelector("img.preview");
+    if (this.preview) {
+      this.preview.addEventListener("error", () => this.dropPreview());
+      if (this.preview.complete && !this.preview.naturalWidth) this.dropPreview();
+    }
     this.stage.addEventListener(Enums.Events.IMAGE_RENDERED, () => {
+      this.dropPreview();
       this.el.dataset.rendered = String(Number(this.el.dataset.rendered || 0) + 1);
     });
     this.stage.addEventListener(Enums.Events.IMAGE_LOAD_FAILED, (e) => this.fail(e.detail?.error));
     this.stage.addEventListener("contextmenu", (e) => e.preventDefault());
   }
+
+  dropPreview() { this.preview?.remove(); this.preview = null; }
 
   get viewport() { return getRenderingEngine(ENGINE).getViewport(this.viewportId); }
   get current() { return this.items[this.index]; }
@@ -166,6 +176,7 @@ class Pane {
   }
 
   fail(error) {
+    this.dropPreview();
     this.el.dataset.state = "error";
     this.el.querySelector(".info").textContent = `${cfg.strings.failed} ${error?.message || error || ""}`.trim();
   }

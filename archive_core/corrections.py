@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 from archive_core import filechanges
 from archive_core.archive import Archive
 from archive_core.errors import ArchiveError, NotFound
-from archive_core.index.ingest import storage_key
+from archive_core.index.identity import storage_key
 from archive_core.index.models import Instance, Patient, Series, Study
 from archive_core.part10 import dataset_offset
 from archive_core.purge import find_patient

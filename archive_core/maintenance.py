@@ -14,14 +14,10 @@ from archive_core import filechanges
 from archive_core.archive import Archive
 from archive_core.db import write_session
 from archive_core.errors import ArchiveError, JournalBusy
-from archive_core.index.ingest import (
-    Identity,
-    audit_refusal,
-    index_jobs,
-    job_from_file,
-    read_part10,
-    refresh_counts,
-)
+from archive_core.index.entries import job_from_file
+from archive_core.index.identity import Identity, audit_refusal
+from archive_core.index.received import read_part10
+from archive_core.index.upsert import index_jobs, refresh_counts
 from archive_core.index.models import Instance
 from archive_core.storage import BlobStore, blob_checksum
 from archive_core.storage.base import dataset_checksum

@@ -116,7 +116,7 @@ def stow(archive, parts: list[Path], *, study_uid: str | None, actor: str) -> St
     from pydicom import dcmread
 
     from archive_core.errors import ArchiveError, InvalidDataset, InvalidIdentifier
-    from archive_core.index.ingest import Identity, audit_refusal
+    from archive_core.index.identity import Identity, audit_refusal
     from archive_core.net.status import STORE_STATUS, status_for
     from archive_core.part10 import dataset_offset
     from archive_core.storage.base import FileRange

@@ -118,7 +118,8 @@ def index_directly(database_url: str, files: list[Path], batch: int = 100) -> No
     """Fill the archive's index as its journal indexer would, without the network and the journal."""
     sys.path.insert(0, str(REPO))
     from archive_core.db import make_engine, session_factory
-    from archive_core.index.ingest import index_jobs, job_from_file
+    from archive_core.index.entries import job_from_file
+    from archive_core.index.upsert import index_jobs
 
     engine = make_engine(database_url)
     sessions = session_factory(engine)

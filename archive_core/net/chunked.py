@@ -32,7 +32,7 @@ from pathlib import Path
 from pynetdicom import dimse_messages as _dimse_messages
 
 from archive_core.errors import ObjectTooLarge, StorageFull
-from archive_core.index.ingest import dataset_in_file
+from archive_core.index.received import dataset_in_file
 from archive_core.part10 import file_header
 from archive_core.storage.base import FileRange
 

@@ -18,7 +18,9 @@ from archive_core import audit
 from archive_core.config import Settings
 from archive_core.db import write_session
 from archive_core.errors import ArchiveError, UnknownPeer
-from archive_core.index.ingest import Identity, Ingestor, audit_refusal, parse
+from archive_core.index.identity import Identity, audit_refusal
+from archive_core.index.ingest import Ingestor
+from archive_core.index.received import parse
 from archive_core.index.query import StoredInstance
 from archive_core.net import chunked, tls, tuning
 from archive_core.net.audit_writer import AuditWriter

@@ -42,7 +42,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from archive_core.errors import ArchiveError, ObjectTooLarge
-from archive_core.index.ingest import INDEX_LEVELS, Identity, Ingestor, Job, Outcome, dataset_size, write_entry
+from archive_core.index.entries import Job, write_entry
+from archive_core.index.identity import Identity
+from archive_core.index.ingest import Ingestor, Outcome
+from archive_core.index.received import dataset_size
+from archive_core.index.upsert import INDEX_LEVELS
 from archive_core.index.keywords import extract
 from archive_core.net import limits
 from archive_core.storage.base import FileRange

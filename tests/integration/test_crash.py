@@ -69,7 +69,7 @@ def test_kill_9_mid_stream_keeps_every_acknowledged_instance(tmp_path):
 def test_restart_replays_the_journal_and_drops_unfinished_temporary_files(settings, migrated):
     """A crash after the acknowledgement but before indexing, and one in the middle of a write."""
     from archive_core.archive import Archive
-    from archive_core.index.ingest import Identity
+    from archive_core.index.identity import Identity
     from archive_core.index.models import Instance
     from archive_core.net.server import start_server
     from sqlalchemy import select
@@ -103,7 +103,7 @@ def test_replay_keeps_an_object_identified_by_its_request_only(settings, migrate
     """A journal entry whose dataset lacks its SOP Instance UID (acknowledged by a version before the
     rule that refuses such datasets) is replayed under the UID its file meta holds, not quarantined."""
     from archive_core.archive import Archive
-    from archive_core.index.ingest import Identity
+    from archive_core.index.identity import Identity
     from archive_core.index.models import Instance
     from archive_core.net.server import start_server
     from sqlalchemy import select
@@ -131,7 +131,7 @@ def test_replay_keeps_an_object_identified_by_its_request_only(settings, migrate
 def test_replay_keeps_an_import_external(settings, migrated):
     """`archive import --external` interrupted before indexing: the replayed study is still an outside prior."""
     from archive_core.archive import Archive
-    from archive_core.index.ingest import Identity
+    from archive_core.index.identity import Identity
     from archive_core.index.models import Study
     from sqlalchemy import select
 

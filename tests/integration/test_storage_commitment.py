@@ -156,7 +156,7 @@ def test_an_acknowledged_object_not_yet_indexed_is_not_committed(archive):
     """The indexer is stopped (not started here) and the wait for it ends at once: 0x0110, not 0x0112."""
     import dataclasses
 
-    from archive_core.index.ingest import Identity
+    from archive_core.index.identity import Identity
     from archive_core.net.commitment import verify
     from archive_core.net.handlers import ArchiveContext
     from tests.integration.test_bad_input import _encoded

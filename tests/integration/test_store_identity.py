@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 
 from archive_core.audit import AuditEvent
 from archive_core.errors import IdentityConflict
-from archive_core.index.ingest import Identity
+from archive_core.index.identity import Identity
 from archive_core.index.models import Instance, Patient, Series, Study
 from tests.helpers import associate_ct_modality, make_ct, require_tool, tool_env
 from tests.integration.test_bad_input import _encoded, _part10
@@ -274,7 +274,7 @@ def test_fsck_repair_does_not_file_a_contradicting_orphan(archive):
     """An orphan file (say, restored from a backup by hand) whose series is another patient's study's."""
     import io
 
-    from archive_core.index.ingest import storage_key
+    from archive_core.index.identity import storage_key
     from archive_core.maintenance import fsck
 
     first = make_ct(patient_id="PAT001")

@@ -8,7 +8,9 @@ import pytest
 
 from archive_core.api import ArchiveFacade
 from archive_core.errors import NotFound
-from archive_core.index.ingest import Identity, Job, index_jobs
+from archive_core.index.entries import Job
+from archive_core.index.identity import Identity
+from archive_core.index.upsert import index_jobs
 from tests.helpers import make_ct
 
 ROOT = "1.2.826.0.1.3680043.8.498.55"

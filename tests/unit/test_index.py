@@ -41,7 +41,8 @@ def _encoded(ds) -> bytes:
 
 def ingest(archive, source, *, source_ae: str | None = "CT1"):
     """Receive a dataset (or a Part 10 file) as the C-STORE handler does: from its bytes."""
-    from archive_core.index.ingest import Identity, parse, read_part10
+    from archive_core.index.identity import Identity
+    from archive_core.index.received import parse, read_part10
 
     if isinstance(source, Path):
         ds, raw, ts, _ = read_part10(source)
@@ -81,7 +82,8 @@ def test_rows_and_counts_for_two_patients(db_archive):
 
 
 def test_a_batch_of_jobs_is_indexed_in_one_go(db_archive, tmp_path):
-    from archive_core.index.ingest import index_jobs, job_from_file
+    from archive_core.index.entries import job_from_file
+    from archive_core.index.upsert import index_jobs
 
     study = "1.2.826.0.1.3680043.8.498.30"
     jobs = []

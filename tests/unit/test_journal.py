@@ -7,7 +7,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import select
 
-from archive_core.index.ingest import Identity, parse
+from archive_core.index.identity import Identity
+from archive_core.index.received import parse
 from archive_core.index.models import Instance
 from tests.helpers import make_ct
 
@@ -115,7 +116,7 @@ def test_a_dataset_received_on_disk_is_stored_byte_for_byte(archive, tmp_path):
     The journal entry (then the stored object) holds our header and exactly the received bytes;
     the file that arrived is left to its owner (pynetdicom deletes it).
     """
-    from archive_core.index.ingest import dataset_in_file
+    from archive_core.index.received import dataset_in_file
     from archive_core.part10 import dataset_offset
 
     ds = make_ct(rows=512)
@@ -155,7 +156,7 @@ def test_a_dataset_received_into_the_journal_folder_is_renamed_not_copied(archiv
 
     from pydicom.filebase import DicomBytesIO as _Buf
 
-    from archive_core.index.ingest import Identity as _Identity
+    from archive_core.index.identity import Identity as _Identity
     from archive_core.net.chunked import ReceiveFile
     from archive_core.part10 import PREAMBLE, dataset_offset, file_header
 

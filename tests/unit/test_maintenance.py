@@ -101,7 +101,8 @@ def test_checksum_mismatch_is_found_and_quarantined(loaded, arch, runner):
 
 
 def test_pending_journal_entries_are_found_and_replayed(arch, runner):
-    from archive_core.index.ingest import Identity, parse
+    from archive_core.index.identity import Identity
+    from archive_core.index.received import parse
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
     from pydicom.uid import ExplicitVRLittleEndian
@@ -157,7 +158,8 @@ def test_repair_quarantines_an_orphan_superseded_by_an_overwrite(loaded, arch, r
     newer = make_ct(sop_uid=loaded[0])  # same SOP Instance UID under another study
     (tmp_path / "newer").mkdir()
     newer.save_as(tmp_path / "newer" / "n.dcm", enforce_file_format=True)
-    from archive_core.index.ingest import index_jobs, job_from_file
+    from archive_core.index.entries import job_from_file
+    from archive_core.index.upsert import index_jobs
 
     job = job_from_file(tmp_path / "newer" / "n.dcm", seq=0)
     index_jobs(arch.sessions, [job])

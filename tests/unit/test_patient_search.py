@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from archive_core.api import ArchiveFacade
-from archive_core.index.ingest import Identity, Job, index_jobs
+from archive_core.index.entries import Job
+from archive_core.index.identity import Identity
+from archive_core.index.upsert import index_jobs
 from archive_core.index.patient_search import parse_birth_date
 from archive_core.values import person_name as human_name
 from tests.helpers import make_ct

@@ -11,8 +11,10 @@ import pytest
 from pydicom.dataset import Dataset
 
 from archive_core.errors import InvalidQuery
-from archive_core.index.ingest import Identity, Job, index_jobs
 from archive_core.index.answers import answer
+from archive_core.index.entries import Job
+from archive_core.index.identity import Identity
+from archive_core.index.upsert import index_jobs
 from archive_core.index.query import PATIENT_ROOT, STUDY_ROOT, find, instances_to_retrieve, parse_identifier
 from tests.helpers import make_ct, qr_identifier
 

@@ -43,7 +43,7 @@ def serve(archive: Archive) -> None:
     # pynetdicom logs every message at INFO: far too much at hundreds of images a second.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     if archive.settings.DICOM_WORKERS > 1:
-        from archive_core.net.workers import serve_with_workers
+        from archive_core.net.supervisor import serve_with_workers
 
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

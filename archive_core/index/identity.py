@@ -134,7 +134,6 @@ def audit_refusal(
         log.exception("cannot audit the refusal of %s from %s", clean_uid(sop_instance_uid) or "?", actor)
 
 
-
 def contradiction(s: Session, ident: Identity, study: Study | None, se: Series | None) -> IdentityConflict | None:
     """The identity rule at indexing time: the last guard for objects acknowledged elsewhere (see Ingestor.receive)."""
     if se is not None and se.study is not study:

@@ -3,9 +3,14 @@
 A received object is written to the store's incoming journal (temporary file, fsync, rename,
 directory fsync) before its C-STORE is answered. A single indexer thread then indexes journal
 entries in batches, one transaction per batch, and moves each file under its key. On start,
-:meth:`Ingestor.replay` (:mod:`archive_core.index.indexer`) indexes whatever a crash left in the journal before queries are served.
-"""
+:meth:`Ingestor.replay` indexes whatever a crash left in the journal before queries are served.
 
+This module is the receiving half of :class:`Ingestor`: the size and space checks, the duplicate
+and identity checks and the claim under one lock, the journal write, the queue. The indexer
+thread, the replay and the waits for the index are :mod:`archive_core.index.indexer`; the index
+rows :mod:`archive_core.index.upsert`; the identity rules :mod:`archive_core.index.identity`; the
+journal entries :mod:`archive_core.index.entries`.
+"""
 from __future__ import annotations
 
 import hashlib

@@ -87,7 +87,6 @@ def _require_whole_elements(ds: Dataset, size: int) -> None:
         raise InvalidDataset(f"dataset ends inside an element header ({size - last.value_tell - last.length} bytes)")
 
 
-
 def read_part10(path: Path) -> tuple[Dataset, bytes, str, str | None]:
     """(dataset, dataset bytes, transfer syntax, source AE) of a Part 10 file or a bare dataset."""
     data = path.read_bytes()

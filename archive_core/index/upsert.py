@@ -29,8 +29,8 @@ def index_jobs(
 ) -> set[str]:
     """Create or update the index rows of *batch* in one write transaction; return the study UIDs touched.
 
-    A job that contradicts the index (:func:`~archive_core.index.identity.contradiction`) is not indexed: it is appended to
-    *conflicts*, or raised as :class:`IdentityConflict` when no list is given.
+    A job that contradicts the index (:func:`~archive_core.index.identity.contradiction`) is not
+    indexed: it is appended to *conflicts*, or raised as :class:`IdentityConflict` when no list is given.
     """
     with write_session(sessions) as s:
         study_uids = {j.identity.study_uid for j in batch}

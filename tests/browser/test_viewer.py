@@ -106,7 +106,8 @@ def test_canvas_shows_the_server_render_and_mouse_windowing_changes_it(app, live
     _ready(page)
     image, shot = _canvas(page)
     assert shot["renderer"] == renderer
-    series = app.extensions["archivage"].study_detail(current).series[0].series_uid
+    with app.extensions["archivage"].new_session() as s:
+        series = app.extensions["archivage"].study_detail(s, current).series[0].series_uid
     rendered = page.request.get(
         f"{live_server}/dicom-web/studies/{current}/series/{series}/instances/{shot['sop']}/frames/1/rendered"
         f"?window={shot['wc']},{shot['ww']}", headers={"Accept": "image/png"})

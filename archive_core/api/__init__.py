@@ -13,9 +13,13 @@ delegates each in a line or two to the module that does it:
 
 The back-office imports this package only (never a submodule): everything it needs is re-exported here
 (tests/unit/test_boundary.py holds it to that). This module is longer than the house's ~400 lines on
-purpose: it is the index of every call (about 75 methods of a line or two each, with their signatures and
-docstrings); splitting the class would bring the mixins back, and moving it to a submodule would put
-that submodule in the media -> facade cycle the boundary test is written against.
+purpose: it is the index of every call (68 methods of a line or two each, with their signatures and
+docstrings, and the re-exports); splitting the class by area would bring the mixins back, or hand the
+back-office several facades to find its way among.
+
+Every method that reads or writes the index takes the caller's *session*: the edge (the Flask request,
+the scheduler job, the CLI command) owns the transaction and commits it. The few that open their own say
+why (see :class:`ArchiveFacade`).
 """
 
 from __future__ import annotations
@@ -273,8 +277,8 @@ class ArchiveFacade:
         return _contents.detail(session, study_uid)
 
     def get_study(self, session: Session, study_uid: str) -> StudyContents:
-        """One study with its series and instances; :class:`NotFound` if it is not in the archive."""
-        return _contents.contents(session, study_uid)
+        """:meth:`study_detail` whose series carry their instances; :class:`NotFound` if it is not in the archive."""
+        return _contents.detail(session, study_uid, with_instances=True)
 
     def priors(self, session: Session, study_uid: str) -> list[PriorSummary]:
         """The other studies of the same patient, newest first; :class:`NotFound` for an unknown study."""
@@ -364,16 +368,16 @@ class ArchiveFacade:
         """Write the studies as an IHE PDI file set (DICOMDIR, README.TXT) into the folder *dest*."""
         from archive_core.media import build_media
 
-        return build_media(self._media_source(session), list(study_uids), dest, practice=practice or {})
+        return build_media(self.media_source(session), list(study_uids), dest, practice=practice or {})
 
     def media_zip(self, session: Session, study_uids: list[str], workdir, *,
                   practice: dict[str, str] | None = None) -> bytes:
         """The same file set zipped (built in the empty folder *workdir*, removed afterwards)."""
         from archive_core.media import build_media_zip
 
-        return build_media_zip(self._media_source(session), list(study_uids), workdir, practice=practice or {})
+        return build_media_zip(self.media_source(session), list(study_uids), workdir, practice=practice or {})
 
-    def _media_source(self, session: Session) -> SimpleNamespace:
+    def media_source(self, session: Session) -> SimpleNamespace:
         """What the media writer reads (:class:`archive_core.media.MediaSource`), in the caller's transaction."""
         return SimpleNamespace(study_detail=partial(self.study_detail, session), read_instance=self.read_instance,
                                study_instances=partial(self.study_instances, session),
@@ -410,8 +414,8 @@ class ArchiveFacade:
     def render_frame(self, session: Session, sop_instance_uid: str, frame: int, *, window: tuple[float, float] | None,
                      viewport: int | None, quality: int, fmt: str) -> bytes:
         """Frame *frame* (from 1) rendered at full size or to fit *viewport*; InvalidQuery for bad parameters."""
-        return _web.render_frame(partial(self.render_instance, session), sop_instance_uid, frame, window=window, viewport=viewport,
-                                 quality=quality, fmt=fmt)
+        return _web.render_frame(partial(self.render_instance, session), sop_instance_uid, frame, window=window,
+                                 viewport=viewport, quality=quality, fmt=fmt)
 
     def stow(self, stream: BinaryIO, content_type: str, *, study_uid: str | None, actor: str,
              base_url: str) -> tuple[int, dict[str, Any], list[str]]:

@@ -136,7 +136,8 @@ def test_thumbnails_of_study_series_and_instance(client, users, history, facade)
     auth = {"Authorization": f"Bearer {users['radiologist'][1]}"}
     with facade.new_session() as s:
         detail = facade.study_detail(s, history.current)
-        axial = next(se for se in detail.series if se.series_uid and len(facade.series_instances(s, se.series_uid)) == 3)
+        axial = next(se for se in detail.series
+                     if se.series_uid and len(facade.series_instances(s, se.series_uid)) == 3)
         sops = [i.sop_instance_uid for i in sorted(facade.series_instances(s, axial.series_uid),
                                                     key=lambda i: i.instance_number or 0)]
     base = f"/dicom-web/studies/{history.current}/series/{axial.series_uid}"

@@ -201,7 +201,8 @@ def test_a_record_date_no_object_gives_is_the_date_the_medium_is_written(facade,
             delattr(ds, kw)
     store(facade.archive, [ds])
     written = datetime(2031, 2, 28, 9, 30, tzinfo=timezone.utc)
-    report = build_media(facade, [ds.StudyInstanceUID], tmp_path / "cd", practice={}, now=written)
+    with facade.new_session() as s:
+        report = build_media(facade.media_source(s), [ds.StudyInstanceUID], tmp_path / "cd", practice={}, now=written)
     study = next(r for r in pydicom.dcmread(tmp_path / "cd" / "DICOMDIR").DirectoryRecordSequence
                  if r.DirectoryRecordType == "STUDY")
     assert (study.StudyDate, study.StudyTime) == ("20310228", "093000")

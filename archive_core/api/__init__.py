@@ -126,7 +126,8 @@ class ArchiveFacade:
     why in their docstring: ``audit_now`` (an access record written from a read-only request),
     ``audit_checkpoint``/``audit_verify`` (the whole chain, outside any request), ``read_instance`` (the
     renderer's cache miss), ``send_studies``/``retrieve_to_peer`` (no transaction held over a DICOM
-    association), ``move_patient_to_archive`` and ``delete_tombstoned_files`` (files changed around commits).
+    association), ``stow`` (the C-STORE ingest path indexes each object in its own transaction),
+    ``move_patient_to_archive`` and ``delete_tombstoned_files`` (files changed around commits).
     """
 
     def __init__(self, archive: Archive) -> None:

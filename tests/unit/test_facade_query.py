@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from archive_core.api import ArchiveFacade
+from archive_core.api import ArchiveFacade, StudySummary
 from archive_core.errors import NotFound
 from archive_core.index.ingest import Identity, Job, index_jobs
 from tests.helpers import make_ct
@@ -94,3 +95,36 @@ def test_priors_are_the_patients_other_studies_newest_first(facade, session):
     assert facade.priors(session, f"{ROOT}.4") == []
     with pytest.raises(NotFound):
         facade.priors(session, "1.2.3.4")
+
+
+def test_every_listing_gives_the_same_summary_of_a_study(facade, session):
+    """Before: find_studies and get_study built their summaries from C-FIND rows (no arrival time) and
+    priors built their own (empty strings for what is missing): one study read differently by page."""
+    uid = f"{ROOT}.2"
+    (found,) = facade.find_studies(session, accession_number="A2")
+    listed = {s.study_uid: s for s in facade.list_studies(session, patient_id="PAT1")}[uid]
+    browsed = {s.study_uid: s for s in facade.browse_studies(session, patient="PAT1").items}[uid]
+    assert found == listed == browsed == facade.study_detail(session, uid).study == facade.get_study(session, uid).study
+    assert found.received_at is not None and found.description == "IRM genou"
+    prior = {p.study_uid: p for p in facade.priors(session, f"{ROOT}.1")}[uid]
+    assert StudySummary(**{f.name: getattr(prior, f.name) for f in fields(StudySummary)}) == found
+    assert prior.body_parts == ("KNEE",)
+
+
+def test_listings_read_in_the_callers_transaction(facade):
+    """A request that changes the index and then lists sees its own change before it commits, and
+    nothing of it once rolled back. Bad case tried: each listing in a session of its own saw only the
+    last commit (the tombstoned study still listed, as a prior and in search)."""
+    from archive_core.api import utcnow
+
+    gone = f"{ROOT}.2"
+    with facade.new_session(write=True) as s:
+        facade.tombstone_study(s, gone, at=utcnow())
+        assert gone not in {x.study_uid for x in facade.find_studies(s, patient_id="PAT1")}
+        assert gone not in {p.study_uid for p in facade.prior_studies(s, f"{ROOT}.1")}
+        with pytest.raises(NotFound):
+            facade.study_detail(s, gone)
+        s.rollback()
+    with facade.new_session() as s:
+        assert gone in {x.study_uid for x in facade.find_studies(s, patient_id="PAT1")}
+        assert gone in {p.study_uid for p in facade.prior_studies(s, f"{ROOT}.1")}

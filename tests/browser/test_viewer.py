@@ -147,7 +147,8 @@ def test_the_first_image_shows_before_the_viewer_starts_and_gives_way_to_it(app,
                              " shown: i.getBoundingClientRect().height}; })")
     facade = app.extensions["archivage"]
     for preview, study in zip(previews, (current, prior)):
-        first = facade.study_detail(study).series[0].first_sop_uid
+        with facade.new_session() as s:
+            first = facade.study_detail(s, study).series[0].first_sop_uid
         assert preview["width"] == ROWS and preview["shown"] > 200 and first in preview["src"], preview
     shown = Image.open(io.BytesIO(page.request.get(live_server + previews[0]["src"]).body())).convert("L")
     assert np.asarray(shown, dtype=float).std() > 20  # the gradient, not a blank picture

@@ -93,8 +93,9 @@ def main() -> int:
         import pydicom
 
         study_uid = pydicom.dcmread(images.files[0], stop_before_pixels=True).StudyInstanceUID
-        detail = facade.study_detail(study_uid)
-        sops = [r.sop_instance_uid for r in facade.series_instances(detail.series[0].series_uid)]
+        with facade.new_session() as s:
+            detail = facade.study_detail(s, study_uid)
+            sops = [r.sop_instance_uid for r in facade.series_instances(s, detail.series[0].series_uid)]
         cache = instance / "cache" / "render"
 
         def fetch(url: str) -> float:

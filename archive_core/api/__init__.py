@@ -13,9 +13,13 @@ delegates each in a line or two to the module that does it:
 
 The back-office imports this package only (never a submodule): everything it needs is re-exported here
 (tests/unit/test_boundary.py holds it to that). This module is longer than the house's ~400 lines on
-purpose: it is the index of every call (about 75 methods of a line or two each, with their signatures and
-docstrings); splitting the class would bring the mixins back, and moving it to a submodule would put
-that submodule in the media -> facade cycle the boundary test is written against.
+purpose: it is the index of every call (68 methods of a line or two each, with their signatures and
+docstrings, and the re-exports); splitting the class by area would bring the mixins back, or hand the
+back-office several facades to find its way among.
+
+Every method that reads or writes the index takes the caller's *session*: the edge (the Flask request,
+the scheduler job, the CLI command) owns the transaction and commits it. The few that open their own say
+why (see :class:`ArchiveFacade`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from __future__ import annotations
 import io
 from datetime import date as _date
 from datetime import datetime
+from functools import partial
+from types import SimpleNamespace
 from typing import Any, BinaryIO, Iterable
 
 from sqlalchemy.orm import Session
@@ -115,8 +121,13 @@ __all__ += ["AuditEntry", "ChainReport", "PatientMatch", "PatientSearchPage", "P
 class ArchiveFacade:
     """One object per process; sessions it hands out are owned by the caller (the edge commits).
 
-    A method that takes a *session* works in the caller's transaction; one without opens and closes its
-    own (a read, or a job that owns its transactions, as said in its docstring).
+    A method that reads or writes the index takes the caller's *session* (the Flask request, the
+    scheduler job, the CLI command owns the transaction and commits it). The few that open their own say
+    why in their docstring: ``audit_now`` (an access record written from a read-only request),
+    ``audit_checkpoint``/``audit_verify`` (the whole chain, outside any request), ``read_instance`` (the
+    renderer's cache miss), ``send_studies``/``retrieve_to_peer`` (no transaction held over a DICOM
+    association), ``stow`` (the C-STORE ingest path indexes each object in its own transaction),
+    ``move_patient_to_archive`` and ``delete_tombstoned_files`` (files changed around commits).
     """
 
     def __init__(self, archive: Archive) -> None:
@@ -148,13 +159,16 @@ class ArchiveFacade:
         _audit.record(session, action, actor=actor, actor_kind=actor_kind, **fields)
 
     def audit_now(self, action: str, *, actor: str, actor_kind: str = "user", **fields: Any) -> None:
-        """Append to the audit trail in a transaction of its own (for reads: a page that was viewed)."""
+        """Append to the audit trail in a short write transaction of its own: for a page that was viewed,
+        whose request holds a read-only session (on SQLite, upgrading it to write could deadlock with
+        another writer), and whose access is recorded even if the page then fails to render."""
         with write_session(self._archive.sessions) as s:
             _audit.record(s, action, actor=actor, actor_kind=actor_kind, **fields)
 
     def audit_checkpoint(self, *, reason: str = "periodic", force: bool = False) -> int | None:
         """Sign the audit chain's head (key and log outside the database); the checkpoint's number, or
-        None when nothing was appended since the last one (idempotent: a job may run it at any time)."""
+        None when nothing was appended since the last one (idempotent: a job may run it at any time).
+        Owns its transaction: it locks the chain, writes the signed log line, and commits at once."""
         return _audit.checkpoint_instance(self._archive.sessions, self._archive.settings, reason=reason, force=force)
 
     def audit_details(self, session: Session, action_prefix: str) -> list[tuple[int, dict[str, Any]]]:
@@ -163,7 +177,8 @@ class ArchiveFacade:
         return _records.audit_details(session, action_prefix)
 
     def audit_verify(self) -> "_audit.ChainReport":
-        """The audit chain held against every signed checkpoint (see :func:`archive_core.audit.verify`)."""
+        """The audit chain held against every signed checkpoint (see :func:`archive_core.audit.verify`);
+        reads it in a read-only session of its own (a command over the whole archive, not a request)."""
         return _audit.verify_instance(self._archive.sessions, self._archive.settings)
 
     def audit_events(self, session: Session, *, patient_id: str | None = None, actor: str | None = None,
@@ -179,9 +194,9 @@ class ArchiveFacade:
 
     # -- figures ----------------------------------------------------------------------------------
 
-    def stats(self) -> ArchiveStats:
-        with self._archive.sessions() as s:
-            return _records.stats(s)
+    def stats(self, session: Session) -> ArchiveStats:
+        """Counts of visible patients, studies, series and images, and the bytes they hold."""
+        return _records.stats(session)
 
     def journal_backlog(self) -> int:
         """How many received objects wait in the ingest journal (only while the archive is down)."""
@@ -205,46 +220,43 @@ class ArchiveFacade:
 
     # -- study listings ---------------------------------------------------------------------------
 
-    def browse_studies(self, *, patient: str = "", date_from: _date | str | None = None,
+    def browse_studies(self, session: Session, *, patient: str = "", date_from: _date | str | None = None,
                        date_to: _date | str | None = None, modality: str = "", accession: str = "",
                        description: str = "", limit: int = 50, offset: int = 0) -> StudyPage:
         """Studies newest first; *patient* is what the patient search understands (see search_patients)."""
-        with self._archive.sessions() as s:
-            return _studies.browse(s, patient=patient, date_from=date_from, date_to=date_to, modality=modality,
-                                   accession=accession, description=description, limit=limit, offset=offset)
+        return _studies.browse(session, patient=patient, date_from=date_from, date_to=date_to, modality=modality,
+                               accession=accession, description=description, limit=limit, offset=offset)
 
-    def find_studies(self, *, patient_id: str | None = None, patient_name: str | None = None,
+    def find_studies(self, session: Session, *, patient_id: str | None = None, patient_name: str | None = None,
                      date_from: str | None = None, date_to: str | None = None, modality: str | None = None,
                      accession_number: str | None = None, text: str | None = None, limit: int = 100,
                      offset: int = 0) -> list[StudySummary]:
         """Studies matching every criterion given, with C-FIND's matching rules (``*``/``?`` wildcards,
         person names case- and accent-insensitive); *text* looks for a fragment in the patient's
         name or ID, the accession number or the description. Dates are ``YYYYMMDD``, bounds included."""
-        with self._archive.sessions() as s:
-            return _studies.find_matching(s, patient_id=patient_id, patient_name=patient_name, date_from=date_from,
-                                          date_to=date_to, modality=modality, accession_number=accession_number,
-                                          text=text, limit=limit, offset=offset)
+        return _studies.find_matching(session, patient_id=patient_id, patient_name=patient_name, date_from=date_from,
+                                      date_to=date_to, modality=modality, accession_number=accession_number,
+                                      text=text, limit=limit, offset=offset)
 
-    def list_studies(self, *, study_date: str | None = None, patient_id: str | None = None,
+    def list_studies(self, session: Session, *, study_date: str | None = None, patient_id: str | None = None,
                      study_uids: tuple[str, ...] | None = None, include_undated: bool = False,
                      limit: int = 5000) -> list[StudySummary]:
         """Visible studies filtered by exact date (YYYYMMDD), exact Patient ID and/or UIDs, oldest first.
 
         *include_undated* adds the studies that carry no Study Date with those of *study_date*.
         """
-        with self._archive.sessions() as s:
-            return _studies.exact_list(s, study_date=study_date, patient_id=patient_id, study_uids=study_uids,
-                                       include_undated=include_undated, limit=limit)
+        return _studies.exact_list(session, study_date=study_date, patient_id=patient_id, study_uids=study_uids,
+                                   include_undated=include_undated, limit=limit)
 
     def visible_studies(self, session: Session, *, patient: tuple[str, str] | None = None,
                         study_uids: tuple[str, ...] | None = None) -> list[StudySummary]:
         """Visible studies of one patient (ID, issuer) and/or with these UIDs, in the caller's transaction."""
         return _studies.visible(session, patient=patient, study_uids=study_uids)
 
-    def studies_received_since(self, since, *, include_external: bool = False, limit: int = 1000) -> list[StudySummary]:
+    def studies_received_since(self, session: Session, since, *, include_external: bool = False,
+                               limit: int = 1000) -> list[StudySummary]:
         """Studies indexed at or after *since* (UTC), oldest first: what a prefetch looks at."""
-        with self._archive.sessions() as s:
-            return _studies.received_since(s, since, include_external=include_external, limit=limit)
+        return _studies.received_since(session, since, include_external=include_external, limit=limit)
 
     def studies_by_day_and_modalities(self, session: Session, since: str, until: str) -> list[tuple[str, str, int]]:
         """(Study Date, Modalities in Study as stored, number of studies) of the practice's own visible
@@ -255,50 +267,45 @@ class ArchiveFacade:
         """(patient ID, issuer) of a visible study."""
         return _studies.owner(session, study_uid)
 
-    def count_instances(self, study_uids: list[str]) -> int:
-        with self._archive.sessions() as s:
-            return _studies.count_instances(s, study_uids)
+    def count_instances(self, session: Session, study_uids: list[str]) -> int:
+        """Visible instances of these studies (a send job's total)."""
+        return _studies.count_instances(session, study_uids)
 
     # -- one study --------------------------------------------------------------------------------
 
-    def study_detail(self, study_uid: str) -> StudyDetail:
+    def study_detail(self, session: Session, study_uid: str) -> StudyDetail:
         """The study, its patient and its series (with the first instance of each, for thumbnails)."""
-        with self._archive.sessions() as s:
-            return _contents.detail(s, study_uid)
+        return _contents.detail(session, study_uid)
 
-    def get_study(self, study_uid: str) -> StudyContents:
-        """One study with its series and instances; :class:`NotFound` if it is not in the archive."""
-        with self._archive.sessions() as s:
-            return _contents.contents(s, study_uid)
+    def get_study(self, session: Session, study_uid: str) -> StudyContents:
+        """:meth:`study_detail` whose series carry their instances; :class:`NotFound` if it is not in the archive."""
+        return _contents.detail(session, study_uid, with_instances=True)
 
-    def priors(self, study_uid: str) -> list[PriorSummary]:
+    def priors(self, session: Session, study_uid: str) -> list[PriorSummary]:
         """The other studies of the same patient, newest first; :class:`NotFound` for an unknown study."""
-        with self._archive.sessions() as s:
-            return _contents.priors(s, study_uid)
+        return _contents.priors(session, study_uid)
 
-    def prior_studies(self, study_uid: str) -> list[PriorStudy]:
+    def prior_studies(self, session: Session, study_uid: str) -> list[PriorStudy]:
         """The patient's other studies (:meth:`priors`, newest first); relevant = same modality or body part."""
-        with self._archive.sessions() as s:
-            return _contents.prior_studies(s, study_uid)
+        return _contents.prior_studies(session, study_uid)
 
-    def series_instances(self, series_uid: str) -> list[InstanceRef]:
+    def series_instances(self, session: Session, series_uid: str) -> list[InstanceRef]:
         """The instances of a series in reading order (instance number)."""
-        with self._archive.sessions() as s:
-            return _contents.series_instances(s, series_uid)
+        return _contents.series_instances(session, series_uid)
 
-    def study_instances(self, study_uid: str) -> list[InstanceRef]:
-        with self._archive.sessions() as s:
-            return _contents.study_instances(s, study_uid)
+    def study_instances(self, session: Session, study_uid: str) -> list[InstanceRef]:
+        """The visible instances of a study, series by series in reading order."""
+        return _contents.study_instances(session, study_uid)
 
-    def instance_study_uid(self, sop_instance_uid: str) -> str:
+    def instance_study_uid(self, session: Session, sop_instance_uid: str) -> str:
         """The study an instance belongs to (to check a share link or audit a view)."""
-        with self._archive.sessions() as s:
-            return _contents.instance_study_uid(s, sop_instance_uid)
+        return _contents.instance_study_uid(session, sop_instance_uid)
 
     # -- stored objects, rendering, reports -------------------------------------------------------
 
     def read_instance(self, sop_instance_uid: str) -> bytes:
-        """The stored Part 10 file of an instance, whichever tier holds it."""
+        """The stored Part 10 file of an instance, whichever tier holds it. Looks its storage key up in a
+        read of its own: the renderer calls it on a cache miss, outside any caller's transaction."""
         return _tiers.read_instance(self._archive, sop_instance_uid)
 
     def read_dataset(self, sop_instance_uid: str):
@@ -326,17 +333,16 @@ class ArchiveFacade:
             self._renderer = Renderer(self.read_dataset, cache)
         return self._renderer
 
-    def render_instance(self, sop_instance_uid: str, params) -> bytes:
+    def render_instance(self, session: Session, sop_instance_uid: str, params) -> bytes:
         """One frame of a stored image as PNG/JPEG bytes (:class:`archive_core.render.RenderParams`)."""
         # Every request asks the index (a purged image is never served from the cache; a replaced one
         # is rendered anew: its checksum is part of the cache key).
-        with self._archive.sessions() as s:
-            checksum = _contents.instance_checksum(s, sop_instance_uid)
+        checksum = _contents.instance_checksum(session, sop_instance_uid)
         return self.renderer.render(sop_instance_uid, params, version=checksum)
 
-    def study_documents(self, study_uid: str) -> list[DicomDocument]:
+    def study_documents(self, session: Session, study_uid: str) -> list[DicomDocument]:
         """Encapsulated PDFs and structured reports stored in the study, oldest first."""
-        return _reports.documents(self.study_instances(study_uid), self.read_dataset)
+        return _reports.documents(self.study_instances(session, study_uid), self.read_dataset)
 
     def document_pdf(self, sop_instance_uid: str) -> bytes:
         """The PDF of an Encapsulated PDF object (trailing padding removed)."""
@@ -345,7 +351,8 @@ class ArchiveFacade:
     # -- sending to peers, CD/USB media -----------------------------------------------------------
 
     def send_studies(self, peer_ae_title: str, study_uids: list[str], *, progress=None, cancelled=lambda: False):
-        """Push the studies to a registered peer (:class:`archive_core.net.scu.SendResult`), as retrieve-to-peer does."""
+        """Push the studies to a registered peer (:class:`archive_core.net.scu.SendResult`), as retrieve-to-peer
+        does; reads what to send in a transaction of its own, closed before the association opens."""
         return _transfer.send_studies(self._archive, peer_ae_title, study_uids, progress=progress, cancelled=cancelled)
 
     def retrieve_to_peer(self, study_uids: list[str], ae_title: str, *,
@@ -353,34 +360,42 @@ class ArchiveFacade:
         """Send whole studies to a registered peer (C-STORE, one association); audited per study.
 
         Raises :class:`~archive_core.errors.UnknownPeer` for an AE that is not registered and
-        :class:`NotFound` when none of the studies is in the archive.
+        :class:`NotFound` when none of the studies is in the archive. Owns its transactions (none is held
+        over the association; the audit is written once the peer answered).
         """
         return _transfer.retrieve_to_peer(self._archive, study_uids, ae_title, actor=actor, actor_kind=actor_kind)
 
-    def write_media(self, study_uids: list[str], dest, *, practice: dict[str, str] | None = None):
+    def write_media(self, session: Session, study_uids: list[str], dest, *, practice: dict[str, str] | None = None):
         """Write the studies as an IHE PDI file set (DICOMDIR, README.TXT) into the folder *dest*."""
         from archive_core.media import build_media
 
-        return build_media(self, list(study_uids), dest, practice=practice or {})
+        return build_media(self.media_source(session), list(study_uids), dest, practice=practice or {})
 
-    def media_zip(self, study_uids: list[str], workdir, *, practice: dict[str, str] | None = None) -> bytes:
+    def media_zip(self, session: Session, study_uids: list[str], workdir, *,
+                  practice: dict[str, str] | None = None) -> bytes:
         """The same file set zipped (built in the empty folder *workdir*, removed afterwards)."""
         from archive_core.media import build_media_zip
 
-        return build_media_zip(self, list(study_uids), workdir, practice=practice or {})
+        return build_media_zip(self.media_source(session), list(study_uids), workdir, practice=practice or {})
+
+    def media_source(self, session: Session) -> SimpleNamespace:
+        """What the media writer reads (:class:`archive_core.media.MediaSource`), in the caller's transaction."""
+        return SimpleNamespace(study_detail=partial(self.study_detail, session), read_instance=self.read_instance,
+                               study_instances=partial(self.study_instances, session),
+                               render_instance=partial(self.render_instance, session))
 
     # -- DICOMweb (PS3.18) for the web edge -------------------------------------------------------
 
-    def qido_search(self, resource: str, params, *, base_url: str, study_uid: str | None = None,
+    def qido_search(self, session: Session, resource: str, params, *, base_url: str, study_uid: str | None = None,
                     series_uid: str | None = None) -> tuple[list[dict[str, Any]], list[str]]:
         """The QIDO-RS answer (DICOM JSON objects) and the match keys ignored; InvalidQuery for bad parameters."""
-        return _web.qido_search(self._archive, resource, params, base_url=base_url, study_uid=study_uid,
+        return _web.qido_search(session, resource, params, base_url=base_url, study_uid=study_uid,
                                 series_uid=series_uid)
 
-    def stored_instances(self, study_uid: str, series_uid: str | None = None,
+    def stored_instances(self, session: Session, study_uid: str, series_uid: str | None = None,
                          sop_instance_uid: str | None = None) -> list:
         """The stored instances a WADO-RS URL names, in study/series/instance order; NotFound when none."""
-        return _web.stored_instances(self._archive, study_uid, series_uid, sop_instance_uid)
+        return _web.stored_instances(session, study_uid, series_uid, sop_instance_uid)
 
     def open_stored(self, stored):
         """The stored file of *stored* (from :meth:`stored_instances`), open for reading."""
@@ -397,11 +412,11 @@ class ArchiveFacade:
         """Frames ``1,3,..`` of a stored image (:func:`archive_core.dicomweb.frames`); InvalidQuery: a bad list."""
         return _web.instance_frames(self._archive, stored, frame_list, syntaxes=syntaxes)
 
-    def render_frame(self, sop_instance_uid: str, frame: int, *, window: tuple[float, float] | None,
+    def render_frame(self, session: Session, sop_instance_uid: str, frame: int, *, window: tuple[float, float] | None,
                      viewport: int | None, quality: int, fmt: str) -> bytes:
         """Frame *frame* (from 1) rendered at full size or to fit *viewport*; InvalidQuery for bad parameters."""
-        return _web.render_frame(self.render_instance, sop_instance_uid, frame, window=window, viewport=viewport,
-                                 quality=quality, fmt=fmt)
+        return _web.render_frame(partial(self.render_instance, session), sop_instance_uid, frame, window=window,
+                                 viewport=viewport, quality=quality, fmt=fmt)
 
     def stow(self, stream: BinaryIO, content_type: str, *, study_uid: str | None, actor: str,
              base_url: str) -> tuple[int, dict[str, Any], list[str]]:
@@ -488,7 +503,8 @@ class ArchiveFacade:
         return _purge.tombstone_study(session, study_uid, at=at)
 
     def delete_tombstoned_files(self, sop_instance_uids: list[str] | tuple[str, ...]) -> int:
-        """Delete files of tombstoned instances only (committed tombstones; idempotent)."""
+        """Delete files of tombstoned instances only (committed tombstones; idempotent): reads the committed
+        tombstones itself, after the caller's commit."""
         deleted = _purge.delete_tombstoned_files(self._archive, sop_instance_uids)
         for uid in sop_instance_uids:  # renders of purged images go with them (radiology)
             self.renderer.cache.forget(uid)

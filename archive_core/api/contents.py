@@ -6,7 +6,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from archive_core.api.studies import row_summary, study_rows, summary
+from archive_core.api.studies import study_rows, summary
 from archive_core.api.types import (
     NON_IMAGE_CLASSES,
     InstanceRef,
@@ -19,32 +19,59 @@ from archive_core.api.types import (
     StudyDetail,
 )
 from archive_core.errors import NotFound
-from archive_core.index.models import Instance, Series, Study
-from archive_core.index.query import STUDY_ROOT, Query, find
+from archive_core.index.models import Instance, Patient, Series, Study
 from archive_core.values import da_to_iso
 
 
-def detail(session: Session, study_uid: str) -> StudyDetail:
-    """See :meth:`archive_core.api.ArchiveFacade.study_detail`."""
-    row = session.execute(study_rows().where(Study.study_uid == study_uid)).first()
+def _study_row(session: Session, study_uid: str) -> tuple[Study, Patient]:
+    """The (Study, Patient) row of a visible study (:func:`study_rows`); NotFound otherwise."""
+    row = session.execute(study_rows(visible_patient=True).where(Study.study_uid == study_uid)).first()
     if row is None:
         raise NotFound(f"no study {study_uid}")
-    study, pat = row
-    series_rows = session.scalars(
-        select(Series)
-        .where(Series.study_pk == study.id, Series.deleted_at.is_(None))
+    return row[0], row[1]
+
+
+def _series_of(session: Session, study_pk: int) -> list[Series]:
+    """The visible series of a study, by series number."""
+    return list(session.scalars(
+        select(Series).where(Series.study_pk == study_pk, Series.deleted_at.is_(None))
         .order_by(Series.series_number, Series.id)
-    ).all()
+    ))
+
+
+def _body_parts(session: Session, study_pks: list[int]) -> dict[int, set[str]]:
+    """The body parts the visible series of each study examined (empty ones left out)."""
+    parts: dict[int, set[str]] = {}
+    if study_pks:
+        stmt = select(Series.study_pk, Series.body_part_examined).where(
+            Series.study_pk.in_(study_pks), Series.body_part_examined.is_not(None), Series.body_part_examined != "",
+            Series.deleted_at.is_(None),
+        ).distinct()
+        for study_pk, part in session.execute(stmt):
+            parts.setdefault(study_pk, set()).add(part)
+    return parts
+
+
+def detail(session: Session, study_uid: str, *, with_instances: bool = False) -> StudyDetail:
+    """See :meth:`archive_core.api.ArchiveFacade.study_detail`; *with_instances*: :meth:`~ArchiveFacade.get_study`."""
+    study, pat = _study_row(session, study_uid)
+    listed = _instances_of(session, study.id) if with_instances else None
     series = []
-    for se in series_rows:
-        first = session.execute(
-            select(Instance.sop_instance_uid, Instance.sop_class_uid)
-            .where(Instance.series_pk == se.id, Instance.deleted_at.is_(None))
-            .order_by(Instance.instance_number, Instance.id)
-            .limit(1)
-        ).first()
+    for se in _series_of(session, study.id):
+        if listed is None:
+            first = session.execute(
+                select(Instance.sop_instance_uid, Instance.sop_class_uid)
+                .where(Instance.series_pk == se.id, Instance.deleted_at.is_(None))
+                .order_by(Instance.instance_number, Instance.id)
+                .limit(1)
+            ).first()
+            extra = {}
+        else:
+            instances = tuple(listed.get(se.id, ()))
+            first = (instances[0].sop_instance_uid, instances[0].sop_class_uid) if instances else None
+            extra = {"instances": instances}
         series.append(
-            SeriesSummary(
+            (SeriesSummary if listed is None else SeriesContents)(
                 series_uid=se.series_uid,
                 modality=se.modality,
                 series_number=se.series_number,
@@ -53,100 +80,46 @@ def detail(session: Session, study_uid: str) -> StudyDetail:
                 num_instances=se.num_instances,
                 first_sop_uid=first[0] if first else None,
                 first_is_image=bool(first) and first[1] not in NON_IMAGE_CLASSES,
+                **extra,
             )
         )
-    return StudyDetail(summary(study, pat), tuple(series))
+    return (StudyDetail if listed is None else StudyContents)(summary(study, pat), tuple(series))
 
 
-def contents(session: Session, study_uid: str) -> StudyContents:
-    """See :meth:`archive_core.api.ArchiveFacade.get_study`."""
-    rows = find(session, Query(root=STUDY_ROOT, level="STUDY", conditions={"StudyInstanceUID": study_uid}))
-    if not rows:
-        raise NotFound(f"no study {study_uid}")
-    series_rows = session.execute(
-        select(Series)
-        .where(Series.study_pk == rows[0]["_study_pk"], Series.deleted_at.is_(None))
-        .order_by(Series.series_number, Series.id)
-    ).scalars().all()
+def _instances_of(session: Session, study_pk: int) -> dict[int, list[InstanceSummary]]:
+    """The visible instances of a study by series row id, in reading order."""
     instances: dict[int, list[InstanceSummary]] = {}
     stmt = (
         select(Instance.series_pk, Instance.sop_instance_uid, Instance.sop_class_uid, Instance.instance_number,
                Instance.transfer_syntax_uid, Instance.size_bytes)
         .join(Series, Instance.series_pk == Series.id)
-        .where(Series.study_pk == rows[0]["_study_pk"], Instance.deleted_at.is_(None))
+        .where(Series.study_pk == study_pk, Instance.deleted_at.is_(None))
         .order_by(Instance.instance_number, Instance.id)
     )
     for series_pk, *values in session.execute(stmt):
         instances.setdefault(series_pk, []).append(InstanceSummary(*values))
-    series = tuple(
-        SeriesContents(
-            series_uid=se.series_uid,
-            modality=se.modality or "",
-            series_number=se.series_number,
-            series_description=se.series_description or "",
-            body_part_examined=se.body_part_examined or "",
-            num_instances=se.num_instances,
-            instances=tuple(instances.get(se.id, ())),
-        )
-        for se in series_rows
-    )
-    return StudyContents(study=row_summary(rows[0]), series=series)
+    return instances
 
 
 def priors(session: Session, study_uid: str) -> list[PriorSummary]:
     """See :meth:`archive_core.api.ArchiveFacade.priors`."""
-    patient_pk = session.scalar(
-        select(Study.patient_pk).where(Study.study_uid == study_uid, Study.deleted_at.is_(None))
-    )
-    if patient_pk is None:
-        raise NotFound(f"no study {study_uid}")
-    studies = session.execute(
-        select(Study)
-        .where(Study.patient_pk == patient_pk, Study.study_uid != study_uid, Study.deleted_at.is_(None))
+    study, _patient = _study_row(session, study_uid)
+    rows = session.execute(
+        study_rows(visible_patient=True)
+        .where(Study.patient_pk == study.patient_pk, Study.study_uid != study_uid)
         .order_by(func.coalesce(Study.study_date, "").desc(), func.coalesce(Study.study_time_norm, "").desc(),
                   Study.id.desc())
-    ).scalars().all()
-    body_parts: dict[int, set[str]] = {}
-    if studies:
-        stmt = (
-            select(Series.study_pk, Series.body_part_examined)
-            .where(
-                Series.study_pk.in_([st.id for st in studies]),
-                Series.body_part_examined.is_not(None),
-                Series.deleted_at.is_(None),
-            )
-            .distinct()
-        )
-        for study_pk, part in session.execute(stmt):
-            body_parts.setdefault(study_pk, set()).add(part)
-    return [
-        PriorSummary(
-            study_uid=st.study_uid,
-            study_date=st.study_date or "",
-            study_time=st.study_time or "",
-            modalities=tuple(m for m in st.modalities_in_study.split("\\") if m),
-            body_parts=tuple(sorted(body_parts.get(st.id, ()))),
-            description=st.study_description or "",
-            accession_number=st.accession_number or "",
-            num_instances=st.num_instances,
-            external=st.external,
-        )
-        for st in studies
-    ]
+    ).all()
+    parts = _body_parts(session, [st.id for st, _pat in rows])
+    return [summary(st, pat, PriorSummary, body_parts=tuple(sorted(parts.get(st.id, ())))) for st, pat in rows]
 
 
 def prior_studies(session: Session, study_uid: str) -> list[PriorStudy]:
     """See :meth:`archive_core.api.ArchiveFacade.prior_studies`."""
     others = priors(session, study_uid)  # NotFound for an unknown study
-    current = session.scalar(select(Study).where(Study.study_uid == study_uid, Study.deleted_at.is_(None)))
-    modalities = {m for m in current.modalities_in_study.split("\\") if m}
-    parts = {
-        b.upper()
-        for b in session.scalars(
-            select(Series.body_part_examined).where(Series.study_pk == current.id, Series.deleted_at.is_(None))
-        )
-        if b
-    }
+    study, patient = _study_row(session, study_uid)
+    modalities = set(summary(study, patient).modalities)
+    parts = {b.upper() for b in _body_parts(session, [study.id]).get(study.id, ())}
     result = []
     for other in others:
         other_parts = {b.upper() for b in other.body_parts}

@@ -30,8 +30,10 @@ def study_rows(*, visible_patient: bool = False) -> Select:
     return query.where(Patient.deleted_at.is_(None)) if visible_patient else query
 
 
-def summary(study: Study, patient: Patient) -> StudySummary:
-    return StudySummary(
+def summary(study: Study, patient: Patient, kind: type[StudySummary] = StudySummary, **extra: Any) -> StudySummary:
+    """The one study summary built from a (Study, Patient) row of :func:`study_rows`; *kind* and *extra*
+    for a summary that carries more (:class:`~archive_core.api.types.PriorSummary`'s body parts)."""
+    return kind(
         study_uid=study.study_uid,
         study_date=study.study_date,
         study_time=study.study_time,
@@ -47,26 +49,7 @@ def summary(study: Study, patient: Patient) -> StudySummary:
         referring_physician_name=study.referring_physician_name,
         external=bool(study.external),
         received_at=study.received_at,
-    )
-
-
-def row_summary(row: dict[str, Any]) -> StudySummary:
-    """A study summary from a C-FIND study-level row (:func:`archive_core.index.query.find`)."""
-    return StudySummary(
-        study_uid=row["StudyInstanceUID"],
-        study_date=row["StudyDate"],
-        study_time=row["StudyTime"],
-        accession_number=row["AccessionNumber"],
-        description=row["StudyDescription"],
-        patient_id=row["PatientID"] or "",
-        patient_name=row["PatientName"],
-        patient_birth_date=row["PatientBirthDate"],
-        patient_sex=row["PatientSex"],
-        referring_physician_name=row["ReferringPhysicianName"],
-        modalities=tuple(m for m in (row["ModalitiesInStudy"] or "").split("\\") if m),
-        num_series=row["NumberOfStudyRelatedSeries"] or 0,
-        num_instances=row["NumberOfStudyRelatedInstances"] or 0,
-        external=bool(row["_external"]),
+        **extra,
     )
 
 
@@ -136,8 +119,12 @@ def find_matching(session: Session, *, patient_id: str | None, patient_name: str
                 wildcard_match(Study.study_description, f"*{fragment}*", dialect),
             )
         )
+    # C-FIND's engine says which studies match (its matching rules are the one implementation); their
+    # rows come from study_rows, in the same (index) order.
     query = Query(root=STUDY_ROOT, level="STUDY", conditions=conditions)
-    return [row_summary(r) for r in find(session, query, limit=limit, offset=offset, extra=extra)]
+    pks = [r["_study_pk"] for r in find(session, query, limit=limit, offset=offset, extra=extra)]
+    rows = session.execute(study_rows(visible_patient=True).where(Study.id.in_(pks)).order_by(Study.id)).all()
+    return [summary(st, p) for st, p in rows]
 
 
 def exact_list(session: Session, *, study_date: str | None, patient_id: str | None,

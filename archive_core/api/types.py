@@ -123,35 +123,25 @@ class InstanceSummary:
 
 
 @dataclass(frozen=True)
-class SeriesContents:
-    series_uid: str
-    modality: str
-    series_number: int | None
-    series_description: str
-    body_part_examined: str
-    num_instances: int
-    instances: tuple[InstanceSummary, ...]
+class SeriesContents(SeriesSummary):
+    """A series' summary with its instances (:meth:`~archive_core.api.ArchiveFacade.get_study`)."""
+
+    instances: tuple[InstanceSummary, ...] = ()
 
 
 @dataclass(frozen=True)
-class StudyContents:
-    study: StudySummary
+class StudyContents(StudyDetail):
+    """A study's detail whose series carry their instances."""
+
     series: tuple[SeriesContents, ...]
 
 
 @dataclass(frozen=True)
-class PriorSummary:
-    """Another study of the same patient, with what a caller needs to mark the relevant ones."""
+class PriorSummary(StudySummary):
+    """Another study of the same patient (its summary), with what a caller needs to mark the relevant
+    ones: the body parts its series examined."""
 
-    study_uid: str
-    study_date: str
-    study_time: str
-    modalities: tuple[str, ...]
-    body_parts: tuple[str, ...]
-    description: str
-    accession_number: str
-    num_instances: int
-    external: bool
+    body_parts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
+from sqlalchemy.orm import Session
+
 from archive_core import dicomweb
 from archive_core import stow as _stow
 from archive_core.archive import Archive
@@ -18,20 +20,18 @@ from archive_core.index.query import find, instances_to_retrieve
 _INDEXER_START = threading.Lock()
 
 
-def qido_search(archive: Archive, resource: str, params, *, base_url: str, study_uid: str | None,
+def qido_search(session: Session, resource: str, params, *, base_url: str, study_uid: str | None,
                 series_uid: str | None) -> tuple[list[dict[str, Any]], list[str]]:
     """See :meth:`archive_core.api.ArchiveFacade.qido_search`."""
     request = dicomweb.parse_qido(resource, params, study_uid=study_uid, series_uid=series_uid)
-    with archive.sessions() as s:
-        rows = find(s, request.query, limit=request.limit, offset=request.offset)
+    rows = find(session, request.query, limit=request.limit, offset=request.offset)
     return [dicomweb.qido_answer(request, row, base_url) for row in rows], request.ignored
 
 
-def stored_instances(archive: Archive, study_uid: str, series_uid: str | None, sop_instance_uid: str | None) -> list:
+def stored_instances(session: Session, study_uid: str, series_uid: str | None, sop_instance_uid: str | None) -> list:
     """See :meth:`archive_core.api.ArchiveFacade.stored_instances`."""
     query = dicomweb.retrieve_query(study_uid, series_uid, sop_instance_uid)
-    with archive.sessions() as s:
-        found = instances_to_retrieve(s, query)
+    found = instances_to_retrieve(session, query)
     if not found:
         raise NotFound("no such study, series or instance")
     return found

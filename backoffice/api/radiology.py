@@ -37,7 +37,7 @@ PRIOR_SCHEMA = {
 
 def _detail(study_uid: str):
     try:
-        return facade().study_detail(study_uid)
+        return facade().study_detail(db(), study_uid)
     except NotFound:
         raise ApiError(404, "not_found", "no such study") from None
 
@@ -48,7 +48,7 @@ def _detail(study_uid: str):
 def study_priors(study_uid: str):
     detail = _detail(study_uid)
     offset = max(request.args.get("offset", 0, type=db_int), 0)
-    priors = facade().prior_studies(study_uid)
+    priors = facade().prior_studies(db(), study_uid)
     page = priors[offset : offset + PAGE_SIZE]
     facade().audit_now("study.priors", actor=current_api_user().login, patient_id=detail.study.patient_id,
                        study_uid=study_uid)
@@ -101,12 +101,12 @@ def media_zip(detail, prior_uids: list[str]) -> bytes:
     """The study and those of *prior_uids* that belong to the same patient, as a zipped PDI file set."""
     from backoffice.practice import practice_identity
 
-    allowed = {p.study_uid for p in facade().prior_studies(detail.study.study_uid)}
+    allowed = {p.study_uid for p in facade().prior_studies(db(), detail.study.study_uid)}
     unknown = [uid for uid in prior_uids if uid not in allowed]
     if unknown:
         raise ApiError(400, "bad_request", "a prior must be another study of the same patient")
     workdir = Path(tempfile.mkdtemp(prefix="media-", dir=_tmp_root()))
-    return facade().media_zip([detail.study.study_uid, *prior_uids], workdir, practice=practice_identity())
+    return facade().media_zip(db(), [detail.study.study_uid, *prior_uids], workdir, practice=practice_identity())
 
 
 def _tmp_root() -> str:
@@ -139,7 +139,7 @@ def study_reports(study_uid: str):
         "items": [_report_json(r) for r in services.reports_of(db(), study_uid)],
         "dicom_documents": [{"sop_instance_uid": d.sop_instance_uid, "kind": d.kind, "title": d.title,
                              "content_date": d.content_date, "text": d.text, "verified": d.verified}
-                            for d in facade().study_documents(study_uid)],
+                            for d in facade().study_documents(db(), study_uid)],
     })
 
 
@@ -199,7 +199,7 @@ def study_key_image(study_uid: str):
     body = json_body()
     sop_uid = str(body.get("sop_instance_uid") or "")
     try:
-        if facade().instance_study_uid(sop_uid) != study_uid:
+        if facade().instance_study_uid(db(), sop_uid) != study_uid:
             raise ApiError(400, "bad_request", "the image is not in this study")
         wc, ww = body.get("window_center"), body.get("window_width")
         key = services.add_key_image(db(), study_uid, sop_uid, chosen_by=current_api_user().login,
@@ -248,7 +248,7 @@ def study_send(study_uid: str):
         raise ApiError(400, "unknown_peer", "peer must be a registered AE title")
     user = current_api_user().login
     job = create_send_job(db(), peer.ae_title, [study_uid], requested_by=user,
-                          total=facade().count_instances([study_uid]))
+                          total=facade().count_instances(db(), [study_uid]))
     facade().audit(db(), "study.send.request", actor=user, patient_id=detail.study.patient_id, study_uid=study_uid,
                    detail={"peer": peer.ae_title, "job": job.id, "via": "api"})
     response = jsonify({"id": job.id, "status": job.status})

@@ -17,7 +17,7 @@ from backoffice.extensions import db, facade
 def sync_from_archive(*, visit_date: date | None, patient_id: str | None) -> None:
     """Exam groups exist as soon as a study arrived: create the missing ones now, on read."""
     # Undated studies count as visits on the day they were received (Europe/Paris).
-    studies = facade().list_studies(study_date=visit_date.strftime("%Y%m%d") if visit_date else None,
+    studies = facade().list_studies(db(), study_date=visit_date.strftime("%Y%m%d") if visit_date else None,
                                     patient_id=patient_id, include_undated=True)
     if not S.unattached(db(), studies):
         return
@@ -41,7 +41,7 @@ def attach_before_issue(group_id: int) -> ExamGroup | None:
     Runs in the request's own (write) transaction: a second write session would wait on our lock.
     """
     group = db().get(ExamGroup, group_id)
-    if group is not None and S.attach_studies(db(), facade().list_studies(
+    if group is not None and S.attach_studies(db(), facade().list_studies(db(),
             study_date=group.visit_date.strftime("%Y%m%d"), patient_id=group.patient_id, include_undated=True)):
         db().expire(group)  # its studies (and perhaps its patient name) changed: read them again
     if group is not None and not group.patient_name:

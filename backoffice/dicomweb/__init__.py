@@ -127,7 +127,7 @@ def _caller():
         for link in links:
             if link.include_priors:  # the same patient's other studies (the link says so)
                 try:
-                    studies |= {p.study_uid for p in facade().prior_studies(link.study_uid)}
+                    studies |= {p.study_uid for p in facade().prior_studies(db(), link.study_uid)}
                 except NotFound:  # the shared study was deleted: its link reaches nothing else
                     pass
         return ShareCaller(tuple(sorted(link.id for link in links)), frozenset(studies))
@@ -208,7 +208,7 @@ def _search(resource: str, study: str | None = None, series: str | None = None):
         # StudyInstanceUID, later, narrows it), and every answer checked below.
         params = [("StudyInstanceUID", "\\".join(sorted(scope)))] + params
     try:
-        answers, ignored = facade().qido_search(resource, params, base_url=_base_url(),
+        answers, ignored = facade().qido_search(db(), resource, params, base_url=_base_url(),
                                                 study_uid=study, series_uid=series)
     except InvalidQuery as exc:
         raise DicomwebError(400, str(exc)) from None
@@ -324,7 +324,7 @@ def _accepted_syntax() -> str | None:
 
 def _stored(study: str, series: str | None = None, instance: str | None = None) -> list:
     try:
-        return facade().stored_instances(study, series, instance)
+        return facade().stored_instances(db(), study, series, instance)
     except InvalidQuery as exc:
         raise DicomwebError(400, str(exc)) from None
     except NotFound:
@@ -479,7 +479,7 @@ def _rendered(instance: str, frame: int = 1):
     """A frame as JPEG (default) or PNG; ``window=center,width[,linear]``, ``viewport=w,h``, ``quality``."""
     try:
         fmt, window, viewport, quality = _render_options()
-        image = facade().render_frame(instance, frame, window=window, viewport=viewport, quality=quality, fmt=fmt)
+        image = facade().render_frame(db(), instance, frame, window=window, viewport=viewport, quality=quality, fmt=fmt)
     except (ValueError, InvalidQuery) as exc:
         raise DicomwebError(400, str(exc)) from None
     except NotFound:
@@ -506,7 +506,7 @@ def _thumbnail(found: list):
     candidates = [members[len(members) // 2] for members in by_series.values()][:_THUMBNAIL_TRIES]
     for stored in candidates:
         try:
-            image = facade().render_frame(stored.sop_instance_uid, 1, window=window, viewport=viewport,
+            image = facade().render_frame(db(), stored.sop_instance_uid, 1, window=window, viewport=viewport,
                                           quality=quality, fmt=fmt)
         except (InvalidQuery, NotFound, BlobMissing):
             continue
@@ -631,7 +631,7 @@ def wado_uri():
             window = (float(args["windowCenter"]), float(args["windowWidth"]))
         viewport = max(int(args.get("rows") or 0), int(args.get("columns") or 0)) or None
         frame = int(args.get("frameNumber") or 1)
-        image = facade().render_frame(instance, frame, window=window, viewport=viewport, quality=90,
+        image = facade().render_frame(db(), instance, frame, window=window, viewport=viewport, quality=90,
                                       fmt=content_type.split("/")[1])
     except (ValueError, KeyError, InvalidQuery) as exc:
         raise DicomwebError(400, f"bad rendering parameters: {exc}") from None

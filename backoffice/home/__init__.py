@@ -20,7 +20,7 @@ bp = Blueprint("home", __name__)
 @bp.route("/")
 @roles_required(*ROLES)
 def index():
-    return render_template("home/index.html", user=current_user, stats=facade().stats())
+    return render_template("home/index.html", user=current_user, stats=facade().stats(db()))
 
 
 @bp.route("/dashboard")

@@ -88,7 +88,7 @@ def is_known(session: Session, facade: ArchiveFacade, patient_id: str) -> bool:
 
 
 def patient_file(session: Session, facade: ArchiveFacade, patient_id: str, *, today: date) -> PatientFile:
-    studies = facade.list_studies(patient_id=patient_id)
+    studies = facade.list_studies(session, patient_id=patient_id)
     groups = billing.list_exam_groups(session, patient_id=patient_id, limit=500)
     if not studies and not groups:
         raise UnknownPatient(patient_id)

@@ -38,13 +38,13 @@ def chosen_images(session: Session, facade: ArchiveFacade, detail: StudyDetail) 
 def build_reproduction(session: Session, facade: ArchiveFacade, study_uid: str, *, per_page: int = 4) -> bytes:
     if per_page not in LAYOUTS:
         raise services.RadiologyError(f"images par page : {', '.join(map(str, LAYOUTS))}")
-    detail = facade.study_detail(study_uid)
+    detail = facade.study_detail(session, study_uid)
     images: list[PrintedImage] = []
     size = PRINT_SIZE[per_page]
     for sop_uid, frame, wc, ww in chosen_images(session, facade, detail):
         params = RenderParams(frame=frame, window_center=wc, window_width=ww, size=size, fmt="jpeg", quality=92)
         try:
-            data = facade.render_instance(sop_uid, params)
+            data = facade.render_instance(session, sop_uid, params)
         except RenderError:
             continue
         window = f" — F {wc:g} / L {ww:g}" if wc is not None and ww is not None else ""
@@ -59,7 +59,7 @@ def build_reproduction(session: Session, facade: ArchiveFacade, study_uid: str, 
         detail=detail,
         report=services.signed_report(session, study_uid),
         ins=printed_ins(session, detail.study.patient_id),
-        documents=facade.study_documents(study_uid),
+        documents=facade.study_documents(session, study_uid),
         pages=pages,
         per_page=per_page,
     )

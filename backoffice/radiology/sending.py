@@ -63,7 +63,8 @@ def run_send_job(facade: ArchiveFacade, job_id: int) -> SendJob:
         job = s.get(SendJob, job_id)
         study_uids = job.study_uids.split("\\")
         peer, actor = job.peer_ae_title, job.requested_by
-    _update(facade, job_id, status="running", total=facade.count_instances(study_uids))
+        total = facade.count_instances(s, study_uids)
+    _update(facade, job_id, status="running", total=total)
     last = [0.0]
 
     def progress(sent: int, failed: int) -> None:
@@ -158,11 +159,15 @@ def prefetch(facade: ArchiveFacade, rule: PrefetchRule, *, now: datetime | None 
     now = now or utcnow()
     oldest = _years_before(now.date(), rule.max_age_years).isoformat()
     ran = []
-    for study in facade.studies_received_since(now - timedelta(hours=rule.lookback_hours)):
+    with facade.new_session() as s:  # the job's reads are short: no transaction is held over a send
+        recent = facade.studies_received_since(s, now - timedelta(hours=rule.lookback_hours))
+    for study in recent:
         if rule.modalities and not set(study.modalities) & set(rule.modalities):
             continue
         current_date = study.iso_date or now.date().isoformat()
-        priors = [p for p in facade.prior_studies(study.study_uid)  # older relevant studies, newest first
+        with facade.new_session() as s:
+            others = facade.prior_studies(s, study.study_uid)
+        priors = [p for p in others  # older relevant studies, newest first
                   if p.relevant and p.study_date and oldest <= p.study_date <= current_date][: rule.max_priors]
         if not priors:
             continue

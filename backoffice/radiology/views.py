@@ -63,7 +63,7 @@ def dicom_date_filter(context, value: str | None) -> str:
 
 def _study_or_404(study_uid: str):
     try:
-        return facade().study_detail(study_uid)
+        return facade().study_detail(db(), study_uid)
     except NotFound:
         abort(404)
 
@@ -108,7 +108,7 @@ def viewer_items(refs) -> list[dict]:
 
 def image_response(sop_instance_uid: str, params: RenderParams) -> Response:
     try:
-        data = facade().render_instance(sop_instance_uid, params)
+        data = facade().render_instance(db(), sop_instance_uid, params)
     except NotFound:
         abort(404)
     except RenderError as exc:
@@ -152,7 +152,7 @@ def studies():
         "accession": form.accession.data or "",
         "description": form.description.data or "",
     }
-    results = facade().browse_studies(**criteria, limit=PAGE_SIZE, offset=(page_number - 1) * PAGE_SIZE)
+    results = facade().browse_studies(db(), **criteria, limit=PAGE_SIZE, offset=(page_number - 1) * PAGE_SIZE)
     if any(criteria.values()):
         facade().audit_now("study.search", actor=current_user.login,
                            detail={"results": len(results.items), "page": page_number})
@@ -193,11 +193,11 @@ def study(study_uid: str):
         "radiology/study.html",
         detail=detail,
         study=detail.study,
-        priors=facade().prior_studies(study_uid),
+        priors=facade().prior_studies(db(), study_uid),
         reports=services.reports_of(s, study_uid),
         signed=services.signed_report(s, study_uid),
         draft=draft,
-        documents=facade().study_documents(study_uid),
+        documents=facade().study_documents(db(), study_uid),
         key_images=services.key_images(s, study_uid),
         share_links=services.share_links_of(s, study_uid) if current_user.role == "radiologist" else [],
         form=form,
@@ -281,7 +281,7 @@ def sign_report(study_uid: str):
 @roles_required(*READERS)
 def document_pdf(sop_instance_uid: str):
     try:
-        study_uid = facade().instance_study_uid(sop_instance_uid)
+        study_uid = facade().instance_study_uid(db(), sop_instance_uid)
         data = facade().document_pdf(sop_instance_uid)
     except NotFound:
         abort(404)
@@ -300,7 +300,7 @@ def add_key_image(study_uid: str):
         abort(400)
     sop_uid = request.form.get("sop_instance_uid", "")
     try:
-        if facade().instance_study_uid(sop_uid) != study_uid:
+        if facade().instance_study_uid(db(), sop_uid) != study_uid:
             abort(400)
         key = services.add_key_image(db(), study_uid, sop_uid, chosen_by=current_user.login,
                                      frame=request.form.get("frame", 0, type=int),
@@ -374,11 +374,11 @@ def send(study_uid: str):
     if peer is None:
         flash(_("Choisissez une station enregistrée."), "error")
         return redirect(url_for(".study", study_uid=study_uid, _anchor="send"))
-    allowed = {p.study_uid for p in facade().prior_studies(study_uid)}
+    allowed = {p.study_uid for p in facade().prior_studies(db(), study_uid)}
     priors = [uid for uid in request.form.getlist("prior") if uid in allowed]
     uids = [study_uid, *priors]
     job = create_send_job(db(), peer.ae_title, uids, requested_by=current_user.login,
-                          total=facade().count_instances(uids))
+                          total=facade().count_instances(db(), uids))
     facade().audit(db(), "study.send.request", actor=current_user.login, patient_id=detail.study.patient_id,
                    study_uid=study_uid, detail={"peer": peer.ae_title, "job": job.id, "priors": priors})
     response = redirect(url_for(".study", study_uid=study_uid, _anchor="send"))
@@ -410,9 +410,9 @@ def viewer(study_uid: str):
     prior = None
     compare = request.args.get("compare")
     if compare:
-        if compare not in {p.study_uid for p in facade().prior_studies(study_uid)}:
+        if compare not in {p.study_uid for p in facade().prior_studies(db(), study_uid)}:
             abort(404)
-        prior = facade().study_detail(compare)
+        prior = facade().study_detail(db(), compare)
     _audit_view("study.view", detail, viewer=True, compare=compare)
     return viewer_page(detail, prior, key_image_url=url_for(".add_key_image", study_uid=study_uid), shared=False)
 
@@ -434,7 +434,7 @@ def viewer_page(detail, prior, *, key_image_url: str | None, shared: bool) -> Re
 @roles_required(*READERS)
 def series_instances(series_uid: str):
     try:
-        refs = facade().series_instances(series_uid)
+        refs = facade().series_instances(db(), series_uid)
     except NotFound:
         abort(404)
     return jsonify({"items": viewer_items(refs)})
@@ -555,7 +555,7 @@ def series_shared(token: str, series_uid: str):
     detail = _study_or_404(link.study_uid)
     if series_uid not in {se.series_uid for se in detail.series}:
         abort(404)
-    return jsonify({"items": viewer_items(facade().series_instances(series_uid))})
+    return jsonify({"items": viewer_items(facade().series_instances(db(), series_uid))})
 
 
 @share_bp.route("/<token>/instances/<sop_instance_uid>/image")
@@ -564,7 +564,7 @@ def image_shared(token: str, sop_instance_uid: str):
     if link is None:
         abort(403)
     try:
-        if facade().instance_study_uid(sop_instance_uid) != link.study_uid:
+        if facade().instance_study_uid(db(), sop_instance_uid) != link.study_uid:
             abort(404)
     except NotFound:
         abort(404)
@@ -588,11 +588,12 @@ def media_command(folder: str, study_uids: tuple[str, ...]) -> None:
     if target.exists() and any(target.iterdir()):
         raise click.ClickException(f"{folder} is not empty")
     try:
-        detail = facade().study_detail(study_uids[0])
-        allowed = {p.study_uid for p in facade().prior_studies(study_uids[0])}
-        if not set(study_uids[1:]) <= allowed:
-            raise click.ClickException("the other studies must belong to the same patient")
-        report = facade().write_media(list(study_uids), target, practice=practice_identity())
+        with facade().new_session() as s:  # the command's read (no request here); the audit below writes
+            detail = facade().study_detail(s, study_uids[0])
+            allowed = {p.study_uid for p in facade().prior_studies(s, study_uids[0])}
+            if not set(study_uids[1:]) <= allowed:
+                raise click.ClickException("the other studies must belong to the same patient")
+            report = facade().write_media(s, list(study_uids), target, practice=practice_identity())
     except NotFound as exc:
         raise click.ClickException(str(exc)) from exc
     facade().audit_now("study.media", actor="cli", actor_kind="system", patient_id=detail.study.patient_id,

@@ -106,7 +106,8 @@ def test_canvas_shows_the_server_render_and_mouse_windowing_changes_it(app, live
     _ready(page)
     image, shot = _canvas(page)
     assert shot["renderer"] == renderer
-    series = app.extensions["archivage"].study_detail(current).series[0].series_uid
+    with app.extensions["archivage"].new_session() as s:
+        series = app.extensions["archivage"].study_detail(s, current).series[0].series_uid
     rendered = page.request.get(
         f"{live_server}/dicom-web/studies/{current}/series/{series}/instances/{shot['sop']}/frames/1/rendered"
         f"?window={shot['wc']},{shot['ww']}", headers={"Accept": "image/png"})
@@ -146,7 +147,8 @@ def test_the_first_image_shows_before_the_viewer_starts_and_gives_way_to_it(app,
                              " shown: i.getBoundingClientRect().height}; })")
     facade = app.extensions["archivage"]
     for preview, study in zip(previews, (current, prior)):
-        first = facade.study_detail(study).series[0].first_sop_uid
+        with facade.new_session() as s:
+            first = facade.study_detail(s, study).series[0].first_sop_uid
         assert preview["width"] == ROWS and preview["shown"] > 200 and first in preview["src"], preview
     shown = Image.open(io.BytesIO(page.request.get(live_server + previews[0]["src"]).body())).convert("L")
     assert np.asarray(shown, dtype=float).std() > 20  # the gradient, not a blank picture

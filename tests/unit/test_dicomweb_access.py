@@ -41,7 +41,8 @@ def test_share_link_reads_its_study_only(app, users, history, facade):  # noqa: 
     assert _study_uids(doctor.get("/dicom-web/series").get_json()) == {history.current}
     assert _study_uids(doctor.get("/dicom-web/instances").get_json()) == {history.current}
     # WADO-RS of the shared study works.
-    series = facade.study_detail(history.current).series[0]
+    with facade.new_session() as s:
+        series = facade.study_detail(s, history.current).series[0]
     metadata = doctor.get(f"/dicom-web/studies/{history.current}/metadata")
     assert metadata.status_code == 200 and len(metadata.get_json()) == 4
     sop = series.first_sop_uid
@@ -52,7 +53,8 @@ def test_share_link_reads_its_study_only(app, users, history, facade):  # noqa: 
         assert doctor.get(f"/dicom-web/studies/{other}/metadata").status_code == 404
         assert doctor.get(f"/dicom-web/studies/{other}").status_code == 404
         assert doctor.get(f"/dicom-web/studies/{other}/series").status_code == 404
-    other = facade.study_detail(history.other_patient).series[0]
+    with facade.new_session() as s:
+        other = facade.study_detail(s, history.other_patient).series[0]
     wado = (f"/wado?requestType=WADO&studyUID={history.other_patient}&seriesUID={other.series_uid}"
             f"&objectUID={other.first_sop_uid}")
     assert doctor.get(wado).status_code == 404
@@ -132,10 +134,12 @@ def test_cors_for_the_configured_viewer_origin_only(cors_app, users, history):  
 def test_thumbnails_of_study_series_and_instance(client, users, history, facade):  # noqa: F811
     """Tried: an unknown study, a bad viewport; the middle slice stands for a stack (not its first)."""
     auth = {"Authorization": f"Bearer {users['radiologist'][1]}"}
-    detail = facade.study_detail(history.current)
-    axial = next(se for se in detail.series if se.series_uid and len(facade.series_instances(se.series_uid)) == 3)
-    sops = [i.sop_instance_uid for i in sorted(facade.series_instances(axial.series_uid),
-                                                key=lambda i: i.instance_number or 0)]
+    with facade.new_session() as s:
+        detail = facade.study_detail(s, history.current)
+        axial = next(se for se in detail.series
+                     if se.series_uid and len(facade.series_instances(s, se.series_uid)) == 3)
+        sops = [i.sop_instance_uid for i in sorted(facade.series_instances(s, axial.series_uid),
+                                                    key=lambda i: i.instance_number or 0)]
     base = f"/dicom-web/studies/{history.current}/series/{axial.series_uid}"
     middle = client.get(f"{base}/instances/{sops[1]}/rendered?viewport=16,16", headers=auth).data
     first = client.get(f"{base}/instances/{sops[0]}/rendered?viewport=16,16", headers=auth).data

@@ -79,6 +79,12 @@ def mixed(facade, tmp_path):
     return study, undated_study, [o.SOPInstanceUID for o in objects], undated.SOPInstanceUID
 
 
+def _write_media(facade, study_uids, dest, **kwargs):
+    """The file set written as a page or a command does: in the caller's session."""
+    with facade.new_session() as s:
+        return facade.write_media(s, study_uids, dest, **kwargs)
+
+
 def check_medium(root: Path, facade, expected_uids: set[str]) -> dict[str, pydicom.Dataset]:
     """Every object on the medium is a stored one (same UIDs, same content); the DICOMDIR reads back."""
     dicomdir = pydicom.dcmread(root / "DICOMDIR")
@@ -125,7 +131,7 @@ def check_medium(root: Path, facade, expected_uids: set[str]) -> dict[str, pydic
 
 def test_media_holds_the_stored_objects_with_their_uids(facade, mixed, tmp_path):
     study, undated_study, uids, undated_uid = mixed
-    report = facade.write_media([study], tmp_path / "cd", practice={})
+    report = _write_media(facade, [study], tmp_path / "cd", practice={})
     assert (report.instances, report.converted, report.kept_compressed) == (6, 4, 0)  # big endian, RLE, JPEG lossy, JPEG lossless
     records = check_medium(tmp_path / "cd", facade, set(uids))
     sr = records[f"SR DOCUMENT:{uids[5]}"]
@@ -137,7 +143,7 @@ def test_media_holds_the_stored_objects_with_their_uids(facade, mixed, tmp_path)
 def test_media_fills_missing_record_keys_in_the_dicomdir_only(facade, mixed, tmp_path):
     """The object has no Study Date: the STUDY record takes its Series Date; the file stays as stored."""
     _study, undated_study, _uids, undated_uid = mixed
-    report = facade.write_media([undated_study], tmp_path / "cd", practice={})
+    report = _write_media(facade, [undated_study], tmp_path / "cd", practice={})
     records = check_medium(tmp_path / "cd", facade, {undated_uid})
     assert records[f"STUDY:{undated_study}"].StudyDate == "20240302"
     assert (undated_uid, "StudyDate") in report.filled_keys
@@ -149,7 +155,7 @@ def test_media_fills_missing_record_keys_in_the_dicomdir_only(facade, mixed, tmp
 def test_media_files_pass_dcmtk_general_purpose_profile(facade, mixed, tmp_path):
     """DCMTK's dcmmkdir (STD-GEN-CD checks: transfer syntax, file IDs, record keys) accepts every file."""
     study, _undated, uids, _u = mixed
-    facade.write_media([study], tmp_path / "cd", practice={})
+    _write_media(facade, [study], tmp_path / "cd", practice={})
     dcmmkdir = require_tool("dcmmkdir")
     files = [str(p.relative_to(tmp_path / "cd")) for p in sorted((tmp_path / "cd").glob("PT*/ST*/SE*/IM*"))]
     out = subprocess.run([dcmmkdir, "-Pgp", "--output-file", str(tmp_path / "DCMTKDIR"), "+id", str(tmp_path / "cd"),
@@ -195,7 +201,8 @@ def test_a_record_date_no_object_gives_is_the_date_the_medium_is_written(facade,
             delattr(ds, kw)
     store(facade.archive, [ds])
     written = datetime(2031, 2, 28, 9, 30, tzinfo=timezone.utc)
-    report = build_media(facade, [ds.StudyInstanceUID], tmp_path / "cd", practice={}, now=written)
+    with facade.new_session() as s:
+        report = build_media(facade.media_source(s), [ds.StudyInstanceUID], tmp_path / "cd", practice={}, now=written)
     study = next(r for r in pydicom.dcmread(tmp_path / "cd" / "DICOMDIR").DirectoryRecordSequence
                  if r.DirectoryRecordType == "STUDY")
     assert (study.StudyDate, study.StudyTime) == ("20310228", "093000")

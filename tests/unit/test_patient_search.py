@@ -116,8 +116,11 @@ def test_results_read_as_people_write_them(facade):
 
 def test_study_browser_uses_the_same_search(facade):
     """Before: the study browser found "Dupré" but not "dupre" or "jean-francois"."""
-    assert sorted(s.patient_id for s in facade.browse_studies(patient="dupre").items) == ["PAT001", "PAT002"]
-    assert sorted(s.patient_id for s in facade.browse_studies(patient="jean-francois").items) == ["PAT006", "PAT007"]
+    with facade.new_session() as session:
+        found = facade.browse_studies(session, patient="dupre").items
+        assert sorted(s.patient_id for s in found) == ["PAT001", "PAT002"]
+        assert sorted(s.patient_id for s in facade.browse_studies(session, patient="jean-francois").items) == [
+            "PAT006", "PAT007"]
 
 
 def test_human_name_and_birth_dates_alone():

@@ -129,8 +129,8 @@ def test_reproduction_with_signed_report_key_images_and_practice(app, client, us
         services.save_draft(s, history.current, author="u_radiologist", findings="Pas de nodule.",
                             conclusion="Examen normal.")
         services.sign_report(s, history.current, signed_by="u_radiologist")
-        series = facade.study_detail(history.current).series
-        sops = [r.sop_instance_uid for r in facade.series_instances(series[0].series_uid)]
+        series = facade.study_detail(s, history.current).series
+        sops = [r.sop_instance_uid for r in facade.series_instances(s, series[0].series_uid)]
         for n in range(6):
             services.add_key_image(s, history.current, sops[n % 3], chosen_by="u_radiologist", frame=0,
                                    window_center=40 + n, window_width=400)
@@ -333,7 +333,8 @@ def test_viewer_presets_are_named_in_the_readers_language_not_by_code(client, us
 
 def test_image_endpoint_renders_with_window_and_preset(client, users, history, facade):
     sign_in(client, users, "front_desk")
-    series = facade.study_detail(history.current).series[0]
+    with facade.new_session() as s:
+        series = facade.study_detail(s, history.current).series[0]
     sops = client.get(f"/radiology/series/{series.series_uid}/instances.json").get_json()["items"]
     assert len(sops) == 3
     url = f"/radiology/instances/{sops[0]['sop_instance_uid']}/image"
@@ -387,10 +388,11 @@ def test_share_link_shows_the_signed_report_and_works_on_a_second_device(app, us
     assert images and doctor.get(images[0].replace("&amp;", "&")).mimetype == "image/jpeg"  # and its images
     viewer = doctor.get(url + "/viewer")
     assert viewer.status_code == 200 and "MARTIN" in viewer.get_data(as_text=True)
-    series = facade.study_detail(history.current).series[0]
+    with facade.new_session() as s:
+        series = facade.study_detail(s, history.current).series[0]
+        other_sop = facade.study_detail(s, history.other_patient).series[0].first_sop_uid
     items = doctor.get(f"{url}/series/{series.series_uid}/instances.json").get_json()["items"]
     assert doctor.get(f"{url}/instances/{items[0]['sop_instance_uid']}/image?size=16").mimetype == "image/png"
-    other_sop = facade.study_detail(history.other_patient).series[0].first_sop_uid
     assert doctor.get(f"{url}/instances/{other_sop}/image").status_code == 404  # only the shared study
     # The doctor's second device: the same code opens the link again.
     tablet = app.test_client()
@@ -468,9 +470,10 @@ def test_reports_and_key_images_through_the_api(client, users, history, facade):
     assert [(v["version"], v["status"], v["conclusion"]) for v in versions] == [(1, "signed", "Normal.")]
     assert client.put(f"{url}/reports/draft", json={}, headers=bearer(users, "front_desk")).status_code == 403
 
-    sop = facade.study_detail(history.current).series[1].first_sop_uid
+    with facade.new_session() as s:
+        sop = facade.study_detail(s, history.current).series[1].first_sop_uid
+        other = facade.study_detail(s, history.other_patient).series[0].first_sop_uid
     chosen = client.post(f"{url}/key-images", json={"sop_instance_uid": sop, "window_center": -600,
                                                     "window_width": 1500}, headers=bearer(users, "front_desk"))
     assert chosen.status_code == 201 and chosen.get_json()["position"] == 1
-    other = facade.study_detail(history.other_patient).series[0].first_sop_uid
     assert client.post(f"{url}/key-images", json={"sop_instance_uid": other}, headers=rad).status_code == 400

@@ -114,7 +114,9 @@ def _identity_on_file(facade, study_uid):
     from pydicom import dcmread
 
     out = []
-    for ref in facade.study_instances(study_uid):
+    with facade.new_session() as s:
+        refs = facade.study_instances(s, study_uid)
+    for ref in refs:
         ds = dcmread(BytesIO(facade.read_instance(ref.sop_instance_uid)))
         out.append((str(ds.PatientName), ds.PatientID, ds.get("IssuerOfPatientID"), ds.PatientBirthDate,
                     ds.PatientSex, ds))

@@ -162,8 +162,8 @@ def test_approved_batch_is_executed_with_audit_and_certificate(app, client, mana
     assert instance_files(archive_of, patients["OLD"]) == []
     assert len(instance_files(archive_of, patients["MID"])) == 2  # nothing else touched
     assert _visible(facade) == {"MID", "NEW"}
-    assert facade.stats().patients == 2
     with facade.new_session() as s:
+        assert facade.stats(s).patients == 2
         actions = list(s.scalars(select(AuditEvent.action).where(AuditEvent.action.like("purge.%")).order_by(AuditEvent.id)))
         assert actions == ["purge.proposed", "purge.approved", "purge.tombstoned", "purge.executed"]
         assert verify(s).ok

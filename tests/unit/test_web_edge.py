@@ -78,7 +78,8 @@ def test_pages_pdfs_images_and_api_answers_carry_csp_nosniff_referrer_policy_and
     _assert_edge_headers(client.get("/login"))
     sign_in(client, users["radiologist"][0])
     facade = app.extensions["archivage"]
-    sop = facade.study_instances(history.current)[0].sop_instance_uid
+    with facade.new_session() as s:
+        sop = facade.study_instances(s, history.current)[0].sop_instance_uid
     image = client.get(f"/radiology/instances/{sop}/image?size=64")
     assert image.status_code == 200 and image.mimetype.startswith("image/")
     _assert_edge_headers(image)
@@ -269,9 +270,11 @@ def test_bad_input_on_every_get_route_answers_4xx_never_500(app, client, users, 
     Before: `/billing/?date=bad` raised (500), so did a receipt for another invoice's payment."""
     app.config["PROPAGATE_EXCEPTIONS"] = False  # a crash answers 500 here instead of raising in the test
     facade = app.extensions["archivage"]
-    instances = facade.study_instances(history.current)
+    with facade.new_session() as s:
+        instances = facade.study_instances(s, history.current)
+        series_uid = facade.study_detail(s, history.current).series[0].series_uid
     real = {"study_uid": history.current, "sop_instance_uid": instances[0].sop_instance_uid,
-            "series_uid": facade.study_detail(history.current).series[0].series_uid,
+            "series_uid": series_uid,
             "invoice_id": billed["invoices"][1], "group_id": billed["group"], "patient_id": history.patient_id}
     failures = []
     for rule in app.url_map.iter_rules():
@@ -335,7 +338,8 @@ with app.app_context():
     documents.invoice_pdf(facade.new_session, invoice_id)
 import sys
 sop_uid = sys.argv[1]
-facade.render_instance(sop_uid, RenderParams(size=64))
+with facade.new_session() as s:
+    facade.render_instance(s, sop_uid, RenderParams(size=64))
 facade.archive.close()
 """
 

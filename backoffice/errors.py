@@ -115,17 +115,20 @@ class ErrorTable:
     """One area's table from a domain error to its HTTP status and the sentence a person reads.
 
     *rows*: code -> translated sentence (``%(name)s`` filled from the error's data); *kinds*: error class ->
-    HTTP status, most specific first; a code without a row gets its status's general sentence from
-    *general*, never the English message. *fields*: the names of form and API fields as people say them.
+    HTTP status, most specific first, unless *statuses* names the code's own; a code without a row gets
+    its status's general sentence from *general*, never the English message. *fields*: the names of form
+    and API fields as people say them.
     """
 
     rows: Mapping[str, Any]
     kinds: Mapping[type, int]
     general: Mapping[int, Any]
     fields: Mapping[str, Any] = field(default_factory=dict)
+    statuses: Mapping[str, int] = field(default_factory=dict)
 
     def status(self, exc: Exception) -> int:
-        return next((status for kind, status in self.kinds.items() if isinstance(exc, kind)), 400)
+        own = self.statuses.get(getattr(exc, "code", ""))
+        return own or next((status for kind, status in self.kinds.items() if isinstance(exc, kind)), 400)
 
     def field_label(self, name: str) -> str:
         return str(self.fields.get(name, _l("Valeur")))
@@ -160,7 +163,8 @@ def answer_domain_errors(bp: Blueprint, error: type[Exception], table: ErrorTabl
 
         rollback()  # nothing the operation wrote before it refused is committed
         status, message = table.status(exc), table.message(exc)
-        log.info("%s answered %s on %s: %s", type(exc).__name__, status, request.path, exc)
+        # The code and the endpoint, never the path or the message (they may carry a patient's ID).
+        log.info("%s %s answered %s on %s", type(exc).__name__, getattr(exc, "code", ""), status, request.endpoint)
         if request.method == "POST" and not wants_json():
             target = same_site(request.referrer) or back()
             if target:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask_babel import lazy_gettext as _l
 
 from backoffice.errors import HTTP_MESSAGES, ErrorTable
-from backoffice.radiology.services import Invalid, NotFound, RadiologyError, ShareDenied
+from backoffice.radiology.services import RadiologyError, ShareDenied
 
 ERRORS = {
     # reports
@@ -24,13 +24,15 @@ ERRORS = {
     # share links
     "share_days": _l("durée de 1 à %(days)s jours"),
     "share_unknown": _l("lien inconnu"),
+    "unknown_link": _l("lien inconnu"),
     "share_revoked": _l("lien révoqué"),
     "share_expired": _l("lien expiré"),
     "share_locked": _l("lien bloqué après trop de codes erronés"),
 }
 
-# Each kind's status, most specific first; a code without a row gets its status's general sentence.
-KINDS = {ShareDenied: 410, NotFound: 404, Invalid: 400, RadiologyError: 409}
+# A refused link is 410 (Gone), another refusal 409, unless its code says otherwise (a bad value: 400).
+KINDS = {ShareDenied: 410, RadiologyError: 409}
+STATUSES = {"report_fields": 400, "layout": 400, "share_days": 400, "unknown_link": 404}
 GENERAL = {status: HTTP_MESSAGES[status][1] for status in (400, 404, 409, 410)}
 
-TABLE = ErrorTable(rows=ERRORS, kinds=KINDS, general=GENERAL)
+TABLE = ErrorTable(rows=ERRORS, kinds=KINDS, general=GENERAL, statuses=STATUSES)

@@ -28,14 +28,6 @@ class RadiologyError(DomainError):
     code = "conflict"
 
 
-class Invalid(RadiologyError):
-    code = "invalid"
-
-
-class NotFound(RadiologyError):
-    code = "not_found"
-
-
 class ShareDenied(RadiologyError):
     """A share link that is unknown, expired, revoked or locked (410 Gone)."""
 
@@ -71,7 +63,7 @@ def save_draft(session: Session, study_uid: str, *, author: str, amendment_reaso
     """Create or update the study's draft; after a signature the new draft amends the signed version."""
     unknown = set(fields) - set(REPORT_FIELDS)
     if unknown:
-        raise Invalid(f"unknown report fields: {', '.join(sorted(unknown))}", code="report_fields")
+        raise RadiologyError(f"unknown report fields: {', '.join(sorted(unknown))}", code="report_fields")
     draft = current_draft(session, study_uid)
     if draft is None:
         signed = signed_report(session, study_uid)
@@ -173,7 +165,7 @@ def create_share_link(
     now: datetime | None = None,
 ) -> NewShareLink:
     if not 1 <= days <= SHARE_MAX_DAYS:
-        raise Invalid(f"a link lasts 1 to {SHARE_MAX_DAYS} days", code="share_days", days=SHARE_MAX_DAYS)
+        raise RadiologyError(f"a link lasts 1 to {SHARE_MAX_DAYS} days", code="share_days", days=SHARE_MAX_DAYS)
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
     code = f"{secrets.randbelow(10**6):06d}"
@@ -230,7 +222,7 @@ def check_share_code(session: Session, link: ShareLink, code: str, *, now: datet
 def revoke_share_link(session: Session, link_id: int, *, now: datetime | None = None) -> ShareLink:
     link = session.get(ShareLink, link_id)
     if link is None:
-        raise NotFound("unknown link", code="share_unknown")
+        raise RadiologyError("unknown link", code="unknown_link")
     if link.revoked_at is None:
         link.revoked_at = now or utcnow()
         session.flush()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask_babel import lazy_gettext as _l
 
 from backoffice.billing.base import Conflict, Invalid, NotFound
-from backoffice.errors import ErrorTable
+from backoffice.errors import HTTP_MESSAGES, ErrorTable
 
 ERRORS = {
     # payments, credit notes, refunds
@@ -95,11 +95,8 @@ ERRORS = {
 
 # Each kind's status, and its sentence when a code has no row of its own (a new error not named yet).
 KINDS = {NotFound: 404, Conflict: 409, Invalid: 400}
-GENERAL = {
-    404: _l("Introuvable : cet enregistrement (facture, paiement, examen…) n'existe pas à cette adresse."),
-    400: _l("Une valeur saisie est invalide : vérifiez le formulaire."),
-    409: _l("Impossible dans l'état actuel de cet enregistrement."),
-}
+GENERAL = {404: HTTP_MESSAGES[404][1], 409: HTTP_MESSAGES[409][1],
+           400: _l("Une valeur saisie est invalide : vérifiez le formulaire.")}
 
 # Form and API field names as the desk says them.
 FIELD_LABELS = {

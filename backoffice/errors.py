@@ -10,8 +10,10 @@ a translated message). Under ``/api/`` and ``/dicom-web/`` the same errors are J
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
 
-from flask import Flask, jsonify, make_response, render_template, request
+from flask import Blueprint, Flask, flash, jsonify, make_response, redirect, render_template, request
 from flask_babel import gettext as _, lazy_gettext as _l
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError
@@ -91,11 +93,91 @@ def core_error(exc: Exception) -> tuple[int, str]:
     return status, str(message)
 
 
-def _status(exc: Exception) -> int:
-    from backoffice.billing import services as billing
+# -- an area's domain errors (billing, radiology): one table and one handler each ---------------------------
 
-    table = {billing.NotFound: 404, billing.Conflict: 409, billing.Invalid: 400}
-    return next((code for kind, code in table.items() if isinstance(exc, kind)), 400)
+
+class DomainError(Exception):
+    """A request an area's rules refuse. *code* names its row in the area's :class:`ErrorTable`; *message* is
+    English (the API's and the log's, never shown on a page); *params* is the data its sentence names."""
+
+    code = "invalid"
+
+    def __init__(self, message: str, code: str | None = None, **params) -> None:
+        super().__init__(message)
+        self.message = message
+        self.params = params  # the data the translated sentence names (a field, periods, a count)
+        if code:
+            self.code = code
+
+
+@dataclass(frozen=True)
+class ErrorTable:
+    """One area's table from a domain error to its HTTP status and the sentence a person reads.
+
+    *rows*: code -> translated sentence (``%(name)s`` filled from the error's data); *kinds*: error class ->
+    HTTP status, most specific first, unless *statuses* names the code's own; a code without a row gets
+    its status's general sentence from *general*, never the English message. *fields*: the names of form
+    and API fields as people say them.
+    """
+
+    rows: Mapping[str, Any]
+    kinds: Mapping[type, int]
+    general: Mapping[int, Any]
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    statuses: Mapping[str, int] = field(default_factory=dict)
+
+    def status(self, exc: Exception) -> int:
+        own = self.statuses.get(getattr(exc, "code", ""))
+        return own or next((status for kind, status in self.kinds.items() if isinstance(exc, kind)), 400)
+
+    def field_label(self, name: str) -> str:
+        return str(self.fields.get(name, _l("Valeur")))
+
+    def message(self, exc: Exception) -> str:
+        """The sentence for *exc* in the request's language."""
+        row = self.rows.get(getattr(exc, "code", ""))
+        if row is None:
+            return str(self.general.get(self.status(exc)) or self.general[400])
+        params = dict(getattr(exc, "params", {}) or {})
+        if "field" in params:
+            params["field"] = self.field_label(params["field"])
+        try:
+            return str(row) % params if "%(" in str(row) else str(row)
+        except (KeyError, TypeError, ValueError):  # a row that names data this error does not carry
+            return str(row).split("%(")[0].rstrip(" :")
+
+
+def same_site(url: str | None) -> str | None:
+    """The page a form came from, if it is ours (never bounce to another site)."""
+    return url if url and url.startswith(request.host_url) else None
+
+
+def answer_domain_errors(bp: Blueprint, error: type[Exception], table: ErrorTable,
+                         back: Callable[[], str | None]) -> None:
+    """Register on *bp* the one handler of *error*: the request's transaction is rolled back, then a form
+    posted from a page flashes the sentence and goes back to that page (else to ``back()``); JSON callers
+    and other requests get the error's status and sentence (a page, or ``{"error": ...}``)."""
+
+    def handler(exc: Exception):
+        from backoffice.extensions import rollback
+
+        rollback()  # nothing the operation wrote before it refused is committed
+        status, message = table.status(exc), table.message(exc)
+        # The code and the endpoint, never the path or the message (they may carry a patient's ID).
+        log.info("%s %s answered %s on %s", type(exc).__name__, getattr(exc, "code", ""), status, request.endpoint)
+        if request.method == "POST" and not wants_json():
+            target = same_site(request.referrer) or back()
+            if target:
+                flash(message, "error")
+                return redirect(target)
+        return error_page(status, message=message)
+
+    TABLES[error] = table
+    bp.register_error_handler(error, handler)
+
+
+# Each area's table by its error class: an area's error raised from another area's page (the app's handler).
+TABLES: dict[type, ErrorTable] = {}
 
 
 def wants_json() -> bool:
@@ -122,20 +204,19 @@ _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_f
 
 
 def init_app(app: Flask) -> None:
-    from backoffice.billing import services as billing
-
     def _rollback() -> None:
         from backoffice.extensions import rollback
 
         rollback()
 
-    @app.errorhandler(billing.BillingError)
-    def _billing_error(exc: billing.BillingError):
-        # Pages only: the API's blueprint answers its own JSON first.
-        from backoffice.billing.errors import message_for
-
+    @app.errorhandler(DomainError)
+    def _domain_error(exc: DomainError):
+        # An area's error raised where its own handler is not registered (another blueprint's page).
         _rollback()
-        return error_page(_status(exc), message=message_for(exc))
+        table = next((t for kind, t in TABLES.items() if isinstance(exc, kind)), None)
+        if table is None:
+            return error_page(400)
+        return error_page(table.status(exc), message=table.message(exc))
 
     @app.errorhandler(core.ArchiveError)
     def _archive_error(exc: core.ArchiveError):

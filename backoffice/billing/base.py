@@ -5,20 +5,16 @@ from __future__ import annotations
 from datetime import date
 
 from archive_core.values import paris_day, utcnow
+from backoffice.errors import DomainError
 
 
 # -- errors (mapped once per edge: HTTP in backoffice/api/billing.py and the pages) ----------------
 
 
-class BillingError(Exception):
-    code = "billing_error"
+class BillingError(DomainError):
+    """English *message* for the API and the log; pages read billing/errors.py's table."""
 
-    def __init__(self, message: str, code: str | None = None, **params) -> None:
-        super().__init__(message)
-        self.message = message  # English, for the API and the log; pages use billing/errors.py's table
-        self.params = params  # the data the translated sentence names (a field, periods)
-        if code:
-            self.code = code
+    code = "billing_error"
 
 
 class NotFound(BillingError):

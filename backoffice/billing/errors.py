@@ -1,14 +1,18 @@
-"""Billing's one table from a domain error's code to the sentence the desk reads, and the names of its fields.
+"""Billing's one table from a domain error to its HTTP status and the sentence the desk reads.
 
 Services raise :class:`~backoffice.billing.base.BillingError` with an English message (the API's and
-the log's) and a code plus data; the pages show :func:`message_for` instead: French (or English when chosen),
-with no field name, no cents and no code. A code without a row gets its kind's general sentence, never the
-English message.
+the log's) and a code plus data; the pages show :data:`TABLE`'s sentence instead (one handler on the
+billing and patients blueprints, :func:`backoffice.errors.answer_domain_errors`): French (or English when
+chosen), with no field name, no cents and no code. A code without a row gets its kind's general sentence,
+never the English message.
 """
 
 from __future__ import annotations
 
 from flask_babel import lazy_gettext as _l
+
+from backoffice.billing.base import Conflict, Invalid, NotFound
+from backoffice.errors import HTTP_MESSAGES, ErrorTable
 
 ERRORS = {
     # payments, credit notes, refunds
@@ -89,12 +93,10 @@ ERRORS = {
     "nothing_to_remit": _l("Aucun chèque à remettre."),
 }
 
-# Each kind's sentence when a code has no row of its own (a new error somebody has not named yet).
-GENERAL = {
-    "not_found": _l("Introuvable : cet enregistrement (facture, paiement, examen…) n'existe pas à cette adresse."),
-    "invalid": _l("Une valeur saisie est invalide : vérifiez le formulaire."),
-    "conflict": _l("Impossible dans l'état actuel de cet enregistrement."),
-}
+# Each kind's status, and its sentence when a code has no row of its own (a new error not named yet).
+KINDS = {NotFound: 404, Conflict: 409, Invalid: 400}
+GENERAL = {404: HTTP_MESSAGES[404][1], 409: HTTP_MESSAGES[409][1],
+           400: _l("Une valeur saisie est invalide : vérifiez le formulaire.")}
 
 # Form and API field names as the desk says them.
 FIELD_LABELS = {
@@ -125,20 +127,6 @@ FIELD_LABELS = {
 }
 
 
-def field_label(name: str) -> str:
-    return str(FIELD_LABELS.get(name, _l("Valeur")))
-
-
-def message_for(exc) -> str:
-    """The sentence a person reads for billing error *exc* (in the request's language)."""
-    row = ERRORS.get(exc.code)
-    if row is None:
-        kind = next((k for k in ("not_found", "conflict") if k == getattr(type(exc), "code", "")), "invalid")
-        return str(GENERAL[kind])
-    params = dict(getattr(exc, "params", {}) or {})
-    if "field" in params:
-        params["field"] = field_label(params["field"])
-    try:
-        return str(row) % params if "%(" in str(row) else str(row)
-    except (KeyError, TypeError, ValueError):  # a row that names data this error does not carry
-        return str(row).split("%(")[0].rstrip(" :")
+TABLE = ErrorTable(rows=ERRORS, kinds=KINDS, general=GENERAL, fields=FIELD_LABELS)
+field_label = TABLE.field_label
+message_for = TABLE.message  # the sentence a person reads for a billing error (in the request's language)

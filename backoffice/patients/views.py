@@ -6,7 +6,6 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_babel import gettext as _, lazy_gettext as _l
 from flask_login import current_user
 from flask_wtf import FlaskForm
-from sqlalchemy import select
 from wtforms import BooleanField, SelectField, StringField
 from wtforms.fields.choices import SelectChoice
 
@@ -18,6 +17,9 @@ from backoffice.extensions import db, facade
 from backoffice.patients import nir as nir_rules
 from backoffice.patients import services
 from backoffice.retention.clock import today
+from backoffice.billing.base import BillingError
+from backoffice.billing.errors import TABLE as BILLING_ERRORS
+from backoffice.errors import answer_domain_errors
 
 bp = Blueprint("patients", __name__, url_prefix="/patients")
 READERS = ("front_desk", "manager", "radiologist")
@@ -100,14 +102,12 @@ def patient(patient_id: str):
     except services.UnknownPatient:
         abort(404)
     facade().audit_now("patient.viewed", actor=current_user.login, patient_id=patient_id)
-    from backoffice.billing import services as billing
-    from backoffice.billing.models import Insurer
-    from backoffice.billing.views import STATE_LABELS
+    from backoffice.billing import listings, services as billing
+    from backoffice.billing.web import STATE_LABELS
 
     ins = file.ins
     desk = current_user.role in IDENTITY_EDITORS
-    insurers = list(db().scalars(select(Insurer).where(Insurer.retired_at.is_(None)).order_by(Insurer.name))) \
-        if desk else []
+    insurers = listings.insurers(db(), active_only=True) if desk else []
     return render_template("patients/patient.html", f=file, today=today(), states=STATE_LABELS,
                            labels=billing.exam_group_labels(db()), insurers=insurers, desk=desk,
                            ins_form=InsForm(nir=ins.nir if ins else "", document=ins.document if ins else "",
@@ -189,24 +189,25 @@ def end_guardian(patient_id: str, guardian_id: int):
 # -- mutuelles at the desk -----------------------------------------------------------------------
 
 
-def _membership_action(view):
-    """Membership posts: a known patient only; a refusal is a French message on the patient page."""
-    from functools import wraps
+def _mutuelles() -> str:
+    """Where a refused membership post goes back to: the patient page's mutuelles."""
+    return url_for("patients.patient", patient_id=(request.view_args or {}).get("patient_id", ""), _anchor="mutuelles")
 
-    from backoffice.billing import services as billing
-    from backoffice.billing.errors import ERRORS, message_for
+
+# A refused membership (billing's rules) is billing's sentence on the patient page: billing's one table and handler.
+answer_domain_errors(bp, BillingError, BILLING_ERRORS, back=_mutuelles)
+
+
+def _membership_action(view):
+    """Membership posts: a known patient only."""
+    from functools import wraps
 
     @wraps(view)
     def wrapped(patient_id: str, **kwargs):
         if not services.is_known(db(), facade(), patient_id):
-            flash(str(ERRORS["unknown_patient"]), "error")
+            flash(str(BILLING_ERRORS.rows["unknown_patient"]), "error")
             return redirect(url_for("patients.search"))
-        try:
-            return view(patient_id, **kwargs)
-        except billing.BillingError as exc:
-            db().rollback()
-            flash(message_for(exc), "error")
-            return redirect(url_for("patients.patient", patient_id=patient_id, _anchor="mutuelles"))
+        return view(patient_id, **kwargs)
 
     return wrapped
 
@@ -217,11 +218,11 @@ def _membership_action(view):
 def add_membership(patient_id: str):
     """The desk records the patient's mutuelle (from the patient page)."""
     from backoffice.billing import services as billing
-    from backoffice.billing.views import _date, _int
+    from backoffice.billing.web import form_date, form_int
 
-    m = billing.add_membership(db(), patient_id=patient_id, insurer_id=_int("insurer_id"),
+    m = billing.add_membership(db(), patient_id=patient_id, insurer_id=form_int("insurer_id"),
                                member_number=request.form.get("member_number", ""),
-                               valid_from=_date("valid_from"), valid_to=_date("valid_to", optional=True),
+                               valid_from=form_date("valid_from"), valid_to=form_date("valid_to", optional=True),
                                payer_name=(request.form.get("payer_name") or "").strip() or None)
     facade().audit(db(), "billing.membership.created", actor=current_user.login, patient_id=patient_id,
                    detail={"membership_id": m.id, "insurer_id": m.insurer_id})
@@ -235,9 +236,9 @@ def add_membership(patient_id: str):
 def end_membership(patient_id: str, membership_id: int):
     """The desk ends a membership (its last day); invoices already issued keep their split."""
     from backoffice.billing import services as billing
-    from backoffice.billing.views import _date
+    from backoffice.billing.web import form_date
 
-    m = billing.end_membership(db(), membership_id, patient_id=patient_id, valid_to=_date("valid_to"))
+    m = billing.end_membership(db(), membership_id, patient_id=patient_id, valid_to=form_date("valid_to"))
     facade().audit(db(), "billing.membership.ended", actor=current_user.login, patient_id=patient_id,
                    detail={"membership_id": m.id, "valid_to": m.valid_to.isoformat()})
     flash(_("Adhésion terminée au %(day)s.", day=format_date(m.valid_to, format="long", locale=locale_name())), "info")

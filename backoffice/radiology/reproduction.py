@@ -37,7 +37,8 @@ def chosen_images(session: Session, facade: ArchiveFacade, detail: StudyDetail) 
 
 def build_reproduction(session: Session, facade: ArchiveFacade, study_uid: str, *, per_page: int = 4) -> bytes:
     if per_page not in LAYOUTS:
-        raise services.RadiologyError(f"images par page : {', '.join(map(str, LAYOUTS))}")
+        raise services.RadiologyError(f"images per page: {', '.join(map(str, LAYOUTS))}", code="layout",
+                                     layouts=", ".join(map(str, LAYOUTS)))
     detail = facade.study_detail(session, study_uid)
     images: list[PrintedImage] = []
     size = PRINT_SIZE[per_page]

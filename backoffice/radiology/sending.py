@@ -104,6 +104,10 @@ def start_in_background(facade: ArchiveFacade, job_id: int) -> threading.Thread:
     return thread
 
 
+def get_job(session: Session, job_id: int) -> SendJob | None:
+    return session.get(SendJob, job_id)
+
+
 def failures_of(session: Session, job_id: int) -> list[SendFailure]:
     return list(session.scalars(select(SendFailure).where(SendFailure.job_id == job_id).order_by(SendFailure.id)))
 

@@ -8,11 +8,11 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from flask_babel import gettext as _
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from archive_core.values import utcnow
+from backoffice.errors import DomainError
 from backoffice.radiology.models import KeyImage, Report, ShareLink
 
 REPORT_FIELDS = ("indication", "technique", "findings", "conclusion")
@@ -21,12 +21,17 @@ SHARE_MAX_DAYS = 30
 SHARE_MAX_FAILED_CODES = 5
 
 
-class RadiologyError(Exception):
-    """A request the radiology rules refuse (mapped to 409/400 at the edge)."""
+class RadiologyError(DomainError):
+    """A request the radiology rules refuse: English *message* (API, log), *code* its row in
+    backoffice/radiology/errors.py (the sentence pages show, and the HTTP status)."""
+
+    code = "conflict"
 
 
-class ShareDenied(Exception):
-    """A share link that is unknown, expired, revoked or locked."""
+class ShareDenied(RadiologyError):
+    """A share link that is unknown, expired, revoked or locked (410 Gone)."""
+
+    code = "share_unknown"
 
 
 # -- reports ---------------------------------------------------------------------------------------
@@ -58,12 +63,12 @@ def save_draft(session: Session, study_uid: str, *, author: str, amendment_reaso
     """Create or update the study's draft; after a signature the new draft amends the signed version."""
     unknown = set(fields) - set(REPORT_FIELDS)
     if unknown:
-        raise RadiologyError(f"unknown report fields: {', '.join(sorted(unknown))}")
+        raise RadiologyError(f"unknown report fields: {', '.join(sorted(unknown))}", code="report_fields")
     draft = current_draft(session, study_uid)
     if draft is None:
         signed = signed_report(session, study_uid)
         if signed is not None and not amendment_reason.strip():
-            raise RadiologyError(_("le compte rendu est signé : un avenant doit en donner le motif"))
+            raise RadiologyError("the report is signed: an amendment needs its reason", code="amendment_reason")
         version = (session.scalar(select(func.max(Report.version)).where(Report.study_uid == study_uid)) or 0) + 1
         base = {f: getattr(signed, f) for f in REPORT_FIELDS} if signed else {}
         draft = Report(study_uid=study_uid, version=version, status="draft", author=author,
@@ -81,9 +86,9 @@ def sign_report(session: Session, study_uid: str, *, signed_by: str, signer_name
     """Sign the draft; the signer's name and RPPS are copied onto the report as they are now."""
     draft = current_draft(session, study_uid)
     if draft is None:
-        raise RadiologyError(_("aucun brouillon à signer"))
+        raise RadiologyError("no draft to sign", code="no_draft")
     if not (draft.findings.strip() or draft.conclusion.strip()):
-        raise RadiologyError(_("un compte rendu vide ne se signe pas"))
+        raise RadiologyError("an empty report is not signed", code="empty_report")
     draft.status = "signed"
     draft.signed_at = utcnow()
     draft.signed_by = signed_by
@@ -113,7 +118,8 @@ def add_key_image(
 ) -> KeyImage:
     existing = key_images(session, study_uid)
     if len(existing) >= MAX_KEY_IMAGES:
-        raise RadiologyError(_("%(count)s images au plus", count=MAX_KEY_IMAGES))
+        raise RadiologyError(f"{MAX_KEY_IMAGES} key images at most", code="too_many_key_images",
+                             count=MAX_KEY_IMAGES)
     for k in existing:  # the same view chosen twice is one key image; another window is another one
         if (k.sop_instance_uid, k.frame, k.window_center, k.window_width) == (
             sop_instance_uid, frame, window_center, window_width
@@ -159,7 +165,7 @@ def create_share_link(
     now: datetime | None = None,
 ) -> NewShareLink:
     if not 1 <= days <= SHARE_MAX_DAYS:
-        raise RadiologyError(_("durée de 1 à %(days)s jours", days=SHARE_MAX_DAYS))
+        raise RadiologyError(f"a link lasts 1 to {SHARE_MAX_DAYS} days", code="share_days", days=SHARE_MAX_DAYS)
     now = now or utcnow()
     token = secrets.token_urlsafe(32)
     code = f"{secrets.randbelow(10**6):06d}"
@@ -176,13 +182,13 @@ def share_link_for(session: Session, token: str, *, now: datetime | None = None)
     now = now or utcnow()
     link = session.scalar(select(ShareLink).where(ShareLink.token_hash == _digest(token)))
     if link is None:
-        raise ShareDenied(_("lien inconnu"))
+        raise ShareDenied("unknown link", code="share_unknown")
     if link.revoked_at is not None:
-        raise ShareDenied(_("lien révoqué"))
+        raise ShareDenied("revoked link", code="share_revoked")
     if link.expires_at <= now:
-        raise ShareDenied(_("lien expiré"))
+        raise ShareDenied("expired link", code="share_expired")
     if link.failed_codes >= SHARE_MAX_FAILED_CODES:
-        raise ShareDenied(_("lien bloqué après trop de codes erronés"))
+        raise ShareDenied("link locked after too many wrong codes", code="share_locked")
     return link
 
 
@@ -216,7 +222,7 @@ def check_share_code(session: Session, link: ShareLink, code: str, *, now: datet
 def revoke_share_link(session: Session, link_id: int, *, now: datetime | None = None) -> ShareLink:
     link = session.get(ShareLink, link_id)
     if link is None:
-        raise RadiologyError(_("lien inconnu"))
+        raise RadiologyError("unknown link", code="unknown_link")
     if link.revoked_at is None:
         link.revoked_at = now or utcnow()
         session.flush()

@@ -222,13 +222,68 @@ def test_a_report_error_handled_by_the_page_commits_nothing(client, users, histo
     def half_done(session, study_uid, *, signed_by, **identity):
         services.current_draft(session, study_uid).findings = "écrit à moitié"
         session.flush()
-        raise services.RadiologyError("refusé après écriture")
+        raise services.RadiologyError("refused after writing", code="empty_report")
 
     monkeypatch.setattr(services, "sign_report", half_done)
     answer = client.post(f"{page}/report/sign", data={"csrf_token": token}, follow_redirects=True)
-    assert "refusé après écriture" in answer.get_data(as_text=True)
+    # the one handler's sentence (radiology/errors.py), in French, on the study page; never the English message
+    body = answer.get_data(as_text=True)
+    assert "un compte rendu vide ne se signe pas" in body and "refused after writing" not in body
     with facade.new_session() as s:
         assert [r.findings for r in services.reports_of(s, history.current)] == ["Nodule de 4 mm."]
+
+
+def test_a_refusal_a_script_posted_is_answered_by_the_one_handler_in_json(client, users, history, facade):
+    """Bad input tried: a 25th key image chosen from the viewer (its script posts with Accept: JSON), and an
+    amendment without its reason from the report editor's autosave. Each is refused by the service; the
+    radiology blueprint's one handler answers the status and the French sentence as JSON, and nothing of
+    the refused action is kept."""
+    from backoffice.radiology import services
+
+    sign_in(client, users, "radiologist")
+    page = f"/radiology/studies/{history.current}"
+    token = csrf(client, page)
+    with facade.new_session(write=True) as s:
+        series = facade.study_detail(history.current).series
+        sop = facade.series_instances(series[0].series_uid)[0].sop_instance_uid
+        for n in range(services.MAX_KEY_IMAGES):
+            services.add_key_image(s, history.current, sop, chosen_by="u_radiologist", window_center=float(n),
+                                   window_width=400)
+        s.commit()
+    json_headers = {"Accept": "application/json"}
+    refused = client.post(f"{page}/key-images", data={"csrf_token": token, "sop_instance_uid": sop, "wc": "999",
+                                                      "ww": "400"}, headers=json_headers)
+    assert refused.status_code == 409
+    assert refused.get_json()["error"] == {"code": "conflict", "message": "24 images au plus"}
+    with facade.new_session() as s:
+        assert len(services.key_images(s, history.current)) == services.MAX_KEY_IMAGES
+
+    client.post(f"{page}/report", data={"csrf_token": token, "findings": "RAS"})
+    client.post(f"{page}/report/sign", data={"csrf_token": token})
+    autosaved = client.post(f"{page}/report/autosave", data={"csrf_token": token, "findings": "changé"},
+                            headers={**json_headers, "Accept-Language": "en"})
+    assert autosaved.status_code == 409
+    message = autosaved.get_json()["error"]["message"]
+    assert "amendment" in message.lower() and "avenant" not in message  # the English page's sentence
+    with facade.new_session() as s:
+        assert [r.status for r in services.reports_of(s, history.current)] == ["signed"]
+
+
+def test_every_radiology_refusal_has_a_sentence():
+    """A code raised without a row would show only the general sentence: every code raised in
+    backoffice/radiology has its row in radiology/errors.py."""
+    import ast
+    from pathlib import Path
+
+    from backoffice.radiology.errors import ERRORS
+
+    codes = set()
+    for path in (Path(__file__).resolve().parents[2] / "backoffice" / "radiology").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and isinstance(node.exc, ast.Call):
+                codes |= {kw.value.value for kw in node.exc.keywords
+                          if kw.arg == "code" and isinstance(kw.value, ast.Constant)}
+    assert len(codes) >= 8 and sorted(codes - set(ERRORS)) == []
 
 
 def test_front_desk_cannot_write_reports(client, users, history):

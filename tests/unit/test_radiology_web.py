@@ -244,8 +244,8 @@ def test_a_refusal_a_script_posted_is_answered_by_the_one_handler_in_json(client
     page = f"/radiology/studies/{history.current}"
     token = csrf(client, page)
     with facade.new_session(write=True) as s:
-        series = facade.study_detail(history.current).series
-        sop = facade.series_instances(series[0].series_uid)[0].sop_instance_uid
+        series = facade.study_detail(s, history.current).series
+        sop = facade.series_instances(s, series[0].series_uid)[0].sop_instance_uid
         for n in range(services.MAX_KEY_IMAGES):
             services.add_key_image(s, history.current, sop, chosen_by="u_radiologist", window_center=float(n),
                                    window_width=400)

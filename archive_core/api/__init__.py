@@ -345,7 +345,7 @@ class ArchiveFacade:
     # -- sending to peers, CD/USB media -----------------------------------------------------------
 
     def send_studies(self, peer_ae_title: str, study_uids: list[str], *, progress=None, cancelled=lambda: False):
-        """Push the studies to a registered peer (:class:`archive_core.net.scu.SendResult`), as retrieve-to-peer does."""
+        """Push the studies to a registered peer (:class:`archive_core.net.push.SendResult`), as retrieve-to-peer does."""
         return _transfer.send_studies(self._archive, peer_ae_title, study_uids, progress=progress, cancelled=cancelled)
 
     def retrieve_to_peer(self, study_uids: list[str], ae_title: str, *,

@@ -351,7 +351,7 @@ class ArchiveFacade:
     # -- sending to peers, CD/USB media -----------------------------------------------------------
 
     def send_studies(self, peer_ae_title: str, study_uids: list[str], *, progress=None, cancelled=lambda: False):
-        """Push the studies to a registered peer (:class:`archive_core.net.scu.SendResult`), as retrieve-to-peer
+        """Push the studies to a registered peer (:class:`archive_core.net.push.SendResult`), as retrieve-to-peer
         does; reads what to send in a transaction of its own, closed before the association opens."""
         return _transfer.send_studies(self._archive, peer_ae_title, study_uids, progress=progress, cancelled=cancelled)
 

@@ -22,9 +22,9 @@ def _peer_and_instances(archive: Archive, ae_title: str, study_uids: list[str]):
 
 
 def push(archive: Archive, peer, instances, *, progress=None, cancelled=lambda: False):
-    """Send *instances* to *peer* (:class:`archive_core.net.scu.SendResult`); TLS as the peer is registered."""
+    """Send *instances* to *peer* (:class:`archive_core.net.push.SendResult`); TLS as the peer is registered."""
     from archive_core.net import tls
-    from archive_core.net.scu import all_failed, send_instances
+    from archive_core.net.push import all_failed, send_instances
 
     settings = archive.settings
     try:

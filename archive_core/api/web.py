@@ -99,7 +99,7 @@ def converted_instance(archive: Archive, stored, target_ts: str) -> bytes:
     """See :meth:`archive_core.api.ArchiveFacade.converted_instance`."""
     from pydicom import dcmwrite
 
-    from archive_core.net.scu import convert
+    from archive_core.net.conversion import convert
 
     with open_stored(archive, stored) as f:
         ds = convert(f.read(), stored.transfer_syntax_uid, target_ts)

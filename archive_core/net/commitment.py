@@ -23,8 +23,9 @@ from archive_core.db import read_session, write_session
 from archive_core.errors import InvalidIdentifier, UnknownPeer
 from archive_core.index.models import Instance, Patient, Series, Study
 from archive_core.index.query import StoredInstance
-from archive_core.net import scu, tls
+from archive_core.net import tls
 from archive_core.net.replies import failure as _failure
+from archive_core.net.requestor import tls_refusal
 from archive_core.peers import find_peer
 from archive_core.uids import is_valid_uid, require_uid
 
@@ -240,7 +241,7 @@ def _send_on_new_association(ctx, calling: str, event_type: int, info: Dataset) 
     role = build_role(STORAGE_COMMITMENT_PUSH, scu_role=False, scp_role=True)
     # A peer registered --tls gets its report over DICOM TLS, never in clear.
     tls_args = tls.tls_args(ctx.settings, peer)
-    refused = scu.tls_refusal(peer.host, peer.port, tls_args, timeout=min(ctx.settings.DICOM_NETWORK_TIMEOUT, 10))
+    refused = tls_refusal(peer.host, peer.port, tls_args, timeout=min(ctx.settings.DICOM_NETWORK_TIMEOUT, 10))
     if refused:
         log.error("storage commitment report: DICOM TLS with %s failed (%s)", calling, refused)
         return False

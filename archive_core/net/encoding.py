@@ -6,7 +6,7 @@ set costs a full pydicom write, which profiles put at 40 % of the SCP's time per
 of plain text and binary values directly and hands everything else to pynetdicom's own encoder.
 It is an optimisation only: the bytes are the ones pynetdicom writes, so a process without it
 (web, scheduler) sends the same messages. Stored objects are not encoded at all: they go out as
-stored through archive_core/net/scu.py's ``send_c_store``, in any process.
+stored through archive_core/net/sender.py's ``send_c_store``, in any process.
 
 tests/unit/test_fast_encoding.py checks the flat encoder byte for byte against pydicom's.
 """
@@ -83,7 +83,7 @@ def encode_flat(ds: Dataset, is_implicit_vr: bool, is_little_endian: bool) -> by
     Raises ``_NotFlat`` for anything else (sequences, bulk data, ambiguous VRs, other character sets).
     """
     if not is_little_endian or hasattr(ds, "_archivage_raw"):
-        raise _NotFlat  # big endian, or a stored object (sent as stored by scu.send_c_store, never encoded)
+        raise _NotFlat  # big endian, or a stored object (sent as stored by sender.send_c_store, never encoded)
     elements = ds._dict
     plain = []
     for tag in sorted(elements):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from contextlib import closing, suppress
 
-from pynetdicom import evt
+from pynetdicom import build_context, evt
 
 from archive_core import audit
 from archive_core.db import read_session, write_session
@@ -15,7 +15,7 @@ from archive_core.errors import UnknownPeer
 from archive_core.index.answers import answer, answer_elements
 from archive_core.index.matching import has_wildcards
 from archive_core.index.query import PATIENT_ROOT, STUDY_ROOT, instances_to_retrieve, parse_identifier, stream
-from archive_core.net import scu, tls, worklist
+from archive_core.net import outgoing, requestor, sender, tls, worklist
 from archive_core.net.encoding import PendingAnswers
 from archive_core.net.handlers import ArchiveContext, refuse_query
 from archive_core.net.replies import FindAnswers, failure, failure_for
@@ -168,43 +168,43 @@ def handle_move(event, ctx: ArchiveContext):
     if failure is None and peer.tls:
         try:
             tls_args = tls.tls_args(ctx.settings, peer)
-            refused = scu.tls_refusal(peer.host, peer.port, tls_args,
-                                      timeout=min(ctx.settings.DICOM_NETWORK_TIMEOUT, 10))
+            refused = requestor.tls_refusal(peer.host, peer.port, tls_args,
+                                            timeout=min(ctx.settings.DICOM_NETWORK_TIMEOUT, 10))
         except tls.TLSConfigError as exc:
             refused = str(exc)
         if refused:
             log.warning("C-MOVE from %s: DICOM TLS with %s failed (%s)", calling, destination, refused)
             yield None, None  # 0xA801, nothing is sent
             return
-    capture = scu.Capture(requestor=event.assoc)
-    scu.frame_pending_responses(event.assoc, deferred=True)
+    capture = requestor.Capture(requestor=event.assoc)
+    sender.frame_pending_responses(event.assoc, deferred=True)
     yield peer.host, peer.port, {
-        "contexts": scu.proposed_contexts(instances) or [scu.build_context("1.2.840.10008.1.1")],
+        "contexts": requestor.proposed_contexts(instances) or [build_context("1.2.840.10008.1.1")],
         "max_pdu": 0,
         "tls_args": tls_args,
         "evt_handlers": [
-            (evt.EVT_CONN_OPEN, lambda e: scu.tune_socket(e.assoc, ctx.settings.DICOM_DUL_LOOP_DELAY)),
+            (evt.EVT_CONN_OPEN, lambda e: requestor.tune_socket(e.assoc, ctx.settings.DICOM_DUL_LOOP_DELAY)),
             (evt.EVT_ACCEPTED, capture.on_accepted),
-            (evt.EVT_CONN_CLOSE, scu.close_socket),
+            (evt.EVT_CONN_CLOSE, requestor.close_socket),
         ],
     }
     try:
         yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)
     finally:
-        scu.flush_pending_responses(event.assoc)
+        sender.flush_pending_responses(event.assoc)
         if capture.assoc is not None:
-            scu.give_back_reads(capture.assoc)  # pynetdicom releases it next
+            sender.give_back_reads(capture.assoc)  # pynetdicom releases it next
 
 
 def handle_get(event, ctx: ArchiveContext):
     """C-GET: the sub-operations go over the requesting association, in the contexts it accepted."""
     instances, failure = _retrieve_plan(event, ctx, "GET")
-    scu.use_stored_sender(event.assoc)  # sub-operations send stored bytes as stored
-    scu.frame_pending_responses(event.assoc)
+    sender.use_stored_sender(event.assoc)  # sub-operations send stored bytes as stored
+    sender.frame_pending_responses(event.assoc)
     try:
         yield from _sub_operations(event, ctx, instances, failure, lambda: list(event.assoc.accepted_contexts))
     finally:
-        scu.give_back_reads(event.assoc)  # pynetdicom sends the final response and reads what follows
+        sender.give_back_reads(event.assoc)  # pynetdicom sends the final response and reads what follows
 
 
 def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):
@@ -222,11 +222,11 @@ def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):
             return
         if contexts is None:
             contexts = accepted()
-        dataset = following if following is not None else scu.load_for_sending(ctx.open_blob, inst, contexts)
+        dataset = following if following is not None else outgoing.load_for_sending(ctx.open_blob, inst, contexts)
         following = None
-        if n + 1 < len(instances) and isinstance(dataset, scu.StoredDataset):
-            following = scu.load_stored(ctx.open_blob, instances[n + 1], contexts)
-            scu.read_next(dataset, following)
+        if n + 1 < len(instances) and isinstance(dataset, outgoing.StoredDataset):
+            following = outgoing.load_stored(ctx.open_blob, instances[n + 1], contexts)
+            outgoing.read_next(dataset, following)
         yield PENDING, dataset
 
 

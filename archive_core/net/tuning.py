@@ -100,7 +100,7 @@ def set_nodelay(sock: socket.socket | None) -> None:
 
 class ReadGate:
     """Lends the reads of one association's socket to another thread (the sender of stored objects,
-    archive_core/net/scu.py), which then reads the peer's answers itself: the DUL thread, at its
+    archive_core/net/wire.py), which then reads the peer's answers itself: the DUL thread, at its
     next idle wait, parks until they are given back, and so reads nothing meanwhile.
 
     Only an idle DUL parks (it has no event left to process), and whatever it read before is

@@ -131,7 +131,7 @@ def test_media_dicomdir_passes_dcmdump(facade, history, tmp_path, session):
 def test_the_core_radiology_modules_pull_in_no_web_pieces():
     import sys
 
-    code = ("import sys, archive_core.api, archive_core.render, archive_core.media, archive_core.net.scu; "
+    code = ("import sys, archive_core.api, archive_core.render, archive_core.media, archive_core.net.push; "
             "print(sorted(m for m in ('flask', 'backoffice', 'weasyprint', 'apscheduler') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"

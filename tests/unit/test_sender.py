@@ -12,7 +12,9 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pynetdicom import build_context
 
-from archive_core.net import scu, syntaxes
+from archive_core.net import conversion, framing, outgoing, syntaxes
+from archive_core.net.wire import Wire
+from archive_core.part10 import dataset_offset
 
 ILE, ELE, EBE, DEFL = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 JPEG_LL, JPEG_BASE, J2K = "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.91"
@@ -98,7 +100,7 @@ def test_conversions_keep_every_uid_and_the_pixels(name, target):
         warnings.simplefilter("ignore")
         original = dcmread(BytesIO(data))
         expected = original.pixel_array.copy()
-        got = _written(scu.convert(data, stored, target), target)
+        got = _written(conversion.convert(data, stored, target), target)
         got.file_meta = type(original.file_meta)()
         got.file_meta.TransferSyntaxUID = target
         for keyword in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID"):
@@ -116,7 +118,7 @@ def test_conversions_keep_every_uid_and_the_pixels(name, target):
 ])
 def test_lossy_syntaxes_are_recorded_as_lossy(name, method):
     data, stored = _part10(name)
-    got = scu.convert(data, stored, ELE)
+    got = conversion.convert(data, stored, ELE)
     assert got.LossyImageCompression == "01" and method in got.LossyImageCompressionMethod
 
 
@@ -133,13 +135,13 @@ def test_what_each_instance_is_sent_in(stored, accepted, plan):
         cx = build_context("1.2.840.10008.5.1.4.1.1.2", [ts])
         cx.context_id, cx.result, cx._as_scu, cx._as_scp = 2 * n + 1, 0, True, False
         contexts.append(cx)
-    assert scu.transfer_plan("1.2.840.10008.5.1.4.1.1.2", stored, contexts) == plan
+    assert outgoing.transfer_plan("1.2.840.10008.5.1.4.1.1.2", stored, contexts) == plan
 
 
 def test_a_lossy_object_keeps_its_lossy_history_and_gets_what_it_lacked():
     """JPEG2000.dcm says 01 and ratio 2097 but no method: kept, and the method is added."""
     data, stored = _part10("JPEG2000.dcm")
-    got = scu.convert(data, stored, ELE)
+    got = conversion.convert(data, stored, ELE)
     assert got.LossyImageCompression == "01"
     assert float(got.LossyImageCompressionRatio) == 2097
     assert got.LossyImageCompressionMethod == "ISO_15444_1"
@@ -154,14 +156,14 @@ def test_a_lossy_object_without_history_gets_ratio_and_method():
         delattr(ds, keyword)
     buf = BytesIO()
     ds.save_as(buf)
-    got = scu.convert(buf.getvalue(), stored, ELE)
+    got = conversion.convert(buf.getvalue(), stored, ELE)
     assert (got.LossyImageCompression, got.LossyImageCompressionMethod) == ("01", "ISO_10918_1")
     assert float(got.LossyImageCompressionRatio) > 1
 
 
 def test_a_lossless_conversion_adds_no_lossy_history():
     data, stored = _part10("MR_small_RLE.dcm")
-    assert "LossyImageCompression" not in scu.convert(data, stored, ELE)
+    assert "LossyImageCompression" not in conversion.convert(data, stored, ELE)
 
 
 def test_a_stored_object_is_never_encoded_as_its_two_uids():
@@ -173,7 +175,7 @@ def test_a_stored_object_is_never_encoded_as_its_two_uids():
 
     from archive_core.net.encoding import encode as fast_encode
 
-    stored = scu.StoredDataset.of(b"\x08\x00", sop_class_uid="1.2.3", sop_instance_uid="1.2.3.4",
+    stored = outgoing.StoredDataset.of(b"\x08\x00", sop_class_uid="1.2.3", sop_instance_uid="1.2.3.4",
                                   transfer_syntax_uid=ELE)
     logging.disable(logging.CRITICAL)
     try:
@@ -184,7 +186,7 @@ def test_a_stored_object_is_never_encoded_as_its_two_uids():
 
 
 def test_the_pynetdicom_internals_the_sender_uses_exist():
-    """scu.send_c_store follows Association.send_c_store's steps (pynetdicom pinned in requirements.txt)."""
+    """sender.send_c_store follows Association.send_c_store's steps (pynetdicom pinned in requirements.txt)."""
     from pynetdicom.association import Association
 
     for name in ("_get_valid_context", "_handle_no_response", "send_c_store", "release", "abort", "kill"):
@@ -240,7 +242,7 @@ def test_the_patched_command_set_is_the_one_pynetdicom_encodes(msg_id, instance_
         message = C_STORE_RQ()
         message.primitive_to_message(req)
         expected = encode(message.command_set, True, True)
-        assert scu.store_command(msg_id, sop_class, instance_uid, 2, aet, originator_id) == expected
+        assert framing.store_command(msg_id, sop_class, instance_uid, 2, aet, originator_id) == expected
 
 
 class _FakeSocket:
@@ -282,7 +284,7 @@ def test_a_stored_file_goes_out_framed_as_pynetdicom_frames_it(tmp_path, max_pdu
     path = tmp_path / "big.dcm"
     ds.save_as(path, enforce_file_format=True)
     data = path.read_bytes()
-    stored = scu.StoredFile(lambda: open(path, "rb"))
+    stored = outgoing.StoredFile(lambda: open(path, "rb"))
     with open(path, "rb") as f:
         length = stored.dataset(f)
         offset = f.tell()
@@ -298,8 +300,8 @@ def test_a_stored_file_goes_out_framed_as_pynetdicom_frames_it(tmp_path, max_pdu
 
     reader = threading.Thread(target=read)
     reader.start()
-    wire = scu.Wire(_fake_assoc(ours, max_pdu))
-    command = scu.store_command(5, ds.SOPClassUID, ds.SOPInstanceUID)
+    wire = Wire(_fake_assoc(ours, max_pdu))
+    command = framing.store_command(5, ds.SOPClassUID, ds.SOPInstanceUID)
     wire.send(3, command, stored)
     ours.shutdown(socket.SHUT_WR)
     reader.join(30)
@@ -331,12 +333,12 @@ def test_pending_retrieve_responses_are_the_command_sets_pynetdicom_encodes(kind
          rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations) = counts
         message = getattr(dimse_messages, f"{kind}_RSP")()
         message.primitive_to_message(rsp)
-        assert scu.pending_response_command(rsp) == encode(message.command_set, True, True)
+        assert framing.pending_response_command(rsp) == encode(message.command_set, True, True)
     rsp.Status = 0x0000
-    assert scu.pending_response_command(rsp) is None
+    assert framing.pending_response_command(rsp) is None
     rsp.Status = 0xFF00
     rsp.Identifier = BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
-    assert scu.pending_response_command(rsp) is None
+    assert framing.pending_response_command(rsp) is None
 
 
 def _store_response_pdus(max_pdu: int = 0, **fields) -> list[bytes]:
@@ -376,7 +378,7 @@ def test_a_store_response_reads_as_pynetdicom_decodes_it(status, comment, offend
     if offending:
         fields["OffendingElement"] = offending
     (pdu,) = _store_response_pdus(**fields)
-    assert scu.parse_store_response(pdu) == (513, status, comment, offending)
+    assert framing.parse_store_response(pdu) == (513, status, comment, offending)
 
 
 def test_anything_but_one_whole_store_response_is_left_to_pynetdicom():
@@ -394,17 +396,17 @@ def test_anything_but_one_whole_store_response_is_left_to_pynetdicom():
     (primitive,) = message.encode_msg(1, 0)
     pdu = P_DATA_TF()
     pdu.from_primitive(primitive)
-    assert scu.parse_store_response(pdu.encode()[6:]) is None
+    assert framing.parse_store_response(pdu.encode()[6:]) is None
 
     fields = {"MessageIDBeingRespondedTo": 1, "AffectedSOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
               "AffectedSOPInstanceUID": "1.2.3.4.5", "Status": 0, "ErrorComment": "x" * 60}
     fragments = _store_response_pdus(max_pdu=40, **fields)
     assert len(fragments) > 1
-    assert all(scu.parse_store_response(f) is None for f in fragments)
+    assert all(framing.parse_store_response(f) is None for f in fragments)
     (whole,) = _store_response_pdus(**fields)
-    assert scu.parse_store_response(whole[:-3]) is None  # truncated
-    assert scu.parse_store_response(whole + b"\x00\x00\x00\x02\x01\x03") is None  # a second PDV
-    assert scu.parse_store_response(b"\x00\x00") is None
+    assert framing.parse_store_response(whole[:-3]) is None  # truncated
+    assert framing.parse_store_response(whole + b"\x00\x00\x00\x02\x01\x03") is None  # a second PDV
+    assert framing.parse_store_response(b"\x00\x00") is None
 
 
 @pytest.mark.parametrize("meta_end", [4000, 4090, 4094, 4096, 9000])
@@ -422,11 +424,11 @@ def test_the_dataset_is_found_after_a_long_meta_group(tmp_path, meta_end):
         ds.save_as(path, enforce_file_format=True)
         return path.read_bytes()
 
-    base = scu.dataset_offset(written(100)) - 100
+    base = dataset_offset(written(100)) - 100
     data = written(meta_end - base - (meta_end - base) % 2)
-    expected = scu.dataset_offset(data)
+    expected = dataset_offset(data)
     assert abs(expected - meta_end) <= 1
     path = tmp_path / "long-meta.dcm"
     with open(path, "rb") as f:
-        length = scu.StoredFile(lambda: open(path, "rb")).dataset(f)
+        length = outgoing.StoredFile(lambda: open(path, "rb")).dataset(f)
         assert (f.tell(), length) == (expected, len(data) - expected)

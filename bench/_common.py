@@ -43,6 +43,15 @@ RSS_SAMPLE_PERIOD_S = 0.05
 # --- ports and processes -------------------------------------------------------------------
 
 
+def report_ms(name: str, samples: list[float]) -> None:
+    """One line: the measure's name, its count, p50 and p95 in milliseconds."""
+    import statistics
+
+    samples = sorted(samples)
+    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))]
+    print(f"{name:48s} n={len(samples):4d}  p50={statistics.median(samples):7.1f} ms  p95={p95:7.1f} ms")
+
+
 def free_ports(count: int) -> list[int]:
     """Return ``count`` distinct TCP ports free on 127.0.0.1 (held open together so they differ)."""
     with ExitStack() as stack:

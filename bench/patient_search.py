@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import report_ms  # noqa: E402
 
 FAMILY = ["MARTIN", "BERNARD", "DUBOIS", "THOMAS", "ROBERT", "RICHARD", "PETIT", "DURAND", "LEROY", "MOREAU",
           "SIMON", "LAURENT", "LEFÈVRE", "MICHEL", "GARCIA", "DAVID", "BERTRAND", "ROUX", "VINCENT", "FOURNIER",
@@ -65,10 +66,6 @@ def seed(url: str, patients: int) -> None:
     engine.dispose()
 
 
-def report(name: str, samples: list[float]) -> None:
-    samples = sorted(samples)
-    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))]
-    print(f"{name:48s} n={len(samples):4d}  p50={statistics.median(samples):7.1f} ms  p95={p95:7.1f} ms")
 
 
 def main() -> None:
@@ -109,10 +106,10 @@ def main() -> None:
                 response = client.get("/api/v1/patients", query_string={"q": text}, headers=headers)
                 api.append((time.perf_counter() - t) * 1000)
                 assert response.status_code == 200, response.get_data(as_text=True)
-            report(f"core search: {kind}", core)
-            report(f"GET /api/v1/patients: {kind}", api)
+            report_ms(f"core search: {kind}", core)
+            report_ms(f"GET /api/v1/patients: {kind}", api)
             everything += core
-        report("core search: all queries", everything)
+        report_ms("core search: all queries", everything)
         app.extensions["archivage"].archive.close()
 
 

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import report_ms  # noqa: E402
 
 
 def seed_patients(url: str, patients: int) -> None:
@@ -214,10 +215,6 @@ def timed(fn) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def report(name: str, samples: list[float]) -> None:
-    samples = sorted(samples)
-    p95 = samples[min(len(samples) - 1, int(len(samples) * 0.95))]
-    print(f"{name:48s} n={len(samples):4d}  p50={statistics.median(samples):7.1f} ms  p95={p95:7.1f} ms")
 
 
 def main() -> None:
@@ -327,24 +324,24 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-        report(f"page /dashboard ({args.invoices} invoices, {args.patients} patients)", dashboard)
-        report("page /dashboard after a new image", after_image)
-        report("page /dashboard after a new exam group", after_group)
-        report(f"page /retention/ ({args.patients} patients)", retention)
-        report("page /retention/patients?list=due&days=30", due_list)
-        report("page /retention/patients?list=all&page=200", all_page)
-        report("page /retention/sweep (dry-run preview)", sweep_page)
+        report_ms(f"page /dashboard ({args.invoices} invoices, {args.patients} patients)", dashboard)
+        report_ms("page /dashboard after a new image", after_image)
+        report_ms("page /dashboard after a new exam group", after_group)
+        report_ms(f"page /retention/ ({args.patients} patients)", retention)
+        report_ms("page /retention/patients?list=due&days=30", due_list)
+        report_ms("page /retention/patients?list=all&page=200", all_page)
+        report_ms("page /retention/sweep (dry-run preview)", sweep_page)
         for path, ms in first.items():
             print(f"first load of {path}: {ms:.0f} ms")
         if args.manager_only:
             return
-        report("issue invoice (API, PDF stored after commit)", issue_only)
-        report("issue + pay (API)", issue_pay)
-        report("receipt.pdf (API)", receipts)
-        report(f"GET /api/v1/exam-groups today ({args.rounds} groups)", lists_api)
-        report(f"GET /api/v1/invoices first page of {args.invoices + args.rounds}", lists_inv)
-        report("page /billing/ (today's exam groups)", lists_page)
-        report("page /billing/invoices (first 100)", lists_inv_page)
+        report_ms("issue invoice (API, PDF stored after commit)", issue_only)
+        report_ms("issue + pay (API)", issue_pay)
+        report_ms("receipt.pdf (API)", receipts)
+        report_ms(f"GET /api/v1/exam-groups today ({args.rounds} groups)", lists_api)
+        report_ms(f"GET /api/v1/invoices first page of {args.invoices + args.rounds}", lists_inv)
+        report_ms("page /billing/ (today's exam groups)", lists_page)
+        report_ms("page /billing/invoices (first 100)", lists_inv_page)
 
 
 if __name__ == "__main__":

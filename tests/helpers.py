@@ -117,6 +117,45 @@ def worklist_find(port: int, identifier: Dataset, aet: str) -> tuple[list[int], 
     return statuses, answers
 
 
+@contextmanager
+def answering_store_scp(ae_title: str, answers: dict[str, tuple[int, str]]):
+    """A workstation (pynetdicom storage SCP) that answers each SOP Instance UID in *answers* with its
+    (status, Error Comment) and stores the others (0x0000); yields its port."""
+    from pynetdicom import AllStoragePresentationContexts, evt
+
+    def on_store(event):
+        status, comment = answers.get(str(event.request.AffectedSOPInstanceUID), (0x0000, ""))
+        answer = Dataset()
+        answer.Status = status
+        if comment:
+            answer.ErrorComment = comment
+        return answer
+
+    ae = AE(ae_title=ae_title)
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        yield port
+    finally:
+        server.shutdown()
+
+
+def store_until_refused(assoc, datasets, sent: dict[str, bytes], on_success) -> None:
+    """C-STORE *datasets* on *assoc*, noting each one's bytes in *sent*, until the association dies or
+    an answer has no status; *on_success(uid)* after each 0x0000 (a test kills the archive from there)."""
+    for ds in datasets:
+        sent[ds.SOPInstanceUID] = encoded_dataset(ds)
+        try:
+            status = assoc.send_c_store(ds)
+        except (RuntimeError, OSError):
+            break
+        if not assoc.is_established or "Status" not in status:
+            break
+        if status.Status == 0x0000:
+            on_success(ds.SOPInstanceUID)
+
+
 def encoded_dataset(ds: Dataset) -> bytes:
     """*ds* encoded as explicit VR little endian, without file meta (what goes over the wire)."""
     from pydicom.filebase import DicomBytesIO

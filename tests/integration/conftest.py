@@ -40,3 +40,15 @@ def chunked_send():
     _config.STORE_SEND_CHUNKED_DATASET = True
     yield
     _config.STORE_SEND_CHUNKED_DATASET = saved
+
+
+@pytest.fixture
+def server(database_url, tmp_path):
+    """The archive and its DICOM server (`archive_server`), on SQLite and on PostgreSQL; a test module may
+    define its own `server` (test_billing_numbering's is the web process)."""
+    from tests.helpers import archive_server
+
+    instance = tmp_path / "instance"
+    instance.mkdir()
+    with archive_server(instance, DATABASE_URL=database_url) as (archive, running):
+        yield archive, running

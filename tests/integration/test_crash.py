@@ -11,7 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.helpers import dataset_after_meta, encoded_dataset, make_ct
+from tests.helpers import dataset_after_meta, encoded_dataset, make_ct, store_until_refused
 from tests.servers import ArchiveProcess
 
 STREAM = 300
@@ -31,19 +31,14 @@ def test_kill_9_mid_stream_keeps_every_acknowledged_instance(tmp_path):
         assert assoc.is_established
         raw_socket = assoc.dul.socket.socket  # pynetdicom drops it unclosed when the peer dies under it
         killer = threading.Thread(target=server.kill, name="kill-9")
-        for n in range(STREAM):
-            ds = make_ct(study_uid=study, series_uid=series, InstanceNumber=n + 1)
-            sent[ds.SOPInstanceUID] = encoded_dataset(ds)
-            try:
-                status = assoc.send_c_store(ds)
-            except (RuntimeError, OSError):
-                break
-            if not assoc.is_established or "Status" not in status:
-                break
-            if status.Status == 0x0000:
-                acked.append(ds.SOPInstanceUID)
+
+        def acknowledged(uid: str) -> None:
+            acked.append(uid)
             if len(acked) == KILL_AFTER:
                 killer.start()  # from another thread, while the stream goes on
+
+        store_until_refused(assoc, (make_ct(study_uid=study, series_uid=series, InstanceNumber=n + 1)
+                                    for n in range(STREAM)), sent, acknowledged)
         killer.join(30)
         assoc.abort()
         raw_socket.close()

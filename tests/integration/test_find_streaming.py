@@ -13,7 +13,6 @@ import tracemalloc
 from dataclasses import replace
 from types import SimpleNamespace
 
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE
@@ -25,7 +24,6 @@ from archive_core.index.models import Instance, Patient, Series, Study
 from archive_core.index.query import STUDY_ROOT, parse_identifier, stream
 from archive_core.net.qr import handle_find
 from archive_core.peers import add_peer
-from tests.helpers import archive_server
 
 CALLING = "WORKSTATION"
 CT, MR = "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4"
@@ -101,14 +99,6 @@ def _values(value) -> list[str]:
 
 def _statuses(responses) -> list[int]:
     return [status if isinstance(status, int) else status.Status for status, _ in responses]
-
-
-@pytest.fixture
-def server(database_url, tmp_path):
-    instance = tmp_path / "instance"
-    instance.mkdir()
-    with archive_server(instance, DATABASE_URL=database_url) as (archive, running):
-        yield archive, running
 
 
 def test_every_match_comes_back_in_index_order_across_cursor_batches(server):

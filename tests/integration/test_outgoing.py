@@ -548,28 +548,12 @@ def test_statuses_and_comments_of_a_peer_are_kept_per_instance(tmp_path, facade,
     sent. A workstation (pynetdicom storage SCP) refuses one object, warns on another, stores the
     rest: the job is failed, sent counts only the successes, and both answers are kept with the
     peer's own status and Error Comment."""
-    from pynetdicom import AE, AllStoragePresentationContexts, evt
-    from pydicom.dataset import Dataset
+    from tests.helpers import answering_store_scp
 
     uids = sorted(corpus_archive)
     answers = {uids[0]: (0xA700, "disque plein"), uids[1]: (0xB000, "elements coerced")}
-
-    def on_store(event):
-        status, comment = answers.get(str(event.request.AffectedSOPInstanceUID), (0x0000, ""))
-        answer = Dataset()
-        answer.Status = status
-        if comment:
-            answer.ErrorComment = comment
-        return answer
-
-    ae = AE(ae_title="WS9")
-    ae.supported_contexts = AllStoragePresentationContexts
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
+    with answering_store_scp("WS9", answers) as port:
         body = _run_job(facade, "WS9", port, corpus["study_uid"])
-    finally:
-        server.shutdown()
     assert (body["status"], body["sent"], body["failed"]) == ("failed", len(uids) - 2, 2)
     assert sorted((f["sop_instance_uid"], f["status"], f["comment"]) for f in body["failures"]) == sorted(
         (uid, status, comment) for uid, (status, comment) in answers.items())

@@ -401,28 +401,13 @@ def test_destination_statuses_are_counted_as_it_gave_them(stored, scp, archive, 
     another and stores the third: the final C-MOVE response says 1 completed, 1 warning, 1 failed
     (0xB000), and lists only the refused object; each pending response counts down. Both ways of
     reading the answers: by the sending thread (tuned) and by pynetdicom (DICOM_DUL_LOOP_DELAY set)."""
-    from pynetdicom import AllStoragePresentationContexts, evt
+    from tests.helpers import answering_store_scp
 
     scp.context.settings = replace(scp.context.settings, DICOM_DUL_LOOP_DELAY=dul_delay)
-
-    answers = {f"{STUDY_A}.1.1": 0xB000, f"{STUDY_A}.1.2": 0xA700}
-
-    def on_store(event):
-        answer = Dataset()
-        answer.Status = answers.get(str(event.request.AffectedSOPInstanceUID), 0x0000)
-        if answer.Status:
-            answer.ErrorComment = "as the test says"
-        return answer
-
-    ae = AE(ae_title="WS9")
-    ae.supported_contexts = AllStoragePresentationContexts
-    port = free_port()
-    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
-    try:
+    answers = {f"{STUDY_A}.1.1": (0xB000, "as the test says"), f"{STUDY_A}.1.2": (0xA700, "as the test says")}
+    with answering_store_scp("WS9", answers) as port:
         _register(archive, "WS9", port)
         responses = _move_statuses(scp.port, "WS9", _identifier("STUDY", StudyInstanceUID=STUDY_A))
-    finally:
-        server.shutdown()
     status, final, identifier = responses[-1]
     assert status == 0xB000
     assert (final.NumberOfCompletedSuboperations, final.NumberOfWarningSuboperations,

@@ -26,7 +26,8 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from tests.helpers import dataset_after_meta, encoded_dataset, free_port, make_ct, require_tool, tool_env
+from tests.helpers import (dataset_after_meta, encoded_dataset, free_port, make_ct, require_tool, store_until_refused,
+                           tool_env)
 from tests.servers import ArchiveProcess
 
 pytestmark = pytest.mark.dcmtk
@@ -283,19 +284,14 @@ def test_kill_9_of_a_worker_mid_stream_loses_nothing_acknowledged(tmp_path):
         def stream(name, assoc, count, kill_after=None):
             raw_socket = assoc.dul.socket.socket
             study, series = generate_uid(), generate_uid()
-            for n in range(count):
-                ds = make_ct(study_uid=study, series_uid=series, InstanceNumber=n + 1)
-                sent[ds.SOPInstanceUID] = encoded_dataset(ds)
-                try:
-                    status = assoc.send_c_store(ds)
-                except (RuntimeError, OSError):
-                    break
-                if not assoc.is_established or "Status" not in status:
-                    break
-                if status.Status == 0x0000:
-                    acked[name].append(ds.SOPInstanceUID)
+
+            def acknowledged(uid: str) -> None:
+                acked[name].append(uid)
                 if kill_after and len(acked[name]) == kill_after:
                     subprocess.run(["kill", "-9", str(victim)], check=True)
+
+            store_until_refused(assoc, (make_ct(study_uid=study, series_uid=series, InstanceNumber=n + 1)
+                                        for n in range(count)), sent, acknowledged)
             if assoc.is_established:
                 assoc.release()
             else:

@@ -22,15 +22,6 @@ CONSOLE = "CT_SALLE1"
 
 
 @pytest.fixture
-def server(database_url, tmp_path):
-    """The archive and its DICOM server, on SQLite and on PostgreSQL (the matching is SQL on both)."""
-    instance = tmp_path / "instance"
-    instance.mkdir()
-    with archive_server(instance, DATABASE_URL=database_url) as (archive, running):
-        yield archive, running
-
-
-@pytest.fixture
 def archive(server):
     return server[0]
 

@@ -172,13 +172,8 @@ def test_two_scp_workers_journal_locally_upload_through_the_parent_and_retrieve_
     kill -9 holding acknowledged entries. The parent replays that folder; when the store is back every
     acknowledged object is uploaded from both folders and indexed; a C-GET on each worker then streams
     the objects back from the bucket, byte-identical."""
-    from tests.integration.test_workers import (
-        WORKERS,
-        _encoded,
-        _one_association_per_worker,
-        _workers,
-        make_query,
-    )
+    from tests.helpers import encoded_dataset as _encoded
+    from tests.integration.test_workers import WORKERS, _one_association_per_worker, _workers, make_query
 
     server = S3Server(tmp_path / "moto")
     bucket = server.create_bucket("pacs-workers")

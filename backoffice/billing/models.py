@@ -85,6 +85,18 @@ class ExamGroup(Base):
     studies: Mapped[list["ExamGroupStudy"]] = relationship(back_populates="group", order_by="ExamGroupStudy.id")
 
 
+class ConsentCount(Base):
+    """How many exam groups have a visit day, an exam group and a consent: kept by the database's triggers
+    on billing_exam_group (migration 1330), whichever process writes; read by the dashboard."""
+
+    __tablename__ = "billing_consent_count"
+
+    visit_date: Mapped[date] = mapped_column(Date, primary_key=True)
+    exam_group: Mapped[str] = mapped_column(String(32), primary_key=True)
+    consent: Mapped[str] = mapped_column(String(16), primary_key=True)
+    n: Mapped[int] = mapped_column(Integer)
+
+
 class ExamGroupStudy(Base):
     """A study attached to an exam group (by accession number, else patient ID + date)."""
 

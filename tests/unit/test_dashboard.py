@@ -267,3 +267,108 @@ def test_figures_follow_new_data_at_once(app, manager, practice, facade, tmp_pat
     assert chart_values(second, "money")[("invoiced", "nov. 26")] == 1100 + 500
     assert chart_values(second, "consent")[("rate", "Scanner")] == 100
     assert chart_values(second, "studies")[("CT", "23/11")] == 1
+
+
+# -- the consent figure from its kept counts (migration 1330) -------------------------------------------
+
+
+def _counted_directly(session, today):
+    """The figure as it was computed before migration 1330: every exam group of the twelve months counted."""
+    from sqlalchemy import func
+
+    from backoffice.billing.models import ExamGroup
+    from backoffice.home.figures import GroupConsent, month_starts
+
+    rows = session.execute(
+        select(ExamGroup.exam_group, ExamGroup.consent, func.count())
+        .where(ExamGroup.visit_date >= month_starts(today)[0], ExamGroup.visit_date <= today)
+        .group_by(ExamGroup.exam_group, ExamGroup.consent)).all()
+    counts: dict[str, dict[str, int]] = {}
+    for group, consent, n in rows:
+        counts.setdefault(group, {})[consent] = int(n)
+    return [GroupConsent(g, c.get("accepted", 0), c.get("refused", 0), c.get("pending", 0))
+            for g, c in sorted(counts.items())]
+
+
+# Days the figure is asked on: the first and last day of a month, and mid-month (visits after it exist).
+ASKED_ON = (TODAY, date(2026, 11, 1), date(2026, 11, 30), date(2026, 12, 15), date(2025, 11, 30))
+
+
+def _assert_exact(session):
+    from backoffice.home.figures import consent_per_group
+
+    session.flush()
+    for day in ASKED_ON:
+        assert consent_per_group(session, day) == _counted_directly(session, day), day
+
+
+def test_consent_counts_are_backfilled_and_kept_exact_by_the_triggers(database_url):
+    """The kept counts give the same figure as counting every exam group, on SQLite and PostgreSQL.
+
+    Bad inputs tried: exam groups written before the migration (back-fill), visits dated after "today" in
+    the current month and thirteen months back (outside the window), a consent answered, a group renamed,
+    a visit moved across months and to a later day of the same month, a group deleted, a raw SQL update
+    from outside the ORM (the triggers, not the app, keep the counts)."""
+    from sqlalchemy import delete, text
+
+    from archive_core.db import make_engine, session_factory
+    from backoffice.billing import services as S
+    from backoffice.billing.models import Consent, ExamGroup
+    from backoffice.home.figures import consent_per_group
+    from backoffice.migrate import upgrade
+
+    upgrade(database_url, "1310_dashboard_indexes")  # before the counts existed
+    engine = make_engine(database_url)
+    before = [("B1", date(2026, 11, 2), "radiologie", "accepted"),
+              ("B2", date(2026, 11, 2), "radiologie", "accepted"),
+              ("B3", date(2026, 11, 29), "radiologie", "refused"),  # after TODAY, same month
+              ("B4", date(2025, 11, 30), "echographie", "pending"), ("B5", date(2025, 10, 31), "scanner", "accepted"),
+              ("B6", date(2026, 6, 10), "scanner", "refused")]
+    with engine.begin() as conn:
+        for patient, visit, group, consent in before:
+            conn.execute(text("INSERT INTO billing_exam_group (patient_id, visit_date, exam_group, consent, "
+                              "created_by, created_at) VALUES (:p, :v, :g, :c, 'desk', :at)"),
+                         {"p": patient, "v": visit, "g": group, "c": consent, "at": NOW})
+    engine.dispose()
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    session = session_factory(engine)()
+    try:
+        figure = consent_per_group(session, TODAY)
+        assert [(g.exam_group, g.accepted, g.refused, g.pending) for g in figure] == [
+            ("radiologie", 2, 0, 0), ("scanner", 0, 1, 0)]  # B3 is after today; B4, B5 before the twelve months
+        _assert_exact(session)
+
+        new_groups = [(date(2026, 11, 28), "radiologie"), (date(2026, 11, 28), "echographie"),
+                      (date(2026, 11, 30), "echographie"), (date(2026, 1, 5), "scanner"),
+                      (date(2026, 11, 2), "radiologie"), (date(2026, 11, 28), "radiologie")]
+        made = [S.create_exam_group(session, patient_id=f"N{i}", visit_date=visit, exam_group=group,
+                                    created_by="desk", patient_name="Durand^Marie")
+                for i, (visit, group) in enumerate(new_groups)]
+        _assert_exact(session)
+        S.record_consent(session, made[0].id, accepted=False, recorded_by="desk")
+        S.record_consent(session, made[1].id, accepted=True, recorded_by="desk")
+        S.record_consent(session, made[4].id, accepted=True, recorded_by="desk")  # onto B1 and B2's count
+        _assert_exact(session)
+        radiologie = {g.exam_group: g for g in consent_per_group(session, TODAY)}["radiologie"]
+        assert (radiologie.accepted, radiologie.refused, radiologie.pending) == (3, 1, 1)
+
+        made[1].exam_group = "radiologie"  # a group corrected at the desk
+        _assert_exact(session)
+        made[2].visit_date = date(2026, 11, 3)  # a future visit moved before today
+        made[3].visit_date = date(2025, 9, 1)  # out of the window
+        _assert_exact(session)
+        session.execute(update(ExamGroup).where(ExamGroup.patient_id == "B1").values(visit_date=date(2026, 11, 29)))
+        _assert_exact(session)
+        session.execute(delete(Consent).where(Consent.group_id == made[0].id))
+        session.delete(made[0])
+        session.execute(delete(ExamGroup).where(ExamGroup.patient_id == "B6"))
+        _assert_exact(session)
+        session.commit()
+        # Nothing left in the window for scanner: the group is gone from the figure, not shown at zero.
+        assert "scanner" not in {g.exam_group for g in consent_per_group(session, TODAY)}
+        leftover = session.execute(text("SELECT COUNT(*) FROM billing_consent_count WHERE n <= 0")).scalar()
+        assert leftover == 0
+    finally:
+        session.close()
+        engine.dispose()

@@ -123,7 +123,7 @@ def test_date_filters_are_paris_days(day, utc_bound):
     """Bad input tried: a UTC day boundary, which drops the events of 00:00–02:00 in Paris."""
     from datetime import date, datetime
 
-    from backoffice.retention.views import _paris_day_start
+    from backoffice.retention.views.audit import _paris_day_start
 
     # The view gives the facade an instant (the core writes it as the trail's UTC text): the same instant.
     assert _paris_day_start(date.fromisoformat(day)) == datetime.fromisoformat(utc_bound)

@@ -211,7 +211,8 @@ def test_closings_show_amounts_per_method_not_json(app, client, people, facade):
 # -- templates and catalogs -----------------------------------------------------------------------------------
 
 # Paper documents are French whatever the interface language (tests/unit/test_i18n.py checks they stay so).
-DOCUMENTS = {"billing/_invoice_patient.html", "billing/_practice.html", "billing/_pdf_style.html",
+DOCUMENTS = {"billing/_invoice_patient.html", "billing/_invoice_lines.html", "billing/_practice.html",
+             "billing/_pdf_style.html",
              "billing/invoice_pdf.html", "billing/receipt_pdf.html", "billing/receipted_invoice_pdf.html",
              "billing/credit_note_pdf.html", "billing/closing_pdf.html", "billing/remittance.html",
              "radiology/reproduction.html", "retention/certificate.html"}

@@ -130,10 +130,16 @@ def postgres_url():
 
 
 def _reset_postgres(url: str) -> None:
+    """An empty schema for the next test. A connection a previous test's child process left behind (a web
+    process killed while it stored a PDF after its commit) is ended first: its backend, still inside its
+    INSERT, deadlocked with DROP SCHEMA once (PostgreSQL log: "deadlock detected", DROP SCHEMA against
+    INSERT INTO billing_document)."""
     from sqlalchemy import create_engine, text
 
     engine = create_engine(url)
     with engine.begin() as conn:
+        conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()

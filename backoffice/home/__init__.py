@@ -40,11 +40,10 @@ def dashboard():
     locale = locale_name()
     french = locale.startswith("fr")
     memo = current_app.extensions.setdefault("dashboard_memo", D.Memo())
-    money_version, consent_version = D.billing_versions(db())
     archive = (day, facade().data_version(db()))
-    money = memo.get("money", (day, money_version), lambda: D.money_per_month(db(), day))
+    money = memo.get("money", (day, D.money_version(db())), lambda: D.money_per_month(db(), day))
     month_labels = [format_date(m.month, "MMM yy", locale=locale) for m in money]
-    consent = memo.get("consent", (day, consent_version), lambda: D.consent_per_group(db(), day))
+    consent = D.consent_per_group(db(), day)
     from backoffice.billing.services import exam_group_labels
 
     group_labels = exam_group_labels(db())

@@ -17,7 +17,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from archive_core.values import paris_midnight
-from backoffice.billing.models import Claim, ConsentCount, CreditNote, ExamGroup, Insurer, Invoice, Payment
+from backoffice.billing.models import Claim, ConsentCount, CreditNote, Insurer, Invoice, Payment
 
 import threading
 
@@ -29,9 +29,8 @@ RATE_DAYS = 90  # the growth rate the fill date extrapolates: the last 90 days
 class Memo:
     """The last value of each figure with the data version it was computed for (one per app).
 
-    Invoices, credit notes, payments and consents are append-only and an exam group's consent only
-    changes with a new consent row, so their largest ids say whether anything changed; the archive's
-    :meth:`~archive_core.api.ArchiveFacade.data_version` does the same for studies and images. A figure
+    Invoices, credit notes and payments are append-only, so their largest ids say whether anything
+    changed; the archive's :meth:`~archive_core.api.ArchiveFacade.data_version` does the same for studies and images. A figure
     is computed again as soon as its version (or today) differs, so what the page shows is always exact.
     """
 
@@ -50,15 +49,13 @@ class Memo:
         return value
 
 
-def billing_versions(session: Session) -> tuple[tuple, tuple]:
-    """(money's version, consent's version): the largest ids of the append-only billing tables each figure
-    reads, in one statement (each an index lookup). A new exam group or consent leaves the money figure
-    as it was, and a payment leaves the consent figure."""
-    from backoffice.billing.models import Consent
-
-    money, consent = (Invoice, CreditNote, Payment), (Consent, ExamGroup)
-    maxima = session.execute(select(*(select(func.max(m.id)).scalar_subquery() for m in (*money, *consent)))).one()
-    return tuple(maxima[:len(money)]), tuple(maxima[len(money):])
+def money_version(session: Session) -> tuple:
+    """Money's version: the largest ids of the append-only tables the money figure reads (invoices, credit
+    notes, payments), in one statement (each an index lookup). The consent figure has no version: it is
+    read from the counts kept by triggers at each load (0.3 ms), so an exam group whose date, group or
+    consent changes in place shows at once."""
+    money = (Invoice, CreditNote, Payment)
+    return tuple(session.execute(select(*(select(func.max(m.id)).scalar_subquery() for m in money))).one())
 
 
 def month_starts(today: date, count: int = MONTHS) -> list[date]:

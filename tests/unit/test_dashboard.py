@@ -269,6 +269,22 @@ def test_figures_follow_new_data_at_once(app, manager, practice, facade, tmp_pat
     assert chart_values(second, "studies")[("CT", "23/11")] == 1
 
 
+def test_consent_figure_follows_an_exam_group_changed_in_place(manager, practice, facade):
+    """An exam group corrected in place (its group and its visit date rewritten, no new row anywhere) shows
+    on the next load (bad input tried: a consent figure cached on the largest ids, which did not move)."""
+    from backoffice.billing.models import ExamGroup
+
+    first = chart_values(manager.get("/dashboard").get_data(as_text=True), "consent")
+    assert first[("rate", "Scanner")] == 100 and first[("rate", "Radiologie conventionnelle")] == 67  # P4; P1 P3 P5
+    with facade.new_session(write=True) as session:
+        session.execute(update(ExamGroup).where(ExamGroup.patient_id == "P5")
+                        .values(exam_group="scanner", visit_date=date(2026, 11, 20)))
+        session.commit()
+    second = chart_values(manager.get("/dashboard").get_data(as_text=True), "consent")
+    assert second[("rate", "Scanner")] == 50  # P4's acceptance and P5's refusal
+    assert second[("rate", "Radiologie conventionnelle")] == 100  # P1 and P3 left
+
+
 # -- the consent figure from its kept counts (migration 1330) -------------------------------------------
 
 

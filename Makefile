@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell sha1sum requirements.txt | cut -c1-12)
 FLASK   := $(BIN)/flask --app wsgi
 
-.PHONY: run test bench setup clean translations viewer-bundle
+.PHONY: run test bench setup clean translations viewer-bundle ohif
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,8 +20,15 @@ run: $(STAMP)
 	$(FLASK) users bootstrap
 	$(FLASK) serve
 
-test: $(STAMP)
+test: $(STAMP) ohif
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# OHIF v3's built viewer, served under /ohif/ when OHIF_DIR is set (docs/radiology.md) and opened by the
+# browser test: the pinned @ohif/app package from the npm registry over plain HTTPS (no Node), checked
+# against its sha512 integrity, its dist/ unpacked into .cache/ohif/<version>/ (git-ignored). Downloads
+# 50 MB once; afterwards it only checks the copy is complete.
+ohif:
+	$(PYTHON) tools/fetch_ohif.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py --vs-orthanc --concurrency 1,4

@@ -91,6 +91,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     app.register_blueprint(dicomweb_bp)
     app.register_blueprint(wado_bp)
+    from backoffice.radiology import ohif
+
+    ohif.init_app(app)  # only when OHIF_DIR is set
     from backoffice.api import register_api
 
     register_api(app)

@@ -1,0 +1,1 @@
+"""Project tools run by hand or by make (not imported by the application)."""

@@ -44,14 +44,14 @@ def _ohif_dist():
 
 def _series(study_uid: str, count: int) -> list:
     """Axial CT slices, each an asymmetric gradient (a flip or a transposition shows in the comparison)."""
-    series_uid = generate_uid()
+    series_uid, frame_of_reference = generate_uid(), generate_uid()
     datasets = []
     for n in range(count):
         ds = make_ct(study_uid=study_uid, series_uid=series_uid, rows=ROWS, patient_id="PAT-OHIF",
                      patient_name="Lefevre^Anne", study_date="20240301", InstanceNumber=n + 1,
                      RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=476, WindowWidth=3000,
                      ImagePositionPatient=[-100, -100, n * 2.5], ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
-                     PixelSpacing=[0.5, 0.5], SliceThickness=2.5, FrameOfReferenceUID=study_uid + ".1",
+                     PixelSpacing=[0.5, 0.5], SliceThickness=2.5, FrameOfReferenceUID=frame_of_reference,
                      StudyDescription=DESCRIPTION, SeriesDescription="Axial", BodyPartExamined="CHEST")
         i, j = np.mgrid[0:ROWS, 0:ROWS]
         ds.PixelData = (i * 40 + j * 15 + n * 10).astype(np.uint16).tobytes()
@@ -168,13 +168,14 @@ def test_ohif_lists_opens_and_draws_our_study_and_its_requests_are_audited(ohif_
             page.fill("input[name=password]", PASSWORD)
             page.click("button[type=submit]")
             page.wait_for_url(re.compile(r".*/ohif/?(\?.*)?$"))
-            row = page.locator("tr, [data-cy^=studyRow], [role=row]").filter(has_text="Lefevre").first
+            row = page.locator("tr").filter(has_text="Lefevre, Anne")  # OHIF's rendering of our PN Lefevre^Anne
             row.wait_for()
-            assert DESCRIPTION in row.inner_text()
+            cells = row.locator("td").all_inner_texts()
+            assert DESCRIPTION in cells and "CT" in cells and "01-Mar-2024" in cells, cells
             listed = time.monotonic() - started
-            # Open it as a user does: the row, then the Basic Viewer mode.
+            # Open it as a user does: select the row, then launch the Basic Viewer mode.
             row.click()
-            page.get_by_role("button", name=re.compile("Basic Viewer")).first.click()
+            page.get_by_role("button", name=re.compile("Basic Viewer")).click()
             page.wait_for_url(re.compile(r".*/ohif/viewer.*StudyInstanceUIDs=" + re.escape(study)))
             shot = None
             deadline = time.monotonic() + 120

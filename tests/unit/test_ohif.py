@@ -64,9 +64,9 @@ def ohif_app(tmp_path, dist):
     app.extensions["archivage"].archive.close()
 
 
-def _signed_in(app, login):
+def _signed_in(app, login, base_url="http://localhost"):
     client = app.test_client()
-    response = client.post("/login", data={"login": login, "password": "correct horse battery"})
+    response = client.post("/login", data={"login": login, "password": "correct horse battery"}, base_url=base_url)
     assert response.status_code == 302, response.status_code
     return client
 
@@ -128,20 +128,26 @@ def test_files_are_served_under_the_sub_path(ohif_app, dist):
     chunks, workers and fonts fetched from the site's root, where they are 404); other files go out as
     stored, WebAssembly as application/wasm; a missing file is 404, not the page; nothing outside OHIF_DIR."""
     client = _signed_in(ohif_app, "dr")
-    bundle = client.get("/ohif/app.bundle.0f6159c501addfe9.js")
+
+    def get(path):
+        with client.get(path) as response:  # a file sent from disk is closed with its response
+            response.data  # noqa: B018 (read before closing)
+            return response
+
+    bundle = get("/ohif/app.bundle.0f6159c501addfe9.js")
     assert bundle.status_code == 200 and bundle.mimetype == "text/javascript"
     assert bundle.data == RUNTIME.replace(b'"/"', b'"/ohif/"')
     assert "default-src 'none'" in bundle.headers["Content-Security-Policy"]  # a worker's own policy
-    assert client.get("/ohif/89.bundle.b327bf3664812958.js").data == b"console.log('a chunk');"
-    css = client.get("/ohif/app.bundle.css").data
+    assert get("/ohif/89.bundle.b327bf3664812958.js").data == b"console.log('a chunk');"
+    css = get("/ohif/app.bundle.css").data
     assert css == b"@font-face{src:url(/ohif/a34f.woff2)}a{background:url(//cdn.example/x.png)}"
-    wasm = client.get("/ohif/0ddf166f7a343eda.wasm")
+    wasm = get("/ohif/0ddf166f7a343eda.wasm")
     assert wasm.mimetype == "application/wasm" and wasm.data == b"\0asm\1\0\0\0"
-    manifest = json.loads(client.get("/ohif/manifest.json").data)
+    manifest = json.loads(get("/ohif/manifest.json").data)
     assert manifest["icons"][0]["src"] == "/ohif/assets/android-chrome-36x36.png"
-    assert client.get("/ohif/nothing.bundle.js").status_code == 404
+    assert get("/ohif/nothing.bundle.js").status_code == 404
     for escape in ("/ohif/../secret.py", "/ohif/..%2fsecret.py", "/ohif/assets/..%2f..%2fsecret.py"):
-        response = client.get(escape)
+        response = get(escape)
         assert response.status_code == 404 or b"SECRET" not in response.data, escape
     # On disk, the files stay as unpacked (fetch_ohif verified them).
     assert (dist / "app.bundle.0f6159c501addfe9.js").read_bytes() == RUNTIME
@@ -150,7 +156,8 @@ def test_files_are_served_under_the_sub_path(ohif_app, dist):
 def test_app_config_is_ours_pointing_at_our_dicomweb(ohif_app):
     """The shipped app-config.js (a demo server elsewhere) is never served: ours has one data source, our
     /dicom-web and /wado on this origin, and OHIF's router under /ohif."""
-    response = _signed_in(ohif_app, "desk").get("/ohif/app-config.js", base_url="https://pacs.example.fr")
+    site = "https://pacs.example.fr"
+    response = _signed_in(ohif_app, "desk", site).get("/ohif/app-config.js", base_url=site)
     body = response.get_data(as_text=True)
     assert response.mimetype == "text/javascript" and body.startswith("window.config = ")
     config = json.loads(body.removeprefix("window.config = ").rstrip().rstrip(";"))

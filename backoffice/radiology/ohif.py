@@ -19,6 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from flask import Blueprint, Flask, Response, abort, current_app, send_from_directory
+from flask_babel import gettext as _
 
 from backoffice.auth import roles_required
 from backoffice.radiology.web import READERS
@@ -131,10 +132,13 @@ def _rewritten(path: str, mtime_ns: int, size: int) -> bytes | None:
     return changed if changed != data else None
 
 
-def _missing(folder: Path) -> Response:
+def _missing(folder: Path):
+    """A configured folder without the viewer: the app's error page (503) saying what to run, and the log."""
+    from backoffice.errors import error_page
+
     log.error("OHIF_DIR=%s holds no index.html: run `make ohif`, or unset OHIF_DIR", folder)
-    return Response("OHIF is enabled (OHIF_DIR) but its folder holds no built viewer: run `make ohif`.\n",
-                    status=503, mimetype="text/plain")
+    return error_page(503, message=_("OHIF est activé (OHIF_DIR) mais son dossier ne contient pas la "
+                                     "visionneuse : lancez « make ohif » sur le serveur."))
 
 
 @bp.route("/app-config.js")

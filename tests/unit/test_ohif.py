@@ -178,7 +178,7 @@ def test_an_ohif_dir_without_the_viewer_says_what_to_do(tmp_path):
     try:
         add_user(app, "dr", "radiologist")
         response = _signed_in(app, "dr").get("/ohif/")
-        assert response.status_code == 503 and b"make ohif" in response.data
+        assert response.status_code == 503 and "« make ohif »" in response.get_data(as_text=True)
     finally:
         app.extensions["archivage"].archive.close()
 

@@ -13,15 +13,16 @@ import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
+from datetime import datetime
 
 from pydicom.dataset import Dataset
-from sqlalchemy import select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive_core.db import write_session
 from archive_core.errors import IdentityConflict, InvalidIdentifier
 from archive_core.index.keywords import patient_key
-from archive_core.index.models import Patient, Series, Study
+from archive_core.index.models import Patient
 from archive_core.uids import clean_uid, require_uid
 
 log = logging.getLogger(__name__)
@@ -134,20 +135,40 @@ def audit_refusal(
         log.exception("cannot audit the refusal of %s from %s", clean_uid(sop_instance_uid) or "?", actor)
 
 
-def contradiction(s: Session, ident: Identity, study: Study | None, se: Series | None) -> IdentityConflict | None:
-    """The identity rule at indexing time: the last guard for objects acknowledged elsewhere (see Ingestor.receive)."""
-    if se is not None and se.study is not study:
+@dataclass
+class IndexedStudy:
+    """What indexing reads of a study row: its key, its patient's and that patient's identifiers."""
+
+    id: int
+    patient_pk: int
+    owner_key: tuple[str, str]  # (Patient ID, Issuer of Patient ID) of the patient it is filed under
+    deleted_at: datetime | None
+
+
+_PATIENT_BY_KEY = select(Patient.id, Patient.merged_into_pk).where(
+    Patient.patient_id == bindparam("pid"), Patient.issuer_of_patient_id == bindparam("issuer"))
+_PATIENT_BY_ID = select(Patient.id, Patient.merged_into_pk).where(Patient.id == bindparam("pk"))
+
+
+def contradiction(
+    conn: Connection, ident: Identity, study: IndexedStudy | None, series_study_pk: int | None
+) -> IdentityConflict | None:
+    """The identity rule at indexing time: the last guard for objects acknowledged elsewhere (see Ingestor.receive).
+
+    *study*: the indexed study under *ident*'s Study Instance UID; *series_study_pk*: the study
+    its Series Instance UID is filed under (None: a new series).
+    """
+    if series_study_pk is not None and (study is None or series_study_pk != study.id):
         return IdentityConflict("Series Instance UID belongs to another study")
     if study is None:
         return None
-    owner = study.patient
-    if (owner.patient_id, owner.issuer_of_patient_id) == ident.patient_key:
+    if study.owner_key == ident.patient_key:
         return None
-    patient = s.scalar(select(Patient).where(Patient.patient_id == ident.patient_key[0],
-                                             Patient.issuer_of_patient_id == ident.patient_key[1]))
+    # A patient merged into the study's owner is the owner (merges followed, at most 16 hops).
+    row = conn.execute(_PATIENT_BY_KEY, {"pid": ident.patient_key[0], "issuer": ident.patient_key[1]}).first()
     hops = 0
-    while patient is not None and patient.merged_into_pk is not None and hops < 16:
-        patient, hops = s.get(Patient, patient.merged_into_pk), hops + 1
-    if patient is not None and patient.id == owner.id:
+    while row is not None and row.merged_into_pk is not None and hops < 16:
+        row, hops = conn.execute(_PATIENT_BY_ID, {"pk": row.merged_into_pk}).first(), hops + 1
+    if row is not None and row.id == study.patient_pk:
         return None
     return IdentityConflict("Study Instance UID is filed under another Patient ID")

@@ -20,13 +20,10 @@ import time
 from pathlib import Path
 from typing import Iterable
 
-from sqlalchemy import select
-
 from archive_core.errors import IdentityConflict, JournalBusy, StorageUnavailable
 from archive_core.index.entries import EXTERNAL_SUFFIX, Job, job_from_file
-from archive_core.index.identity import Identity, audit_refusal, contradiction
-from archive_core.index.models import Series, Study
-from archive_core.index.upsert import index_jobs
+from archive_core.index.identity import Identity, audit_refusal
+from archive_core.index.upsert import index_jobs, refused
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +238,7 @@ class Indexer:
                 log.exception("after-index hook failed")
 
     def _refused_before_staging(self, job: Job, conflicts: list) -> bool:
-        with self.sessions() as s:
-            ident = job.identity
-            study = s.scalar(select(Study).where(Study.study_uid == ident.study_uid))
-            se = s.scalar(select(Series).where(Series.series_uid == ident.series_uid))
-            conflict = contradiction(s, ident, study, se)
+        conflict = refused(self.sessions, job)
         if conflict is not None:
             conflicts.append((job, conflict))
         return conflict is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,67 @@ def test_concurrent_audit_records_keep_one_chain(db_archive):
         report = verify(s)
         assert s.scalar(select(func.count(AuditEvent.id))) == 40
     assert report.ok and report.checked == 40
+
+
+def _job(ds, seq: int, checksum: str):
+    from archive_core.index.entries import Job
+    from archive_core.index.identity import Identity
+
+    return Job(seq, Path("unused"), Identity.of(ds), ds, checksum, 100 + seq, ExplicitVRLittleEndian, "CT1", None)
+
+
+def test_one_batch_keeps_the_newest_name_the_last_copy_and_revives_a_purged_study(db_archive):
+    """What the indexer's batch writes (Core statements, not the ORM) on SQLite and PostgreSQL.
+
+    Bad inputs tried in one batch: a patient whose name changes between two of its studies (the
+    newest wins, and the patient search finds the new name, not the old one), the same SOP Instance
+    UID twice with other content (policy overwrite: one row, the last copy), then the study purged
+    (tombstones) and an object of it received again (every level visible again). Indexing the same
+    batch again writes nothing: no fact changed, so no patient is queued for a new retention answer.
+    """
+    from sqlalchemy import text, update
+
+    from archive_core.index.patient_search import search
+    from archive_core.index.upsert import index_jobs
+
+    s1, s2 = "1.2.826.0.1.3680043.8.498.40", "1.2.826.0.1.3680043.8.498.41"
+    first = make_ct(patient_id="M1", patient_name="MARTIN^PAUL", study_uid=s1, series_uid=f"{s1}.1",
+                    sop_uid=f"{s1}.1.1")
+    renamed = make_ct(patient_id="M1", patient_name="MARTIN^PIERRE", study_uid=s2, series_uid=f"{s2}.1",
+                      sop_uid=f"{s2}.1.1", modality="MR")
+    again = make_ct(patient_id="M1", patient_name="MARTIN^PIERRE", study_uid=s2, series_uid=f"{s2}.1",
+                    sop_uid=f"{s2}.1.1", modality="MR", InstanceNumber=7)
+    batch = [_job(first, 1, "1" * 64), _job(renamed, 2, "2" * 64), _job(again, 3, "3" * 64)]
+    assert index_jobs(db_archive.sessions, batch) == {s1, s2}
+
+    def stale() -> int:
+        with db_archive.sessions() as s:
+            return s.scalar(text("SELECT COUNT(*) FROM retention_stale"))
+
+    with db_archive.sessions() as s:
+        assert [m.patient_id for m in search(s, "pierre martin").items] == ["M1"]
+        assert search(s, "paul martin").items == ()
+        rows = s.execute(select(Instance.checksum_sha256, Instance.instance_number, Instance.size_bytes)
+                         .where(Instance.sop_instance_uid == f"{s2}.1.1")).all()
+        assert rows == [("3" * 64, 7, 103)]
+        counts = dict(s.execute(select(Study.study_uid, Study.num_instances)).all())
+        assert counts == {s1: 1, s2: 1}
+    queued = stale()
+    assert queued > 0  # the new patient, studies and images are queued by the triggers
+    assert index_jobs(db_archive.sessions, batch) == {s1, s2}
+    assert stale() == queued
+
+    with db_archive.sessions() as s, s.begin():
+        now = datetime.now(timezone.utc)
+        study_pk, patient_pk = s.execute(select(Study.id, Study.patient_pk).where(Study.study_uid == s1)).one()
+        s.execute(update(Study).where(Study.id == study_pk).values(deleted_at=now))
+        s.execute(update(Patient).where(Patient.id == patient_pk).values(deleted_at=now))
+        s.execute(update(Series).where(Series.study_pk == study_pk).values(deleted_at=now))
+        s.execute(update(Instance).where(Instance.sop_instance_uid == f"{s1}.1.1").values(deleted_at=now))
+    index_jobs(db_archive.sessions, [_job(first, 4, "1" * 64)])
+    with db_archive.sessions() as s:
+        assert s.scalar(select(Study.deleted_at).where(Study.study_uid == s1)) is None
+        assert s.scalar(select(Patient.deleted_at).where(Patient.patient_id == "M1")) is None
+        assert s.scalar(select(Series.deleted_at).where(Series.series_uid == f"{s1}.1")) is None
+        assert s.scalar(select(Instance.deleted_at).where(Instance.sop_instance_uid == f"{s1}.1.1")) is None
+        assert [m.patient_id for m in search(s, "pierre martin").items] == ["M1"]

@@ -5,6 +5,7 @@ Worklist's C-FIND (same DIMSE service, its own model) is handed to archive_core/
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from contextlib import closing, suppress
 
 from pynetdicom import build_context, evt
@@ -140,12 +141,14 @@ def _retrieve_plan(event, ctx: ArchiveContext, service: str):
     if len(instances) > 0xFFFF:
         return [], failure(0xA702, "more than 65535 instances: retrieve fewer at a time")
     if instances:
-        with write_session(ctx.sessions) as s:
-            for study_uid in sorted({i.study_uid for i in instances}):
-                count = sum(1 for i in instances if i.study_uid == study_uid)
-                audit.record(s, "study.retrieved", actor=calling, actor_kind="ae", study_uid=study_uid,
-                             detail={"service": f"C-{service}", "instances": count,
-                                     "address": ctx.state(event.assoc).address})
+        counts = Counter(i.study_uid for i in instances)
+        address = ctx.state(event.assoc).address
+        with write_session(ctx.sessions) as s:  # one read of the chain's head and one insert for every study
+            audit.record_many(s, [{"action": "study.retrieved", "actor": calling, "actor_kind": "ae",
+                                   "study_uid": study_uid,
+                                   "detail": {"service": f"C-{service}", "instances": counts[study_uid],
+                                              "address": address}}
+                                  for study_uid in sorted(counts)])
     log.info("C-%s from %s: %d instances", service, calling, len(instances))
     return instances, None
 

@@ -22,7 +22,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove,
 )
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from archive_core import audit
 from archive_core.audit import AuditEvent
@@ -312,6 +312,21 @@ def test_movescu_of_a_study_list_audits_each_study_with_its_count_in_the_chain(s
             (CALLING, STUDY_B, {"service": "C-MOVE", "instances": 2, "address": "127.0.0.1"}),
         ]
         assert audit.verify(s).ok
+
+
+def test_a_move_that_cannot_be_audited_sends_nothing_and_fails(stored, scp, archive, storescp):
+    """The audit trail refuses the retrieve's event (bad state: a trigger aborts the insert, as a
+    full disk or a locked database would): the C-MOVE answers a processing failure (0xCxxx) and
+    the destination receives nothing, because a retrieve is audited before anything is sent."""
+    _register(archive, "DEST", storescp.port)
+    with write_session(archive.sessions) as s:
+        s.execute(text("CREATE TRIGGER refuse_retrieve BEFORE INSERT ON audit_event "
+                       "WHEN NEW.action = 'study.retrieved' BEGIN SELECT RAISE(ABORT, 'audit refused'); END"))
+    responses = _move_statuses(scp.port, "DEST", _identifier("STUDY", StudyInstanceUID=STUDY_B))
+    assert responses[-1][0] & 0xF000 == 0xC000
+    assert list(storescp.out.iterdir()) == []
+    with archive.sessions() as s:
+        assert s.scalars(select(AuditEvent).where(AuditEvent.action == "study.retrieved")).all() == []
 
 
 @STORAGE_BACKENDS

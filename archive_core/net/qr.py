@@ -5,6 +5,8 @@ Worklist's C-FIND (same DIMSE service, its own model) is handed to archive_core/
 from __future__ import annotations
 
 import logging
+import threading
+from collections import Counter
 from contextlib import closing, suppress
 
 from pynetdicom import build_context, evt
@@ -126,7 +128,7 @@ def handle_find(event, ctx: ArchiveContext):
 
 
 def _retrieve_plan(event, ctx: ArchiveContext, service: str):
-    """(instances, failure status or None) of a C-MOVE or C-GET request, audited per study."""
+    """(instances, failure status or None, audit events: one per study) of a C-MOVE or C-GET request."""
     calling = event.assoc.requestor.ae_title
     try:
         if refuse_query(ctx, event.assoc, f"C-{service}"):
@@ -136,18 +138,50 @@ def _retrieve_plan(event, ctx: ArchiveContext, service: str):
         with read_session(ctx.sessions) as s:
             instances = instances_to_retrieve(s, query)
     except Exception as exc:
-        return [], failure_for(exc, RETRIEVE_STATUS, f"C-{service}", calling)
+        return [], failure_for(exc, RETRIEVE_STATUS, f"C-{service}", calling), []
     if len(instances) > 0xFFFF:
-        return [], failure(0xA702, "more than 65535 instances: retrieve fewer at a time")
-    if instances:
-        with write_session(ctx.sessions) as s:
-            for study_uid in sorted({i.study_uid for i in instances}):
-                count = sum(1 for i in instances if i.study_uid == study_uid)
-                audit.record(s, "study.retrieved", actor=calling, actor_kind="ae", study_uid=study_uid,
-                             detail={"service": f"C-{service}", "instances": count,
-                                     "address": ctx.state(event.assoc).address})
+        return [], failure(0xA702, "more than 65535 instances: retrieve fewer at a time"), []
+    counts = Counter(i.study_uid for i in instances)
+    address = ctx.state(event.assoc).address
+    events = [{"action": "study.retrieved", "actor": calling, "actor_kind": "ae", "study_uid": study_uid,
+               "detail": {"service": f"C-{service}", "instances": counts[study_uid], "address": address}}
+              for study_uid in sorted(counts)]
     log.info("C-%s from %s: %d instances", service, calling, len(instances))
-    return instances, None
+    return instances, None, events
+
+
+def _audit_retrieve(ctx: ArchiveContext, events: list[dict]) -> None:
+    """Commit a retrieve's events: one read of the chain's head and one insert for every study."""
+    if events:
+        with write_session(ctx.sessions) as s:
+            audit.record_many(s, events)
+
+
+class _AuditAside:
+    """A C-MOVE's audit events committed by a thread of their own while pynetdicom opens the
+    association to the destination (which sends nothing of the study): :meth:`wait` waits for the
+    commit before the first instance goes out, and answers a failed commit with a failure status,
+    so nothing is sent unaudited (docs/conformance.md)."""
+
+    def __init__(self, ctx: ArchiveContext, events: list[dict], calling: str) -> None:
+        self._error: Exception | None = None
+        self._calling = calling
+        self._thread = threading.Thread(target=self._write, args=(ctx, events), name="retrieve-audit", daemon=True)
+        self._thread.start()
+
+    def _write(self, ctx: ArchiveContext, events: list[dict]) -> None:
+        try:
+            _audit_retrieve(ctx, events)
+        except Exception as exc:  # answered by wait(), in the C-MOVE's thread
+            self._error = exc
+
+    def wait(self):
+        """None once the events are committed; else the failure status that ends the C-MOVE."""
+        self._thread.join()
+        if self._error is None:
+            return None
+        log.error("C-MOVE from %s: cannot audit the retrieve, nothing sent", self._calling, exc_info=self._error)
+        return failure(0xC000, f"processing failure: {self._error.__class__.__name__}")
 
 
 def handle_move(event, ctx: ArchiveContext):
@@ -163,7 +197,7 @@ def handle_move(event, ctx: ArchiveContext):
         log.warning("C-MOVE from %s to unknown destination %r refused", calling, destination)
         yield None, None  # pynetdicom answers 0xA801, nothing is sent
         return
-    instances, failure = _retrieve_plan(event, ctx, "MOVE")
+    instances, failure, events = _retrieve_plan(event, ctx, "MOVE")
     tls_args = None
     if failure is None and peer.tls:
         try:
@@ -178,6 +212,7 @@ def handle_move(event, ctx: ArchiveContext):
             return
     capture = requestor.Capture(requestor=event.assoc)
     sender.frame_pending_responses(event.assoc, deferred=True)
+    audited = _AuditAside(ctx, events, calling).wait if failure is None and events else None
     yield peer.host, peer.port, {
         "contexts": requestor.proposed_contexts(instances) or [build_context("1.2.840.10008.1.1")],
         "max_pdu": 0,
@@ -189,7 +224,7 @@ def handle_move(event, ctx: ArchiveContext):
         ],
     }
     try:
-        yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts)
+        yield from _sub_operations(event, ctx, instances, failure, lambda: capture.contexts, audited)
     finally:
         sender.flush_pending_responses(event.assoc)
         if capture.assoc is not None:
@@ -198,7 +233,8 @@ def handle_move(event, ctx: ArchiveContext):
 
 def handle_get(event, ctx: ArchiveContext):
     """C-GET: the sub-operations go over the requesting association, in the contexts it accepted."""
-    instances, failure = _retrieve_plan(event, ctx, "GET")
+    instances, failure, events = _retrieve_plan(event, ctx, "GET")
+    _audit_retrieve(ctx, events)
     sender.use_stored_sender(event.assoc)  # sub-operations send stored bytes as stored
     sender.frame_pending_responses(event.assoc)
     try:
@@ -207,13 +243,17 @@ def handle_get(event, ctx: ArchiveContext):
         sender.give_back_reads(event.assoc)  # pynetdicom sends the final response and reads what follows
 
 
-def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted):
+def _sub_operations(event, ctx: ArchiveContext, instances, failure, accepted, audited=None):
     if failure is not None:
         # pynetdicom takes the failure as the final response after one announced sub-operation.
         yield 1
         yield failure, None
         return
     yield len(instances)
+    failure = audited() if audited is not None else None  # the audit is committed before anything is sent
+    if failure is not None:
+        yield failure, None  # pynetdicom counts every sub-operation failed
+        return
     contexts = None
     following = None  # the next sub-operation's dataset, made one ahead: its file is read while the peer answers
     for n, inst in enumerate(instances):

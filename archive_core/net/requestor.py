@@ -20,6 +20,7 @@ from archive_core.net.sender import flush_pending_responses, use_stored_sender
 
 log = logging.getLogger(__name__)
 MAX_CONTEXTS = 128
+_REACTOR_TURN = 0.001  # the literal pynetdicom's reactor sleeps each turn
 
 
 def proposed_contexts(instances: Iterable[StoredInstance]) -> list[PresentationContext]:
@@ -55,6 +56,9 @@ class Capture:
         self.assoc = event.assoc
         self.contexts = list(event.assoc.accepted_contexts)
         use_stored_sender(event.assoc, hold_reactor=True)
+        # Its reactor thread, not started yet, pauses at its first turn: the first C-STORE holds it
+        # (sender.hold) without waiting for a turn of it.
+        event.assoc._reactor_checkpoint.clear()
         if self.requestor is not None:
             event.assoc._archivage_after_send = functools.partial(flush_pending_responses, self.requestor)
 
@@ -66,6 +70,10 @@ def tune_socket(assoc, loop_delay: float) -> None:
     assoc.dul._run_loop_delay = loop_delay
     if not loop_delay:
         tuning.tune_requestor(assoc)  # no spinning DUL (where tuning.install() routed pynetdicom's sleeps)
+        # Its reactor thread sleeps 1 ms per turn before it looks whether it is asked to pause: once
+        # asked (sender.hold, release), it skips that sleep and pauses at once.
+        checkpoint = assoc._reactor_checkpoint
+        assoc._archivage_wait = lambda seconds: seconds == _REACTOR_TURN and not checkpoint.is_set()
     # pynetdicom drops the socket of a connection the peer closed without closing it (its shutdown
     # fails first): kept here, closed by close_socket when the connection ends.
     assoc._archivage_socket = raw

@@ -220,13 +220,29 @@ def use_stored_sender(assoc: Association, *, hold_reactor: bool = False) -> None
     # Whatever pynetdicom does next needs its DUL thread reading again (see Wire.take_reads):
     # these are what pynetdicom calls to end an association, from its own code too.
     for name in ("release", "abort", "kill"):
-        setattr(assoc, name, _giving_back(assoc, getattr(assoc, name)))
+        setattr(assoc, name, _giving_back(assoc, getattr(assoc, name), idle_first=name == "kill"))
 
 
-def _giving_back(assoc, method):
+def _giving_back(assoc, method, *, idle_first: bool = False):
     @functools.wraps(method)
     def giving_back(*args, **kwargs):
         give_back_reads(assoc)
+        if idle_first and assoc.is_released and assoc.is_requestor:
+            _wait_closed(assoc)
         return method(*args, **kwargs)
 
     return giving_back
+
+
+def _wait_closed(assoc: Association, timeout: float = 1.0) -> None:
+    """After the A-RELEASE-RP of an association we requested: wait, in short steps, for the DUL to
+    close the connection and go idle (AR-3, PS3.8 9.2).
+
+    pynetdicom's ``kill`` (which ``release`` ends with) stops the DUL only once it is idle and
+    otherwise sleeps 10 ms before looking again; the release confirmation reaches the releasing
+    thread while the DUL is still closing the socket, so every release of ours used to wait those
+    10 ms (before a C-MOVE's final response, for one). ``kill`` then finds the DUL idle at once."""
+    dul = assoc.dul
+    deadline = time.monotonic() + timeout
+    while dul.is_alive() and dul.state_machine.current_state != "Sta1" and time.monotonic() < deadline:
+        time.sleep(0.0001)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 import socket
 import subprocess
@@ -21,7 +22,10 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelMove,
 )
+from sqlalchemy import select, text
 
+from archive_core import audit
+from archive_core.audit import AuditEvent
 from archive_core.db import write_session
 from archive_core.index.models import Instance
 from archive_core.part10 import dataset_offset
@@ -290,6 +294,39 @@ def test_movescu_to_a_registered_peer_sends_the_stored_bytes(stored, scp, archiv
     assert set(received) == {f"{STUDY_B}.1.1", f"{STUDY_B}.1.2"}
     for uid, path in received.items():
         assert _file_dataset_bytes(path) == _stored_dataset_bytes(archive, uid)
+
+
+def test_movescu_of_a_study_list_audits_each_study_with_its_count_in_the_chain(stored, scp, archive, storescp):
+    """DCMTK movescu with a UID list of two studies (3 and 2 instances): everything reaches the
+    destination, and the audit trail holds one ``study.retrieved`` per study (not one for the list,
+    not a count of the whole move), linked into a chain that still verifies."""
+    _register(archive, "DEST", storescp.port)
+    run = _movescu(scp.port, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={STUDY_A}\\{STUDY_B}")
+    assert run.returncode == 0, run.stderr
+    assert len(list(storescp.out.iterdir())) == 5
+    with archive.sessions() as s:
+        events = s.scalars(select(AuditEvent).where(AuditEvent.action == "study.retrieved")
+                           .order_by(AuditEvent.id)).all()
+        assert [(e.actor, e.study_uid, json.loads(e.detail)) for e in events] == [
+            (CALLING, STUDY_A, {"service": "C-MOVE", "instances": 3, "address": "127.0.0.1"}),
+            (CALLING, STUDY_B, {"service": "C-MOVE", "instances": 2, "address": "127.0.0.1"}),
+        ]
+        assert audit.verify(s).ok
+
+
+def test_a_move_that_cannot_be_audited_sends_nothing_and_fails(stored, scp, archive, storescp):
+    """The audit trail refuses the retrieve's event (bad state: a trigger aborts the insert, as a
+    full disk or a locked database would): the C-MOVE answers a processing failure (0xCxxx) and
+    the destination receives nothing, because a retrieve is audited before anything is sent."""
+    _register(archive, "DEST", storescp.port)
+    with write_session(archive.sessions) as s:
+        s.execute(text("CREATE TRIGGER refuse_retrieve BEFORE INSERT ON audit_event "
+                       "WHEN NEW.action = 'study.retrieved' BEGIN SELECT RAISE(ABORT, 'audit refused'); END"))
+    responses = _move_statuses(scp.port, "DEST", _identifier("STUDY", StudyInstanceUID=STUDY_B))
+    assert responses[-1][0] & 0xF000 == 0xC000
+    assert list(storescp.out.iterdir()) == []
+    with archive.sessions() as s:
+        assert s.scalars(select(AuditEvent).where(AuditEvent.action == "study.retrieved")).all() == []
 
 
 @STORAGE_BACKENDS

@@ -200,6 +200,17 @@ def test_the_pynetdicom_internals_the_sender_uses_exist():
     assert assoc.dul._kill_thread is False
 
 
+def test_the_pynetdicom_internals_the_release_wait_uses_exist():
+    """sender._wait_closed (after the A-RELEASE-RP of our own association) reads the DUL's state and
+    the association's release flag and mode; a new requestor's DUL is idle (Sta1), not released."""
+    from pynetdicom.association import Association
+
+    assoc = Association.__new__(Association)
+    Association.__init__(assoc, __import__("pynetdicom").AE(), "requestor")
+    assert assoc.dul.state_machine.current_state == "Sta1"
+    assert assoc.is_released is False and assoc.is_requestor is True
+
+
 def _pynetdicom_pdus(context_id: int, command_fields: dict, dataset: bytes, max_pdu: int) -> bytes:
     """The P-DATA-TF PDUs pynetdicom writes for a C-STORE-RQ (its own message class and fragmentation)."""
     from pynetdicom.dimse_messages import C_STORE_RQ

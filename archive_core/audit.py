@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from sqlalchemy import insert, select
+from sqlalchemy import Engine, insert, select, text
 from sqlalchemy.orm import Session
 
 from archive_core.audit_checkpoints import CheckpointKeyMissing, check_checkpoints, checkpoint, load_key
@@ -77,6 +77,41 @@ def record(
     session.add(event)
     session.flush()
     return event
+
+
+# Built once: a statement object caches its compiled form, one built per call is compiled-cache-keyed each time.
+_HEAD = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
+_INSERT = insert(AuditEvent)
+_PG_LOCK = text(f"SELECT pg_advisory_xact_lock({int(CHAIN_LOCK)})")  # lock_chain's statement
+
+
+def append_now(
+    engine: Engine,
+    action: str,
+    *,
+    actor: str,
+    actor_kind: str = "user",
+    patient_id: str | None = None,
+    study_uid: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Append one event in a short write transaction of its own, committed (durable) when this returns:
+    the same row and hash as :func:`record`, written with three Core statements on one connection
+    (lock, head, insert) instead of an ORM session's unit of work. Every DICOMweb request and viewed
+    page writes one; the ORM's session, flush and identity map were most of its CPU."""
+    with engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            conn.execution_options(sqlite_immediate=True)  # BEGIN IMMEDIATE: the writers' lock serialises the chain
+        with conn.begin():
+            if not sqlite:
+                conn.execute(_PG_LOCK)
+            prev = conn.scalar(_HEAD) or GENESIS
+            row = SimpleNamespace(at=datetime.now(timezone.utc).isoformat(timespec="microseconds"), actor=actor,
+                                  actor_kind=actor_kind, action=action, patient_id=patient_id, study_uid=study_uid,
+                                  detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True), prev_hash=prev)
+            row.hash = _digest(prev, row)
+            conn.execute(_INSERT, vars(row))
 
 
 def record_many(session: Session, events: list[dict[str, Any]]) -> None:

@@ -71,7 +71,7 @@ from archive_core.archive import Archive
 from archive_core.audit import AuditEntry, ChainReport
 from archive_core.commands import CommandFailed
 from archive_core.config import Settings, ensure_instance, instance_path_from_env, private_files
-from archive_core.db import Base, UtcDateTime, write_session
+from archive_core.db import Base, UtcDateTime
 from archive_core.errors import (
     ArchiveError,
     BlobMissing,
@@ -162,8 +162,7 @@ class ArchiveFacade:
         """Append to the audit trail in a short write transaction of its own: for a page that was viewed,
         whose request holds a read-only session (on SQLite, upgrading it to write could deadlock with
         another writer), and whose access is recorded even if the page then fails to render."""
-        with write_session(self._archive.sessions) as s:
-            _audit.record(s, action, actor=actor, actor_kind=actor_kind, **fields)
+        _audit.append_now(self._archive.engine, action, actor=actor, actor_kind=actor_kind, **fields)
 
     def audit_checkpoint(self, *, reason: str = "periodic", force: bool = False) -> int | None:
         """Sign the audit chain's head (key and log outside the database); the checkpoint's number, or

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, select
 from sqlalchemy.orm import Session
 
 from backoffice.auth.models import ROLES, ApiToken, LoginThrottle, User, WebSession, hash_token, new_token
@@ -267,3 +267,31 @@ def user_for_token(session: Session, token: str, *, now: datetime | None = None)
     if not user.active or (expires_at is not None and expires_at <= now):
         return None
     return user
+
+
+@dataclass(frozen=True)
+class TokenCaller:
+    """Who a bearer token speaks for, as DICOMweb needs it (the audit's actor, the role check)."""
+
+    login: str
+    role: str
+
+
+# Built once (its compiled form is cached on it) and run as a Core statement: DICOMweb's single-match searches
+# answer in a few milliseconds, and loading a User entity through the ORM was a tenth of that.
+_TOKEN_CALLER = (
+    select(User.login, User.role, User.active, ApiToken.expires_at)
+    .join_from(ApiToken, User, ApiToken.user_pk == User.id)
+    .where(ApiToken.token_sha256 == bindparam("sha"), ApiToken.revoked_at.is_(None))
+)
+
+
+def token_caller(session: Session, token: str, *, now: datetime | None = None) -> TokenCaller | None:
+    """:func:`user_for_token`'s checks (unknown, revoked or expired token, disabled account: None), read on the
+    session's connection in the request's transaction: nothing is kept between requests, so a revoked token, a
+    disabled account or a changed role applies to the very next request."""
+    now = now or datetime.now(timezone.utc)
+    row = session.connection().execute(_TOKEN_CALLER, {"sha": hash_token(token)}).first()
+    if row is None or not row.active or (row.expires_at is not None and row.expires_at <= now):
+        return None
+    return TokenCaller(row.login, row.role)

@@ -95,12 +95,12 @@ def _caller():
 
     A session's POST (STOW-RS from a page) carries the CSRF token like any form; bearer calls need none.
     """
-    from backoffice.auth.services import user_for_token
+    from backoffice.auth.services import token_caller
     from backoffice.radiology.services import usable_share_links
 
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
-        return user_for_token(db(), token.strip())
+        return token_caller(db(), token.strip())
     if current_user.is_authenticated:
         if request.method not in ("GET", "HEAD", "OPTIONS") and current_app.config.get("WTF_CSRF_ENABLED", True):
             csrf.protect()
@@ -137,9 +137,11 @@ def dicomweb_route(rule: str, action: str, *, blueprint: Blueprint = bp, **optio
             bearer = request.headers.get("Authorization", "").lower().startswith("bearer ")
             if not shared and user.role not in (ROLES if bearer else roles):
                 return json_error(403, "forbidden", f"role {user.role} has no DICOMweb access")
-            # The request's session (which read the token) holds SQLite's write lock on a POST: end its
-            # transaction, or the audit event and the indexer a STOW waits for could never write.
-            db().commit()
+            if request.method not in ("GET", "HEAD"):
+                # The request's session (which read the token) holds SQLite's write lock on a POST: end its
+                # transaction, or the audit event and the indexer a STOW waits for could never write. A read
+                # (its session took no lock) keeps its transaction: the view reads on in it.
+                db().commit()
             g.dicomweb_detail = {}
             g.dicomweb_user = user.login
             g.dicomweb_scope = user.study_uids if shared else None

@@ -97,3 +97,33 @@ def test_a_batch_appended_in_one_insert_continues_the_chain_as_single_records_wo
         s.execute(text("UPDATE audit_event SET detail = '{}' WHERE id = 6"))
     with sessions() as s:
         assert audit.verify(s).first_bad_id == 6
+
+
+def test_append_now_writes_the_row_record_writes_and_continues_the_same_chain(sessions):
+    """audit.append_now (facade.audit_now's Core insert, every DICOMweb request) between single records:
+    verify accepts the chain, each row holds the fields given (accented detail kept as UTF-8, keys
+    sorted as record stores them) and is committed when it returns (read from another session); bad
+    input: a misspelt field is a TypeError and writes nothing."""
+    from archive_core import audit
+
+    engine = sessions.kw["bind"]
+    detail = {"query": "PatientName=Dupré*", "matches": 1}
+    audit.append_now(engine, "dicomweb.search", actor="radio", study_uid="1.2.3", detail=detail)
+    with write_session(sessions) as s:
+        audit.record(s, "dicomweb.search", actor="radio", study_uid="1.2.3", detail=detail)
+    audit.append_now(engine, "study.view", actor="share:7", actor_kind="share_link", patient_id="P8")
+    with sessions() as s:
+        report = audit.verify(s)
+        events = s.query(audit.AuditEvent).order_by(audit.AuditEvent.id).all()
+    assert report.ok and report.checked == 6
+    appended, recorded, shared = events[3:]
+    assert [e.prev_hash for e in events[1:]] == [e.hash for e in events[:-1]]
+    columns = ("actor", "actor_kind", "action", "patient_id", "study_uid", "detail")
+    assert [getattr(appended, c) for c in columns] == [getattr(recorded, c) for c in columns]
+    assert appended.detail == '{"matches": 1, "query": "PatientName=Dupré*"}'
+    assert (shared.actor, shared.actor_kind, shared.patient_id, shared.study_uid, shared.detail) == (
+        "share:7", "share_link", "P8", None, "{}")
+    with pytest.raises(TypeError):
+        audit.append_now(engine, "dicomweb.search", actor="radio", studyuid="1.2.3")
+    with sessions() as s:
+        assert s.query(audit.AuditEvent).count() == 6

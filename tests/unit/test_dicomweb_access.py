@@ -181,3 +181,47 @@ def test_share_link_with_priors_reads_the_patients_earlier_studies(app, users, h
     assert doctor.get("/dicom-web/studies?PatientID=OTHER").get_json() == []
     assert doctor.get(f"/dicom-web/studies/{history.prior_ct_chest}/metadata").status_code == 200
     assert doctor.get(f"/dicom-web/studies/{history.other_patient}/metadata").status_code == 404
+
+
+def test_a_bearer_tokens_revocation_role_change_expiry_and_disabled_account_apply_on_the_next_request(
+        app, users, history, facade):  # noqa: F811
+    """DICOMweb reads the token on every request (nothing is kept between requests). Tried: the same
+    radiologist token right after each change: a role moved to the front desk (403, which reads only
+    signed in), moved back (200), the account disabled (401), enabled, a token that expired a
+    second ago (401), a revoked token (401), and a token nobody issued (401)."""
+    from backoffice.auth.models import ApiToken, hash_token
+    from backoffice.auth.services import create_token, revoke_token, set_active, set_role
+
+    client = app.test_client()
+    token = users["radiologist"][1]
+    url = f"/dicom-web/studies?StudyInstanceUID={history.current}"
+
+    def status(value=token):
+        return client.get(url, headers={"Authorization": f"Bearer {value}"}).status_code
+
+    def change(apply):
+        with facade.new_session(write=True) as s:
+            apply(s)
+            s.commit()
+
+    assert status() == 200
+    change(lambda s: set_role(s, "u_radiologist", "front_desk"))
+    assert status() == 403
+    change(lambda s: set_role(s, "u_radiologist", "radiologist"))
+    assert status() == 200
+    change(lambda s: set_active(s, "u_radiologist", False))
+    assert status() == 401
+    change(lambda s: set_active(s, "u_radiologist", True))
+    assert status() == 200
+    expired = []
+    change(lambda s: expired.append(create_token(s, "u_radiologist", lifetime=timedelta(seconds=-1))))
+    assert status(expired[0]) == 401
+    with facade.new_session() as s:
+        token_id = s.scalar(select(ApiToken.id).where(ApiToken.token_sha256 == hash_token(token)))
+    change(lambda s: revoke_token(s, token_id))
+    assert status() == 401
+    assert status("not-a-token-anyone-issued") == 401
+    with facade.new_session() as s:
+        refused = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "dicomweb.search")))
+    # Each answered search is audited as its user; a refusal (401/403) is answered before any audit.
+    assert [e.actor for e in refused] == ["u_radiologist"] * 3

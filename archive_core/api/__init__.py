@@ -400,6 +400,12 @@ class ArchiveFacade:
         """The stored file of *stored* (from :meth:`stored_instances`), open for reading."""
         return _web.open_stored(self._archive, stored)
 
+    def local_file_sizes(self, found: list) -> list[int] | None:
+        """The size of each stored file of *found* when every one is a file of a local filesystem store
+        (:meth:`open_stored` is then cheap and reads at any offset); None when one is in an object
+        store. BlobMissing when a file is missing."""
+        return _web.local_file_sizes(self._archive, found)
+
     def instance_metadata(self, found: list, *, base_url: str) -> list[dict[str, Any]]:
         """The DICOM JSON (PS3.18 F.2) of each stored instance, bulk data as BulkDataURIs under *base_url*."""
         return _web.instance_metadata(self._archive, found, base_url=base_url)

@@ -45,6 +45,20 @@ def open_stored(archive: Archive, stored) -> "io.BufferedIOBase":
     return store.open(stored.storage_key)
 
 
+def local_file_sizes(archive: Archive, found: list) -> list[int] | None:
+    """See :meth:`archive_core.api.ArchiveFacade.local_file_sizes`."""
+    sizes = []
+    for stored in found:
+        store = archive.store_for(stored.tier)
+        if not store.local_files:
+            return None
+        blob = store.stat(stored.storage_key)
+        if blob is None:
+            raise BlobMissing(f"file of {stored.sop_instance_uid} missing in the {stored.tier} tier")
+        sizes.append(blob.size)
+    return sizes
+
+
 def instance_metadata(archive: Archive, found: list, *, base_url: str) -> list[dict[str, Any]]:
     """See :meth:`archive_core.api.ArchiveFacade.instance_metadata`."""
     answers = []

@@ -375,6 +375,7 @@ class StoredInstance:
     study_uid: str
     tier: str = "active"
     series_uid: str = ""
+    checksum_sha256: str = ""  # of the dataset, as indexed: changes when the object under the key does
 
 
 def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance]:
@@ -384,6 +385,6 @@ def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance
         session,
         deep,
         [Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.storage_key,
-         Study.study_uid, Instance.tier, Series.series_uid],
+         Study.study_uid, Instance.tier, Series.series_uid, Instance.checksum_sha256],
     ).order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
     return [StoredInstance(*row) for row in session.execute(stmt)]

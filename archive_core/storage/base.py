@@ -137,6 +137,9 @@ class BlobStore(abc.ABC):
 
     #: :meth:`stage` uploads (the indexer then checks identities before, not after, the upload).
     stages_uploads = False
+    #: :meth:`open` gives a file of the local filesystem: cheap to open, read at any offset without
+    #: a network round trip (the web process may read it from its sending loop).
+    local_files = False
 
     def stage_many(self, entries: list[tuple[Path, str]]) -> None:
         """:meth:`stage` each (journal entry, key); all or :class:`StorageUnavailable`."""

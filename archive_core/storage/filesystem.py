@@ -31,6 +31,8 @@ class FilesystemStore(LocalJournal, BlobStore):
     """Blobs as files under ``root/objects``; the journal is ``root/incoming`` (*journal*: the folder
     ``root/incoming/<journal>`` an SCP worker process writes to)."""
 
+    local_files = True
+
     def __init__(self, root: str | os.PathLike, *, min_free_bytes: int = 0, journal: str = "") -> None:
         self._init_journal(root, min_free_bytes=min_free_bytes, journal=journal)
         self.objects = self.root / "objects"

@@ -7,13 +7,14 @@ import io
 import json
 import secrets
 
-from flask import Response, g, request
+from flask import Response, current_app, g, request
 from werkzeug.exceptions import RequestedRangeNotSatisfiable
 from werkzeug.wsgi import wrap_file
 
 from archive_core.api import BlobMissing, InvalidQuery, NotFound
 from backoffice.dicomweb.access import (CHUNK, DICOM_JSON, UNCOMPRESSED, DicomwebError, base_url, dicomweb_route,
                                         json_error, wado_bp)
+from backoffice.dicomweb.multipart import MultipartFile, answer_identity, multipart_segments
 from backoffice.extensions import db, facade
 
 
@@ -51,7 +52,8 @@ def stored_instances(study: str, series: str | None = None, instance: str | None
 
 
 def _multipart(found: list, target_ts: str | None):
-    """The instances as one multipart/related body, streamed: one file open at a time, read in chunks."""
+    """The instances as one multipart/related body, streamed by a generator: one file open at a time,
+    read in chunks, converted ones whole. For an object store or a conversion; no Range."""
     archive = facade()
     boundary = secrets.token_hex(16)
 
@@ -71,18 +73,39 @@ def _multipart(found: list, target_ts: str | None):
     return Response(parts(), content_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
 
 
+def _multipart_file(found: list, sizes: list[int]) -> Response:
+    """The instances' stored files as one multipart/related file (multipart.py): an exact
+    Content-Length, byte ranges, an ETag, sent by the server's own loop."""
+    secret = current_app.secret_key
+    identity = answer_identity(secret.encode() if isinstance(secret, str) else secret, found, sizes)
+    boundary = identity[:32]
+    body = MultipartFile(multipart_segments(found, sizes, boundary), facade().open_stored)
+    response = Response(wrap_file(request.environ, body, CHUNK), direct_passthrough=True,
+                        content_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+    response.content_length = body.length
+    response.set_etag(identity)
+    return byte_ranges(response, body.length)
+
+
 def _retrieve(study: str, series: str | None = None, instance: str | None = None):
     target = _accepted_syntax()
     found = stored_instances(study, series, instance)
     if target is not None and target not in UNCOMPRESSED and any(s.transfer_syntax_uid != target for s in found):
         raise DicomwebError(406, f"cannot convert to {target}: stored syntax, explicit or implicit VR little endian")
-    for stored in found:  # a missing file is known before the first byte is sent
-        try:
-            facade().open_stored(stored).close()
-        except BlobMissing:
-            raise DicomwebError(404, f"the file of {stored.sop_instance_uid} is missing") from None
+    sizes = None
+    if target is None or all(s.transfer_syntax_uid == target for s in found):
+        try:  # a missing file is known before the first byte is sent
+            sizes = facade().local_file_sizes(found)
+        except BlobMissing as exc:
+            raise DicomwebError(404, f"the {exc}") from None
+    if sizes is None:  # an object store, or a conversion
+        for stored in found:
+            try:
+                facade().open_stored(stored).close()
+            except BlobMissing:
+                raise DicomwebError(404, f"the file of {stored.sop_instance_uid} is missing") from None
     g.dicomweb_detail.update(instances=len(found), transfer_syntax=target or "stored")
-    return _multipart(found, target)
+    return _multipart(found, target) if sizes is None else _multipart_file(found, sizes)
 
 
 @dicomweb_route("/studies/<study>", "dicomweb.retrieve", methods=["GET"])

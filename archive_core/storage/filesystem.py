@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
+from stat import S_ISREG
 from typing import BinaryIO, Iterator
 
 from archive_core.errors import StorageFull
@@ -36,6 +37,7 @@ class FilesystemStore(LocalJournal, BlobStore):
     def __init__(self, root: str | os.PathLike, *, min_free_bytes: int = 0, journal: str = "") -> None:
         self._init_journal(root, min_free_bytes=min_free_bytes, journal=journal)
         self.objects = self.root / "objects"
+        self._objects_dir = str(self.objects)
         self.objects.mkdir(parents=True, exist_ok=True)
         self._known_dirs: set[Path] = set()
 
@@ -101,14 +103,15 @@ class FilesystemStore(LocalJournal, BlobStore):
         fsync_dir(target.parent)
 
     def open(self, key: str) -> BinaryIO:
-        return open(self._path(key), "rb")
+        # A string path, not a Path: a retrieval opens thousands of files and pathlib is most of the cost.
+        return open(os.path.join(self._objects_dir, check_key(key)), "rb")
 
     def stat(self, key: str) -> BlobStat | None:
         try:
-            st = os.stat(self._path(key))
+            st = os.stat(os.path.join(self._objects_dir, check_key(key)))
         except FileNotFoundError:
             return None
-        return BlobStat(key, st.st_size) if not os.path.isdir(self._path(key)) else None
+        return BlobStat(key, st.st_size) if S_ISREG(st.st_mode) else None
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

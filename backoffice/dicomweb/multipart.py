@@ -131,33 +131,27 @@ class MultipartFile(io.RawIOBase):
         return len(data)
 
     def read(self, size: int | None = -1) -> bytes:
+        """At most *size* bytes, and never past the end of one segment nor :data:`MAX_READ` (a short
+        read, as a raw file may answer): no copy to join pieces; the server sends what it got."""
         self._checkClosed()
         if size is None or size < 0:
             return b"".join(iter(lambda: self.read(MAX_READ), b""))
         position = self._position
-        end = min(self.length, position + min(size, MAX_READ))
-        if position >= end:
+        if position >= self.length or size == 0:
             return b""
-        pieces = []
         index = bisect.bisect_right(self._starts, position) - 1
-        while position < end:
-            segment, start = self._segments[index], self._starts[index]
-            take = min(end, start + len(segment)) - position
-            if take > 0:
-                if isinstance(segment, bytes):
-                    pieces.append(segment[position - start: position - start + take])
-                else:
-                    try:
-                        pieces.append(self._read_stored(index, position - start, take))
-                    except AnswerAborted as exc:
-                        if pieces:  # what comes before goes out first (a short read); the next read fails
-                            break
-                        log.error("%s", exc)
-                        raise
-                position += take
-            index += 1
-        self._position = position
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        segment, start = self._segments[index], self._starts[index]
+        take = min(size, MAX_READ, start + len(segment) - position)
+        if isinstance(segment, bytes):
+            data = segment[position - start: position - start + take]
+        else:
+            try:
+                data = self._read_stored(index, position - start, take)
+            except AnswerAborted as exc:
+                log.error("%s", exc)
+                raise
+        self._position = position + len(data)
+        return data
 
     def close(self) -> None:
         self._close_stored()

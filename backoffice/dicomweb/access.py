@@ -83,8 +83,10 @@ def _cors(response: Response) -> Response:
     if origin and origin in _cors_origins():
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Authorization, Accept, Content-Type"
-        response.headers["Access-Control-Expose-Headers"] = "Warning, Content-Type, Content-Length"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Accept, Content-Type, Range, If-Range, If-None-Match"
+        # What a viewer needs to read to resume a retrieval (ETag, Content-Range, Accept-Ranges): wado.py.
+        response.headers["Access-Control-Expose-Headers"] = ("Warning, Content-Type, Content-Length, ETag, "
+                                                             "Content-Range, Accept-Ranges")
         response.headers["Access-Control-Max-Age"] = "600"
     return response
 

@@ -116,6 +116,10 @@ def test_cors_for_the_configured_viewer_origin_only(cors_app, users, history):  
     assert preflight.status_code == 200  # no credentials needed for a preflight
     assert preflight.headers["Access-Control-Allow-Origin"] == "https://viewer.example.fr"
     assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    # A retrieval resumed from another origin: it may send Range/If-Range and read what answers them.
+    assert {"Range", "If-Range"} <= {h.strip() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")}
+    assert {"ETag", "Content-Range", "Accept-Ranges"} <= {
+        h.strip() for h in preflight.headers["Access-Control-Expose-Headers"].split(",")}
     assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
     assert "Access-Control-Allow-Credentials" not in preflight.headers  # cookies never cross origins
     answer = client.get("/dicom-web/studies", headers={**viewer, "Authorization": f"Bearer {users['radiologist'][1]}"})

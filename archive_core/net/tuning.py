@@ -16,6 +16,7 @@ import os
 import queue
 import select
 import socket
+import ssl
 import threading
 import time as _time
 import weakref
@@ -25,6 +26,11 @@ from pynetdicom import dul as _dul
 
 _REACTOR_POLL = 0.001  # the literal pynetdicom's acceptor reactor sleeps
 _IDLE_WAIT = 0.005  # longest wait before the DUL looks at its timers again
+# Longest wait of an accepted association's reactor for a DIMSE message: whatever else it must see
+# (a release or abort request, a pause) wakes it at once (_ReactorQueue.nudge); only its timers
+# (network timeout) and a DUL that died without a word are seen this late.
+_REACTOR_IDLE = 0.05
+_READ_FIRST = 1 << 21  # a PDU is read into a buffer this large at first, grown as its bytes arrive
 
 
 class _TunableTime:
@@ -62,6 +68,103 @@ class _WakingQueue(queue.Queue):
             os.close(self.fd)
         except OSError:
             pass
+
+
+class _ReactorQueue(queue.Queue):
+    """An accepted association's DIMSE message queue (``dimse.msg_queue``), on which its reactor
+    waits (:meth:`reactor_get`) until a message arrives or it is nudged, instead of looking every
+    millisecond: four idle reactors polling took the GIL 4,000 times a second from the threads
+    that receive (docs/performance.md, "Ingest with several SCP processes")."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._nudged = False
+
+    def nudge(self) -> None:
+        """Wake the reactor: something besides a message needs its look (release, abort, pause)."""
+        with self.not_empty:
+            self._nudged = True
+            self.not_empty.notify_all()
+
+    def reactor_get(self, timeout: float):
+        with self.not_empty:
+            if not self._qsize() and not self._nudged:
+                self.not_empty.wait(timeout)
+            self._nudged = False
+            if not self._qsize():
+                return None, None
+            item = self._get()
+            self.not_full.notify()
+            return item
+
+
+class _NudgingQueue(queue.Queue):
+    """The DUL's queue to the association (``to_user_queue``: A-RELEASE, A-ABORT, A-P-ABORT
+    indications), whose every put also wakes the reactor."""
+
+    def __init__(self, reactor: _ReactorQueue) -> None:
+        super().__init__()
+        self._reactor = reactor
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._reactor.nudge()
+
+
+class _NudgingEvent(threading.Event):
+    """The reactor's checkpoint: pausing it (``clear``, before a send on the association from another
+    thread) wakes it, so it reaches the checkpoint at once and the waiting sender goes on."""
+
+    def __init__(self, reactor: _ReactorQueue, was_set: bool) -> None:
+        super().__init__()
+        self._reactor = reactor
+        if was_set:
+            self.set()
+
+    def clear(self) -> None:
+        super().clear()
+        self._reactor.nudge()
+
+
+def _whole_reads(raw: socket.socket):
+    """``AssociationSocket.recv`` for a plain (not TLS) accepted socket: read *nr_bytes* in as few
+    system calls as the socket gives them, into one buffer.
+
+    pynetdicom reads 4 KiB per ``recv`` (and, the socket having a timeout, polls before each one):
+    256 system calls for a 512 KiB CT image, each a release and a re-acquisition of the GIL; with
+    several associations each of those is a hand-off to another thread and back. Here each call
+    reads whatever has arrived (``readv`` into the buffer, no poll while data is there), and polls
+    only when nothing has. Same contract: returns fewer bytes only when the peer closed; a
+    timeout or a socket error raises as ``socket.recv`` would.
+    """
+
+    def recv(nr_bytes: int) -> bytearray:
+        buffer = bytearray(min(nr_bytes, _READ_FIRST))  # a PDU length is the peer's word: grown as bytes arrive
+        got = 0
+        while got < nr_bytes:
+            if got == len(buffer):
+                buffer.extend(bytes(min(nr_bytes - got, len(buffer))))
+            fd = raw.fileno()  # -1 once closed: EBADF, as socket.recv would raise
+            view = memoryview(buffer)[got:]
+            try:
+                count = os.readv(fd, [view])
+            except (BlockingIOError, InterruptedError):
+                count = None
+            finally:
+                view.release()
+            if count is None:
+                ready, _, _ = select.select([fd], [], [], raw.gettimeout())
+                if not ready:
+                    raise TimeoutError("timed out")
+                continue
+            if count == 0:  # the peer closed
+                break
+            got += count
+        if got < len(buffer):
+            del buffer[got:]
+        return buffer
+
+    return recv
 
 
 def install() -> None:
@@ -190,16 +293,19 @@ def tune_acceptor(assoc) -> None:
         dul._archivage_gate = ReadGate(dul, outgoing.fd)
         dul._archivage_wait = _dul_wait(raw, outgoing.fd, dul._archivage_gate)
 
-    messages = assoc.dimse.msg_queue
+    # Before the association's threads start: nothing is queued yet.
+    messages = _ReactorQueue()
+    assoc.dimse.msg_queue = messages
+    dul.to_user_queue = _NudgingQueue(messages)
+    assoc._reactor_checkpoint = _NudgingEvent(messages, assoc._reactor_checkpoint.is_set())
+    if raw is not None and not isinstance(raw, ssl.SSLSocket):
+        dul.socket.recv = _whole_reads(raw)  # this association's socket object only
     blocking_get = assoc.dimse.get_msg
 
     def get_msg(block: bool = False):
         if block:
             return blocking_get(block=True)
-        try:
-            return messages.get(timeout=_REACTOR_POLL)
-        except queue.Empty:
-            return None, None
+        return messages.reactor_get(_REACTOR_IDLE)
 
     assoc.dimse.get_msg = get_msg
     # The reactor's own 1 ms sleep is skipped: the queue wait above takes its place.

@@ -258,3 +258,104 @@ def test_a_lent_dul_reads_nothing_until_given_back():
         ours.close()
         theirs.close()
         os.close(wake)
+
+
+def _voluntary_switches(thread) -> int:
+    """How many times *thread* blocked (each wake-up from a wait or a sleep is one), from /proc."""
+    status = open(f"/proc/self/task/{thread.native_id}/status").read()
+    return int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_accepted_association_does_not_poll(scp):
+    """The reactor of an accepted association waits for its next message instead of looking every
+    millisecond (pynetdicom's polling: 1,000 wake-ups a second per open association, each taking the
+    GIL from the threads that receive). Bad case tried: the 1 ms queue poll the tuning used before,
+    which this counts at about 500 wake-ups in half a second."""
+    import time
+
+    ae = AE(ae_title="IDLE")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
+    assert assoc.is_established
+    try:
+        served = _served(scp, "IDLE")
+        assert assoc.send_c_echo().Status == 0x0000
+        before = _voluntary_switches(served)
+        time.sleep(0.5)
+        woken = _voluntary_switches(served) - before
+        assert woken < 25, f"the idle reactor woke {woken} times in 0.5 s"
+        assert assoc.send_c_echo().Status == 0x0000  # and it still answers at once
+    finally:
+        assoc.release()
+
+
+def test_a_release_is_answered_at_once_by_a_waiting_reactor(scp):
+    """The A-RELEASE request reaches the reactor through pynetdicom's queue to the user, not its
+    message queue: that queue wakes the waiting reactor. Bad case tried: a reactor that only sees the
+    release at the end of its wait (50 ms), which makes every short association 50 ms longer."""
+    import statistics
+    import time
+
+    took = []
+    for n in range(12):
+        ae = AE(ae_title=f"REL{n}")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        time.sleep(0.005)  # the reactor is back in its wait
+        started = time.monotonic()
+        assoc.release()
+        took.append(time.monotonic() - started)
+        assert assoc.is_released
+    assert statistics.median(took) < 0.03, f"releases took {sorted(took)}"
+
+
+def test_whole_reads_read_what_came_in_one_buffer_and_stop_where_recv_stops():
+    """tuning._whole_reads (an accepted plain socket's AssociationSocket.recv): the PDU whole from
+    several writes; fewer bytes only when the peer closed, without a buffer the size of a PDU length
+    the peer only claimed (bad input tried: 4 GiB announced, 10 bytes sent); a timeout raises."""
+    import threading
+    import time
+    import tracemalloc
+
+    from archive_core.net.tuning import _whole_reads
+
+    ours, theirs = socket.socketpair()
+    try:
+        ours.settimeout(5)
+        recv = _whole_reads(ours)
+        payload = bytes(range(256)) * 4096  # 1 MiB, more than the socket holds at once
+
+        def send_slowly():
+            for start in range(0, len(payload), 300_000):
+                theirs.sendall(payload[start:start + 300_000])
+                time.sleep(0.01)
+
+        sender = threading.Thread(target=send_slowly)
+        sender.start()
+        got = recv(len(payload))
+        sender.join()
+        assert isinstance(got, bytearray) and got == payload
+        theirs.sendall(b"abcdef")
+        assert recv(6) == b"abcdef"
+
+        ours.settimeout(0.05)
+        with pytest.raises(TimeoutError):
+            recv(10)
+
+        ours.settimeout(5)
+        theirs.sendall(b"0123456789")
+        theirs.close()
+        tracemalloc.start()
+        try:
+            short = recv(1 << 32)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert short == b"0123456789"
+        assert peak < 8 << 20
+        assert recv(6) == b""
+    finally:
+        ours.close()
+        theirs.close()

@@ -23,6 +23,7 @@ pynetdicom's own temporary file, or from memory, when the file is not a :class:`
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 import threading
@@ -86,6 +87,8 @@ class ReceiveFile:
         self.over = False  # the dataset passed max_bytes: what came is gone, the rest is dropped
         self.error: OSError | None = None
         self._header_phase: list[bytes] | None = []
+        # Hashed as it is written: the ingestor's checksum does not read the file back.
+        self._sha256 = hashlib.sha256()
         try:
             os.fchmod(fd, 0o640)
             self._write_all(header)
@@ -129,7 +132,7 @@ class ReceiveFile:
             raise self.error
         if self.over:
             raise ObjectTooLarge(f"object over the limit of {self.max_bytes} bytes")
-        return FileRange(self.path, self.header_len, self.written, owned=True)
+        return FileRange(self.path, self.header_len, self.written, owned=True, digest=self._sha256.hexdigest())
 
     def _dataset(self, data) -> None:
         if self.over or self.error is not None:
@@ -143,6 +146,7 @@ class ReceiveFile:
         except OSError as exc:
             self._fail(exc)
             return
+        self._sha256.update(data)
         self.written += len(data)
 
     def _write_all(self, data) -> None:

@@ -29,8 +29,12 @@ class FileRange:
     # The file is a temporary file of the journal's folder that already starts with the entry's
     # header: the store may take it (rename) instead of copying it (LocalJournal.adopt_incoming).
     owned: bool = False
+    # SHA-256 of the range, when whoever wrote it computed it on the way (a C-STORE received into the journal).
+    digest: str | None = None
 
     def sha256(self) -> str:
+        if self.digest is not None:
+            return self.digest
         digest = hashlib.sha256()
         with open(self.path, "rb") as f:
             f.seek(self.offset)

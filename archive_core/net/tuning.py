@@ -23,6 +23,10 @@ import weakref
 
 from pynetdicom import association as _association
 from pynetdicom import dul as _dul
+from pynetdicom import evt
+from pynetdicom.dimse_messages import C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 
 _REACTOR_POLL = 0.001  # the literal pynetdicom's acceptor reactor sleeps
 _IDLE_WAIT = 0.005  # longest wait before the DUL looks at its timers again
@@ -167,6 +171,48 @@ def _whole_reads(raw: socket.socket):
     return recv
 
 
+def _direct_store_responses(assoc, raw: socket.socket) -> None:
+    """C-STORE responses of an accepted plain association written by the thread that answers (its
+    reactor), under a lock every write of the DUL takes too, instead of being queued to the DUL
+    thread: one thread wake-up and one GIL hand-off less per stored object.
+
+    Only in the data transfer state (Sta6) and with nothing queued for the DUL (what was queued
+    before goes first); otherwise, and for every other message, pynetdicom's path. The bytes are
+    those pynetdicom's DUL would write (the same encoder); a failed write is reported to the DUL
+    as a closed connection (Evt17), as its own send does.
+    """
+    dimse, dul = assoc.dimse, assoc.dul
+    sock = dul.socket
+    lock = threading.Lock()
+    send = sock.send
+
+    def locked_send(data: bytes) -> None:
+        with lock:
+            send(data)
+
+    sock.send = locked_send  # this association's socket object only
+    queued_send_msg = dimse.send_msg
+    pending = dul.to_provider_queue.queue
+
+    def send_msg(primitive, context_id: int) -> None:
+        if (type(primitive) is not C_STORE or primitive.MessageIDBeingRespondedTo is None or pending
+                or dul.state_machine.current_state != "Sta6"):
+            queued_send_msg(primitive, context_id)
+            return
+        message = C_STORE_RSP()
+        message.primitive_to_message(primitive)
+        message.context_id = context_id
+        evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
+        data = b"".join(P_DATA_TF(p_data).encode() for p_data in message.encode_msg(context_id, dimse.maximum_pdu_size))
+        with lock:
+            try:
+                raw.sendall(data)
+            except OSError:
+                dul.event_queue.put("Evt17")
+
+    dimse.send_msg = send_msg
+
+
 def install() -> None:
     """Route pynetdicom's sleeps through :class:`_TunableTime` (idempotent; untuned threads sleep as before)."""
     for module in (_association, _dul):
@@ -300,6 +346,7 @@ def tune_acceptor(assoc) -> None:
     assoc._reactor_checkpoint = _NudgingEvent(messages, assoc._reactor_checkpoint.is_set())
     if raw is not None and not isinstance(raw, ssl.SSLSocket):
         dul.socket.recv = _whole_reads(raw)  # this association's socket object only
+        _direct_store_responses(assoc, raw)
     blocking_get = assoc.dimse.get_msg
 
     def get_msg(block: bool = False):

@@ -12,11 +12,13 @@ tests/unit/test_server_tuning.py covers the private attributes this relies on.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time as _time
 import weakref
@@ -27,6 +29,9 @@ from pynetdicom import evt
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
+
+log = logging.getLogger(__name__)
 
 _REACTOR_POLL = 0.001  # the literal pynetdicom's acceptor reactor sleeps
 _IDLE_WAIT = 0.005  # longest wait before the DUL looks at its timers again
@@ -34,6 +39,7 @@ _IDLE_WAIT = 0.005  # longest wait before the DUL looks at its timers again
 # (a release or abort request, a pause) wakes it at once (_ReactorQueue.nudge); only its timers
 # (network timeout) and a DUL that died without a word are seen this late.
 _REACTOR_IDLE = 0.05
+_PDU_TYPES = frozenset(range(0x01, 0x08))
 _READ_FIRST = 1 << 21  # a PDU is read into a buffer this large at first, grown as its bytes arrive
 
 
@@ -213,6 +219,85 @@ def _direct_store_responses(assoc, raw: socket.socket) -> None:
     dimse.send_msg = send_msg
 
 
+class _ReceivedPData:
+    """A P-DATA-TF PDU as received, its PDVs views of the buffer it was read into.
+
+    pynetdicom copies a received PDU four times before a fragment reaches its file (the PDU's
+    bytes, its body, each item, each value): 2 MiB of copying for a 512 KiB CT image. Only
+    :meth:`to_primitive` is asked of it (pynetdicom's DT-2, in the data transfer state).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, body: bytearray) -> None:
+        view = memoryview(body)
+        items, pos, end = [], 0, len(view)
+        while pos < end:
+            # Refused where pynetdicom's decoder fails: a cut item header, an item of length 0, an
+            # item running past the PDU.
+            if pos + 5 > end:
+                raise ValueError("P-DATA-TF ends inside a PDV item header")
+            length = int.from_bytes(view[pos:pos + 4], "big")
+            if length < 1 or pos + 4 + length > end:
+                raise ValueError("PDV item length does not fit the P-DATA-TF PDU")
+            items.append((view[pos + 4], view[pos + 5:pos + 4 + length]))
+            pos += 4 + length
+        self._items = items
+
+    def to_primitive(self) -> P_DATA:
+        primitive = P_DATA()
+        # pynetdicom's setter wants bytes; its decoder reads a view alike (first byte, then a slice written out).
+        primitive._presentation_data_value_list = self._items
+        return primitive
+
+
+def _p_data_reads(dul):
+    """The DUL's ``_read_pdu_data`` for an accepted plain association: a P-DATA-TF PDU in the data
+    transfer state becomes a :class:`_ReceivedPData` (no copies); anything else, in any other
+    state, is read and decoded as pynetdicom does. The same events as pynetdicom's: Evt10 for a
+    P-DATA-TF, Evt17 for a connection closed or cut short, Evt19 for an unknown or invalid PDU.
+    """
+    original = dul._read_pdu_data
+    sock = dul.socket
+
+    def read_pdu_data() -> None:
+        if dul.state_machine.current_state != "Sta6":
+            original()
+            return
+        try:
+            head = sock.recv(6)
+            if len(head) < 6:
+                dul.event_queue.put("Evt17")
+                return
+            pdu_type, _, length = struct.unpack(">BBL", head)
+            if pdu_type not in _PDU_TYPES:
+                log.error("unknown PDU type 0x%02X received", pdu_type)
+                dul.event_queue.put("Evt19")
+                return
+            body = sock.recv(length)
+        except (OSError, TimeoutError) as exc:
+            log.error("connection closed before the entire PDU was received: %s", exc)
+            dul.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            log.error("the received PDU is shorter than expected (%d of %d bytes)", 6 + len(body), 6 + length)
+            dul.event_queue.put("Evt17")
+            return
+        try:
+            if pdu_type == 0x04:
+                pdu, event = _ReceivedPData(body), "Evt10"
+            else:
+                pdu, event = dul._decode_pdu(head + body)
+        except Exception as exc:
+            log.error("unable to decode the received PDU: %s", exc)
+            dul.event_queue.put("Evt19")
+            return
+        dul.event_queue.put(event)
+        dul._recv_pdu.put(pdu)
+
+    return read_pdu_data
+
+
 def install() -> None:
     """Route pynetdicom's sleeps through :class:`_TunableTime` (idempotent; untuned threads sleep as before)."""
     for module in (_association, _dul):
@@ -347,6 +432,9 @@ def tune_acceptor(assoc) -> None:
     if raw is not None and not isinstance(raw, ssl.SSLSocket):
         dul.socket.recv = _whole_reads(raw)  # this association's socket object only
         _direct_store_responses(assoc, raw)
+        # Unless something watches the bytes received (pynetdicom's debug log handlers, say).
+        if not assoc.get_handlers(evt.EVT_DATA_RECV) and not assoc.get_handlers(evt.EVT_PDU_RECV):
+            dul._read_pdu_data = _p_data_reads(dul)
     blocking_get = assoc.dimse.get_msg
 
     def get_msg(block: bool = False):

@@ -73,3 +73,32 @@ def test_storescu_of_a_bad_uid_gets_a_failure_status(archive_process, tmp_path):
     assert set(_indexed(archive_process.instance_path, {bad.SOPInstanceUID, good.SOPInstanceUID})) == {
         good.SOPInstanceUID
     }
+
+
+@pytest.mark.parametrize("pdu", ["4096", "131072"])
+def test_a_dataset_in_many_pdus_is_stored_byte_for_byte_with_its_checksum(archive_process, tmp_path, pdu):
+    """storescu cutting a 512 KiB image into P-DATA-TF PDUs of 4 KiB (one fragment each: 128 PDUs)
+    or 128 KiB: what the archive stores is the sent dataset byte for byte, and the checksum it
+    indexes is that dataset's SHA-256 (both computed as the fragments arrive, read in as few system
+    calls as the socket allows). Bad cases tried: a fragment written twice or dropped, a checksum of
+    the header, of a partial dataset, or of the first fragment only."""
+    import hashlib
+
+    from archive_core.part10 import dataset_offset
+
+    ds = make_ct(rows=512)
+    ds.Columns = 512
+    ds.PixelData = bytes(range(256)) * 2048  # 512 KiB, every byte position distinct modulo 256
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    sent = path.read_bytes()
+    sent = sent[dataset_offset(sent):]
+    done = _dcmtk("storescu", "--max-send-pdu", pdu, "-aec", "ARCHIVAGE", "127.0.0.1", str(archive_process.port),
+                  str(path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    with sqlite3.connect(archive_process.instance_path / "archivage.sqlite3") as db:
+        key, checksum = db.execute("SELECT storage_key, checksum_sha256 FROM instance WHERE sop_instance_uid = ?",
+                                   (ds.SOPInstanceUID,)).fetchone()
+    stored = (archive_process.instance_path / "storage" / "objects" / key).read_bytes()
+    assert stored[dataset_offset(stored):] == sent
+    assert checksum == hashlib.sha256(sent).hexdigest()

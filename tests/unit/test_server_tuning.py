@@ -359,3 +359,32 @@ def test_whole_reads_read_what_came_in_one_buffer_and_stop_where_recv_stops():
     finally:
         ours.close()
         theirs.close()
+
+
+@pytest.mark.parametrize("body", [
+    b"\x00\x00\x00\x10\x01\x03" + b"x" * 4,  # a PDV item announcing 16 bytes, 5 there
+    b"\x00\x00\x00\x00\x01",  # a PDV item of length 0
+    b"\x00\x00\x00",  # a PDV item header cut short
+])
+def test_a_malformed_p_data_pdu_aborts_the_association_and_the_server_goes_on(scp, body):
+    """The P-DATA-TF PDUs of an accepted association are read without pynetdicom's decoder
+    (tuning._ReceivedPData): one it would refuse is refused the same way (Evt19: the association is
+    aborted), and the server serves the next association."""
+    import struct
+    import time
+
+    ae = AE(ae_title="BROKEN")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
+    assert assoc.is_established
+    _served(scp, "BROKEN")
+    assoc.dul.socket.socket.sendall(struct.pack(">BBL", 0x04, 0, len(body)) + body)
+    deadline = time.monotonic() + 5
+    while assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert assoc.is_aborted
+    again = ae.associate("127.0.0.1", scp.port, ae_title="ARCHIVAGE")
+    try:
+        assert again.is_established and again.send_c_echo().Status == 0x0000
+    finally:
+        again.release()

@@ -5,7 +5,16 @@ pynetdicom (pinned in requirements.txt) polls: its DUL thread sleeps ``_run_loop
 the DIMSE queue. On loopback that doubles the time of a small C-STORE. For the associations we
 accept, both sleeps are replaced by waits that end as soon as there is work: the DUL waits on
 its socket and on an eventfd written whenever a primitive is queued for sending, and the reactor
-waits on its message queue. An idle association still wakes only every few milliseconds.
+waits on its message queue, woken by a message, a release or abort request or a pause, and
+otherwise every 50 ms (it polled every millisecond). An idle association still wakes only every
+few milliseconds.
+
+On an accepted plain (not TLS) association, the receive path also skips pynetdicom's costliest
+steps, which with several associations in one process are GIL hand-offs between threads: a PDU
+is read in as few system calls as the socket gives it (pynetdicom: 4 KiB per ``recv`` and a poll
+before each), a P-DATA-TF PDU reaches the DIMSE decoder as views of that buffer (no copies), and
+a C-STORE response is written by the thread that answers instead of being queued to the DUL
+thread. docs/performance.md ("Ingest with several SCP processes") has the measures.
 tests/unit/test_server_tuning.py covers the private attributes this relies on.
 """
 

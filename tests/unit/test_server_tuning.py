@@ -388,3 +388,27 @@ def test_a_malformed_p_data_pdu_aborts_the_association_and_the_server_goes_on(sc
         assert again.is_established and again.send_c_echo().Status == 0x0000
     finally:
         again.release()
+
+
+def test_the_private_details_the_receive_path_relies_on_are_there():
+    """What tuning.tune_acceptor replaces or calls in the pinned pynetdicom (an upgrade must come here)."""
+    from pynetdicom import acse, dimse, fsm, transport
+    from pynetdicom.dul import DULServiceProvider
+
+    dul = inspect.getsource(DULServiceProvider)
+    # The reads: one PDU per _read_pdu_data, from socket.recv, decoded by _decode_pdu into an event
+    # and a PDU on _recv_pdu; a P-DATA-TF in Sta6 (Evt10) goes to DT-2, which only asks to_primitive().
+    assert "def _read_pdu_data(self) -> None:" in dul and "self._read_pdu_data()" in dul
+    assert "self.socket.recv(6)" in dul and "self.socket.recv(pdu_length)" in dul
+    assert "pdu, event = self._decode_pdu(bytestream)" in dul and "self._recv_pdu.put(pdu)" in dul
+    assert "dul.assoc.dimse.receive_primitive(cast(\"P_DATA\", pdu.to_primitive()))" in inspect.getsource(fsm.DT_2)
+    assert fsm.TRANSITION_TABLE[("Evt10", "Sta6")] == "DT-2"
+    assert "bufsize = 4096" in inspect.getsource(transport.AssociationSocket.recv)
+    # The reactor: sees a release or an abort by peeking to_user_queue; pauses at its checkpoint.
+    assert "self.to_user_queue.queue[0]" in dul
+    assert "self.dul.peek_next_pdu()" in inspect.getsource(acse.ACSE.is_release_requested)
+    assert "self._reactor_checkpoint.wait()" in inspect.getsource(pynetdicom_association.Association._run_reactor)
+    # The sends: a DIMSE message becomes P-DATA primitives queued one by one to the DUL.
+    send = inspect.getsource(dimse.DIMSEServiceProvider.send_msg)
+    assert "dimse_msg.encode_msg(context_id, self.maximum_pdu_size)" in send and "self.dul.send_pdu(pdata)" in send
+    assert "dul._send(P_DATA_TF(primitive))" in inspect.getsource(fsm.DT_1)

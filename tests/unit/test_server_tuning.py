@@ -262,7 +262,8 @@ def test_a_lent_dul_reads_nothing_until_given_back():
 
 def _voluntary_switches(thread) -> int:
     """How many times *thread* blocked (each wake-up from a wait or a sleep is one), from /proc."""
-    status = open(f"/proc/self/task/{thread.native_id}/status").read()
+    with open(f"/proc/self/task/{thread.native_id}/status") as f:
+        status = f.read()
     return int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
 
 

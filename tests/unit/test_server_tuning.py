@@ -313,19 +313,19 @@ def test_a_release_is_answered_at_once_by_a_waiting_reactor(scp):
 
 
 def test_whole_reads_read_what_came_in_one_buffer_and_stop_where_recv_stops():
-    """tuning._whole_reads (an accepted plain socket's AssociationSocket.recv): the PDU whole from
+    """inbound.whole_reads (an accepted plain socket's AssociationSocket.recv): the PDU whole from
     several writes; fewer bytes only when the peer closed, without a buffer the size of a PDU length
     the peer only claimed (bad input tried: 4 GiB announced, 10 bytes sent); a timeout raises."""
     import threading
     import time
     import tracemalloc
 
-    from archive_core.net.tuning import _whole_reads
+    from archive_core.net.inbound import whole_reads
 
     ours, theirs = socket.socketpair()
     try:
         ours.settimeout(5)
-        recv = _whole_reads(ours)
+        recv = whole_reads(ours)
         payload = bytes(range(256)) * 4096  # 1 MiB, more than the socket holds at once
 
         def send_slowly():
@@ -369,7 +369,7 @@ def test_whole_reads_read_what_came_in_one_buffer_and_stop_where_recv_stops():
 ])
 def test_a_malformed_p_data_pdu_aborts_the_association_and_the_server_goes_on(scp, body):
     """The P-DATA-TF PDUs of an accepted association are read without pynetdicom's decoder
-    (tuning._ReceivedPData): one it would refuse is refused the same way (Evt19: the association is
+    (inbound.ReceivedPData): one it would refuse is refused the same way (Evt19: the association is
     aborted), and the server serves the next association."""
     import struct
     import time

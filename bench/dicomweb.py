@@ -1,18 +1,20 @@
 """DICOMweb benchmark: QIDO-RS study searches and WADO-RS retrieval, vs Orthanc's DICOMweb plugin.
 
-Usage: python bench/dicomweb.py [--ct 200] [--studies 1000] [--repeat 9] [--workdir DIR]
+Usage: python bench/dicomweb.py [--ct 200] [--studies 1000] [--repeat 9] [--single-repeat 200] [--workdir DIR]
 
 Both systems get the same files by DCMTK storescu: one CT study of --ct images (512x512x16,
 _common's generator) and --studies one-image studies (64x64) of distinct patients. Then, over
 HTTP keep-alive from one client (``requests``) on loopback:
 
 - QIDO-RS ``/studies`` by StudyInstanceUID, by PatientID, by PatientName prefix PatientID prefix and
-  PatientName prefix (a tenth of the patients match each) and by a StudyDate range (all): the median milliseconds of --repeat calls;
+  PatientName prefix (a tenth of the patients match each) and by a StudyDate range (all): the median milliseconds of --repeat calls
+  (--single-repeat for the two single-match searches, a few milliseconds each);
 - WADO-RS ``/studies/{CT}`` (``multipart/related; type="application/dicom"``, stored syntax): the
   median instances/s of --repeat retrievals, the body read and counted.
 
 Ours is ``flask --app wsgi web`` (waitress, 8 threads) on an instance ``archive serve`` filled;
-Orthanc is Debian's 1.10.1 with ``libOrthancDicomWeb.so``. Ratios are ours / Orthanc's (latency:
+Orthanc is Debian's 1.10.1 with ``libOrthancDicomWeb.so``. Both run at once and take turns call by
+call, so a change of the machine's load falls on both alike. Ratios are ours / Orthanc's (latency:
 lower is better; instances/s: higher is better).
 """
 
@@ -28,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import requests
@@ -50,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ct", type=int, default=200, help="images of the CT study retrieved (default 200)")
     parser.add_argument("--studies", type=int, default=1000, help="one-image studies searched (default 1000)")
     parser.add_argument("--repeat", type=int, default=9)
+    parser.add_argument("--single-repeat", type=int, default=200,
+                        help="calls of each single-match QIDO per system (a few ms each: many, for a stable median)")
     parser.add_argument("--workdir", type=Path)
     return parser.parse_args(argv)
 
@@ -125,80 +129,96 @@ def orthanc(workdir: Path, files: list[Path]) -> Iterator[tuple[str, dict[str, s
         yield base, {}
 
 
-def qido_ms(http: requests.Session, base: str, headers: dict[str, str], params: dict[str, str],
-            expected: int, repeat: int) -> float:
-    """Median milliseconds of ``GET /studies?params``; each answer must hold *expected* studies."""
-    times = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        # Written out, not urlencoded: Orthanc's plugin 1.7 does not decode %2A and %5E (``*``, ``^``).
-        query = "&".join(f"{key}={value}" for key, value in params.items())
-        response = http.get(f"{base}/studies?{query}", headers={**headers, "Accept": "application/dicom+json"})
-        answers = response.json() if response.status_code == 200 else []
-        times.append((time.perf_counter() - started) * 1000)
-        if len(answers) != expected:
-            raise RuntimeError(f"{base}: QIDO {params} answered {response.status_code} with {len(answers)} studies, "
-                               f"not {expected}")
-    return statistics.median(times)
+def qido_once(http: requests.Session, base: str, headers: dict[str, str], params: dict[str, str],
+              expected: int) -> float:
+    """Milliseconds of one ``GET /studies?params``; the answer must hold *expected* studies."""
+    started = time.perf_counter()
+    # Written out, not urlencoded: Orthanc's plugin 1.7 does not decode %2A and %5E (``*``, ``^``).
+    query = "&".join(f"{key}={value}" for key, value in params.items())
+    response = http.get(f"{base}/studies?{query}", headers={**headers, "Accept": "application/dicom+json"})
+    answers = response.json() if response.status_code == 200 else []
+    elapsed = (time.perf_counter() - started) * 1000
+    if len(answers) != expected:
+        raise RuntimeError(f"{base}: QIDO {params} answered {response.status_code} with {len(answers)} studies, "
+                           f"not {expected}")
+    return elapsed
 
 
-def wado_rate(http: requests.Session, base: str, headers: dict[str, str], study: str, count: int,
-              stored_bytes: int, repeat: int) -> float:
-    """Median instances/s of ``GET /studies/{study}``, the multipart body read to its end."""
-    rates = []
-    for _ in range(repeat):
-        started = time.perf_counter()
-        with http.get(f"{base}/studies/{study}", headers={**headers, "Accept": ACCEPT_DICOM}, stream=True) as r:
-            r.raise_for_status()
-            received = sum(len(chunk) for chunk in r.iter_content(1 << 20))
-        elapsed = time.perf_counter() - started
-        if received < stored_bytes:
-            raise RuntimeError(f"WADO-RS answered {received} bytes, less than the {stored_bytes} stored")
-        rates.append(count / elapsed)
-    return statistics.median(rates)
+def wado_once(http: requests.Session, base: str, headers: dict[str, str], study: str, count: int,
+              stored_bytes: int) -> float:
+    """Instances/s of one ``GET /studies/{study}``, the multipart body read to its end."""
+    started = time.perf_counter()
+    with http.get(f"{base}/studies/{study}", headers={**headers, "Accept": ACCEPT_DICOM}, stream=True) as r:
+        r.raise_for_status()
+        received = sum(len(chunk) for chunk in r.iter_content(1 << 20))
+    elapsed = time.perf_counter() - started
+    if received < stored_bytes:
+        raise RuntimeError(f"WADO-RS answered {received} bytes, less than the {stored_bytes} stored")
+    return count / elapsed
 
 
-def measure(target, workdir: Path, ct_files: list[Path], small_files: list[Path], study: str,
-            repeat: int) -> dict[str, float]:
+def interleaved(calls: dict[str, object], repeat: int) -> dict[str, float]:
+    """Median of *repeat* calls of each system's function, the systems taking turns (the first one
+    alternating), so that a change in the machine's load falls on both alike."""
+    names = list(calls)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeat):
+        for name in (names if round_ % 2 == 0 else names[::-1]):
+            samples[name].append(calls[name]())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def measure(systems: dict[str, tuple[str, dict[str, str]]], ct_files: list[Path], small_files: list[Path],
+            study: str, repeat: int, single_repeat: int) -> dict[str, dict[str, float]]:
+    """Every figure of both *systems* (name -> (base URL, headers)), their calls interleaved."""
     prefix_matches = sum(1 for i in range(len(small_files)) if f"{i:05d}".startswith("000"))
-    with target(workdir, ct_files + small_files) as (base, headers):
-        http = requests.Session()
-        figures = {
-            "QIDO StudyInstanceUID (ms)": qido_ms(http, base, headers, {"StudyInstanceUID": study}, 1, repeat),
-            "QIDO PatientID (ms)": qido_ms(http, base, headers, {"PatientID": "P00042"}, 1, repeat)
-            if len(small_files) > 42 else float("nan"),
-            f"QIDO PatientID=P000* ({prefix_matches}) (ms)": qido_ms(
-                http, base, headers, {"PatientID": "P000*"}, prefix_matches, repeat),
-            f"QIDO PatientName=NAME00* ({prefix_matches}) (ms)": qido_ms(
-                http, base, headers, {"PatientName": "NAME00*"}, prefix_matches, repeat),
-            f"QIDO StudyDate range (all {len(small_files) + 1}) (ms)": qido_ms(
-                http, base, headers, {"StudyDate": "19000101-20991231", "limit": str(len(small_files) + 10)},
-                len(small_files) + 1, repeat),
-        }
-        stored = sum(p.stat().st_size for p in ct_files)
-        figures["WADO-RS CT study (inst/s)"] = wado_rate(http, base, headers, study, len(ct_files), stored, repeat)
+    sessions = {name: requests.Session() for name in systems}
+    everything = len(small_files) + 1
+    queries = [
+        ("QIDO StudyInstanceUID (ms)", {"StudyInstanceUID": study}, 1, single_repeat),
+        ("QIDO PatientID (ms)", {"PatientID": "P00042"}, 1, single_repeat),
+        (f"QIDO PatientID=P000* ({prefix_matches}) (ms)", {"PatientID": "P000*"}, prefix_matches, repeat),
+        (f"QIDO PatientName=NAME00* ({prefix_matches}) (ms)", {"PatientName": "NAME00*"}, prefix_matches, repeat),
+        (f"QIDO StudyDate range (all {everything}) (ms)",
+         {"StudyDate": "19000101-20991231", "limit": str(everything + 10)}, everything, repeat),
+    ]
+    if len(small_files) <= 42:
+        queries.pop(1)
+    figures: dict[str, dict[str, float]] = {}
+    for label, params, expected, times in queries:
+        figures[label] = interleaved({
+            name: (lambda http=sessions[name], base=base, headers=headers:
+                   qido_once(http, base, headers, params, expected))
+            for name, (base, headers) in systems.items()}, times)
+    stored = sum(p.stat().st_size for p in ct_files)
+    figures["WADO-RS CT study (inst/s)"] = interleaved({
+        name: (lambda http=sessions[name], base=base, headers=headers:
+               wado_once(http, base, headers, study, len(ct_files), stored))
+        for name, (base, headers) in systems.items()}, repeat)
     return figures
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     socket.setdefaulttimeout(600)
-    with tempfile.TemporaryDirectory(prefix="bench-dicomweb-", dir=args.workdir) as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-dicomweb-", dir=args.workdir) as tmp, ExitStack() as stack:
         root = Path(tmp)
         ct = generate_image_set(ImageSetSpec("ct", args.ct, 512, 512), root / "ct")
         study = dcmread(ct.files[0], stop_before_pixels=True).StudyInstanceUID
         small = small_studies(args.studies, root / "small")
-        load = os.getloadavg()[0]
-        results = {}
+        systems = {}
         for name, target in (("archivage", ours), ("orthanc", orthanc)):
             (root / name).mkdir()
-            results[name] = measure(target, root / name, list(ct.files), small, study, args.repeat)
-        print(f"DICOMweb, {args.ct}-image CT + {args.studies} one-image studies, median of {args.repeat}; "
+            systems[name] = stack.enter_context(target(root / name, list(ct.files) + small))
+        load = os.getloadavg()[0]
+        figures = measure(systems, list(ct.files), small, study, args.repeat, args.single_repeat)
+        print(f"DICOMweb, {args.ct}-image CT + {args.studies} one-image studies, both systems up, calls interleaved; "
+              f"median of {args.single_repeat} (single-match QIDO) or {args.repeat}; "
               f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
         print(f"{'measure':<44} {'archivage':>10} {'orthanc':>10} {'ratio':>7}")
-        for key, value in results["archivage"].items():
-            other = results["orthanc"][key]
-            print(f"{key:<44} {value:>10.1f} {other:>10.1f} {value / other:>7.2f}")
+        for key, value in figures.items():
+            print(f"{key:<44} {value['archivage']:>10.1f} {value['orthanc']:>10.1f} "
+                  f"{value['archivage'] / value['orthanc']:>7.2f}")
     return 0
 
 

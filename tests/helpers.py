@@ -195,6 +195,27 @@ def migration_drift(tmp_path: Path, *names: str) -> list:
     return [d for d in diff if any(name in repr(d) for name in names)]
 
 
+def peak_rss(pid: int) -> int:
+    """VmHWM of *pid* in bytes (the highest resident set size it reached)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc")
+
+
+def pid_started_with_port(port: int) -> int:
+    """The process whose command line has ``--port PORT`` (a web process a test started)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--port" in argv and argv[argv.index(b"--port") + 1:][:1] == [str(port).encode()]:
+                return int(entry.name)
+    raise AssertionError(f"no process started with --port {port}")
+
+
 def associate_ct_modality(port: int, ae_title: str = "MODALITY"):
     """An established association of a CT modality (Verification, CT Image Storage) with our SCP."""
     ae = AE(ae_title=ae_title)

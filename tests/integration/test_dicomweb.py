@@ -17,7 +17,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage
 
-from tests.helpers import archive_server, free_port, make_ct
+from tests.helpers import archive_server, associate_ct_modality, free_port, make_ct
 from tests.servers import web_process
 
 
@@ -43,10 +43,7 @@ def web(tmp_path):
     ]
     stored: dict[str, bytes] = {}
     with archive_server(instance) as (archive, running):
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
-        assert assoc.is_established
+        assoc = associate_ct_modality(running.port)
         for ds in datasets:
             assert assoc.send_c_store(ds).Status == 0
         assoc.release()

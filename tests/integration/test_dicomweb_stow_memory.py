@@ -8,31 +8,15 @@ from pathlib import Path
 import requests
 from pydicom.uid import generate_uid
 
-from tests.helpers import free_port, make_ct
+from tests.helpers import free_port, make_ct, peak_rss, pid_started_with_port
 from tests.servers import archive_env, web_process
 
 ROWS = 4096  # 4096 x 4096 x 16 bits: 32 MiB of pixel data per object
 BOUNDARY = "stow-memory-b0undary"
 
 
-def _pid_listening_on(port: int) -> int:
-    """The process whose command line ends with ``--port PORT`` (the web process we started)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--port" in argv and argv[argv.index(b"--port") + 1:][:1] == [str(port).encode()]:
-                return int(entry.name)
-    raise AssertionError(f"no process started with --port {port}")
 
 
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc")
 
 
 def _body(files: list[Path], path: Path) -> Path:
@@ -83,13 +67,13 @@ def test_a_96_mib_stow_costs_the_web_process_less_than_24_mib(tmp_path):
     headers = {"Authorization": f"Bearer {token}",
                "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'}
     with web_process(env, tmp_path / "web.log", port=port) as base:
-        pid = _pid_listening_on(port)
+        pid = pid_started_with_port(port)
         with open(_body([small], tmp_path / "warm-up"), "rb") as f:  # imports, the indexer, the pools
             assert requests.post(f"{base}/dicom-web/studies", data=f, headers=headers).status_code == 200
-        before = _peak_rss(pid)
+        before = peak_rss(pid)
         with open(body, "rb") as f:
             stored = requests.post(f"{base}/dicom-web/studies", data=f, headers=headers, timeout=600)
-        after = _peak_rss(pid)
+        after = peak_rss(pid)
         assert stored.status_code == 200, stored.text
         assert len(stored.json()["00081199"]["Value"]) == 3
         assert after - before < 24 * 1024 * 1024, f"peak grew by {(after - before) / 2**20:.0f} MiB"

@@ -19,10 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
 
-from tests.helpers import IN_CI, archive_server, free_port, make_ct, require_tool
+from tests.helpers import IN_CI, archive_server, associate_ct_modality, free_port, make_ct, require_tool
 from tests.servers import web_process
 
 pytestmark = pytest.mark.browser
@@ -71,10 +69,7 @@ def ohif_web(tmp_path):
     study_uid = generate_uid()
     datasets = _series(study_uid, 4)
     with archive_server(instance) as (archive, running):
-        ae = AE(ae_title="MODALITY")
-        ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-        assoc = ae.associate("127.0.0.1", running.port, ae_title="ARCHIVAGE")
-        assert assoc.is_established
+        assoc = associate_ct_modality(running.port)
         for ds in datasets:
             assert assoc.send_c_store(ds).Status == 0
         assoc.release()

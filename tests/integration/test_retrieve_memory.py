@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydicom.uid import generate_uid
 
-from tests.helpers import free_port, make_ct, require_tool, tool_env
+from tests.helpers import free_port, make_ct, peak_rss, require_tool, tool_env
 
 pytestmark = pytest.mark.dcmtk
 
@@ -21,12 +21,6 @@ def _dcmtk(tool: str, *args: str, timeout: float = 300) -> subprocess.CompletedP
                           timeout=timeout)
 
 
-def _peak_rss(pid: int) -> int:
-    """VmHWM of *pid* in bytes (the highest resident set size it reached)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc")
 
 
 def _study(tmp_path: Path, name: str, count: int, rows: int) -> tuple[str, list[Path]]:
@@ -74,9 +68,9 @@ def test_sending_a_study_of_large_objects_streams_each_file(archive_process, tmp
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         retrieve(small)
-        before = _peak_rss(archive_process.proc.pid)
+        before = peak_rss(archive_process.proc.pid)
         retrieve(large)
-        after = _peak_rss(archive_process.proc.pid)
+        after = peak_rss(archive_process.proc.pid)
     finally:
         receiver.terminate()
         receiver.wait(30)

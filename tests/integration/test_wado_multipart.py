@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 from pydicom.uid import generate_uid
-from pynetdicom import AE
-from pynetdicom.sop_class import CTImageStorage
 
-from tests.helpers import archive_server, free_port, make_ct
+from tests.helpers import archive_server, associate_ct_modality, free_port, make_ct, peak_rss, pid_started_with_port
 from tests.servers import archive_env, web_process
 
 ACCEPT = 'multipart/related; type="application/dicom"'
@@ -26,10 +24,7 @@ LARGE_ROWS = 1024  # 1024 x 1024 x 16 bits: 2 MiB of pixel data per object
 
 
 def _store(port: int, datasets) -> None:
-    ae = AE(ae_title="MODALITY")
-    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
-    assoc = ae.associate("127.0.0.1", port, ae_title="ARCHIVAGE")
-    assert assoc.is_established
+    assoc = associate_ct_modality(port)
     try:
         for ds in datasets:
             assert assoc.send_c_store(ds).Status == 0
@@ -57,24 +52,8 @@ def _token(instance: Path) -> str:
     return token
 
 
-def _pid_of(port: int) -> int:
-    """The process started with ``--port PORT`` (the web process of the fixture)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"--port" in argv and argv[argv.index(b"--port") + 1:][:1] == [str(port).encode()]:
-                return int(entry.name)
-    raise AssertionError(f"no process started with --port {port}")
 
 
-def _peak_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM in /proc")
 
 
 def _open_stored_files(pid: int, instance: Path) -> list[str]:
@@ -162,7 +141,7 @@ def web(tmp_path_factory):
     log = tmp / "web.log"
     with web_process(env, log, port=port) as base:
         yield {"url": f"{base}/dicom-web", "auth": {"Authorization": f"Bearer {token}"}, "studies": studies,
-               "stored": stored, "pid": _pid_of(port), "instance": instance, "log": log}
+               "stored": stored, "pid": pid_started_with_port(port), "instance": instance, "log": log}
 
 
 def _get(web, study: str, *, accept: str = ACCEPT, **headers) -> requests.Response:
@@ -257,7 +236,7 @@ def test_a_large_study_costs_no_memory_and_one_open_file(web):
     large = web["studies"]["large"]
     pid = web["pid"]
     _get(web, web["studies"]["small"][0].StudyInstanceUID)  # warm-up: imports, pools, buffers
-    before = _peak_rss(pid)
+    before = peak_rss(pid)
     with requests.get(f"{web['url']}/studies/{large[0].StudyInstanceUID}",
                       headers={**web["auth"], "Accept": ACCEPT}, stream=True, timeout=120) as answer:
         assert answer.status_code == 200
@@ -268,7 +247,7 @@ def test_a_large_study_costs_no_memory_and_one_open_file(web):
         held = _open_stored_files(pid, web["instance"])
         assert len(held) <= 1, held
         received += sum(len(c) for c in chunks)
-    after = _peak_rss(pid)
+    after = peak_rss(pid)
     assert received == length and length > 40 * LARGE_ROWS * LARGE_ROWS * 2
     assert after - before < 8 * 1024 * 1024, f"peak grew by {(after - before) / 2**20:.1f} MiB"
     assert _no_stored_file_left_open(pid, web["instance"]) == []

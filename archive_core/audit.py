@@ -50,6 +50,17 @@ def _digest(prev_hash: str, e: AuditEvent) -> str:
                      ensure_ascii=False)
 
 
+def _linked_row(prev: str, action: str, actor: str, actor_kind: str = "user", patient_id: str | None = None,
+                study_uid: str | None = None, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One event's column values, stamped now and linked to *prev* (its hash included): what
+    :func:`record`, :func:`append_now` and :func:`record_many` each write."""
+    row = SimpleNamespace(at=datetime.now(timezone.utc).isoformat(timespec="microseconds"), actor=actor,
+                          actor_kind=actor_kind, action=action, patient_id=patient_id, study_uid=study_uid,
+                          detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True), prev_hash=prev)
+    row.hash = _digest(prev, row)
+    return vars(row)
+
+
 def record(
     session: Session,
     action: str,
@@ -62,18 +73,8 @@ def record(
 ) -> AuditEvent:
     """Append one event; the caller owns the transaction (on SQLite, a ``write_session``)."""
     lock_chain(session, CHAIN_LOCK)  # each event hashes the one before it
-    prev = head_hash(session, AuditEvent)
-    event = AuditEvent(
-        at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-        actor=actor,
-        actor_kind=actor_kind,
-        action=action,
-        patient_id=patient_id,
-        study_uid=study_uid,
-        detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True),
-        prev_hash=prev,
-    )
-    event.hash = _digest(prev, event)
+    event = AuditEvent(**_linked_row(head_hash(session, AuditEvent), action, actor, actor_kind, patient_id,
+                                     study_uid, detail))
     session.add(event)
     session.flush()
     return event
@@ -106,12 +107,8 @@ def append_now(
         with conn.begin():
             if not sqlite:
                 conn.execute(_PG_LOCK)
-            prev = conn.scalar(_HEAD) or GENESIS
-            row = SimpleNamespace(at=datetime.now(timezone.utc).isoformat(timespec="microseconds"), actor=actor,
-                                  actor_kind=actor_kind, action=action, patient_id=patient_id, study_uid=study_uid,
-                                  detail=json.dumps(detail or {}, ensure_ascii=False, sort_keys=True), prev_hash=prev)
-            row.hash = _digest(prev, row)
-            conn.execute(_INSERT, vars(row))
+            conn.execute(_INSERT, _linked_row(conn.scalar(_HEAD) or GENESIS, action, actor, actor_kind, patient_id,
+                                              study_uid, detail))
 
 
 def record_many(session: Session, events: list[dict[str, Any]]) -> None:
@@ -125,18 +122,10 @@ def record_many(session: Session, events: list[dict[str, Any]]) -> None:
     prev = head_hash(session, AuditEvent)
     rows = []
     for e in events:
-        row = SimpleNamespace(
-            at=datetime.now(timezone.utc).isoformat(timespec="microseconds"),
-            actor=e["actor"],
-            actor_kind=e.get("actor_kind", "user"),
-            action=e["action"],
-            patient_id=e.get("patient_id"),
-            study_uid=e.get("study_uid"),
-            detail=json.dumps(e.get("detail") or {}, ensure_ascii=False, sort_keys=True),
-            prev_hash=prev,
-        )
-        row.hash = prev = _digest(row.prev_hash, row)
-        rows.append(vars(row))
+        row = _linked_row(prev, e["action"], e["actor"], e.get("actor_kind", "user"), e.get("patient_id"),
+                          e.get("study_uid"), e.get("detail"))
+        prev = row["hash"]
+        rows.append(row)
     session.execute(insert(AuditEvent), rows)
 
 

@@ -84,6 +84,12 @@ def record(
 _HEAD = select(AuditEvent.hash).order_by(AuditEvent.id.desc()).limit(1)
 _INSERT = insert(AuditEvent)
 _PG_LOCK = text(f"SELECT pg_advisory_xact_lock({int(CHAIN_LOCK)})")  # lock_chain's statement
+# The same two statements for SQLite's own driver (pysqlite), with the model's table and column names.
+_COLUMNS = ("at", "actor", "actor_kind", "action", "patient_id", "study_uid", "detail", "prev_hash", "hash")
+_TABLE = AuditEvent.__table__
+_SQLITE_HEAD = f"SELECT {_TABLE.c.hash.name} FROM {_TABLE.name} ORDER BY {_TABLE.c.id.name} DESC LIMIT 1"
+_SQLITE_INSERT = (f"INSERT INTO {_TABLE.name} ({', '.join(_TABLE.c[c].name for c in _COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(_COLUMNS))})")
 
 
 def append_now(
@@ -97,18 +103,60 @@ def append_now(
     detail: dict[str, Any] | None = None,
 ) -> None:
     """Append one event in a short write transaction of its own, committed (durable) when this returns:
-    the same row and hash as :func:`record`, written with three Core statements on one connection
-    (lock, head, insert) instead of an ORM session's unit of work. Every DICOMweb request and viewed
-    page writes one; the ORM's session, flush and identity map were most of its CPU."""
+    the same row and hash as :func:`record`. Every DICOMweb request and viewed page writes one (see
+    :func:`append_many_now`)."""
+    append_many_now(engine, [{"action": action, "actor": actor, "actor_kind": actor_kind, "patient_id": patient_id,
+                              "study_uid": study_uid, "detail": detail}])
+
+
+def append_many_now(engine: Engine, events: list[dict[str, Any]]) -> None:
+    """Append *events* in this order (each a dict of :func:`record`'s arguments) in one short write
+    transaction of its own, committed (durable) when this returns: the same rows and hashes as
+    :func:`record` called for each.
+
+    No ORM session: on SQLite, four statements on the pooled connection's own driver (``BEGIN
+    IMMEDIATE``, the writers' lock that serialises the chain; the head; the inserts; ``COMMIT``, the
+    WAL's fsync under ``synchronous=FULL``); on PostgreSQL, Core statements under the chain's advisory
+    lock. The ORM's unit of work, and then SQLAlchemy's execution machinery per statement, were most
+    of an access record's CPU, which every request of the web process pays while it holds the GIL.
+    """
+    if not events:
+        return
     with engine.connect() as conn:
-        sqlite = conn.dialect.name == "sqlite"
-        if sqlite:
-            conn.execution_options(sqlite_immediate=True)  # BEGIN IMMEDIATE: the writers' lock serialises the chain
+        if conn.dialect.name == "sqlite":
+            _append_sqlite(conn.connection.driver_connection, events)
+            return
         with conn.begin():
-            if not sqlite:
-                conn.execute(_PG_LOCK)
-            conn.execute(_INSERT, _linked_row(conn.scalar(_HEAD) or GENESIS, action, actor, actor_kind, patient_id,
-                                              study_uid, detail))
+            conn.execute(_PG_LOCK)
+            conn.execute(_INSERT, _linked_rows(conn.scalar(_HEAD) or GENESIS, events))
+
+
+def _linked_rows(prev: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for e in events:
+        row = _linked_row(prev, e["action"], e["actor"], e.get("actor_kind", "user"), e.get("patient_id"),
+                          e.get("study_uid"), e.get("detail"))
+        prev = row["hash"]
+        rows.append(row)
+    return rows
+
+
+def _append_sqlite(driver, events: list[dict[str, Any]]) -> None:
+    """*events* appended on a pysqlite connection in autocommit mode (the engine's, see archive_core.db)."""
+    cursor = driver.cursor()
+    try:
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            head = cursor.execute(_SQLITE_HEAD).fetchone()
+            rows = _linked_rows(head[0] if head else GENESIS, events)
+            cursor.executemany(_SQLITE_INSERT, [tuple(row[c] for c in _COLUMNS) for row in rows])
+            cursor.execute("COMMIT")
+        except BaseException:
+            if driver.in_transaction:
+                cursor.execute("ROLLBACK")
+            raise
+    finally:
+        cursor.close()
 
 
 def record_many(session: Session, events: list[dict[str, Any]]) -> None:
@@ -119,14 +167,7 @@ def record_many(session: Session, events: list[dict[str, Any]]) -> None:
     if not events:
         return
     lock_chain(session, CHAIN_LOCK)
-    prev = head_hash(session, AuditEvent)
-    rows = []
-    for e in events:
-        row = _linked_row(prev, e["action"], e["actor"], e.get("actor_kind", "user"), e.get("patient_id"),
-                          e.get("study_uid"), e.get("detail"))
-        prev = row["hash"]
-        rows.append(row)
-    session.execute(insert(AuditEvent), rows)
+    session.execute(insert(AuditEvent), _linked_rows(head_hash(session, AuditEvent), events))
 
 
 def verify(session: Session, key_path: Path | None = None, log_path: Path | None = None) -> ChainReport:

@@ -202,7 +202,17 @@ def web_command(host: str | None, port: int | None) -> None:
     host = host or app.config["WEB_HOST"]
     port = port or int(app.config["WEB_PORT"])
     click.echo(f"web back-office on http://{host}:{port}/")
-    serve(app, host=host, port=port, threads=8)
+
+    def _stop(*_) -> None:
+        raise SystemExit(0)  # waitress closes: requests under way finish (at most 5 s), then we return
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        serve(app, host=host, port=port, threads=8)
+    finally:
+        # The searches' access records still queued are written before the process ends.
+        if not app.extensions["archivage"].audit_flush(timeout=30):
+            logging.getLogger(__name__).error("audit records of searches still queued at exit were not written")
 
 
 @click.group("scheduler", cls=AppGroup, help="The scheduler (one per deployment).")

@@ -92,6 +92,7 @@ from archive_core.errors import (
 from archive_core.index import patient_search as _patient_search
 from archive_core.index.matching import fold_text
 from archive_core.index.patient_search import PatientMatch, PatientSearchPage
+from archive_core.audit_writer import AuditWriter
 from archive_core.peers import PeerInfo
 from archive_core.purge import TombstoneResult
 from archive_core.render import PRESETS, RenderError, RenderParams
@@ -132,6 +133,8 @@ class ArchiveFacade:
 
     def __init__(self, archive: Archive) -> None:
         self._archive = archive
+        # Access records of searches, written off the answer path (see audit_soon).
+        self._audit_queue = AuditWriter(partial(_audit.append_many_now, archive.engine), name="audit-queue")
 
     @classmethod
     def open(cls, settings: Settings) -> "ArchiveFacade":
@@ -162,7 +165,24 @@ class ArchiveFacade:
         """Append to the audit trail in a short write transaction of its own: for a page that was viewed,
         whose request holds a read-only session (on SQLite, upgrading it to write could deadlock with
         another writer), and whose access is recorded even if the page then fails to render."""
+        self.audit_flush()  # the searches queued before it come first in the trail
         _audit.append_now(self._archive.engine, action, actor=actor, actor_kind=actor_kind, **fields)
+
+    def audit_soon(self, action: str, *, actor: str, actor_kind: str = "user", **fields: Any) -> None:
+        """Queue an access record and return at once: a search's (QIDO-RS), audited as a C-FIND is.
+
+        One writer thread appends what is queued, in one transaction per batch, as soon as it is
+        queued (group commit): a search's answer does not wait for the audit trail's fsync, and the
+        writer's few statements are all it costs the process. What is queued is written before any
+        later :meth:`audit_now` of this process, and by :meth:`audit_flush`, which the web process
+        calls when it stops; a process killed outright may lose the events of its last milliseconds
+        (docs/conformance.md, DICOMweb). A failed write is logged."""
+        self._audit_queue.add({"action": action, "actor": actor, "actor_kind": actor_kind, **fields})
+
+    def audit_flush(self, timeout: float | None = None) -> bool:
+        """Wait until every record queued by :meth:`audit_soon` so far is written (or its failure
+        logged); False if *timeout* seconds passed first."""
+        return self._audit_queue.wait(self._audit_queue.queued, timeout)
 
     def audit_checkpoint(self, *, reason: str = "periodic", force: bool = False) -> int | None:
         """Sign the audit chain's head (key and log outside the database); the checkpoint's number, or

@@ -23,7 +23,7 @@ from archive_core.index.ingest import Ingestor
 from archive_core.index.received import parse
 from archive_core.index.query import StoredInstance
 from archive_core.net import chunked, tls, tuning
-from archive_core.net.audit_writer import AuditWriter
+from archive_core.audit_writer import AuditWriter
 from archive_core.net.replies import failure_for
 from archive_core.net.status import REFUSED_NOT_AUTHORIZED, STORE_STATUS, SUCCESS
 from archive_core.peers import PeerInfo, connects_from, find_peer, register_command

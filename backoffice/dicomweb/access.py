@@ -165,8 +165,11 @@ def dicomweb_route(rule: str, action: str, *, blueprint: Blueprint = bp, **optio
                 raise
             finally:
                 detail = {"path": request.path, **g.dicomweb_detail}
-                facade().audit_now(action, actor=user.login, actor_kind="share_link" if shared else "user",
-                                   study_uid=study, detail=detail)
+                # A search is audited as a C-FIND is, queued and group-committed off the answer path;
+                # what discloses images or their headers is committed before it is answered.
+                audit = facade().audit_soon if action == "dicomweb.search" else facade().audit_now
+                audit(action, actor=user.login, actor_kind="share_link" if shared else "user", study_uid=study,
+                      detail=detail)
             return response
 
         wrapped.allowed_roles = roles  # read by the route-walking test

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 import requests
@@ -221,6 +222,45 @@ def test_every_request_is_audited_once(web):
     engine.dispose()
     assert [(e.action, e.actor) for e in events] == [("dicomweb.search", "dr"), ("dicomweb.retrieve", "dr")]
     assert events[1].study_uid == web["study_a"]
+
+
+def test_searches_are_answered_while_the_trail_is_locked_and_audited_before_the_web_process_stops(web):
+    """QIDO-RS searches are audited as C-FIND queries are: written by a writer thread after the answer,
+    and the web process writes what is still queued when it is stopped. Tried: the database held by
+    another writer (an open BEGIN IMMEDIATE, as a long purge would) while the radiologist searches five
+    times, then SIGTERM to the web process and the lock released half a second later."""
+    import signal
+    import sqlite3
+    import time
+
+    from archive_core.config import Settings
+    from tests.helpers import pid_started_with_port
+
+    path = Settings(instance_path=web["instance"]).database_url.removeprefix("sqlite:///")
+    headers = {"Authorization": f"Bearer {web['token']}", "Accept": "application/dicom+json"}
+    lock = sqlite3.connect(path, isolation_level=None, timeout=30)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        for _ in range(5):
+            # An audit written before the answer would wait here for the lock (30 s) and then fail.
+            answer = requests.get(f"{web['url']}/studies?PatientID=PAT001", headers=headers, timeout=10)
+            assert answer.status_code == 200 and len(answer.json()) == 1
+        assert lock.execute("SELECT count(*) FROM audit_event WHERE action = 'dicomweb.search'").fetchone() == (0,)
+        pid = pid_started_with_port(int(web["url"].split(":")[2].split("/")[0]))
+        os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "the web process did not stop"
+        time.sleep(0.05)  # a process's exit has no event to wait on from here
+    reader = sqlite3.connect(path)
+    searches = reader.execute("SELECT actor, detail FROM audit_event WHERE action = 'dicomweb.search'").fetchall()
+    reader.close()
+    assert [actor for actor, _ in searches] == ["dr"] * 5
+    assert all(json.loads(detail)["matches"] == 1 for _, detail in searches)
 
 
 def test_wado_rs_frames_and_rendered(web):

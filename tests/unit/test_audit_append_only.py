@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
+
 import pytest
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from archive_core.db import make_engine, session_factory, write_session
 
@@ -127,3 +130,30 @@ def test_append_now_writes_the_row_record_writes_and_continues_the_same_chain(se
         audit.append_now(engine, "dicomweb.search", actor="radio", studyuid="1.2.3")
     with sessions() as s:
         assert s.query(audit.AuditEvent).count() == 6
+
+
+def test_append_many_now_writes_a_batch_in_order_and_a_failed_batch_writes_nothing(sessions):
+    """audit.append_many_now (the queued search records, several per transaction): three events in one
+    batch continue the chain in their order, between a record() and an append_now, and verify holds.
+    Bad input: a batch whose third event has no actor (NOT NULL) is refused whole: none of its events
+    is written and the chain goes on from the event before it."""
+    from archive_core import audit
+
+    engine = sessions.kw["bind"]
+    with write_session(sessions) as s:
+        audit.record(s, "study.view", actor="radio", patient_id="P1")
+    batch = [{"action": "dicomweb.search", "actor": "radio", "detail": {"query": f"PatientID=P{n}", "matches": n}}
+             for n in range(3)]
+    audit.append_many_now(engine, batch)
+    # SQLite's driver error as it is (no SQLAlchemy statement runs there); PostgreSQL's through Core.
+    with pytest.raises((sqlite3.IntegrityError, IntegrityError), match="actor"):
+        audit.append_many_now(engine, batch[:2] + [{"action": "dicomweb.search", "actor": None}])
+    audit.append_now(engine, "dicomweb.retrieve", actor="radio", study_uid="1.2.3")
+    with sessions() as s:
+        report = audit.verify(s)
+        events = s.query(audit.AuditEvent).order_by(audit.AuditEvent.id).all()[-5:]
+    assert report.ok, report.problems
+    assert [e.action for e in events] == ["study.view", "dicomweb.search", "dicomweb.search", "dicomweb.search",
+                                          "dicomweb.retrieve"]
+    assert [json.loads(e.detail)["matches"] for e in events[1:4]] == [0, 1, 2]
+    assert [e.prev_hash for e in events[1:]] == [e.hash for e in events[:-1]]

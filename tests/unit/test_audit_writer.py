@@ -1,10 +1,10 @@
-"""The C-FIND audit writer (archive_core/net/audit_writer.py): group commit, wait, failures, close."""
+"""The audit writer (archive_core/audit_writer.py): group commit, wait, failures, close."""
 
 from __future__ import annotations
 
 import threading
 
-from archive_core.net.audit_writer import AuditWriter
+from archive_core.audit_writer import AuditWriter
 
 
 def test_the_audit_writer_commits_queued_events_together_and_wait_returns_when_they_are_written():

@@ -225,7 +225,45 @@ def test_a_bearer_tokens_revocation_role_change_expiry_and_disabled_account_appl
     change(lambda s: revoke_token(s, token_id))
     assert status() == 401
     assert status("not-a-token-anyone-issued") == 401
+    assert facade.audit_flush(timeout=10)  # searches are audited off the answer path
     with facade.new_session() as s:
         refused = list(s.scalars(select(AuditEvent).where(AuditEvent.action == "dicomweb.search")))
     # Each answered search is audited as its user; a refusal (401/403) is answered before any audit.
     assert [e.actor for e in refused] == ["u_radiologist"] * 3
+
+
+def test_a_search_is_audited_off_the_answer_path_and_before_the_next_retrieval(app, users, history, facade,  # noqa: F811
+                                                                              monkeypatch):
+    """A QIDO-RS search is audited as a C-FIND is: queued, written by the audit writer after the answer.
+    Tried: the writer held back (each batch written a quarter of a second late) while the same radiologist
+    searches, then at once reads the study's metadata: the search is answered before its record is
+    written, and the trail still has the search before the metadata read (the in-line record of the
+    read first waits for what this process queued)."""
+    import threading
+
+    client = app.test_client()
+    headers = {"Authorization": f"Bearer {users['radiologist'][1]}"}
+    queue = facade._audit_queue
+    write = queue._write
+    held = threading.Event()
+
+    def late(events):
+        held.wait(10)
+        write(events)
+
+    monkeypatch.setattr(queue, "_write", late)
+
+    def actions():
+        with facade.new_session() as s:
+            return list(s.scalars(select(AuditEvent.action).where(AuditEvent.action.like("dicomweb.%"))
+                                  .order_by(AuditEvent.id)))
+
+    search = client.get(f"/dicom-web/studies?StudyInstanceUID={history.current}", headers=headers)
+    assert search.status_code == 200 and len(search.get_json()) == 1
+    assert actions() == []  # answered, its record still queued
+    assert not facade.audit_flush(timeout=0.2)
+    threading.Timer(0.25, held.set).start()
+    metadata = client.get(f"/dicom-web/studies/{history.current}/metadata", headers=headers)
+    assert metadata.status_code == 200
+    assert actions() == ["dicomweb.search", "dicomweb.metadata"]
+    assert facade.audit_flush(timeout=0)

@@ -1,4 +1,5 @@
-"""Audit events written off the answer path, with group commit (the C-FIND events).
+"""Audit events written off the answer path, with group commit: the C-FIND events of the archive, and
+the QIDO-RS searches of the web process (``ArchiveFacade.audit_soon``).
 
 A C-FIND's audit event costs one committed transaction: on SQLite (``synchronous=FULL``) an fsync
 of the WAL, several milliseconds, more than answering a single-match query. The handler therefore
@@ -53,6 +54,12 @@ class AuditWriter:
                 return self._queued
         self._write_logged([event])
         return 0
+
+    @property
+    def queued(self) -> int:
+        """The number of the last event queued (0: none yet)."""
+        with self._cond:
+            return self._queued
 
     def wait(self, number: int, timeout: float | None = None) -> bool:
         """True once every event up to *number* is written; False after *timeout* seconds."""

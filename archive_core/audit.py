@@ -163,7 +163,8 @@ def record_many(session: Session, events: list[dict[str, Any]]) -> None:
     """Append *events* in this order (each a dict of :func:`record`'s arguments: action, actor,
     actor_kind, patient_id, study_uid, detail) with one read of the chain's head and one
     multi-row insert: the same rows and hashes as :func:`record` called for each, without the
-    ORM's unit of work per event (the C-FIND audit writer appends a batch per transaction)."""
+    ORM's unit of work per event, in the caller's transaction (a multi-study retrieve's events, written
+    with what else it records). Without a transaction of the caller: :func:`append_many_now`."""
     if not events:
         return
     lock_chain(session, CHAIN_LOCK)

@@ -269,8 +269,7 @@ FIND_AUDIT_BATCH = 50
 
 def _write_finds(ctx: ArchiveContext, events: list[dict]) -> None:
     """One transaction for *events* (the AuditWriter logs a failure)."""
-    with write_session(ctx.sessions) as s:
-        audit.record_many(s, [{"action": "dicom.find", "actor_kind": "ae", **e} for e in events])
+    audit.append_many_now(ctx.sessions.kw["bind"], [{"action": "dicom.find", "actor_kind": "ae", **e} for e in events])
 
 
 

@@ -9,13 +9,15 @@ STOW-RS is :mod:`archive_core.stow`.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from pydicom import config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+from pydicom.valuerep import ALLOW_BACKSLASH, AMBIGUOUS_VR, BYTES_VR, FLOAT_VR, INT_VR
 
 from archive_core.errors import InvalidQuery
 from archive_core.index.keywords import ATTRIBUTES, COMPUTED
@@ -47,6 +49,8 @@ class QidoRequest:
     ignored: list[str]  # match keys given a value the index does not match on (a Warning header says so)
     study_uid: str | None = None
     series_uid: str | None = None
+    # How qido_answer lays out an answer (_answer_plan), worked out at the first answer.
+    answer_plan: tuple | None = field(default=None, repr=False, compare=False)
 
 
 def _tag_of(name: str) -> int:
@@ -82,10 +86,13 @@ def _default_keys(level: str, levels: list[str]) -> list[str]:
     return keys
 
 
+# The level of each attribute the index answers (patient attributes are the study's in _below).
+_KEY_LEVELS = {a.keyword: a.level for a in ATTRIBUTES} | {c.keyword: c.level for c in COMPUTED}
+
+
 def _below(keyword: str, level: str) -> bool:
     """Whether *keyword* is an attribute of a level below *level* (patient attributes are the study's)."""
-    levels = {a.keyword: a.level for a in ATTRIBUTES} | {c.keyword: c.level for c in COMPUTED}
-    key_level = levels.get(keyword)
+    key_level = _KEY_LEVELS.get(keyword)
     if key_level in (None, "ANY", "PATIENT"):
         return False
     return LEVELS.index(key_level) > LEVELS.index(level)
@@ -97,6 +104,28 @@ def _all_keys(level: str) -> list[str]:
     keys += [c.keyword for c in COMPUTED if c.level == "ANY" or (c.level != "PATIENT"
                                                                  and LEVELS.index(c.level) <= depth)]
     return [k for k in keys if k != "RetrieveAETitle"]
+
+
+# Keyword -> (tag, dictionary VR), or None for a name that is no keyword. Filled as keywords come: only
+# the defaults, the index's attributes and includefield names already checked by _tag_of get here, so
+# it holds at most the data dictionary.
+_KEYWORD_TAGS: dict[str, tuple[BaseTag, str] | None] = {}
+_LEVEL_TAG = BaseTag(0x00080052)  # Query/Retrieve Level
+
+
+def _tag_and_vr(keyword: str) -> tuple[BaseTag, str] | None:
+    try:
+        return _KEYWORD_TAGS[keyword]
+    except KeyError:
+        tag = tag_for_keyword(keyword)
+        entry = _KEYWORD_TAGS[keyword] = None if tag is None else (BaseTag(tag), dictionary_VR(tag))
+        return entry
+
+
+def _return_key(tag: BaseTag, vr: str) -> DataElement:
+    """A return key of the identifier (no value). Its value is None whatever the VR (what pydicom's
+    conversion makes of None), set as is; a sequence gets pydicom's empty Sequence."""
+    return DataElement(tag, vr, None, validation_mode=config.IGNORE, already_converted=vr != "SQ")
 
 
 def parse_qido(resource: str, params: Iterable[tuple[str, str]], *, study_uid: str | None = None,
@@ -121,11 +150,11 @@ def parse_qido(resource: str, params: Iterable[tuple[str, str]], *, study_uid: s
         key = name.strip()
         low = key.lower()
         if low == "includefield":
-            for field in value.split(","):
-                if field.strip().lower() == "all":
+            for field_name in value.split(","):
+                if field_name.strip().lower() == "all":
                     include += _all_keys(level)
-                elif field.strip():
-                    keyword = keyword_for_tag(_tag_of(field)) or field.strip()
+                elif field_name.strip():
+                    keyword = keyword_for_tag(_tag_of(field_name)) or field_name.strip()
                     (below if _below(keyword, level) else include).append(keyword)
         elif low in ("limit", "offset"):
             try:
@@ -144,49 +173,232 @@ def parse_qido(resource: str, params: Iterable[tuple[str, str]], *, study_uid: s
             # true is accepted too: person names already match case- and accent-insensitively.
         else:
             matches.append((_tag_of(key), value))
-    identifier = Dataset()
-    keywords = _default_keys(level, levels) + include
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for keyword in keywords:
-            tag = tag_for_keyword(keyword)
-            if tag is not None and tag not in identifier:
-                identifier[tag] = DataElement(tag, dictionary_VR(tag), None, validation_mode=config.IGNORE)
-        for tag, value in matches:
-            vr = dictionary_VR(tag)
-            if vr == "SQ":
-                raise InvalidQuery(f"{keyword_for_tag(tag)}: no matching on sequences")
-            if vr == "UI":
-                value = "\\".join(v.strip() for v in value.replace("\\", ",").split(","))
-            identifier[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
-        for tag, value in ((0x0020000D, study_uid), (0x0020000E, series_uid)):
-            if value:
-                identifier[tag] = DataElement(tag, "UI", value, validation_mode=config.IGNORE)
-        identifier.QueryRetrieveLevel = level
-    query = parse_identifier(identifier, STUDY_ROOT, relational=True)
+    # The identifier's elements in the order they go in (the order of the query's keys, hence of the
+    # answers' attributes): the return keys, each once, then the match values over them, the UIDs of
+    # the URL, the level. A dict handed to Dataset() as its elements, as pydicom allows.
+    elements: dict[BaseTag, DataElement] = {}
+    for keyword in _default_keys(level, levels) + include:
+        entry = _tag_and_vr(keyword)
+        if entry is not None and entry[0] not in elements:
+            elements[entry[0]] = _return_key(*entry)
+    if matches:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for tag, value in matches:
+                vr = dictionary_VR(tag)
+                if vr == "SQ":
+                    raise InvalidQuery(f"{keyword_for_tag(tag)}: no matching on sequences")
+                if vr == "UI":
+                    value = "\\".join(v.strip() for v in value.replace("\\", ",").split(","))
+                elem = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+                elements[elem.tag] = elem
+    for tag, value in ((0x0020000D, study_uid), (0x0020000E, series_uid)):
+        if value:
+            elem = DataElement(tag, "UI", value, validation_mode=config.IGNORE)
+            elements[elem.tag] = elem
+    elements[_LEVEL_TAG] = DataElement(_LEVEL_TAG, "CS", level, validation_mode=config.IGNORE, already_converted=True)
+    query = parse_identifier(Dataset(elements), STUDY_ROOT, relational=True)
     return QidoRequest(query=query, limit=limit, offset=offset, ignored=list(query.unmatched_keys) + below,
                        study_uid=study_uid, series_uid=series_uid)
 
 
 def qido_answer(request: QidoRequest, row: dict[str, Any], base_url: str) -> dict[str, Any]:
     """One match in the DICOM JSON model: every requested attribute, empty ones as ``{"vr": ..}``,
-    and the Retrieve URL (0008,1190) of the entity on this server."""
-    ds = Dataset()
+    and the Retrieve URL (0008,1190) of the entity on this server.
+
+    The dict is the one pydicom's ``Dataset.to_json_dict()`` makes of these attributes (same keys in
+    the same order, same values), built without a Dataset: see :func:`_json_element`.
+    """
+    plan = request.answer_plan
+    if plan is None:
+        plan = request.answer_plan = _answer_plan(request.query)
+    answer: dict[str, Any] = {}
+    for json_key, tag, vr, keyword, kind in plan:
+        value = answer_value(keyword, row, ae_title="") if keyword else None
+        if kind == _PYDICOM:
+            answer[json_key] = _pydicom_json(tag, vr, value if value not in (None, "") else None)
+        elif value in (None, ""):
+            answer[json_key] = {"vr": vr}
+        else:
+            answer[json_key] = _json_element(tag, vr, kind, value)
+    url = f"{base_url}/studies/{row.get('StudyInstanceUID') or request.study_uid}"
+    if request.query.depth >= 2:
+        url += f"/series/{row.get('SeriesInstanceUID') or request.series_uid}"
+    if request.query.depth >= 3:
+        url += f"/instances/{row.get('SOPInstanceUID')}"
+    # Requested too (includefield=00081190), the URL takes that attribute's place, as in a Dataset.
+    answer["00081190"] = _json_element(0x00081190, "UR", _TEXT, url)
+    return answer
+
+
+# How an answer's value becomes its DICOM JSON "Value" (PS3.18 F.2), as pydicom converts it for its VR
+# (DataElement with validation_mode=IGNORE, then to_json_dict): a str is split at backslashes (not
+# in LT, ST, UT), a list of one value is that value, a list of none is empty; IS and the binary
+# integer VRs are ints, DS, FL and FD floats; a UI is stripped; a PN is {"Alphabetic", "Ideographic",
+# "Phonetic"} from its "=" groups, empty trailing groups dropped. Anything else (binary and AT values,
+# bytes, values that are neither str nor numbers nor lists of them, pydicom's value errors in a
+# person name) goes through pydicom itself.
+_TEXT, _INT, _FLOAT, _IS, _DS, _UI, _PN, _PYDICOM = range(8)
+_BINARY_VRS = frozenset((BYTES_VR | AMBIGUOUS_VR) - {"US or SS"})
+_INT_VRS = frozenset((INT_VR - {"AT"}) | {"US or SS"})
+_NO_SPLIT = frozenset(ALLOW_BACKSLASH)
+_EMPTY = object()  # no Value: {"vr": ..} alone
+_PYDICOM_ONLY = object()  # a value _json_element leaves to pydicom
+
+
+def _value_kind(vr: str) -> int:
+    if vr in _BINARY_VRS or vr in ("AT", "SQ"):
+        return _PYDICOM
+    if vr == "IS":
+        return _IS
+    if vr == "DS":
+        return _PYDICOM if config.use_DS_decimal else _DS
+    if vr in ("DA", "DT", "TM") and config.datetime_conversion:
+        return _PYDICOM
+    if vr == "UI":
+        return _UI
+    if vr == "PN":
+        return _PN
+    if vr in _INT_VRS:
+        return _INT
+    if vr in FLOAT_VR:
+        return _FLOAT
+    return _TEXT
+
+
+def _answer_plan(query: Query) -> tuple[tuple[str, int, str, str, int], ...]:
+    """(JSON key, tag, VR, keyword, value kind) of each attribute an answer gives, in the query's order:
+    not the sequences (the index answers none) nor the Retrieve AE Title."""
+    return tuple((f"{key.tag:08X}", int(key.tag), key.vr, key.keyword, _value_kind(key.vr))
+                 for key in query.keys if key.vr != "SQ" and key.keyword != "RetrieveAETitle")
+
+
+def _pydicom_json(tag: int, vr: str, value: Any) -> dict[str, Any]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for key in request.query.keys:
-            if key.vr == "SQ" or key.keyword == "RetrieveAETitle":
-                continue
-            value = answer_value(key.keyword, row, ae_title="") if key.keyword else None
-            ds[key.tag] = DataElement(key.tag, key.vr, value if value not in (None, "") else None,
-                                      validation_mode=config.IGNORE)
-        url = f"{base_url}/studies/{row.get('StudyInstanceUID') or request.study_uid}"
-        if request.query.depth >= 2:
-            url += f"/series/{row.get('SeriesInstanceUID') or request.series_uid}"
-        if request.query.depth >= 3:
-            url += f"/instances/{row.get('SOPInstanceUID')}"
-        ds[0x00081190] = DataElement(0x00081190, "UR", url, validation_mode=config.IGNORE)
-        return ds.to_json_dict()
+        return DataElement(tag, vr, value, validation_mode=config.IGNORE).to_json_dict(None, 1024)
+
+
+def _json_element(tag: int, vr: str, kind: int, value: Any) -> dict[str, Any]:
+    """The DICOM JSON of a value that is neither None nor ""."""
+    value_type = type(value)
+    if value_type is str:
+        if "\\" in value and vr not in _NO_SPLIT:
+            json_value = _json_values(kind, value.split("\\"))
+        else:
+            json_value = _json_value(kind, value)
+    elif value_type is list:
+        if len(value) > 1:
+            json_value = _json_values(kind, value)
+        elif value:
+            json_value = _json_value(kind, value[0])
+        else:
+            json_value = _EMPTY
+    elif value_type is int or value_type is float or value_type is bool:
+        json_value = _json_value(kind, value)
+    else:
+        json_value = _PYDICOM_ONLY
+    if json_value is _EMPTY:
+        return {"vr": vr}
+    if json_value is _PYDICOM_ONLY:
+        return _pydicom_json(tag, vr, value)
+    return {"vr": vr, "Value": json_value}
+
+
+def _json_value(kind: int, value: Any) -> Any:
+    """The Value of one value: a list of one, _EMPTY, or _PYDICOM_ONLY."""
+    if value is None:
+        return _EMPTY
+    value_type = type(value)
+    if value_type is str:
+        if kind == _TEXT:
+            return [value] if value else _EMPTY
+        if kind == _UI:
+            value = value.strip()
+            return [value] if value else _EMPTY
+        if kind == _PN:
+            name = _person_name(value)
+            return _EMPTY if name is None else [name]
+        if not value:
+            return _EMPTY
+        if kind == _IS:
+            return [_integer_string(value)]
+        return [int(value)] if kind == _INT else [float(value)]
+    if value_type is int or value_type is float or value_type is bool:
+        if kind == _TEXT:
+            return [value]
+        if kind == _INT or kind == _IS:
+            return [int(value)]
+        if kind == _FLOAT or kind == _DS:
+            return [float(value)]
+    return _PYDICOM_ONLY
+
+
+def _json_values(kind: int, values: list) -> Any:
+    """The Value of two values or more (None ones stay None): a list, or _PYDICOM_ONLY."""
+    json_values = []
+    for value in values:
+        value_type = type(value)
+        if value is None:
+            if kind == _PN:
+                return _PYDICOM_ONLY
+            json_values.append(None)
+        elif value_type is str:
+            if kind == _TEXT:
+                json_values.append(value)
+            elif kind == _UI:
+                json_values.append(value.strip())
+            elif kind == _PN:
+                name = _person_name(value)
+                if name is None:
+                    return _PYDICOM_ONLY
+                json_values.append(name)
+            elif kind == _IS:
+                json_values.append(_integer_string(value))
+            elif kind == _INT:
+                json_values.append(int(value))
+            else:
+                json_values.append(float(value))
+        elif value_type is int or value_type is float or value_type is bool:
+            if kind == _TEXT:
+                json_values.append(value)
+            elif kind == _INT or kind == _IS:
+                json_values.append(int(value))
+            elif kind == _FLOAT or kind == _DS:
+                json_values.append(float(value))
+            else:
+                return _PYDICOM_ONLY
+        else:
+            return _PYDICOM_ONLY
+    return json_values
+
+
+def _person_name(value: str) -> dict[str, str] | None:
+    """A PN value's component groups, or None for a name without any (``""``, ``"=="``)."""
+    groups = value.split("=")
+    while groups and not groups[-1]:
+        groups.pop()
+    if not groups:
+        return None
+    name = {"Alphabetic": groups[0]}
+    if len(groups) > 1:
+        name["Ideographic"] = groups[1]
+    if len(groups) > 2:
+        name["Phonetic"] = groups[2]
+    return name
+
+
+def _integer_string(text: str) -> int:
+    """An IS value as pydicom's IS and JSON conversion read it: an int, else a float's int part (a float
+    past 2**53 rounded first); a blank, unparsable or infinite value raises as there."""
+    if not text.strip():
+        return int(text)
+    try:
+        number = int(text)
+    except ValueError:
+        number = int(float(text))
+    real = float(text)
+    return number if number == real else int(real)
 
 
 def retrieve_query(study_uid: str, series_uid: str | None = None, sop_instance_uid: str | None = None) -> Query:

@@ -186,6 +186,38 @@ def range_condition(column: ColumnElement, value: str, vr: str) -> ColumnElement
     return and_(*conditions)
 
 
+_INTEGER_VRS = frozenset({"IS", "US", "UL", "SS", "SL"})
+
+
+def equality_value(value: Any, vr: str) -> str | int | None:
+    """The one value a key is matched against by equality, when its condition is ``column == value``
+    (a single UID, a single text value without wildcards, an integer, one date); None for any other
+    condition (universal, a UID list, wildcards, a person name, a range, a time), and for a value
+    :func:`key_condition` refuses (it raises the error). A date compares the normalized date column.
+
+    The one place that says which keys are plain equalities: :func:`key_condition` builds its condition
+    from it, and a query of such keys only reuses a statement built once, the values bound at execution
+    (:mod:`archive_core.index.query`)."""
+    vals = values_of(value)
+    if len(vals) != 1:
+        return None
+    text = vals[0]
+    if not text or text == "*" or vr in ("PN", "TM", "DT"):
+        return None
+    if vr == "UI":
+        return text
+    if vr == "DA":
+        return None if "-" in text or has_wildcards(text) else normalize_da(text)
+    if vr in _INTEGER_VRS:
+        try:
+            return int(text)
+        except ValueError:
+            return None
+    if vr in WILDCARD_VRS and has_wildcards(text):
+        return None
+    return text
+
+
 def key_condition(
     column: ColumnElement, match_column: ColumnElement, value: Any, vr: str, dialect: str,
     group_columns: tuple[ColumnElement, ColumnElement] | None = None,
@@ -194,6 +226,9 @@ def key_condition(
 
     *group_columns*: for PN, the folded ideographic and phonetic group columns.
     """
+    single = equality_value(value, vr)
+    if single is not None:
+        return (match_column if vr == "DA" else column) == single
     if is_universal(value, vr):
         return None
     vals = values_of(value)
@@ -207,7 +242,7 @@ def key_condition(
         return person_name_condition(match_column, text, dialect, group_columns)
     if vr in RANGE_VRS:
         return range_condition(match_column, text, vr)
-    if vr in ("IS", "US", "UL", "SS", "SL"):
+    if vr in _INTEGER_VRS:
         try:
             return column == int(text)
         except ValueError:

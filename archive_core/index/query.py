@@ -14,12 +14,14 @@ from typing import Any, Iterable, Iterator
 
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from sqlalchemy import column, exists, func, literal_column, or_, select
+from sqlalchemy import Integer, bindparam, column, exists, func, literal_column, or_, select
 from sqlalchemy.orm import Session
 
 from archive_core.errors import InvalidQuery
 from archive_core.index.keywords import ATTRIBUTES, BY_KEYWORD, COMPUTED_BY_KEYWORD
-from archive_core.index.matching import has_wildcards, is_universal, key_condition, text_condition, values_of
+from archive_core.index.matching import (
+    equality_value, has_wildcards, is_universal, key_condition, text_condition, values_of,
+)
 from archive_core.index.models import Instance, Patient, Series, Study
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
@@ -159,7 +161,7 @@ def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False, 
                     query.conditions[keyword] = value
             elif attr is not None or keyword in ("ModalitiesInStudy", "SOPClassesInStudy"):
                 # Check the value's form now (a bad range is an identifier error, not a failure later).
-                if attr is not None:
+                if attr is not None and equality_value(value, attr.vr) is None:
                     key_condition(column("v"), column("v"), value, attr.vr, "sqlite")
                 query.conditions[keyword] = value
             else:
@@ -182,10 +184,9 @@ def _visible(deleted_at, dialect: str):
     return deleted_at.is_(None)
 
 
-def _statement(session: Session, query: Query, columns: list):
-    dialect = session.get_bind().dialect.name
-    depth = query.depth
-    # Tombstoned rows (retention purge, merges) are invisible at every level.
+def _joined(columns: list, depth: int, dialect: str):
+    """*columns* from the levels down to *depth*, joined; tombstoned rows (retention purge, merges) are
+    invisible at every level."""
     stmt = select(*columns).select_from(Patient).where(_visible(Patient.deleted_at, dialect))
     if depth >= 1:
         stmt = stmt.join(Study, Study.patient_pk == Patient.id).where(_visible(Study.deleted_at, dialect))
@@ -193,6 +194,12 @@ def _statement(session: Session, query: Query, columns: list):
         stmt = stmt.join(Series, Series.study_pk == Study.id).where(_visible(Series.deleted_at, dialect))
     if depth >= 3:
         stmt = stmt.join(Instance, Instance.series_pk == Series.id).where(_visible(Instance.deleted_at, dialect))
+    return stmt
+
+
+def _conditions(query: Query, dialect: str) -> list:
+    """The SQL condition of each matching key of *query*, its values in the statement."""
+    conditions = []
     for keyword, value in query.conditions.items():
         if keyword == "ModalitiesInStudy":
             modalities = [v for v in values_of(value) if v]
@@ -222,8 +229,39 @@ def _statement(session: Session, query: Query, columns: list):
                 groups,
             )
         if cond is not None:
-            stmt = stmt.where(cond)
-    return stmt
+            conditions.append(cond)
+    return conditions
+
+
+def _equalities(query: Query) -> dict[str, str | int] | None:
+    """keyword -> value when every matching key of *query* is a plain equality on its column
+    (:func:`equality_value`), else None."""
+    found = {}
+    for keyword, value in query.conditions.items():
+        attr = BY_KEYWORD.get(keyword)
+        single = equality_value(value, attr.vr) if attr is not None else None
+        if single is None:
+            return None
+        found[keyword] = single
+    return found
+
+
+# Statements built once per shape and reused (SQLAlchemy statements are immutable: a call extends one
+# into a new statement, or binds its values at execution). Building the ~25 labelled columns, the joins
+# and the visibility conditions, then SQLAlchemy's cache key of the whole statement, cost a single-match
+# QIDO-RS search or C-FIND more than running it. A dict per process, bounded: emptied when full.
+_BASES: dict[tuple, Any] = {}
+_STATEMENTS: dict[tuple, Any] = {}
+_CACHE_SIZE = 512
+
+
+def _cached(cache: dict, key: tuple, build):
+    found = cache.get(key)
+    if found is None:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        found = cache[key] = build()
+    return found
 
 
 def _name_prefix_match(keyword: str, value: Any) -> bool:
@@ -278,12 +316,9 @@ def stream(session: Session, query: Query, *, limit: int | None = None) -> Itera
     return _rows(session, query, limit=limit, requested_only=True)
 
 
-def _rows(
-    session: Session, query: Query, *, limit: int | None, offset: int = 0, extra: Iterable = (),
-    requested_only: bool,
-) -> Iterator[dict[str, Any]]:
-    depth = query.depth
-    wanted = {k.keyword for k in query.keys} if requested_only else None
+def _level_statement(depth: int, wanted: frozenset[str] | None, with_counts: bool, dialect: str):
+    """The statement of a level's rows, joined, before matching: every attribute of the level and above
+    (or the *wanted* ones), the counters, the patient counts when asked."""
     columns = [
         getattr(MODELS[a.level], a.column).label(a.keyword)
         for a in ATTRIBUTES
@@ -301,9 +336,9 @@ def _rows(
         columns.append(Series.num_instances.label("NumberOfSeriesRelatedInstances"))
     if wanted is not None:
         needed = wanted | ({"_study_pk"} if "SOPClassesInStudy" in wanted else set())
-        columns = [c for c in columns if c.key in needed] or [MODELS[query.level].id.label("_pk")]
+        columns = [c for c in columns if c.key in needed] or [MODELS[LEVELS[depth]].id.label("_pk")]
     counts = None
-    if any(query.wants(k) for k in _PATIENT_COUNTS):
+    if with_counts:
         counts = (
             select(
                 Study.patient_pk.label("patient_pk"),
@@ -320,20 +355,66 @@ def _rows(
             func.coalesce(counts.c.series, 0).label(_PATIENT_COUNTS[1]),
             func.coalesce(counts.c.instances, 0).label(_PATIENT_COUNTS[2]),
         ]
-    stmt = _statement(session, query, columns)
+    stmt = _joined(columns, depth, dialect)
     if counts is not None:
         stmt = stmt.outerjoin(counts, counts.c.patient_pk == Patient.id)
-    for condition in extra:
-        stmt = stmt.where(condition)
-    stmt = stmt.order_by(_index_order(query, session.get_bind().dialect.name))
-    if limit is not None:
-        stmt = stmt.limit(limit)
+    return stmt
+
+
+def _equality_statement(base, query: Query, keywords: tuple[str, ...], dialect: str, limit: bool, offset: bool):
+    """*base* matching each of *keywords* by equality with a bound parameter ``k_<keyword>``, in index
+    order, with bound ``_limit`` and ``_offset`` when asked."""
+    stmt = base
+    for keyword in keywords:
+        attr = BY_KEYWORD[keyword]
+        model = MODELS[attr.level]
+        column_ = getattr(model, attr.match_column or attr.column) if attr.vr == "DA" else getattr(model, attr.column)
+        stmt = stmt.where(column_ == bindparam(f"k_{keyword}"))
+    stmt = stmt.order_by(_index_order(query, dialect))
+    if limit:
+        stmt = stmt.limit(bindparam("_limit", type_=Integer))
     if offset:
-        stmt = stmt.offset(offset)
+        stmt = stmt.offset(bindparam("_offset", type_=Integer))
+    return stmt
+
+
+def _rows(
+    session: Session, query: Query, *, limit: int | None, offset: int = 0, extra: Iterable = (),
+    requested_only: bool,
+) -> Iterator[dict[str, Any]]:
+    depth = query.depth
+    wanted = frozenset(k.keyword for k in query.keys) if requested_only else None
+    with_counts = any(query.wants(k) for k in _PATIENT_COUNTS)
+    extra = tuple(extra)
     # A Core execution on the session's connection: no ORM result machinery per row. yield_per reads
     # the rows in batches (a server-side cursor on PostgreSQL; SQLite's cursor is lazy anyway).
     session.flush()  # what session.execute would autoflush (nothing, in a read-only session)
-    result = session.connection().execute(stmt, execution_options={"yield_per": _CHUNK})
+    connection = session.connection()
+    dialect = connection.dialect.name
+    shape = (depth, wanted, with_counts, dialect)
+    base = _cached(_BASES, shape, lambda: _level_statement(depth, wanted, with_counts, dialect))
+    equalities = None if extra else _equalities(query)
+    if equalities is not None:
+        # Every key an equality (a UID, a patient ID...): the whole statement is reused, values bound. SQLAlchemy
+        # then neither rebuilds nor re-keys it, nor adapts its compiled form's result columns to a new statement.
+        keywords = tuple(equalities)
+        stmt = _cached(
+            _STATEMENTS, (*shape, keywords, limit is not None, bool(offset)),
+            lambda: _equality_statement(base, query, keywords, dialect, limit is not None, bool(offset)),
+        )
+        params = {f"k_{k}": v for k, v in equalities.items()}
+        if limit is not None:
+            params["_limit"] = limit
+        if offset:
+            params["_offset"] = offset
+    else:
+        stmt = base.where(*_conditions(query, dialect), *extra).order_by(_index_order(query, dialect))
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        if offset:
+            stmt = stmt.offset(offset)
+        params = None
+    result = connection.execute(stmt, params, execution_options={"yield_per": _CHUNK})
     try:
         keys = list(result.keys())
         with_classes = depth >= 1 and query.wants("SOPClassesInStudy")
@@ -381,10 +462,9 @@ class StoredInstance:
 def instances_to_retrieve(session: Session, query: Query) -> list[StoredInstance]:
     """Every stored instance under the entities a retrieve identifier names, in study/series/instance order."""
     deep = Query(root=query.root, level="IMAGE", conditions=query.conditions)
-    stmt = _statement(
-        session,
-        deep,
+    dialect = session.get_bind().dialect.name
+    base = _cached(_BASES, ("retrieve", dialect), lambda: _joined(
         [Instance.sop_instance_uid, Instance.sop_class_uid, Instance.transfer_syntax_uid, Instance.storage_key,
-         Study.study_uid, Instance.tier, Series.series_uid, Instance.checksum_sha256],
-    ).order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id)
-    return [StoredInstance(*row) for row in session.execute(stmt)]
+         Study.study_uid, Instance.tier, Series.series_uid, Instance.checksum_sha256], 3, dialect,
+    ).order_by(Study.id, Series.series_number, Series.id, Instance.instance_number, Instance.id))
+    return [StoredInstance(*row) for row in session.execute(base.where(*_conditions(deep, dialect)))]

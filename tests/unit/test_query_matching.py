@@ -239,6 +239,48 @@ def test_limit_and_retrieve_lists(sessions):
         parse_identifier(qr_identifier("STUDY", StudyInstanceUID=""), STUDY_ROOT, retrieve=True)
 
 
+def test_queries_of_one_shape_in_a_row_each_get_their_own_answers(sessions):
+    """The statement of a query whose keys are all equalities is built once and reused, its values bound; other
+    queries extend a shared base statement. Tried: the same shape with other values (UID, patient ID, date,
+    series number), other limits and offsets, in one session and in the next; a wildcard, a UID list and a
+    retrieve of the same key between them, and the requested keys only (C-FIND) after every attribute (QIDO).
+    A cache that kept the first call's values or conditions answers the later calls with the first one's
+    studies."""
+    from archive_core.index.query import stream
+
+    def uids(s, level="STUDY", unique="StudyInstanceUID", limit=None, offset=0, streamed=False, **keys):
+        query = parse_identifier(qr_identifier(level, **{unique: "", **keys}), STUDY_ROOT)
+        rows = stream(s, query, limit=limit) if streamed else find(s, query, limit=limit, offset=offset)
+        return [row[unique] for row in rows]
+
+    for _ in range(2):  # the second round reuses what the first built, in another session
+        with sessions() as s:
+            assert uids(s, StudyInstanceUID=S("S1")) == [S("S1")]
+            assert uids(s, StudyInstanceUID=S("S4")) == [S("S4")]
+            assert uids(s, StudyInstanceUID=f"{S('S2')}\\{S('S6')}") == [S("S2"), S("S6")]
+            assert uids(s, StudyInstanceUID=S("S3"), streamed=True) == [S("S3")]
+            assert uids(s, PatientID="PAT15") == [S("S1")]
+            assert uids(s, PatientID="PAT_3") == [S("S3"), S("S4")]
+            assert uids(s, PatientID="PAT*") == [S(k) for k in ("S1", "S2", "S3", "S4", "S5")]
+            assert uids(s, PatientID="PAT_3", limit=1) == [S("S3")]
+            assert uids(s, PatientID="PAT_3", limit=1, offset=1) == [S("S4")]
+            assert uids(s, PatientID="pat4", limit=5) == [S("S6")]
+            assert uids(s, PatientID="PAT_3", offset=1) == [S("S4")]
+            assert uids(s, StudyDate="20240115") == [S("S1")]
+            assert uids(s, StudyDate="20240116") == [S("S6")]
+            assert uids(s, PatientID="PAT_3", StudyDate="20240301") == [S("S4")]
+            assert uids(s, PatientID="PAT15", StudyDate="20240301") == []
+            move = parse_identifier(qr_identifier("STUDY", StudyInstanceUID=S("S2")), STUDY_ROOT, retrieve=True)
+            assert {i.study_uid for i in instances_to_retrieve(s, move)} == {S("S2")}
+            move = parse_identifier(qr_identifier("STUDY", StudyInstanceUID=S("S6")), STUDY_ROOT, retrieve=True)
+            assert {i.study_uid for i in instances_to_retrieve(s, move)} == {S("S6")}
+            series = dict(level="SERIES", unique="SeriesInstanceUID", StudyInstanceUID=S("S4"))
+            assert uids(s, **series, Modality="SR") == [series_uid("S4", "SR")]
+            assert uids(s, **series, Modality="CT", streamed=True) == [series_uid("S4", "CT")]
+            assert uids(s, **series, SeriesNumber="1") == [series_uid("S4", "CT"), series_uid("S4", "SR")]
+            assert uids(s, **series, SeriesNumber="2") == []
+
+
 def test_tombstoned_rows_are_invisible_to_queries_and_retrieves(sessions):
     from datetime import datetime, timezone
 

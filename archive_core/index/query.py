@@ -383,8 +383,9 @@ def _rows(
     requested_only: bool,
 ) -> Iterator[dict[str, Any]]:
     depth = query.depth
-    wanted = frozenset(k.keyword for k in query.keys) if requested_only else None
-    with_counts = any(query.wants(k) for k in _PATIENT_COUNTS)
+    keywords = frozenset(k.keyword for k in query.keys)
+    wanted = keywords if requested_only else None
+    with_counts = not keywords.isdisjoint(_PATIENT_COUNTS)
     extra = tuple(extra)
     # A Core execution on the session's connection: no ORM result machinery per row. yield_per reads
     # the rows in batches (a server-side cursor on PostgreSQL; SQLite's cursor is lazy anyway).
@@ -397,10 +398,10 @@ def _rows(
     if equalities is not None:
         # Every key an equality (a UID, a patient ID...): the whole statement is reused, values bound. SQLAlchemy
         # then neither rebuilds nor re-keys it, nor adapts its compiled form's result columns to a new statement.
-        keywords = tuple(equalities)
+        matched = tuple(equalities)
         stmt = _cached(
-            _STATEMENTS, (*shape, keywords, limit is not None, bool(offset)),
-            lambda: _equality_statement(base, query, keywords, dialect, limit is not None, bool(offset)),
+            _STATEMENTS, (*shape, matched, limit is not None, bool(offset)),
+            lambda: _equality_statement(base, query, matched, dialect, limit is not None, bool(offset)),
         )
         params = {f"k_{k}": v for k, v in equalities.items()}
         if limit is not None:
@@ -417,7 +418,7 @@ def _rows(
     result = connection.execute(stmt, params, execution_options={"yield_per": _CHUNK})
     try:
         keys = list(result.keys())
-        with_classes = depth >= 1 and query.wants("SOPClassesInStudy")
+        with_classes = depth >= 1 and "SOPClassesInStudy" in keywords
         for batch in result.partitions():
             rows = [dict(zip(keys, r)) for r in batch]
             if with_classes:

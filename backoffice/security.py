@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 
 from flask import Flask, g, request
+from werkzeug.http import http_date
 
 
 def csp_nonce() -> str:
@@ -53,22 +54,38 @@ def policy_for(mimetype: str) -> str:
     return DATA_POLICY
 
 
+# Added when the view set none of its own (a view may choose a stricter or a looser value).
+_DEFAULTS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "same-origin"),
+             ("X-Frame-Options", "DENY"))  # frame-ancestors for browsers without CSP level 2
+# Pages, PDFs, images and media carry patient data and the desk PCs are shared: nothing is kept, neither by
+# the browser nor by a proxy (Expires: the response's own date). Only the application's own static files
+# may be cached.
+_NOT_KEPT = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
+
+
 def init_app(app: Flask) -> None:
     app.jinja_env.globals["csp_nonce"] = csp_nonce
 
     @app.after_request
     def _security_headers(response):
+        # One pass over the response's headers, then each header added or replaced once: every answer (a
+        # QIDO-RS search in a few milliseconds included) goes through here.
         headers = response.headers
-        if request.path.startswith(VIEWER_STATIC) and request.path.endswith(".js"):
-            headers.setdefault("Content-Security-Policy", VIEWER_WORKER_POLICY)
-        headers.setdefault("Content-Security-Policy", policy_for(response.mimetype))
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("Referrer-Policy", "same-origin")
-        headers.setdefault("X-Frame-Options", "DENY")  # frame-ancestors for browsers without CSP level 2
-        # Pages, PDFs, images and media carry patient data and the desk PCs are shared: nothing is kept,
-        # neither by the browser nor by a proxy. Only the application's own static files may be cached.
-        if not request.path.startswith("/static/"):
-            headers["Cache-Control"] = "no-store"
-            headers["Pragma"] = "no-cache"
-            response.expires = None
+        path = request.path
+        present = {key.lower() for key, _ in headers}
+        if "content-security-policy" not in present:
+            if path.startswith(VIEWER_STATIC) and path.endswith(".js"):
+                headers.add("Content-Security-Policy", VIEWER_WORKER_POLICY)
+            else:
+                headers.add("Content-Security-Policy", policy_for(response.mimetype))
+        for name, value in _DEFAULTS:
+            if name.lower() not in present:
+                headers.add(name, value)
+        if not path.startswith("/static/"):
+            for name, value in _NOT_KEPT:
+                if name.lower() in present:
+                    headers[name] = value
+                else:
+                    headers.add(name, value)
+            headers["Expires"] = http_date()
         return response

@@ -70,6 +70,11 @@ def _assert_edge_headers(response):
     assert response.headers.get("X-Content-Type-Options") == "nosniff"
     assert response.headers.get("Referrer-Policy") in ("no-referrer", "same-origin")
     assert "no-store" in response.headers.get("Cache-Control", "")
+    # Each header once, the view's own (a PDF's Cache-Control, the viewer's CSP) replaced or kept, never sent
+    # a second time beside the edge's: a client may read either copy.
+    for name in ("Content-Security-Policy", "X-Content-Type-Options", "Referrer-Policy", "X-Frame-Options",
+                 "Cache-Control", "Pragma", "Expires"):
+        assert len(response.headers.getlist(name)) == 1, (name, response.headers.getlist(name))
 
 
 def test_pages_pdfs_images_and_api_answers_carry_csp_nosniff_referrer_policy_and_no_store(app, client, users,

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from sqlalchemy import Integer, bindparam, column, exists, func, literal_column, or_, select
@@ -109,6 +110,8 @@ def _check_retrieve_key(keyword: str, value: Any) -> None:
 
 
 _UID_CHARS = frozenset("0123456789.")
+# The keyword of each tag the index answers (pydicom's DataElement.keyword looks it up in its dictionary each time).
+_KEYWORD_OF = {int(tag_for_keyword(k)): k for k in (*BY_KEYWORD, *COMPUTED_BY_KEYWORD)}
 
 
 def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False, relational: bool = False) -> Query:
@@ -128,20 +131,22 @@ def parse_identifier(identifier: Dataset, root: str, *, retrieve: bool = False, 
         if root == STUDY_ROOT and level == "PATIENT":
             raise InvalidQuery("the Study Root model has no PATIENT level")
         query = Query(root=root, level=level)
+        depth = query.depth
         seen: set[int] = set()
         for tag in list(identifier.keys()):
-            if tag in _NOT_KEYS or tag.group == 0x0002 or tag in seen:
+            number = int(tag)  # BaseTag's own == is Python code: sets of plain ints
+            if number in _NOT_KEYS or number >> 16 == 0x0002 or number in seen:
                 continue
-            seen.add(tag)
+            seen.add(number)
             try:
                 elem = identifier[tag]
             except (ValueError, TypeError, OverflowError):  # pydicom cannot read it as its VR (IS "1*")
                 raise InvalidQuery(f"{BaseTag(tag)}: not a valid value of its VR") from None
-            keyword = elem.keyword or ""
+            keyword = _KEYWORD_OF.get(number) or elem.keyword or ""
             attr = BY_KEYWORD.get(keyword)
             computed = COMPUTED_BY_KEYWORD.get(keyword)
             key_level = attr.level if attr else computed.level if computed else None
-            if key_level not in (None, "ANY") and LEVELS.index(_level_of(key_level, root)) > query.depth:
+            if key_level not in (None, "ANY") and LEVELS.index(_level_of(key_level, root)) > depth:
                 raise InvalidQuery(f"{keyword} is below the {level} level")
             if elem.VR == "SQ":
                 query.keys.append(RequestedKey(tag, keyword, "SQ"))

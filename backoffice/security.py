@@ -59,7 +59,8 @@ _DEFAULTS = (("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "same-or
              ("X-Frame-Options", "DENY"))  # frame-ancestors for browsers without CSP level 2
 # Pages, PDFs, images and media carry patient data and the desk PCs are shared: nothing is kept, neither by
 # the browser nor by a proxy (Expires: the response's own date). Only the application's own static files
-# may be cached.
+# may be cached: /static/, and a file a view marks ``g.keep_in_browser`` with its own Cache-Control
+# (OHIF's content-named bundles, backoffice/radiology/ohif.py).
 _NOT_KEPT = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
 
 
@@ -81,7 +82,7 @@ def init_app(app: Flask) -> None:
         for name, value in _DEFAULTS:
             if name.lower() not in present:
                 headers.add(name, value)
-        if not path.startswith("/static/"):
+        if not path.startswith("/static/") and not g.get("keep_in_browser"):
             for name, value in _NOT_KEPT:
                 if name.lower() in present:
                     headers[name] = value

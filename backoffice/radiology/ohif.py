@@ -18,7 +18,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from flask import Blueprint, Flask, Response, abort, current_app, send_from_directory
+from flask import Blueprint, Flask, Response, abort, current_app, g, send_from_directory
 from flask_babel import gettext as _
 
 from backoffice.auth import roles_required
@@ -32,6 +32,10 @@ bp = Blueprint("ohif", __name__, url_prefix=PREFIX.rstrip("/"))
 # The chunk loader's public path, as rspack writes it in the package's runtime chunks.
 PUBLIC_PATH = (b'__webpack_require__.p = "/";', b'__webpack_require__.p = "' + PREFIX.encode() + b'";')
 CSS_ROOT_URL = re.compile(rb"url\((['\"]?)/(?!/)")
+# A file named by its content (rspack's 16-hex hash: ``89.bundle.b327bf3664812958.js``, ``0ddf166f7a343eda.wasm``):
+# the same name never holds other bytes, so the browser may keep it (see serve).
+CONTENT_NAMED = re.compile(r"(?:^|\.)[0-9a-f]{16}\.(?:m?js|css|wasm)$")
+KEPT = "private, max-age=31536000, immutable"
 MIMETYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
              ".css": "text/css", ".json": "application/json", ".woff2": "font/woff2", ".svg": "image/svg+xml"}
 
@@ -180,6 +184,12 @@ def serve(path: str):
             response = send_from_directory(folder, path, mimetype=MIMETYPES.get(suffix))
         if suffix in (".js", ".mjs"):
             response.headers["Content-Security-Policy"] = WORKER_POLICY
+        if CONTENT_NAMED.search(name):
+            # The package's own code (no patient data), under a name that changes with its bytes: kept by
+            # this browser only (private), so a radiologist's next visit does not download its 17 MB again.
+            # The page, app-config.js and unhashed files stay no-store, like every page.
+            response.headers["Cache-Control"] = KEPT
+            g.keep_in_browser = True
         return response
     nonce = csp_nonce()
     response = Response(rewrite_index(index.read_text(encoding="utf-8"), nonce), mimetype="text/html")

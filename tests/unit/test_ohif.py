@@ -13,6 +13,7 @@ import tarfile
 
 import pytest
 
+from backoffice.radiology.ohif import CONTENT_NAMED
 from tools import fetch_ohif
 
 # The shape of the package's index.html (3.13.2): inline scripts setting PUBLIC_URL, root-absolute URLs.
@@ -248,3 +249,28 @@ def test_fetch_refuses_links_and_says_when_there_is_no_network(tmp_path, monkeyp
     with pytest.raises(fetch_ohif.FetchError, match="No network"):
         fetch_ohif.fetch(dest)
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_content_named_files_are_kept_by_the_browser_and_the_page_is_not(ohif_app):
+    """OHIF's bundles named by their content may be kept by the radiologist's browser (17 MB not downloaded
+    again on each visit), never by a proxy; the page, our app-config.js (it names our URLs) and files
+    without a content hash stay no-store. Tried: a signed-out request for a content-named bundle (redirected
+    to the login page, nothing kept), and a name with a hash-like part that is not 16 hex digits."""
+    client = _signed_in(ohif_app, "dr")
+
+    def headers(path, who=client):
+        with who.get(path) as response:
+            response.data  # noqa: B018 (read before closing)
+            return response.status_code, response.headers
+
+    for path in ("/ohif/app.bundle.0f6159c501addfe9.js", "/ohif/89.bundle.b327bf3664812958.js",
+                 "/ohif/0ddf166f7a343eda.wasm"):
+        status, kept = headers(path)
+        assert status == 200 and kept["Cache-Control"] == "private, max-age=31536000, immutable", path
+        assert "Pragma" not in kept and "Expires" not in kept, path
+    for path in ("/ohif/", "/ohif/viewer", "/ohif/app-config.js", "/ohif/app.bundle.css", "/ohif/manifest.json"):
+        status, page = headers(path)
+        assert status == 200 and page["Cache-Control"] == "no-store" and page["Pragma"] == "no-cache", path
+    status, outside = headers("/ohif/89.bundle.b327bf3664812958.js", ohif_app.test_client())
+    assert status in (302, 401) and outside["Cache-Control"] == "no-store"
+    assert not CONTENT_NAMED.search("app.bundle.0f6159c501addfe.js")

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from archive_core.audit import AuditEvent
 from tests.radiology_support import make_history
-from tests.unit.test_radiology_web import _create_share, csrf, users  # noqa: F401  (fixture)
+from tests.unit.test_radiology_web import _create_share, csrf, sign_in, users  # noqa: F401  (fixture)
 
 
 @pytest.fixture
@@ -267,3 +267,31 @@ def test_a_search_is_audited_off_the_answer_path_and_before_the_next_retrieval(a
     assert metadata.status_code == 200
     assert actions() == ["dicomweb.search", "dicomweb.metadata"]
     assert facade.audit_flush(timeout=0)
+
+
+def test_a_share_link_does_not_open_ohif(app, users, history, tmp_path):  # noqa: F811
+    """A share link opens its study in our viewer only (DESIGN.md: its one study, read-only). Tried: the
+    referring doctor's unlocked browser asks for OHIF's page, its viewer route for the shared study, its
+    config and a bundle: each is the login page, as for a stranger (bad implementation: OHIF served to any
+    browser with a session, whose study list would then show whatever its QIDO-RS may read)."""
+    from backoffice.radiology import ohif
+
+    dist = tmp_path / "dist"
+    dist.mkdir()
+    (dist / "index.html").write_text('<!doctype html><script>window.PUBLIC_URL="/"</script><div id="root"></div>')
+    (dist / "app.bundle.0f6159c501addfe9.js").write_text("var x = 1;")
+    app.config["OHIF_DIR"] = str(dist)
+    ohif.init_app(app)  # before the app's first request, as create_app does when OHIF_DIR is set
+    doctor = _unlocked(app, users, history)
+    assert doctor.get(f"/dicom-web/studies/{history.current}/metadata").status_code == 200  # the link works
+    for path in ("/ohif/", f"/ohif/viewer?StudyInstanceUIDs={history.current}", "/ohif/app-config.js",
+                 "/ohif/app.bundle.0f6159c501addfe9.js"):
+        response = doctor.get(path)
+        assert response.status_code == 302 and "/login" in response.headers["Location"], path
+    # The same files open to a radiologist: the refusal above is the share link's, not a broken route.
+    radiologist = app.test_client()
+    sign_in(radiologist, users, "radiologist")
+    for path in ("/ohif/", "/ohif/app.bundle.0f6159c501addfe9.js"):
+        response = radiologist.get(path)
+        response.close()  # a file's response holds it open until closed
+        assert response.status_code == 200, path

@@ -40,25 +40,43 @@ def locale_name() -> str:
     return "fr_FR" if str(get_locale() or "fr") == "fr" else str(get_locale())
 
 
+# Compiled catalogs of this process, by (.po path, its mtime in ns, its size): an app created again in the
+# same process (each test makes its own, in its own instance folder) writes the bytes instead of
+# parsing and compiling 2,300 messages again (0.3 s).
+_compiled: dict[tuple[str, int, int], bytes] = {}
+
+
 def compile_catalogs(source: Path, target: Path) -> Path:
     """Compile each ``<lang>/LC_MESSAGES/messages.po`` under *source* into *target* (when stale)."""
-    from babel.messages.mofile import write_mo
-    from babel.messages.pofile import read_po
-
     for po_path in sorted(source.glob("*/LC_MESSAGES/messages.po")):
         lang = po_path.parent.parent.name
         mo_path = target / lang / "LC_MESSAGES" / "messages.mo"
-        if mo_path.exists() and mo_path.stat().st_mtime >= po_path.stat().st_mtime:
+        po_stat = po_path.stat()
+        if mo_path.exists() and mo_path.stat().st_mtime >= po_stat.st_mtime:
             continue
+        key = (str(po_path), po_stat.st_mtime_ns, po_stat.st_size)
+        if key not in _compiled:
+            _compiled[key] = _compile(po_path, lang)
         mo_path.parent.mkdir(parents=True, exist_ok=True)
-        with po_path.open("rb") as handle:
-            catalog = read_po(handle, locale=lang)
         # Written aside then renamed: several processes (web, scheduler) may start together.
         fd, tmp = tempfile.mkstemp(dir=mo_path.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as out:
-            write_mo(out, catalog)
+            out.write(_compiled[key])
         os.replace(tmp, mo_path)
     return target
+
+
+def _compile(po_path: Path, lang: str) -> bytes:
+    import io
+
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    with po_path.open("rb") as handle:
+        catalog = read_po(handle, locale=lang)
+    out = io.BytesIO()
+    write_mo(out, catalog)
+    return out.getvalue()
 
 
 def fill_source_catalog(po_path: Path = TRANSLATIONS / "fr" / "LC_MESSAGES" / "messages.po") -> int:

@@ -81,6 +81,30 @@ def shifted_clock():
         os.environ["PYTHONPATH"] = previous
 
 
+# -- passwords -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashes():
+    """Users made in this process get argon2id hashes at the library's lowest cost (8 KiB, one pass).
+
+    The archive's own parameters (argon2-cffi's RFC 9106 profile: 64 MiB, 3 passes, 4 lanes) take
+    0.1-0.3 s a hash on these 2 cores, and the tests make thousands of users: half of some modules'
+    time. The hash is still argon2id and verification reads its cost from the hash itself, so signing
+    in works the same. tests/unit/test_accounts.py runs on the real parameters (this fixture's value)
+    and checks them; child processes (``flask users ...``, the servers) never see this."""
+    from argon2 import PasswordHasher
+
+    from backoffice.auth import services
+
+    real = services._hasher
+    services._hasher = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    services._dummy_hash = None
+    yield real
+    services._hasher = real
+    services._dummy_hash = None
+
+
 # -- PostgreSQL ---------------------------------------------------------------------------------
 
 
@@ -223,9 +247,9 @@ def settings(instance_path, storage_overrides):
 
 @pytest.fixture
 def migrated(settings):
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     return settings
 
 

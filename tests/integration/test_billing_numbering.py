@@ -30,11 +30,11 @@ def server(database_url, tmp_path):
     from archive_core.db import make_engine, session_factory
     from backoffice.auth.services import create_token, create_user
     from backoffice.billing import services as S
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     instance = tmp_path / "instance"
     instance.mkdir()
-    upgrade(database_url)
+    migrate(database_url)
     engine = make_engine(database_url)
     with session_factory(engine)() as s:
         create_user(s, "desk", role="front_desk", password="correct horse battery")

@@ -40,12 +40,12 @@ def test_a_96_mib_stow_costs_the_web_process_less_than_24_mib(tmp_path):
     from archive_core.config import Settings
     from archive_core.db import make_engine, session_factory
     from backoffice.auth.services import create_token, create_user
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     instance = tmp_path / "instance"
     instance.mkdir()
     database_url = Settings(instance_path=instance).database_url
-    upgrade(database_url)
+    migrate(database_url)
     engine = make_engine(database_url)
     with session_factory(engine)() as s:
         create_user(s, "dr", role="radiologist", password="correct horse battery")

@@ -118,13 +118,13 @@ def corpus_scp(tmp_path_factory):
     from archive_core.archive import Archive
     from archive_core.config import Settings
     from archive_core.net.server import start_server
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     settings = Settings(
         instance_path=tmp_path_factory.mktemp("corpus"), STORAGE_MIN_FREE_BYTES=0, DICOM_DUPLICATE_POLICY="overwrite",
         DICOM_STORE_FROM_UNKNOWN_AES=True,  # the corpus is sent by an unregistered AE
     )
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     archive = Archive.open(settings)
     running = start_server(archive, host="127.0.0.1", port=0)
     yield archive, running

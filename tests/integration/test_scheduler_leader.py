@@ -60,9 +60,9 @@ class Node:
 
 def _migrated(database_url: str | None, instance: Path) -> None:
     from archive_core.config import Settings
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(database_url or Settings(instance_path=instance).database_url)
+    migrate(database_url or Settings(instance_path=instance).database_url)
 
 
 @pytest.mark.parametrize("engine", ["postgresql", "sqlite"])

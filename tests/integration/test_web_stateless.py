@@ -25,12 +25,12 @@ def test_a_session_started_on_one_web_process_works_on_another_and_ends_on_both(
     after logout."""
     from archive_core.db import make_engine, session_factory
     from backoffice.auth.services import create_user
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
     from archive_core.config import Settings
 
     instance = tmp_path / "instance"
     instance.mkdir()
-    upgrade(Settings(instance_path=instance).database_url)
+    migrate(Settings(instance_path=instance).database_url)
     engine = make_engine(Settings(instance_path=instance).database_url)
     with session_factory(engine)() as s:
         create_user(s, "accueil", role="front_desk", password="correct horse battery")

@@ -86,9 +86,9 @@ def _arrange(archive, tmp_path) -> tuple[str, int]:
 def web(database_url, instance_path):
     """The web app on SQLite and on PostgreSQL."""
     from backoffice import create_app
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(database_url)
+    migrate(database_url)
     app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "DATABASE_URL": database_url,
                       "STORAGE_MIN_FREE_BYTES": 0})
     app.config["PROPAGATE_EXCEPTIONS"] = False  # a 500 as in production, not an exception in the test
@@ -216,12 +216,12 @@ def test_a_process_killed_mid_operation_leaves_all_or_nothing(tmp_path, operatio
     ``fsck --repair`` finishes the job, ``audit verify`` holds against a checkpoint taken before."""
     from archive_core.archive import Archive
     from archive_core.config import Settings
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     instance = tmp_path / "instance"
     instance.mkdir()
     settings = Settings(instance_path=instance, STORAGE_MIN_FREE_BYTES=0)
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     archive = Archive.open(settings)
     try:
         study, pk = _arrange(archive, tmp_path)

@@ -152,11 +152,11 @@ def test_more_matches_than_the_limit_end_with_a700(tmp_path):
     from archive_core.archive import Archive
     from archive_core.config import Settings
     from archive_core.net.server import start_server
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     (tmp_path / "limited").mkdir()
     settings = Settings(instance_path=tmp_path / "limited", STORAGE_MIN_FREE_BYTES=0, DICOM_MAX_FIND_RESULTS=2)
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     archive = Archive.open(settings)
     facade = ArchiveFacade(archive)
     with write_session(archive.sessions) as s:

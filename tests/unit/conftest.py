@@ -10,9 +10,9 @@ def db_app(tmp_path, database_url):
     """The web app on a migrated database, on SQLite and on PostgreSQL (``database_url``), with an empty
     instance folder and no free-space floor; closed after the test."""
     from backoffice import create_app
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(database_url)
+    migrate(database_url)
     instance = tmp_path / "instance-db"
     instance.mkdir()
     app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance), "DATABASE_URL": database_url,

@@ -31,6 +31,22 @@ def _flash(response) -> str:
     return " ".join(re.findall(r'<p class="error">(.*?)</p>', response.get_data(as_text=True), re.S))
 
 
+@pytest.fixture(autouse=True)
+def _production_password_hashes(_cheap_password_hashes, monkeypatch):
+    """This module signs in against the archive's real argon2 parameters (tests/conftest.py lowers them
+    elsewhere): the timing test below needs a hash that costs what it costs in production."""
+    monkeypatch.setattr(A, "_hasher", _cheap_password_hashes)
+    monkeypatch.setattr(A, "_dummy_hash", None)
+
+
+def test_passwords_are_hashed_with_argon2id_at_the_rfc_9106_cost(app):
+    """64 MiB, 3 passes, 4 lanes (argon2-cffi's default profile): what the database keeps of a password."""
+    with app.extensions["archivage"].new_session(write=True) as s:
+        user = A.create_user(s, "cost", role="radiologist", password=PASSWORD)
+        assert user.password_hash.startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+        assert PASSWORD not in user.password_hash
+
+
 @pytest.fixture
 def people(app):
     with app.extensions["archivage"].new_session(write=True) as s:

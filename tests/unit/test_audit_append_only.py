@@ -15,9 +15,9 @@ from archive_core.db import make_engine, session_factory, write_session
 @pytest.fixture
 def sessions(database_url):
     from archive_core import audit
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(database_url)
+    migrate(database_url)
     engine = make_engine(database_url)
     factory = session_factory(engine)
     with write_session(factory) as s:

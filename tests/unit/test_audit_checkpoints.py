@@ -20,10 +20,10 @@ from sqlalchemy import text
 def trail(database_url, instance_path):
     """The app on SQLite and PostgreSQL, 10 audit events, a checkpoint written by the scheduler's job."""
     from backoffice import create_app
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
     from backoffice.scheduler import audit_checkpoint_job
 
-    upgrade(database_url)
+    migrate(database_url)
     app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "DATABASE_URL": database_url,
                       "STORAGE_MIN_FREE_BYTES": 0})
     facade = app.extensions["archivage"]
@@ -240,13 +240,13 @@ def test_the_scheduler_process_signs_the_head_on_start(tmp_path):
     from archive_core.audit import record
     from archive_core.config import Settings
     from archive_core.db import write_session
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
     from tests.servers import ROOT, archive_env, flask_cli
 
     instance = tmp_path / "instance"
     instance.mkdir()
     settings = Settings(instance_path=instance)
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     archive = Archive.open(settings)
     with write_session(archive.sessions) as s:
         for n in range(3):

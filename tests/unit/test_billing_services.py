@@ -13,16 +13,14 @@ from archive_core.api import StudySummary
 from archive_core.db import make_engine, session_factory
 from backoffice.billing import services as S
 from backoffice.billing.models import ExamGroupMapping
-from tests.helpers import migration_drift
+from tests.helpers import migrate, migration_drift
 
 DAY = date(2026, 3, 10)
 
 
 @pytest.fixture
 def make_session(database_url):
-    from backoffice.migrate import upgrade
-
-    upgrade(database_url)
+    migrate(database_url)
     engine = make_engine(database_url)
     factory = session_factory(engine)
 
@@ -38,10 +36,8 @@ def make_session(database_url):
 
 @pytest.fixture
 def sqlite_session(tmp_path):
-    from backoffice.migrate import upgrade
-
     url = f"sqlite:///{tmp_path / 'b.sqlite3'}"
-    upgrade(url)
+    migrate(url)
     engine = make_engine(url)
     session = session_factory(engine)()
     session.connection(execution_options={"sqlite_immediate": True})
@@ -274,10 +270,8 @@ def test_patient_balance_sums_what_the_patient_still_owes(sqlite_session):
 
 @pytest.fixture(scope="module")
 def migrated_template(tmp_path_factory):
-    from backoffice.migrate import upgrade
-
     path = tmp_path_factory.mktemp("billing-template") / "template.sqlite3"
-    upgrade(f"sqlite:///{path}")
+    migrate(f"sqlite:///{path}")
     return path
 
 

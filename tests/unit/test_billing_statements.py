@@ -23,9 +23,9 @@ BUDGET = {"postgresql": (17, 14), "sqlite": (18, 13)}
 @pytest.fixture
 def db_app(database_url, instance_path):
     from backoffice import create_app
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(database_url)
+    migrate(database_url)
     app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "STORAGE_MIN_FREE_BYTES": 0,
                       "DATABASE_URL": database_url})
     yield app

@@ -320,10 +320,10 @@ def test_day_closing_counts_the_drawer_and_prints_a_z_report(app, client, people
 @pytest.fixture(scope="module")
 def hypothesis_engine(tmp_path_factory):
     from archive_core.db import make_engine
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     url = f"sqlite:///{tmp_path_factory.mktemp('hyp') / 'b.sqlite3'}"
-    upgrade(url)
+    migrate(url)
     engine = make_engine(url)
     yield engine
     engine.dispose()
@@ -391,9 +391,9 @@ def test_credit_note_numbers_are_their_own_continuous_series(database_url):
     """Two partial credit notes and a refused third (over what remains) on SQLite and PostgreSQL:
     AV-YYYY-000001, AV-YYYY-000002, no gap after the refusal, the invoice row unchanged."""
     from archive_core.db import make_engine, session_factory
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(database_url)
+    migrate(database_url)
     engine = make_engine(database_url)
     try:
         factory = session_factory(engine)

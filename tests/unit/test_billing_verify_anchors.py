@@ -18,11 +18,11 @@ def billing_app(tmp_path, database_url):
     """The web app on SQLite and on PostgreSQL, with a manager who works the desk."""
     from backoffice import create_app
     from backoffice.auth.services import create_user
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     instance = tmp_path / "instance"
     instance.mkdir()
-    upgrade(database_url)
+    migrate(database_url)
     app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance), "DATABASE_URL": database_url,
                       "STORAGE_MIN_FREE_BYTES": 0, "WTF_CSRF_ENABLED": False})
     with app.extensions["archivage"].new_session(write=True) as s:

@@ -451,9 +451,9 @@ def test_the_api_lists_ends_memberships_edits_retires_insurers_and_previews_the_
 @pytest.fixture
 def both_databases(database_url):
     from archive_core.db import make_engine, session_factory
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(database_url)
+    migrate(database_url)
     engine = make_engine(database_url)
     yield session_factory(engine)
     engine.dispose()

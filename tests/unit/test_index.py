@@ -23,10 +23,10 @@ def db_archive(database_url, instance_path):
     """An archive whose index lives at *database_url* (SQLite, then PostgreSQL), indexer running."""
     from archive_core.archive import Archive
     from archive_core.config import Settings
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     settings = Settings(instance_path=instance_path, DATABASE_URL=database_url, STORAGE_MIN_FREE_BYTES=0)
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     archive = Archive.open(settings)
     archive.ingestor.start()
     yield archive

@@ -44,12 +44,12 @@ def dist(tmp_path):
 
 def _app(tmp_path, **config):
     from backoffice import create_app
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
     from archive_core.config import Settings
 
     instance = tmp_path / "instance-ohif"
     instance.mkdir(exist_ok=True)
-    upgrade(Settings(instance_path=instance).database_url)
+    migrate(Settings(instance_path=instance).database_url)
     return create_app({"TESTING": True, "INSTANCE_PATH": str(instance), "STORAGE_MIN_FREE_BYTES": 0,
                        "WTF_CSRF_ENABLED": False, **config})
 

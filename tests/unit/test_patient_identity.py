@@ -367,12 +367,12 @@ def test_ins_and_guardians_round_trip_on_sqlite_and_postgresql(database_url):
     """The upgraded schema on both databases: a corrected NIR (wrong key first: refused, the stored
     one kept), its check cleared by a record without a document, a guardian ended and kept."""
     from archive_core.db import make_engine, session_factory, write_session
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
     from backoffice.patients import services
     from backoffice.patients.models import PatientGuardian, PatientIns
     from backoffice.patients.nir import InvalidNir
 
-    upgrade(database_url)
+    migrate(database_url)
     engine = make_engine(database_url)
     factory = session_factory(engine)
     try:

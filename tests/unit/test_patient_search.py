@@ -36,12 +36,12 @@ PATIENTS = [
 def facade(database_url, tmp_path):
     from archive_core.archive import Archive
     from archive_core.config import Settings
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     instance = tmp_path / "instance"
     instance.mkdir()
     settings = Settings(instance_path=instance, DATABASE_URL=database_url, STORAGE_MIN_FREE_BYTES=0)
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     archive = Archive.open(settings)
     jobs = []
     for n, (pid, name, birth) in enumerate(PATIENTS):

@@ -46,9 +46,9 @@ def sop_uid(key: str, modality: str, n: int) -> str:
 @pytest.fixture
 def sessions(database_url, tmp_path):
     from archive_core.db import make_engine, session_factory
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(database_url)
+    migrate(database_url)
     engine = make_engine(database_url)
     factory = session_factory(engine)
     jobs = []

@@ -17,14 +17,14 @@ from archive_core.db import make_engine, session_factory
 from archive_core.index.matching import fold_person_name
 from archive_core.index.models import Patient, Study
 from archive_core.index.query import STUDY_ROOT, parse_identifier, stream
-from backoffice.migrate import upgrade
+from tests.helpers import migrate
 
 SURNAMES = ["Aubert", "Bernard", "Dupont", "Martin", "Petit", "Roux", "Simon", "Zola"]
 
 
 @pytest.fixture
 def engine(database_url):
-    upgrade(database_url)
+    migrate(database_url)
     engine = make_engine(database_url)
     names = [f"{SURNAMES[n % len(SURNAMES)]}{n // len(SURNAMES)}^Jean" for n in range(5_000)]
     with engine.begin() as conn:

@@ -298,9 +298,9 @@ def test_front_desk_cannot_write_reports(client, users, history):
 def test_the_database_refuses_to_change_a_signed_report(database_url, statement):
     from sqlalchemy import create_engine, text
 
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
-    upgrade(database_url)
+    migrate(database_url)
     engine = create_engine(database_url)
     with engine.begin() as conn:
         conn.execute(text(

@@ -439,12 +439,12 @@ def test_openapi_describes_confirmation_and_refusals(client, gerante):
 def test_send_back_and_four_eyes_on_both_databases(database_url, instance_path, tmp_path):
     """The same refusals on SQLite and a real PostgreSQL (row locks, the committed send-back)."""
     from backoffice import create_app
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
     from backoffice.retention import batches, purge, records
     from backoffice.retention.certificate import certificates_dir, render_certificate
     from backoffice.retention.errors import RetentionError
 
-    upgrade(database_url)
+    migrate(database_url)
     app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "STORAGE_MIN_FREE_BYTES": 0,
                       "DATABASE_URL": database_url})
     facade = app.extensions["archivage"]

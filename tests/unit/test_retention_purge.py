@@ -246,11 +246,11 @@ def test_a_purged_patient_who_comes_back_is_a_new_record(app, client, manager, e
 def test_sweep_and_approved_purge_on_both_databases(database_url, instance_path, tmp_path):
     """The same sweep, approval and purge on SQLite and on a real PostgreSQL."""
     from backoffice import create_app
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
     from backoffice.retention import batches, purge, sweep
     from backoffice.retention.certificate import certificates_dir, render_certificate
 
-    upgrade(database_url)
+    migrate(database_url)
     app = create_app({"TESTING": True, "INSTANCE_PATH": str(instance_path), "STORAGE_MIN_FREE_BYTES": 0,
                       "DATABASE_URL": database_url})
     facade = app.extensions["archivage"]

@@ -126,11 +126,11 @@ def test_a_non_zero_dul_loop_delay_turns_the_tuning_off(instance_path, delay):
     from archive_core.archive import Archive
     from archive_core.config import Settings
     from archive_core.net.server import start_server
-    from backoffice.migrate import upgrade
+    from tests.helpers import migrate
 
     settings = Settings(instance_path=instance_path, STORAGE_MIN_FREE_BYTES=0, DICOM_DUL_LOOP_DELAY=delay,
                         DICOM_STORE_FROM_UNKNOWN_AES=True)  # PLAIN is not a registered peer
-    upgrade(settings.database_url)
+    migrate(settings.database_url)
     archive = Archive.open(settings)
     running = start_server(archive, host="127.0.0.1", port=0)
     ae = AE(ae_title="PLAIN")

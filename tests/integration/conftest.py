@@ -22,15 +22,22 @@ def _collect_left_sockets():
 
 @pytest.fixture(autouse=True, scope="module")
 def _collect_left_sockets_of_module_fixtures():
-    """The same, after the module's own fixtures (servers shared by a module) are torn down."""
+    """The same, after the module's own fixtures (servers shared by a module) are torn down: every object
+    the tests' collections set aside goes back to the collector first."""
     yield
+    gc.unfreeze()
     _collect()
 
 
 def _collect() -> None:
+    """Collect what the test left, then set aside (``gc.freeze``) everything still alive: the next
+    collection looks only at what the next test makes. A full collection of this process's heap took
+    0.8 s by the end of a run (514 s of teardown over the integration tests); what the test made alone
+    takes milliseconds. Objects set aside and freed later are collected at the module's end."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture

@@ -75,6 +75,8 @@ def contexts_for(requested: list[PresentationContext], supported: list[Presentat
 def handle_requested(event) -> None:
     """pynetdicom ``EVT_REQUESTED``: order this association's acceptor syntaxes (see the module docstring)."""
     assoc = event.assoc
+    if assoc.is_rejected or assoc.is_aborted:
+        return  # refused by an earlier handler (who may associate, limits): nothing to negotiate
     primitive = assoc.requestor.primitive
     roles = {str(uid): (item.scu_role, item.scp_role) for uid, item in assoc.requestor.role_selection.items()}
     assoc.acceptor.supported_contexts = contexts_for(

@@ -148,6 +148,8 @@ def test_an_unknown_modality_is_refused_by_default_and_the_logged_line_registers
         assert log.count("association from AE CT_NEUF at 127.0.0.1 refused (not a registered peer); "
                          "to register it: flask --app wsgi peers add CT_NEUF 127.0.0.1 104") == 1
         assert "PAT-NEW-7" not in log and "Nouveau" not in log
+        # The refusal is a WARNING and nothing else: no handler that runs after it fails on the refused association.
+        assert "Traceback" not in log and " ERROR " not in log, log
 
         _run_remedy(server, rows[0][2]["remedy"])
         stored = dcmtk("storescu", "-aet", "CT_NEUF", "-aec", "ARCHIVAGE", "127.0.0.1", str(server.port), *files)

@@ -216,20 +216,18 @@ def _copy_postgres_template(url) -> None:
     """Re-create *url*'s database from a migrated template database on the same server."""
     import psycopg
 
+    from backoffice.migrate import upgrade
+
     server = url.set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
     key = url.set(database="postgres").render_as_string(hide_password=False)
     name, template = url.database, "archivage_migrated_template"
     with psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
         tables = conn.execute("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'")
         if tables.fetchone()[0]:  # not new: run the real thing
-            from backoffice.migrate import upgrade
-
             upgrade(url.render_as_string(hide_password=False))
             return
     with psycopg.connect(server, autocommit=True) as conn:
         if _migrated_templates.get(key) is None:
-            from backoffice.migrate import upgrade
-
             conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{template}"')
             upgrade(url.set(database=template).render_as_string(hide_password=False))

@@ -155,10 +155,11 @@ class ArchiveProcess:
         if not self._migrated:
             # A copy of the migrated template (tests.helpers.migrate), not a `flask db upgrade` child (3.5 s);
             # that command runs for real in test_backup, test_dicom_tls, test_outgoing and test_web_edge.
+            from archive_core.config import Settings
             from tests.helpers import migrate
 
-            env = {**archive_env(self.instance_path), **self.env}
-            migrate(env.get("ARCHIVAGE_DATABASE_URL") or f"sqlite:///{self.instance_path / 'archivage.sqlite3'}")
+            url = self.env.get("ARCHIVAGE_DATABASE_URL")
+            migrate(url or Settings(instance_path=self.instance_path).database_url)
             self._migrated = True
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
